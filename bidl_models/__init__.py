@@ -1,0 +1,7 @@
+"""BIDL-style spiking neural networks: neurons, layers, backbones, segments, configs."""
+from .backbones import BACKBONES, Backbone, build_backbone
+from .segments import Segment, SegmentSpecs, auto_split, check_chain, split_backbone
+from .specs import State, TensorSpec, zero_state
+
+__all__ = ["BACKBONES", "Backbone", "build_backbone", "Segment", "SegmentSpecs", "auto_split",
+           "check_chain", "split_backbone", "State", "TensorSpec", "zero_state"]

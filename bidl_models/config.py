@@ -1,0 +1,270 @@
+"""Config files in the user guide's format: plain Python files with top-level dicts.
+
+``_base_ = 'base.py'`` (or a list) inherits from other files, relative to the including file; dicts
+merge recursively, ``_delete_=True`` inside a dict replaces the base's dict instead. Overrides from
+the command line are ``key.sub=value`` strings (value parsed as a Python literal, else a string;
+digits index lists). ``NAME_OR_PATH`` is a path, or a config name found under ``configs/``.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import hashlib
+import json
+import types
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+class Config(dict):
+    """A dict whose keys also read as attributes (``cfg.model.backbone.type``), recursively."""
+
+    def __init__(self, *args: Any, **kw: Any):
+        super().__init__(*args, **kw)
+        for k, v in list(self.items()):
+            dict.__setitem__(self, k, _wrap(v))
+        self.__dict__["name"] = ""
+        self.__dict__["filename"] = ""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"config has no key {key!r}") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key in ("name", "filename"):
+            self.__dict__[key] = value
+        else:
+            self[key] = value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, _wrap(value))
+
+    def __deepcopy__(self, memo: dict) -> "Config":
+        out = Config({k: copy.deepcopy(v, memo) for k, v in self.items()})
+        out.name, out.filename = self.name, self.filename
+        return out
+
+    def to_dict(self) -> dict:
+        """Plain dicts and lists all the way down."""
+        return _unwrap(self)
+
+    def sha256(self) -> str:
+        """Content hash of the merged config (stable across key order and file layout)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, default=repr)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _wrap(v: Any) -> Any:
+    if isinstance(v, Config):
+        return v
+    if isinstance(v, Mapping):
+        return Config(v)
+    if isinstance(v, list):
+        return [_wrap(x) for x in v]
+    return v
+
+
+def _unwrap(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {k: _unwrap(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(_unwrap(x) for x in v)
+    return v
+
+
+def find_config(name_or_path: str | Path, search: Iterable[Path] = ()) -> Path:
+    """Resolve a config path or name (``clif3fc3dm_itout-b16x1-dvsmnist``) to a file."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    stem = p.name[:-3] if p.name.endswith(".py") else p.name
+    roots = [*search, Path.cwd() / "configs", REPO_CONFIGS]
+    for root in roots:
+        if root.is_dir():
+            hits = sorted(root.rglob(f"{stem}.py"))
+            if hits:
+                return hits[0]
+    raise FileNotFoundError(f"config {str(name_or_path)!r}: no such file, and no {stem}.py under "
+                            f"{[str(r) for r in dict.fromkeys(roots)]}")
+
+
+def _read_file(path: Path) -> dict:
+    try:
+        src = path.read_text()
+    except OSError as e:
+        raise FileNotFoundError(f"config {str(path)!r}: cannot read ({e})") from None
+    try:
+        code = compile(src, str(path), "exec")
+    except SyntaxError as e:
+        raise ValueError(f"config {str(path)!r} does not parse: line {e.lineno}: {e.msg}") from None
+    ns: dict[str, Any] = {"__file__": str(path), "__name__": "__config__"}
+    try:
+        exec(code, ns)  # config files are Python by design (the user guide's format)
+    except Exception as e:  # noqa: BLE001 - report any failure of the user's file
+        raise ValueError(f"config {str(path)!r} failed to execute: {type(e).__name__}: {e}") from None
+    return {k: v for k, v in ns.items()
+            if (k == "_base_" or not k.startswith("_"))
+            and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
+
+
+def merge(base: Mapping, child: Mapping) -> dict:
+    """Recursive merge: child wins; a child dict with ``_delete_=True`` replaces the base's."""
+    out = dict(base)
+    for k, v in child.items():
+        if isinstance(v, Mapping) and v.get("_delete_"):
+            out[k] = {kk: vv for kk, vv in v.items() if kk != "_delete_"}
+        elif isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _load(path: Path, seen: tuple[Path, ...]) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ValueError(f"config {str(path)!r}: _base_ cycle through {[str(s) for s in seen]}")
+    raw = _read_file(path)
+    bases = raw.pop("_base_", [])
+    if isinstance(bases, (str, Path)):
+        bases = [bases]
+    if not isinstance(bases, (list, tuple)):
+        raise ValueError(f"config {str(path)!r}: _base_={bases!r}: expected a file name or a list of them")
+    merged: dict = {}
+    for b in bases:
+        bp = (path.parent / b)
+        if not bp.is_file():
+            raise FileNotFoundError(f"config {str(path)!r}: _base_ {str(b)!r} not found (looked at {str(bp)!r})")
+        merged = merge(merged, _load(bp, seen + (path,)))
+    return merge(merged, raw)
+
+
+def parse_value(text: str) -> Any:
+    """``'3' -> 3``, ``'[1, 2]' -> [1, 2]``, ``'None' -> None``, anything else stays a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        low = text.lower()
+        if low in ("true", "false"):
+            return low == "true"
+        return text
+
+
+def apply_override(cfg: dict, item: str) -> None:
+    """Apply one ``a.b.c=value`` override in place (creates missing dict levels)."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r}: expected key.sub=value")
+    key, text = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ValueError(f"override {item!r}: empty key part in {key!r}")
+    node: Any = cfg
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ValueError(f"override {item!r}: {'.'.join(parts[:i])} is a list of {len(node)}; "
+                                 f"{part!r} is not a valid index")
+            node = node[int(part)]
+        else:
+            if part not in node or node[part] is None:
+                node[part] = {}
+            elif not isinstance(node[part], (Mapping, list)):
+                raise ValueError(f"override {item!r}: {'.'.join(parts[:i + 1])} is "
+                                 f"{node[part]!r}, not a dict")
+            node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ValueError(f"override {item!r}: {last!r} is not a valid index of a list of {len(node)}")
+        node[int(last)] = parse_value(text)
+    else:
+        node[last] = parse_value(text)
+
+
+def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Load a config file (with ``_base_`` inheritance) and apply ``key.sub=value`` overrides."""
+    path = find_config(name_or_path)
+    raw = _load(path, ())
+    for item in overrides:
+        apply_override(raw, item)
+    cfg = Config(raw)
+    cfg.name = path.stem
+    cfg.filename = str(path.resolve())
+    return cfg
+
+
+def validate_lynxi_devices(devices: Any, key: str = "lynxi_devices") -> list[list[int]]:
+    """``[[0, 1], [2, 3]]`` -> rows = time slices, columns = segments. ValueError when ragged,
+    empty, not ints, or a device id repeats."""
+    if not isinstance(devices, (list, tuple)) or not devices:
+        raise ValueError(f"{key}={devices!r}: expected a non-empty list of rows, e.g. [[0, 1], [2, 3]]")
+    rows = []
+    for g, row in enumerate(devices):
+        if not isinstance(row, (list, tuple)) or not row:
+            raise ValueError(f"{key}[{g}]={row!r}: expected a non-empty list of device ids")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in row):
+            raise ValueError(f"{key}[{g}]={row!r}: expected non-negative int device ids")
+        rows.append([int(d) for d in row])
+    widths = {len(r) for r in rows}
+    if len(widths) != 1:
+        raise ValueError(f"{key}={devices!r} is ragged: row lengths {[len(r) for r in rows]}; expected "
+                         "every time-slice row to list one device per segment")
+    flat = [d for r in rows for d in r]
+    dup = sorted({d for d in flat if flat.count(d) > 1})
+    if dup:
+        raise ValueError(f"{key}={devices!r}: device ids {dup} appear more than once")
+    return rows
+
+
+def model_segment_configs(cfg: Mapping) -> list[tuple[str, dict]]:
+    """``[('model_0', backbone_cfg), ...]`` from ``model_0..n`` keys, or ``[('model', ...)]``."""
+    keys = sorted((k for k in cfg if k.startswith("model_") and k[6:].isdigit()), key=lambda k: int(k[6:]))
+    if keys:
+        want = [f"model_{i}" for i in range(len(keys))]
+        if keys != want:
+            raise ValueError(f"segment models {keys}: expected consecutive keys {want}")
+    else:
+        if "model" not in cfg:
+            raise ValueError("config has no 'model' (nor model_0..n) key")
+        keys = ["model"]
+    out = []
+    for k in keys:
+        m = cfg[k]
+        if not isinstance(m, Mapping) or not isinstance(m.get("backbone"), Mapping):
+            raise ValueError(f"{k}.backbone: expected a dict with a 'type' key, got "
+                             f"{m.get('backbone') if isinstance(m, Mapping) else m!r}")
+        out.append((k, _unwrap(m["backbone"])))
+    return out
+
+
+def build_segments(cfg: Mapping, seed: Optional[int] = 0, model_in_shape: Optional[Sequence[int]] = None):
+    """The config's model segments, validated: ``model_0..n`` with ``split`` (contiguous, covering
+    the model, chaining, matching ``models_compile_inputshape`` if given), or ``model`` whole."""
+    from .backbones import build_backbone
+    from .segments import check_chain, validate_splits
+
+    entries = model_segment_configs(cfg)
+    nets, splits, names = [], [], []
+    for key, bb in entries:
+        split = bb.pop("split", None)
+        net = build_backbone(bb, seed=seed, where=f"{key}.backbone")
+        nets.append(net)
+        splits.append(list(split) if split is not None else [0, net.n_blocks])
+        names.append(f"{key}.backbone.split")
+        if split is None and len(entries) > 1:
+            raise ValueError(f"{key}.backbone has no 'split' but the config has {len(entries)} segment models")
+    n = nets[0].n_blocks
+    for key, net in zip(names, nets):
+        if net.n_blocks != n:
+            raise ValueError(f"{key}: its backbone has {net.n_blocks} blocks, model_0's has {n}")
+    ranges = validate_splits(splits, n, full=True, names=names)
+    segs = [net.segment(s, e) for net, (s, e) in zip(nets, ranges)]
+    inshapes = cfg.get("models_compile_inputshape")
+    if inshapes is not None and len(segs) == 1 and len(inshapes) != 1:
+        inshapes = None  # a single whole model: the key describes its split variant
+    check_chain(segs, model_in_shape, inshapes, [k for k, _ in entries])
+    return segs

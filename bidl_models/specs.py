@@ -1,0 +1,98 @@
+"""Tensor specs: the names, shapes and dtypes that segments, artifacts and channels agree on."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+State = dict[str, Tensor]
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+    "float64": torch.float64, "uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32,
+    "int64": torch.int64, "bool": torch.bool,
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32 -> 'float32'``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``'float32' -> torch.float32``; ValueError naming the accepted names otherwise."""
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"dtype {name!r}: expected one of {sorted(_DTYPES)}") from None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor: ``shape`` includes the batch dimension."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * torch.empty((), dtype=torch_dtype(self.dtype)).element_size()
+
+    def with_batch(self, batch: int) -> "TensorSpec":
+        return TensorSpec(self.name, (batch,) + tuple(self.shape[1:]), self.dtype)
+
+    def zeros(self, device: str | torch.device = "cpu") -> Tensor:
+        return torch.zeros(self.shape, dtype=torch_dtype(self.dtype), device=device)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "TensorSpec":
+        return cls(str(d["name"]), tuple(int(x) for x in d["shape"]), str(d.get("dtype", "float32")))
+
+    @classmethod
+    def of(cls, name: str, t: Tensor) -> "TensorSpec":
+        return cls(name, tuple(t.shape), dtype_name(t.dtype))
+
+
+def specs_of(state: Mapping[str, Tensor]) -> list[TensorSpec]:
+    """Specs of a state dict, in its order."""
+    return [TensorSpec.of(k, v) for k, v in state.items()]
+
+
+def zero_state(specs: Iterable[TensorSpec], device: str | torch.device = "cpu") -> State:
+    """A fresh (all-zero) state for the given specs."""
+    return {s.name: s.zeros(device) for s in specs}
+
+
+def sub_state(state: Mapping[str, Tensor] | None, prefix: str) -> State | None:
+    """Entries of ``state`` under ``prefix.``, with the prefix stripped (None stays None)."""
+    if state is None:
+        return None
+    p = prefix + "."
+    return {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+
+
+def prefixed(state: Mapping[str, Tensor], prefix: str) -> State:
+    """``{k: v} -> {prefix.k: v}``."""
+    return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def check_state(state: Mapping[str, Tensor], specs: Sequence[TensorSpec], where: str) -> None:
+    """ValueError if ``state`` does not carry exactly ``specs`` (names and shapes)."""
+    want = {s.name: tuple(s.shape) for s in specs}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if want.keys() != got.keys():
+        missing = sorted(want.keys() - got.keys())
+        extra = sorted(got.keys() - want.keys())
+        raise ValueError(f"{where}: state names differ from the spec; missing {missing}, unexpected {extra}")
+    for k, shape in want.items():
+        if got[k] != shape:
+            raise ValueError(f"{where}: state {k!r} has shape {list(got[k])}, expected {list(shape)}")

@@ -1,0 +1,1 @@
+"""Compile model segments into deployable artifacts (program + manifest with the state ABI)."""
