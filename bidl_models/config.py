@@ -241,10 +241,17 @@ def model_segment_configs(cfg: Mapping) -> list[tuple[str, dict]]:
     return out
 
 
-def build_segments(cfg: Mapping, seed: Optional[int] = 0, model_in_shape: Optional[Sequence[int]] = None):
+def build_segments(cfg: Mapping, seed: Optional[int] = 0, model_in_shape: Optional[Sequence[int]] = None,
+                   checkpoint: Optional[str | Path] = None):
     """The config's model segments, validated: ``model_0..n`` with ``split`` (contiguous, covering
-    the model, chaining, matching ``models_compile_inputshape`` if given), or ``model`` whole."""
+    the model, chaining, matching ``models_compile_inputshape`` if given), or ``model`` whole.
+
+    With ``checkpoint``, every segment's backbone loads its weights (strictly) before it is cut.
+    """
     from .backbones import build_backbone
+    from .checkpoint import load_weights, read_state_dict
+
+    sd = read_state_dict(checkpoint) if checkpoint is not None else None
     from .segments import check_chain, validate_splits
 
     entries = model_segment_configs(cfg)
@@ -252,6 +259,8 @@ def build_segments(cfg: Mapping, seed: Optional[int] = 0, model_in_shape: Option
     for key, bb in entries:
         split = bb.pop("split", None)
         net = build_backbone(bb, seed=seed, where=f"{key}.backbone")
+        if sd is not None:
+            load_weights(net, sd, f"checkpoint {str(checkpoint)!r}")
         nets.append(net)
         splits.append(list(split) if split is not None else [0, net.n_blocks])
         names.append(f"{key}.backbone.split")
