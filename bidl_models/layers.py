@@ -12,6 +12,7 @@ The ``LifPlus*`` counterparts use the LIFPlus neuron with a ``neuron_config``.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
@@ -53,6 +54,9 @@ class Temporal(nn.Module):
         """(output spec per step, state specs) for a per-step input shape ``[B, ...]``; no compute."""
         was = self.training
         self.eval()
+        log = logging.getLogger("torch._subclasses.fake_tensor")
+        level = log.level
+        log.setLevel(logging.CRITICAL)  # shape errors are re-raised by callers, not logged
         try:
             with FakeTensorMode(allow_non_fake_inputs=True):
                 y, st = self.run(torch.zeros((t,) + tuple(in_shape), dtype=dtype))
@@ -60,6 +64,7 @@ class Temporal(nn.Module):
                 specs = specs_of(st)
         finally:
             self.train(was)
+            log.setLevel(level)
         return out, specs
 
     def state_spec(self, in_shape: Sequence[int]) -> list[TensorSpec]:

@@ -64,7 +64,7 @@ def spike(z: Tensor, width: float = 1.0) -> Tensor:
 def _add_noise(u: Tensor, noise: float) -> Tensor:
     """``U + noise * std(U over non-batch dims) * N(0, 1)``; used in training only."""
     dims = tuple(range(2, u.dim())) if u.dim() > 2 else (1,)
-    std = u.detach().std(dim=dims, keepdim=True) if u[0].numel() > 1 else torch.zeros_like(u)
+    std = u.detach().std(dim=dims, keepdim=True, correction=0)
     return u + noise * std * torch.randn_like(u)
 
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-import torch
 from torch import nn
 
-from ..layers import Conv2dLif, FcLif, PerStep, TemporalSequential
+from ..layers import Conv2dLif, FcLif, TemporalSequential
 from ..registry import BACKBONES
 from .base import Backbone
 
@@ -32,7 +31,12 @@ def soma_kwargs(cmode: str, soma_params: Any, noise: float, neuron: str,
 
 def flat_features(mods: Sequence[nn.Module], in_shape: Sequence[int]) -> int:
     """Features per sample after running ``mods`` on a per-step input of ``in_shape`` (no compute)."""
-    out, _ = TemporalSequential([(f"m{i}", m) for i, m in enumerate(mods)]).trace_shapes((1,) + tuple(in_shape))
+    net = TemporalSequential([(f"m{i}", m) for i, m in enumerate(mods)])
+    try:
+        out, _ = net.trace_shapes((1,) + tuple(in_shape))
+    except RuntimeError as e:
+        raise ValueError(f"input shape c0, h0, w0 = {list(in_shape)} is too small for this backbone's "
+                         f"convolutions and poolings ({str(e).splitlines()[0]})") from None
     n = 1
     for d in out.shape[1:]:
         n *= d

@@ -1,0 +1,122 @@
+"""Every backbone: step vs chunk, segments x time slices vs whole model, reset per sample, training."""
+import pytest
+import torch
+
+from bidl_models import build_backbone, split_backbone
+
+BACKBONES = {
+    "clif3fc3dm": dict(type="SeqClif3Fc3DmItout", h0=16, w0=16),
+    "clif3fc3dm-analog-sum": dict(type="SeqClif3Fc3DmItout", h0=16, w0=16, cmode="analog", amode="sum"),
+    "clif3fc3dm-lifplus": dict(type="SeqClif3Fc3DmItout", h0=16, w0=16, neuron="lifplus",
+                               neuron_config=[1, False, 1, 0, 1, 1]),
+    "clif5fc2cd": dict(type="SeqClif5Fc2CdItout", h0=64, w0=64, soma_params="channel_share"),
+    "clif3flif2dg": dict(type="SeqClif3Flif2DgItout", h0=16, w0=16, cmode="analog", amode="pick"),
+    "clif7fc1cd": dict(type="SeqClif7Fc1CdItout", h0=32, w0=32),
+    "resnet10": dict(type="ResNetLifItout", depth=10, nclass=10, input_channels=2, input_size=(32, 32)),
+    "resnet18-lowres": dict(type="ResNetLifItout", depth=18, nclass=5, input_channels=2, low_resolut=True,
+                            input_size=(12, 12), cmode="analog"),
+    "resnet50": dict(type="ResNetLifItout", depth=50, nclass=10, input_channels=2, input_size=(32, 32),
+                     soma_params="channel_share"),
+}
+
+
+def make(name, T=10, batch=2, seed=1):
+    net = build_backbone(dict(BACKBONES[name], timestep=T)).eval()
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand((T, batch) + net.default_input_shape(), generator=g) < 0.3).float() * 2
+    return net, x
+
+
+def assert_states_close(a, b, atol=1e-6):
+    assert list(a) == list(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=lambda m: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_single_step_equals_multi_step(name):
+    net, x = make(name)
+    whole = net.segment(0, net.n_blocks)
+    with torch.no_grad():
+        ys, st = net.run(x)
+        s = None
+        for t in range(x.shape[0]):
+            y, s = whole.step(x[t], s)
+            torch.testing.assert_close(y, ys[t], atol=1e-6, rtol=0)
+    assert_states_close(s, st)
+    assert sum(v.abs().sum() for v in st.values()) > 0
+
+
+@pytest.mark.parametrize("T, slices", [(10, (4, 3, 3)), (7, (1, 1, 5))])
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_segments_and_time_slices_equal_whole(name, T, slices):
+    net, x = make(name, T=T)
+    n = net.n_blocks
+    cuts = [(0, n // 3), (n // 3, (2 * n) // 3), ((2 * n) // 3, n)] if n >= 3 else [(0, 1), (1, n)]
+    segs = split_backbone(net, cuts)
+    with torch.no_grad():
+        whole, whole_state = net.run(x)
+        states = [None] * len(segs)
+        outs, t0 = [], 0
+        for length in slices:
+            h = x[t0:t0 + length]
+            for i, seg in enumerate(segs):
+                h, states[i] = seg.run(h, states[i])
+            outs.append(h)
+            t0 += length
+    torch.testing.assert_close(torch.cat(outs), whole, atol=1e-6, rtol=0)
+    merged = {k: v for s in states for k, v in s.items()}
+    assert_states_close(merged, whole_state)
+    assert merged.keys() == whole_state.keys()
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_same_input_twice_gives_same_output(name):
+    net, x = make(name)
+    xb = x.transpose(0, 1)  # BIDL layout [B, T, ...]
+    with torch.no_grad():
+        other = torch.rand_like(xb)
+        a = net(xb)
+        net(other)  # a different sample in between must not leak state
+        b = net(xb)
+    assert torch.equal(a, b)
+    assert a.shape == (x.shape[1], net.acc.timestep and a.shape[1])
+
+
+@pytest.mark.parametrize("name", ["clif3fc3dm", "clif3flif2dg", "resnet10", "clif3fc3dm-lifplus"])
+def test_surrogate_gradients_train(name):
+    net, x = make(name, T=6, batch=8, seed=3)
+    net.train()
+    xb = x.transpose(0, 1)
+    labels = torch.arange(8) % 4
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = torch.nn.functional.cross_entropy(net(xb), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first_conv = next(p for n, p in net.named_parameters() if p.dim() == 4 or n.endswith("fc.weight"))
+    assert first_conv.grad is not None and first_conv.grad.abs().sum() > 0
+    assert losses[-1] < losses[0] * 0.9, losses
+
+
+def test_resnet50_state_is_the_published_12_55_mb():
+    net = build_backbone(dict(type="ResNetLifItout", depth=50, nclass=10, input_channels=2, timestep=10))
+    specs = net.segment(0, 16).specs(1, (2, 128, 128))
+    membrane = sum(s.nbytes for s in specs.state if s.name != "acc.acc")
+    assert membrane == 12_550_144
+    assert net.segment(6, 16).input_shape((2, 128, 128)) == (512, 16, 16)
+
+
+@pytest.mark.parametrize("depth, blocks", [(10, 4), (18, 8), (34, 16), (50, 16), (101, 33), (152, 50)])
+def test_resnet_depths_block_counts(depth, blocks):
+    net = build_backbone(dict(type="ResNetLifItout", depth=depth, nclass=10, input_channels=2))
+    assert net.n_blocks == blocks
+
+
+def test_forward_rejects_wrong_timestep():
+    net, x = make("clif3fc3dm", T=10)
+    with pytest.raises(ValueError, match="timestep=10"):
+        net(x[:7].transpose(0, 1))
