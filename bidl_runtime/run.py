@@ -1,12 +1,226 @@
-"""``python -m bidl_runtime.run --grid 3x2``: run a model on the spatio-temporal grid."""
+"""``python -m bidl_runtime.run --grid 3x2``: stream samples through the spatio-temporal grid.
+
+With no other argument: an embedded local Ray, the default config (SeqClif3Fc3DmItout on the
+generated DVS data) with its shipped weights, artifacts compiled or reused, N samples streamed
+with a progress bar, a summary table, and whether the grid's outputs equal the single-device
+reference run of the same artifacts.
+"""
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
-def main(argv: list[str] | None = None) -> int:
-    print("bidl_runtime.run: the grid runtime is not implemented yet (issue 4).", file=sys.stderr)
-    return 2
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m bidl_runtime.run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--grid", default=None, help="RxC: rows = time slices, columns = model segments "
+                    "(default: the config's lynxi_devices, else 1x1)")
+    ap.add_argument("--config", default=None, help="config name or path (default: %(default)s -> the shipped "
+                    "generated-DVS config)")
+    ap.add_argument("--checkpoint", default=None, help="weights (default: weights/<config>.pth if shipped, "
+                    "else seeded initial weights)")
+    ap.add_argument("--samples", type=int, default=64, help="samples to stream (default %(default)s)")
+    ap.add_argument("--backend", default="cpu", choices=["cpu", "emulated", "cuda"])
+    ap.add_argument("--transport", default="auto", choices=["auto", "shm", "tcp"],
+                    help="auto: shared memory within a node, tcp across nodes")
+    ap.add_argument("--replicas", type=int, default=1, help="independent copies of the grid, fed round-robin")
+    ap.add_argument("--address", default=None, help="join this Ray cluster instead of starting one")
+    ap.add_argument("--keep-alive", action="store_true", help="keep the cluster up afterwards (dashboard)")
+    ap.add_argument("--verify", dest="verify", action="store_true", default=None,
+                    help="compare every output with the single-device reference (default on for cpu)")
+    ap.add_argument("--no-verify", dest="verify", action="store_false")
+    ap.add_argument("--depth", type=int, default=2, help="channel slots per edge")
+    ap.add_argument("--max-inflight", type=int, default=None, help="samples in the grid at once")
+    ap.add_argument("--threads-per-cell", type=int, default=None)
+    ap.add_argument("--artifacts", default="artifacts", help="artifact cache directory")
+    ap.add_argument("--force-compile", action="store_true", help="rebuild artifacts even if cached")
+    ap.add_argument("--profile-fps", type=float, default=28.8,
+                    help="emulated device speed: frames/s on ResNetLif50 2x128x128 (default: the guide's chip)")
+    ap.add_argument("--cfg-options", nargs="*", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--json", default=None, help="write the report as JSON here")
+    ap.add_argument("--seed", type=int, default=0, help="seed of synthetic samples when the config has no data")
+    return ap
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(args: argparse.Namespace) -> int:
+    from bidl_models.config import load_config
+
+    from .defaults import default_checkpoint, default_config
+    from .devices import DeviceProfile
+    from .driver import Grid, RunError, RuntimeConfig, node_devices
+    from .plan import make_plan, parse_grid
+
+    # 1. everything that can be checked without a cluster fails fast, with a clear message
+    try:
+        cfg = load_config(args.config or default_config(), args.cfg_options)
+        grid = parse_grid(args.grid) if args.grid else None
+        if args.samples < 1:
+            raise ValueError(f"--samples {args.samples}: expected >= 1")
+        plan = make_plan(cfg, grid, args.replicas)
+        checkpoint = args.checkpoint or default_checkpoint(cfg.name)
+        if checkpoint is not None and not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"--checkpoint {checkpoint!r}: no such file")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    verify = args.verify if args.verify is not None else args.backend == "cpu"
+    if verify and args.backend == "emulated":
+        print("note: --verify needs real compute; the emulated backend moves zeros, so it is skipped")
+        verify = False
+    print(f"weights: {checkpoint}" if checkpoint else
+          "weights: NONE SHIPPED for this config -> deterministic SEEDED INITIAL WEIGHTS (seed 0), not a trained model")
+
+    # 2. Ray: join or start an embedded local cluster
+    import ray
+    started = False
+    if args.address:
+        ray.init(address=args.address, namespace=f"bidl-{uuid.uuid4().hex[:8]}", log_to_driver=False,
+                 logging_level="WARNING")
+    else:
+        ray.init(num_cpus=os.cpu_count(), resources={"bidl_device": len(plan.cells) + 0},
+                 include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
+                 logging_level="WARNING", namespace=f"bidl-{uuid.uuid4().hex[:8]}")
+        started = True
+    grid_obj = None
+    try:
+        url = _dashboard_url()
+        print(f"ray: {'joined ' + args.address if args.address else 'embedded local cluster'}; "
+              f"dashboard {url or 'not available'}")
+        try:
+            plan = make_plan(cfg, grid, args.replicas, device_nodes=node_devices())
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(plan.table())
+        threads = args.threads_per_cell or max(1, (os.cpu_count() or 1) // len(plan.cells))
+        rcfg = RuntimeConfig(backend=args.backend, transport=args.transport, depth=args.depth,
+                             max_inflight=args.max_inflight, threads_per_cell=threads,
+                             profile=DeviceProfile(ref_fps=args.profile_fps))
+        segments, arts = _segments(args, cfg, plan, rcfg, checkpoint)
+        shape = _model_input_shape(cfg, plan, segments)
+        samples, source = _samples(args, cfg, plan.T, shape, verify)
+        print(f"data: {source}")
+        grid_obj = Grid(plan, segments, rcfg)
+        t0 = time.perf_counter()
+        grid_obj.start()
+        print(f"grid up: {len(plan.cells)} cell actors in {time.perf_counter() - t0:.1f} s")
+        report = grid_obj.run(samples.iter(), (plan.T,) + shape, progress=True, total=args.samples)
+        report.cells = grid_obj.stop()
+        if verify:
+            report.verify = verify_report(report, arts, plan, samples.kept, rcfg.threads_per_cell)
+        print()
+        print(report.summary())
+        if args.json:
+            Path(args.json).write_text(json.dumps(report_json(report), indent=2))
+            print(f"report written to {args.json}")
+        ok = report.verify is None or report.verify["equal"] == report.verify["compared"]
+        if args.keep_alive:
+            print(f"keeping the cluster up: dashboard {url}; Ctrl-C to stop")
+            while True:
+                time.sleep(3600)
+        return 0 if ok else 1
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if grid_obj is not None:
+            grid_obj.close()
+        if started:
+            ray.shutdown()
+
+
+def _dashboard_url() -> Optional[str]:
+    try:
+        import ray
+        url = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else None
+        if not url:
+            from ray._private.worker import global_worker
+            url = global_worker.node.address_info.get("webui_url") if global_worker.node else None
+        return f"http://{url}" if url and not str(url).startswith("http") else url
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _segments(args, cfg, plan, rcfg, checkpoint):
+    from .session import compiled_segments, emulated_segments
+    if args.backend == "emulated":
+        return emulated_segments(cfg, plan, rcfg.profile, rcfg.batch), {}
+    return compiled_segments(cfg, plan, checkpoint, args.artifacts, rcfg.batch, args.force_compile)
+
+
+def _model_input_shape(cfg, plan, segments) -> tuple[int, ...]:
+    x = segments[(0, plan.slices[0])].x
+    return tuple(x.shape[2:])
+
+
+class _Samples:
+    """The run's sample source; keeps inputs for the reference run when verifying."""
+
+    def __init__(self, gen, keep: bool):
+        self.gen, self.keep, self.kept = gen, keep, {}
+
+    def iter(self):
+        for i, item in enumerate(self.gen):
+            if self.keep:
+                self.kept[i] = item[0] if isinstance(item, tuple) else item
+            yield item
+
+
+def _samples(args, cfg, T, shape, verify):
+    from .session import dataset_samples, synthetic_samples
+    gen = dataset_samples(cfg, args.samples)
+    if gen is not None:
+        return _Samples(gen, verify), f"{cfg.data.test.type} test split ({args.samples} samples)"
+    return (_Samples(synthetic_samples(T, shape, args.samples, args.seed), verify),
+            f"synthetic seeded event frames {T}x{'x'.join(map(str, shape))} (the config's data is not available)")
+
+
+def verify_report(report, arts, plan, inputs, threads: int) -> dict:
+    """Compare every grid output with the single-device run of the same artifacts (bit-exact)."""
+    import torch
+    from .session import reference_output
+    equal = compared = 0
+    worst = 0.0
+    for i, y in report.outputs.items():
+        x = inputs[i]
+        xb = x.to(torch.float32).unsqueeze(1) if x.dim() == 4 else x
+        ref = reference_output(arts, plan, xb, threads)
+        compared += 1
+        if torch.equal(ref, y):
+            equal += 1
+        else:
+            worst = max(worst, float((ref - y).abs().max()))
+    return {"equal": equal, "compared": compared, "max_abs_diff": worst}
+
+
+def report_json(report) -> dict:
+    p = report.plan
+    return {
+        "config": p.config, "grid": [p.rows, p.cols], "replicas": p.replicas, "T": p.T,
+        "slices": list(p.slices), "splits": [list(s) for s in p.splits], "backend": report.backend,
+        "transport": report.transport, "samples": report.samples, "rejected": report.rejected,
+        "wall_s": report.wall_s, "frames_per_s": report.frames_per_s, "samples_per_s": report.samples_per_s,
+        "latency_ms_p50": report.latency_ms(0.5), "latency_ms_p99": report.latency_ms(0.99),
+        "accuracy": report.accuracy, "verify": report.verify, "cells": report.cells,
+    }
 
 
 if __name__ == "__main__":

@@ -1,0 +1,242 @@
+"""A grid cell: one Ray actor per (time slice g, segment s), owning its device context.
+
+Loop per sample: wait for the input chunk (from the driver for s = 0, else from cell (g, s-1)) and
+for the state (from cell (g-1, s); zeros for g = 0), run the chunk, send the state right-of-time to
+(g+1, s) and the activations down-the-segments to (g, s+1) (the last cell of the last row sends the
+result to the driver), then release the inputs (their slots' credits go back to the senders).
+
+Cells hold no sample state between samples, so a later issue can restart one and replay the
+driver's in-flight samples. A ``stop`` message drains the grid in order; every wait is bounded.
+"""
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from bidl_models.specs import TensorSpec
+
+from .channels import ChannelConfig, ChannelTimeout, attach_sender, create_receiver
+from .devices import ArtifactSource, BusyClock, EmulatedSource, open_context
+from .plan import CellPlan
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """Everything a cell needs (picklable; sent to the actor by the driver)."""
+
+    plan: CellPlan
+    rows: int
+    cols: int
+    backend: str
+    source: ArtifactSource | EmulatedSource
+    x_layout: tuple[TensorSpec, ...]          # the input chunk [t, B, ...]
+    state_layout: tuple[TensorSpec, ...]      # the segment's state tensors
+    result_layout: tuple[TensorSpec, ...]     # what the last cell sends the driver: y of the last step
+    channel: ChannelConfig = field(default_factory=ChannelConfig)          # x input (transport by edge)
+    state_channel: ChannelConfig = field(default_factory=ChannelConfig)    # state input
+    threads: int = 1
+    idle_timeout_s: float = 600.0             # no input for this long: the cell gives up
+    poll_s: float = 0.5                       # blocking-wait granularity for abort checks
+    metrics: bool = True
+    fault: Optional[tuple[str, int]] = None    # test hook: ('raise' | 'exit', sample id)
+
+    @property
+    def state_in(self) -> bool:
+        return self.plan.row > 0
+
+    @property
+    def state_out(self) -> bool:
+        return self.plan.row < self.rows - 1
+
+    @property
+    def x_out(self) -> Optional[str]:
+        """'cell' (to (g, s+1)), 'driver' (the sample's result) or None."""
+        if self.plan.col < self.cols - 1:
+            return "cell"
+        return "driver" if self.plan.row == self.rows - 1 else None
+
+
+class CellError(RuntimeError):
+    """A cell failed; the message names the cell."""
+
+
+class Cell:
+    """The actor body (wrapped with ``ray.remote`` by the driver)."""
+
+    def __init__(self, spec: CellSpec):
+        self.spec = spec
+        self.name = spec.plan.name
+        self.ctx = open_context(spec.backend, spec.plan.device, spec.threads)
+        self.ctx.load(spec.source)
+        self.receivers: dict[str, Any] = {}
+        self.senders: dict[str, Any] = {}
+        self.clock = BusyClock()
+        self._abort = False
+        self._t_start = 0.0
+        self._t_end = 0.0
+        self._samples = 0
+        self._metrics = self._make_metrics() if spec.metrics else None
+
+    # ------------------------------------------------------------------ wiring (control plane)
+
+    def open_inputs(self) -> dict[str, Any]:
+        """Create this cell's receiving channel ends; returns their picklable endpoints."""
+        tag = self.spec.plan.name
+        self.receivers["x"] = create_receiver(f"{tag}:x", self.spec.x_layout, self.spec.channel)
+        if self.spec.state_in:
+            self.receivers["state"] = create_receiver(f"{tag}:state", self.spec.state_layout,
+                                                     self.spec.state_channel)
+        return {k: r.descriptor for k, r in self.receivers.items()}
+
+    def connect(self, outputs: dict[str, Any]) -> None:
+        """Attach to downstream endpoints: ``{'x': ..., 'state': ...}`` as this cell needs."""
+        for key in ("x", "state"):
+            if outputs.get(key) is not None:
+                self.senders[key] = attach_sender(outputs[key])
+
+    def node_info(self) -> dict[str, Any]:
+        import ray
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
+
+    def abort(self) -> None:
+        self._abort = True
+
+    # ------------------------------------------------------------------------------ data plane
+
+    def _recv(self, key: str):
+        """Next message on input ``key``; bounded waits, abort-aware, idle limit."""
+        r = self.receivers[key]
+        waited = 0.0
+        while True:
+            if self._abort:
+                raise CellError(f"{self.name}: aborted by the driver")
+            try:
+                return r.recv(timeout=self.spec.poll_s)
+            except ChannelTimeout:
+                waited += self.spec.poll_s
+                if waited >= self.spec.idle_timeout_s:
+                    raise CellError(f"{self.name}: no {key} input for {waited:.0f} s") from None
+
+    def loop(self) -> dict[str, Any]:
+        """Serve samples until a stop message; returns this cell's stats."""
+        try:
+            return self._loop()
+        except CellError:
+            raise
+        except Exception as e:  # noqa: BLE001 - name the cell in whatever went wrong
+            raise CellError(f"{self.name}: {type(e).__name__}: {e}\n{traceback.format_exc()}") from None
+
+    def _loop(self) -> dict[str, Any]:
+        spec = self.spec
+        zero = self.ctx.reset_state() if not spec.state_in else None
+        ev0, ev1 = self.ctx.create_event(), self.ctx.create_event()
+        while True:
+            mx = self._recv("x")
+            if not self._t_start:
+                self._t_start = time.perf_counter()  # busy % counts from the first message
+            meta = mx.meta
+            ms = self._recv("state") if spec.state_in else None
+            if mx.kind == "stop":
+                if ms is not None and ms.kind != "stop":
+                    raise CellError(f"{self.name}: stop on the input but sample {ms.meta.get('sample')} "
+                                    "from the row above")
+                for s in self.senders.values():
+                    s.send_control("stop")
+                break
+            if ms is not None and ms.meta.get("sample") != meta.get("sample"):
+                raise CellError(f"{self.name}: input is sample {meta.get('sample')} but the state from "
+                                f"the row above is sample {ms.meta.get('sample')}")
+            if mx.kind != "data" or (ms is not None and ms.kind != "data"):
+                raise CellError(f"{self.name}: unexpected message kind {mx.kind!r} / "
+                                f"{ms.kind if ms is not None else '-'!r}: {meta.get('error', '')}")
+            if spec.fault is not None and spec.fault[1] == meta.get("sample"):
+                self._inject(spec.fault[0])
+            x = mx.tensors["x"]
+            state = ms.tensors if ms is not None else zero
+            ev0.record(self.ctx.stream)
+            y, new_state = self.ctx.execute(x, state)
+            ev1.record(self.ctx.stream)
+            ms_busy = ev0.elapsed_ms(ev1)
+            self.clock.add(ms_busy)
+            out_meta = {"kind": "data", "sample": meta.get("sample")}
+            if spec.state_out:
+                self.senders["state"].send(new_state, out_meta)
+            if spec.x_out == "cell":
+                self.senders["x"].send({"x": y}, out_meta)
+            elif spec.x_out == "driver":
+                self.senders["x"].send({"y": y[-1]}, out_meta)
+            mx.release()
+            if ms is not None:
+                ms.release()
+            self._samples += 1
+            self._t_end = time.perf_counter()
+            if self._metrics is not None:
+                self._record_metrics(ms_busy, x.shape[0])
+        self._t_end = time.perf_counter()
+        return self.stats()
+
+    def _inject(self, what: str) -> None:
+        """Fault injection for tests and drills: raise, or kill this process."""
+        if what == "exit":
+            os._exit(17)
+        raise RuntimeError(f"injected fault ({what})")
+
+    # ---------------------------------------------------------------------------- observability
+
+    def stats(self) -> dict[str, Any]:
+        wall = max(1e-9, (self._t_end or time.perf_counter()) - self._t_start) if self._t_start else 0.0
+        return {
+            "cell": self.name, "replica": self.spec.plan.replica, "row": self.spec.plan.row,
+            "col": self.spec.plan.col, "device": self.spec.plan.device, "samples": self._samples,
+            "busy_s": self.clock.busy_s, "wall_s": wall,
+            "busy_pct": 100.0 * self.clock.busy_s / wall if wall else 0.0,
+            "step_ms_median": _median(self.clock.samples_ms),
+            "channels_in": {k: r.stats.snapshot() for k, r in self.receivers.items()},
+            "channels_out": {k: s.stats.snapshot() for k, s in self.senders.items()},
+        }
+
+    def _make_metrics(self) -> dict[str, Any]:
+        try:
+            from ray.util import metrics
+        except Exception:  # noqa: BLE001 - metrics are optional outside Ray
+            return {}
+        tags = ("cell",)
+        return {
+            "frames": metrics.Counter("bidl_cell_frames", "time-step frames processed", tag_keys=tags),
+            "latency": metrics.Histogram("bidl_cell_chunk_ms", "device time per chunk (ms)",
+                                         boundaries=[0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+                                         tag_keys=tags),
+            "bytes": metrics.Counter("bidl_cell_bytes_sent", "bytes sent on output channels", tag_keys=tags),
+            "queue": metrics.Gauge("bidl_cell_queue_depth", "input messages waiting", tag_keys=tags),
+        }
+
+    def _record_metrics(self, ms_busy: float, steps: int) -> None:
+        m, tags = self._metrics, {"cell": self.name}
+        if not m:
+            return
+        m["frames"].inc(steps, tags)
+        m["latency"].observe(ms_busy, tags)
+        sent = sum(s.stats.snapshot().get("bytes", 0) for s in self.senders.values())
+        prev = getattr(self, "_bytes_reported", 0)
+        if sent > prev:
+            m["bytes"].inc(sent - prev, tags)
+            self._bytes_reported = sent
+        pending = sum(getattr(r, "pending", lambda: 0)() for r in self.receivers.values())
+        m["queue"].set(pending, tags)
+
+    def close(self) -> None:
+        for s in self.senders.values():
+            s.close()
+        for r in self.receivers.values():
+            r.close()
+        self.ctx.close()
+
+
+def _median(xs: list[float]) -> Optional[float]:
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[len(s) // 2]

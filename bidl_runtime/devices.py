@@ -1,0 +1,245 @@
+"""Device contexts: each cell's "SDK context", one interface for every backend.
+
+Modelled on the user guide's SDK (context, streams, events, buffers, load model, reset, execute):
+
+    ctx = open_context("cpu", device_id=3, threads=1)
+    ctx.load(ArtifactSource(path))          # or EmulatedSource(...) for the emulated backend
+    state = ctx.reset_state()               # zeroed state buffers of a fresh sample
+    start, end = ctx.create_event(), ctx.create_event()
+    start.record(); y, state = ctx.execute(x_chunk, state); end.record()
+    busy_ms = start.elapsed_ms(end)
+
+Backends: ``cpu`` (torch on CPU, thread count set per cell, runs compiled artifacts) and
+``emulated`` (no model compute: real tensor shapes, each chunk paced to a device profile, for
+capacity planning and for measuring the runtime's own overhead). ``cuda`` is a registered seam:
+a subclass maps streams/events to ``torch.cuda.Stream``/``Event`` and artifacts to the device.
+"""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from bidl_models.specs import State, TensorSpec, zero_state
+
+# ----------------------------------------------------------------------------- model sources
+
+
+@dataclass(frozen=True)
+class ArtifactSource:
+    """A compiled segment artifact directory (see ``compile``)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class EmulatedSource:
+    """What the emulated backend needs of a segment: its real chunk tensor specs and its pace."""
+
+    input: TensorSpec                   # [t, B, ...] chunk input
+    output: TensorSpec                  # [t, B, ...] chunk output
+    state: tuple[TensorSpec, ...]       # state tensors (batch included)
+    seconds_per_step: float             # device time of one time step of this segment
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """A device's speed: ``ref_fps`` time-step frames/s on a reference model of ``ref_flops``
+    FLOPs per step. A segment of ``f`` FLOPs per step takes ``f / ref_flops / ref_fps`` s per step."""
+
+    name: str = "ka200"
+    ref_fps: float = 28.8                      # the user guide's chip on ResNetLif50, 2x128x128
+    ref_model: str = "ResNetLif50 2x128x128"
+    ref_flops: Optional[float] = None          # computed on first use when None
+
+    def seconds_per_step(self, flops: float) -> float:
+        ref = self.ref_flops if self.ref_flops is not None else resnet50_step_flops()
+        return flops / ref / self.ref_fps
+
+
+_RESNET50_FLOPS: list[float] = []
+
+
+def resnet50_step_flops() -> float:
+    """FLOPs of one ResNetLif50 time step on 2x128x128 (counted on fake tensors, cached)."""
+    if not _RESNET50_FLOPS:
+        from bidl_models import build_backbone
+        from bidl_models.segments import block_costs
+        net = build_backbone(dict(type="ResNetLifItout", depth=50, nclass=10, input_channels=2, timestep=1))
+        _RESNET50_FLOPS.append(sum(block_costs(net, (2, 128, 128))))
+    return _RESNET50_FLOPS[0]
+
+
+# ------------------------------------------------------------------------------ streams, events
+
+
+class Stream:
+    """An in-order queue of device work. On CPU, work runs when enqueued (synchronous)."""
+
+    def synchronize(self) -> None:
+        return None
+
+
+class Event:
+    """A point in a stream: ``record`` marks it, ``wait`` blocks until reached, timings between two."""
+
+    def __init__(self) -> None:
+        self._t: Optional[float] = None
+
+    def record(self, stream: Optional[Stream] = None) -> None:
+        self._t = time.perf_counter()
+
+    def query(self) -> bool:
+        return self._t is not None
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        if self._t is None:
+            raise RuntimeError("waiting on an event that was never recorded")
+
+    def elapsed_ms(self, end: "Event") -> float:
+        if self._t is None or end._t is None:
+            raise RuntimeError("elapsed_ms needs two recorded events")
+        return (end._t - self._t) * 1e3
+
+
+# ------------------------------------------------------------------------------------ contexts
+
+
+class DeviceContext(ABC):
+    """One cell's device: open, streams, events, buffers, load, reset state, execute a chunk."""
+
+    backend: ClassVar[str]
+    torch_device: ClassVar[str] = "cpu"
+
+    def __init__(self, device_id: int, threads: int = 1):
+        self.device_id = int(device_id)
+        self.threads = int(threads)
+        self.state_specs: tuple[TensorSpec, ...] = ()
+        self.input_spec: Optional[TensorSpec] = None
+        self.output_spec: Optional[TensorSpec] = None
+        self.stream = self.create_stream()
+
+    def create_stream(self) -> Stream:
+        return Stream()
+
+    def create_event(self) -> Event:
+        return Event()
+
+    def alloc(self, specs: Sequence[TensorSpec]) -> State:
+        """Device buffers for ``specs`` (zeroed)."""
+        return zero_state(specs, self.torch_device)
+
+    def reset_state(self) -> State:
+        """Zeroed state buffers for the first time slice of a fresh sample."""
+        return self.alloc(self.state_specs)
+
+    @abstractmethod
+    def load(self, source) -> None:
+        """Load a segment (artifact or emulation spec); sets the input/output/state specs."""
+
+    @abstractmethod
+    def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """Run the loaded segment over one chunk ``x[t, B, ...]`` from ``state``."""
+
+    def close(self) -> None:
+        return None
+
+
+class CpuContext(DeviceContext):
+    """torch on CPU, ``threads`` intra-op threads for this cell's process, compiled artifacts."""
+
+    backend = "cpu"
+
+    def __init__(self, device_id: int, threads: int = 1):
+        super().__init__(device_id, threads)
+        torch.set_num_threads(max(1, self.threads))
+        self.artifact = None
+
+    def load(self, source) -> None:
+        if not isinstance(source, ArtifactSource):
+            raise ValueError(f"cpu backend loads compiled artifacts, got {type(source).__name__}")
+        from compile import load_artifact
+        self.artifact = load_artifact(source.path)
+        self.state_specs = tuple(self.artifact.state_specs)
+        self.input_spec, self.output_spec = self.artifact.input_spec, self.artifact.output_spec
+
+    def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        with torch.inference_mode():
+            return self.artifact.run(x, state)
+
+
+class EmulatedContext(DeviceContext):
+    """No model compute: returns an output of the real shape and hands the state through, after
+    sleeping (blocking, no spin) until ``t * seconds_per_step`` has passed since the call began."""
+
+    backend = "emulated"
+
+    def __init__(self, device_id: int, threads: int = 1):
+        super().__init__(device_id, threads)
+        self.seconds_per_step = 0.0
+        self._out: Optional[Tensor] = None
+
+    def load(self, source) -> None:
+        if not isinstance(source, EmulatedSource):
+            raise ValueError(f"emulated backend needs an EmulatedSource, got {type(source).__name__}")
+        self.input_spec, self.output_spec = source.input, source.output
+        self.state_specs = tuple(source.state)
+        self.seconds_per_step = float(source.seconds_per_step)
+        self._out = source.output.zeros()
+
+    def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        t0 = time.perf_counter()
+        deadline = t0 + x.shape[0] * self.seconds_per_step
+        while True:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            time.sleep(left)
+        return self._out[: x.shape[0]], state
+
+
+class CudaContext(DeviceContext):
+    """Seam for CUDA devices: streams/events map to torch.cuda, artifacts move to the device."""
+
+    backend = "cuda"
+    torch_device = "cuda"
+
+    def __init__(self, device_id: int, threads: int = 1):
+        if not torch.cuda.is_available():
+            raise RuntimeError("backend 'cuda': no CUDA device is available to this process")
+        raise NotImplementedError("backend 'cuda' is not implemented yet; use 'cpu' or 'emulated'")
+
+    def load(self, source) -> None:  # pragma: no cover - seam
+        raise NotImplementedError
+
+    def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:  # pragma: no cover - seam
+        raise NotImplementedError
+
+
+BACKENDS: dict[str, type[DeviceContext]] = {c.backend: c for c in (CpuContext, EmulatedContext, CudaContext)}
+
+
+def open_context(backend: str, device_id: int, threads: int = 1) -> DeviceContext:
+    """Open device ``device_id`` with the named backend."""
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend {backend!r}: expected one of {sorted(BACKENDS)}")
+    return BACKENDS[backend](device_id, threads)
+
+
+@dataclass
+class BusyClock:
+    """Accumulates device-busy time between event pairs."""
+
+    busy_s: float = 0.0
+    calls: int = 0
+    samples_ms: list[float] = field(default_factory=list)
+
+    def add(self, ms: float) -> None:
+        self.busy_s += ms / 1e3
+        self.calls += 1
+        if len(self.samples_ms) < 100_000:
+            self.samples_ms.append(ms)
