@@ -120,6 +120,22 @@ class Cell:
                 if waited >= self.spec.idle_timeout_s:
                     raise CellError(f"{self.name}: no {key} input for {waited:.0f} s") from None
 
+    def _send(self, key: str, tensors: Any, meta: dict) -> None:
+        """Send on output ``key``, waiting for a credit as long as the receiver is alive (bounded
+        by the idle limit, abort-aware): a slow downstream cell is back-pressure, not an error."""
+        s = self.senders[key]
+        waited = 0.0
+        while True:
+            if self._abort:
+                raise CellError(f"{self.name}: aborted by the driver")
+            try:
+                s.send(tensors, meta, timeout=self.spec.poll_s)
+                return
+            except ChannelTimeout:
+                waited += self.spec.poll_s
+                if waited >= self.spec.idle_timeout_s:
+                    raise CellError(f"{self.name}: {key} output blocked for {waited:.0f} s") from None
+
     def loop(self) -> dict[str, Any]:
         """Serve samples until a stop message; returns this cell's stats."""
         try:
@@ -127,7 +143,8 @@ class Cell:
         except CellError:
             raise
         except Exception as e:  # noqa: BLE001 - name the cell in whatever went wrong
-            raise CellError(f"{self.name}: {type(e).__name__}: {e}\n{traceback.format_exc()}") from None
+            traceback.print_exc()  # the full trace goes to this worker's log
+            raise CellError(f"{self.name}: {type(e).__name__}: {e}") from None
 
     def _loop(self) -> dict[str, Any]:
         spec = self.spec
@@ -163,11 +180,11 @@ class Cell:
             self.clock.add(ms_busy)
             out_meta = {"kind": "data", "sample": meta.get("sample")}
             if spec.state_out:
-                self.senders["state"].send(new_state, out_meta)
+                self._send("state", new_state, out_meta)
             if spec.x_out == "cell":
-                self.senders["x"].send({"x": y}, out_meta)
+                self._send("x", {"x": y}, out_meta)
             elif spec.x_out == "driver":
-                self.senders["x"].send({"y": y[-1]}, out_meta)
+                self._send("x", {"y": y[-1]}, out_meta)
             mx.release()
             if ms is not None:
                 ms.release()

@@ -80,6 +80,7 @@ class RunReport:
     cells: list[dict]
     verify: Optional[dict] = None
     driver_channels: dict = field(default_factory=dict)
+    startup_s: float = 0.0
 
     @property
     def samples(self) -> int:
@@ -277,17 +278,38 @@ class Grid:
 
     # ---------------------------------------------------------------------------------- health
 
-    def check_health(self) -> None:
-        """Raise RunError naming the cell if any cell's loop ended (raised, died) before stop."""
+    def check_health(self, grace_s: float = 3.0) -> None:
+        """Raise RunError naming the cell if any cell's loop ended (raised, died) before stop.
+
+        A failure spreads (neighbours see a dead peer), so after the first one the driver waits
+        ``grace_s`` for the others and blames the root cause: a dead process first, then a cell's
+        own error, then channel failures caused by a neighbour.
+        """
         import ray
+        import ray.exceptions as rex
         done, _ = ray.wait(list(self.loops), num_returns=len(self.loops), timeout=0)
+        if not done:
+            return
+        deadline = time.perf_counter() + grace_s
+        while time.perf_counter() < deadline and len(done) < len(self.loops):
+            more, _ = ray.wait(list(self.loops), num_returns=len(self.loops), timeout=0.25)
+            if len(more) == len(done):
+                break
+            done = more
+        failures = []
         for ref in done:
             cell = self.loops[ref]
             try:
                 ray.get(ref, timeout=1)
+                failures.append((3, cell, "stopped before the end of the stream"))
             except Exception as e:  # noqa: BLE001
-                raise RunError(f"{cell.name} failed: {_cell_error_text(e)}") from None
-            raise RunError(f"{cell.name} stopped before the end of the stream")
+                text = _cell_error_text(e)
+                rank = 0 if isinstance(e, rex.RayActorError) else (2 if _is_channel_failure(text) else 1)
+                failures.append((rank, cell, text))
+        failures.sort(key=lambda f: (f[0], f[1].key))
+        rank, cell, text = failures[0]
+        others = f" ({len(failures) - 1} other cell(s) failed after it)" if len(failures) > 1 else ""
+        raise RunError(f"{cell.name} failed: {text}{others}")
 
     # ------------------------------------------------------------------------------------ run
 
@@ -499,13 +521,20 @@ def check_sample(x: Any, expected: Sequence[int]) -> Optional[str]:
 
 
 def _cell_error_text(e: BaseException) -> str:
-    text = str(e)
-    for line in text.splitlines():
-        if "CellError" in line or "cell[" in line:
-            return line.split("CellError: ")[-1].strip()
-    if "ActorDiedError" in type(e).__name__ or "died" in text.lower():
-        return "the actor died (process exited or was killed)"
-    return text.splitlines()[0] if text else type(e).__name__
+    """The readable part of a Ray error raised for a cell: its CellError, or that it died."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, CellError):
+        return str(cause)
+    import ray.exceptions as rex
+    if isinstance(e, rex.RayActorError):
+        return "the actor died (its process exited or was killed)"
+    text = str(e).strip()
+    return text.splitlines()[-1] if text else type(e).__name__
+
+
+def _is_channel_failure(text: str) -> bool:
+    """A failure that a neighbour's death causes (not a root cause)."""
+    return any(k in text for k in ("PeerDied", "ChannelClosed", "ChannelTimeout", "aborted by the driver"))
 
 
 def _quiet(fn) -> None:

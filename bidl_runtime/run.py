@@ -65,7 +65,8 @@ def _main(args: argparse.Namespace) -> int:
 
     from .defaults import default_checkpoint, default_config
     from .devices import DeviceProfile
-    from .driver import Grid, RunError, RuntimeConfig, node_devices
+    from .api import prepare, stream
+    from .driver import RunError, RuntimeConfig, node_devices
     from .plan import make_plan, parse_grid
 
     # 1. everything that can be checked without a cluster fails fast, with a clear message
@@ -95,11 +96,10 @@ def _main(args: argparse.Namespace) -> int:
         ray.init(address=args.address, namespace=f"bidl-{uuid.uuid4().hex[:8]}", log_to_driver=False,
                  logging_level="WARNING")
     else:
-        ray.init(num_cpus=os.cpu_count(), resources={"bidl_device": len(plan.cells) + 0},
+        ray.init(num_cpus=os.cpu_count(), resources={"bidl_device": max(c.device for c in plan.cells) + 1},
                  include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
                  logging_level="WARNING", namespace=f"bidl-{uuid.uuid4().hex[:8]}")
         started = True
-    grid_obj = None
     try:
         url = _dashboard_url()
         print(f"ray: {'joined ' + args.address if args.address else 'embedded local cluster'}; "
@@ -114,18 +114,13 @@ def _main(args: argparse.Namespace) -> int:
         rcfg = RuntimeConfig(backend=args.backend, transport=args.transport, depth=args.depth,
                              max_inflight=args.max_inflight, threads_per_cell=threads,
                              profile=DeviceProfile(ref_fps=args.profile_fps))
-        segments, arts = _segments(args, cfg, plan, rcfg, checkpoint)
-        shape = _model_input_shape(cfg, plan, segments)
-        samples, source = _samples(args, cfg, plan.T, shape, verify)
+        prepared = prepare(cfg, plan, rcfg, checkpoint, args.artifacts, args.force_compile)
+        x0 = prepared[0][(0, plan.slices[0])].x
+        samples, source = _samples(args, cfg, plan.T, tuple(x0.shape[2:]))
         print(f"data: {source}")
-        grid_obj = Grid(plan, segments, rcfg)
-        t0 = time.perf_counter()
-        grid_obj.start()
-        print(f"grid up: {len(plan.cells)} cell actors in {time.perf_counter() - t0:.1f} s")
-        report = grid_obj.run(samples.iter(), (plan.T,) + shape, progress=True, total=args.samples)
-        report.cells = grid_obj.stop()
-        if verify:
-            report.verify = verify_report(report, arts, plan, samples.kept, rcfg.threads_per_cell)
+        report = stream(cfg, samples, rcfg=rcfg, verify=verify, total=args.samples, progress=True,
+                        plan=plan, prepared=prepared)
+        print(f"grid up: {len(plan.cells)} cell actors in {report.startup_s:.1f} s")
         print()
         print(report.summary())
         if args.json:
@@ -141,8 +136,6 @@ def _main(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
-        if grid_obj is not None:
-            grid_obj.close()
         if started:
             ray.shutdown()
 
@@ -159,56 +152,13 @@ def _dashboard_url() -> Optional[str]:
         return None
 
 
-def _segments(args, cfg, plan, rcfg, checkpoint):
-    from .session import compiled_segments, emulated_segments
-    if args.backend == "emulated":
-        return emulated_segments(cfg, plan, rcfg.profile, rcfg.batch), {}
-    return compiled_segments(cfg, plan, checkpoint, args.artifacts, rcfg.batch, args.force_compile)
-
-
-def _model_input_shape(cfg, plan, segments) -> tuple[int, ...]:
-    x = segments[(0, plan.slices[0])].x
-    return tuple(x.shape[2:])
-
-
-class _Samples:
-    """The run's sample source; keeps inputs for the reference run when verifying."""
-
-    def __init__(self, gen, keep: bool):
-        self.gen, self.keep, self.kept = gen, keep, {}
-
-    def iter(self):
-        for i, item in enumerate(self.gen):
-            if self.keep:
-                self.kept[i] = item[0] if isinstance(item, tuple) else item
-            yield item
-
-
-def _samples(args, cfg, T, shape, verify):
+def _samples(args, cfg, T, shape):
     from .session import dataset_samples, synthetic_samples
     gen = dataset_samples(cfg, args.samples)
     if gen is not None:
-        return _Samples(gen, verify), f"{cfg.data.test.type} test split ({args.samples} samples)"
-    return (_Samples(synthetic_samples(T, shape, args.samples, args.seed), verify),
+        return gen, f"{cfg.data.test.type} test split ({args.samples} samples)"
+    return (synthetic_samples(T, shape, args.samples, args.seed),
             f"synthetic seeded event frames {T}x{'x'.join(map(str, shape))} (the config's data is not available)")
-
-
-def verify_report(report, arts, plan, inputs, threads: int) -> dict:
-    """Compare every grid output with the single-device run of the same artifacts (bit-exact)."""
-    import torch
-    from .session import reference_output
-    equal = compared = 0
-    worst = 0.0
-    for i, y in report.outputs.items():
-        x = inputs[i]
-        xb = x.to(torch.float32).unsqueeze(1) if x.dim() == 4 else x
-        ref = reference_output(arts, plan, xb, threads)
-        compared += 1
-        if torch.equal(ref, y):
-            equal += 1
-        else:
-            worst = max(worst, float((ref - y).abs().max()))
-    return {"equal": equal, "compared": compared, "max_abs_diff": worst}
 
 
 def report_json(report) -> dict:

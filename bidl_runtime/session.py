@@ -55,6 +55,9 @@ def compiled_segments(cfg: Config, plan: GridPlan, checkpoint: Optional[str | Pa
     from bidl_models.config import model_segment_configs
 
     splits = None if len(model_segment_configs(cfg)) > 1 else [list(s) for s in plan.splits]
+    if splits is not None and len(splits) > 1:
+        # an automatic split is not part of the config: keep its artifacts apart from other cuts
+        out = Path(out) / ("split_" + "_".join(f"{a}-{b}" for a, b in splits))
     compiled = compile_config(cfg, checkpoint, rows=plan.rows, splits=splits, out=out, batch=batch,
                               force=force, verbose=verbose, progress=progress,
                               in_shape=config_input_shape(cfg))

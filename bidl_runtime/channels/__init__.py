@@ -1,0 +1,34 @@
+"""Event-gated data-plane channels between grid cells (Ray is only the control plane).
+
+Receiver side (creates resources, returns a picklable descriptor)::
+
+    rx = create_receiver("state[0,1]->[1,1]", specs, ChannelConfig(depth=2))
+    desc = rx.descriptor                      # ship via Ray to the sender's process
+    with rx.recv(timeout=10) as msg:          # blocks in the kernel until the sent event
+        use(msg.meta["sample"], msg.tensors)  # zero-copy views (shm), valid until release
+                                              # leaving the block releases: the credit goes back
+
+Sender side::
+
+    tx = attach_sender(desc)
+    tx.send({"v": v, ...}, {"sample": 7, "slice": 1})   # waits for a credit, one copy_ per tensor
+    views = tx.reserve(); compute_into(views); tx.commit({"sample": 8})   # or: write in place
+    tx.send_control("stop"); tx.close()
+
+Transports: ``shm`` (default, same node, zero copy), ``tcp`` (host copy, any node, crc32), ``cuda`` (seam).
+"""
+from . import cuda, shm, tcp  # noqa: F401  (register the transports)
+from .base import (KINDS, ChannelDescriptor, Message, Receiver, Sender, Transport, attach_sender, create_receiver,
+                   get_transport, register_transport, transports, wait_any)
+from .config import ChannelConfig
+from .errors import ChannelClosed, ChannelError, ChannelTimeout, ChecksumError, PeerDied
+from .layout import Layout
+from .shm import sweep_stale
+from .stats import ChannelStats
+
+__all__ = [
+    "KINDS", "ChannelConfig", "ChannelDescriptor", "ChannelStats", "Layout", "Message", "Receiver", "Sender",
+    "Transport", "attach_sender", "create_receiver", "get_transport", "register_transport", "transports",
+    "wait_any", "sweep_stale",
+    "ChannelError", "ChannelTimeout", "ChannelClosed", "PeerDied", "ChecksumError",
+]

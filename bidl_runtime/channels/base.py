@@ -1,0 +1,650 @@
+"""The transport-independent channel: descriptors, credits, messages, the transport registry.
+
+One channel = one sender and one receiver (a grid edge). The receiver owns ``depth`` slots, each able
+to hold one message of the channel's fixed layout. The sender starts with ``depth`` credits; it writes
+only into a slot it holds a credit for, then publishes the "sent" event (a small control message with
+the slot index and the msgpack metadata). The receiver blocks in the kernel until a sent event
+arrives, hands out views of the slot, and returns the credit when the user calls ``release()``.
+
+Transports (see ``Transport``) differ only in where slots live and how bytes get there:
+``shm`` maps the same memory in both processes (zero copy for the receiver), ``tcp`` streams the
+payload into receiver-side slot buffers, ``cuda`` (not yet) would keep slots in device memory.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import select
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import msgpack
+import torch
+from torch import Tensor
+
+from bidl_models.specs import TensorSpec
+
+from ._link import Link
+from .config import ChannelConfig
+from .errors import ChannelClosed, ChannelError, PeerDied
+from .layout import Layout
+from .stats import ChannelStats
+
+KINDS = ("data", "stop", "error")
+
+# control-message opcodes (first element of every msgpack list on the control socket)
+OP_HELLO, OP_DATA, OP_CONTROL, OP_END = "H", "D", "C", "E"      # sender -> receiver
+OP_CREDIT, OP_CLOSED = "K", "X"                                  # receiver -> sender
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelDescriptor:
+    """Picklable address of a receiver: created by the receiver, shipped (e.g. via Ray) to the sender.
+
+    ``address`` is transport-specific and holds plain values only (shm: file path, socket name;
+    tcp: host, port). ``config`` is the receiver's config; the sender uses it unless given its own.
+    """
+
+    name: str
+    transport: str
+    specs: tuple[TensorSpec, ...]
+    depth: int
+    token: str
+    address: dict = field(default_factory=dict)
+    config: ChannelConfig = field(default_factory=ChannelConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "transport": self.transport, "specs": [s.to_dict() for s in self.specs],
+                "depth": self.depth, "token": self.token, "address": dict(self.address),
+                "config": self.config.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ChannelDescriptor":
+        return cls(d["name"], d["transport"], tuple(TensorSpec.from_dict(s) for s in d["specs"]), int(d["depth"]),
+                   d["token"], dict(d["address"]), ChannelConfig.from_dict(d["config"]))
+
+
+def _make_meta(meta: Mapping[str, Any] | None, kind: str, channel: str, limit: int) -> dict[str, Any]:
+    """Metadata dict with ``kind`` set; ValueError if the kind is unknown, it is not msgpack-able, or too big."""
+    m = {} if meta is None else dict(meta)
+    m.setdefault("kind", kind)
+    if m["kind"] not in KINDS:
+        raise ValueError(f"channel {channel!r}: metadata kind {m['kind']!r}: expected one of {list(KINDS)}")
+    try:
+        n = len(msgpack.packb(m, use_bin_type=True))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ValueError(f"channel {channel!r}: metadata is not msgpack-serialisable ({e})") from None
+    if n > limit:
+        raise ValueError(f"channel {channel!r}: metadata of {n} B exceeds the limit of {limit} B "
+                         "(ChannelConfig.max_meta_bytes): keep metadata small")
+    return m
+
+
+def _readable(sock: Any) -> bool:
+    p = select.poll()
+    p.register(sock.fileno(), select.POLLIN)
+    return bool(p.poll(0))
+
+
+def _timeout(t: float | None, default: float) -> float:
+    t = default if t is None else float(t)
+    if not t > 0:
+        raise ValueError(f"timeout={t!r}: must be > 0")
+    return t
+
+
+class _NoPickle:
+    def __reduce__(self):
+        raise TypeError(f"{type(self).__name__} is bound to its process: ship its .descriptor (receiver) "
+                        "and attach_sender() in the other process instead")
+
+
+class Message:
+    """A received message: ``meta`` (dict with at least ``kind``) and ``tensors`` (name -> tensor).
+
+    For shm the tensors are zero-copy views of the shared slot, for tcp views of the receiver's slot
+    buffer; either way they stay valid until ``release()`` (or leaving a ``with`` block), after which
+    the sender may overwrite them. Control messages ('stop'/'error' without payload) have no tensors.
+    """
+
+    __slots__ = ("meta", "tensors", "seq", "hop_s", "_rx", "_slot")
+
+    def __init__(self, meta: dict, tensors: dict[str, Tensor], seq: int, rx: "Receiver", slot: int | None,
+                 hop_s: float | None = None):
+        self.meta, self.tensors, self.seq, self.hop_s = meta, tensors, seq, hop_s
+        self._rx, self._slot = rx, slot
+
+    @property
+    def kind(self) -> str:
+        return self.meta.get("kind", "data")
+
+    @property
+    def is_data(self) -> bool:
+        return self._slot is not None
+
+    @property
+    def released(self) -> bool:
+        return self._slot is None
+
+    def release(self) -> None:
+        """Give the slot back to the sender (idempotent). The tensors must not be used afterwards."""
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            self._rx._release(slot)
+
+    def copy(self) -> dict[str, Tensor]:
+        """Private copies of the tensors (still valid after release)."""
+        return {k: v.clone() for k, v in self.tensors.items()}
+
+    def __enter__(self) -> "Message":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"Message(seq={self.seq}, meta={self.meta}, tensors={list(self.tensors)})"
+
+
+class Receiver(_NoPickle, ABC):
+    """Receiving end of a channel: owns the slots and the listening socket.
+
+    Subclasses set ``_listener`` (a listening socket), ``_views`` (per slot: name -> tensor view) and
+    ``address``, and implement ``_accept_link`` and optionally ``_read_payload``/``_free_resources``.
+    Use each endpoint from one thread, except ``Message.release()``, which any thread may call.
+    """
+
+    transport = "?"
+
+    def __init__(self, name: str, layout: Layout, config: ChannelConfig):
+        self.name, self.layout, self.config = name, layout, config
+        self.depth = int(config.depth)
+        self.token = secrets.token_hex(8)
+        self.stats = ChannelStats(name, "receiver", self.transport, config.stats_window)
+        self.address: dict[str, Any] = {}
+        self._listener = None
+        self._views: list[dict[str, Tensor]] = []
+        self._link: Link | None = None
+        self._pending: Link | None = None
+        self._held: set[int] = set()
+        self._next_seq = 0
+        self._sender_closed = False
+        self._closed = False
+
+    # -- to implement -------------------------------------------------------------------------
+    @abstractmethod
+    def _accept_link(self, deadline: float, timeout_s: float) -> Link:
+        """Accept the sender's connection (without the hello)."""
+
+    def _read_payload(self, slot: int, msg: list, deadline: float, timeout_s: float) -> None:
+        """Bring the payload of a data message into ``slot`` (nothing to do for shared memory)."""
+
+    def _clock_ns(self) -> int:
+        return time.monotonic_ns()
+
+    def _free_resources(self) -> None:
+        """Release transport resources (unlink files, ...)."""
+
+    # -- public -------------------------------------------------------------------------------
+    @property
+    def descriptor(self) -> ChannelDescriptor:
+        """What the sender needs to attach (picklable)."""
+        return ChannelDescriptor(self.name, self.transport, self.layout.specs, self.depth, self.token,
+                                 dict(self.address), self.config)
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None
+
+    def fileno(self) -> int:
+        """An fd that polls readable when ``recv`` would not block (for ``wait_any``)."""
+        self._check_open()
+        return (self._link or self._pending or self._listener).fileno()
+
+    def recv(self, timeout: float | None = None) -> Message:
+        """Block (in the kernel) until the next message's sent event; return it.
+
+        ``release()`` of a received message may be called from another thread than ``recv``.
+        Raises ChannelTimeout after ``timeout`` (default ``config.recv_timeout_s``), ChannelClosed once
+        the sender closed and everything it sent was received, PeerDied if the sender's process went away.
+        """
+        self._check_open()
+        to = _timeout(timeout, self.config.recv_timeout_s)
+        t0 = time.monotonic()
+        deadline = t0 + to
+        if self._link is None:
+            self._connect(deadline, to)
+        if self._sender_closed:
+            raise ChannelClosed(self.name, f"sender closed the channel after {self.stats.messages} messages")
+        msg = self._link.recv(deadline, to, "the next message's sent event")
+        t1 = time.monotonic()
+        if msg is None:
+            raise PeerDied(self.name, f"receiver: sender process is gone (EOF on the control socket) after "
+                                      f"{self.stats.messages} messages")
+        op = msg[0]
+        if op == OP_DATA:
+            _, seq, slot, t_sent, meta = msg[:5]
+            self._check_seq(seq)
+            if not (0 <= slot < self.depth) or slot in self._held:
+                raise ChannelError(self.name, f"receiver: protocol error: data in slot {slot} which the receiver "
+                                              f"still holds (held {sorted(self._held)}, depth {self.depth})")
+            self._held.add(slot)
+            try:
+                self._read_payload(slot, msg, deadline, to)
+            except BaseException:
+                self._held.discard(slot)
+                raise
+            t2 = time.monotonic()
+            lat = max(0.0, (self._clock_ns() - t_sent) * 1e-9)
+            self.stats.record(self.layout.nbytes, t1 - t0, t2 - t1, hop_s=lat)
+            return Message(meta, dict(self._views[slot]), seq, self, slot, lat)
+        if op == OP_CONTROL:
+            _, seq, t_sent, meta = msg[:4]
+            self._check_seq(seq)
+            self.stats.record(0, t1 - t0, 0.0, None, control=True)
+            return Message(meta, {}, seq, self, None)
+        if op == OP_END:
+            self._sender_closed = True
+            raise ChannelClosed(self.name, f"sender closed the channel after {self.stats.messages} messages")
+        raise ChannelError(self.name, f"receiver: protocol error: unexpected opcode {op!r}")
+
+    def recv_copy(self, timeout: float | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """``recv`` + private copies of the tensors + ``release``: returns ``(meta, tensors)``."""
+        msg = self.recv(timeout)
+        try:
+            return msg.meta, msg.copy()
+        finally:
+            msg.release()
+
+    def recv_into(self, out: Mapping[str, Tensor] | Sequence[Tensor], timeout: float | None = None) -> dict[str, Any]:
+        """``recv`` + copy into caller-owned tensors (layout-checked) + ``release``: returns the metadata."""
+        dst = self.layout.order(out, self.name)
+        msg = self.recv(timeout)
+        try:
+            if msg.is_data:
+                with torch.no_grad():
+                    for d, s in zip(dst, msg.tensors.values()):
+                        d.copy_(s)
+            return msg.meta
+        finally:
+            msg.release()
+
+    def close(self) -> None:
+        """Tell the sender (best effort), close sockets, free slots. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        to = self.config.close_timeout_s
+        if self._link is None and self._pending is not None:
+            self._link, self._pending = self._pending, None
+        if self._link is None and self._listener is not None and _readable(self._listener):
+            try:  # a sender connected but was never accepted: accept it so it learns about the close
+                self._link = self._accept_link(time.monotonic() + to, to)
+            except (ChannelError, OSError):
+                pass
+        if self._link is not None:
+            try:
+                self._link.send([OP_CLOSED, "receiver closed"], time.monotonic() + to, to, "sending close")
+            except (ChannelError, OSError):
+                pass
+            self._link.close()
+        if self._listener is not None:
+            self._listener.close()
+        self._held.clear()
+        self._views = []
+        self._free_resources()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Receiver":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.name!r}, {self.layout}, depth={self.depth}, "
+                f"{'closed' if self._closed else 'connected' if self._link else 'waiting for sender'})")
+
+    # -- internals ----------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ChannelClosed(self.name, "receiver is closed")
+
+    def _check_seq(self, seq: int) -> None:
+        if seq != self._next_seq:
+            raise ChannelError(self.name, f"receiver: message {seq} arrived, expected {self._next_seq} (lost or reordered)")
+        self._next_seq += 1
+
+    def _connect(self, deadline: float, to: float) -> None:
+        if self._pending is None:
+            self._pending = self._accept_link(deadline, to)
+        link = self._pending
+        hello = link.recv(deadline, to, "the sender's hello")  # a timeout here keeps the pending link
+        self._pending = None
+        if hello is None:
+            link.close()
+            raise PeerDied(self.name, "receiver: the sender connected and went away before saying hello")
+        if hello[0] != OP_HELLO or hello[1] != self.token or hello[2] != self.layout.fingerprint:
+            link.close()
+            why = "its layout differs" if hello and hello[1] == self.token else "it lacks this channel's token"
+            raise ChannelError(self.name, f"receiver: rejected a connection: {why}")
+        self._link = link
+        self._listener.close()
+        self._on_connected()
+
+    def _on_connected(self) -> None:
+        """Hook after the sender's hello was accepted."""
+
+    def _release(self, slot: int) -> None:
+        if slot not in self._held or self._closed:
+            return
+        self._held.discard(slot)
+        try:
+            to = self.config.close_timeout_s
+            self._link.send([OP_CREDIT, slot], time.monotonic() + to, to, "returning a credit")
+        except (PeerDied, ChannelError):
+            pass  # the sender is gone or stuck: nobody to give the credit to
+
+
+class Sender(_NoPickle, ABC):
+    """Sending end of a channel: attaches to a receiver's descriptor and holds the credits.
+
+    Subclasses set ``_link`` and implement ``_views_for(slot)`` (writable views for reserve) and
+    ``_publish(slot, meta, ...)``; ``_send_tensors`` may be overridden to avoid a staging copy.
+    Not thread-safe: use each endpoint from one thread.
+    """
+
+    transport = "?"
+
+    def __init__(self, desc: ChannelDescriptor, config: ChannelConfig):
+        self.descriptor = desc
+        self.name = desc.name
+        self.config = config
+        self.layout = Layout(desc.specs, desc.config.align)
+        self.depth = int(desc.depth)
+        self.stats = ChannelStats(self.name, "sender", self.transport, config.stats_window)
+        self._link: Link | None = None
+        self._free: list[int] = list(range(self.depth))[::-1]  # pop() takes slot 0 first
+        self._inflight: set[int] = set()
+        self._reserved: int | None = None
+        self._reserve_blocked = 0.0
+        self._seq = 0
+        self._closed = False
+        self._receiver_closed = False
+
+    # -- to implement -------------------------------------------------------------------------
+    @abstractmethod
+    def _views_for(self, slot: int) -> dict[str, Tensor]:
+        """Writable views the producer fills before ``commit`` (slot memory or a staging buffer)."""
+
+    @abstractmethod
+    def _publish(self, slot: int, seq: int, meta: dict, deadline: float, to: float) -> None:
+        """Make the reserved slot's content visible to the receiver and send the sent event."""
+
+    def _send_tensors(self, slot: int, seq: int, tensors: list[Tensor], meta: dict, deadline: float,
+                      to: float) -> None:
+        """Copy into the slot (one copy_ per tensor) then publish; transports may override."""
+        views = self._views_for(slot)
+        with torch.no_grad():
+            for v, t in zip(views.values(), tensors):
+                v.copy_(t)
+        self._publish(slot, seq, meta, deadline, to)
+
+    def _free_resources(self) -> None:
+        """Release transport resources."""
+
+    # -- public -------------------------------------------------------------------------------
+    def send(self, tensors: Sequence[Tensor] | Mapping[str, Tensor], meta: Mapping[str, Any] | None = None,
+             timeout: float | None = None) -> None:
+        """Wait for a credit, copy ``tensors`` (list in layout order, or dict by name) into the slot, publish.
+
+        ValueError (naming the tensor) if they do not match the layout; ChannelTimeout if no slot is
+        released within ``timeout`` (default ``config.send_timeout_s``).
+        """
+        ordered = self.layout.order(tensors, self.name)
+        m = _make_meta(meta, "data", self.name, self.config.max_meta_bytes)
+        self._check_ready()
+        to = _timeout(timeout, self.config.send_timeout_s)
+        deadline = time.monotonic() + to
+        slot, blocked = self._acquire(deadline, to)
+        t0 = time.monotonic()
+        try:
+            self._send_tensors(slot, self._seq, ordered, m, deadline, to)
+        except PeerDied as e:
+            raise self._explain_send_failure(e) from None
+        except BaseException:
+            self._free.append(slot)
+            raise
+        self._sent(slot, blocked, time.monotonic() - t0)
+
+    def reserve(self, timeout: float | None = None) -> dict[str, Tensor]:
+        """Wait for a credit and return writable views of the next slot (write your output there),
+        then call ``commit(meta)`` (or ``abort()``). One reservation at a time."""
+        self._check_ready()
+        to = _timeout(timeout, self.config.send_timeout_s)
+        slot, blocked = self._acquire(time.monotonic() + to, to)
+        self._reserved, self._reserve_blocked = slot, blocked
+        return dict(self._views_for(slot))
+
+    def commit(self, meta: Mapping[str, Any] | None = None, timeout: float | None = None) -> None:
+        """Publish the reserved slot with ``meta`` (the sent event)."""
+        if self._reserved is None:
+            raise RuntimeError(f"channel {self.name!r}: commit() without reserve()")
+        m = _make_meta(meta, "data", self.name, self.config.max_meta_bytes)
+        self._check_open()
+        to = _timeout(timeout, self.config.send_timeout_s)
+        slot, self._reserved = self._reserved, None
+        t0 = time.monotonic()
+        try:
+            self._publish(slot, self._seq, m, t0 + to, to)
+        except PeerDied as e:
+            raise self._explain_send_failure(e) from None
+        except BaseException:
+            self._free.append(slot)
+            raise
+        self._sent(slot, self._reserve_blocked, time.monotonic() - t0)
+
+    def abort(self) -> None:
+        """Give up the current reservation (the slot stays with the sender)."""
+        if self._reserved is not None:
+            self._free.append(self._reserved)
+            self._reserved = None
+
+    def send_control(self, kind: str = "stop", meta: Mapping[str, Any] | None = None,
+                     timeout: float | None = None) -> None:
+        """Send a payload-less message ('stop' or 'error', metadata only); needs no credit."""
+        if kind not in KINDS or kind == "data":
+            raise ValueError(f"channel {self.name!r}: send_control kind {kind!r}: expected 'stop' or 'error'")
+        m = _make_meta({**(meta or {}), "kind": kind}, kind, self.name, self.config.max_meta_bytes)
+        self._check_ready()
+        to = _timeout(timeout, self.config.send_timeout_s)
+        t0 = time.monotonic()
+        try:
+            self._link.send([OP_CONTROL, self._seq, self._clock_ns(), m], t0 + to, to, "sending a control message")
+        except PeerDied as e:
+            raise self._explain_send_failure(e) from None
+        self._seq += 1
+        self.stats.record(0, 0.0, time.monotonic() - t0, control=True)
+
+    def close(self) -> None:
+        """Tell the receiver no more messages follow (best effort) and detach. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.abort()
+        if self._link is not None:
+            try:
+                to = self.config.close_timeout_s
+                self._link.send([OP_END], time.monotonic() + to, to, "sending close")
+            except (ChannelError, OSError):
+                pass
+            self._link.close()
+        self._free_resources()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def credits(self) -> int:
+        """Slots the sender may write now without waiting (credits already received)."""
+        return len(self._free)
+
+    def __enter__(self) -> "Sender":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.name!r}, {self.layout}, depth={self.depth}, credits={len(self._free)}"
+                f"{', closed' if self._closed else ''})")
+
+    # -- internals ----------------------------------------------------------------------------
+    def _clock_ns(self) -> int:
+        return time.monotonic_ns()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ChannelClosed(self.name, "sender is closed")
+        if self._receiver_closed:
+            raise ChannelClosed(self.name, "receiver closed the channel")
+
+    def _check_ready(self) -> None:
+        self._check_open()
+        if self._reserved is not None:
+            raise RuntimeError(f"channel {self.name!r}: a reservation is pending: commit() or abort() first")
+
+    def _hello(self, deadline: float, to: float) -> None:
+        self._link.send([OP_HELLO, self.descriptor.token, self.layout.fingerprint, os.getpid()], deadline, to, "sending hello")
+
+    def _acquire(self, deadline: float, to: float) -> tuple[int, float]:
+        """A free slot, waiting (in the kernel) for a credit if none; returns (slot, seconds blocked)."""
+        if self._free:
+            return self._free.pop(), 0.0
+        t0 = time.monotonic()
+        what = f"a credit (all {self.depth} slots are unreleased by the receiver)"
+        while not self._free:
+            self._on_control(self._link.recv(deadline, to, what))
+        return self._free.pop(), time.monotonic() - t0
+
+    def _on_control(self, msg: list | None) -> None:
+        if msg is None:
+            raise PeerDied(self.name, "sender: receiver process is gone (EOF on the control socket)")
+        if msg[0] == OP_CREDIT:
+            slot = msg[1]
+            if slot not in self._inflight:
+                raise ChannelError(self.name, f"sender: protocol error: credit for slot {slot} not in flight")
+            self._inflight.discard(slot)
+            self._free.append(slot)
+        elif msg[0] == OP_CLOSED:
+            self._receiver_closed = True
+            raise ChannelClosed(self.name, f"sender: {msg[1]}")
+        else:
+            raise ChannelError(self.name, f"sender: protocol error: unexpected opcode {msg[0]!r}")
+
+    def _sent(self, slot: int, blocked: float, busy: float) -> None:
+        self._seq += 1
+        self._inflight.add(slot)
+        self.stats.record(self.layout.nbytes, blocked, busy)
+
+    def _explain_send_failure(self, err: PeerDied) -> ChannelError:
+        """After a failed write: a close message from the receiver may be waiting; prefer it."""
+        try:
+            while self._link.readable_now():
+                msg = self._link.recv(time.monotonic() + 0.05, 0.05, "the receiver's last messages")
+                if msg is None:
+                    break
+                self._on_control(msg)
+        except ChannelClosed as e:
+            return e
+        except ChannelError:
+            pass
+        return err
+
+
+class Transport(ABC):
+    """A way to move messages of a fixed layout; registered by name (``register_transport``).
+
+    Seam for new transports (e.g. ``cuda``: slots in device memory shared via CUDA IPC handles, the sent
+    event recorded as an IPC CUDA event): implement a ``Receiver`` (allocate ``config.depth`` slots,
+    listen, fill ``address``), a ``Sender`` (attach from the descriptor, ``_views_for``, ``_publish``)
+    and this class's two factories. Credits, metadata, ordering, timeouts and stats come from the bases.
+    """
+
+    name: str = "?"
+
+    @abstractmethod
+    def create_receiver(self, name: str, layout: Layout, config: ChannelConfig) -> Receiver:
+        """Create the receiving end in the calling process."""
+
+    @abstractmethod
+    def attach_sender(self, desc: ChannelDescriptor, config: ChannelConfig) -> Sender:
+        """Attach the sending end, in the calling process, to a receiver's descriptor."""
+
+
+_TRANSPORTS: dict[str, Transport] = {}
+
+
+def register_transport(transport: Transport, replace: bool = False) -> None:
+    """Make a transport available under ``transport.name``."""
+    if transport.name in _TRANSPORTS and not replace:
+        raise ValueError(f"transport {transport.name!r} is already registered")
+    _TRANSPORTS[transport.name] = transport
+
+
+def get_transport(name: str) -> Transport:
+    """The registered transport ``name``; ValueError naming the known ones otherwise."""
+    try:
+        return _TRANSPORTS[name]
+    except KeyError:
+        raise ValueError(f"unknown channel transport {name!r}: expected one of {sorted(_TRANSPORTS)}") from None
+
+
+def transports() -> list[str]:
+    """Names of the registered transports."""
+    return sorted(_TRANSPORTS)
+
+
+def create_receiver(name: str, specs: Iterable[TensorSpec], config: ChannelConfig | None = None,
+                    **overrides: Any) -> Receiver:
+    """Create the receiving end of channel ``name`` for messages of layout ``specs`` in this process.
+
+    ``overrides`` change single config fields (``depth=3``, ``transport="tcp"``). Ship
+    ``receiver.descriptor`` to the sender's process and call ``attach_sender`` there.
+    """
+    cfg = (config or ChannelConfig())
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    return get_transport(cfg.transport).create_receiver(name, Layout(list(specs), cfg.align), cfg)
+
+
+def attach_sender(descriptor: ChannelDescriptor, config: ChannelConfig | None = None, **overrides: Any) -> Sender:
+    """Attach the sending end to a receiver's descriptor (in the sender's process).
+
+    The sender uses the descriptor's config unless ``config`` is given (depth and alignment always
+    come from the receiver).
+    """
+    if isinstance(descriptor, Mapping):
+        descriptor = ChannelDescriptor.from_dict(descriptor)
+    cfg = config or descriptor.config
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    return get_transport(descriptor.transport).attach_sender(descriptor, cfg)
+
+
+def wait_any(receivers: Sequence[Receiver], timeout: float) -> list[Receiver]:
+    """Block (in the kernel) until at least one receiver has something to ``recv`` (a message, a close,
+    or a dead peer), or ``timeout`` seconds pass; returns the ready ones (empty on timeout)."""
+    p = select.poll()
+    by_fd = {}
+    for r in receivers:
+        fd = r.fileno()
+        by_fd[fd] = r
+        p.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    return [by_fd[fd] for fd, _ in p.poll(max(0.0, timeout) * 1e3)]

@@ -1,0 +1,57 @@
+"""All channel tunables in one place (transport choice is separate from scheduling)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """Tunables of one channel; the receiver's copy travels in the descriptor to the sender.
+
+    Timeouts are in seconds; every wait in the channel layer is bounded by one of them.
+    """
+
+    transport: str = "shm"            #: "shm" (same node, zero-copy), "tcp" (host copy, any node), "cuda" (seam)
+    depth: int = 2                    #: slots per channel; >= 2 lets the next transfer overlap compute
+    send_timeout_s: float = 60.0      #: sender waiting for a credit (a released slot) or for the kernel
+    recv_timeout_s: float = 60.0      #: receiver waiting for the next "sent" event (and, tcp, its payload)
+    connect_timeout_s: float = 30.0   #: sender connecting to the receiver
+    frame_timeout_s: float = 60.0     #: tcp: finishing a frame once its first byte moved (a partial frame
+                                      #: cannot be abandoned, so short poll timeouts do not apply to it)
+    close_timeout_s: float = 1.0      #: best-effort close messages
+    align: int = 64                   #: byte alignment of each tensor inside a slot
+    max_meta_bytes: int = 65536       #: msgpack-encoded metadata limit per message
+    stats_window: int = 4096          #: samples kept for the medians in the stats
+    shm_dir: str = "/dev/shm"         #: where shm slot files are created (unlinked once the sender maps them)
+    shm_populate: bool = True         #: MAP_POPULATE the slots (no page faults on the hot path)
+    tcp_host: str | None = None       #: address advertised to senders (None: Ray node IP if Ray is up, else 127.0.0.1)
+    tcp_bind_host: str | None = None  #: address the receiver binds (None: the advertised address)
+    tcp_sndbuf: int = 4 << 20         #: SO_SNDBUF of the sender's socket (bytes)
+    tcp_rcvbuf: int = 4 << 20         #: SO_RCVBUF of the receiver's socket (bytes)
+    tcp_checksum: bool = True         #: crc32 every payload, verified on receive
+
+    def __post_init__(self) -> None:
+        if int(self.depth) < 1:
+            raise ValueError(f"ChannelConfig.depth={self.depth}: must be >= 1")
+        for f in ("send_timeout_s", "recv_timeout_s", "connect_timeout_s", "frame_timeout_s", "close_timeout_s"):
+            v = getattr(self, f)
+            if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+                raise ValueError(f"ChannelConfig.{f}={v!r}: must be a finite number > 0 (every wait is bounded)")
+        if self.align < 1 or self.align & (self.align - 1):
+            raise ValueError(f"ChannelConfig.align={self.align}: must be a power of two")
+
+    def replace(self, **changes: Any) -> "ChannelConfig":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ChannelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"ChannelConfig: unknown fields {unknown}")
+        return cls(**dict(d))

@@ -1,0 +1,184 @@
+"""Cross-node transport: host copy over one TCP connection per channel, same credit semantics.
+
+Frames on the stream: u32 length + msgpack envelope, then (data frames) the payload bytes of each
+tensor in layout order. Data envelope: ``["D", seq, slot, t_wall_ns, meta, specs, nbytes, crc32]``;
+the receiver checks the specs against its layout and the crc32 of the payload (ChecksumError on a
+mismatch; the slot goes back to the sender and the stream stays usable). Credits and the close
+message flow back on the same connection. Payload bytes land directly in the receiver's slot buffers
+(``recv_into``); ``send`` writes straight from the caller's tensors (no staging copy).
+"""
+from __future__ import annotations
+
+import socket
+import sys
+import time
+import zlib
+
+import torch
+from torch import Tensor
+
+from ._link import Link
+from .base import OP_DATA, ChannelDescriptor, Receiver, Sender, Transport, register_transport
+from .config import ChannelConfig
+from .errors import ChannelError, ChannelTimeout, ChecksumError, PeerDied
+from .layout import Layout
+
+
+def default_host() -> str:
+    """This node's address for peers: Ray's node IP when Ray is initialised here, else loopback."""
+    ray = sys.modules.get("ray")
+    if ray is not None:
+        try:
+            if ray.is_initialized():
+                return ray.util.get_node_ip_address()
+        except Exception:
+            pass
+    return "127.0.0.1"
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def crc32_of(buffers: list[memoryview]) -> int:
+    """crc32 over the concatenation of ``buffers``."""
+    c = 0
+    for b in buffers:
+        c = zlib.crc32(b, c)
+    return c
+
+
+def _bytes_of(t: Tensor) -> memoryview:
+    """A byte view of a tensor's data (copies only if not a contiguous CPU tensor)."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def _max_msg(layout: Layout, config: ChannelConfig) -> int:
+    return config.max_meta_bytes + len(layout.spec_dicts) * 256 + 4096
+
+
+class TcpReceiver(Receiver):
+    """Receiving end: ``depth`` slot buffers in this process, a listening TCP socket."""
+
+    transport = "tcp"
+
+    def __init__(self, name: str, layout: Layout, config: ChannelConfig):
+        super().__init__(name, layout, config)
+        self._buf = torch.zeros(self.depth * layout.slot_size, dtype=torch.uint8)  # zeros: pages touched now
+        slots = [self._buf[i * layout.slot_size:(i + 1) * layout.slot_size] for i in range(self.depth)]
+        self._views = [layout.views(b) for b in slots]
+        self._bytes = [layout.byte_views(b) for b in slots]
+        host = config.tcp_host or default_host()
+        bind = config.tcp_bind_host or host
+        self._listener = socket.socket(_family(bind), socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, config.tcp_rcvbuf)
+        self._listener.bind((bind, 0))
+        self._listener.listen(1)
+        self.address = {"host": host, "port": self._listener.getsockname()[1]}
+
+    def _accept_link(self, deadline: float, timeout_s: float) -> Link:
+        rem = deadline - time.monotonic()
+        if rem <= 0:
+            raise ChannelTimeout(self.name, "receiver", "a sender to attach", timeout_s)
+        self._listener.settimeout(rem)
+        try:
+            conn, _ = self._listener.accept()
+        except TimeoutError:
+            raise ChannelTimeout(self.name, "receiver", "a sender to attach", timeout_s) from None
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        return Link(conn, self.name, "receiver", False, _max_msg(self.layout, self.config), self.config.frame_timeout_s)
+
+    def _clock_ns(self) -> int:
+        return time.time_ns()
+
+    def _read_payload(self, slot: int, msg: list, deadline: float, timeout_s: float) -> None:
+        _, seq, _, _, meta, specs, nbytes, crc = msg
+        if nbytes != self.layout.nbytes or specs != self.layout.spec_dicts:
+            self._link._broken = "envelope specs differ from the layout"
+            raise ChannelError(self.name, f"receiver: message {seq}: envelope specs/size ({nbytes} B) differ from "
+                                          f"the channel layout ({self.layout.nbytes} B)")
+        views = self._bytes[slot]
+        # the header is in: the payload must be read whatever the caller's (poll) timeout was
+        self._link.recv_into_views(views, self._link.frame_deadline(deadline),
+                                   max(timeout_s, self.config.frame_timeout_s), f"the payload of message {seq}")
+        if crc is not None:
+            got = crc32_of(views)
+            if got != crc:
+                self._held.discard(slot)
+                self._release_unheld(slot)
+                raise ChecksumError(self.name, f"receiver: payload of message {seq} (sample {meta.get('sample')!r}, "
+                                               f"slice {meta.get('slice')!r}) fails its crc32 check: computed "
+                                               f"{got:#010x}, envelope says {crc:#010x}")
+
+    def _release_unheld(self, slot: int) -> None:
+        self._held.add(slot)
+        self._release(slot)
+
+
+class TcpSender(Sender):
+    """Sending end: one TCP connection; payload written from the tensors (``send``) or from a staging
+    buffer (``reserve``/``commit``)."""
+
+    transport = "tcp"
+
+    def __init__(self, desc: ChannelDescriptor, config: ChannelConfig):
+        super().__init__(desc, config)
+        host, port = desc.address["host"], desc.address["port"]
+        to = config.connect_timeout_s
+        sock = socket.socket(_family(host), socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.tcp_sndbuf)
+        sock.settimeout(to)
+        try:
+            sock.connect((host, port))
+        except ConnectionRefusedError as e:
+            sock.close()
+            raise PeerDied(self.name, f"sender: receiver at {host}:{port} is not listening ({e.strerror})") from None
+        except TimeoutError:
+            sock.close()
+            raise ChannelTimeout(self.name, "sender", f"connecting to {host}:{port}", to) from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self._link = Link(sock, self.name, "sender", False, _max_msg(self.layout, config), config.frame_timeout_s)
+        self._staging = torch.zeros(self.layout.slot_size, dtype=torch.uint8)
+        self._staging_views = self.layout.views(self._staging)
+        self._staging_bytes = self.layout.byte_views(self._staging)
+        self._hello(time.monotonic() + to, to)
+
+    def _clock_ns(self) -> int:
+        return time.time_ns()
+
+    def _views_for(self, slot: int) -> dict[str, Tensor]:
+        return self._staging_views
+
+    def _write(self, slot: int, seq: int, meta: dict, bufs: list[memoryview], deadline: float, to: float) -> None:
+        crc = crc32_of(bufs) if self.config.tcp_checksum else None
+        env = [OP_DATA, seq, slot, time.time_ns(), meta, self.layout.spec_dicts, self.layout.nbytes, crc]
+        self._link.send(env, deadline, to, f"sending message {seq}", payload=bufs)
+
+    def _publish(self, slot: int, seq: int, meta: dict, deadline: float, to: float) -> None:
+        self._write(slot, seq, meta, self._staging_bytes, deadline, to)
+
+    def _send_tensors(self, slot: int, seq: int, tensors: list[Tensor], meta: dict, deadline: float,
+                      to: float) -> None:
+        self._write(slot, seq, meta, [_bytes_of(t) for t in tensors], deadline, to)
+
+
+class TcpTransport(Transport):
+    """Host copy over TCP (works across nodes), crc32-checked."""
+
+    name = "tcp"
+
+    def create_receiver(self, name: str, layout: Layout, config: ChannelConfig) -> TcpReceiver:
+        return TcpReceiver(name, layout, config)
+
+    def attach_sender(self, desc: ChannelDescriptor, config: ChannelConfig) -> TcpSender:
+        return TcpSender(desc, config)
+
+
+register_transport(TcpTransport())

@@ -1,0 +1,128 @@
+"""The grid on a real (local) Ray cluster: outputs equal the single-device reference, exactly."""
+import time
+
+import pytest
+import ray
+import torch
+
+from bidl_models.config import load_config
+from bidl_runtime.api import stream
+from bidl_runtime.driver import RunError, RuntimeConfig
+from bidl_runtime.session import synthetic_samples
+
+N = 5
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, resources={"bidl_device": 8}, include_dashboard=False, log_to_driver=False,
+             logging_level="WARNING", namespace="test-grid")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    return tmp_path_factory.mktemp("artifacts")
+
+
+def cfg(T):
+    return load_config("clif3fc3dm_itout-b16x1-dvsglyphs", [
+        "model.backbone.h0=16", "model.backbone.w0=16", f"model.backbone.timestep={T}",
+        "models_compile_inputshape=[[1,2,16,16]]", "data=None"])
+
+
+def samples(T, n=N, seed=0):
+    return [(x, i % 10) for i, x in enumerate(synthetic_samples(T, (2, 16, 16), n, seed, rate=0.4))]
+
+
+def run(T, artifacts, grid, replicas=1, items=None, **rkw):
+    rcfg = RuntimeConfig(metrics=False, **rkw)
+    items = items if items is not None else samples(T)
+    return stream(cfg(T), items, grid=grid, replicas=replicas, rcfg=rcfg, artifacts=artifacts / f"T{T}",
+                  verify=True)
+
+
+def assert_exact(report, n=N):
+    assert report.verify == {"equal": n, "compared": n, "max_abs_diff": 0.0}
+    assert list(report.outputs) == list(range(n)), "results must come back in sample order"
+    assert all(y.shape == (1, 10) for y in report.outputs.values())
+    assert len({tuple(y.flatten().tolist()) for y in report.outputs.values()}) > 1, "outputs must vary"
+
+
+@pytest.mark.parametrize("grid", [(1, 1), (2, 1), (3, 1), (1, 2), (2, 2), (3, 2)])
+def test_grid_equals_reference_T_not_divisible(cluster, artifacts, grid):
+    report = run(7, artifacts, grid)
+    assert_exact(report)
+    assert report.plan.slices == {1: (7,), 2: (4, 3), 3: (3, 2, 2)}[grid[0]]
+    assert {c["cell"]: c["samples"] for c in report.cells} == {c.name: N for c in report.plan.cells}
+
+
+@pytest.mark.parametrize("grid", [(2, 1), (3, 2)])
+def test_grid_equals_reference_T_divisible(cluster, artifacts, grid):
+    assert_exact(run(6, artifacts, grid))
+
+
+def test_replicas_round_robin_keep_order(cluster, artifacts):
+    report = run(7, artifacts, (2, 1), replicas=2, items=samples(7, 6))
+    assert_exact(report, 6)
+    per_cell = {c["cell"]: c["samples"] for c in report.cells}
+    assert per_cell == {"cell[0,0]@dev0": 3, "cell[1,0]@dev1": 3, "r1.cell[0,0]@dev2": 3, "r1.cell[1,0]@dev3": 3}
+
+
+def test_tcp_transport_gives_the_same_outputs(cluster, artifacts):
+    report = run(7, artifacts, (2, 2), transport="tcp")
+    assert_exact(report)
+    assert {e["transport"] for e in report.edges()} == {"tcp"}
+
+
+def test_bad_samples_are_rejected_and_the_stream_continues(cluster, artifacts):
+    good = samples(7, 4)
+    bad_nan = good[1][0].clone()
+    bad_nan[3, 0, 2, 2] = float("nan")
+    items = [good[0], (torch.zeros(7, 2, 15, 16), 1), good[1], (good[2][0].to(torch.float64), 2),
+             (bad_nan, 3), good[3]]
+    report = run(7, artifacts, (2, 2), items=items)
+    assert sorted(report.rejected) == [1, 3, 4]
+    assert "sample 1: shape [7, 2, 15, 16]" in report.rejected[1]
+    assert "dtype float64" in report.rejected[3] and "NaN" in report.rejected[4]
+    assert list(report.outputs) == [0, 2, 5]
+    assert report.verify["equal"] == report.verify["compared"] == 3
+
+
+@pytest.mark.parametrize("fault, match", [("raise", "injected fault"), ("exit", "died")])
+def test_failing_cell_stops_the_run_naming_it(cluster, artifacts, fault, match):
+    t0 = time.perf_counter()
+    with pytest.raises(RunError, match=rf"cell\[1,0\]@dev2.*{match}"):
+        run(7, artifacts, (2, 2), faults={(0, 1, 0): (fault, 2)})
+    assert time.perf_counter() - t0 < 60
+    assert not alive_cells(["cell[0,0]@dev0", "cell[0,1]@dev1", "cell[1,0]@dev2", "cell[1,1]@dev3"])
+
+
+def alive_cells(names, wait_s=15.0):
+    """Names of cell actors still registered after up to ``wait_s`` (killing is asynchronous)."""
+    deadline = time.perf_counter() + wait_s
+    while True:
+        alive = []
+        for n in names:
+            try:
+                ray.get_actor(n)
+                alive.append(n)
+            except ValueError:
+                pass
+        if not alive or time.perf_counter() > deadline:
+            return alive
+        time.sleep(0.5)
+
+
+def test_emulated_backend_moves_real_shapes_at_device_pace(cluster, artifacts):
+    rcfg = RuntimeConfig(backend="emulated", metrics=False)
+    from bidl_runtime.devices import DeviceProfile
+    rcfg.profile = DeviceProfile(ref_fps=2000.0)
+    report = stream(cfg(7), samples(7), grid=(2, 2), rcfg=rcfg)
+    assert report.samples == N
+    edges = {e["edge"]: e for e in report.edges()}
+    state_bytes = edges["cell[1,0]@dev2:state"]["bytes"]
+    assert state_bytes == N * 4 * (32 * 16 * 16 + 64 * 8 * 8)  # membranes of blocks 0 and 1, fp32
+    for c in report.cells:
+        assert c["busy_s"] > 0 and c["samples"] == N
