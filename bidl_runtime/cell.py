@@ -97,10 +97,6 @@ class Cell:
             if outputs.get(key) is not None:
                 self.senders[key] = attach_sender(outputs[key])
 
-    def node_info(self) -> dict[str, Any]:
-        import ray
-        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
-
     def abort(self) -> None:
         self._abort = True
 
@@ -208,6 +204,7 @@ class Cell:
         return {
             "cell": self.name, "replica": self.spec.plan.replica, "row": self.spec.plan.row,
             "col": self.spec.plan.col, "device": self.spec.plan.device, "samples": self._samples,
+            "pid": os.getpid(), "node": _node_id(),
             "busy_s": self.clock.busy_s, "wall_s": wall,
             "busy_pct": 100.0 * self.clock.busy_s / wall if wall else 0.0,
             "step_ms_median": _median(self.clock.samples_ms),
@@ -250,6 +247,14 @@ class Cell:
         for r in self.receivers.values():
             r.close()
         self.ctx.close()
+
+
+def _node_id() -> Optional[str]:
+    try:
+        import ray
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray
+        return None
 
 
 def _median(xs: list[float]) -> Optional[float]:

@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cfg-options", nargs="*", default=[], metavar="KEY=VALUE")
     ap.add_argument("--json", default=None, help="write the report as JSON here")
     ap.add_argument("--seed", type=int, default=0, help="seed of synthetic samples when the config has no data")
+    ap.add_argument("--inject-fault", default=None, metavar="ROW,COL:raise|exit:SAMPLE",
+                    help="fault drill: make cell (ROW, COL) of replica 0 raise or exit at SAMPLE")
     return ap
 
 
@@ -79,6 +81,7 @@ def _main(args: argparse.Namespace) -> int:
         checkpoint = args.checkpoint or default_checkpoint(cfg.name)
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise FileNotFoundError(f"--checkpoint {checkpoint!r}: no such file")
+        faults = parse_fault(args.inject_fault) if args.inject_fault else {}
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -113,7 +116,7 @@ def _main(args: argparse.Namespace) -> int:
         threads = args.threads_per_cell or max(1, (os.cpu_count() or 1) // len(plan.cells))
         rcfg = RuntimeConfig(backend=args.backend, transport=args.transport, depth=args.depth,
                              max_inflight=args.max_inflight, threads_per_cell=threads,
-                             profile=DeviceProfile(ref_fps=args.profile_fps))
+                             profile=DeviceProfile(ref_fps=args.profile_fps), faults=faults)
         prepared = prepare(cfg, plan, rcfg, checkpoint, args.artifacts, args.force_compile)
         x0 = prepared[0][(0, plan.slices[0])].x
         samples, source = _samples(args, cfg, plan.T, tuple(x0.shape[2:]))
@@ -159,6 +162,18 @@ def _samples(args, cfg, T, shape):
         return gen, f"{cfg.data.test.type} test split ({args.samples} samples)"
     return (synthetic_samples(T, shape, args.samples, args.seed),
             f"synthetic seeded event frames {T}x{'x'.join(map(str, shape))} (the config's data is not available)")
+
+
+def parse_fault(text: str) -> dict:
+    """``'1,0:exit:2'`` -> ``{(0, 1, 0): ('exit', 2)}``."""
+    try:
+        cell, kind, sample = text.split(":")
+        row, col = (int(v) for v in cell.split(","))
+        if kind not in ("raise", "exit"):
+            raise ValueError
+        return {(0, row, col): (kind, int(sample))}
+    except ValueError:
+        raise ValueError(f"--inject-fault {text!r}: expected ROW,COL:raise|exit:SAMPLE, e.g. 1,0:exit:2") from None
 
 
 def report_json(report) -> dict:
