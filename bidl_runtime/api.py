@@ -17,7 +17,7 @@ import torch
 
 from bidl_models.config import Config
 
-from .driver import Grid, RunReport, RuntimeConfig, node_devices
+from .driver import CellPool, Grid, RunReport, RuntimeConfig, node_devices
 from .plan import GridPlan, make_plan
 from .session import compiled_segments, emulated_segments, reference_output
 
@@ -65,7 +65,7 @@ def stream(cfg: Config, samples: Iterable, grid: Optional[tuple[int, int]] = Non
            rcfg: Optional[RuntimeConfig] = None, checkpoint: Optional[str | Path] = None,
            artifacts: str | Path = "artifacts", verify: bool = False, total: Optional[int] = None,
            progress: bool = False, verbose: bool = False, plan: Optional[GridPlan] = None,
-           prepared: Optional[tuple] = None) -> RunReport:
+           prepared: Optional[tuple] = None, pool: Optional[CellPool] = None) -> RunReport:
     """Plan the grid on the connected cluster, prepare its segments, stream ``samples`` through it,
     stop it, and (``verify``) compare with the single-device reference. The grid is always torn down."""
     rcfg = rcfg or RuntimeConfig()
@@ -74,7 +74,7 @@ def stream(cfg: Config, samples: Iterable, grid: Optional[tuple[int, int]] = Non
     x0 = segments[(0, plan.slices[0])].x
     shape = (plan.T,) + tuple(x0.shape[2:])
     src = KeepInputs(samples) if verify else samples
-    g = Grid(plan, segments, rcfg)
+    g = Grid(plan, segments, rcfg, pool)
     try:
         t0 = time.perf_counter()
         g.start()

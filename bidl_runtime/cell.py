@@ -11,8 +11,10 @@ driver's in-flight samples. A ``stop`` message drains the grid in order; every w
 from __future__ import annotations
 
 import os
+import threading
 import time
 import traceback
+from queue import Queue
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -66,19 +68,30 @@ class CellError(RuntimeError):
 class Cell:
     """The actor body (wrapped with ``ray.remote`` by the driver)."""
 
-    def __init__(self, spec: CellSpec):
+    def __init__(self, spec: Optional[CellSpec] = None):
+        self.receivers: dict[str, Any] = {}
+        self.senders: dict[str, Any] = {}
+        self.ctx = None
+        self._metrics: Optional[dict] = None
+        if spec is not None:
+            self.configure(spec)
+
+    def configure(self, spec: CellSpec) -> None:
+        """(Re)build this cell for ``spec``: device context, loaded segment, fresh counters. A
+        pooled actor is reconfigured between runs instead of starting a new process."""
+        self.close()
         self.spec = spec
         self.name = spec.plan.name
         self.ctx = open_context(spec.backend, spec.plan.device, spec.threads)
         self.ctx.load(spec.source)
-        self.receivers: dict[str, Any] = {}
-        self.senders: dict[str, Any] = {}
         self.clock = BusyClock()
         self._abort = False
         self._t_start = 0.0
         self._t_end = 0.0
         self._samples = 0
-        self._metrics = self._make_metrics() if spec.metrics else None
+        self._bytes_reported = 0
+        if spec.metrics and self._metrics is None:
+            self._metrics = self._make_metrics()
 
     # ------------------------------------------------------------------ wiring (control plane)
 
@@ -146,19 +159,27 @@ class Cell:
         spec = self.spec
         zero = self.ctx.reset_state() if not spec.state_in else None
         ev0, ev1 = self.ctx.create_event(), self.ctx.create_event()
+        outbox = _Outbox(self.name, spec.poll_s, lambda: self._abort)
+        try:
+            self._serve(spec, zero, ev0, ev1, outbox)
+        finally:
+            outbox.close()
+        for s in self.senders.values():
+            s.send_control("stop")
+        return self.stats()
+
+    def _serve(self, spec: CellSpec, zero, ev0, ev1, outbox: "_Outbox") -> None:
+        """Receive, compute, hand the outputs to the outbox (sent while the next chunk computes)."""
         while True:
             mx = self._recv("x")
-            if not self._t_start:
-                self._t_start = time.perf_counter()  # busy % counts from the first message
             meta = mx.meta
             ms = self._recv("state") if spec.state_in else None
             if mx.kind == "stop":
                 if ms is not None and ms.kind != "stop":
                     raise CellError(f"{self.name}: stop on the input but sample {ms.meta.get('sample')} "
                                     "from the row above")
-                for s in self.senders.values():
-                    s.send_control("stop")
-                break
+                outbox.flush()
+                return
             if ms is not None and ms.meta.get("sample") != meta.get("sample"):
                 raise CellError(f"{self.name}: input is sample {meta.get('sample')} but the state from "
                                 f"the row above is sample {ms.meta.get('sample')}")
@@ -170,11 +191,19 @@ class Cell:
             x = mx.tensors["x"]
             state = ms.tensors if ms is not None else zero
             ev0.record(self.ctx.stream)
+            if not self._t_start:
+                self._t_start = time.perf_counter()  # busy % counts from the first compute
             y, new_state = self.ctx.execute(x, state)
             ev1.record(self.ctx.stream)
             ms_busy = ev0.elapsed_ms(ev1)
             self.clock.add(ms_busy)
-            out_meta = {"kind": "data", "sample": meta.get("sample")}
+            outbox.put(self._deliver(spec, meta.get("sample"), y, new_state, mx, ms, ms_busy, x.shape[0]))
+
+    def _deliver(self, spec: CellSpec, sample: Any, y, new_state, mx, ms, ms_busy: float, steps: int):
+        """The outbox job of one sample: send its outputs, then release its inputs (the outputs may
+        be views of the input slots, e.g. the emulated backend hands the state through)."""
+        def job() -> None:
+            out_meta = {"kind": "data", "sample": sample}
             if spec.state_out:
                 self._send("state", new_state, out_meta)
             if spec.x_out == "cell":
@@ -187,9 +216,8 @@ class Cell:
             self._samples += 1
             self._t_end = time.perf_counter()
             if self._metrics is not None:
-                self._record_metrics(ms_busy, x.shape[0])
-        self._t_end = time.perf_counter()
-        return self.stats()
+                self._record_metrics(ms_busy, steps)
+        return job
 
     def _inject(self, what: str) -> None:
         """Fault injection for tests and drills: raise, or kill this process."""
@@ -229,7 +257,7 @@ class Cell:
 
     def _record_metrics(self, ms_busy: float, steps: int) -> None:
         m, tags = self._metrics, {"cell": self.name}
-        if not m:
+        if not m or not self.spec.metrics:
             return
         m["frames"].inc(steps, tags)
         m["latency"].observe(ms_busy, tags)
@@ -242,11 +270,63 @@ class Cell:
         m["queue"].set(pending, tags)
 
     def close(self) -> None:
+        """Close the channel ends and the device context (idempotent)."""
         for s in self.senders.values():
             s.close()
         for r in self.receivers.values():
             r.close()
-        self.ctx.close()
+        self.senders, self.receivers = {}, {}
+        if self.ctx is not None:
+            self.ctx.close()
+            self.ctx = None
+
+
+class _Outbox:
+    """A thread that sends one sample's outputs while the cell computes the next chunk (depth 1:
+    the cell waits before handing over a second job). Errors re-raise in the cell's loop."""
+
+    def __init__(self, name: str, poll_s: float, aborted) -> None:
+        self.name, self.poll_s, self.aborted = name, poll_s, aborted
+        self.q: Queue = Queue(maxsize=1)
+        self.err: Optional[BaseException] = None
+        self.idle = threading.Event()
+        self.idle.set()
+        self.thread = threading.Thread(target=self._run, name=f"{name}-outbox", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self.q.get()
+            if job is None:
+                return
+            try:
+                if self.err is None:
+                    job()
+            except BaseException as e:  # noqa: BLE001 - handed to the cell loop
+                self.err = e
+            finally:
+                self.idle.set()
+
+    def _check(self) -> None:
+        if self.err is not None:
+            err, self.err = self.err, None
+            raise err
+
+    def put(self, job) -> None:
+        self.flush()
+        self.idle.clear()
+        self.q.put(job)
+
+    def flush(self) -> None:
+        """Wait until the previous job is sent (abort-aware); re-raise its error."""
+        while not self.idle.wait(self.poll_s):
+            if self.aborted():
+                raise CellError(f"{self.name}: aborted by the driver")
+        self._check()
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join(timeout=max(1.0, 10 * self.poll_s))
 
 
 def _node_id() -> Optional[str]:

@@ -13,13 +13,14 @@ import math
 import threading
 import time
 from collections import deque
+from queue import Queue
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from bidl_models.specs import TensorSpec
+from bidl_models.specs import TensorSpec, torch_dtype
 
 from .cell import Cell, CellError, CellSpec
 from .channels import ChannelConfig, ChannelError, ChannelTimeout, attach_sender, create_receiver
@@ -189,12 +190,58 @@ def node_devices() -> list[str]:
     return out
 
 
+class CellPool:
+    """Idle cell actors kept between grids (one per device id and node), so that runs one after
+    another (benchmarks, sweeps) reconfigure processes instead of starting new ones."""
+
+    def __init__(self) -> None:
+        self.idle: dict[tuple[str, int], Any] = {}
+        self.busy: dict[tuple[str, int], Any] = {}
+
+    def acquire(self, c: CellPlan, here: str) -> tuple[Any, bool]:
+        """An actor for cell ``c`` (placed on its node); True if it is new."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        key = (c.node, c.device)
+        if key in self.idle:
+            a = self.busy[key] = self.idle.pop(key)
+            return a, False
+        opts: dict[str, Any] = dict(num_cpus=0, max_concurrency=3, resources={"bidl_device": 1},
+                                    name=f"pool-dev{c.device}-{c.node[:8]}")
+        if c.node != "local":
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(c.node, soft=False)
+        a = self.busy[key] = ray.remote(Cell).options(**opts).remote()
+        return a, True
+
+    def release(self, healthy: bool) -> None:
+        """Return every busy actor (healthy run) or kill them (failed run)."""
+        import ray
+        for key, a in self.busy.items():
+            if healthy:
+                self.idle[key] = a
+            else:
+                _quiet(lambda a=a: ray.kill(a, no_restart=True))
+        self.busy = {}
+
+    def shutdown(self) -> None:
+        import ray
+        for a in list(self.idle.values()) + list(self.busy.values()):
+            _quiet(lambda a=a: ray.kill(a, no_restart=True))
+        self.idle, self.busy = {}, {}
+
+
 class Grid:
-    """Cell actors and channels for a plan; ``run`` streams samples; ``close`` tears it all down."""
+    """Cell actors and channels for a plan; ``run`` streams samples; ``close`` tears it all down.
+
+    With a :class:`CellPool`, actors come from (and go back to) the pool instead of being created
+    and killed per grid.
+    """
 
     def __init__(self, plan: GridPlan, segments: dict[tuple[int, int], SegmentRuntime],
-                 rcfg: Optional[RuntimeConfig] = None):
+                 rcfg: Optional[RuntimeConfig] = None, pool: Optional[CellPool] = None):
         self.plan, self.segments = plan, segments
+        self.pool = pool
+        self._healthy = False
         self.rcfg = rcfg or RuntimeConfig()
         self.actors: dict[tuple[int, int, int], Any] = {}
         self.loops: dict[Any, CellPlan] = {}
@@ -218,6 +265,7 @@ class Grid:
         p, r = self.plan, self.rcfg
         here = ray.get_runtime_context().get_node_id()
         actor_cls = ray.remote(Cell)
+        configs: list[Any] = []
 
         def node_of(c: CellPlan) -> str:
             return here if c.node == "local" else c.node
@@ -235,6 +283,11 @@ class Grid:
                 state_channel=r.channel(self._transport(up_node, node_of(c))),
                 threads=r.threads_per_cell, idle_timeout_s=r.idle_timeout_s, poll_s=r.poll_s,
                 metrics=r.metrics, fault=r.faults.get(c.key))
+            if self.pool is not None:
+                actor, _ = self.pool.acquire(c, here)
+                configs.append(actor.configure.remote(spec))
+                self.actors[c.key] = actor
+                continue
             opts: dict[str, Any] = dict(name=c.name, num_cpus=0, max_concurrency=3,
                                         resources={"bidl_device": 1})
             if c.node != "local":
@@ -242,6 +295,7 @@ class Grid:
             self.actors[c.key] = actor_cls.options(**opts).remote(spec)
         self._started = True
         try:
+            ray.get(configs, timeout=120)
             endpoints = dict(zip(self.actors, ray.get([a.open_inputs.remote() for a in self.actors.values()],
                                                       timeout=120)))
         except Exception as e:  # noqa: BLE001
@@ -341,6 +395,26 @@ class Grid:
                 except ChannelTimeout:
                     continue
 
+        # one thread per (replica, row) feeds that row's first cell, so a row that is still busy
+        # with older samples never holds back the rows above it (each gets its slice when ready)
+        queues: dict[tuple[int, int], Queue] = {key: Queue() for key in self.feeds}
+
+        def row_feeder(key: tuple[int, int]) -> None:
+            q, sender = queues[key], self.feeds[key]
+            try:
+                while True:
+                    item = q.get()
+                    if item is None:
+                        return
+                    i, chunk = item
+                    send(sender, {"x": chunk}, {"kind": "data", "sample": i})
+            except Exception as e:  # noqa: BLE001
+                state["error"] = state["error"] or e
+                stop.set()
+
+        in_dtype = torch_dtype(self.segments[(0, p.slices[0])].x.dtype)
+        starts = [sum(p.slices[:g]) for g in range(p.rows)]
+
         def feeder() -> None:
             try:
                 nxt = 0
@@ -357,22 +431,30 @@ class Grid:
                     nxt += 1
                     if label is not None:
                         labels[i] = int(label)
-                    xb = x.to(torch.float32).unsqueeze(1) if x.dim() == len(expected_shape) else x
+                    xb = x.unsqueeze(1) if x.dim() == len(expected_shape) else x
+                    xb = xb.to(in_dtype)
                     fed_at[i] = time.perf_counter()
                     with order_cv:
                         order.append((i, k))
                         order_cv.notify()
                     for g in range(p.rows):
-                        t0 = sum(p.slices[:g])
-                        send(self.feeds[(k, g)], {"x": xb[t0:t0 + p.slices[g]]}, {"kind": "data", "sample": i})
+                        queues[(k, g)].put((i, xb[starts[g]:starts[g] + p.slices[g]]))
                     state["fed"] += 1
+                    if stop.is_set():
+                        return
             except Exception as e:  # noqa: BLE001
-                state["error"] = e
+                state["error"] = state["error"] or e
             finally:
+                for q in queues.values():
+                    q.put(None)
                 state["feeding"] = False
                 with order_cv:
                     order_cv.notify()
 
+        row_threads = [threading.Thread(target=row_feeder, args=(key,), name=f"bidl-feed{key}", daemon=True)
+                       for key in queues]
+        for t in row_threads:
+            t.start()
         bar = None
         if progress:
             from tqdm import tqdm
@@ -414,6 +496,8 @@ class Grid:
             if bar is not None:
                 bar.close()
             th.join(timeout=5)
+            for t in row_threads:
+                t.join(timeout=5)
         wall = time.perf_counter() - t_start
         report = RunReport(p, r.backend, r.transport, outputs, labels, rejected, latencies, wall,
                            (last_result - first_result) if first_result and last_result else 0.0, steady, [])
@@ -483,6 +567,7 @@ class Grid:
             raise RunError(f"stopping the grid failed: {_cell_error_text(e)}") from None
         finally:
             self.loops = {}
+        self._healthy = True
         return stats
 
     def close(self) -> None:
@@ -493,8 +578,13 @@ class Grid:
         import ray
         for s in self.feeds.values():
             _quiet(s.close)
-        for a in self.actors.values():
-            _quiet(lambda a=a: ray.kill(a, no_restart=True))
+        if self.pool is not None:
+            if self._healthy:
+                _quiet(lambda: ray.get([a.close.remote() for a in self.actors.values()], timeout=30))
+            self.pool.release(self._healthy)
+        else:
+            for a in self.actors.values():
+                _quiet(lambda a=a: ray.kill(a, no_restart=True))
         for rec in self.results.values():
             _quiet(rec.close)
 
