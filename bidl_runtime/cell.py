@@ -90,6 +90,7 @@ class Cell:
         self._t_end = 0.0
         self._samples = 0
         self._bytes_reported = 0
+        self._first: Optional[dict] = None   # perf_counter timeline of the first sample (latency analysis)
         if spec.metrics and self._metrics is None:
             self._metrics = self._make_metrics()
 
@@ -172,8 +173,10 @@ class Cell:
         """Receive, compute, hand the outputs to the outbox (sent while the next chunk computes)."""
         while True:
             mx = self._recv("x")
+            t_x = time.perf_counter()
             meta = mx.meta
             ms = self._recv("state") if spec.state_in else None
+            t_in = time.perf_counter()
             if mx.kind == "stop":
                 if ms is not None and ms.kind != "stop":
                     raise CellError(f"{self.name}: stop on the input but sample {ms.meta.get('sample')} "
@@ -193,8 +196,12 @@ class Cell:
             ev0.record(self.ctx.stream)
             if not self._t_start:
                 self._t_start = time.perf_counter()  # busy % counts from the first compute
+            t_exec = time.perf_counter()
             y, new_state = self.ctx.execute(x, state)
             ev1.record(self.ctx.stream)
+            if self._first is None:
+                self._first = {"x_ready": t_x, "inputs_ready": t_in, "exec_start": t_exec,
+                               "exec_end": time.perf_counter()}
             ms_busy = ev0.elapsed_ms(ev1)
             self.clock.add(ms_busy)
             outbox.put(self._deliver(spec, meta.get("sample"), y, new_state, mx, ms, ms_busy, x.shape[0]))
@@ -213,6 +220,8 @@ class Cell:
             mx.release()
             if ms is not None:
                 ms.release()
+            if self._samples == 0 and self._first is not None:
+                self._first["sent"] = time.perf_counter()
             self._samples += 1
             self._t_end = time.perf_counter()
             if self._metrics is not None:
@@ -232,7 +241,7 @@ class Cell:
         return {
             "cell": self.name, "replica": self.spec.plan.replica, "row": self.spec.plan.row,
             "col": self.spec.plan.col, "device": self.spec.plan.device, "samples": self._samples,
-            "pid": os.getpid(), "node": _node_id(),
+            "pid": os.getpid(), "node": _node_id(), "first_sample": self._first,
             "busy_s": self.clock.busy_s, "wall_s": wall,
             "busy_pct": 100.0 * self.clock.busy_s / wall if wall else 0.0,
             "step_ms_median": _median(self.clock.samples_ms),

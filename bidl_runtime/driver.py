@@ -82,6 +82,17 @@ class RunReport:
     verify: Optional[dict] = None
     driver_channels: dict = field(default_factory=dict)
     startup_s: float = 0.0
+    fed_at: dict[int, float] = field(default_factory=dict)    # perf_counter when sample i entered
+    done_at: dict[int, float] = field(default_factory=dict)   # perf_counter when its result arrived
+
+    def window(self, skip: int) -> tuple[int, float]:
+        """(results, seconds) of a steady-state window: the results after the first ``skip``
+        (the pipeline's fill), timed from the ``skip``-th result's arrival to the last one's.
+        With n replicas use ``skip = n``: results come in rounds of n, so the window spans whole rounds."""
+        times = sorted(self.done_at.values())
+        if skip < 1 or len(times) <= skip:
+            raise ValueError(f"{len(times)} results: too few for a window after skipping {skip}")
+        return len(times) - skip, times[-1] - times[skip - 1]
 
     @property
     def samples(self) -> int:
@@ -382,6 +393,7 @@ class Grid:
         rejected: dict[int, str] = {}
         outputs: dict[int, Tensor] = {}
         latencies: dict[int, float] = {}
+        done_at: dict[int, float] = {}
         state = {"feeding": True, "error": None, "fed": 0}
         stop = threading.Event()
 
@@ -479,7 +491,8 @@ class Grid:
                 outputs[i] = msg.tensors["y"].clone()
                 msg.release()
                 slots.release()
-                latencies[i] = now - fed_at.pop(i)
+                done_at[i] = now
+                latencies[i] = now - fed_at[i]
                 if first_result is None:
                     first_result = now
                 else:
@@ -502,6 +515,7 @@ class Grid:
         report = RunReport(p, r.backend, r.transport, outputs, labels, rejected, latencies, wall,
                            (last_result - first_result) if first_result and last_result else 0.0, steady, [])
         report.driver_channels = self.driver_stats()
+        report.fed_at, report.done_at = dict(fed_at), done_at
         return report
 
     def driver_stats(self) -> dict:

@@ -24,7 +24,8 @@ class ChannelConfig:
     max_meta_bytes: int = 65536       #: msgpack-encoded metadata limit per message
     stats_window: int = 4096          #: samples kept for the medians in the stats
     shm_dir: str = "/dev/shm"         #: where shm slot files are created (unlinked once the sender maps them)
-    shm_populate: bool = True         #: MAP_POPULATE the slots (no page faults on the hot path)
+    shm_populate: bool = True         #: MAP_POPULATE the slots (no read faults on the hot path)
+    shm_prefault: bool = True         #: sender writes every slot page once on attach (no write faults later)
     tcp_host: str | None = None       #: address advertised to senders (None: Ray node IP if Ray is up, else 127.0.0.1)
     tcp_bind_host: str | None = None  #: address the receiver binds (None: the advertised address)
     tcp_sndbuf: int = 4 << 20         #: SO_SNDBUF of the sender's socket (bytes)

@@ -157,6 +157,11 @@ class ShmSender(Sender):
         _unlink_quiet(a["path"])  # mapped on both ends now: drop the name so nothing can leak
         self._slots = _slot_bytes(self._mm, self.depth, self.layout.slot_size)
         self._views = [self.layout.views(b) for b in self._slots]
+        if config.shm_prefault:
+            # the first write to each shared page faults (MAP_POPULATE maps them for reading only):
+            # ~50 ms per 12.5 MB slot here; pay it now, at set-up, not on the first sample
+            for b in self._slots:
+                b.zero_()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         to = config.connect_timeout_s
         sock.settimeout(to)

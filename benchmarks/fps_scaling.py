@@ -1,0 +1,299 @@
+"""The scaling curve, measured through the real runtime, beside BIDL's published multi-device numbers.
+
+    python benchmarks/fps_scaling.py [--backend emulated|cpu] [--devices 1,2,4,8,12,16,24]
+        [--T 48,240] [--model resnetlif50] [--samples N] [--out DIR]
+
+For each device count n and each T: time-only grids (n x 1), time + 2-segment grids (n/2 x 2)
+and data-parallel replicas (n copies of 1x1). Per configuration: time-step frames/s and samples/s
+in steady state (results after the pipeline has filled: the first R + C - 1 results of a grid,
+the first n of n replicas, are skipped; the window is the rest), efficiency against n times the
+1-device figure measured in the same invocation, the first sample's latency (it enters an empty
+grid) next to the grid's compute-bound minimum (the critical path of its cells' chunk times),
+per-edge copy time and bytes moved, per-cell busy %.
+
+``emulated`` paces each cell to a device profile (default: the user guide's chip, 28.8 frames/s
+on ResNetLif50 2x128x128, segments paced by their FLOP share) while the real 12.55 MB state and
+the real activations move through the real channels; ``cpu`` computes for real (small models).
+Writes ``fps_scaling.json``, ``fps_scaling.png`` and ``fps_scaling.txt`` into ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+HERE = Path(__file__).resolve().parent
+PUBLISHED = HERE / "published_bidl_multichip_fps.csv"
+MODELS = {
+    # name: (config, per-step input shape, overrides)
+    "resnetlif50": ("resnetlif50-itout-b8x1-cifar10dvs", (2, 128, 128), []),
+    "resnetlif18": ("resnetlif18-itout-b8x1-cifar10dvs", (2, 128, 128), []),
+    "clif3fc3dm": ("clif3fc3dm_itout-b16x1-dvsglyphs", (2, 40, 40), ["data=None"]),
+}
+MODES = ("time", "time2seg", "replicas")
+
+
+def published() -> dict[str, dict[int, float]]:
+    """The published frames/s per device count: keys time_T240, time_T48, time2seg_T48."""
+    out: dict[str, dict[int, float]] = {"time_T240": {}, "time_T48": {}, "time2seg_T48": {}}
+    with open(PUBLISHED) as f:
+        for row in csv.DictReader(f):
+            n = int(row["devices"])
+            for col, key in (("time_only_T240", "time_T240"), ("time_only_T48", "time_T48"),
+                             ("time_and_2_segments_T48", "time2seg_T48")):
+                if row[col]:
+                    out[key][n] = float(row[col])
+    return out
+
+
+def grid_of(mode: str, n: int) -> Optional[tuple[tuple[int, int], int]]:
+    """((rows, cols), replicas) of a mode at n devices, None where the mode does not apply."""
+    if mode == "time":
+        return (n, 1), 1
+    if mode == "time2seg":
+        return ((n // 2, 2), 1) if n >= 2 and n % 2 == 0 else None
+    return (1, 1), n
+
+
+def critical_path_s(chunk_s: dict[tuple[int, int], float], rows: int, cols: int) -> float:
+    """Compute-bound latency of one sample through an empty grid: cell (g, s) starts when (g-1, s)
+    and (g, s-1) are done, ``F(g, s) = max(F(g-1, s), F(g, s-1)) + c(g, s)``."""
+    f: dict[tuple[int, int], float] = {}
+    for g in range(rows):
+        for s in range(cols):
+            f[(g, s)] = max(f.get((g - 1, s), 0.0), f.get((g, s - 1), 0.0)) + chunk_s[(g, s)]
+    return f[(rows - 1, cols - 1)]
+
+
+def default_samples(rows: int, cols: int, replicas: int, T: int) -> int:
+    """Enough results for a steady window after the fill: more for short chunks."""
+    window = 8 if T <= 64 else 4
+    if replicas > 1:
+        return replicas * (3 if T <= 64 else 2)
+    return rows + cols - 1 + window
+
+
+def measure(cfg, plan, rcfg, prepared, pool, n_samples: int, x) -> dict[str, Any]:
+    from bidl_runtime.api import stream
+
+    report = stream(cfg, itertools.repeat(x, n_samples), rcfg=rcfg, plan=plan, prepared=prepared, pool=pool,
+                    total=n_samples)
+    skip = plan.rows + plan.cols - 1 if plan.replicas == 1 else plan.replicas
+    count, secs = report.window(skip)
+    sps = count / secs
+    segs = prepared[0]
+    if rcfg.backend == "emulated":
+        chunk_s = {(g, s): plan.slices[g] * segs[(s, plan.slices[g])].source.seconds_per_step
+                   for g in range(plan.rows) for s in range(plan.cols)}
+    else:
+        med = {(c["row"], c["col"]): c["step_ms_median"] / 1e3 for c in report.cells if c["replica"] == 0}
+        chunk_s = {k: med[k] for k in med}
+    minimum = critical_path_s(chunk_s, plan.rows, plan.cols)
+    first = report.latencies_s[min(report.latencies_s)]
+    edges = report.edges()
+    state_edges = [e for e in edges if e["edge"].endswith(":state")]
+    x_edges = [e for e in edges if e["edge"].endswith(":x") and not e["edge"].startswith("driver")]
+
+    def med(vals: list[Optional[float]]) -> Optional[float]:
+        vals = sorted(v for v in vals if v is not None)
+        return vals[len(vals) // 2] if vals else None
+
+    busy = [c["busy_pct"] for c in report.cells]
+    return {
+        "frames_per_s": sps * plan.T, "samples_per_s": sps, "window_results": count, "window_s": secs,
+        "samples": report.samples, "wall_s": report.wall_s, "startup_s": report.startup_s,
+        "latency_first_ms": 1e3 * first, "latency_min_ms": 1e3 * minimum,
+        "latency_over_min": first / minimum if minimum > 0 else None,
+        "latency_p50_ms": report.latency_ms(0.5), "latency_p99_ms": report.latency_ms(0.99),
+        "state_hop_copy_ms_median": med([e["copy_ms"] for e in state_edges]),
+        "x_hop_copy_ms_median": med([e["copy_ms"] for e in x_edges]),
+        "state_bytes_per_sample": (sum(e["bytes"] for e in state_edges) / report.samples) if state_edges else 0,
+        "bytes_moved": sum(e["bytes"] for e in edges),
+        "busy_pct_mean": sum(busy) / len(busy), "busy_pct_min": min(busy), "busy_pct_max": max(busy),
+        "cells": [{k: c[k] for k in ("cell", "samples", "busy_pct", "step_ms_median")} for c in report.cells],
+        "edges": [{k: e[k] for k in ("edge", "transport", "messages", "bytes", "copy_ms", "queue_ms")}
+                  for e in edges],
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import ray
+    import torch
+    from tqdm import tqdm
+
+    from bidl_models.config import load_config
+    from bidl_runtime.api import prepare
+    from bidl_runtime.devices import DeviceProfile
+    from bidl_runtime.driver import CellPool, RuntimeConfig, node_devices
+    from bidl_runtime.plan import make_plan
+
+    devices = sorted({int(d) for d in args.devices.split(",")})
+    Ts = [int(t) for t in args.T.split(",")]
+    modes = [m for m in args.modes.split(",")]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"--modes {bad}: expected some of {list(MODES)}")
+    if 1 not in devices:
+        devices = [1] + devices  # efficiency needs the 1-device figure of this invocation
+    config, shape, over = MODELS[args.model]
+    jobs = []
+    for T in Ts:
+        for n in devices:
+            for mode in modes:
+                g = grid_of(mode, n)
+                if g is None or (n == 1 and mode != "time"):
+                    continue
+                if g[0][0] > T:
+                    continue
+                jobs.append((T, n, mode, g))
+    need = max(n for _, n, _, _ in jobs)
+    ray.init(num_cpus=os.cpu_count(), resources={"bidl_device": need}, include_dashboard=False,
+             log_to_driver=False, logging_level="WARNING")
+    pool = CellPool()
+    results: list[dict[str, Any]] = []
+    base: dict[int, float] = {}
+    t_all = time.perf_counter()
+    try:
+        nodes = node_devices()
+        bar = tqdm(jobs, unit="config", desc="fps scaling")
+        for T, n, mode, ((rows, cols), reps) in bar:
+            bar.set_postfix_str(f"T={T} n={n} {mode} {rows}x{cols}x{reps}")
+            cfg = load_config(config, over + [f"model.backbone.timestep={T}"]
+                              + ([f"models_compile_inputshape=[[1,{shape[0]},{shape[1]},{shape[2]}]]"]))
+            if "lynxi_devices" in cfg:
+                del cfg["lynxi_devices"]
+            plan = make_plan(cfg, (rows, cols), reps, device_nodes=nodes)
+            threads = max(1, (os.cpu_count() or 1) // len(plan.cells)) if args.backend == "cpu" else 1
+            rcfg = RuntimeConfig(backend=args.backend, metrics=False, threads_per_cell=threads,
+                                 profile=DeviceProfile(ref_fps=args.profile_fps))
+            prepared = prepare(cfg, plan, rcfg, None, args.artifacts, verbose=False)
+            n_samples = args.samples or default_samples(rows, cols, reps, T)
+            x = (torch.rand((T,) + shape, generator=torch.Generator().manual_seed(0)) < 0.2).float()
+            m = measure(cfg, plan, rcfg, prepared, pool, n_samples, x)
+            if n == 1 and mode == "time":
+                base[T] = m["frames_per_s"]
+            m.update(T=T, devices=n, mode=mode, grid=[rows, cols], replicas=reps,
+                     splits=[list(s) for s in plan.splits], slices=list(plan.slices))
+            m["efficiency"] = m["frames_per_s"] / (n * base[T]) if T in base else None
+            results.append(m)
+    finally:
+        pool.shutdown()
+        ray.shutdown()
+    return {
+        "benchmark": "fps_scaling", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        "backend": args.backend, "model": args.model, "config": config, "input_shape": list(shape),
+        "profile": {"ref_fps": args.profile_fps, "ref_model": "ResNetLif50 2x128x128",
+                    "pacing": "segment seconds/step = segment FLOPs / ResNetLif50 FLOPs / ref_fps"},
+        "window": "results after the first R+C-1 (grid) or the first n (replicas) are skipped",
+        "baseline_frames_per_s": {str(T): v for T, v in base.items()},
+        "wall_s": time.perf_counter() - t_all, "results": results, "published": {
+            k: {str(n): v for n, v in d.items()} for k, d in published().items()},
+    }
+
+
+def table(doc: dict[str, Any]) -> str:
+    pub = {k: {int(n): v for n, v in d.items()} for k, d in doc["published"].items()}
+    lines = [f"fps_scaling {doc['date']} on {doc['machine']['host']} ({doc['machine']['cpus']} cpus), "
+             f"backend {doc['backend']}, model {doc['model']} {doc['input_shape']}, "
+             f"device profile {doc['profile']['ref_fps']} frames/s on {doc['profile']['ref_model']}",
+             f"{'T':>4} {'dev':>4} {'mode':<9} {'grid':>9} {'frames/s':>9} {'eff':>6} {'published':>10} "
+             f"{'pub eff':>8} {'lat ms':>8} {'min ms':>8} {'lat/min':>8} {'state hop ms':>12} {'busy %':>7}"]
+    lines.append("-" * len(lines[-1]))
+    for r in doc["results"]:
+        key = f"{r['mode']}_T{r['T']}"
+        p = pub.get(key, {}).get(r["devices"]) if r["mode"] != "replicas" else None
+        p1 = pub.get(key, {}).get(1) or pub.get(f"time_T{r['T']}", {}).get(1)
+        peff = p / (r["devices"] * p1) if p and p1 else None
+        grid = f"{r['grid'][0]}x{r['grid'][1]}" + (f"x{r['replicas']}" if r["replicas"] > 1 else "")
+        hop = r["state_hop_copy_ms_median"]
+        lines.append(
+            f"{r['T']:>4} {r['devices']:>4} {r['mode']:<9} {grid:>9} {r['frames_per_s']:>9.1f} "
+            f"{(r['efficiency'] or 0) * 100:>5.1f}% {(f'{p:.1f}' if p else '-'):>10} "
+            f"{(f'{100 * peff:.1f}%' if peff else '-'):>8} {r['latency_first_ms']:>8.0f} "
+            f"{r['latency_min_ms']:>8.0f} {r['latency_over_min']:>8.3f} "
+            f"{(f'{hop:.2f}' if hop is not None else '-'):>12} {r['busy_pct_mean']:>7.1f}")
+    lines.append(f"total wall {doc['wall_s']:.0f} s")
+    return "\n".join(lines)
+
+
+def plot(doc: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    Ts = sorted({r["T"] for r in doc["results"]})
+    fig, axes = plt.subplots(1, len(Ts), figsize=(6.5 * len(Ts), 5), squeeze=False)
+    pub = {k: {int(n): v for n, v in d.items()} for k, d in doc["published"].items()}
+    for ax, T in zip(axes[0], Ts):
+        rs = [r for r in doc["results"] if r["T"] == T]
+        base = doc["baseline_frames_per_s"].get(str(T))
+        ns = sorted({r["devices"] for r in rs})
+        if base:
+            ax.plot(ns, [n * base for n in ns], "k--", lw=1, label="ideal (n x our 1 device)")
+        for mode, style in (("time", "o-"), ("time2seg", "s-"), ("replicas", "^-")):
+            pts = sorted((r["devices"], r["frames_per_s"]) for r in rs if r["mode"] == mode)
+            if pts:
+                ax.plot(*zip(*pts), style, label=f"ours: {mode}")
+        for key, style in ((f"time_T{T}", "o:"), (f"time2seg_T{T}", "s:")):
+            if pub.get(key):
+                pts = sorted(pub[key].items())
+                ax.plot(*zip(*pts), style, alpha=0.6, label=f"published BIDL: {key.split('_')[0]}")
+        ax.set_title(f"T={T}, {doc['model']} ({doc['backend']})")
+        ax.set_xlabel("devices")
+        ax.set_ylabel("time-step frames/s")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="benchmarks/fps_scaling.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backend", default="emulated", choices=["emulated", "cpu", "cuda"])
+    ap.add_argument("--devices", default="1,2,4,8,12,16,24")
+    ap.add_argument("--T", default="48,240")
+    ap.add_argument("--model", default=None, choices=sorted(MODELS),
+                    help="default: resnetlif50 (emulated), clif3fc3dm (cpu)")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--samples", type=int, default=None, help="samples per configuration (default: by grid)")
+    ap.add_argument("--profile-fps", type=float, default=28.8, help="emulated device: frames/s on ResNetLif50")
+    ap.add_argument("--artifacts", default="artifacts")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    args = ap.parse_args(argv)
+    args.model = args.model or ("resnetlif50" if args.backend == "emulated" else "clif3fc3dm")
+    try:
+        doc = run(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = table(doc)
+    print(text)
+    (out / "fps_scaling.json").write_text(json.dumps(doc, indent=1))
+    (out / "fps_scaling.txt").write_text(text + "\n")
+    png = plot(doc, out / "fps_scaling.png")
+    print(f"wrote {out / 'fps_scaling.json'}, {out / 'fps_scaling.txt'}"
+          + (f", {out / 'fps_scaling.png'}" if png else " (no matplotlib: no plot)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
