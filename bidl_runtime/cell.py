@@ -261,7 +261,9 @@ class Cell:
                                          boundaries=[0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
                                          tag_keys=tags),
             "bytes": metrics.Counter("bidl_cell_bytes_sent", "bytes sent on output channels", tag_keys=tags),
-            "queue": metrics.Gauge("bidl_cell_queue_depth", "input messages waiting", tag_keys=tags),
+            "queue": metrics.Gauge("bidl_cell_queue_depth",
+                                   "messages this cell sent that its receivers have not released yet",
+                                   tag_keys=tags),
         }
 
     def _record_metrics(self, ms_busy: float, steps: int) -> None:
@@ -275,7 +277,7 @@ class Cell:
         if sent > prev:
             m["bytes"].inc(sent - prev, tags)
             self._bytes_reported = sent
-        pending = sum(getattr(r, "pending", lambda: 0)() for r in self.receivers.values())
+        pending = sum(s.depth - s.credits for s in self.senders.values())
         m["queue"].set(pending, tags)
 
     def close(self) -> None:

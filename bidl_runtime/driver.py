@@ -260,6 +260,8 @@ class Grid:
         self.results: dict[int, Any] = {}                # replica -> receiver from the last cell
         self._closed = False
         self._started = False
+        # sample -> (replica, input) until its result is back: what a restarted cell would replay
+        self.inflight: dict[int, tuple[int, Tensor]] = {}
 
     # ---------------------------------------------------------------------------------- set-up
 
@@ -446,6 +448,7 @@ class Grid:
                     xb = x.unsqueeze(1) if x.dim() == len(expected_shape) else x
                     xb = xb.to(in_dtype)
                     fed_at[i] = time.perf_counter()
+                    self.inflight[i] = (k, x)
                     with order_cv:
                         order.append((i, k))
                         order_cv.notify()
@@ -493,6 +496,7 @@ class Grid:
                 slots.release()
                 done_at[i] = now
                 latencies[i] = now - fed_at[i]
+                self.inflight.pop(i, None)
                 if first_result is None:
                     first_result = now
                 else:
