@@ -49,6 +49,16 @@ class Segment(Temporal):
         object.__setattr__(self, "_backbone", backbone)  # not a submodule: no duplicated params
 
     @property
+    def backbone(self):
+        """The whole backbone this segment was cut from (weights shared)."""
+        return self._backbone
+
+    @property
+    def timestep(self) -> int:
+        """T of the backbone (the accumulator divides by it for amode='mean')."""
+        return self._backbone.timestep
+
+    @property
     def is_first(self) -> bool:
         return self.split[0] == 0
 
@@ -73,8 +83,13 @@ class Segment(Temporal):
 
     def specs(self, batch: int = 1, model_in_shape: Optional[Sequence[int]] = None) -> SegmentSpecs:
         """Input, output and state specs for a batch size, traced without compute."""
-        ishape = (batch,) + self.input_shape(model_in_shape)
-        out, state = self.trace_shapes(ishape)
+        try:
+            ishape = (batch,) + self.input_shape(model_in_shape)
+            out, state = self.trace_shapes(ishape)
+        except RuntimeError as e:
+            shape = list(model_in_shape) if model_in_shape else self._backbone.input_shape
+            raise ValueError(f"model input shape {shape} does not fit {self.backbone_name} "
+                             f"(too small for its convolutions and poolings?): {str(e).splitlines()[0]}") from None
         return SegmentSpecs(TensorSpec("x", ishape, "float32"), out, tuple(state))
 
     def extra_repr(self) -> str:
@@ -161,12 +176,17 @@ def block_costs(backbone, model_in_shape: Optional[Sequence[int]] = None,
     units = backbone.units()
     costs: list[float] = []
     if cost == "flops":
-        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
-            x = torch.zeros((1,) + shape)
-            for _, mod in units:
-                with FlopCounterMode(display=False) as fc:
-                    x, st = mod.run(x)
-                costs.append(fc.get_total_flops() + 8.0 * sum(v.numel() for v in st.values()))
+        was = backbone.training
+        backbone.eval()
+        try:
+            with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+                x = torch.zeros((1,) + shape)
+                for _, mod in units:
+                    with FlopCounterMode(display=False) as fc:
+                        x, st = mod.run(x)
+                    costs.append(fc.get_total_flops() + 8.0 * sum(v.numel() for v in st.values()))
+        finally:
+            backbone.train(was)
     elif cost == "time":
         was = backbone.training
         backbone.eval()

@@ -149,7 +149,7 @@ def make_plan(cfg: Config, grid: Optional[tuple[int, int]] = None, replicas: int
         splits = [seg.split for seg in segs]
         source = "config model_0..n"
     else:
-        net = segs[0]._backbone
+        net = segs[0].backbone
         if cols > net.n_blocks:
             raise ValueError(f"grid has {cols} segment columns but {type(net).__name__} has only "
                              f"{net.n_blocks} blocks to split")

@@ -32,7 +32,7 @@ def emulated_segments(cfg: Config, plan: GridPlan, profile: DeviceProfile, batch
     """Real chunk/state specs of every (segment, chunk length) and their paced step time."""
     shape = tuple(model_in_shape or config_input_shape(cfg) or ())
     seg0 = build_segments(cfg, model_in_shape=shape or None)[0]
-    net = seg0._backbone
+    net = seg0.backbone
     shape = shape or net.default_input_shape()
     costs = block_costs(net, shape)
     out: dict[tuple[int, int], SegmentRuntime] = {}

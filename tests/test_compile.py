@@ -1,0 +1,507 @@
+"""Tests of the compile package: artifacts equal the eager model, caching, refusal of bad artifacts.
+
+Models are tiny (16x16 .. 64x64 inputs, T = 2 or 3, ResNet-10 at a quarter width; the _mp
+ResNet-50 keeps its width but gets 2x32x32 inputs and T = 2) so that every test compiles in seconds on two
+CPU cores. Checkpoints are "activated" (BatchNorm scale/shift raised) so that spikes reach the
+deepest layers: with seeded initial weights the activity dies out and a comparison of outputs
+would check little.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import types
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import torch
+from torch import nn
+
+from bidl_models.config import build_segments, load_config
+from compile import (Artifact, ArtifactError, CompiledModel, VerificationError, chunk_lengths, compile_config,
+                     load_artifact, parse_grid, read_manifest, zero_state)
+from compile.__main__ import main as cli_main
+from compile.artifact import MANIFEST, PROGRAM, torch_compatible
+
+REPO = Path(__file__).resolve().parents[1]
+TOL = 1e-6
+
+TINY = {
+    "SeqClif3Fc3DmItout": (dict(type="SeqClif3Fc3DmItout", timestep=3, c0=2, h0=16, w0=16, nclass=10,
+                                cmode="analog"), None),
+    "SeqClif5Fc2CdItout": (dict(type="SeqClif5Fc2CdItout", timestep=3, c0=2, h0=64, w0=64, nclass=10), None),
+    "SeqClif3Flif2DgItout": (dict(type="SeqClif3Flif2DgItout", timestep=3, c0=2, h0=16, w0=16, nclass=11), None),
+    "SeqClif7Fc1CdItout": (dict(type="SeqClif7Fc1CdItout", timestep=3, c0=2, h0=32, w0=32, nclass=10), None),
+    "ResNetLifItout": (dict(type="ResNetLifItout", depth=10, nclass=10, timestep=3, input_channels=2,
+                            stem_channels=16, base_channels=16, noise=1e-5, soma_params="channel_share",
+                            down_t=[1, "avg"]), [[1, 2, 32, 32]]),
+}
+
+
+def write_config(path: Path, backbone: dict, inshape=None, extra: str = "") -> Path:
+    """A config file in the user guide's format around ``backbone``."""
+    text = f"model = dict(type='ImageClassifier', backbone={backbone!r})\n"
+    if inshape is not None:
+        text += f"models_compile_inputshape = {inshape!r}\n"
+    path.write_text(text + extra)
+    return path
+
+
+def activate(net: nn.Module) -> nn.Module:
+    """Raise BN scale/shift and FC gains so that every layer spikes (in place)."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.fill_(1.5)
+                m.bias.fill_(0.25)
+            elif isinstance(m, nn.Linear):
+                m.weight.mul_(3.0)
+                m.bias.add_(0.2)
+    return net
+
+
+def active_net(cfg, path: Path, guide_format: bool = False) -> tuple[nn.Module, Path]:
+    """The config's (first) backbone with activated weights, in eval mode, and its checkpoint file
+    (a plain state_dict, or the guide's ``{'state_dict': {'backbone.<name>': ...}}``)."""
+    net = activate(build_segments(cfg)[0]._backbone).eval()
+    sd = net.state_dict()
+    obj = {"state_dict": {f"backbone.{k}": v for k, v in sd.items()}, "meta": {"epoch": 1}} if guide_format else sd
+    torch.save(obj, path)
+    return net, path
+
+
+def spikes(steps: int, batch: int, shape, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand((steps, batch, *shape), generator=g) < 0.3).float()
+
+
+def run_grid(cm: CompiledModel, x: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+    """Run the artifacts as the grid does: per segment, time slices in row order with the state
+    handed from row to row; the per-step outputs of a segment feed the next one."""
+    h = x
+    finals = []
+    for s in range(cm.n_segments):
+        outs, state, t = [], None, 0
+        for g in range(cm.rows):
+            art = load_artifact(cm.cell(g, s))
+            xin = h[t:t + art.chunk_len]
+            if art.input_dtype == "uint8":
+                xin = xin.to(torch.uint8)
+            y, state = art.run(xin, state)
+            outs.append(y)
+            t += art.chunk_len
+        assert t == h.shape[0]
+        h = torch.cat(outs)
+        finals.append(state)
+    return h, finals
+
+
+@torch.no_grad()
+def eager_grid(net: nn.Module, cm: CompiledModel, x: torch.Tensor) -> torch.Tensor:
+    """The eager segments of ``net`` (cut like ``cm``) run exactly as :func:`run_grid` runs the
+    artifacts: what the artifacts must reproduce to the last bit (``TOL``)."""
+    h = x.float()
+    for s, e in cm.splits:
+        seg = net.segment(s, e)
+        outs, state, t = [], None, 0
+        for L in cm.row_chunks:
+            y, state = seg.run(h[t:t + L], state)
+            outs.append(y)
+            t += L
+        h = torch.cat(outs)
+    return h
+
+
+@torch.no_grad()
+def eager(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The whole eager model over all T in one call, fresh state: (per-step outputs, final state)."""
+    return net.run(x.float())
+
+
+def close_to_whole(got: torch.Tensor, ref: torch.Tensor) -> None:
+    """Artifacts over time slices vs the eager model over all T in one call: equal up to float
+    rounding (a Linear over T*B rows and over L*B rows may round differently)."""
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("compile")
+
+
+# ------------------------------------------------------------------------------ helpers
+
+def test_parse_grid_and_chunk_lengths():
+    assert parse_grid("3x2") == (3, 2) and parse_grid((12, 2)) == (12, 2)
+    for bad in ("3y2", "x2", "0x1", (1,), (1, True)):
+        with pytest.raises(ValueError, match="grid="):
+            parse_grid(bad)
+    assert chunk_lengths(10, 3) == [4, 3, 3]          # numpy array_split semantics
+    assert chunk_lengths(48, 12) == [4] * 12
+    with pytest.raises(ValueError, match="rows for timestep=3"):
+        chunk_lengths(3, 4)
+
+
+def test_torch_compatibility_rule():
+    assert torch_compatible("2.13.0+cpu", "torch.export", "2.13.1+cu128")
+    assert not torch_compatible("2.12.0", "torch.export", "2.13.0")
+    assert torch_compatible("2.13.0+cpu", "aoti", "2.13.0")
+    assert not torch_compatible("2.13.0", "aoti", "2.13.1")
+
+
+# ------------------------------------------------------------------------------ equivalence
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_every_backbone_artifacts_equal_eager(name, workdir):
+    """Time slices 2 + 1 (chunk lengths > 1 and 1), state carried, batch 2 on a batch-1 compile."""
+    backbone, inshape = TINY[name]
+    cfg = load_config(write_config(workdir / f"tiny_{name}.py", backbone, inshape))
+    net, ckpt = active_net(cfg, workdir / f"{name}.pth")
+    cm = compile_config(cfg, ckpt, grid="2x1", out=workdir / "art", progress=False, verbose=False)
+    assert cm.row_chunks == [2, 1] and [r.cache for r in cm.records] == ["miss", "miss"]
+    for r in cm.records:
+        assert r.verify_max_abs_diff is not None and r.verify_max_abs_diff <= 1e-5
+    x = spikes(3, 2, cm.in_shape)
+    ref, ref_state = eager(net, x)
+    got, finals = run_grid(cm, x)
+    assert max_diff(got, eager_grid(net, cm, x)) <= TOL
+    close_to_whole(got, ref)
+    assert finals[0].keys() == ref_state.keys()
+    for k, v in ref_state.items():
+        torch.testing.assert_close(finals[0][k], v, rtol=1e-5, atol=1e-5)
+    assert got[-1].std() > 0 and (got[-1, 0] - got[-1, 1]).abs().max() > 1e-3  # input reaches the output
+
+
+@pytest.fixture(scope="module")
+def resnet3(workdir):
+    """Tiny ResNet-10 cut automatically into 3 segments on a 2 x 3 grid (chunk lengths 2 and 1)."""
+    backbone, inshape = TINY["ResNetLifItout"]
+    cfg = load_config(write_config(workdir / "resnet3.py", backbone, inshape))
+    net, ckpt = active_net(cfg, workdir / "resnet3.pth", guide_format=True)
+    t0 = time.perf_counter()
+    cm = compile_config(cfg, ckpt, grid="2x3", out=workdir / "r3", progress=False, verbose=False)
+    return cfg, ckpt, cm, time.perf_counter() - t0, net
+
+
+def test_three_segment_grid_equals_whole_model(resnet3):
+    cfg, ckpt, cm, _, net = resnet3
+    assert cm.n_segments == 3 and cm.splits[0][0] == 0 and cm.splits[-1][1] == 4
+    assert len(cm.records) == 6 and {r.chunk_len for r in cm.records} == {1, 2}
+    x = spikes(3, 1, cm.in_shape)
+    ref, ref_state = eager(net, x)
+    got, finals = run_grid(cm, x)
+    assert max_diff(got, eager_grid(net, cm, x)) <= TOL
+    close_to_whole(got, ref)
+    merged = {k: v for f in finals for k, v in f.items()}
+    assert merged.keys() == ref_state.keys()
+    for k, v in ref_state.items():
+        torch.testing.assert_close(merged[k], v, rtol=1e-5, atol=1e-5)
+
+
+def test_two_segment_explicit_splits_equal_whole_model(workdir):
+    """A config with model_0/model_1 (split) and a 3-row grid of chunk length 1, then 2 rows."""
+    bb = dict(TINY["SeqClif3Fc3DmItout"][0])
+    text = (f"_bb = {bb!r}\n"
+            "model_0 = dict(type='ImageClassifier', backbone=dict(_bb, split=[0, 2]))\n"
+            "model_1 = dict(type='ImageClassifier', backbone=dict(_bb, split=[2, 6]))\n"
+            "lynxi_devices = [[0, 1], [2, 3], [4, 5]]\n")
+    path = workdir / "seq2.py"
+    path.write_text(text)
+    cfg = load_config(path)
+    whole = load_config(write_config(workdir / "seq_whole.py", bb))
+    net, ckpt = active_net(whole, workdir / "seq_whole.pth")
+    cm = compile_config(cfg, ckpt, out=workdir / "s2", progress=False, verbose=False)   # grid from lynxi_devices
+    assert (cm.rows, cm.n_segments, cm.row_chunks) == (3, 2, [1, 1, 1])
+    x = spikes(3, 1, cm.in_shape)
+    ref, _ = eager(net, x)
+    got, _ = run_grid(cm, x)
+    assert max_diff(got, eager_grid(net, cm, x)) <= TOL
+    close_to_whole(got, ref)
+    cm2 = compile_config(cfg, ckpt, grid="2x2", out=workdir / "s2", progress=False, verbose=False)
+    assert cm2.row_chunks == [2, 1]
+    assert [r.cache for r in cm2.records if r.chunk_len == 1] == ["hit", "hit"]
+    assert [r.cache for r in cm2.records if r.chunk_len == 2] == ["miss", "miss"]
+    got2 = run_grid(cm2, x)[0]
+    assert max_diff(got2, eager_grid(net, cm2, x)) <= TOL
+    close_to_whole(got2, ref)
+    with pytest.raises(ValueError, match="grid has 3 segment columns, but the config defines 2"):
+        compile_config(cfg, ckpt, grid="1x3", out=workdir / "s2", progress=False, verbose=False)
+
+
+def test_mp_config_chained_equals_whole_resnet50(workdir):
+    """configs/..._mp.py (ResNet-50 split [0, 6] + [6, 16]), input shrunk to 2x32x32 and T to 2 via
+    overrides; a guide-format checkpoint of the whole model loads into both segments."""
+    shrink = ["models_compile_inputshape=[[1,2,32,32],[1,512,4,4]]",
+              "model_0.backbone.timestep=2", "model_1.backbone.timestep=2"]
+    cfg = load_config("resnetlif50-itout-b8x1-cifar10dvs_mp", shrink)
+    whole = load_config("resnetlif50-itout-b8x1-cifar10dvs",
+                        ["models_compile_inputshape=[[1,2,32,32]]", "model.backbone.timestep=2"])
+    net, ckpt = active_net(whole, workdir / "r50.pth", guide_format=True)
+    # verify=False: this test compares the chained artifacts with the whole model itself
+    cm = compile_config(cfg, ckpt, out=workdir / "mp", verify=False, progress=False, verbose=False)
+    assert cm.splits == [(0, 6), (6, 16)] and cm.rows == 1 and cm.row_chunks == [2]
+    man1 = read_manifest(cm.path(1, 2))
+    assert man1["input"]["shape"] == [1, 512, 4, 4] and man1["is_last"] and not man1["is_first"]
+    assert man1["verify"] is None and man1["checkpoint"]["sha256"] == cm.checkpoint_sha256
+    x = spikes(2, 1, (2, 32, 32))
+    ref, _ = eager(net, x)
+    got, _ = run_grid(cm, x)
+    assert max_diff(got, eager_grid(net, cm, x)) <= TOL
+    close_to_whole(got, ref)
+    assert got[-1].std() > 0
+
+
+def test_uint8_event_counts_and_dynamic_batch(workdir):
+    backbone, _ = TINY["SeqClif3Fc3DmItout"]
+    cfg = load_config(write_config(workdir / "u8.py", dict(backbone, cmode="spike")))
+    net, ckpt = active_net(cfg, workdir / "u8.pth")
+    cm = compile_config(cfg, ckpt, rows=1, input_dtype="uint8", out=workdir / "u8", progress=False, verbose=False)
+    art = cm.load(0, 3)
+    assert art.input_dtype == "uint8" and art.path.name == "t3_b1_uint8"
+    assert art.manifest["batch"] == {"compiled": 1, "dynamic": True, "min": 1, "max": None, "note": ""}
+    g = torch.Generator().manual_seed(3)
+    counts = torch.randint(0, 4, (3, 3, 2, 16, 16), generator=g, dtype=torch.uint8)   # batch 3 on a batch-1 compile
+    y, state = art.run(counts, zero_state(art, 3))
+    ref, ref_state = eager(net, counts)     # rows=1: one chunk = the whole run
+    assert max_diff(y, ref) <= TOL
+    assert max(max_diff(state[k], v) for k, v in ref_state.items()) <= TOL
+    with pytest.raises(ValueError, match="dtype float32, expected uint8"):
+        art(counts.float(), *zero_state(art, 3).values())
+
+
+# ------------------------------------------------------------------------------ caching and refusal
+
+def test_second_compile_is_a_cache_hit(resnet3):
+    cfg, ckpt, cm, t_first, _ = resnet3
+    t0 = time.perf_counter()
+    again = compile_config(cfg, ckpt, grid="2x3", out=cm.root.parent, progress=False, verbose=False)
+    t_hit = time.perf_counter() - t0
+    assert [r.cache for r in again.records] == ["hit"] * 6
+    print(f"6 artifacts: first compile {t_first:.2f} s, cache hit {t_hit:.2f} s")
+    assert t_hit < t_first / 3, (t_hit, t_first)
+    # a config change outside the model (data, devices) keeps the artifacts valid
+    cfg2 = load_config(cfg.filename, ["data.samples_per_gpu=4", "lynxi_devices=[[0, 1, 2], [3, 4, 5]]"])
+    assert [r.cache for r in compile_config(cfg2, ckpt, out=cm.root.parent, progress=False,
+                                            verbose=False).records] == ["hit"] * 6
+    # the same config name with another model is refused, naming the differing hash
+    cfg3 = load_config(cfg.filename, ["model.backbone.nclass=5"])
+    with pytest.raises(ArtifactError, match="model_sha256") as e:
+        compile_config(cfg3, None, grid="2x3", out=cm.root.parent, progress=False, verbose=False)
+    assert e.value.reason == "mismatch" and e.value.path.endswith(MANIFEST)
+
+
+def _one_artifact(workdir: Path, tag: str, ckpt: Optional[Path] = None, **kw) -> tuple:
+    backbone, _ = TINY["SeqClif3Fc3DmItout"]
+    cfg = load_config(write_config(workdir / f"{tag}.py", dict(backbone, timestep=2)))
+    cm = compile_config(cfg, ckpt, rows=1, out=workdir / tag, progress=False, verbose=False, **kw)
+    return cfg, cm, cm.path(0, 2)
+
+
+def test_flipped_program_byte_is_refused_then_force_rebuilds(workdir):
+    cfg, cm, d = _one_artifact(workdir, "flip")
+    prog = d / PROGRAM
+    data = bytearray(prog.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    prog.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256 .* differs from the manifest") as e:
+        load_artifact(d)
+    assert e.value.reason == "corrupt" and e.value.path == str(prog)
+    with pytest.raises(ArtifactError, match=str(prog)):
+        compile_config(cfg, rows=1, out=workdir / "flip", progress=False, verbose=False)
+    cm2 = compile_config(cfg, rows=1, out=workdir / "flip", force=True, progress=False, verbose=False)
+    assert cm2.records[0].cache == "miss"
+    assert load_artifact(d).manifest["program"]["sha256"] == read_manifest(d)["program"]["sha256"]
+
+
+def test_manifest_for_another_checkpoint_is_refused(workdir):
+    backbone, _ = TINY["SeqClif3Fc3DmItout"]
+    cfg = load_config(write_config(workdir / "ck.py", dict(backbone, timestep=2)))
+    _, a = active_net(cfg, workdir / "a.pth")
+    b = workdir / "b.pth"
+    sd = torch.load(a, weights_only=True)
+    last_bias = [k for k in sd if k.endswith("bias")][-1]
+    sd[last_bias] = sd[last_bias] + 1.0
+    torch.save(sd, b)
+    cm = compile_config(cfg, a, rows=1, out=workdir / "ck", progress=False, verbose=False)
+    with pytest.raises(ArtifactError, match="checkpoint_sha256") as e:
+        compile_config(cfg, b, rows=1, out=workdir / "ck", progress=False, verbose=False)
+    assert set(e.value.diffs) == {"checkpoint_sha256"}
+    from bidl_models.checkpoint import file_sha256
+    with pytest.raises(ArtifactError, match="checkpoint_sha256: artifact has"):
+        load_artifact(cm.path(0, 2), expect={"checkpoint_sha256": file_sha256(b)})
+    assert load_artifact(cm.path(0, 2), expect={"checkpoint_sha256": file_sha256(a)}).chunk_len == 2
+    man = read_manifest(cm.path(0, 2))
+    assert man["checkpoint"]["sha256"] == file_sha256(a) and man["config"]["name"] == "ck"
+
+
+def test_bad_manifests_are_refused(workdir):
+    _, cm, d = _one_artifact(workdir, "badman")
+    man = json.loads((d / MANIFEST).read_text())
+    old = dict(man, versions=dict(man["versions"], torch="2.1.0"))
+    (d / MANIFEST).write_text(json.dumps(old))
+    with pytest.raises(ArtifactError, match="built with torch 2.1.0") as e:
+        load_artifact(d)
+    assert e.value.reason == "incompatible"
+    (d / MANIFEST).write_text(json.dumps(dict(man, state=man["state"][:-1])))   # manifest of another program
+    with pytest.raises(ArtifactError, match="describes 1 \\+ 3 state tensors"):
+        load_artifact(d)
+    wrong_shape = [dict(man["state"][0], shape=[1, 7, 16, 16])] + man["state"][1:]
+    (d / MANIFEST).write_text(json.dumps(dict(man, state=wrong_shape)))
+    with pytest.raises(ArtifactError, match=r"program input 1 \(block0.cl.soma.v\) has shape \['B', 32, 16, 16\], "
+                                            r"the manifest says \[1, 7, 16, 16\]"):
+        load_artifact(d)
+    (d / MANIFEST).write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON") as e:
+        load_artifact(d)
+    assert e.value.reason == "corrupt"
+    with pytest.raises(ArtifactError, match="no manifest"):
+        load_artifact(workdir)
+
+
+# ------------------------------------------------------------------------------ artifact API
+
+def test_artifact_api_and_input_checks(resnet3):
+    _, _, cm, _, _ = resnet3
+    art = cm.load(0, 2)
+    assert isinstance(art, Artifact) and art.segment_index == 0 and art.split == cm.splits[0]
+    assert art.chunk_len == 2 and art.batch == 1 and art.dynamic_batch
+    assert [s.name for s in art.state_specs] == art.manifest["args"][1:] == list(zero_state(art))
+    assert art.state_names[0] == "stem.cl.soma.v"
+    x = spikes(2, 1, cm.in_shape)
+    y, *flat = art(x, *zero_state(art).values())
+    y2, named = art.run(x)                              # None: a fresh sample
+    assert torch.equal(y, y2) and all(torch.equal(a, b) for a, b in zip(flat, named.values()))
+    assert tuple(y.shape) == (2,) + tuple(art.output_spec.shape)
+    with pytest.raises(ValueError, match=r"input x has shape \[3, 1, 2, 32, 32\], expected \[2, 'B', 2, 32, 32\]"):
+        art(spikes(3, 1, cm.in_shape), *flat)
+    with pytest.raises(ValueError, match="missing \\['stem.cl.soma.v'\\]"):
+        art.run(x, {k: v for k, v in named.items() if k != "stem.cl.soma.v"})
+    with pytest.raises(ValueError, match="got 1 state tensors"):
+        art(x, flat[0])
+
+
+def test_program_loads_without_model_source(resnet3, workdir):
+    """torch.export.load of the program in a process where bidl_models and compile cannot be imported."""
+    _, _, cm, _, _ = resnet3
+    d = cm.path(2, 1)
+    art = load_artifact(d)
+    x = torch.rand(1, 1, *art.input_spec.shape[1:])
+    state = list(zero_state(art).values())
+    torch.save({"x": x, "state": state, "ref": art(x, *state)}, workdir / "io.pt")
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules['bidl_models'] = None; sys.modules['compile'] = None   # any import of them fails
+        import torch
+        ep = torch.export.load({str(d / PROGRAM)!r})
+        io = torch.load({str(workdir / 'io.pt')!r})
+        out = ep.module()(io['x'], *io['state'])
+        assert len(out) == len(io['ref'])
+        print(max((a - b).abs().max().item() for a, b in zip(out, io['ref'])))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], cwd=str(workdir), capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert float(res.stdout.strip().splitlines()[-1]) == 0.0
+
+
+# ------------------------------------------------------------------------------ verification
+
+def test_failed_verification_writes_nothing(workdir):
+    backbone, _ = TINY["SeqClif3Fc3DmItout"]
+    cfg = load_config(write_config(workdir / "vf.py", dict(backbone, timestep=2)))
+    with pytest.raises(VerificationError, match="more than tol=-1"):
+        compile_config(cfg, rows=1, out=workdir / "vf", tol=-1.0, progress=False, verbose=False)
+    leftovers = list((workdir / "vf").rglob("*"))
+    assert [p for p in leftovers if p.is_file()] == []
+
+
+def test_verification_uses_the_dataset_sample(workdir, monkeypatch, capsys):
+    """With a dataset available, the first test sample drives verification (stated in the manifest)."""
+    sample = (torch.rand(5, 2, 16, 16) < 0.5).float()
+    calls = []
+
+    def build_dataset(cfg):
+        calls.append(dict(cfg))
+        return [{"img": sample}]
+
+    monkeypatch.setitem(sys.modules, "bidl_models.datasets", types.SimpleNamespace(build_dataset=build_dataset))
+    backbone, _ = TINY["SeqClif3Fc3DmItout"]
+    cfg = load_config(write_config(workdir / "ds.py", dict(backbone, timestep=2),
+                                   extra="data = dict(test=dict(type='FakeDvs', data_prefix='x'))\n"))
+    cm = compile_config(cfg, rows=1, out=workdir / "ds", progress=False)
+    assert calls and calls[0]["type"] == "FakeDvs"
+    man = read_manifest(cm.path(0, 2))
+    assert man["verify"]["input"] == "dataset FakeDvs test sample 0" and man["verify"]["n_chunks"] == 3
+    out = capsys.readouterr().out
+    assert "verify model_0 t2 (3 chunks, state carried)" in out and "block0.cl.soma.v=" in out
+    assert "seeded" in read_manifest(cm.path(0, 2))["checkpoint"]["sha256"]
+
+
+# ------------------------------------------------------------------------------ errors and CLI
+
+def test_clear_errors_for_bad_input(workdir):
+    backbone, inshape = TINY["ResNetLifItout"]
+    cfg = load_config(write_config(workdir / "noshape.py", backbone))        # ResNet: input size unknown
+    with pytest.raises(ValueError, match="in_shape"):
+        compile_config(cfg, rows=1, out=workdir / "e", progress=False, verbose=False)
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        compile_config(cfg, workdir / "nope.pth", in_shape=(2, 32, 32), out=workdir / "e", progress=False)
+    other = load_config(write_config(workdir / "other.py", TINY["SeqClif3Fc3DmItout"][0]))
+    _, wrong = active_net(other, workdir / "wrong.pth")
+    with pytest.raises(ValueError, match="does not match ResNetLifItout: missing keys"):
+        compile_config(cfg, wrong, in_shape=(2, 32, 32), out=workdir / "e", progress=False, verbose=False)
+    with pytest.raises(ValueError, match="4 time-slice rows for timestep=3"):
+        compile_config(cfg, rows=4, in_shape=(2, 32, 32), out=workdir / "e", progress=False, verbose=False)
+    with pytest.raises(ValueError, match="input_dtype='int4'"):
+        compile_config(cfg, input_dtype="int4", out=workdir / "e", progress=False, verbose=False)
+
+
+def test_cli(workdir, capsys):
+    backbone, _ = TINY["SeqClif3Fc3DmItout"]
+    cfg_path = write_config(workdir / "cli.py", backbone)
+    argv = ["--config", str(cfg_path), "--grid", "3x1", "--out", str(workdir / "cli_art"), "--quiet",
+            "--cfg-options", "model.backbone.timestep=2"]
+    with pytest.raises(SystemExit):
+        cli_main(["--help"])
+    capsys.readouterr()
+    assert cli_main(argv) == 1                          # 3 rows for T=2
+    assert "3 time-slice rows for timestep=2" in capsys.readouterr().err
+    argv[3] = "2x1"
+    assert cli_main(argv) == 0
+    cap = capsys.readouterr()
+    assert "DETERMINISTIC SEEDED INITIAL WEIGHTS" in cap.err
+    table = cap.out[cap.out.index("segment  split"):]
+    assert "state bytes" in table and "miss" in table and "verify max|diff|" in table
+    man = read_manifest(workdir / "cli_art" / "cli" / "model_0" / "t1_b1")
+    assert man["timestep"] == 2 and man["chunk_len"] == 1
+    assert cli_main(argv) == 0
+    assert "hit" in capsys.readouterr().out
+    assert cli_main(argv + ["--grid", "2y1"]) == 1
+    assert "grid='2y1'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.environ.get("BIDL_SKIP_AOT") == "1", reason="BIDL_SKIP_AOT=1")
+def test_aot_package_matches_eager(workdir):
+    """AOTInductor (native code; about 25 s of C++ compile for this tiny net on 2 cores)."""
+    backbone, _ = TINY["SeqClif3Fc3DmItout"]
+    cfg = load_config(write_config(workdir / "aot.py", dict(backbone, timestep=2, h0=8, w0=8)))
+    net, ckpt = active_net(cfg, workdir / "aot.pth")
+    cm = compile_config(cfg, ckpt, rows=2, aot=True, out=workdir / "aot", progress=False, verbose=False)
+    rec = cm.records[0]
+    assert rec.path.name == "t1_b1_aot" and rec.verify_max_abs_diff <= 1e-5
+    art = cm.load(0, 1)
+    assert art.format == "aoti" and art.manifest["program"]["aoti_seconds"] > 0
+    x = spikes(2, 1, (2, 8, 8))
+    ref, _ = eager(net, x)
+    got, _ = run_grid(cm, x)
+    close_to_whole(got, ref)
