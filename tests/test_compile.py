@@ -68,7 +68,7 @@ def activate(net: nn.Module) -> nn.Module:
 def active_net(cfg, path: Path, guide_format: bool = False) -> tuple[nn.Module, Path]:
     """The config's (first) backbone with activated weights, in eval mode, and its checkpoint file
     (a plain state_dict, or the guide's ``{'state_dict': {'backbone.<name>': ...}}``)."""
-    net = activate(build_segments(cfg)[0]._backbone).eval()
+    net = activate(build_segments(cfg)[0].backbone).eval()
     sd = net.state_dict()
     obj = {"state_dict": {f"backbone.{k}": v for k, v in sd.items()}, "meta": {"epoch": 1}} if guide_format else sd
     torch.save(obj, path)
