@@ -29,5 +29,5 @@ data = dict(
     val=dict(type=dataset_type, data_prefix='data/dvsgesture/test', pipeline=test_pipeline, test_mode=True),
     test=dict(type=dataset_type, data_prefix='data/dvsgesture/test', pipeline=test_pipeline, test_mode=True),
 )
-optimizer = dict(type='Adam', lr=1e-3, weight_decay=1e-4)
+optimizer = dict(_delete_=True, type='Adam', lr=1e-3, weight_decay=1e-4)
 runner = dict(type='EpochBasedRunner', max_epochs=50)

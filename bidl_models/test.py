@@ -1,0 +1,136 @@
+"""Evaluate a checkpoint: ``python -m bidl_models.test --config NAME_OR_PATH --checkpoint CKPT [options]``.
+
+Prints top-1 / top-5 accuracy on the config's ``data.test`` (``--split val`` for ``data.val``) and the
+speed in time-step frames per second: ``samples * T / seconds spent in the model`` (data loading not
+counted; end-to-end samples/s is reported too). Any batch size (``--batch-size``), CPU or CUDA
+(``--device``); ``--limit N`` evaluates the first N samples only; ``--out FILE.json`` saves the result;
+``--export-to FILE.pth`` writes the weights, config and this result as a small deployable file.
+The checkpoint may be a training checkpoint or a bare backbone state_dict (loaded strictly).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import load_weights, read_state_dict
+from .classifier import build_classifier
+from .config import Config, load_config
+from .datasets import build_dataset
+from .train import check_input_shape, make_loader, predict, resolve_device
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, device: str = "auto", batch_size: Optional[int] = None,
+                        limit: Optional[int] = None, split: str = "test", workers: int = 0, amp: bool = False,
+                        progress: bool = True, return_logits: bool = False) -> dict[str, Any]:
+    """Accuracy and frames/s of ``checkpoint`` on ``cfg.data[split]`` (the first ``limit`` samples);
+    with ``return_logits`` the result also holds ``logits`` ``[N, nclass]`` and ``labels``."""
+    dev = resolve_device(device)
+    data = cfg.get("data") or {}
+    if split not in data:
+        raise ValueError(f"config has no data.{split} (keys: {sorted(data)})")
+    model = build_classifier(cfg.model.to_dict(), seed=0)
+    load_weights(model.backbone, read_state_dict(checkpoint), f"checkpoint {str(checkpoint)!r}")
+    model.to(dev).eval()
+    ds = build_dataset(data[split].to_dict(), where=f"data.{split}")
+    check_input_shape(model, cfg, ds, f"data.{split}")
+    n = len(ds) if limit is None else min(int(limit), len(ds))
+    if n < 1:
+        raise ValueError(f"--limit {limit}: expected at least 1 sample")
+    indices = np.arange(n)
+    subset = ds if n == len(ds) else torch.utils.data.Subset(ds, indices.tolist())
+    bs = int(batch_size or data.get("samples_per_gpu", 16))
+    if bs < 1:
+        raise ValueError(f"--batch-size {batch_size}: expected >= 1")
+    loader = make_loader(subset, bs, workers, False, pin=dev.type == "cuda")
+    t0 = time.perf_counter()
+    logits, model_s = predict(model, loader, dev, amp, progress=progress, desc="test")
+    wall = time.perf_counter() - t0
+    T = int(ds[0]["img"].shape[0])
+    res = ds.evaluate(logits, metric_options={"topk": tuple(model.head.topk)}, indices=indices)
+    res.update(samples=n, timestep=T, batch_size=bs, device=str(dev), model_seconds=model_s, wall_seconds=wall,
+               frames_per_s=n * T / max(model_s, 1e-9), samples_per_s_end_to_end=n / max(wall, 1e-9),
+               checkpoint=str(checkpoint), config=cfg.name, split=split)
+    if return_logits:
+        res.update(logits=logits, labels=torch.as_tensor(ds.get_gt_labels()[indices]))
+    return res
+
+
+def export_weights(cfg: Config, checkpoint: str | Path, out: str | Path, res: Mapping[str, Any],
+                   note: str = "") -> Path:
+    """Write a small deployable file: ``dict(state_dict, config, meta)`` (no optimizer state), with the
+    evaluation result (and top-1 on the first 200 samples, for quick checks) in ``meta``."""
+    from .train import load_checkpoint, save_checkpoint
+    try:
+        src = load_checkpoint(checkpoint)
+        sd, src_meta = src["state_dict"], dict(src.get("meta") or {}, epoch=src.get("epoch"))
+    except ValueError:
+        sd, src_meta = read_state_dict(checkpoint), {}
+    logits, labels = res["logits"], res["labels"]
+    first = min(200, len(labels))
+    top1_200 = 100.0 * float((logits[:first].argmax(1) == labels[:first]).float().mean())
+    meta = dict(config_name=cfg.name, source_checkpoint=str(checkpoint), source_meta=src_meta, note=note,
+                test_split=res["split"], test_samples=int(res["samples"]), test_top1=float(res["accuracy_top-1"]),
+                test_top5=float(res.get("accuracy_top-5", float("nan"))), test_top1_first200=top1_200,
+                frames_per_s=float(res["frames_per_s"]), device=res["device"], torch=str(torch.__version__))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, dict(state_dict={k: v.clone() for k, v in sd.items()}, config=cfg.to_dict(), meta=meta))
+    return out
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bidl_models.test", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="config file or name under configs/")
+    p.add_argument("--checkpoint", required=True, help="checkpoint (.pth) to evaluate")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    p.add_argument("--batch-size", type=int, default=None, help="default data.samples_per_gpu")
+    p.add_argument("--split", default="test", choices=("test", "val"), help="which data.* set (default test)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--out", help="write the result as JSON here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--export-to", help="also write the weights + config + this result as a small .pth here")
+    p.add_argument("--note", default="", help="free text stored in the exported file's meta (e.g. the command)")
+    return p.parse_args(argv)
+
+
+def format_result(res: Mapping[str, Any]) -> str:
+    accs = "  ".join(f"{k} {v:.2f}%" for k, v in res.items() if k.startswith("accuracy_"))
+    return (f"{res['config']} on data.{res['split']} ({res['samples']} samples, T={res['timestep']}, batch "
+            f"{res['batch_size']}, {res['device']}): {accs}\n"
+            f"speed: {res['frames_per_s']:.1f} time-step frames/s in the model "
+            f"({res['model_seconds']:.2f} s), {res['samples_per_s_end_to_end']:.1f} samples/s end to end")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, args.cfg_options)
+    res = evaluate_checkpoint(cfg, args.checkpoint, args.device, args.batch_size, args.limit, args.split,
+                              args.workers, args.amp, progress=not args.no_progress, return_logits=True)
+    print(format_result(res))
+    if args.export_to:
+        print(f"exported: {export_weights(cfg, args.checkpoint, args.export_to, res, args.note)}")
+    res = {k: v for k, v in res.items() if k not in ("logits", "labels")}
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
