@@ -149,7 +149,8 @@ class RunReport:
             f"config {p.config}: grid {p.rows}x{p.cols} x{p.replicas} replica(s), T={p.T} "
             f"(slices {list(p.slices)}), segments {[list(s) for s in p.splits]}, backend {self.backend}, "
             f"transport {self.transport}",
-            f"samples: {self.samples} done, {len(self.rejected)} rejected, wall {self.wall_s:.2f} s",
+            f"samples: {self.samples} done, {len(self.rejected)} rejected, wall {self.wall_s:.2f} s "
+            f"(grid start-up {self.startup_s:.1f} s before that)",
             f"throughput: {self.frames_per_s:.1f} time-step frames/s, {self.samples_per_s:.2f} samples/s "
             f"(steady state: {self.steady_samples} samples over {self.steady_s:.2f} s)",
         ]

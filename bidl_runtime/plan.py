@@ -14,25 +14,8 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 from bidl_models.config import Config, build_segments, load_config, validate_lynxi_devices
+from bidl_models.grid import parse_grid, time_slices
 from bidl_models.segments import auto_split, validate_splits
-
-
-def parse_grid(text: str) -> tuple[int, int]:
-    """``'3x2' -> (3, 2)``: 3 time slices (rows) by 2 segments (columns)."""
-    parts = str(text).lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(f"--grid {text!r}: expected RxC with positive ints, e.g. 3x2 (rows = time slices, "
-                         "columns = model segments)")
-    return int(parts[0]), int(parts[1])
-
-
-def time_slices(T: int, rows: int) -> list[int]:
-    """Slice lengths of T over ``rows`` (``numpy.array_split``: the first ``T % rows`` get one more)."""
-    if rows > T:
-        raise ValueError(f"grid has {rows} time-slice rows but the model has T={T} time steps; "
-                         f"expected rows <= T")
-    base, extra = divmod(T, rows)
-    return [base + 1 if g < extra else base for g in range(rows)]
 
 
 @dataclass(frozen=True)

@@ -96,15 +96,16 @@ def _main(args: argparse.Namespace) -> int:
     import ray
     started = False
     if args.address:
-        ray.init(address=args.address, namespace=f"bidl-{uuid.uuid4().hex[:8]}", log_to_driver=False,
-                 logging_level="WARNING")
+        info = ray.init(address=args.address, namespace=f"bidl-{uuid.uuid4().hex[:8]}", log_to_driver=False,
+                        logging_level="WARNING")
     else:
-        ray.init(num_cpus=os.cpu_count(), resources={"bidl_device": max(c.device for c in plan.cells) + 1},
+        info = ray.init(num_cpus=os.cpu_count(), resources={"bidl_device": max(c.device for c in plan.cells) + 1},
                  include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
                  logging_level="WARNING", namespace=f"bidl-{uuid.uuid4().hex[:8]}")
         started = True
     try:
-        url = _dashboard_url()
+        url = info.dashboard_url
+        url = f"http://{url}" if url and not url.startswith("http") else url
         print(f"ray: {'joined ' + args.address if args.address else 'embedded local cluster'}; "
               f"dashboard {url or 'not available'}")
         try:
@@ -123,7 +124,6 @@ def _main(args: argparse.Namespace) -> int:
         print(f"data: {source}")
         report = stream(cfg, samples, rcfg=rcfg, verify=verify, total=args.samples, progress=True,
                         plan=plan, prepared=prepared)
-        print(f"grid up: {len(plan.cells)} cell actors in {report.startup_s:.1f} s")
         print()
         print(report.summary())
         if args.json:
@@ -141,18 +141,6 @@ def _main(args: argparse.Namespace) -> int:
     finally:
         if started:
             ray.shutdown()
-
-
-def _dashboard_url() -> Optional[str]:
-    try:
-        import ray
-        url = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else None
-        if not url:
-            from ray._private.worker import global_worker
-            url = global_worker.node.address_info.get("webui_url") if global_worker.node else None
-        return f"http://{url}" if url and not str(url).startswith("http") else url
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def _samples(args, cfg, T, shape):

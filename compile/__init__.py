@@ -20,8 +20,7 @@ Command line: ``python -m compile --config CFG [--checkpoint CKPT] [--grid RxC] 
 [--force] [--aot] [--batch B]`` (``python -m compile -h`` lists all options).
 """
 from .artifact import Artifact, ArtifactError, load_artifact, read_manifest, zero_state
-from .build import (ArtifactRecord, CompiledModel, VerificationError, chunk_lengths, compile_config,
-                    parse_grid)
+from .build import ArtifactRecord, CompiledModel, VerificationError, compile_config
 
 __all__ = ["Artifact", "ArtifactError", "ArtifactRecord", "CompiledModel", "VerificationError",
-           "chunk_lengths", "compile_config", "load_artifact", "parse_grid", "read_manifest", "zero_state"]
+           "compile_config", "load_artifact", "read_manifest", "zero_state"]

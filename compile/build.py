@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from bidl_models.checkpoint import file_sha256
 from bidl_models.config import Config, load_config, model_segment_configs, validate_lynxi_devices
+from bidl_models.grid import parse_grid, time_slices
 from bidl_models.segments import Segment, auto_split, check_chain, split_backbone
 from bidl_models.specs import TensorSpec, torch_dtype
 
@@ -53,7 +54,7 @@ from .artifact import (FORMAT_VERSION, KIND, MANIFEST, PROGRAM, Artifact, Artifa
                        load_artifact, read_manifest)
 
 __all__ = ["compile_config", "CompiledModel", "ArtifactRecord", "VerificationError", "ChunkProgram",
-           "parse_grid", "chunk_lengths", "model_sha256", "artifact_dirname"]
+           "model_sha256", "artifact_dirname"]
 
 INPUT_DTYPES = ("float32", "uint8")
 
@@ -63,31 +64,6 @@ class VerificationError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------ small helpers
-
-def parse_grid(grid: str | Sequence[int]) -> tuple[int, int]:
-    """``'3x2'`` or ``(3, 2)`` -> (rows = time slices, cols = segments)."""
-    if isinstance(grid, str):
-        parts = grid.lower().replace("*", "x").split("x")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise ValueError(f"grid={grid!r}: expected ROWSxCOLS with two positive ints, e.g. '3x2'")
-        r, c = (int(p) for p in parts)
-    else:
-        if len(grid) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in grid):
-            raise ValueError(f"grid={grid!r}: expected (rows, cols) with two positive ints")
-        r, c = grid
-    if r < 1 or c < 1:
-        raise ValueError(f"grid={grid!r}: rows and cols must be >= 1")
-    return r, c
-
-
-def chunk_lengths(timestep: int, rows: int) -> list[int]:
-    """Time-slice length of every row: ``numpy.array_split`` of ``timestep`` steps over ``rows``."""
-    if rows < 1 or rows > timestep:
-        raise ValueError(f"{rows} time-slice rows for timestep={timestep}: expected 1 <= rows <= timestep "
-                         "(every row needs at least one time step)")
-    q, r = divmod(timestep, rows)
-    return [q + 1] * r + [q] * (rows - r)
-
 
 def model_sha256(cfg: Mapping) -> str:
     """Hash of the config keys that define the model (``model``/``model_<i>``,
@@ -443,7 +419,7 @@ def compile_config(cfg: Config | str | Path, checkpoint: Optional[str | Path] = 
     except ValueError as e:
         raise ValueError(f"{e} (give in_shape / --in-shape C,H,W or models_compile_inputshape)") from None
     timestep = int(_backbone_of(segs[0]).timestep)
-    row_chunks = chunk_lengths(timestep, n_rows)
+    row_chunks = time_slices(timestep, n_rows)
     lens = sorted(set(row_chunks), reverse=True)
     msha = model_sha256(cfg)
     root = Path(out) / cfg.name

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from bidl_models.config import build_segments, load_config
-from compile import (Artifact, ArtifactError, CompiledModel, VerificationError, chunk_lengths, compile_config,
-                     load_artifact, parse_grid, read_manifest, zero_state)
+from compile import (Artifact, ArtifactError, CompiledModel, VerificationError, compile_config, load_artifact,
+                     read_manifest, zero_state)
 from compile.__main__ import main as cli_main
 from compile.artifact import MANIFEST, PROGRAM, torch_compatible
 
@@ -140,17 +140,6 @@ def workdir(tmp_path_factory) -> Path:
 
 
 # ------------------------------------------------------------------------------ helpers
-
-def test_parse_grid_and_chunk_lengths():
-    assert parse_grid("3x2") == (3, 2) and parse_grid((12, 2)) == (12, 2)
-    for bad in ("3y2", "x2", "0x1", (1,), (1, True)):
-        with pytest.raises(ValueError, match="grid="):
-            parse_grid(bad)
-    assert chunk_lengths(10, 3) == [4, 3, 3]          # numpy array_split semantics
-    assert chunk_lengths(48, 12) == [4] * 12
-    with pytest.raises(ValueError, match="rows for timestep=3"):
-        chunk_lengths(3, 4)
-
 
 def test_torch_compatibility_rule():
     assert torch_compatible("2.13.0+cpu", "torch.export", "2.13.1+cu128")

@@ -1,4 +1,5 @@
 """The grid on a real (local) Ray cluster: outputs equal the single-device reference, exactly."""
+import os
 import time
 
 import pytest
@@ -126,3 +127,29 @@ def test_emulated_backend_moves_real_shapes_at_device_pace(cluster, artifacts):
     assert state_bytes == N * 4 * (32 * 16 * 16 + 64 * 8 * 8)  # membranes of blocks 0 and 1, fp32
     for c in report.cells:
         assert c["busy_s"] > 0 and c["samples"] == N
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_cells_block_instead_of_spinning(cluster, artifacts):
+    from bidl_runtime.api import prepare
+    from bidl_runtime.driver import Grid, node_devices
+    from bidl_runtime.plan import make_plan
+    rcfg = RuntimeConfig(metrics=False)
+    plan = make_plan(cfg(7), (2, 2), device_nodes=node_devices())
+    g = Grid(plan, prepare(cfg(7), plan, rcfg, artifacts=artifacts / "T7", verbose=False)[0], rcfg)
+    try:
+        g.start()
+        pids = [s["pid"] for s in ray.get([a.stats.remote() for a in g.actors.values()])]
+        time.sleep(1.0)
+        before = [cpu_seconds(p) for p in pids]
+        time.sleep(4.0)
+        used = [(cpu_seconds(p) - b) / 4.0 for p, b in zip(pids, before)]
+        g.stop()
+    finally:
+        g.close()
+    # a blocked cell wakes 1/poll_s times a second to check for an abort; Ray's own threads add ~1 %
+    assert max(used) < 0.03, f"idle cells used {[f'{100 * u:.1f}%' for u in used]} of a core"

@@ -12,9 +12,9 @@ def small(T=10, name="clif3fc3dm_itout-b16x1-dvsmnist"):
 
 
 def test_parse_grid():
-    assert parse_grid("3x2") == (3, 2) and parse_grid("12X2") == (12, 2)
-    for bad in ("3", "3x", "0x2", "ax2", "3x2x1"):
-        with pytest.raises(ValueError, match="RxC"):
+    assert parse_grid("3x2") == (3, 2) and parse_grid("12X2") == (12, 2) and parse_grid((12, 2)) == (12, 2)
+    for bad in ("3", "3x", "0x2", "ax2", "3x2x1", (1,), (1, True)):
+        with pytest.raises(ValueError, match="grid="):
             parse_grid(bad)
 
 
@@ -22,6 +22,11 @@ def test_parse_grid():
 def test_time_slices_follow_array_split(T, R, want):
     import numpy as np
     assert time_slices(T, R) == want == [len(a) for a in np.array_split(np.arange(T), R)]
+
+
+def test_time_slices_need_a_step_per_row():
+    with pytest.raises(ValueError, match="rows <= T"):
+        time_slices(3, 4)
 
 
 def test_plan_3x2_cells_devices_and_auto_split():
