@@ -55,9 +55,7 @@ def compiled_segments(cfg: Config, plan: GridPlan, checkpoint: Optional[str | Pa
     from bidl_models.config import model_segment_configs
 
     splits = None if len(model_segment_configs(cfg)) > 1 else [list(s) for s in plan.splits]
-    if splits is not None and len(splits) > 1:
-        # an automatic split is not part of the config: keep its artifacts apart from other cuts
-        out = Path(out) / ("split_" + "_".join(f"{a}-{b}" for a, b in splits))
+    out = Path(out) / cache_key(cfg, checkpoint, plan.splits)
     compiled = compile_config(cfg, checkpoint, rows=plan.rows, splits=splits, out=out, batch=batch,
                               force=force, verbose=verbose, progress=progress,
                               in_shape=config_input_shape(cfg))
@@ -74,6 +72,19 @@ def compiled_segments(cfg: Config, plan: GridPlan, checkpoint: Optional[str | Pa
             state = tuple(sp.with_batch(batch) for sp in art.state_specs)
             runtimes[(s, t)] = SegmentRuntime(ArtifactSource(str(path)), x, y, state)
     return runtimes, arts
+
+
+def cache_key(cfg: Config, checkpoint: Optional[str | Path], splits: Sequence[Sequence[int]]) -> str:
+    """The runtime's artifact directory for a model, its weights and its cut: the runtime compiles
+    on its own, so models that differ (another T, split or checkpoint) get their own directory
+    instead of meeting ``compile``'s refusal of a mismatched artifact."""
+    import hashlib
+
+    from bidl_models.checkpoint import file_sha256
+    from compile.build import model_sha256
+    weights = file_sha256(checkpoint) if checkpoint else "seeded:0"
+    text = f"{model_sha256(cfg)}|{weights}|{[list(s) for s in splits]}"
+    return f"{cfg.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 def reference_output(arts: Mapping[tuple[int, int], Any], plan: GridPlan, x: Tensor,
