@@ -449,7 +449,7 @@ def test_clear_errors_for_bad_input(workdir):
     _, wrong = active_net(other, workdir / "wrong.pth")
     with pytest.raises(ValueError, match="does not match ResNetLifItout: missing keys"):
         compile_config(cfg, wrong, in_shape=(2, 32, 32), out=workdir / "e", progress=False, verbose=False)
-    with pytest.raises(ValueError, match="4 time-slice rows for timestep=3"):
+    with pytest.raises(ValueError, match="4 time-slice rows but the model has T=3"):
         compile_config(cfg, rows=4, in_shape=(2, 32, 32), out=workdir / "e", progress=False, verbose=False)
     with pytest.raises(ValueError, match="input_dtype='int4'"):
         compile_config(cfg, input_dtype="int4", out=workdir / "e", progress=False, verbose=False)
@@ -464,7 +464,7 @@ def test_cli(workdir, capsys):
         cli_main(["--help"])
     capsys.readouterr()
     assert cli_main(argv) == 1                          # 3 rows for T=2
-    assert "3 time-slice rows for timestep=2" in capsys.readouterr().err
+    assert "3 time-slice rows but the model has T=2" in capsys.readouterr().err
     argv[3] = "2x1"
     assert cli_main(argv) == 0
     cap = capsys.readouterr()
