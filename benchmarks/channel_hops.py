@@ -191,7 +191,7 @@ def _sig_child(name: str, fifo_dir: str, n: int, desc, ready) -> None:
         os.write(w, os.read(r, 256))
     os.close(r)
     os.close(w)
-    from bidl_runtime.channels import ChannelTimeout, attach_sender, create_receiver
+    from bidl_runtime.channels import ChannelTimeout, create_receiver
     rx = create_receiver("idle:child", SMALL)
     ready.send((rx.descriptor, threading.get_native_id()))
     try:

@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from bidl_runtime.devices import DeviceProfile
     from bidl_runtime.driver import CellPool, RuntimeConfig, node_devices
     from bidl_runtime.plan import make_plan
+    from bidl_runtime.session import default_threads
 
     devices = sorted({int(d) for d in args.devices.split(",")})
     Ts = [int(t) for t in args.T.split(",")]
@@ -174,7 +175,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if "lynxi_devices" in cfg:
                 del cfg["lynxi_devices"]
             plan = make_plan(cfg, (rows, cols), reps, device_nodes=nodes)
-            threads = max(1, (os.cpu_count() or 1) // len(plan.cells)) if args.backend == "cpu" else 1
+            threads = default_threads(len(plan.cells)) if args.backend == "cpu" else 1
             rcfg = RuntimeConfig(backend=args.backend, metrics=False, threads_per_cell=threads,
                                  profile=DeviceProfile(ref_fps=args.profile_fps))
             prepared = prepare(cfg, plan, rcfg, None, args.artifacts, verbose=False)

@@ -16,7 +16,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .layers import Temporal
-from .specs import State, TensorSpec, prefixed, specs_of, sub_state
+from .specs import State, TensorSpec, prefixed, sub_state
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping
 
 import torch
 from torch import Tensor
@@ -83,16 +83,3 @@ def sub_state(state: Mapping[str, Tensor] | None, prefix: str) -> State | None:
 def prefixed(state: Mapping[str, Tensor], prefix: str) -> State:
     """``{k: v} -> {prefix.k: v}``."""
     return {f"{prefix}.{k}": v for k, v in state.items()}
-
-
-def check_state(state: Mapping[str, Tensor], specs: Sequence[TensorSpec], where: str) -> None:
-    """ValueError if ``state`` does not carry exactly ``specs`` (names and shapes)."""
-    want = {s.name: tuple(s.shape) for s in specs}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if want.keys() != got.keys():
-        missing = sorted(want.keys() - got.keys())
-        extra = sorted(got.keys() - want.keys())
-        raise ValueError(f"{where}: state names differ from the spec; missing {missing}, unexpected {extra}")
-    for k, shape in want.items():
-        if got[k] != shape:
-            raise ValueError(f"{where}: state {k!r} has shape {list(got[k])}, expected {list(shape)}")

@@ -36,7 +36,6 @@ class CellSpec:
     source: ArtifactSource | EmulatedSource
     x_layout: tuple[TensorSpec, ...]          # the input chunk [t, B, ...]
     state_layout: tuple[TensorSpec, ...]      # the segment's state tensors
-    result_layout: tuple[TensorSpec, ...]     # what the last cell sends the driver: y of the last step
     channel: ChannelConfig = field(default_factory=ChannelConfig)          # x input (transport by edge)
     state_channel: ChannelConfig = field(default_factory=ChannelConfig)    # state input
     threads: int = 1
@@ -272,8 +271,8 @@ class Cell:
             return
         m["frames"].inc(steps, tags)
         m["latency"].observe(ms_busy, tags)
-        sent = sum(s.stats.snapshot().get("bytes", 0) for s in self.senders.values())
-        prev = getattr(self, "_bytes_reported", 0)
+        sent = sum(s.stats.bytes for s in self.senders.values())
+        prev = self._bytes_reported
         if sent > prev:
             m["bytes"].inc(sent - prev, tags)
             self._bytes_reported = sent

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from queue import Queue
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -107,7 +107,7 @@ class RunReport:
     @property
     def frames_per_s(self) -> float:
         """Time-step frames per second (the user guide's unit)."""
-        return self.samples_per_s * self.plan.T * 1  # batch 1 frames per sample step
+        return self.samples_per_s * self.plan.T
 
     def latency_ms(self, q: float) -> Optional[float]:
         xs = sorted(self.latencies_s.values())
@@ -210,7 +210,7 @@ class CellPool:
         self.idle: dict[tuple[str, int], Any] = {}
         self.busy: dict[tuple[str, int], Any] = {}
 
-    def acquire(self, c: CellPlan, here: str) -> tuple[Any, bool]:
+    def acquire(self, c: CellPlan) -> tuple[Any, bool]:
         """An actor for cell ``c`` (placed on its node); True if it is new."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -288,17 +288,15 @@ class Grid:
             seg = self.segments[(c.col, c.chunk_len)]
             src_node = here if c.col == 0 else node_of(p.cell(c.replica, c.row, c.col - 1))
             up_node = node_of(p.cell(c.replica, c.row - 1, c.col)) if c.row > 0 else node_of(c)
-            last = self.segments[(p.cols - 1, c.chunk_len)]
             spec = CellSpec(
                 plan=c, rows=p.rows, cols=p.cols, backend=r.backend, source=seg.source,
                 x_layout=(seg.x,), state_layout=seg.state,
-                result_layout=(TensorSpec("y", tuple(last.y.shape[1:]), last.y.dtype),),
                 channel=r.channel(self._transport(src_node, node_of(c))),
                 state_channel=r.channel(self._transport(up_node, node_of(c))),
                 threads=r.threads_per_cell, idle_timeout_s=r.idle_timeout_s, poll_s=r.poll_s,
                 metrics=r.metrics, fault=r.faults.get(c.key))
             if self.pool is not None:
-                actor, _ = self.pool.acquire(c, here)
+                actor, _ = self.pool.acquire(c)
                 configs.append(actor.configure.remote(spec))
                 self.actors[c.key] = actor
                 continue
@@ -651,10 +649,3 @@ def _quiet(fn) -> None:
         fn()
     except Exception:  # noqa: BLE001 - teardown is best effort
         pass
-
-
-def iter_limit(it: Iterable, n: Optional[int]) -> Iterator:
-    for i, x in enumerate(it):
-        if n is not None and i >= n:
-            return
-        yield x

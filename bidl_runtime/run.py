@@ -70,6 +70,7 @@ def _main(args: argparse.Namespace) -> int:
     from .api import prepare, stream
     from .driver import RunError, RuntimeConfig, node_devices
     from .plan import make_plan, parse_grid
+    from .session import default_threads
 
     # 1. everything that can be checked without a cluster fails fast, with a clear message
     try:
@@ -114,7 +115,7 @@ def _main(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(plan.table())
-        threads = args.threads_per_cell or max(1, (os.cpu_count() or 1) // len(plan.cells))
+        threads = args.threads_per_cell or default_threads(len(plan.cells))
         rcfg = RuntimeConfig(backend=args.backend, transport=args.transport, depth=args.depth,
                              max_inflight=args.max_inflight, threads_per_cell=threads,
                              profile=DeviceProfile(ref_fps=args.profile_fps), faults=faults)

@@ -153,6 +153,6 @@ def dataset_samples(cfg: Config, n: Optional[int]) -> Optional[Iterator[tuple[Te
     return gen()
 
 
-def default_threads(cells_per_node: int) -> int:
-    """Intra-op threads per cell so the cells on a node share its cores."""
-    return max(1, (os.cpu_count() or 1) // max(1, cells_per_node))
+def default_threads(cells: int) -> int:
+    """Intra-op threads per cell so that the cells on this machine share its cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, cells))
