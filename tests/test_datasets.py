@@ -388,9 +388,9 @@ def test_resize_dvs_modes():
     s = Compose([dict(type="ResizeDVS", size=(4, 3), mode="sum")])({"img": img})["img"]
     assert s.shape == (2, 2, 4, 3) and s.sum() == img.sum()
     assert s[1, 0, 2, 1] == img[1, 0, 4:6, 4:8].sum()
-    nn = Compose([dict(type="ResizeDVS", size=(4, 6))])({"img": img})["img"]
+    nn = Compose([dict(type="ResizeDVS", size=(4, 6), mode="nearest")])({"img": img})["img"]
     np.testing.assert_array_equal(nn, img[..., 1::2, 1::2])        # pixel centres of 2x2 blocks
-    up = Compose([dict(type="ResizeDVS", size=16)])({"img": img[..., :8, :8]})["img"]
+    up = Compose([dict(type="ResizeDVS", size=16, interpolation="nearest")])({"img": img[..., :8, :8]})["img"]
     np.testing.assert_array_equal(up, img[..., :8, :8].repeat(2, -2).repeat(2, -1))
     with pytest.raises(ValueError, match="not an integer downscale"):
         Compose([dict(type="ResizeDVS", size=5, mode="sum")])({"img": img})

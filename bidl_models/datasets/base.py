@@ -1,27 +1,25 @@
-"""The dataset base class (the user guide's extension point), the registry builder and the
-preprocessed frame files.
+"""The dataset base class (the user guide's extension point) and the registry builder.
 
 A dataset subclass overrides :meth:`BaseDataset.load_annotations` to return one dict per sample
-(``img``: frames ``[T, C, H, W]`` or their packed bits with ``pack`` = shape, ``gt_label``: int),
-registers itself with ``@DATASETS.register()`` and is then usable as ``data.train.type`` in a config.
-``dataset[i]`` runs the sample through the config's pipeline (dict in, dict out).
+(``img``: frames ``[T, C, H, W]`` or their packed bits with ``pack`` = shape, ``gt_label``: int; or
+whatever its pipeline's loading step reads, e.g. a folder and frame names), optionally
+:meth:`BaseDataset.load_sample` to read a sample lazily, registers itself with
+``@DATASETS.register()`` and is then usable as ``data.train.type`` in a config. ``dataset[i]`` runs the
+sample through the config's pipeline (dict in, dict out).
 
-Preprocessed frame files (written by ``python -m bidl_models.datasets.convert``):
+What a sample gives the rest of the system (``bidl_models.train`` batches it with PyTorch's default
+collate; ``bidl_runtime`` streams ``img`` one sample at a time): ``img`` a numpy array or tensor
+``[T, C, H, W]`` (``[T]`` token ids for text), ``gt_label`` an int64 scalar, plus only collatable
+extras (numbers, strings, fixed-size arrays). Pipelines may leave ``img`` as numpy: the loader turns it
+into a tensor.
 
-* ``.pkl`` -- the user guide's layout: a pickle of ``(packed, labels, shape)`` where ``packed`` is a
-  list of ``np.packbits(frames > 0)`` (binary frames: "at least one event"), ``labels`` a list of ints
-  and ``shape`` the ``(T, C, H, W)`` of every sample. Read with a restricted unpickler (numpy arrays
-  and plain containers only: a data file cannot run code).
-* ``.npz`` -- event counts: ``frames`` uint8 ``[N, T, C, H, W]`` (counts saturated at 255, never
-  wrapped), ``labels`` int64 ``[N]``, ``classes`` (str), ``meta`` (JSON text).
-
-Either may have a ``<same name>.json`` beside it with ``classes`` and conversion metadata.
+This module imports no dataset module: the package ``__init__`` imports them all, which registers
+them, and :func:`build_dataset` looks them up in the registry.
 """
 from __future__ import annotations
 
-import io
-import json
-import pickle
+import inspect
+import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -29,8 +27,9 @@ import numpy as np
 import torch
 
 from ..registry import DATASETS
+from .pipelines.compose import Compose
 
-FRAME_EXTS = (".pkl", ".npz")
+SPLIT_OF_KEY = {"train": "train", "val": "test", "test": "test", "test_gpu": "test"}
 
 
 class BaseDataset(torch.utils.data.Dataset):
@@ -38,15 +37,17 @@ class BaseDataset(torch.utils.data.Dataset):
 
     ``data_prefix``: where the subclass reads its data. ``pipeline``: list of pipeline configs
     (``dict(type=...)``) or callables. ``classes``: overrides the class names (``CLASSES``).
+    ``ann_file``: an annotation file (BIDL's key), found as given or under ``data_prefix``.
     """
 
     CLASSES: Optional[Sequence[str]] = None
 
     def __init__(self, data_prefix: Optional[str] = None, pipeline: Sequence[Any] = (),
-                 classes: Optional[Sequence[str]] = None, test_mode: bool = False):
-        from .pipelines import Compose
+                 classes: Optional[Sequence[str]] = None, test_mode: bool = False,
+                 ann_file: Optional[str] = None):
         super().__init__()
         self.data_prefix = None if data_prefix is None else str(data_prefix)
+        self.ann_file = None if ann_file is None else str(ann_file)
         self.test_mode = bool(test_mode)
         self.pipeline = Compose(pipeline)
         if classes is not None:
@@ -87,6 +88,28 @@ class BaseDataset(torch.utils.data.Dataset):
         """What the samples were read from (for error messages)."""
         return self.data_prefix or type(self).__name__
 
+    def need_prefix(self) -> Path:
+        """``data_prefix`` as a Path; ValueError naming the dataset when it is unset."""
+        if not self.data_prefix:
+            raise ValueError(f"{type(self).__name__}: data_prefix is required")
+        return Path(self.data_prefix)
+
+    def resolve_ann_file(self, required: bool = True) -> Optional[Path]:
+        """``ann_file`` as given (absolute or relative to the working directory), else under
+        ``data_prefix`` (BIDL's configs use both forms); one-line FileNotFoundError when absent."""
+        if not self.ann_file:
+            if required:
+                raise ValueError(f"{type(self).__name__}: ann_file is required")
+            return None
+        cands = [Path(self.ann_file)]
+        if self.data_prefix and not os.path.isabs(self.ann_file):
+            cands.append(Path(self.data_prefix) / self.ann_file)
+        for c in cands:
+            if c.is_file():
+                return c
+        raise FileNotFoundError(f"{type(self).__name__}: ann_file={self.ann_file!r} not found (looked for "
+                                f"{[str(c) for c in cands]}). Nothing is downloaded: put the file there")
+
     def get_gt_labels(self) -> np.ndarray:
         """int64 ``[N]`` ground-truth labels."""
         return np.array([int(np.asarray(i["gt_label"])) for i in self.data_infos], dtype=np.int64)
@@ -108,8 +131,9 @@ class BaseDataset(torch.utils.data.Dataset):
                  logger: Any = None) -> dict[str, float]:
         """Top-k accuracy in percent: ``{'accuracy_top-1': .., 'accuracy_top-5': ..}``.
 
-        ``results``: per-sample class scores ``[N, nclass]`` in dataset order (or for ``indices``).
-        A ``k`` larger than the number of classes counts every sample as correct.
+        ``results``: per-sample class scores ``[N, nclass]`` in dataset order (or for ``indices``); one
+        column is a binary logit (class 1 where it is > 0, as BIDL's one-logit text models). A ``k``
+        larger than the number of classes counts every sample as correct.
         """
         metrics = [metric] if isinstance(metric, str) else list(metric)
         bad = [m for m in metrics if m != "accuracy"]
@@ -127,7 +151,10 @@ class BaseDataset(torch.utils.data.Dataset):
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, topk: Sequence[int] = (1, 5)) -> dict[str, float]:
-    """``{'accuracy_top-k': percent}``; ties broken by ``torch.topk`` (lowest index first)."""
+    """``{'accuracy_top-k': percent}``; ties broken by ``torch.topk`` (lowest index first). One score
+    column ``s`` is a binary logit: scored as the two classes ``[-s, s]``."""
+    if scores.shape[1] == 1:
+        scores = torch.cat([-scores, scores], dim=1)
     out = {}
     n = max(len(labels), 1)
     for k in topk:
@@ -140,123 +167,27 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, topk: Sequence[int
 
 def build_dataset(cfg: Mapping[str, Any], default_args: Optional[Mapping[str, Any]] = None,
                   where: str = "data") -> BaseDataset:
-    """Build a registered dataset from ``dict(type='Name', data_prefix=..., pipeline=[...], ...)``."""
-    from . import dvs, glyphs  # noqa: F401  (register the built-in datasets)
+    """Build a registered dataset from ``dict(type='Name', data_prefix=..., pipeline=[...], ...)``.
+
+    ``default_args`` fill keys the config leaves out, for datasets that accept them (e.g.
+    ``data_root`` from ``data.data_root``). ``where`` names the config key for errors; for a key
+    ``data.val`` / ``data.test`` (BIDL's configs give no ``test_mode`` there) a dataset with a
+    ``split`` argument gets ``split='test'`` unless the config says otherwise.
+    """
     if not isinstance(cfg, Mapping):
         raise ValueError(f"{where}: expected a dataset dict with a 'type' key, got {cfg!r}")
     cfg = dict(cfg)
+    cls = DATASETS.get(cfg.get("type"), f"{where}.type") if "type" in cfg else None
+    params = inspect.signature(cls).parameters if cls is not None else {}
     for k, v in (default_args or {}).items():
-        cfg.setdefault(k, v)
+        if k in params:
+            cfg.setdefault(k, v)
+    split = SPLIT_OF_KEY.get(where.rsplit(".", 1)[-1])
+    if split == "test" and "split" in params and "split" not in cfg and "test_mode" not in cfg:
+        cfg["split"] = split
     try:
         return DATASETS.build(cfg, where)
     except (FileNotFoundError, ValueError) as e:
         if str(e).startswith(where):
             raise
         raise type(e)(f"{where}: {e}") from None
-
-
-# ------------------------------------------------------------------------------ frame files
-
-class _SafeUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays and plain containers only."""
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar")}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a frame file holds numpy arrays only")
-
-
-def resolve_frames_file(data_prefix: str | Path, where: str = "data_prefix") -> Path:
-    """The preprocessed file for a ``data_prefix``: the path itself, or ``<prefix>.pkl`` / ``.npz``."""
-    p = Path(str(data_prefix))
-    cands = [p] if p.suffix in FRAME_EXTS else []
-    base = str(data_prefix).rstrip("/\\")
-    cands += [Path(base + ext) for ext in FRAME_EXTS]
-    for c in cands:
-        if c.is_file():
-            return c
-    raise FileNotFoundError(
-        f"{where}={str(data_prefix)!r}: no preprocessed dataset file (looked for "
-        f"{[str(c) for c in cands]}); make one from the raw dataset with "
-        "`python -m bidl_models.datasets.convert --dataset NAME --root RAW_DIR --out OUT_DIR`")
-
-
-def save_frames_file(path: str | Path, frames: Sequence[np.ndarray], labels: Sequence[int],
-                     classes: Optional[Sequence[str]] = None, meta: Optional[Mapping[str, Any]] = None) -> Path:
-    """Write samples ``[T, C, H, W]`` as ``.pkl`` (guide layout, binary, bit-packed) or ``.npz`` (counts),
-    plus a ``.json`` sidecar with ``classes`` and ``meta``. Returns the data file's path."""
-    path = Path(path)
-    if path.suffix not in FRAME_EXTS:
-        raise ValueError(f"frame file {str(path)!r}: expected a name ending in {list(FRAME_EXTS)}")
-    if len(frames) != len(labels):
-        raise ValueError(f"save_frames_file: {len(frames)} samples but {len(labels)} labels")
-    shapes = {tuple(f.shape) for f in frames}
-    if len(shapes) > 1:
-        raise ValueError(f"save_frames_file {str(path)!r}: samples differ in shape: {sorted(shapes)}")
-    shape = shapes.pop() if shapes else (0, 0, 0, 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".pkl":
-        packed = [np.packbits(np.asarray(f) > 0) for f in frames]
-        with open(tmp, "wb") as fh:
-            pickle.dump((packed, [int(l) for l in labels], tuple(int(s) for s in shape)), fh, protocol=4)
-    else:
-        arr = np.stack([np.minimum(np.asarray(f), 255).astype(np.uint8) for f in frames]) if frames else \
-            np.zeros((0,) + shape, np.uint8)
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, frames=arr, labels=np.asarray(labels, np.int64),
-                                classes=np.array(list(classes or []), dtype=str),
-                                meta=np.array(json.dumps(dict(meta or {}))))
-    tmp.replace(path)
-    side = dict(meta or {})
-    side.update(classes=list(classes) if classes is not None else None, num_samples=len(frames),
-                shape=list(shape), format=path.suffix[1:])
-    path.with_suffix(".json").write_text(json.dumps(side, indent=1) + "\n")
-    return path
-
-
-def load_frames_file(path: str | Path) -> tuple[list[dict], Optional[list[str]], dict]:
-    """``(data_infos, classes or None, meta)`` from a ``.pkl`` / ``.npz`` frame file."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise FileNotFoundError(f"frame file {str(path)!r}: cannot read ({e})") from None
-    classes, meta = None, {}
-    side = path.with_suffix(".json")
-    if side.is_file():
-        meta = json.loads(side.read_text())
-        classes = meta.get("classes")
-    infos: list[dict] = []
-    try:
-        if path.suffix == ".pkl":
-            packed, labels, shape = _SafeUnpickler(io.BytesIO(raw)).load()
-            shape = tuple(int(s) for s in shape)
-            nbytes = (int(np.prod(shape)) + 7) // 8
-            for i, (d, l) in enumerate(zip(packed, labels)):
-                d = np.asarray(d, np.uint8).reshape(-1)
-                if d.size != nbytes:
-                    raise ValueError(f"sample {i} has {d.size} packed bytes, expected {nbytes} for shape {shape}")
-                infos.append({"img": d, "pack": shape, "gt_label": np.int64(l)})
-            if len(packed) != len(labels):
-                raise ValueError(f"{len(packed)} samples but {len(labels)} labels")
-        elif path.suffix == ".npz":
-            with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-                frames, labels = z["frames"], z["labels"]
-                if "classes" in z and z["classes"].size and classes is None:
-                    classes = [str(c) for c in z["classes"]]
-                if "meta" in z:
-                    meta = {**json.loads(str(z["meta"])), **meta}
-            if frames.ndim != 5 or len(frames) != len(labels):
-                raise ValueError(f"frames {list(frames.shape)} / labels {list(labels.shape)}: expected "
-                                 "[N, T, C, H, W] and [N]")
-            infos = [{"img": frames[i], "gt_label": np.int64(labels[i])} for i in range(len(labels))]
-        else:
-            raise ValueError(f"unknown extension; expected one of {list(FRAME_EXTS)}")
-    except Exception as e:  # noqa: BLE001 - any decoding failure means a bad file
-        raise ValueError(f"frame file {str(path)!r} is corrupt or not a frame file: {type(e).__name__}: {e}") from None
-    return infos, classes, meta

@@ -5,7 +5,7 @@ writes ``OUT_DIR/train.<fmt>``, ``OUT_DIR/test.<fmt>`` and ``OUT_DIR/val.<fmt>``
 file: none of these datasets has a separate validation split), each with a ``.json`` sidecar
 (classes, options, split rule, source files). Configs then point ``data_prefix`` at
 ``OUT_DIR/train`` etc. Formats: ``pkl`` (the user guide's bit-packed binary frames) or ``npz``
-(event counts saturated at 255); see :mod:`bidl_models.datasets.base`.
+(event counts saturated at 255); see :mod:`bidl_models.datasets.files`.
 
 Raw layouts and splits:
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import os
 import re
 import shutil
@@ -42,28 +41,15 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .base import save_frames_file
-from .dvs import Cifar10Dvs, DvsGesture
+from .cifar10dvs import Cifar10Dvs
+from .dvsgesture import DvsGesture
 from .events import events_to_frames
+from .files import save_frames_file
 from .readers import read_aedat2, read_aedat3, read_nmnist_bin
+from .splits import natural_key, seeded_split
 
 DATASET_NAMES = ("nmnist", "dvsmnist", "cifar10dvs", "dvsgesture")
 SENSORS = {"nmnist": (34, 34), "dvsmnist": (128, 128), "cifar10dvs": (128, 128), "dvsgesture": (128, 128)}
-
-
-def natural_key(s: str) -> list:
-    """Sort key comparing digit runs as numbers (``a2`` < ``a10``)."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
-
-
-def seeded_split(files: Sequence[Path], seed: int, class_index: int, test_fraction: float) -> tuple[list, list]:
-    """(train, test) of one class's files by the documented deterministic rule."""
-    files = sorted(files, key=lambda p: natural_key(p.name))
-    order = np.random.default_rng([int(seed), int(class_index)]).permutation(len(files))
-    n_test = math.ceil(len(files) * test_fraction)
-    test = [files[i] for i in order[:n_test]]
-    train = [files[i] for i in order[n_test:]]
-    return train, test
 
 
 def _need_dir(p: Path, what: str) -> Path:
