@@ -621,7 +621,7 @@ class _Exporter:
                 self.refuse(mod, path, f"residual branches of shapes {list(mshape)} and {list(dshape)}")
             return self.emit(mod.lif, main + down, mshape, _join(path, "lif"))
         if isinstance(mod, PerStep):
-            return self.emit(mod.body, srcs, shape, _join(path, "body"))
+            return self.emit(mod.body, srcs, shape, path)
         if isinstance(mod, (TemporalSequential, nn.Sequential)):
             for name, child in mod.named_children():
                 srcs, shape = self.emit(child, srcs, shape, _join(path, name))

@@ -7,7 +7,6 @@ Needs the ``nir`` extra; the cross-framework tests also need ``snntorch`` and ``
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
 import numpy as np
 import pytest

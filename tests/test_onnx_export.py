@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -20,23 +19,11 @@ pytest.importorskip("onnxscript")
 from bidl_models.config import build_segments, load_config  # noqa: E402
 from compile import compile_config, load_artifact  # noqa: E402
 from compile.onnx_export import OnnxExportError, check_onnx, export_artifact, export_segment, main  # noqa: E402
+from test_compile import activate  # noqa: E402 - BN/FC gains raised so spikes reach the deepest layers
 
 TOL = 1e-5
 RESNET = dict(type="ResNetLifItout", depth=10, nclass=10, timestep=3, input_channels=2, stem_channels=8,
               base_channels=8, soma_params="channel_share", down_t=[1, "avg"])
-
-
-def activate(net: nn.Module) -> nn.Module:
-    """BN scale/shift and FC gains raised so that spikes reach the deepest layers."""
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.weight.fill_(1.5)
-                m.bias.fill_(0.25)
-            elif isinstance(m, nn.Linear):
-                m.weight.mul_(3.0)
-                m.bias.add_(0.2)
-    return net.eval()
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +125,7 @@ def test_refusals_name_the_problem(tmp_path):
 def test_nir_graph_to_grid_artifact_to_onnx(tmp_path):
     """A NIR graph compiled as a grid segment and exported to ONNX: the whole interop chain."""
     nir = pytest.importorskip("nir")
-    from bidl_models.nir import from_nir, to_nir  # noqa: F401 - registers the NirGraph backbone
+    import bidl_models.nir  # noqa: F401 - registers the NirGraph backbone
     one = lambda v: np.full((6,), v)  # noqa: E731
     g = nir.NIRGraph(nodes={
         "input": nir.Input(input_type=np.array([4])),
