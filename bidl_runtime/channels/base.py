@@ -515,8 +515,12 @@ class Receiver(_NoPickle, ABC):
         p.sock.setblocking(True)
         link = self._wrap(p.sock)
         to = self.config.connect_timeout_s
-        link.send(auth.welcome(self.config.key, self.name, self.token, nonce), time.monotonic() + to, to,
-                  "sending the welcome")
+        try:
+            link.send(auth.welcome(self.config.key, self.name, self.token, nonce), time.monotonic() + to, to,
+                      "sending the welcome")
+        except BaseException:
+            link.close()  # the sender proved itself, then went away: that is its death, not an intrusion
+            raise
         self._link, self.peer = link, f"{p.peer} (pid {pid})"
 
     def _unwatch(self, p: "_Pending") -> None:
