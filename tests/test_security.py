@@ -132,7 +132,11 @@ INTRUDER = r"""
 import os, sys
 import ray
 try:
-    ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
+    if sys.argv[3] == "join":   # the CLI's --address path: turns token mode on when Ray finds a token
+        from bidl_runtime.cluster import join
+        join(sys.argv[1], log_to_driver=False, logging_level="ERROR")
+    else:
+        ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
 except Exception as e:
     print("REFUSED", type(e).__name__, e, flush=True)
     sys.exit(0)
@@ -159,9 +163,11 @@ def test_unauthenticated_clients_are_refused(cluster, tmp_path):
         "auth disabled": {"RAY_AUTH_MODE": "disabled"},
         "wrong token": {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)},
         "the token (control)": {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": os.environ["RAY_AUTH_TOKEN_PATH"]},
+        "the token via cluster.join (control)": {"RAY_AUTH_TOKEN_PATH": os.environ["RAY_AUTH_TOKEN_PATH"]},
     }
     procs = {name: subprocess.Popen([sys.executable, str(tmp_path / "intruder.py"), gcs,
-                                     str(tmp_path / f"ran-{i}")], env=dict(base, **extra),
+                                     str(tmp_path / f"ran-{i}"), "join" if "join" in name else "init"],
+                                    env=dict(base, **extra),
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i, (name, extra) in enumerate(cases.items())}
     out = {name: p.communicate(timeout=180)[0] for name, p in procs.items()}
