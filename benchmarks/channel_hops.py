@@ -32,7 +32,6 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import torch  # noqa: E402
 
@@ -296,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     prim = signalling_and_plain_idle(max(200, args.small_iters), args.idle_s)
 
     print("starting Ray ...", flush=True)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    from bidl_runtime.cluster import start_local
+    start_local(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
         P = ray.remote(num_cpus=0)(Peer)
         a, b = P.remote(), P.remote()

@@ -30,7 +30,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 HERE = Path(__file__).resolve().parent
@@ -159,8 +158,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 jobs.append((T, n, mode, g))
     need = max(n for _, n, _, _ in jobs)
-    ray.init(num_cpus=os.cpu_count(), resources={"bidl_device": need}, include_dashboard=False,
-             log_to_driver=False, logging_level="WARNING")
+    from bidl_runtime.cluster import start_local
+    start_local(num_cpus=os.cpu_count(), resources={"bidl_device": need}, include_dashboard=False,
+                log_to_driver=False, logging_level="WARNING")
     pool = CellPool()
     results: list[dict[str, Any]] = []
     base: dict[int, float] = {}

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from queue import Queue
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Optional, Sequence
 
 import torch
@@ -23,7 +23,7 @@ from torch import Tensor
 from bidl_models.specs import TensorSpec, torch_dtype
 
 from .cell import Cell, CellError, CellSpec
-from .channels import ChannelConfig, ChannelError, ChannelTimeout, attach_sender, create_receiver
+from .channels import ChannelConfig, ChannelError, ChannelTimeout, attach_sender, create_receiver, new_secret
 from .devices import ArtifactSource, DeviceProfile, EmulatedSource
 from .plan import CellPlan, GridPlan
 
@@ -44,10 +44,11 @@ class RuntimeConfig:
     metrics: bool = True
     profile: DeviceProfile = field(default_factory=DeviceProfile)
     faults: dict = field(default_factory=dict)   # test hook: {(replica, row, col): ('raise'|'exit', sample)}
+    channel_secret: Optional[str] = field(default=None, repr=False)  # keys the channel handshakes; None: a Grid makes one
 
     def channel(self, transport: str) -> ChannelConfig:
         return ChannelConfig(transport=transport, depth=self.depth, send_timeout_s=max(self.poll_s, 0.05),
-                             recv_timeout_s=max(self.poll_s, 0.05))
+                             recv_timeout_s=max(self.poll_s, 0.05), secret=self.channel_secret)
 
 
 @dataclass
@@ -255,6 +256,8 @@ class Grid:
         self.pool = pool
         self._healthy = False
         self.rcfg = rcfg or RuntimeConfig()
+        if self.rcfg.channel_secret is None:  # one secret per run, to the cells through their CellSpec
+            self.rcfg = replace(self.rcfg, channel_secret=new_secret())
         self.actors: dict[tuple[int, int, int], Any] = {}
         self.loops: dict[Any, CellPlan] = {}
         self.feeds: dict[tuple[int, int], Any] = {}      # (replica, row) -> sender into cell (row, 0)

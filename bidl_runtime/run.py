@@ -16,7 +16,6 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
@@ -95,20 +94,22 @@ def _main(args: argparse.Namespace) -> int:
 
     # 2. Ray: join or start an embedded local cluster
     import ray
+
+    from .cluster import join, start_local, token_source
     started = False
     if args.address:
-        info = ray.init(address=args.address, namespace=f"bidl-{uuid.uuid4().hex[:8]}", log_to_driver=False,
-                        logging_level="WARNING")
+        info = join(args.address, namespace=f"bidl-{uuid.uuid4().hex[:8]}", log_to_driver=False,
+                    logging_level="WARNING")
     else:
-        info = ray.init(num_cpus=os.cpu_count(), resources={"bidl_device": max(c.device for c in plan.cells) + 1},
-                 include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
-                 logging_level="WARNING", namespace=f"bidl-{uuid.uuid4().hex[:8]}")
+        info = start_local(num_cpus=os.cpu_count(), resources={"bidl_device": max(c.device for c in plan.cells) + 1},
+                           include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
+                           logging_level="WARNING", namespace=f"bidl-{uuid.uuid4().hex[:8]}")
         started = True
     try:
         url = info.dashboard_url
         url = f"http://{url}" if url and not url.startswith("http") else url
-        print(f"ray: {'joined ' + args.address if args.address else 'embedded local cluster'}; "
-              f"dashboard {url or 'not available'}")
+        where = f"joined {args.address}" if args.address else "embedded local cluster on 127.0.0.1"
+        print(f"ray: {where}, token auth (token: {token_source()}); dashboard {url or 'not available'}")
         try:
             plan = make_plan(cfg, grid, args.replicas, device_nodes=node_devices())
         except ValueError as e:

@@ -12,7 +12,13 @@ An artifact is a directory holding
 The flat state arguments follow the manifest's ``state`` list (the ABI order); :meth:`Artifact.run`
 takes and returns named dicts instead. Loading refuses, with :class:`ArtifactError` (a
 ``ValueError``), a program whose sha256 differs from the manifest, a manifest of an unknown format,
-one written by an incompatible torch, or one that differs from what the caller ``expect``\\ s::
+one written by an incompatible torch, one whose keyed digest does not verify, or one that differs
+from what the caller ``expect``\\ s.
+
+The keyed digest (``manifest['seal']``): HMAC-SHA256 over the manifest's canonical JSON (which holds
+the program's sha256), keyed by this user's artifact key (``artifact_key``). Editing the program and
+its recorded sha256 together, or any other manifest field, breaks it; only a holder of the key can
+reseal. The program is not deserialised before the seal checks out::
 
     art = load_artifact("artifacts/net/model_0/t4_b1")
     state = zero_state(art, batch=1)
@@ -21,7 +27,11 @@ one written by an incompatible torch, or one that differs from what the caller `
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
+import secrets
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -38,8 +48,12 @@ FORMAT_VERSION = 1
 KIND = "bidl-segment-artifact"
 FORMATS = ("torch.export", "aoti")
 
+SEAL = "seal"
+KEY_ENV, KEY_FILE_ENV = "BIDL_ARTIFACT_KEY", "BIDL_ARTIFACT_KEY_FILE"
+
 __all__ = ["Artifact", "ArtifactError", "load_artifact", "zero_state", "read_manifest", "check_program",
-           "file_sha256", "torch_compatible", "MANIFEST", "PROGRAM", "FORMAT_VERSION"]
+           "file_sha256", "torch_compatible", "MANIFEST", "PROGRAM", "FORMAT_VERSION", "artifact_key",
+           "seal_manifest", "check_seal"]
 
 
 class ArtifactError(ValueError):
@@ -91,8 +105,8 @@ def read_manifest(directory: str | Path) -> dict:
 
 
 def check_program(directory: str | Path, man: Mapping) -> Path:
-    """The program file, after checking that it exists, hashes to the manifest's sha256, and was
-    built by a torch this process can load. ArtifactError otherwise."""
+    """The program file, after checking that it exists, hashes to the manifest's sha256, was built by
+    a torch this process can load, and that the manifest's keyed digest verifies. ArtifactError otherwise."""
     prog = Path(directory) / man["program"]["file"]
     if not prog.is_file():
         raise ArtifactError(prog, "missing", "program file missing (the manifest names it)")
@@ -109,7 +123,82 @@ def check_program(directory: str | Path, man: Mapping) -> Path:
                             f"({man['program']['format']} programs need the same "
                             f"{'major.minor.patch' if man['program']['format'] == 'aoti' else 'major.minor'}); "
                             "rebuild it (compile --force)", {"versions.torch": (built, torch.__version__)})
+    check_seal(directory, man)
     return prog
+
+
+def key_file() -> Path:
+    """Where the artifact key lives: ``$BIDL_ARTIFACT_KEY_FILE``, else ``$XDG_CONFIG_HOME/bidl/artifact.key``
+    (``~/.config/bidl/artifact.key``)."""
+    if os.environ.get(KEY_FILE_ENV):
+        return Path(os.environ[KEY_FILE_ENV])
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "bidl" / "artifact.key"
+
+
+def artifact_key() -> bytes:
+    """The key of artifact seals: ``$BIDL_ARTIFACT_KEY`` (hex), else the key file (see ``key_file``),
+    created on first use (256 random bits, mode 0600; concurrent first uses agree on one key).
+    Machines that load each other's artifacts need the same key (share the file or the variable)."""
+    if os.environ.get(KEY_ENV):
+        try:
+            return bytes.fromhex(os.environ[KEY_ENV])
+        except ValueError:
+            raise ArtifactError(KEY_ENV, "incompatible", "is not a hex string") from None
+    path = key_file()
+    if not path.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+            try:
+                os.link(tmp, path)  # atomic; loses to a concurrent creator, whose key everyone then uses
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
+        except OSError as e:
+            raise ArtifactError(path, "missing", f"cannot create the artifact key ({e}); set {KEY_FILE_ENV} "
+                                                 f"or {KEY_ENV}") from None
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(path, "corrupt", f"unreadable artifact key ({e})") from None
+
+
+def _digest(key: bytes, man: Mapping) -> str:
+    body = {k: v for k, v in man.items() if k != SEAL}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+def _key_id(key: bytes) -> str:
+    return hashlib.sha256(b"bidl artifact key id|" + key).hexdigest()[:12]
+
+
+def seal_manifest(man: Mapping) -> dict:
+    """``man`` with its keyed digest (what ``compile`` writes; resealing needs the key)."""
+    key = artifact_key()
+    return dict(man, **{SEAL: {"alg": "hmac-sha256", "key_id": _key_id(key), "digest": _digest(key, man)}})
+
+
+def check_seal(directory: str | Path, man: Mapping) -> None:
+    """ArtifactError unless ``man`` carries a keyed digest that verifies with this user's key."""
+    path = Path(directory) / MANIFEST
+    seal = man.get(SEAL)
+    if not isinstance(seal, Mapping) or not isinstance(seal.get("digest"), str):
+        raise ArtifactError(path, "incompatible", "manifest carries no keyed digest (built by an older version, "
+                                                  "or the seal was removed): rebuild it (compile --force)")
+    key = artifact_key()
+    if seal.get("key_id") != _key_id(key):
+        raise ArtifactError(path, "incompatible",
+                            f"sealed with another artifact key (key id {seal.get('key_id')!r}, this process has "
+                            f"{_key_id(key)!r} from {os.environ.get(KEY_ENV) and KEY_ENV or key_file()}): built "
+                            f"elsewhere or the key changed; rebuild it, or share the key ({KEY_FILE_ENV})")
+    if not hmac.compare_digest(seal["digest"], _digest(key, man)):
+        raise ArtifactError(path, "corrupt", "keyed digest does not match: the manifest or the program was "
+                                             "changed after it was built; rebuild it (compile --force)")
 
 
 def _diff_expect(man: Mapping, expect: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

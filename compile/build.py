@@ -51,7 +51,7 @@ from bidl_models.segments import Segment, auto_split, check_chain, split_backbon
 from bidl_models.specs import TensorSpec, torch_dtype
 
 from .artifact import (FORMAT_VERSION, KIND, MANIFEST, PROGRAM, Artifact, ArtifactError, check_program,
-                       load_artifact, read_manifest)
+                       load_artifact, read_manifest, seal_manifest)
 
 __all__ = ["compile_config", "CompiledModel", "ArtifactRecord", "VerificationError", "ChunkProgram",
            "model_sha256", "artifact_dirname"]
@@ -586,7 +586,7 @@ def _build(d: Path, key: dict, seg: Segment, sp: Any, cfg: Config, checkpoint: O
 
 def _write_manifest(d: Path, man: Mapping) -> None:
     tmp = d / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(man, indent=2) + "\n")
+    tmp.write_text(json.dumps(seal_manifest(man), indent=2) + "\n")
     tmp.replace(d / MANIFEST)
 
 

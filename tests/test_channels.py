@@ -9,6 +9,7 @@ import os
 import pickle
 import signal
 import socket
+import struct
 import threading
 import time
 
@@ -18,8 +19,8 @@ import torch
 
 from bidl_models.specs import TensorSpec
 from bidl_runtime.channels import (ChannelClosed, ChannelConfig, ChannelDescriptor, ChannelError, ChannelTimeout,
-                                   ChecksumError, PeerDied, attach_sender, create_receiver, get_transport,
-                                   sweep_stale, transports, wait_any)
+                                   ChecksumError, Layout, PeerDied, attach_sender, create_receiver, get_transport,
+                                   new_secret, sweep_stale, transports, wait_any)
 
 SPECS = [TensorSpec("x", (2, 3, 4), "float32"), TensorSpec("idx", (5,), "int64"),
          TensorSpec("mask", (3,), "bool"), TensorSpec("h", (7,), "float16"), TensorSpec("s", (), "float32")]
@@ -324,7 +325,7 @@ def test_tcp_checksum_mismatch_detected():
         # probe the stream length of hello + first frame, to flip the last payload byte of message 1
         probe_rx = create_receiver("t:crc", SPECS, transport="tcp", tcp_host="127.0.0.1")
         ptx = attach_sender(probe_rx.descriptor)
-        n0 = len(ptx._link.encode(["H", probe_rx.token, ptx.layout.fingerprint, os.getpid()])) + 4
+        n0 = len(ptx._link.encode(ptx.hello_message)) + 4  # same process and layout: same hello size
         ptx.close(); probe_rx.close()
         t = make_tensors(0)
         env = ["D", 0, 0, time.time_ns(), {"sample": 0, "kind": "data"}, rx.layout.spec_dicts, rx.layout.nbytes, 0]
@@ -514,9 +515,10 @@ def test_shm_refuses_other_host_and_bad_token():
         with pytest.raises(ChannelError, match="created on host 'node-b'.*use transport 'tcp'"):
             attach_sender(other)
         intruder = dataclasses.replace(d, token="0" * 16)
-        tx = attach_sender(intruder)  # maps and connects, but the receiver rejects its hello
-        with pytest.raises(ChannelError, match="rejected a connection: it lacks this channel's token"):
-            rx.recv(timeout=5)
+        tx = attach_sender(intruder)  # maps and connects, but the receiver drops its hello and keeps listening
+        with pytest.raises(ChannelTimeout, match="waiting for a sender to attach"):
+            rx.recv(timeout=0.5)
+        assert rx.stats.rejected == 1 and "token differs" in rx.stats.last_rejected
         tx.close()
 
 
@@ -600,3 +602,224 @@ def test_wait_any_blocks_until_ready():
         threading.Timer(0.1, lambda: tx2.send(make_tensors(0))).start()
         assert wait_any([rx1, rx2], timeout=5) == [rx2]
         rx2.recv(timeout=1).release()
+
+
+# ---------------------------------------------------------------- authentication and intruders
+
+def _intruder(desc: ChannelDescriptor) -> socket.socket:
+    """A raw connection to a receiver's listening address (what anyone on the node can open)."""
+    if desc.transport == "tcp":
+        return socket.create_connection((desc.address["host"], desc.address["port"]), timeout=5)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(5)
+    s.connect("\0" + desc.address["uds"])
+    return s
+
+
+def _framed(desc: ChannelDescriptor, body: bytes) -> bytes:
+    """``body`` as one message on the control socket: a datagram (shm) or u32 length + body (tcp)."""
+    return body if desc.transport == "shm" else struct.pack("!I", len(body)) + body
+
+
+def _attacks(desc: ChannelDescriptor) -> dict[str, bytes | None]:
+    """What an intruder sends first; None: nothing (a silent connection)."""
+    from bidl_runtime.channels import auth
+    wrong_key = bytes.fromhex(new_secret())
+    bad_hello, _ = auth.hello(wrong_key, desc.name, desc.token, Layout(desc.specs).fingerprint, 1)
+    other_token, _ = auth.hello(bytes.fromhex(desc.config.secret), desc.name, "f" * 16,
+                                Layout(desc.specs).fingerprint, 1)
+    old_hello = ["H", desc.token, Layout(desc.specs).fingerprint, 1]  # the unauthenticated hello of before
+    out = {
+        "garbage": os.urandom(300),
+        "undecodable frame": _framed(desc, b"\xc1" * 40),
+        "wrong-secret hello": _framed(desc, msgpack.packb(bad_hello, use_bin_type=True)),
+        "hello for another channel": _framed(desc, msgpack.packb(other_token, use_bin_type=True)),
+        "old unauthenticated hello": _framed(desc, msgpack.packb(old_hello, use_bin_type=True)),
+        "data before hello": _framed(desc, msgpack.packb(["D", 0, 0, 0, {"sample": 0}], use_bin_type=True)),
+        "silent": None,
+    }
+    if desc.transport == "tcp":
+        out["oversized length prefix"] = struct.pack("!I", 2**31 - 1) + b"x" * 64
+        out["half frame"] = struct.pack("!I", 200) + b"\x93" * 50   # then nothing: waits for 150 more bytes
+    else:
+        out["oversized datagram"] = b"\x90" * 70000
+    return out
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_intruders_before_the_sender_are_dropped_and_the_run_goes_on(transport, caplog):
+    """Garbage, oversized and half frames, wrong-secret and replayed hellos, silent connections: all
+    arrive before the real sender, none is read past its first frame, none delays the real sender
+    (the silent and half-frame ones would hold it for hello_timeout_s if they did), every one is
+    logged and counted, and the stream is exact."""
+    rx = create_receiver("t:intruded", SPECS, transport=transport, hello_timeout_s=20)
+    desc = rx.descriptor
+    socks = []
+    attacks = _attacks(desc)
+    for what, data in attacks.items():
+        s = _intruder(desc)
+        if data is not None:
+            try:
+                s.sendall(data)
+            except OSError:
+                pass
+        socks.append(s)
+    tx = attach_sender(desc)
+    t0 = time.monotonic()
+    with rx, tx:
+        for i in range(4):
+            tx.send(make_tensors(i), {"sample": i}, timeout=10)
+            with rx.recv(timeout=10) as m:
+                assert m.meta["sample"] == i
+                assert_equal(m.tensors, make_tensors(i))
+        assert time.monotonic() - t0 < 10, "an intruder delayed the real sender"
+        assert rx.connected and rx.peer.endswith(f"(pid {os.getpid()})")
+        assert rx.stats.rejected == len(attacks), rx.stats.last_rejected
+        assert rx.stats.snapshot()["rejected_connections"] == len(attacks)
+    logged = " ".join(r.getMessage() for r in caplog.records if r.name == "bidl_runtime.channels")
+    for why in ("MAC does not verify (wrong secret)", "token differs", "not a hello"):
+        assert why in logged, logged
+    if transport == "tcp":
+        assert "announces 2147483647 B" in logged
+    else:
+        assert "larger than 512 B" in logged
+    for s in socks:
+        s.settimeout(5)
+        try:
+            assert s.recv(100) == b""  # the receiver closed it: nothing was ever sent back
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        s.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_connections_to_a_live_channel_are_refused(transport):
+    """Once the expected sender is in, the listener is closed: later connections get nowhere and the
+    stream goes on."""
+    rx, tx = pair(transport)
+    with rx, tx:
+        tx.send(make_tensors(0), {"sample": 0})
+        rx.recv(timeout=5).release()
+        with pytest.raises(ConnectionRefusedError):
+            _intruder(rx.descriptor)
+        tx.send(make_tensors(1), {"sample": 1})
+        with rx.recv(timeout=5) as m:
+            assert_equal(m.tensors, make_tensors(1))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_sender_with_the_wrong_secret_is_dropped(transport):
+    rx = create_receiver("t:secret", SPECS, transport=transport, secret=new_secret())
+    with rx:
+        bad = attach_sender(rx.descriptor, secret=new_secret())  # reaches the socket, cannot prove itself
+        bad.send(make_tensors(0), {"sample": 0})
+        with pytest.raises(ChannelTimeout, match="a sender to attach"):
+            rx.recv(timeout=0.5)
+        assert rx.stats.rejected == 1 and "wrong secret" in rx.stats.last_rejected
+        with pytest.raises((PeerDied, ChannelError)):
+            for i in range(4):  # the receiver hung up on it: the failure shows on a write or the credit wait
+                bad.send(make_tensors(i), timeout=2)
+        bad.close()
+        if transport == "tcp":  # (an shm sender unlinks the slot file when it maps it: one attach per receiver)
+            good = attach_sender(rx.descriptor)
+            good.send(make_tensors(1), {"sample": 1})
+            with rx.recv(timeout=5) as m:
+                assert_equal(m.tensors, make_tensors(1))
+            good.close()
+
+
+def test_sender_refuses_a_receiver_that_cannot_prove_the_secret():
+    """A fake receiver at the descriptor's address (it accepts and hands out credits) is caught
+    before the sender takes any credit from it."""
+    rx = create_receiver("t:fake", SPECS, transport="tcp", depth=1, tcp_host="127.0.0.1")
+    desc = rx.descriptor
+    rx.close()
+    fake = socket.create_server(("127.0.0.1", 0))
+    desc = ChannelDescriptor(desc.name, desc.transport, desc.specs, desc.depth, desc.token,
+                             {**desc.address, "port": fake.getsockname()[1]}, desc.config)
+
+    def serve() -> None:
+        conn, _ = fake.accept()
+        body = msgpack.packb(["K", 0], use_bin_type=True)
+        conn.sendall(struct.pack("!I", len(body)) + body)
+        time.sleep(3)
+        conn.close()
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    tx = attach_sender(desc)
+    tx.send(make_tensors(0))
+    with pytest.raises(ChannelError, match="did not prove it holds the run's secret"):
+        tx.send(make_tensors(1), timeout=5)
+    tx.close()
+    fake.close()
+
+
+def test_authenticated_sender_with_another_layout_is_an_error():
+    """A sender that proves the secret but has another layout is the run's own bug: an error, not a drop."""
+    import dataclasses
+    rx = create_receiver("t:layout", SPECS, transport="tcp")
+    with rx:
+        other = dataclasses.replace(rx.descriptor, specs=tuple(SPECS[:2]))
+        tx = attach_sender(other)
+        with pytest.raises(ChannelError, match="its layout differs"):
+            rx.recv(timeout=5)
+        tx.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_decode_errors_on_an_authenticated_link_are_channel_errors(transport):
+    """Whatever arrives after the hello, a bad message is a ChannelError naming the channel (never a
+    raw msgpack/TypeError), and on tcp an impossible length prefix does not allocate or block."""
+    cases = [b"\xc1\xc1\xc1", msgpack.packb(["D", "zero", 0]), msgpack.packb({"a": 1}),
+             msgpack.packb(["D", 0, 0, 0, ["not", "a", "map"]]), msgpack.packb(["D", 0, 99, 0, {}]),
+             msgpack.packb(["Q"])]
+    if transport == "tcp":
+        cases.append(None)  # an oversized length prefix
+    for body in cases:
+        rx, tx = pair(transport)
+        with rx, tx:
+            tx.send(make_tensors(0), {"sample": 0})
+            rx.recv(timeout=5).release()
+            raw = tx._link.sock
+            if body is None:
+                raw.sendall(struct.pack("!I", 2**31 - 1))
+            else:
+                raw.sendall(body if transport == "shm" else struct.pack("!I", len(body)) + body)
+            t0 = time.monotonic()
+            with pytest.raises(ChannelError, match=r"channel 't:edge': receiver: ") as ei:
+                rx.recv(timeout=5)
+            assert type(ei.value) in (ChannelError,), ei.value
+            assert time.monotonic() - t0 < 2
+
+
+def test_half_frame_on_the_link_is_bounded_by_frame_timeout():
+    rx, tx = pair("tcp", frame_timeout_s=0.5)
+    with rx, tx:
+        tx.send(make_tensors(0), {"sample": 0})
+        rx.recv(timeout=5).release()
+        tx._link.sock.sendall(struct.pack("!I", 100) + b"\x94" * 10)  # then silence
+        t0 = time.monotonic()
+        with pytest.raises(ChannelTimeout):
+            rx.recv(timeout=0.1)
+        assert time.monotonic() - t0 < 2.0
+        with pytest.raises(ChannelError, match="unusable"):
+            rx.recv(timeout=0.1)  # the stream is out of step: it stays an error, no hang
+
+
+def test_secret_config_and_binding():
+    with pytest.raises(ValueError, match="secret"):
+        ChannelConfig(secret="not-hex")
+    with pytest.raises(ValueError, match="secret"):
+        ChannelConfig(secret="ab" * 8)  # too short
+    s = new_secret()
+    cfg = ChannelConfig(secret=s)
+    assert s not in repr(cfg) and "secret" not in repr(cfg)
+    rx = create_receiver("t:bind", SPECS, transport="tcp")
+    with rx:
+        assert rx.config.secret is not None and rx.descriptor.config.secret == rx.config.secret
+        assert s not in repr(rx.descriptor)
+        assert rx._listener.getsockname()[0] == "127.0.0.1"  # no Ray here: loopback, never 0.0.0.0
+    rx = create_receiver("t:bind", SPECS, transport="tcp", secret=s)
+    with rx:
+        assert rx.descriptor.config.secret == s

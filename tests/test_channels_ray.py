@@ -11,8 +11,8 @@ ray = pytest.importorskip("ray")
 @pytest.fixture(scope="module")
 def peers():
     """One local cluster and two actors (separate processes) shared by the tests of this module."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    from bidl_runtime.cluster import start_local
+    start_local(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
         yield Peer.remote(), Peer.remote()
     finally:

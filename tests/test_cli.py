@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-ENV = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+ENV = dict(os.environ, PYTHONUNBUFFERED="1")   # token auth as set up by conftest (RAY_AUTH_TOKEN_PATH)
 
 
 def ray_processes() -> set[int]:

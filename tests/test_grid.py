@@ -16,7 +16,8 @@ N = 5
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, resources={"bidl_device": 8}, include_dashboard=False, log_to_driver=False,
+    from bidl_runtime.cluster import start_local
+    start_local(num_cpus=2, resources={"bidl_device": 8}, include_dashboard=False, log_to_driver=False,
              logging_level="WARNING", namespace="test-grid")
     yield
     ray.shutdown()

@@ -1,19 +1,23 @@
 """Two Ray nodes on this machine: cells placed on both, cross-node edges over tcp, same outputs."""
 import pytest
 import ray
+from ray._private.authentication.authentication_utils import is_token_auth_enabled
 from ray.cluster_utils import Cluster
 
 from bidl_models.config import load_config
 from bidl_runtime.api import stream
+from bidl_runtime.cluster import loopback_node
 from bidl_runtime.driver import RuntimeConfig, node_devices
 from bidl_runtime.session import synthetic_samples
 
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"bidl_device": 2}})
-    cluster.add_node(num_cpus=1, resources={"bidl_device": 2})
-    ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING", namespace="test-two-node")
+    with loopback_node():  # both nodes (and this driver) on 127.0.0.1, token auth from conftest's secure_env
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"bidl_device": 2}})
+        cluster.add_node(num_cpus=1, resources={"bidl_device": 2})
+        ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING", namespace="test-two-node")
+    assert is_token_auth_enabled()
     cluster.wait_for_nodes()
     yield cluster
     ray.shutdown()

@@ -16,11 +16,15 @@ Sender side::
     tx.send_control("stop"); tx.close()
 
 Transports: ``shm`` (default, same node, zero copy), ``tcp`` (host copy, any node, crc32), ``cuda`` (seam).
+
+Security: ``ChannelConfig(secret=new_secret())`` (one per run, handed to every endpoint through Ray)
+keys an HMAC hello/welcome handshake (``auth``); a receiver accepts only the sender that proves it
+holds the secret, drops and counts anything else (``stats.rejected``) and keeps listening.
 """
 from . import cuda, shm, tcp  # noqa: F401  (register the transports)
 from .base import (KINDS, ChannelDescriptor, Message, Receiver, Sender, Transport, attach_sender, create_receiver,
                    get_transport, register_transport, transports, wait_any)
-from .config import ChannelConfig
+from .config import ChannelConfig, new_secret
 from .errors import ChannelClosed, ChannelError, ChannelTimeout, ChecksumError, PeerDied
 from .layout import Layout
 from .shm import sweep_stale
@@ -29,6 +33,6 @@ from .stats import ChannelStats
 __all__ = [
     "KINDS", "ChannelConfig", "ChannelDescriptor", "ChannelStats", "Layout", "Message", "Receiver", "Sender",
     "Transport", "attach_sender", "create_receiver", "get_transport", "register_transport", "transports",
-    "wait_any", "sweep_stale",
+    "wait_any", "sweep_stale", "new_secret",
     "ChannelError", "ChannelTimeout", "ChannelClosed", "PeerDied", "ChecksumError",
 ]

@@ -21,6 +21,15 @@ _LEN = struct.Struct("!I")
 _NOSIG = getattr(socket, "MSG_NOSIGNAL", 0)
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 SMALL_FRAME = 64 << 10  # payloads up to this size are joined with their header into one write
+LEN = _LEN
+
+
+def decode(data: Any, channel: str, what: str) -> Any:
+    """msgpack-decode one message body; any failure is a ChannelError naming the channel."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as e:  # noqa: BLE001 - msgpack raises many types (ValueError, TypeError, its own)
+        raise ChannelError(channel, f"{what}: undecodable message ({type(e).__name__}: {e})") from None
 
 
 class Link:
@@ -132,7 +141,7 @@ class Link:
                     return None
                 if n > self.max_msg:
                     raise ChannelError(self.channel, f"{self.role}: control message larger than {self.max_msg} B")
-                return msgpack.unpackb(memoryview(self._buf)[:n], raw=False)
+                return decode(memoryview(self._buf)[:n], self.channel, self.role)
             if not self._read_exact(memoryview(self._buf), deadline, timeout_s, what, eof_ok=True):
                 return None
             # the frame has started: the rest of it (and its payload) may take up to frame_timeout_s
@@ -143,7 +152,11 @@ class Link:
                 raise ChannelError(self.channel, f"{self.role}: {self._broken} (corrupt stream?)")
             body = bytearray(n)
             self._read_exact(memoryview(body), deadline, timeout_s, what, eof_ok=False)
-            return msgpack.unpackb(body, raw=False)
+            try:
+                return decode(body, self.channel, self.role)
+            except ChannelError:
+                self._broken = "an undecodable frame"  # the stream's framing can no longer be trusted
+                raise
         except ChannelError:
             raise
         except TimeoutError:

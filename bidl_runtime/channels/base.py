@@ -9,12 +9,23 @@ arrives, hands out views of the slot, and returns the credit when the user calls
 Transports (see ``Transport``) differ only in where slots live and how bytes get there:
 ``shm`` maps the same memory in both processes (zero copy for the receiver), ``tcp`` streams the
 payload into receiver-side slot buffers, ``cuda`` (not yet) would keep slots in device memory.
+
+Peers authenticate first (``auth``: an HMAC hello keyed by the run's secret, answered by an HMAC
+welcome). Until a connection has sent a valid hello the receiver reads at most ``auth.HELLO_MAX``
+bytes of it, for at most ``hello_timeout_s``, several such connections in parallel (so a silent or
+slow intruder delays nobody); anything else (garbage, an oversized length prefix, half a frame, a
+wrong secret, another uid on shm) is dropped, logged and counted (``stats.rejected``), and the
+receiver keeps listening. Once the expected sender is in, the listener closes. Every decode or
+protocol error after that is a ``ChannelError``.
 """
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import select
+import socket
+import struct
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -26,17 +37,23 @@ from torch import Tensor
 
 from bidl_models.specs import TensorSpec
 
-from ._link import Link
+from . import auth
+from ._link import LEN, Link, decode
 from .config import ChannelConfig
-from .errors import ChannelClosed, ChannelError, PeerDied
+from .errors import ChannelClosed, ChannelError, ChannelTimeout, PeerDied
 from .layout import Layout
 from .stats import ChannelStats
 
 KINDS = ("data", "stop", "error")
 
 # control-message opcodes (first element of every msgpack list on the control socket)
-OP_HELLO, OP_DATA, OP_CONTROL, OP_END = "H", "D", "C", "E"      # sender -> receiver
-OP_CREDIT, OP_CLOSED = "K", "X"                                  # receiver -> sender
+OP_HELLO, OP_DATA, OP_CONTROL, OP_END = auth.OP_HELLO, "D", "C", "E"   # sender -> receiver
+OP_WELCOME, OP_CREDIT, OP_CLOSED = auth.OP_WELCOME, "K", "X"            # receiver -> sender
+_MALFORMED = (TypeError, ValueError, IndexError, KeyError, AttributeError)  # a message of the wrong shape
+LISTEN_BACKLOG = 64
+LOG_REJECTIONS = 20   # per receiver: log this many dropped connections, then count them only
+
+log = logging.getLogger("bidl_runtime.channels")
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,7 +61,8 @@ class ChannelDescriptor:
     """Picklable address of a receiver: created by the receiver, shipped (e.g. via Ray) to the sender.
 
     ``address`` is transport-specific and holds plain values only (shm: file path, socket name;
-    tcp: host, port). ``config`` is the receiver's config; the sender uses it unless given its own.
+    tcp: host, port). ``config`` is the receiver's config (with the secret that keys the handshake);
+    the sender uses it unless given its own. Ship it only over an authenticated control plane (Ray).
     """
 
     name: str
@@ -93,6 +111,71 @@ def _timeout(t: float | None, default: float) -> float:
     if not t > 0:
         raise ValueError(f"timeout={t!r}: must be > 0")
     return t
+
+
+def _check_meta(meta: Any) -> None:
+    if not isinstance(meta, dict):
+        raise TypeError(f"metadata is a {type(meta).__name__}, expected a map")
+
+
+def _peer_name(addr: Any, sock: socket.socket) -> str:
+    """A readable name of an accepted connection's peer (address, or uid/pid on a Unix socket)."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return f"{addr[0]}:{addr[1]}"
+    try:
+        pid, uid, _ = _peercred(sock)
+        return f"local pid {pid} (uid {uid})"
+    except OSError:
+        return "a local process"
+
+
+def _peercred(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of a Unix-socket peer (SO_PEERCRED)."""
+    return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+
+
+class _Drop(Exception):
+    """A pending connection broke the hello rules; ``str`` says how."""
+
+
+class _Pending:
+    """An accepted connection that has not completed a valid hello: at most ``auth.HELLO_MAX`` bytes of
+    it are read (non-blocking, as they arrive) before its deadline."""
+
+    __slots__ = ("sock", "peer", "deadline", "order", "head", "body", "need")
+
+    def __init__(self, sock: socket.socket, peer: str, deadline: float, order: int):
+        self.sock, self.peer, self.deadline, self.order = sock, peer, deadline, order
+        self.head = bytearray()
+        self.body: bytearray | None = None
+        self.need = 0
+
+    def read(self, packet: bool) -> bytes | None:
+        """The complete hello body once it is in (None: more to come). _Drop on EOF, an oversized or
+        empty frame; BlockingIOError when nothing is readable."""
+        if packet:  # one datagram = one message; a larger one is cut to HELLO_MAX + 1 and refused
+            data = self.sock.recv(auth.HELLO_MAX + 1)
+            if not data:
+                raise _Drop("closed without a hello")
+            if len(data) > auth.HELLO_MAX:
+                raise _Drop(f"first message larger than {auth.HELLO_MAX} B")
+            return data
+        while self.body is None:
+            chunk = self.sock.recv(LEN.size - len(self.head))
+            if not chunk:
+                raise _Drop("closed without a hello" if not self.head else "closed in the middle of a frame")
+            self.head += chunk
+            if len(self.head) == LEN.size:
+                (n,) = LEN.unpack(self.head)
+                if n == 0 or n > auth.HELLO_MAX:
+                    raise _Drop(f"first frame announces {n} B (a hello is 1..{auth.HELLO_MAX} B)")
+                self.body, self.need = bytearray(), n
+        while len(self.body) < self.need:
+            chunk = self.sock.recv(self.need - len(self.body))
+            if not chunk:
+                raise _Drop("closed in the middle of a frame")
+            self.body += chunk
+        return bytes(self.body)
 
 
 class _NoPickle:
@@ -151,23 +234,31 @@ class Message:
 class Receiver(_NoPickle, ABC):
     """Receiving end of a channel: owns the slots and the listening socket.
 
-    Subclasses set ``_listener`` (a listening socket), ``_views`` (per slot: name -> tensor view) and
-    ``address``, and implement ``_accept_link`` and optionally ``_read_payload``/``_free_resources``.
-    Use each endpoint from one thread, except ``Message.release()``, which any thread may call.
+    Subclasses call ``_listen(sock)`` with their bound socket, set ``_views`` (per slot: name -> tensor
+    view) and ``address``, implement ``_wrap`` and optionally ``_peer_problem``, ``_read_payload`` and
+    ``_free_resources``. Use each endpoint from one thread, except ``Message.release()``, which any
+    thread may call. Without a ``config.secret`` the receiver makes a random one (in its descriptor).
     """
 
     transport = "?"
+    packet = False  #: the control socket keeps message boundaries (SOCK_SEQPACKET) instead of u32 framing
 
     def __init__(self, name: str, layout: Layout, config: ChannelConfig):
+        if config.secret is None:
+            from .config import new_secret
+            config = config.replace(secret=new_secret())
         self.name, self.layout, self.config = name, layout, config
         self.depth = int(config.depth)
         self.token = secrets.token_hex(8)
         self.stats = ChannelStats(name, "receiver", self.transport, config.stats_window)
         self.address: dict[str, Any] = {}
-        self._listener = None
+        self.peer: str | None = None   # the authenticated sender's address, once connected
+        self._listener: socket.socket | None = None
+        self._poller: Any = None       # epoll over the listener and the connections still in their hello
+        self._pending: dict[int, _Pending] = {}
+        self._accepted = 0
         self._views: list[dict[str, Tensor]] = []
         self._link: Link | None = None
-        self._pending: Link | None = None
         self._held: set[int] = set()
         self._next_seq = 0
         self._sender_closed = False
@@ -175,8 +266,12 @@ class Receiver(_NoPickle, ABC):
 
     # -- to implement -------------------------------------------------------------------------
     @abstractmethod
-    def _accept_link(self, deadline: float, timeout_s: float) -> Link:
-        """Accept the sender's connection (without the hello)."""
+    def _wrap(self, sock: socket.socket) -> Link:
+        """The Link over an accepted, authenticated connection."""
+
+    def _peer_problem(self, sock: socket.socket) -> str | None:
+        """Why a freshly accepted connection must be dropped before it says anything (None: fine)."""
+        return None
 
     def _read_payload(self, slot: int, msg: list, deadline: float, timeout_s: float) -> None:
         """Bring the payload of a data message into ``slot`` (nothing to do for shared memory)."""
@@ -199,9 +294,10 @@ class Receiver(_NoPickle, ABC):
         return self._link is not None
 
     def fileno(self) -> int:
-        """An fd that polls readable when ``recv`` would not block (for ``wait_any``)."""
+        """An fd that polls readable when ``recv`` has something to do (for ``wait_any``): the connection,
+        or before it is established an epoll fd over the listener and the connections in their hello."""
         self._check_open()
-        return (self._link or self._pending or self._listener).fileno()
+        return self._link.fileno() if self._link is not None else self._poller.fileno()
 
     def recv(self, timeout: float | None = None) -> Message:
         """Block (in the kernel) until the next message's sent event; return it.
@@ -223,13 +319,28 @@ class Receiver(_NoPickle, ABC):
         if msg is None:
             raise PeerDied(self.name, f"receiver: sender process is gone (EOF on the control socket) after "
                                       f"{self.stats.messages} messages")
+        try:
+            return self._dispatch(msg, t0, t1, deadline, to)
+        except ChannelError:
+            raise
+        except _MALFORMED as e:
+            if not self._link.packet:
+                self._link._broken = "a malformed message"  # payload length unknown: framing is lost
+            raise ChannelError(self.name, f"receiver: protocol error: malformed message "
+                                          f"({type(e).__name__}: {e})") from None
+
+    def _dispatch(self, msg: Any, t0: float, t1: float, deadline: float, to: float) -> Message:
+        if not isinstance(msg, list) or not msg:
+            raise ValueError(f"expected a non-empty list, got {type(msg).__name__}")
         op = msg[0]
         if op == OP_DATA:
             _, seq, slot, t_sent, meta = msg[:5]
+            _check_meta(meta)
             self._check_seq(seq)
-            if not (0 <= slot < self.depth) or slot in self._held:
-                raise ChannelError(self.name, f"receiver: protocol error: data in slot {slot} which the receiver "
-                                              f"still holds (held {sorted(self._held)}, depth {self.depth})")
+            if not (isinstance(slot, int) and 0 <= slot < self.depth) or slot in self._held:
+                raise ChannelError(self.name, f"receiver: protocol error: data in slot {slot!r} which the receiver "
+                                              f"still holds or does not have (held {sorted(self._held)}, depth "
+                                              f"{self.depth})")
             self._held.add(slot)
             try:
                 self._read_payload(slot, msg, deadline, to)
@@ -237,11 +348,12 @@ class Receiver(_NoPickle, ABC):
                 self._held.discard(slot)
                 raise
             t2 = time.monotonic()
-            lat = max(0.0, (self._clock_ns() - t_sent) * 1e-9)
+            lat = max(0.0, (self._clock_ns() - int(t_sent)) * 1e-9)
             self.stats.record(self.layout.nbytes, t1 - t0, t2 - t1, hop_s=lat)
             return Message(meta, dict(self._views[slot]), seq, self, slot, lat)
         if op == OP_CONTROL:
             _, seq, t_sent, meta = msg[:4]
+            _check_meta(meta)
             self._check_seq(seq)
             self.stats.record(0, t1 - t0, 0.0, None, control=True)
             return Message(meta, {}, seq, self, None)
@@ -277,11 +389,9 @@ class Receiver(_NoPickle, ABC):
             return
         self._closed = True
         to = self.config.close_timeout_s
-        if self._link is None and self._pending is not None:
-            self._link, self._pending = self._pending, None
-        if self._link is None and self._listener is not None and _readable(self._listener):
+        if self._link is None and self._listener is not None and (self._pending or _readable(self._listener)):
             try:  # a sender connected but was never accepted: accept it so it learns about the close
-                self._link = self._accept_link(time.monotonic() + to, to)
+                self._connect(time.monotonic() + to, to)
             except (ChannelError, OSError):
                 pass
         if self._link is not None:
@@ -290,8 +400,7 @@ class Receiver(_NoPickle, ABC):
             except (ChannelError, OSError):
                 pass
             self._link.close()
-        if self._listener is not None:
-            self._listener.close()
+        self._stop_listening("the receiver closed")
         self._held.clear()
         self._views = []
         self._free_resources()
@@ -320,22 +429,135 @@ class Receiver(_NoPickle, ABC):
             raise ChannelError(self.name, f"receiver: message {seq} arrived, expected {self._next_seq} (lost or reordered)")
         self._next_seq += 1
 
+    # -- accepting the expected sender (and nobody else) ---------------------------------------
+    def _listen(self, sock: socket.socket) -> None:
+        """Start accepting on ``sock`` (bound): non-blocking, watched by an epoll with the pending hellos."""
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+        self._listener = sock
+        self._poller = select.epoll()
+        self._poller.register(sock.fileno(), select.EPOLLIN)
+
     def _connect(self, deadline: float, to: float) -> None:
-        if self._pending is None:
-            self._pending = self._accept_link(deadline, to)
-        link = self._pending
-        hello = link.recv(deadline, to, "the sender's hello")  # a timeout here keeps the pending link
-        self._pending = None
-        if hello is None:
-            link.close()
-            raise PeerDied(self.name, "receiver: the sender connected and went away before saying hello")
-        if hello[0] != OP_HELLO or hello[1] != self.token or hello[2] != self.layout.fingerprint:
-            link.close()
-            why = "its layout differs" if hello and hello[1] == self.token else "it lacks this channel's token"
-            raise ChannelError(self.name, f"receiver: rejected a connection: {why}")
-        self._link = link
-        self._listener.close()
+        """Accept connections until one completes a valid hello; drop every other one. Several
+        connections are read in parallel, each for at most ``hello_timeout_s`` and ``HELLO_MAX`` bytes."""
+        lfd = self._listener.fileno()
+        while self._link is None:
+            now = time.monotonic()
+            for p in [p for p in self._pending.values() if p.deadline <= now]:
+                self._drop(p, f"no valid hello within {self.config.hello_timeout_s:g} s")
+            rem = deadline - now
+            if rem <= 0:
+                raise ChannelTimeout(self.name, "receiver", "a sender to attach", to)
+            wait = min([rem] + [p.deadline - now for p in self._pending.values()])
+            ready = {fd for fd, _ in self._poller.poll(max(wait, 0.0))}
+            if lfd in ready:
+                self._accept_new()
+            # in accept order: the first connection to prove itself wins
+            for p in sorted((self._pending[fd] for fd in ready if fd in self._pending), key=lambda p: p.order):
+                self._advance(p)
+                if self._link is not None:
+                    break
+        self._stop_listening("the expected sender is connected")
         self._on_connected()
+
+    def _accept_new(self) -> None:
+        while True:
+            try:
+                conn, addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # out of fds, ...: keep going with what is pending
+                log.warning("channel %r: accept failed: %s", self.name, e)
+                return
+            peer = _peer_name(addr, conn)
+            why = self._peer_problem(conn)
+            if why is not None:
+                self._reject(conn, peer, why)
+                continue
+            if len(self._pending) >= self.config.max_pending:
+                self._drop(min(self._pending.values(), key=lambda p: p.order),
+                           f"more than {self.config.max_pending} unauthenticated connections; dropped the oldest")
+            conn.setblocking(False)
+            self._accepted += 1
+            p = _Pending(conn, peer, time.monotonic() + self.config.hello_timeout_s, self._accepted)
+            self._pending[conn.fileno()] = p
+            self._poller.register(conn.fileno(), select.EPOLLIN)
+
+    def _advance(self, p: "_Pending") -> None:
+        """Read what a pending connection sent so far; drop it, keep waiting, or accept it."""
+        try:
+            body = p.read(self.packet)
+        except (BlockingIOError, InterruptedError):
+            return
+        except _Drop as e:
+            self._drop(p, str(e))
+            return
+        except OSError as e:
+            self._drop(p, f"connection failed ({e.__class__.__name__})")
+            return
+        if body is None:
+            return
+        try:
+            fingerprint, pid, nonce = auth.check_hello(self.config.key, self.name, self.token,
+                                                       decode(body, self.name, "hello"))
+        except ChannelError:
+            self._drop(p, "undecodable hello")
+            return
+        except auth.Rejected as e:
+            self._drop(p, str(e))
+            return
+        if fingerprint != self.layout.fingerprint:  # the run's own sender, misconfigured: not an intruder
+            self._drop(p, "its layout differs", quiet=True)
+            raise ChannelError(self.name, f"receiver: rejected a connection from {p.peer} (pid {pid}): "
+                                          "its layout differs from this channel's")
+        self._unwatch(p)
+        p.sock.setblocking(True)
+        link = self._wrap(p.sock)
+        to = self.config.connect_timeout_s
+        try:
+            link.send(auth.welcome(self.config.key, self.name, self.token, nonce), time.monotonic() + to, to,
+                      "sending the welcome")
+        except BaseException:
+            link.close()  # the sender proved itself, then went away: that is its death, not an intrusion
+            raise
+        self._link, self.peer = link, f"{p.peer} (pid {pid})"
+
+    def _unwatch(self, p: "_Pending") -> None:
+        self._pending.pop(p.sock.fileno(), None)
+        try:
+            self._poller.unregister(p.sock.fileno())
+        except (OSError, ValueError):
+            pass
+
+    def _drop(self, p: "_Pending", why: str, quiet: bool = False) -> None:
+        self._unwatch(p)
+        self._reject(p.sock, p.peer, why, quiet)
+
+    def _reject(self, sock: socket.socket, peer: str, why: str, quiet: bool = False) -> None:
+        """Close a connection that is not the expected sender; log it (the first few) and count it."""
+        try:
+            sock.close()
+        except OSError:
+            pass
+        if quiet:
+            return
+        self.stats.rejected += 1
+        self.stats.last_rejected = f"{peer}: {why}"
+        if self.stats.rejected <= LOG_REJECTIONS:
+            log.warning("channel %r: dropped a connection from %s: %s%s", self.name, peer, why,
+                        " (further drops are only counted)" if self.stats.rejected == LOG_REJECTIONS else "")
+
+    def _stop_listening(self, why: str) -> None:
+        """Close the listener and every connection still in its hello (idempotent)."""
+        for p in list(self._pending.values()):
+            self._drop(p, f"dropped unauthenticated: {why}")
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
 
     def _on_connected(self) -> None:
         """Hook after the sender's hello was accepted."""
@@ -376,6 +598,13 @@ class Sender(_NoPickle, ABC):
         self._seq = 0
         self._closed = False
         self._receiver_closed = False
+        secret = config.secret or desc.config.secret
+        if secret is None:
+            raise ChannelError(self.name, "sender: no secret to authenticate with (neither the config nor "
+                                          "the descriptor has one)")
+        self._key = bytes.fromhex(secret)
+        self._nonce = b""
+        self._welcomed = False  # the receiver proved it holds the secret (checked before any credit)
 
     # -- to implement -------------------------------------------------------------------------
     @abstractmethod
@@ -521,7 +750,11 @@ class Sender(_NoPickle, ABC):
             raise RuntimeError(f"channel {self.name!r}: a reservation is pending: commit() or abort() first")
 
     def _hello(self, deadline: float, to: float) -> None:
-        self._link.send([OP_HELLO, self.descriptor.token, self.layout.fingerprint, os.getpid()], deadline, to, "sending hello")
+        """Send the authenticated hello (the first message on the connection)."""
+        msg, self._nonce = auth.hello(self._key, self.name, self.descriptor.token, self.layout.fingerprint,
+                                      os.getpid())
+        self.hello_message = msg
+        self._link.send(msg, deadline, to, "sending hello")
 
     def _acquire(self, deadline: float, to: float) -> tuple[int, float]:
         """A free slot, waiting (in the kernel) for a credit if none; returns (slot, seconds blocked)."""
@@ -536,17 +769,33 @@ class Sender(_NoPickle, ABC):
     def _on_control(self, msg: list | None) -> None:
         if msg is None:
             raise PeerDied(self.name, "sender: receiver process is gone (EOF on the control socket)")
-        if msg[0] == OP_CREDIT:
-            slot = msg[1]
-            if slot not in self._inflight:
-                raise ChannelError(self.name, f"sender: protocol error: credit for slot {slot} not in flight")
-            self._inflight.discard(slot)
-            self._free.append(slot)
-        elif msg[0] == OP_CLOSED:
-            self._receiver_closed = True
-            raise ChannelClosed(self.name, f"sender: {msg[1]}")
-        else:
-            raise ChannelError(self.name, f"sender: protocol error: unexpected opcode {msg[0]!r}")
+        try:
+            op = msg[0]
+            if not self._welcomed:
+                if op == OP_CLOSED:
+                    self._receiver_closed = True
+                    raise ChannelClosed(self.name, f"sender: {msg[1]}")
+                if not auth.welcome_ok(self._key, self.name, self.descriptor.token, self._nonce, msg):
+                    raise ChannelError(self.name, "sender: the peer at the descriptor's address did not prove it "
+                                                  f"holds the run's secret (first message {str(op)[:16]!r})")
+                self._welcomed = True
+                return
+            if op == OP_CREDIT:
+                slot = msg[1]
+                if slot not in self._inflight:
+                    raise ChannelError(self.name, f"sender: protocol error: credit for slot {slot!r} not in flight")
+                self._inflight.discard(slot)
+                self._free.append(slot)
+            elif op == OP_CLOSED:
+                self._receiver_closed = True
+                raise ChannelClosed(self.name, f"sender: {msg[1]}")
+            else:
+                raise ChannelError(self.name, f"sender: protocol error: unexpected opcode {op!r}")
+        except ChannelError:
+            raise
+        except _MALFORMED as e:
+            raise ChannelError(self.name, f"sender: protocol error: malformed message "
+                                          f"({type(e).__name__}: {e})") from None
 
     def _sent(self, slot: int, blocked: float, busy: float) -> None:
         self._seq += 1

@@ -1,8 +1,17 @@
 """All channel tunables in one place (transport choice is separate from scheduling)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+import secrets
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping
+
+SECRET_HEX_MIN = 32  # a run secret has at least 128 bits
+
+
+def new_secret() -> str:
+    """A fresh per-run channel secret (256 random bits, hex): the driver makes one per run and hands it
+    to the cells through Ray (their ``ChannelConfig``); peers prove they hold it with an HMAC."""
+    return secrets.token_hex(32)
 
 
 @dataclass(frozen=True)
@@ -10,6 +19,9 @@ class ChannelConfig:
     """Tunables of one channel; the receiver's copy travels in the descriptor to the sender.
 
     Timeouts are in seconds; every wait in the channel layer is bounded by one of them.
+    ``secret`` keys the HMACs of the handshake (see ``base``): the run's secret, or None for a fresh
+    random one per receiver (it then travels to the sender in the descriptor). It never appears in
+    ``repr`` and never crosses the data-plane wire.
     """
 
     transport: str = "shm"            #: "shm" (same node, zero-copy), "tcp" (host copy, any node), "cuda" (seam)
@@ -31,16 +43,38 @@ class ChannelConfig:
     tcp_sndbuf: int = 4 << 20         #: SO_SNDBUF of the sender's socket (bytes)
     tcp_rcvbuf: int = 4 << 20         #: SO_RCVBUF of the receiver's socket (bytes)
     tcp_checksum: bool = True         #: crc32 every payload, verified on receive
+    hello_timeout_s: float = 10.0     #: a connection that has not completed a valid hello by then is dropped
+    max_pending: int = 16             #: unauthenticated connections held at once (the oldest is dropped)
+    secret: str | None = field(default=None, repr=False)  #: hex run secret keying the handshake HMACs
 
     def __post_init__(self) -> None:
         if int(self.depth) < 1:
             raise ValueError(f"ChannelConfig.depth={self.depth}: must be >= 1")
-        for f in ("send_timeout_s", "recv_timeout_s", "connect_timeout_s", "frame_timeout_s", "close_timeout_s"):
+        for f in ("send_timeout_s", "recv_timeout_s", "connect_timeout_s", "frame_timeout_s", "close_timeout_s",
+                  "hello_timeout_s"):
             v = getattr(self, f)
             if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
                 raise ValueError(f"ChannelConfig.{f}={v!r}: must be a finite number > 0 (every wait is bounded)")
         if self.align < 1 or self.align & (self.align - 1):
             raise ValueError(f"ChannelConfig.align={self.align}: must be a power of two")
+        if int(self.max_pending) < 1:
+            raise ValueError(f"ChannelConfig.max_pending={self.max_pending}: must be >= 1")
+        if self.secret is not None:
+            ok = isinstance(self.secret, str) and len(self.secret) >= SECRET_HEX_MIN
+            try:
+                ok = ok and bool(bytes.fromhex(self.secret))
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"ChannelConfig.secret: expected None or a hex string of at least "
+                                 f"{SECRET_HEX_MIN} digits (new_secret() makes one)")
+
+    @property
+    def key(self) -> bytes:
+        """The HMAC key (the secret's bytes); ValueError if no secret is set."""
+        if self.secret is None:
+            raise ValueError("ChannelConfig.secret is not set")
+        return bytes.fromhex(self.secret)
 
     def replace(self, **changes: Any) -> "ChannelConfig":
         """A copy with some fields changed."""

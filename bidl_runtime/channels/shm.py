@@ -1,9 +1,10 @@
 """Same-node transport: slots in one shared-memory file, events over a Unix SOCK_SEQPACKET socket.
 
 The receiver creates ``<shm_dir>/bidl-ch.<pid>.<token>.<name>`` (``depth`` page-aligned slots), maps it
-and listens on an abstract-namespace Unix socket (no filesystem entry). The sender maps the file, then
-unlinks it (both mappings stay valid; nothing is left in /dev/shm even if a process is killed later),
-connects and says hello. Sent events and credits are msgpack datagrams on that socket; both ends
+and listens on an abstract-namespace Unix socket (no filesystem entry, so no file permissions: a
+connection from another uid is dropped at once, and every one must pass the HMAC hello of ``auth``).
+The sender maps the file, then unlinks it (both mappings stay valid; nothing is left in /dev/shm even
+if a process is killed later), connects and says hello. Sent events and credits are msgpack datagrams on that socket; both ends
 block in poll()/recv() in the kernel, and EOF on the socket is the peer-death signal.
 Received tensors are views of the mapping: zero copy.
 """
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ._link import Link
-from .base import OP_DATA, ChannelDescriptor, Receiver, Sender, Transport, register_transport
+from .base import OP_DATA, ChannelDescriptor, Receiver, Sender, Transport, _peercred, register_transport
 from .config import ChannelConfig
 from .errors import ChannelError, ChannelTimeout, PeerDied
 from .layout import Layout
@@ -81,6 +82,7 @@ class ShmReceiver(Receiver):
     """Receiving end: owns the slot file (until the sender maps it) and the listening socket."""
 
     transport = "shm"
+    packet = True
 
     def __init__(self, name: str, layout: Layout, config: ChannelConfig):
         super().__init__(name, layout, config)
@@ -100,22 +102,21 @@ class ShmReceiver(Receiver):
         self._slots = _slot_bytes(self._mm, self.depth, layout.slot_size)
         self._views = [layout.views(b) for b in self._slots]
         uds = f"{PREFIX}{os.getpid()}.{self.token}"
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._listener.bind("\0" + uds)
-        self._listener.listen(1)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener.bind("\0" + uds)
+        self._listen(listener)
         self.address = {"path": self.path, "uds": uds, "size": size, "slot_size": layout.slot_size,
                         "boot_id": _boot_id(), "host": socket.gethostname(), "pid": os.getpid()}
 
-    def _accept_link(self, deadline: float, timeout_s: float) -> Link:
-        rem = deadline - time.monotonic()
-        if rem <= 0:
-            raise ChannelTimeout(self.name, "receiver", "a sender to attach", timeout_s)
-        self._listener.settimeout(rem)
+    def _wrap(self, sock: socket.socket) -> Link:
+        return Link(sock, self.name, "receiver", True, self.config.max_meta_bytes + 1024)
+
+    def _peer_problem(self, sock: socket.socket) -> str | None:
         try:
-            conn, _ = self._listener.accept()
-        except TimeoutError:
-            raise ChannelTimeout(self.name, "receiver", "a sender to attach", timeout_s) from None
-        return Link(conn, self.name, "receiver", True, self.config.max_meta_bytes + 1024)
+            _, uid, _ = _peercred(sock)
+        except OSError as e:
+            return f"no peer credentials ({e})"
+        return None if uid == os.getuid() else f"peer runs as uid {uid}, not {os.getuid()}"
 
     def buffer_range(self) -> tuple[int, int]:
         """(address, bytes) of the shared slots in this process: received tensors point inside it."""

@@ -18,6 +18,7 @@ class ChannelStats:
     Receiver: ``blocked`` = waiting for the sent event; ``busy`` = tcp payload read + checksum (0 on shm);
     ``hop`` = the sender's sent event to the message being ready here (the per-edge hop time; includes
     any time the message waited for the receiver to call recv; clocks: monotonic on shm, wall on tcp).
+    ``rejected``: connections the receiver dropped (not the expected, authenticated sender).
     """
 
     def __init__(self, channel: str, role: str, transport: str, window: int = 4096):
@@ -27,6 +28,8 @@ class ChannelStats:
         self.bytes = 0
         self.blocked_s = 0.0
         self.busy_s = 0.0
+        self.rejected = 0                    # receiver: connections dropped before/instead of a valid hello
+        self.last_rejected: str | None = None
         self._blocked: deque[float] = deque(maxlen=window)
         self._busy: deque[float] = deque(maxlen=window)
         self._hop: deque[float] = deque(maxlen=window)
@@ -55,4 +58,5 @@ class ChannelStats:
             "busy_s_total": self.busy_s, "busy_ms_median": _median_ms(self._busy),
             "hop_ms_median": _median_ms(self._hop),
             "latency_ms_median": _median_ms(self._hop),  # alias of hop_ms_median (older name)
+            "rejected_connections": self.rejected, "last_rejected": self.last_rejected,
         }

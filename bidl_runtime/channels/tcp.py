@@ -1,7 +1,9 @@
 """Cross-node transport: host copy over one TCP connection per channel, same credit semantics.
 
 Frames on the stream: u32 length + msgpack envelope, then (data frames) the payload bytes of each
-tensor in layout order. Data envelope: ``["D", seq, slot, t_wall_ns, meta, specs, nbytes, crc32]``;
+tensor in layout order. The receiver listens on its node's address only (Ray's node IP, loopback in
+the embedded cluster), never on all interfaces unless ``tcp_bind_host`` says so; the first frame of
+every connection must be the HMAC hello of ``auth``. Data envelope: ``["D", seq, slot, t_wall_ns, meta, specs, nbytes, crc32]``;
 the receiver checks the specs against its layout and the crc32 of the payload (ChecksumError on a
 mismatch; the slot goes back to the sender and the stream stays usable). Credits and the close
 message flow back on the same connection. Payload bytes land directly in the receiver's slot buffers
@@ -75,24 +77,16 @@ class TcpReceiver(Receiver):
         self._bytes = [layout.byte_views(b) for b in slots]
         host = config.tcp_host or default_host()
         bind = config.tcp_bind_host or host
-        self._listener = socket.socket(_family(bind), socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, config.tcp_rcvbuf)
-        self._listener.bind((bind, 0))
-        self._listener.listen(1)
-        self.address = {"host": host, "port": self._listener.getsockname()[1]}
+        listener = socket.socket(_family(bind), socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, config.tcp_rcvbuf)
+        listener.bind((bind, 0))
+        self._listen(listener)
+        self.address = {"host": host, "port": listener.getsockname()[1]}
 
-    def _accept_link(self, deadline: float, timeout_s: float) -> Link:
-        rem = deadline - time.monotonic()
-        if rem <= 0:
-            raise ChannelTimeout(self.name, "receiver", "a sender to attach", timeout_s)
-        self._listener.settimeout(rem)
-        try:
-            conn, _ = self._listener.accept()
-        except TimeoutError:
-            raise ChannelTimeout(self.name, "receiver", "a sender to attach", timeout_s) from None
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        return Link(conn, self.name, "receiver", False, _max_msg(self.layout, self.config), self.config.frame_timeout_s)
+    def _wrap(self, sock: socket.socket) -> Link:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        return Link(sock, self.name, "receiver", False, _max_msg(self.layout, self.config), self.config.frame_timeout_s)
 
     def _clock_ns(self) -> int:
         return time.time_ns()
