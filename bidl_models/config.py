@@ -237,7 +237,20 @@ def apply_override(cfg: dict, item: str) -> None:
             raise ValueError(f"override {item!r}: {last!r} is not a valid index of a list of {len(node)}")
         node[int(last)] = parse_value(text)
     else:
+        if len(parts) >= 2 and parts[-2] == "backbone" and last not in node:
+            last = _dialect_spelling(node, last)
         node[last] = parse_value(text)
+
+
+_ALIASES = {"c0": "input_channels", "h0": "h", "w0": "w"}
+_ALIASES.update({v: k for k, v in list(_ALIASES.items())})
+
+
+def _dialect_spelling(backbone: Mapping, key: str) -> str:
+    """``h0`` for a backbone written with ``h0``, ``h`` for one written with ``h``: an override in either
+    dialect sets the key the config already has."""
+    other = _ALIASES.get(key)
+    return other if other is not None and other in backbone else key
 
 
 def normalize(cfg: dict) -> dict:

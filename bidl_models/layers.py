@@ -65,7 +65,7 @@ class Temporal(nn.Module):
     def trace_shapes(self, in_shape: Sequence[int], dtype: torch.dtype = torch.float32,
                      t: int = 1) -> tuple[TensorSpec, list[TensorSpec]]:
         """(output spec per step, state specs) for a per-step input shape ``[B, ...]``; no compute."""
-        was = self.training
+        modes = {m: m.training for m in self.modules()}  # restored one by one: modules may be shared
         self.eval()
         log = logging.getLogger("torch._subclasses.fake_tensor")
         level = log.level
@@ -76,7 +76,8 @@ class Temporal(nn.Module):
                 out = TensorSpec("y", tuple(y.shape[1:]), str(y.dtype).removeprefix("torch."))
                 specs = specs_of(st)
         finally:
-            self.train(was)
+            for m, mode in modes.items():
+                m.training = mode
             log.setLevel(level)
         return out, specs
 
@@ -128,6 +129,7 @@ class Chain(Temporal):
         super().__init__()
         self.paths = [p for p, _ in parts]
         self.parts = nn.ModuleList([m for _, m in parts])
+        self.training = all(m.training for _, m in parts)  # a view: in the mode of what it holds
 
     def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
         new: State = {}

@@ -46,6 +46,7 @@ class Segment(Temporal):
         self.n_blocks = n
         self.backbone_name = type(backbone).__name__
         self.units = nn.ModuleDict(backbone.units(start, end))
+        self.training = backbone.training  # in the backbone's mode (the modules are the backbone's)
         object.__setattr__(self, "_backbone", backbone)  # not a submodule: no duplicated params
 
     @property

@@ -327,7 +327,7 @@ class Trainer:
         ck = load_checkpoint(path)
         where = f"resume_from {str(path)!r}"
         load_weights(self.model.backbone, strip_prefixes(ck["state_dict"]), where)
-        for key in ("optimizer", "scheduler", "epoch"):
+        for key in ("optimizer", "epoch"):
             if ck.get(key) is None:
                 raise ValueError(f"{where}: the checkpoint has no {key!r} state "
                                  "(use load_from for weights-only files)")
@@ -339,7 +339,8 @@ class Trainer:
         self.epoch = int(ck["epoch"])
         meta = ck.get("meta") or {}
         self.iter = int(meta.get("iter", self.epoch * len(self.train_loader)))
-        self.scheduler.load_state_dict(ck["scheduler"], fallback_iter=self.iter)
+        # mmcv policies are closed forms of the iteration; a torch scheduler needs its saved state
+        self.scheduler.load_state_dict(ck.get("scheduler") or {}, fallback_iter=self.iter)
         if self.amp and "scaler" in ck:
             self.scaler.load_state_dict(ck["scaler"])
         self.best_top1 = float(meta.get("best_top1", -1.0))

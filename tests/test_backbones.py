@@ -128,3 +128,39 @@ def test_forward_rejects_wrong_timestep():
     net, x = make("clif3fc3dm", T=10)
     with pytest.raises(ValueError, match="timestep=10"):
         net(x[:7].transpose(0, 1))
+
+
+def test_resnetlif18_jester_112_builds_runs_and_splits():
+    """The user guide's evaluation example: ResNetLif18, 3x112x112, T=16, 27 classes (layer4 sees 7x7:
+    the shortcut's ceil-mode average pool gives the strided conv's 4x4)."""
+    from bidl_models import load_model
+    net = load_model("resnetlif18-itout-b20x4-16-jester")
+    assert net.timestep == 16 and net.default_input_shape() == (3, 112, 112)
+    assert net.segment(6, 8).input_shape((3, 112, 112)) == (256, 7, 7)
+    assert net.segment(0, 8).specs(1).output.shape == (1, 27)
+    x = (torch.rand(16, 1, 3, 112, 112) < 0.3).float() * 255
+    slices = ((0, 6), (6, 11), (11, 16))
+    with torch.no_grad():
+        whole, st = net.run(x)
+        segs = split_backbone(net, [(0, 3), (3, 7), (7, 8)])
+        states, outs = [None] * 3, []
+        for a, b in slices:
+            h = x[a:b]
+            for i, seg in enumerate(segs):
+                h, states[i] = seg.run(h, states[i])
+            outs.append(h)
+    torch.testing.assert_close(torch.cat(outs), whole, atol=1e-6, rtol=0)
+    assert whole.shape == (16, 1, 27) and whole[-1].std() > 0
+    assert st["layer4.1.lif2.lif.v"].shape == (1, 512, 4, 4)
+
+
+def test_resnetlif18_on_2x224x224_builds_runs_and_splits():
+    net = build_backbone(dict(type="ResNetLifItout", depth=18, nclass=1000, timestep=2, input_channels=2, h=224,
+                              w=224, cmode="analog")).eval()
+    x = (torch.rand(2, 1, 2, 224, 224) < 0.3).float()
+    with torch.no_grad():
+        whole, _ = net.run(x)
+        h, s0 = net.segment(0, 4).run(x)
+        y, _ = net.segment(4, 8).run(h)
+    assert whole.shape == (2, 1, 1000) and h.shape == (2, 1, 128, 28, 28)
+    torch.testing.assert_close(y, whole, atol=1e-6, rtol=0)

@@ -259,3 +259,10 @@ def test_bad_lynxi_devices(devices, match):
 
 def test_lynxi_devices_grid_shape():
     assert validate_lynxi_devices([[0, 1], [2, 3], [4, 5]]) == [[0, 1], [2, 3], [4, 5]]
+
+
+def test_an_override_in_either_dialect_sets_the_configs_key():
+    repo = load_config("clif3fc3dm_itout-b16x1-dvsmnist", ["model.backbone.h0=16", "model.backbone.c0=3"])
+    assert repo.model.backbone.h == 16 and repo.model.backbone.input_channels == 3 and "h0" not in repo.model.backbone
+    guide = load_config("clif3fc3dm_itout-b16x1-dvsmnist_guide", ["model.backbone.w=24"])
+    assert guide.model.backbone.w0 == 24 and "w" not in guide.model.backbone

@@ -102,3 +102,14 @@ def test_block_costs_flops_are_real():
     assert costs[0] > costs[1]
     with pytest.raises(ValueError, match="cost"):
         block_costs(net, cost="watts")
+
+
+def test_specs_do_not_change_the_backbones_mode():
+    """Tracing a segment's shapes must leave the backbone's (shared) modules in their mode."""
+    net = resnet()
+    net.segment(0, 4).specs(1)
+    net.segment(2, 8).input_shape((2, 32, 32))
+    assert not any(m.training for m in net.modules())
+    net.train()
+    net.segment(0, 8).specs(1)
+    assert all(m.training for m in net.modules())

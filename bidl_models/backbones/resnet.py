@@ -130,7 +130,9 @@ class ResNetLifItout(Backbone):
     """Spiking ResNet; ``depth`` in 10/18/34/50/101/152 (stage sizes in ``arch_settings``).
 
     Keywords are BIDL's; ``down_t`` must be ``[1, 'max'|'avg']`` (every time step is processed);
-    ``h, w`` are the per-step input size (for shapes and specs only: any size runs). Project options:
+    ``h, w`` are the per-step input size, used for shapes and specs only (any size runs; without them
+    the size comes from ``models_compile_inputshape`` or the data -- BIDL defaults them to 224 but
+    never uses them). Project options:
     ``norm_state`` (BN on every LIF state), ``conv_bias``, ``neuron``/``neuron_config``/``lifplus_form``,
     ``surrogate_width``.
     """
@@ -144,8 +146,8 @@ class ResNetLifItout(Backbone):
         152: (Bottleneck, (3, 8, 36, 3)),
     }
 
-    def __init__(self, depth: int, nclass: int, low_resolut: bool = False, timestep: int = 8, h: int = 224,
-                 w: int = 224, input_channels: int = 3, stem_channels: int = 64, base_channels: int = 64,
+    def __init__(self, depth: int, nclass: int, low_resolut: bool = False, timestep: int = 8,
+                 h: Optional[int] = None, w: Optional[int] = None, input_channels: int = 3, stem_channels: int = 64, base_channels: int = 64,
                  down_t: Sequence = (1, "max"), zero_init_residual: bool = False, noise: float = 1e-3,
                  cmode: str = "spike", amode: str = "mean", soma_params: Any = "all_share", norm: Any = None,
                  neuron: str = "lif", neuron_config: Optional[Sequence] = None, norm_state: bool = False,
@@ -188,4 +190,5 @@ class ResNetLifItout(Backbone):
         self.flat = nn.Flatten(1)
         self.fc = nn.Linear(ci, nclass)
         self.depth = depth
-        self._finish(paths, timestep, amode, (input_channels, h, w), stem=stem, head=["avgpool", "flat", "fc"])
+        shape = (input_channels, h, w) if h is not None and w is not None else None
+        self._finish(paths, timestep, amode, shape, stem=stem, head=["avgpool", "flat", "fc"])
