@@ -142,6 +142,21 @@ def load_checkpoint(path: str | Path) -> dict:
     return to_project(ck, where=str(path)) if checkpoint_format(ck) == "bidl" else dict(ck)
 
 
+DATA_KEYS = ("samples_per_gpu", "workers_per_gpu", "data_root", "train", "val", "test", "test_gpu")
+RUNNER_KEYS = ("type", "max_epochs")
+
+
+def check_sections(cfg: Mapping[str, Any]) -> None:
+    """ValueError naming an unknown key of ``data`` or ``runner`` (a typo there would silently train
+    with a default); ``runner.type`` is accepted and ignored, as BIDL does."""
+    for name, allowed in (("data", DATA_KEYS), ("runner", RUNNER_KEYS)):
+        sec = cfg.get(name) or {}
+        bad = sorted(set(sec) - set(allowed))
+        if bad:
+            hint = " (iteration-based runners are not supported: give max_epochs)" if "max_iters" in bad else ""
+            raise ValueError(f"{name}: unexpected key(s) {bad}; accepted keys: {list(allowed)}{hint}")
+
+
 def fp16_loss_scale(fp16: Any) -> Optional[float]:
     """BIDL's ``fp16=dict(loss_scale=512.)`` -> the GradScaler's initial scale (None: its default,
     for ``loss_scale='dynamic'`` or no loss_scale); ValueError for other keys."""
@@ -267,6 +282,7 @@ class Trainer:
         data = cfg.get("data")
         if not isinstance(data, Mapping) or "train" not in data:
             raise ValueError("config: missing data.train")
+        check_sections(cfg)
         self.batch = int(data.get("samples_per_gpu", 16))
         self.workers = int(data.get("workers_per_gpu", 0) if args.workers is None else args.workers)
         self.model = build_classifier(cfg.model.to_dict(), seed=self.seed).to(self.device)

@@ -318,6 +318,20 @@ def test_bad_input_is_named(tiny, tmp_path):
         test_cli.main(["--config", str(cfg_path), "--checkpoint", str(tmp_path / "missing.pth"), "--no-progress"])
 
 
+def test_fp16_and_section_keys():
+    assert train_cli.fp16_loss_scale(dict(loss_scale=512.0)) == 512.0
+    assert train_cli.fp16_loss_scale(None) is None and train_cli.fp16_loss_scale(dict(loss_scale="dynamic")) is None
+    with pytest.raises(ValueError, match=r"fp16: unexpected key\(s\) \['scale'\]; accepted keys: \['loss_scale'\]"):
+        train_cli.fp16_loss_scale(dict(scale=512.0))
+    with pytest.raises(ValueError, match=r"fp16.loss_scale=-1: expected a positive number"):
+        train_cli.fp16_loss_scale(dict(loss_scale=-1))
+    with pytest.raises(ValueError, match=r"runner: unexpected key\(s\) \['max_epoch'\]"):
+        train_cli.check_sections(dict(runner=dict(type="EpochBasedRunner", max_epoch=3)))
+    with pytest.raises(ValueError, match=r"data: unexpected key\(s\) \['sample_per_gpu'\]"):
+        train_cli.check_sections(dict(data=dict(sample_per_gpu=3, train={})))
+    train_cli.check_sections(load_config("resnetlif18-itout-b20x4-16-jester"))   # BIDL's keys pass
+
+
 def test_demo_weights_reach_the_stated_accuracy():
     """The shipped weights on the first 200 test samples of DvsGlyphs (about 10 s on one core)."""
     assert DEMO_WEIGHTS.is_file(), f"{DEMO_WEIGHTS} is missing"

@@ -96,7 +96,7 @@ class NeuronSpec:
             raise ValueError(f"neuron_config={self.neuron_config!r} is only used with neuron='lifplus'; "
                              "expected None for neuron='lif'")
         if self.mode not in ("spike", "analog"):
-            raise ValueError(f"cmode={self.mode!r}: expected 'spike' or 'analog'")
+            raise ValueError(f"cmode/fmode={self.mode!r}: expected 'spike' or 'analog'")
         if self.lifplus_form not in LIFPLUS_FORMS:
             raise ValueError(f"lifplus_form={self.lifplus_form!r}: expected one of {list(LIFPLUS_FORMS)}")
 
