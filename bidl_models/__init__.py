@@ -1,7 +1,8 @@
 """BIDL-style spiking neural networks: neurons, layers, backbones, segments, configs."""
 from .backbones import BACKBONES, Backbone, build_backbone
+from .config import load_config, load_model
 from .segments import Segment, SegmentSpecs, auto_split, check_chain, split_backbone
 from .specs import State, TensorSpec, zero_state
 
-__all__ = ["BACKBONES", "Backbone", "build_backbone", "Segment", "SegmentSpecs", "auto_split",
-           "check_chain", "split_backbone", "State", "TensorSpec", "zero_state"]
+__all__ = ["BACKBONES", "Backbone", "build_backbone", "load_config", "load_model", "Segment", "SegmentSpecs",
+           "auto_split", "check_chain", "split_backbone", "State", "TensorSpec", "zero_state"]

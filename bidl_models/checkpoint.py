@@ -1,17 +1,36 @@
-"""Checkpoint reading and strict weight loading, shared by compile, test and the runtime.
+"""Checkpoints: reading BIDL's and the project's files, strict loading, converting between the two.
 
-Accepts a plain state_dict or the guide's checkpoint dict (weights under ``state_dict`` or
-``model``), with ``module.`` (DDP) and ``backbone.`` (ImageClassifier) prefixes stripped.
-Loaded with ``torch.load(weights_only=True)``: a checkpoint can't run code.
+Two formats, both read everywhere (test, compile, run, train's ``--load-from`` / ``--resume-from``):
+
+* BIDL's (``tools/train.py``): ``dict(state_dict, optimizer_state_dict, scheduler_stat_dict, epoch,
+  time, iters, seed, config)``; ``state_dict`` is the backbone's own (keys ``module.``-prefixed when
+  trained on GPU), ``epoch`` the 0-based index of the last finished epoch, ``config`` its name.
+  A bare ``state_dict`` too.
+* the project's (``bidl_models.train``): ``dict(state_dict, optimizer, scheduler, epoch, config,
+  meta)`` with classifier keys (``backbone.*``), ``epoch`` = finished epochs; exported weights are
+  ``dict(state_dict, config, meta)``.
+
+The mapping is by name: backbone modules carry BIDL's names, so after the wrapper prefixes
+(``module.``, then ``backbone.``) are stripped a BIDL key *is* the parameter's key. Loading is
+strict: a missing, unexpected or mis-shaped tensor fails naming it, nothing is dropped.
+:func:`to_bidl` and :func:`to_project` convert whole files (weights, optimizer and scheduler state,
+epoch) and keep what the other format has no field for in ``meta['bidl']``, so BIDL -> project ->
+BIDL gives BIDL's file back. Files are read with ``torch.load(weights_only=True)``: a checkpoint
+cannot run code.
 """
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
+
+BIDL_FIELDS = ("state_dict", "optimizer_state_dict", "scheduler_stat_dict", "epoch", "time", "iters", "seed",
+               "config")
+PREFIXES = ("module.", "backbone.")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -22,58 +41,154 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The backbone weights of a checkpoint file, prefixes stripped."""
+def read_checkpoint(path: str | Path) -> Any:
+    """The object saved in ``path`` (``weights_only``); FileNotFoundError / ValueError naming the file."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r}: no such file")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
         raise ValueError(f"checkpoint {str(path)!r} cannot be read: {type(e).__name__}: {e}") from None
-    return strip_prefixes(extract_state_dict(obj, str(path)))
+
+
+def checkpoint_format(obj: Any) -> str:
+    """``'bidl'`` (BIDL's training dict), ``'project'`` (ours: has ``meta`` / ``optimizer`` or
+    ``backbone.`` keys), ``'state_dict'`` (a bare name -> tensor dict)."""
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        if any(k in obj for k in ("optimizer_state_dict", "scheduler_stat_dict", "iters")):
+            return "bidl"
+        if any(k in obj for k in ("meta", "optimizer", "scheduler")):
+            return "project"
+        sd = obj["state_dict"]
+        if isinstance(sd, Mapping) and any(str(k).startswith("backbone.") for k in sd):
+            return "project"
+        return "bidl"
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        return "project"
+    return "state_dict"
 
 
 def extract_state_dict(obj: object, where: str) -> dict[str, Tensor]:
+    """The name -> tensor dict of a checkpoint object (under ``state_dict`` / ``model``, or bare)."""
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
             if key in obj and isinstance(obj[key], Mapping):
                 obj = obj[key]
                 break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ValueError(f"checkpoint {where!r}: expected a state_dict (name -> tensor) or a dict "
                          "with a 'state_dict' key")
     return dict(obj)
 
 
 def strip_prefixes(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Drop ``module.`` then ``backbone.`` prefixes; keys outside the backbone (e.g. ``head.``
-    of an ImageClassifier without parameters) are kept as they are."""
+    """Drop the wrapper prefixes ``module.`` (DataParallel / DDP) then ``backbone.`` (classifier)."""
     out = {}
     for k, v in sd.items():
-        for pre in ("module.", "backbone."):
+        for pre in PREFIXES:
             if k.startswith(pre):
                 k = k[len(pre):]
+        if k in out:
+            raise ValueError(f"checkpoint: two tensors map to {k!r} once the prefixes {list(PREFIXES)} are stripped")
         out[k] = v
     return out
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The backbone weights of a checkpoint file of either format, prefixes stripped."""
+    return strip_prefixes(extract_state_dict(read_checkpoint(path), str(path)))
+
+
+def _show(xs: list[str]) -> str:
+    return ", ".join(xs[:10]) + (f", ... ({len(xs)} in all)" if len(xs) > 10 else "")
 
 
 def load_weights(module: nn.Module, sd: Mapping[str, Tensor], where: str = "checkpoint") -> None:
     """Strict load; ValueError listing missing / unexpected keys and shape mismatches."""
     own = module.state_dict()
-    missing = sorted(own.keys() - sd.keys())
-    unexpected = sorted(sd.keys() - own.keys())
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
     shapes = [f"{k}: checkpoint {list(sd[k].shape)} vs model {list(own[k].shape)}"
-              for k in own.keys() & sd.keys() if tuple(sd[k].shape) != tuple(own[k].shape)]
+              for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
-        def show(xs: list[str]) -> str:
-            return ", ".join(xs[:10]) + (f", ... ({len(xs)} in all)" if len(xs) > 10 else "")
         parts = []
         if missing:
-            parts.append(f"missing keys: {show(missing)}")
+            parts.append(f"missing keys: {_show(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys: {show(unexpected)}")
+            parts.append(f"unexpected keys: {_show(unexpected)}")
         if shapes:
-            parts.append(f"shape mismatches: {show(shapes)}")
+            parts.append(f"shape mismatches: {_show(shapes)}")
         raise ValueError(f"{where} does not match {type(module).__name__}: " + "; ".join(parts))
     module.load_state_dict(sd, strict=True)
+
+
+# ------------------------------------------------------------------------------ conversion
+
+def _key_prefix(sd: Mapping[str, Tensor]) -> str:
+    return "module." if sd and all(k.startswith("module.") for k in sd) else ""
+
+
+def to_project(obj: Any, config: Optional[Mapping] = None, where: str = "checkpoint") -> dict:
+    """A checkpoint of either format as the project's dict (classifier keys ``backbone.*``).
+
+    From BIDL's: ``optimizer_state_dict`` -> ``optimizer``, ``scheduler_stat_dict`` -> ``scheduler``
+    (``{'torch': ...}``), ``epoch`` + 1 -> ``epoch``; the rest (time, iters, seed, config name, the
+    ``module.`` prefix, a bare file) in ``meta['bidl']``. A project dict is returned as it is.
+    """
+    fmt = checkpoint_format(obj)
+    if fmt == "project":
+        out = dict(obj)
+        if "state_dict" not in out:
+            out["state_dict"] = {f"backbone.{k}": v for k, v in strip_prefixes(extract_state_dict(obj, where)).items()}
+        return out
+    raw = extract_state_dict(obj, where)
+    sd = {f"backbone.{k}": v for k, v in strip_prefixes(raw).items()}
+    bidl: dict[str, Any] = {"key_prefix": _key_prefix(raw), "bare": fmt == "state_dict"}
+    out: dict[str, Any] = {"state_dict": sd}
+    if fmt == "bidl":
+        extra = {k: v for k, v in obj.items() if k not in BIDL_FIELDS}
+        bidl.update({k: obj[k] for k in ("time", "iters", "seed", "config") if k in obj}, fields=list(obj),
+                    extra=extra)
+        if obj.get("optimizer_state_dict") is not None:
+            out["optimizer"] = obj["optimizer_state_dict"]
+        if obj.get("scheduler_stat_dict") is not None:
+            out["scheduler"] = {"torch": obj["scheduler_stat_dict"]}
+        if obj.get("epoch") is not None:
+            out["epoch"] = int(obj["epoch"]) + 1
+    if config is not None:
+        out["config"] = dict(config)
+    out["meta"] = {"source_format": fmt, "bidl": bidl, "converted": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return out
+
+
+def to_bidl(obj: Any, config_name: Optional[str] = None, where: str = "checkpoint") -> Any:
+    """A checkpoint of either format as BIDL's ``tools/train.py`` dict (bare backbone keys, 0-based
+    ``epoch``, ``optimizer_state_dict``, ``scheduler_stat_dict``); what came from BIDL goes back as it was."""
+    fmt = checkpoint_format(obj)
+    if fmt == "bidl":
+        return dict(obj)
+    proj = to_project(obj, where=where)
+    meta = dict(proj.get("meta") or {})
+    bidl = dict(meta.get("bidl") or {})
+    prefix = bidl.get("key_prefix", "")
+    sd = {f"{prefix}{k}": v for k, v in strip_prefixes(extract_state_dict(proj, where)).items()}
+    if bidl.get("bare"):
+        return sd
+    out: dict[str, Any] = {"state_dict": sd}
+    sched = proj.get("scheduler")
+    fields = bidl.get("fields") or list(BIDL_FIELDS)
+    values = {
+        "optimizer_state_dict": proj.get("optimizer"),
+        "scheduler_stat_dict": sched.get("torch") if isinstance(sched, Mapping) else None,
+        "epoch": int(proj["epoch"]) - 1 if proj.get("epoch") is not None else None,
+        "time": bidl.get("time", meta.get("time")),
+        "iters": bidl.get("iters", meta.get("iter")),
+        "seed": bidl.get("seed", meta.get("seed")),
+        "config": bidl.get("config", config_name or meta.get("config_name")),
+    }
+    for k in fields:
+        if k in values:
+            out[k] = values[k]
+    out.update(bidl.get("extra") or {})
+    return out

@@ -1,9 +1,24 @@
-"""Config files in the user guide's format: plain Python files with top-level dicts.
+"""Config files in BIDL's format: plain Python files with top-level dicts, in both of its dialects.
 
-``_base_ = 'base.py'`` (or a list) inherits from other files, relative to the including file; dicts
-merge recursively, ``_delete_=True`` inside a dict replaces the base's dict instead. Overrides from
-the command line are ``key.sub=value`` strings (value parsed as a Python literal, else a string;
-digits index lists). ``NAME_OR_PATH`` is a path, or a config name found under ``configs/``.
+The user guide's dialect (``c0, h0, w0``, mmcv ``lr_config``) and the public repository's
+(``input_channels, h, w``, torch scheduler names, top-level ``warmup``, ``fp16``, ``data.*`` without
+``type``) both load unchanged. ``{{ fileDirname }}``, ``{{ fileBasename }}``,
+``{{ fileBasenameNoExtension }}`` and ``{{ fileExtname }}`` in a file are replaced by its own path
+pieces before it runs. After loading, :func:`normalize` fills what the dialects leave implicit:
+``data.<split>.type`` from ``dataset_type``, and ``lifplus_form='bidl'`` for LIF+ backbones (BIDL's
+LIF+ update, so BIDL-trained LIF+ weights reproduce BIDL's outputs; a config may set
+``lifplus_form='documented'``).
+
+Project extensions: ``_base_ = 'base.py'`` (or a list) inherits from other files, relative to the
+including file; dicts merge recursively, ``_delete_=True`` inside a dict replaces the base's dict
+instead. Overrides from the command line are ``key.sub=value`` strings (value parsed as a Python
+literal, else a string; digits index lists).
+
+``NAME_OR_PATH`` is a path, or a bare config stem searched (``<stem>.py`` anywhere below) in the
+``config_root`` directories given, then those in the ``BIDL_CONFIG_ROOT`` environment variable
+(``os.pathsep``-separated; e.g. a BIDL checkout, whose configs sit in
+``applications/classification/<category>/<dataset>/<model>/``), then ``./configs`` and this
+project's ``configs/``.
 """
 from __future__ import annotations
 
@@ -11,11 +26,16 @@ import ast
 import copy
 import hashlib
 import json
+import os
+import re
 import types
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_ROOT_ENV = "BIDL_CONFIG_ROOT"
+DATA_SPLITS = ("train", "val", "test", "test_gpu")
+_SUBST = re.compile(r"\{\{\s*(fileDirname|fileBasenameNoExtension|fileBasename|fileExtname)\s*\}\}")
 
 
 class Config(dict):
@@ -76,20 +96,54 @@ def _unwrap(v: Any) -> Any:
     return v
 
 
-def find_config(name_or_path: str | Path, search: Iterable[Path] = ()) -> Path:
-    """Resolve a config path or name (``clif3fc3dm_itout-b16x1-dvsmnist``) to a file."""
+def config_roots(config_root: str | Path | Sequence[str | Path] | None = None) -> list[Path]:
+    """Where bare config stems are searched, in order: ``config_root``, ``$BIDL_CONFIG_ROOT``,
+    ``./configs``, the project's ``configs/``."""
+    if config_root is None:
+        given: list = []
+    elif isinstance(config_root, (str, Path)):
+        given = [config_root]
+    else:
+        given = list(config_root)
+    env = [p for p in os.environ.get(CONFIG_ROOT_ENV, "").split(os.pathsep) if p]
+    roots = [Path(p).expanduser() for p in (*given, *env)] + [Path.cwd() / "configs", REPO_CONFIGS]
+    return list(dict.fromkeys(roots))
+
+
+def find_config(name_or_path: str | Path, search: Iterable[Path] = (),
+                config_root: str | Path | Sequence[str | Path] | None = None) -> Path:
+    """Resolve a config path or a bare stem (``clif3fc3dm_itout-b16x1-dvsmnist``) to a file.
+
+    A stem is looked up as ``<stem>.py`` anywhere below each root of :func:`config_roots` (``search``
+    first); the first root holding it wins, and two different files of that name in one root are
+    an error naming both.
+    """
     p = Path(name_or_path)
     if p.is_file():
         return p
     stem = p.name[:-3] if p.name.endswith(".py") else p.name
-    roots = [*search, Path.cwd() / "configs", REPO_CONFIGS]
+    roots = list(dict.fromkeys([*map(Path, search), *config_roots(config_root)]))
     for root in roots:
         if root.is_dir():
-            hits = sorted(root.rglob(f"{stem}.py"))
+            hits = sorted(h for h in root.rglob(f"{stem}.py") if h.is_file())
+            if len(hits) > 1 and len({h.resolve() for h in hits}) > 1:
+                raise ValueError(f"config {stem!r} is ambiguous under {str(root)!r}: {[str(h) for h in hits]}; "
+                                 "give the path")
             if hits:
                 return hits[0]
-    raise FileNotFoundError(f"config {str(name_or_path)!r}: no such file, and no {stem}.py under "
-                            f"{[str(r) for r in dict.fromkeys(roots)]}")
+    given = [str(r) for r in roots]
+    missing = [str(r) for r in roots if not r.is_dir()]
+    hint = f" (not directories: {missing})" if missing else ""
+    raise FileNotFoundError(f"config {str(name_or_path)!r}: no such file, and no {stem}.py under {given}{hint}; "
+                            f"give a path, --config-root DIR or ${CONFIG_ROOT_ENV}")
+
+
+def substitute(src: str, path: Path) -> str:
+    """Replace ``{{ fileDirname }}``-style placeholders with the pieces of ``path`` (as BIDL/mmcv)."""
+    path = path.resolve()
+    values = {"fileDirname": path.parent.as_posix(), "fileBasename": path.name,
+              "fileBasenameNoExtension": path.stem, "fileExtname": path.suffix}
+    return _SUBST.sub(lambda m: values[m.group(1)], src)
 
 
 def _read_file(path: Path) -> dict:
@@ -97,6 +151,7 @@ def _read_file(path: Path) -> dict:
         src = path.read_text()
     except OSError as e:
         raise FileNotFoundError(f"config {str(path)!r}: cannot read ({e})") from None
+    src = substitute(src, path)
     try:
         code = compile(src, str(path), "exec")
     except SyntaxError as e:
@@ -182,16 +237,51 @@ def apply_override(cfg: dict, item: str) -> None:
             raise ValueError(f"override {item!r}: {last!r} is not a valid index of a list of {len(node)}")
         node[int(last)] = parse_value(text)
     else:
+        if len(parts) >= 2 and parts[-2] == "backbone" and last not in node:
+            last = _dialect_spelling(node, last)
         node[last] = parse_value(text)
 
 
-def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """Load a config file (with ``_base_`` inheritance) and apply ``key.sub=value`` overrides."""
-    path = find_config(name_or_path)
+_ALIASES = {"c0": "input_channels", "h0": "h", "w0": "w"}
+_ALIASES.update({v: k for k, v in list(_ALIASES.items())})
+
+
+def _dialect_spelling(backbone: Mapping, key: str) -> str:
+    """``h0`` for a backbone written with ``h0``, ``h`` for one written with ``h``: an override in either
+    dialect sets the key the config already has."""
+    other = _ALIASES.get(key)
+    return other if other is not None and other in backbone else key
+
+
+def normalize(cfg: dict) -> dict:
+    """Fill, in place, what BIDL's dialects leave implicit (see the module docstring); returns ``cfg``.
+
+    ``data.<train|val|test|test_gpu>`` without ``type`` get ``dataset_type``; every ``model`` /
+    ``model_<i>`` backbone with ``neuron='lifplus'`` and no ``lifplus_form`` gets ``'bidl'``.
+    """
+    data, dtype = cfg.get("data"), cfg.get("dataset_type")
+    if isinstance(data, dict) and dtype is not None:
+        for split in DATA_SPLITS:
+            d = data.get(split)
+            if isinstance(d, dict) and "type" not in d:
+                d["type"] = dtype
+    for key in [k for k in cfg if k == "model" or (k.startswith("model_") and k[6:].isdigit())]:
+        bb = cfg[key].get("backbone") if isinstance(cfg[key], dict) else None
+        if (isinstance(bb, dict) and str(bb.get("neuron", "lif")).lower() == "lifplus"
+                and "lifplus_form" not in bb):
+            bb["lifplus_form"] = "bidl"
+    return cfg
+
+
+def load_config(name_or_path: str | Path, overrides: Sequence[str] = (),
+                config_root: str | Path | Sequence[str | Path] | None = None) -> Config:
+    """Load a config file (either dialect, ``_base_`` inheritance), apply ``key.sub=value``
+    overrides, then :func:`normalize`. ``config_root``: directories searched for a bare stem."""
+    path = find_config(name_or_path, config_root=config_root)
     raw = _load(path, ())
     for item in overrides:
         apply_override(raw, item)
-    cfg = Config(raw)
+    cfg = Config(normalize(raw))
     cfg.name = path.stem
     cfg.filename = str(path.resolve())
     return cfg
@@ -277,3 +367,31 @@ def build_segments(cfg: Mapping, seed: Optional[int] = 0, model_in_shape: Option
         inshapes = None  # a single whole model: the key describes its split variant
     check_chain(segs, model_in_shape, inshapes, [k for k, _ in entries])
     return segs
+
+
+def backbone_config(cfg: Mapping) -> dict:
+    """The whole model's backbone dict: ``model.backbone``, or ``model_0``'s without its ``split``
+    (every ``model_<i>`` of a split config describes the same network)."""
+    entries = model_segment_configs(cfg)
+    bb = dict(entries[0][1])
+    bb.pop("split", None)
+    return bb
+
+
+def load_model(config: str | Path | Mapping, checkpoint: Optional[str | Path] = None, *, seed: Optional[int] = 0,
+               overrides: Sequence[str] = (), config_root: str | Path | Sequence[str | Path] | None = None):
+    """The config's whole backbone in eval mode, with ``checkpoint``'s weights (BIDL's or the
+    project's file, loaded strictly) or seeded initial weights.
+
+    ``config``: a name, a path or a loaded config. ``model(x[B, T, ...])`` returns the logits
+    ``[B, nclass]`` (temporal mean of the per-step outputs for ``amode='mean'``, as BIDL's
+    backbones); ``model.run(x[T, B, ...], state)`` runs chunks with explicit state.
+    """
+    from .backbones import build_backbone
+    from .checkpoint import load_weights, read_state_dict
+
+    cfg = config if isinstance(config, Mapping) else load_config(config, overrides, config_root)
+    net = build_backbone(backbone_config(cfg), seed=seed)
+    if checkpoint is not None:
+        load_weights(net, read_state_dict(checkpoint), f"checkpoint {str(checkpoint)!r}")
+    return net.eval()

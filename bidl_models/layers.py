@@ -1,14 +1,25 @@
-"""Layers run over chunks of time steps with explicit state.
+"""Layers run over chunks of time steps with explicit state, named and laid out as BIDL's.
 
 Every layer is a :class:`Temporal` module: ``run(x[t, B, ...], state) -> (y[t, B, ...], state)``.
-``state=None`` starts a fresh sample (all membranes zero). Two ways to iterate time give identical
-results: ``step`` (one step per call, BIDL's "itout", the time loop outside as on a chip) and
-``run`` over a whole chunk (BIDL's "it"; synapses are applied to all steps at once, the neuron
-loops over time inside). Nothing about the batch size is stored in a layer.
+``state=None`` starts a fresh sample. Two ways to iterate time give identical results: ``step`` (one
+step per call, BIDL's "itout", the time loop outside as on a chip) and ``run`` over a whole chunk
+(BIDL's "it"; synapses are applied to all steps at once, the neuron loops over time inside).
+Nothing about the batch size is stored in a layer.
 
-``Lif1d``/``Lif2d``: a LIF neuron on an existing current ``[B, C]`` / ``[B, C, H, W]``.
-``FcLif``: Linear -> (BN on the state) -> LIF.  ``Conv2dLif``: Conv2d -> (MaxPool2d(2)) -> BN -> LIF.
-The ``LifPlus*`` counterparts use the LIFPlus neuron with a ``neuron_config``.
+Module and parameter names are BIDL's, so a BIDL state_dict is this model's state_dict:
+
+* :class:`Lif` -- BIDL's LIF cell: parameters ``alpha, beta, theta, v_0`` (shape ``[]`` for
+  ``all_share``, ``[1, C, 1, 1]`` / ``[1, C]`` for ``channel_share``; not learnable unless
+  ``learn=True``), optional ``norm`` (BatchNorm on the integrated state); state ``v``.
+* :class:`LifPlus` -- BIDL's LIF+ cell (``form='bidl'``: BIDL's update and parameter names;
+  ``form='documented'``: the documented Euler form, see :mod:`bidl_models.neurons`).
+* :class:`Lif1d` / :class:`Lif2d` -- a ``lif`` cell on an existing current ``[B, C]`` / ``[B, C, H, W]``.
+* :class:`FcLif` -- ``p0`` Linear -> ``lif`` (BN on the state by default).
+* :class:`Conv2dLif` -- ``p0`` Conv2d (bias) -> ``pool`` (MaxPool2d(2) if ``mp``) -> ``norm`` -> ``lif``.
+  ``norm_state=True`` (default): BN on the membrane state inside the cell, ``U = BN(X + V)``;
+  ``norm_state=False``: BN on the current, ``norm`` = BatchNorm2d, then the cell.
+* :class:`FcLifPlus`, :class:`Conv2dLifPlus`, :class:`LifPlus1d`, :class:`LifPlus2d`: the LIF+
+  counterparts (cell named ``lifplus``; ``LifPlus1d/2d`` are the cell itself, as in BIDL).
 """
 from __future__ import annotations
 
@@ -20,12 +31,14 @@ from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .neurons import (
-    ACTIVATIONS, LIFPLUS_DEFAULTS, LIFParams, LIFPlusConfig, LIFPlusParams, LIFPlusState,
-    LIFState, lif_step, lifplus_step,
+    ACTIVATIONS, BIDL_LIFPLUS_DEFAULTS, LIFPLUS_DEFAULTS, LIFParams, LIFPlusConfig, LIFPlusParams,
+    LIFPlusState, LIFState, bidl_lifplus_param_names, bidl_lifplus_state_names, lif_step, lifplus_bidl_step,
+    lifplus_step,
 )
 from .specs import State, TensorSpec, prefixed, specs_of, sub_state
 
-LIF_DEFAULTS: dict[str, float] = dict(alpha=0.3, beta=0.0, theta=0.5, v0=0.0)
+LIF_DEFAULTS: dict[str, float] = dict(alpha=0.3, beta=0.0, theta=0.5, v_0=0.0)
+LIFPLUS_FORMS = ("bidl", "documented")
 
 
 def per_step(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -52,7 +65,7 @@ class Temporal(nn.Module):
     def trace_shapes(self, in_shape: Sequence[int], dtype: torch.dtype = torch.float32,
                      t: int = 1) -> tuple[TensorSpec, list[TensorSpec]]:
         """(output spec per step, state specs) for a per-step input shape ``[B, ...]``; no compute."""
-        was = self.training
+        modes = {m: m.training for m in self.modules()}  # restored one by one: modules may be shared
         self.eval()
         log = logging.getLogger("torch._subclasses.fake_tensor")
         level = log.level
@@ -63,7 +76,8 @@ class Temporal(nn.Module):
                 out = TensorSpec("y", tuple(y.shape[1:]), str(y.dtype).removeprefix("torch."))
                 specs = specs_of(st)
         finally:
-            self.train(was)
+            for m, mode in modes.items():
+                m.training = mode
             log.setLevel(level)
         return out, specs
 
@@ -103,13 +117,44 @@ class TemporalSequential(Temporal):
         return x, new
 
 
+class Chain(Temporal):
+    """Modules of a model given by their dotted paths (``'clif1'``, ``'head.0'``, ``'layer2.1'``),
+    run in order: stateless ones on every step, temporal ones with their state under their path
+    (``'layer2.1.lif1.lif.v'``); a part with path None keeps its state names as they are.
+
+    A chain does not own its modules: it is the unit a segment runs (stem, one block, head).
+    """
+
+    def __init__(self, parts: Sequence[tuple[Optional[str], nn.Module]]):
+        super().__init__()
+        self.paths = [p for p, _ in parts]
+        self.parts = nn.ModuleList([m for _, m in parts])
+        self.training = all(m.training for _, m in parts)  # a view: in the mode of what it holds
+
+    def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
+        new: State = {}
+        for path, mod in zip(self.paths, self.parts):
+            if not isinstance(mod, Temporal):
+                x = per_step(mod, x)
+            elif path is None:
+                x, s = mod.run(x, state)
+                new.update(s)
+            else:
+                x, s = mod.run(x, sub_state(state, path))
+                new.update(prefixed(s, path))
+        return x, new
+
+    def extra_repr(self) -> str:
+        return ", ".join(str(p) for p in self.paths)
+
+
 # ------------------------------------------------------------------------------ soma params
 
-def parse_soma_params(soma_params: Any) -> tuple[str, bool, dict[str, float]]:
-    """``'all_share' | 'channel_share' | dict(share=..., learnable=..., alpha=..., ...)``.
+def parse_soma_params(soma_params: Any, names: Sequence[str]) -> tuple[str, bool, dict[str, float]]:
+    """``'all_share' | 'channel_share' | dict(share=..., learn=..., <param>=value, ...)``.
 
-    Returns (share, learnable, initial values). Learnable defaults to False for all_share and
-    True for channel_share.
+    Returns (share, learnable, initial values). As in BIDL the parameters are not learnable unless
+    ``learn=True`` (``learnable`` is accepted as a synonym); ``v0`` is accepted for ``v_0``.
     """
     if isinstance(soma_params, str):
         soma_params = {"share": soma_params}
@@ -119,77 +164,116 @@ def parse_soma_params(soma_params: Any) -> tuple[str, bool, dict[str, float]]:
     share = d.pop("share", "all_share")
     if share not in ("all_share", "channel_share"):
         raise ValueError(f"soma_params share={share!r}: expected 'all_share' or 'channel_share'")
-    learnable = bool(d.pop("learnable", share == "channel_share"))
-    return share, learnable, {k: float(v) for k, v in d.items()}
+    if "learn" in d and "learnable" in d:
+        raise ValueError("soma_params: give only one of 'learn' and 'learnable'")
+    learn = bool(d.pop("learn", d.pop("learnable", False)))
+    if "v0" in d and "v_0" in names:
+        d["v_0"] = d.pop("v0")
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ValueError(f"soma_params keys {unknown}: expected some of {sorted(set(names) | {'share', 'learn'})}")
+    return share, learn, {k: float(v) for k, v in d.items()}
 
 
-class Soma(Temporal):
-    """A spiking neuron layer on an existing current (the neuron of Lif1d/Lif2d/LifPlus1d/2d).
+def _memb_mode(memb_mode: Sequence) -> tuple[int, str]:
+    """``(k, act)`` with act a name in ACTIVATIONS, a torch function (torch.relu, ...) or None."""
+    if not isinstance(memb_mode, (list, tuple)) or len(memb_mode) != 2:
+        raise ValueError(f"memb_mode={memb_mode!r}: expected (k in 0..3, activation)")
+    k, act = memb_mode
+    if callable(act):
+        act = getattr(act, "__name__", str(act))
+    act = "identity" if act is None else act
+    if not isinstance(k, int) or not 0 <= k <= 3 or act not in ACTIVATIONS:
+        raise ValueError(f"memb_mode={tuple(memb_mode)!r}: expected (k in 0..3, act in {sorted(ACTIVATIONS)})")
+    return k, act
 
-    ``neuron='lif'`` or ``'lifplus'`` (with ``neuron_config``). Parameters are one scalar each
-    (``all_share``) or one value per channel (``channel_share``, needs ``channels``).
-    ``norm_state`` adds a BatchNorm on the integrated state U. ``surrogate_width`` is the width of
-    the rectangle surrogate gradient.
-    """
 
-    spatial: int = 2  # number of spatial dims after the channel dim
+class _Cell(Temporal):
+    """Shared parts of the LIF and LIF+ cells: parameters, mode, norm, noise, surrogate width."""
 
-    def __init__(self, channels: Optional[int] = None, mode: str = "spike",
-                 soma_params: Any = "all_share", noise: float = 0.0, norm_state: bool = False,
-                 memb_mode: Sequence = (0, "relu"), surrogate_width: float = 1.0,
-                 neuron: str = "lif", neuron_config: Optional[Sequence] = None):
-        super().__init__()
+    def _setup(self, norm: Optional[nn.Module], mode: str, noise: float, surrogate_width: float,
+               values: Mapping[str, float], soma_params: Any, channels: Optional[int], spatial: int) -> None:
         if mode not in ("spike", "analog"):
             raise ValueError(f"mode={mode!r}: expected 'spike' or 'analog'")
-        neuron = str(neuron).lower()
-        if neuron not in ("lif", "lifplus"):
-            raise ValueError(f"neuron={neuron!r}: expected 'lif' or 'lifplus'")
-        k, act = int(memb_mode[0]), memb_mode[1]
-        if not 0 <= k <= 3 or act not in ACTIVATIONS:
-            raise ValueError(f"memb_mode={tuple(memb_mode)!r}: expected (k in 0..3, act in {sorted(ACTIVATIONS)})")
         if surrogate_width <= 0:
             raise ValueError(f"surrogate_width={surrogate_width}: expected > 0")
-        share, learnable, init = parse_soma_params(soma_params)
+        share, learn, init = parse_soma_params(soma_params, list(values))
         if share == "channel_share" and not channels:
             raise ValueError("soma_params='channel_share' needs the layer's channel count")
-        self.mode, self.memb_mode, self.noise = mode, (k, act), float(noise)
-        self.width, self.neuron, self.share = float(surrogate_width), neuron, share
-        self.cfg = LIFPlusConfig.from_list(neuron_config) if neuron == "lifplus" else None
-        defaults = dict(LIF_DEFAULTS if neuron == "lif" else LIFPLUS_DEFAULTS)
-        unknown = set(init) - set(defaults)
-        if unknown:
-            raise ValueError(f"soma_params keys {sorted(unknown)}: expected some of {sorted(defaults)}")
-        defaults.update(init)
-        self.param_names = tuple(defaults)
-        for name, val in defaults.items():
-            t = torch.full((channels,) if share == "channel_share" else (), val, dtype=torch.float32)
-            if learnable:
-                self.register_parameter(name, nn.Parameter(t))
-            else:
-                self.register_buffer(name, t)
-        norm_cls = nn.BatchNorm2d if self.spatial == 2 else nn.BatchNorm1d
-        self.norm = norm_cls(channels) if norm_state else None
+        self.mode, self.noise, self.width, self.share = mode, float(noise), float(surrogate_width), share
+        self.norm = norm
+        # spatial 2: state [B, C, H, W] -> per channel [1, C, 1, 1]; spatial 1: state [B, C] -> [1, C]
+        shape = () if share == "all_share" else (1, int(channels)) + ((1, 1) if spatial == 2 else ())
+        vals = dict(values, **init)
+        self.param_names = tuple(values)
+        for name in self.param_names:
+            self.register_parameter(name, nn.Parameter(torch.full(shape, vals[name]), requires_grad=learn))
 
-    def _shaped(self, ndim: int) -> list[Tensor]:
-        vals = [getattr(self, n) for n in self.param_names]
-        if self.share == "all_share":
-            return vals
-        shape = (1, -1) + (1,) * (ndim - 2)
-        return [v.view(shape) for v in vals]
+    def _kw(self) -> dict:
+        return dict(mode=self.mode, memb_mode=self.memb_mode, norm=self.norm, noise=self.noise,
+                    training=self.training, width=self.width)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, share={self.share}, noise={self.noise}"
+
+
+class Lif(_Cell):
+    """BIDL's LIF cell on a current ``[B, C, ...]`` (equations in :mod:`bidl_models.neurons`). State ``v``."""
+
+    def __init__(self, norm: Optional[nn.Module] = None, mode: str = "spike", memb_mode: Sequence = (0, "relu"),
+                 soma_params: Any = "all_share", noise: float = 0.0, channels: Optional[int] = None,
+                 spatial: int = 2, surrogate_width: float = 1.0):
+        super().__init__()
+        self.memb_mode = _memb_mode(memb_mode)
+        self._setup(norm, mode, noise, surrogate_width, LIF_DEFAULTS, soma_params, channels, spatial)
 
     def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
-        kw = dict(mode=self.mode, memb_mode=self.memb_mode, norm=self.norm, noise=self.noise,
-                  training=self.training, width=self.width)
-        vals = self._shaped(x.dim() - 1)
+        p = LIFParams(self.alpha, self.beta, self.theta, self.v_0)
+        st = LIFState(state["v"]) if state else None
+        kw = self._kw()
         outs = []
-        if self.neuron == "lif":
-            p = LIFParams(*vals)
-            st = LIFState(state["v"]) if state else None
+        for t in range(x.shape[0]):
+            y, st = lif_step(x[t], st, p, **kw)
+            outs.append(y)
+        return torch.stack(outs), {"v": st.v}
+
+
+class LifPlus(_Cell):
+    """BIDL's LIF+ cell (``neuron_config = [input_accum, rev_volt, fire_refrac, spike_init,
+    trig_current, memb_decay]``). ``form='bidl'``: BIDL's update, parameters and reset values
+    (:func:`~bidl_models.neurons.lifplus_bidl_step`); ``form='documented'``: the documented Euler
+    form (:func:`~bidl_models.neurons.lifplus_step`). Analog output default: tanh of U."""
+
+    def __init__(self, norm: Optional[nn.Module] = None, mode: str = "spike", memb_mode: Sequence = (0, "tanh"),
+                 soma_params: Any = "all_share", neuron_config: Optional[Sequence] = None, noise: float = 0.0,
+                 channels: Optional[int] = None, spatial: int = 2, surrogate_width: float = 1.0,
+                 form: str = "documented"):
+        super().__init__()
+        if form not in LIFPLUS_FORMS:
+            raise ValueError(f"lifplus_form={form!r}: expected one of {list(LIFPLUS_FORMS)}")
+        self.form, self.cfg = form, LIFPlusConfig.from_list(neuron_config)
+        self.memb_mode = _memb_mode(memb_mode)
+        if form == "bidl":
+            names = bidl_lifplus_param_names(self.cfg)
+            values = {n: BIDL_LIFPLUS_DEFAULTS[n] for n in names}
+        else:
+            values = dict(LIFPLUS_DEFAULTS)
+        self._setup(norm, mode, noise, surrogate_width, values, soma_params, channels, spatial)
+
+    def state_names(self) -> tuple[str, ...]:
+        return bidl_lifplus_state_names(self.cfg) if self.form == "bidl" else self.cfg.state_names()
+
+    def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
+        kw = self._kw()
+        outs = []
+        if self.form == "bidl":
+            p = {n: getattr(self, n) for n in self.param_names}
+            st: Any = state or None
             for t in range(x.shape[0]):
-                y, st = lif_step(x[t], st, p, **kw)
+                y, st = lifplus_bidl_step(x[t], st, p, self.cfg, **kw)
                 outs.append(y)
-            return torch.stack(outs), {"v": st.v}
-        p = LIFPlusParams(*vals)
+            return torch.stack(outs), dict(st)
+        p = LIFPlusParams(*(getattr(self, n) for n in self.param_names))
         st = LIFPlusState(**state) if state else None
         for t in range(x.shape[0]):
             y, st = lifplus_step(x[t], st, p, self.cfg, **kw)
@@ -197,96 +281,155 @@ class Soma(Temporal):
         return torch.stack(outs), {n: getattr(st, n) for n in self.cfg.state_names()}
 
     def extra_repr(self) -> str:
-        cfg = f", neuron_config={self.cfg}" if self.cfg else ""
-        return f"neuron={self.neuron}, mode={self.mode}, share={self.share}, noise={self.noise}{cfg}"
+        return f"{super().extra_repr()}, form={self.form}, neuron_config={self.cfg}"
 
 
-class Lif2d(Soma):
-    """LIF on a current ``[B, C, H, W]``."""
+def _state_bn(norm_state: bool | int, channels: Optional[int], spatial: int) -> Optional[nn.Module]:
+    if not norm_state:
+        return None
+    if not channels:
+        raise ValueError("norm_state needs the layer's channel count")
+    return (nn.BatchNorm2d if spatial == 2 else nn.BatchNorm1d)(channels)
+
+
+class _OnCurrent(Temporal):
+    """A ``lif`` cell on an existing current (Lif1d / Lif2d)."""
 
     spatial = 2
 
-    def __init__(self, channels: Optional[int] = None, **kw):
-        kw.setdefault("neuron", "lif")
-        super().__init__(channels, **kw)
+    def __init__(self, channels: Optional[int] = None, norm_state: bool = False, mode: str = "spike",
+                 memb_mode: Sequence = (0, "relu"), soma_params: Any = "all_share", noise: float = 0.0,
+                 surrogate_width: float = 1.0):
+        super().__init__()
+        self.lif = Lif(_state_bn(norm_state, channels, self.spatial), mode, memb_mode, soma_params, noise,
+                       channels, self.spatial, surrogate_width)
+
+    def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
+        y, s = self.lif.run(x, sub_state(state, "lif"))
+        return y, prefixed(s, "lif")
 
 
-class Lif1d(Soma):
-    """LIF on a current ``[B, C]``."""
+class Lif2d(_OnCurrent):
+    """LIF on a current ``[B, C, H, W]``; the cell is ``lif`` (keys ``lif.alpha``, ...)."""
+
+    spatial = 2
+
+
+class Lif1d(_OnCurrent):
+    """LIF on a current ``[B, C]``; the cell is ``lif``."""
 
     spatial = 1
 
-    def __init__(self, channels: Optional[int] = None, **kw):
-        kw.setdefault("neuron", "lif")
-        super().__init__(channels, **kw)
+
+class _LifPlusOnCurrent(LifPlus):
+    spatial = 2
+
+    def __init__(self, channels: Optional[int] = None, norm_state: bool = False, mode: str = "spike",
+                 memb_mode: Sequence = (0, "tanh"), soma_params: Any = "all_share",
+                 neuron_config: Optional[Sequence] = None, noise: float = 0.0, surrogate_width: float = 1.0,
+                 form: str = "documented"):
+        super().__init__(_state_bn(norm_state, channels, self.spatial), mode, memb_mode, soma_params,
+                         neuron_config, noise, channels, self.spatial, surrogate_width, form)
 
 
-class LifPlus2d(Lif2d):
-    """LIFPlus on a current ``[B, C, H, W]``."""
+class LifPlus2d(_LifPlusOnCurrent):
+    """LIF+ on a current ``[B, C, H, W]`` (the cell itself, as BIDL's: keys ``epsilon``, ...)."""
 
-    def __init__(self, channels: Optional[int] = None, neuron_config: Optional[Sequence] = None, **kw):
-        super().__init__(channels, neuron="lifplus", neuron_config=neuron_config, **kw)
-
-
-class LifPlus1d(Lif1d):
-    """LIFPlus on a current ``[B, C]``."""
-
-    def __init__(self, channels: Optional[int] = None, neuron_config: Optional[Sequence] = None, **kw):
-        super().__init__(channels, neuron="lifplus", neuron_config=neuron_config, **kw)
+    spatial = 2
 
 
-class FcLif(Temporal):
-    """Linear -> (BN on the state) -> LIF. State: ``soma.*``."""
+class LifPlus1d(_LifPlusOnCurrent):
+    """LIF+ on a current ``[B, C]``."""
 
-    soma_cls = Lif1d
-
-    def __init__(self, ci: int, co: int, mode: str = "spike", soma_params: Any = "all_share",
-                 noise: float = 0.0, norm_state: bool = False, bias: bool = True, **soma_kw):
-        super().__init__()
-        self.fc = nn.Linear(ci, co, bias=bias)
-        self.soma = self.soma_cls(co, mode=mode, soma_params=soma_params, noise=noise,
-                                  norm_state=norm_state, **soma_kw)
-
-    def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
-        y, s = self.soma.run(per_step(self.fc, x), sub_state(state, "soma"))
-        return y, prefixed(s, "soma")
+    spatial = 1
 
 
-class Conv2dLif(Temporal):
-    """Conv2d -> (MaxPool2d(2) if ``mp``) -> BatchNorm2d -> LIF. State: ``soma.*``."""
+def _cell(neuron: str, norm: Optional[nn.Module], channels: int, spatial: int, mode: str, memb_mode: Optional[Sequence],
+          soma_params: Any, noise: float, surrogate_width: float, neuron_config: Optional[Sequence],
+          lifplus_form: str) -> Temporal:
+    if neuron == "lif":
+        if neuron_config is not None:
+            raise ValueError(f"neuron_config={neuron_config!r} is only used with neuron='lifplus'")
+        return Lif(norm, mode, memb_mode or (0, "relu"), soma_params, noise, channels, spatial, surrogate_width)
+    return LifPlus(norm, mode, memb_mode or (0, "tanh"), soma_params, neuron_config, noise, channels, spatial,
+                   surrogate_width, lifplus_form)
 
-    soma_cls = Lif2d
 
-    def __init__(self, ci: int, co: int, kernel_size: int = 3, stride: int = 1, padding: int = 1,
-                 mode: str = "spike", soma_params: Any = "all_share", noise: float = 0.0,
-                 mp: bool = False, norm_state: bool = False, bias: bool = False, **soma_kw):
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(ci, co, kernel_size, stride, padding, bias=bias)]
-        if mp:
-            layers.append(nn.MaxPool2d(2))
-        layers.append(nn.BatchNorm2d(co))
-        self.synapse = nn.Sequential(*layers)
-        self.soma = self.soma_cls(co, mode=mode, soma_params=soma_params, noise=noise,
-                                  norm_state=norm_state, **soma_kw)
+class _Synapse(Temporal):
+    """``p0`` (the synapse) -> ``pool`` -> ``norm`` -> the cell (``lif`` or ``lifplus``). State ``<cell>.*``."""
+
+    neuron = "lif"
+    cell_name = "lif"
+
+    def _attach(self, cell: Temporal) -> None:
+        setattr(self, self.cell_name, cell)
 
     def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
-        y, s = self.soma.run(per_step(self.synapse, x), sub_state(state, "soma"))
-        return y, prefixed(s, "soma")
+        cur = per_step(self._current, x)
+        y, s = getattr(self, self.cell_name).run(cur, sub_state(state, self.cell_name))
+        return y, prefixed(s, self.cell_name)
+
+    def _current(self, x: Tensor) -> Tensor:
+        return self.norm(self.pool(self.p0(x)))
 
 
-class FcLifPlus(FcLif):
-    """Linear -> LIFPlus (``neuron_config`` as in the user guide)."""
+class Conv2dLif(_Synapse):
+    """BIDL's Conv2dLif: ``p0`` Conv2d -> ``pool`` (MaxPool2d(2, 2) if ``mp``) -> ``norm`` -> ``lif``.
 
-    soma_cls = LifPlus1d
+    ``norm_state=True``: BN on the membrane state inside the cell (``U = BN(X + V)``), ``norm`` is the
+    identity; ``norm_state=False``: ``norm`` = BatchNorm2d on the current. ``bias=False`` gives a conv
+    without bias (with ``norm_state=False``: the conv -> BN -> LIF layout).
+    """
+
+    def __init__(self, input_channel: int, hidden_channel: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, dilation: int = 1, groups: int = 1, norm_state: bool = True,
+                 mode: str = "spike", memb_mode: Optional[Sequence] = None, soma_params: Any = "all_share",
+                 noise: float = 0.0, mp: bool = False, bias: bool = True, surrogate_width: float = 1.0,
+                 neuron_config: Optional[Sequence] = None, lifplus_form: str = "documented"):
+        super().__init__()
+        self.p0 = nn.Conv2d(input_channel, hidden_channel, kernel_size, stride, padding, dilation, groups, bias=bias)
+        self.pool = nn.MaxPool2d(2, 2) if mp else nn.Identity()
+        bn_current = not norm_state and self.neuron == "lif"  # BIDL's Conv2dLifPlus has no current BN
+        self.norm = nn.BatchNorm2d(hidden_channel) if bn_current else nn.Identity()
+        state_bn = nn.BatchNorm2d(hidden_channel) if norm_state else None
+        self._attach(_cell(self.neuron, state_bn, hidden_channel, 2, mode, memb_mode, soma_params, noise,
+                           surrogate_width, neuron_config, lifplus_form))
+
+
+class FcLif(_Synapse):
+    """BIDL's FcLif: ``p0`` Linear -> ``lif`` with BN on the state (``norm_state=True``, default)."""
+
+    def __init__(self, input_channel: int, hidden_channel: int, norm_state: bool = True, mode: str = "spike",
+                 memb_mode: Optional[Sequence] = None, soma_params: Any = "all_share", noise: float = 0.0,
+                 bias: bool = True, surrogate_width: float = 1.0, neuron_config: Optional[Sequence] = None,
+                 lifplus_form: str = "documented"):
+        super().__init__()
+        self.p0 = nn.Linear(input_channel, hidden_channel, bias=bias)
+        state_bn = nn.BatchNorm1d(hidden_channel) if norm_state else None
+        self._attach(_cell(self.neuron, state_bn, hidden_channel, 1, mode, memb_mode, soma_params, noise,
+                           surrogate_width, neuron_config, lifplus_form))
+
+    def _current(self, x: Tensor) -> Tensor:
+        return self.p0(x)
 
 
 class Conv2dLifPlus(Conv2dLif):
-    """Conv2d -> (MaxPool2d(2)) -> BN -> LIFPlus."""
+    """BIDL's Conv2dLifPlus: ``p0`` Conv2d -> ``lifplus`` (BN on the state if ``norm_state``)."""
 
-    soma_cls = LifPlus2d
+    neuron = "lifplus"
+    cell_name = "lifplus"
 
 
-def soma_for(neuron: str, spatial: int) -> type[Soma]:
-    """The soma class for ``neuron`` ('lif' | 'lifplus') on 1 or 2 spatial dims."""
+class FcLifPlus(FcLif):
+    """BIDL's FcLifPlus: ``p0`` Linear -> ``lifplus``."""
+
+    neuron = "lifplus"
+    cell_name = "lifplus"
+
+
+def soma_for(neuron: str, spatial: int) -> type[Temporal]:
+    """The neuron-on-a-current class for ``neuron`` ('lif' | 'lifplus') on 1 or 2 spatial dims."""
     table = {("lif", 1): Lif1d, ("lif", 2): Lif2d, ("lifplus", 1): LifPlus1d, ("lifplus", 2): LifPlus2d}
+    if (neuron, spatial) not in table:
+        raise ValueError(f"neuron={neuron!r}: expected 'lif' or 'lifplus'")
     return table[(neuron, spatial)]

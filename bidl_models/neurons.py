@@ -7,19 +7,24 @@ LIF (BIDL's default neuron), per time step with input current ``X_t`` and membra
 
     U   = X_t + V_{t-1}                     integration
     U   = norm(U)              (optional)   BatchNorm on the state ("norm_state")
-    U   = U + noise*std(U)*N(0,1)           training only, std over the non-batch dims
+    U'  = U + noise*std(U)*N(0,1)           training only: unbiased std over H, W (all of a [B, C]
+                                            state), no gradient through the noise; U' replaces U below
+                                            except in the analog output k=0
     F   = 1[U - theta > 0]                  fire (strict >), rectangle surrogate gradient
     R   = F * v0 + (1 - F) * U              hard reset
     V_t = alpha * R + beta                  leak (alpha is a retention factor)
     out = F                                 mode 'spike'
     out = act([U, U - theta, R, V_t][k])    mode 'analog', memb_mode = (k, act)
 
-LIFPlus: see :func:`lifplus_step` for the documented Euler equations of its six options.
+LIFPlus has two forms: :func:`lifplus_step`, the documented Euler equations of its six options
+(the project's own), and :func:`lifplus_bidl_step`, BIDL's update exactly as its code computes it
+(what BIDL-trained LIF+ weights need).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +33,7 @@ from torch import Tensor
 __all__ = [
     "SpikeFn", "spike", "LIFParams", "LIFState", "lif_step", "multistep",
     "LIFPlusConfig", "LIFPlusParams", "LIFPlusState", "lifplus_step", "ACTIVATIONS",
+    "BIDL_LIFPLUS_DEFAULTS", "bidl_lifplus_param_names", "bidl_lifplus_state_names", "lifplus_bidl_step",
 ]
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -62,10 +68,17 @@ def spike(z: Tensor, width: float = 1.0) -> Tensor:
 
 
 def _add_noise(u: Tensor, noise: float) -> Tensor:
-    """``U + noise * std(U over non-batch dims) * N(0, 1)``; used in training only."""
-    dims = tuple(range(2, u.dim())) if u.dim() > 2 else (1,)
-    std = u.detach().std(dim=dims, keepdim=True, correction=0)
-    return u + noise * std * torch.randn_like(u)
+    """``U + noise * std(U) * N(0, 1)`` as BIDL computes it: unbiased std over the dims after
+    ``[B, C]`` (over all elements for a ``[B, C]`` state), no gradient through the noise. Where
+    that is a single element (a 1x1 map) there is no noise (BIDL's std is NaN there)."""
+    dims = tuple(range(2, u.dim()))
+    n = math.prod(u.shape[2:]) if dims else u.numel()
+    if n < 2:
+        return u
+    with torch.no_grad():
+        std = u.std(dim=dims, keepdim=True) if dims else u.std().reshape((1,) * u.dim())
+        n = noise * std * torch.randn_like(u)
+    return u + n
 
 
 class LIFParams(NamedTuple):
@@ -99,6 +112,7 @@ def lif_step(
     u = x if state is None else x + state.v
     if norm is not None:
         u = norm(u)
+    u0 = u  # analog output k=0 is U before the training noise (as BIDL)
     if training and noise > 0:
         u = _add_noise(u, noise)
     f = spike(u - p.theta, width)
@@ -107,7 +121,7 @@ def lif_step(
     if mode == "spike":
         return f, LIFState(v)
     k, act = memb_mode
-    pick = (u, u - p.theta, r, v)[k]
+    pick = (u0, u - p.theta, r, v)[k]
     return ACTIVATIONS[act](pick), LIFState(v)
 
 
@@ -319,3 +333,164 @@ def lifplus_step(
         return f, out_state
     k, act = memb_mode
     return ACTIVATIONS[act]((u, u - theta, r, vn)[k]), out_state
+
+
+# ------------------------------------------------------------------------ LIFPlus, BIDL's form
+
+#: BIDL's LIF+ parameter names in its registration (state_dict) order. BIDL draws every parameter
+#: without a documented value from ``uniform[0, 1)``, unseeded; here such a parameter starts at 0.5,
+#: the mean of that draw, so a model built twice is the same model.
+BIDL_LIFPLUS_DEFAULTS: dict[str, float] = dict(
+    epsilon=0.5, v_g=0.5, tau_recip=0.5, v_0=0.0, epsilon_r=0.5, v_rr=0.5, v_ar=0.5, q_r=0.5, b=0.5,
+    epsilon_w=0.5, theta=0.5, v_theta=0.5, delta_t=0.5, v_c=0.5, a=0.5, v_w=0.5, alpha=0.3, beta=0.0,
+    v_leak=0.5,
+)
+BIDL_CNT_MAX = 10.0  # absolute refractory period in steps (BIDL's ``cntmax``)
+
+
+def bidl_lifplus_param_names(cfg: LIFPlusConfig) -> tuple[str, ...]:
+    """The parameters BIDL's LIF+ registers for ``cfg``, in its order (its state_dict keys)."""
+    names = []
+    if cfg.input_accum in (1, 2):
+        names.append("epsilon")
+    if cfg.rev_volt:
+        names.append("v_g")
+    names += ["tau_recip", "v_0"]
+    if cfg.fire_refrac == 2:
+        names += ["epsilon_r", "v_rr", "v_ar", "q_r"]
+    if cfg.fire_refrac == 2 or cfg.trig_current in (1, 2):
+        names += ["epsilon_w", "b"]
+    if cfg.spike_init != 2:
+        names.append("theta")
+    if cfg.spike_init in (1, 2):
+        names.append("v_theta")
+        names.append("delta_t" if cfg.spike_init == 1 else "v_c")
+    if cfg.trig_current == 2:
+        names += ["a", "v_w"]
+    if cfg.memb_decay == 0:
+        names += ["alpha", "beta"]
+    elif cfg.memb_decay == 2:
+        names.append("v_leak")
+    return tuple(names)
+
+
+def bidl_lifplus_state_names(cfg: LIFPlusConfig) -> tuple[str, ...]:
+    """State of BIDL's LIF+ for ``cfg``. BIDL starts ``g``, ``y`` and ``r`` at 1 for a fresh sample;
+    they are carried as ``g_m1 = g - 1`` (etc.) so that an all-zero state is a fresh sample, the
+    convention of the compiled artifacts and the grid."""
+    names = []
+    if cfg.input_accum in (1, 2):
+        names.append("g_m1")
+    if cfg.input_accum == 2:
+        names.append("y_m1")
+    if cfg.fire_refrac == 2:
+        names.append("r_m1")
+    if cfg.fire_refrac == 1:
+        names.append("cnt")
+    names.append("v")
+    if cfg.trig_current in (1, 2) or cfg.fire_refrac == 2:
+        names.append("w")
+    return tuple(names)
+
+
+def lifplus_bidl_step(
+    x: Tensor,
+    state: Optional[Mapping[str, Tensor]],
+    p: Mapping[str, Tensor],
+    cfg: LIFPlusConfig,
+    *,
+    mode: str = "spike",
+    memb_mode: tuple[int, str] = (0, "tanh"),
+    norm: Optional[Callable[[Tensor], Tensor]] = None,
+    noise: float = 0.0,
+    training: bool = False,
+    width: float = 1.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One step of LIF+ as BIDL computes it (``p``: parameters by BIDL's names; ``e`` = exp(1))::
+
+        COBE  g = (1-epsilon) g + x           COBA  y = (1-epsilon) y + x;  g = (1-epsilon) g + e epsilon y
+        vrev  = v_g - v if rev_volt else 1;   f2 = vrev * (x if CUB else g);   f4 = 0
+        AR    f2 = 0 where cnt > 0;  cnt = max(cnt - 1, 0)
+        RR    r = (1-epsilon_r) r;  w = (1-epsilon_w) w;  f4 += r (v_rr - v) + w (v_ar - v)
+        spike_init naive: thr = theta, f3 = v_0 - v
+                   EXI:   thr = v_theta, f3 = v_0 - v + delta_t exp((v - theta) - delta_t)
+                   QDI:   thr = v_theta, f3 = (v_0 - v)(v_c - v)
+        ADT   w = (1-epsilon_w) w             SBT  w = (1-epsilon_w) w + tau_recip a (v - v_w);   f4 += w
+        U = x + tau_recip (f2 + f3) + f4;  U = norm(U);  F = 1[U - thr > 0];  R = F v_0 + (1-F) U
+        AR    cnt = (1-F) cnt + 10 F          RR  r = (1-F) r + F (r - q_r)
+        RR, ADT, SBT  w = (1-F) w + F (w - b)
+        decay alpha-beta V = alpha R + beta;  EXD  V = tau_recip (f2 + f3) + f4;  LID  V = v + f2 - v_leak + f4
+        out = F (spike) or act([U, U - thr, R, V][k]) (analog, memb_mode = (k, act), default tanh)
+
+    so the input enters CUB twice, EXD and LID drop the reset, and a fresh sample starts with
+    ``g = y = r = 1``, ``cnt = v = w = 0`` (BIDL's reset). Training noise is applied to U like the LIF's
+    (BIDL's is a no-op: it perturbs a stale copy).
+    """
+    st = state or {}
+    z = torch.zeros_like(x)
+    v = st.get("v", z)
+    new: dict[str, Tensor] = {}
+    fact4: Tensor | float = 0.0
+    if cfg.input_accum == 1:
+        g = (1.0 - p["epsilon"]) * (st.get("g_m1", z) + 1.0) + x
+    elif cfg.input_accum == 2:
+        y = (1.0 - p["epsilon"]) * (st.get("y_m1", z) + 1.0) + x
+        g = (1.0 - p["epsilon"]) * (st.get("g_m1", z) + 1.0) + math.e * p["epsilon"] * y
+        new["y_m1"] = y - 1.0
+    if cfg.input_accum in (1, 2):
+        new["g_m1"] = g - 1.0
+    v_rev = (p["v_g"] - v) if cfg.rev_volt else 1.0
+    fact2 = v_rev * (x if cfg.input_accum == 0 else g)
+    cnt = st.get("cnt", z)
+    w = st.get("w", z)
+    if cfg.fire_refrac == 1:
+        fact2 = torch.where(cnt > 0, torch.zeros_like(fact2), fact2)
+        cnt = torch.clamp(cnt - 1.0, min=0.0)
+    elif cfg.fire_refrac == 2:
+        r = (1.0 - p["epsilon_r"]) * (st.get("r_m1", z) + 1.0)
+        w = (1.0 - p["epsilon_w"]) * w
+        fact4 = fact4 + r * (p["v_rr"] - v) + w * (p["v_ar"] - v)
+    if cfg.spike_init == 0:
+        thr = p["theta"]
+        fact3 = p["v_0"] - v
+    elif cfg.spike_init == 1:
+        thr = p["v_theta"]
+        fact3 = p["v_0"] - v + p["delta_t"] * torch.exp((v - p["theta"]) - p["delta_t"])
+    else:
+        thr = p["v_theta"]
+        fact3 = (p["v_0"] - v) * (p["v_c"] - v)
+    if cfg.trig_current == 1:
+        w = (1.0 - p["epsilon_w"]) * w
+    elif cfg.trig_current == 2:
+        w = (1.0 - p["epsilon_w"]) * w + p["tau_recip"] * p["a"] * (v - p["v_w"])
+    if cfg.trig_current in (1, 2):
+        fact4 = fact4 + w
+    u = x + p["tau_recip"] * (fact2 + fact3) + fact4
+    if norm is not None:
+        u = norm(u)
+    u0 = u
+    if training and noise > 0:
+        u = _add_noise(u, noise)
+    o2 = u - thr
+    f = spike(o2, width)
+    f_inv = 1.0 - f
+    res = f * p["v_0"] + f_inv * u
+    if cfg.fire_refrac == 1:
+        new["cnt"] = f_inv * cnt + f * BIDL_CNT_MAX
+    elif cfg.fire_refrac == 2:
+        new["r_m1"] = (f_inv * r + f * (r - p["q_r"])) - 1.0
+    if cfg.fire_refrac == 2 or cfg.trig_current in (1, 2):
+        w = f_inv * w + f * (w - p["b"])
+        new["w"] = w
+    if cfg.memb_decay == 0:
+        vn = p["alpha"] * res + p["beta"]
+    elif cfg.memb_decay == 1:
+        vn = p["tau_recip"] * (fact2 + fact3) + fact4
+    else:
+        vn = v + fact2 - p["v_leak"] + fact4
+    new["v"] = vn
+    out_state = {n: new[n] for n in bidl_lifplus_state_names(cfg)}
+    if mode == "spike":
+        return f, out_state
+    k, act = memb_mode
+    return ACTIVATIONS[act]((u0, o2, res, vn)[k]), out_state

@@ -16,7 +16,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .layers import Temporal
-from .specs import State, TensorSpec, prefixed, sub_state
+from .specs import State, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Segment(Temporal):
         self.n_blocks = n
         self.backbone_name = type(backbone).__name__
         self.units = nn.ModuleDict(backbone.units(start, end))
+        self.training = backbone.training  # in the backbone's mode (the modules are the backbone's)
         object.__setattr__(self, "_backbone", backbone)  # not a submodule: no duplicated params
 
     @property
@@ -68,9 +69,9 @@ class Segment(Temporal):
 
     def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
         new: State = {}
-        for name, mod in self.units.items():
-            x, s = mod.run(x, sub_state(state, name))
-            new.update(prefixed(s, name))
+        for mod in self.units.values():
+            x, s = mod.run(x, state)  # units name their state by the backbone's module paths
+            new.update(s)
         return x, new
 
     def input_shape(self, model_in_shape: Optional[Sequence[int]] = None) -> tuple[int, ...]:

@@ -5,7 +5,8 @@ speed in time-step frames per second: ``samples * T / seconds spent in the model
 counted; end-to-end samples/s is reported too). Any batch size (``--batch-size``), CPU or CUDA
 (``--device``); ``--limit N`` evaluates the first N samples only; ``--out FILE.json`` saves the result;
 ``--export-to FILE.pth`` writes the weights, config and this result as a small deployable file.
-The checkpoint may be a training checkpoint or a bare backbone state_dict (loaded strictly).
+The checkpoint may be a training checkpoint of this project or of BIDL's ``tools/train.py``, or a bare
+backbone state_dict (loaded strictly: every tensor must match).
 """
 from __future__ import annotations
 
@@ -87,8 +88,12 @@ def export_weights(cfg: Config, checkpoint: str | Path, out: str | Path, res: Ma
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bidl_models.test", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="config file or name under configs/")
-    p.add_argument("--checkpoint", required=True, help="checkpoint (.pth) to evaluate")
+    p.add_argument("--config", required=True, help="config file, or a config name (stem) under --config-root, "
+                   "$BIDL_CONFIG_ROOT or configs/")
+    p.add_argument("--config-root", action="append", default=None, metavar="DIR",
+                   help="directory searched for a bare config name (e.g. a BIDL checkout); repeatable")
+    p.add_argument("--checkpoint", required=True, help="checkpoint (.pth) to evaluate: this project's or BIDL's "
+                   "(state_dict wrapper or bare, module./backbone. prefixes)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, default=None, help="default data.samples_per_gpu")
     p.add_argument("--split", default="test", choices=("test", "val"), help="which data.* set (default test)")
@@ -116,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options, args.config_root)
     res = evaluate_checkpoint(cfg, args.checkpoint, args.device, args.batch_size, args.limit, args.split,
                               args.workers, args.amp, progress=not args.no_progress, return_logits=True)
     print(format_result(res))

@@ -8,8 +8,12 @@ Multi-GPU: ``torchrun --nproc_per_node N -m bidl_models.train --config ...`` (DD
 
 The config supplies ``model``, ``data`` (``samples_per_gpu``, ``workers_per_gpu``, ``train``,
 ``val`` or ``test``), ``optimizer`` (SGD, Adam, AdamW, RMSprop), ``optimizer_config.grad_clip``,
-``lr_config`` (policy CosineAnnealing / step / fixed, ``by_epoch``, warmup linear / constant / exp),
+``lr_config`` (mmcv's CosineAnnealing / step / fixed, or a torch scheduler class name with its
+arguments: see :mod:`bidl_models.schedule`), BIDL's top-level ``warmup``, ``fp16=dict(loss_scale)``,
 ``runner.max_epochs``, ``checkpoint_config.interval``, ``evaluation.interval``, ``log_config.interval``.
+Keys BIDL ignores (``runner.type``, ``log_config.hooks``, ``dist_params``, ``workflow``, other
+``checkpoint_config`` keys) are ignored here too. ``--resume-from`` and ``--load-from`` take BIDL's
+``tools/train.py`` checkpoints as well as this project's (see :mod:`bidl_models.checkpoint`).
 
 Written to the work dir: ``latest.pth`` (every ``checkpoint_config.interval`` epochs and at the end),
 ``best.pth`` (best validation top-1), ``<time>.log`` (text log), ``<time>.log.json`` (one JSON line per
@@ -36,16 +40,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_weights, read_state_dict
+from .checkpoint import checkpoint_format, load_weights, read_checkpoint, read_state_dict, strip_prefixes, to_project
 from .classifier import ImageClassifier, build_classifier
 from .config import Config, load_config
 from .datasets import BaseDataset, build_dataset
 from .registry import check_kwargs
+from .schedule import LrSchedule  # noqa: F401  (re-exported: bidl_models.train.LrSchedule)
 
 OPTIMIZERS = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW,
               "RMSprop": torch.optim.RMSprop}
-LR_POLICIES = ("CosineAnnealing", "step", "fixed")
-WARMUPS = (None, "linear", "constant", "exp")
 
 log = logging.getLogger("bidl_models.train")
 
@@ -91,9 +94,10 @@ def check_input_shape(model: ImageClassifier, cfg: Mapping[str, Any], dataset: B
         raise ValueError(f"{key}: samples of {dataset.source!r} have T={shape[0]} frames but "
                          f"model.backbone.timestep={bbcfg.get('timestep')} (amode='mean')")
     if chw is not None and shape[1:] != chw:
+        keys = [k for k in ("c0", "h0", "w0", "input_channels", "h", "w") if k in bbcfg]
+        given = ", ".join(f"{k}={bbcfg[k]}" for k in keys) or "defaults"
         raise ValueError(f"{key}: samples of {dataset.source!r} are [C, H, W]={list(shape[1:])} per step but the "
-                         f"model expects {list(chw)} (model.backbone c0/h0/w0 = {bbcfg.get('c0')}/"
-                         f"{bbcfg.get('h0')}/{bbcfg.get('w0')}; models_compile_inputshape="
+                         f"model expects {list(chw)} (model.backbone {given}; models_compile_inputshape="
                          f"{cfg.get('models_compile_inputshape')})")
     shapes = cfg.get("models_compile_inputshape")
     if shapes and tuple(int(d) for d in shapes[0][1:]) != shape[1:]:
@@ -117,103 +121,9 @@ def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Opt
         hint = (" (a key inherited from a _base_ schedule? write optimizer = dict(_delete_=True, ...))"
                 if "unexpected" in str(e) else "")
         raise ValueError(f"{e}{hint}") from None
-    return OPTIMIZERS[typ]([p for p in model.parameters() if p.requires_grad], **cfg)
-
-
-class LrSchedule:
-    """Per-iteration learning rate from ``lr_config`` (mmcv-style keys).
-
-    ``policy``: 'CosineAnnealing' (``min_lr`` or ``min_lr_ratio``), 'step' (``step``: epoch or list of
-    epochs -- iterations if ``by_epoch=False`` -- ``gamma``, ``min_lr``) or 'fixed'. ``by_epoch``
-    (default True): the policy advances once per epoch, else every iteration. ``warmup`` ('linear',
-    'constant', 'exp') over ``warmup_iters`` iterations (epochs with ``warmup_by_epoch``) starting at
-    ``warmup_ratio`` times the scheduled rate.
-    """
-
-    KEYS = ("policy", "by_epoch", "min_lr", "min_lr_ratio", "step", "gamma", "warmup", "warmup_iters",
-            "warmup_ratio", "warmup_by_epoch")
-
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], iters_per_epoch: int,
-                 max_epochs: int):
-        cfg = dict(cfg or {})
-        bad = sorted(set(cfg) - set(self.KEYS))
-        if bad:
-            raise ValueError(f"lr_config: unexpected key(s) {bad}; accepted keys: {list(self.KEYS)}")
-        self.policy = cfg.get("policy", "fixed")
-        if self.policy not in LR_POLICIES:
-            raise ValueError(f"lr_config.policy={self.policy!r}: expected one of {list(LR_POLICIES)}")
-        self.by_epoch = bool(cfg.get("by_epoch", True))
-        self.min_lr, self.min_lr_ratio = cfg.get("min_lr"), cfg.get("min_lr_ratio")
-        if self.policy == "CosineAnnealing" and (self.min_lr is None) == (self.min_lr_ratio is None):
-            if self.min_lr is None:
-                self.min_lr = 0.0
-            else:
-                raise ValueError("lr_config: give only one of min_lr and min_lr_ratio")
-        step = cfg.get("step")
-        if self.policy == "step":
-            if step is None:
-                raise ValueError("lr_config.policy='step' needs lr_config.step (an epoch or a list of epochs)")
-            step = [step] if isinstance(step, int) else list(step)
-            if not all(isinstance(s, int) and s > 0 for s in step):
-                raise ValueError(f"lr_config.step={cfg.get('step')!r}: expected positive ints")
-        self.step_at, self.gamma = step, float(cfg.get("gamma", 0.1))
-        self.warmup = cfg.get("warmup")
-        if self.warmup not in WARMUPS:
-            raise ValueError(f"lr_config.warmup={self.warmup!r}: expected one of {list(WARMUPS)}")
-        wi = int(cfg.get("warmup_iters", 0) or 0)
-        self.warmup_iters = wi * iters_per_epoch if cfg.get("warmup_by_epoch") else wi
-        self.warmup_ratio = float(cfg.get("warmup_ratio", 0.1))
-        if not 0 < self.warmup_ratio <= 1:
-            raise ValueError(f"lr_config.warmup_ratio={self.warmup_ratio!r}: expected in (0, 1]")
-        self.optimizer, self.ipe, self.max_epochs = optimizer, max(int(iters_per_epoch), 1), int(max_epochs)
-        self.base_lrs = [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
-        for g, b in zip(optimizer.param_groups, self.base_lrs):
-            g["initial_lr"] = b
-        self.last_iter = 0
-
-    def regular_lr(self, base: float, it: int) -> float:
-        epoch = it // self.ipe
-        if self.by_epoch:
-            progress, total = epoch, self.max_epochs
-        else:
-            progress, total = it, self.max_epochs * self.ipe
-        if self.policy == "CosineAnnealing":
-            target = self.min_lr if self.min_lr is not None else base * self.min_lr_ratio
-            frac = min(progress / max(total, 1), 1.0)
-            return target + (base - target) * (1 + math.cos(math.pi * frac)) / 2
-        if self.policy == "step":
-            n = sum(progress >= s for s in self.step_at)
-            lr = base * self.gamma ** n
-            return max(lr, self.min_lr) if self.min_lr is not None else lr
-        return base
-
-    def lr_at(self, it: int) -> list[float]:
-        lrs = [self.regular_lr(b, it) for b in self.base_lrs]
-        if self.warmup and it < self.warmup_iters:
-            r = self.warmup_ratio
-            if self.warmup == "linear":
-                k = 1 - (1 - it / self.warmup_iters) * (1 - r)
-            elif self.warmup == "constant":
-                k = r
-            else:
-                k = r ** (1 - it / self.warmup_iters)
-            lrs = [lr * k for lr in lrs]
-        return lrs
-
-    def apply(self, it: int) -> float:
-        """Set the optimizer's learning rates for global iteration ``it``; returns the first."""
-        self.last_iter = it
-        lrs = self.lr_at(it)
-        for g, lr in zip(self.optimizer.param_groups, lrs):
-            g["lr"] = lr
-        return lrs[0]
-
-    def state_dict(self) -> dict:
-        return {"last_iter": self.last_iter, "base_lrs": list(self.base_lrs), "policy": self.policy}
-
-    def load_state_dict(self, sd: Mapping[str, Any]) -> None:
-        self.last_iter = int(sd["last_iter"])
-        self.base_lrs = [float(b) for b in sd["base_lrs"]]
+    # every parameter, frozen ones too (they get no gradient, so no update): the same list, in the same
+    # order, as BIDL's optimizer over model.parameters(), so BIDL's optimizer states load
+    return OPTIMIZERS[typ](list(model.parameters()), **cfg)
 
 
 def save_checkpoint(path: Path, obj: Mapping[str, Any]) -> None:
@@ -224,17 +134,45 @@ def save_checkpoint(path: Path, obj: Mapping[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """A training checkpoint (``weights_only``: it cannot run code)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r}: no such file")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"checkpoint {str(path)!r} cannot be read: {type(e).__name__}: {e}") from None
+    """A training checkpoint in the project's form (``weights_only``: it cannot run code); BIDL's
+    ``tools/train.py`` checkpoints are converted (:func:`bidl_models.checkpoint.to_project`)."""
+    ck = read_checkpoint(path)
     if not isinstance(ck, Mapping) or "state_dict" not in ck:
         raise ValueError(f"checkpoint {str(path)!r}: not a training checkpoint (no 'state_dict' key)")
-    return dict(ck)
+    return to_project(ck, where=str(path)) if checkpoint_format(ck) == "bidl" else dict(ck)
+
+
+DATA_KEYS = ("samples_per_gpu", "workers_per_gpu", "data_root", "train", "val", "test", "test_gpu")
+RUNNER_KEYS = ("type", "max_epochs")
+
+
+def check_sections(cfg: Mapping[str, Any]) -> None:
+    """ValueError naming an unknown key of ``data`` or ``runner`` (a typo there would silently train
+    with a default); ``runner.type`` is accepted and ignored, as BIDL does."""
+    for name, allowed in (("data", DATA_KEYS), ("runner", RUNNER_KEYS)):
+        sec = cfg.get(name) or {}
+        bad = sorted(set(sec) - set(allowed))
+        if bad:
+            hint = " (iteration-based runners are not supported: give max_epochs)" if "max_iters" in bad else ""
+            raise ValueError(f"{name}: unexpected key(s) {bad}; accepted keys: {list(allowed)}{hint}")
+
+
+def fp16_loss_scale(fp16: Any) -> Optional[float]:
+    """BIDL's ``fp16=dict(loss_scale=512.)`` -> the GradScaler's initial scale (None: its default,
+    for ``loss_scale='dynamic'`` or no loss_scale); ValueError for other keys."""
+    if not fp16:
+        return None
+    if not isinstance(fp16, Mapping):
+        raise ValueError(f"fp16={fp16!r}: expected dict(loss_scale=...) or None")
+    bad = sorted(set(fp16) - {"loss_scale"})
+    if bad:
+        raise ValueError(f"fp16: unexpected key(s) {bad}; accepted keys: ['loss_scale']")
+    scale = fp16.get("loss_scale")
+    if scale is None or scale == "dynamic":
+        return None
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or scale <= 0:
+        raise ValueError(f"fp16.loss_scale={scale!r}: expected a positive number or 'dynamic'")
+    return float(scale)
 
 
 def make_loader(dataset: BaseDataset, batch_size: int, workers: int, shuffle: bool, seed: int = 0,
@@ -336,6 +274,7 @@ class Trainer:
         random.seed(self.seed + self.dist.rank)
         np.random.seed(self.seed + self.dist.rank)
         torch.manual_seed(self.seed + self.dist.rank)
+        self.loss_scale = fp16_loss_scale(cfg.get("fp16"))
         self.amp = bool(args.amp or cfg.get("fp16")) and self.device.type == "cuda"
         if (args.amp or cfg.get("fp16")) and self.device.type != "cuda":
             log.info("AMP requested but the device is %s: training in fp32", self.device)
@@ -343,6 +282,7 @@ class Trainer:
         data = cfg.get("data")
         if not isinstance(data, Mapping) or "train" not in data:
             raise ValueError("config: missing data.train")
+        check_sections(cfg)
         self.batch = int(data.get("samples_per_gpu", 16))
         self.workers = int(data.get("workers_per_gpu", 0) if args.workers is None else args.workers)
         self.model = build_classifier(cfg.model.to_dict(), seed=self.seed).to(self.device)
@@ -371,8 +311,9 @@ class Trainer:
         self.max_epochs = int(cfg.get("runner", {}).get("max_epochs", 1))
         self.optimizer = build_optimizer(self.model, cfg.optimizer.to_dict())
         self.scheduler = LrSchedule(self.optimizer, cfg.get("lr_config", {}), len(self.train_loader),
-                                    self.max_epochs)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+                                    self.max_epochs, warmup=cfg.get("warmup"))
+        scale = {"init_scale": self.loss_scale} if self.loss_scale else {}
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp, **scale)
         gc = (cfg.get("optimizer_config") or {}).get("grad_clip")
         self.grad_clip = dict(gc) if gc else None
         self.ckpt_interval = int((cfg.get("checkpoint_config") or {}).get("interval", 1))
@@ -398,20 +339,26 @@ class Trainer:
         return ck
 
     def resume(self, path: str | Path) -> None:
+        """Continue from a checkpoint of this project or of BIDL's ``tools/train.py``."""
         ck = load_checkpoint(path)
-        sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ck["state_dict"].items()}
-        load_weights(self.model, sd, f"resume_from {str(path)!r}")
-        for key in ("optimizer", "scheduler"):
-            if key not in ck:
-                raise ValueError(f"resume_from {str(path)!r}: the checkpoint has no {key!r} state "
+        where = f"resume_from {str(path)!r}"
+        load_weights(self.model.backbone, strip_prefixes(ck["state_dict"]), where)
+        for key in ("optimizer", "epoch"):
+            if ck.get(key) is None:
+                raise ValueError(f"{where}: the checkpoint has no {key!r} state "
                                  "(use load_from for weights-only files)")
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.scheduler.load_state_dict(ck["scheduler"])
-        if self.amp and "scaler" in ck:
-            self.scaler.load_state_dict(ck["scaler"])
+        try:
+            self.optimizer.load_state_dict(ck["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{where}: its optimizer state does not fit optimizer={dict(self.cfg.optimizer)} "
+                             f"over this model's {len(list(self.model.parameters()))} parameters: {e}") from None
         self.epoch = int(ck["epoch"])
         meta = ck.get("meta") or {}
         self.iter = int(meta.get("iter", self.epoch * len(self.train_loader)))
+        # mmcv policies are closed forms of the iteration; a torch scheduler needs its saved state
+        self.scheduler.load_state_dict(ck.get("scheduler") or {}, fallback_iter=self.iter)
+        if self.amp and "scaler" in ck:
+            self.scaler.load_state_dict(ck["scaler"])
         self.best_top1 = float(meta.get("best_top1", -1.0))
         self.best_epoch = int(meta.get("best_epoch", 0))
         log.info("resumed from %s at epoch %d (iter %d)", path, self.epoch, self.iter)
@@ -518,6 +465,7 @@ class Trainer:
         try:
             while self.epoch < self.max_epochs:
                 tr = self.train_epoch()
+                self.scheduler.epoch_end()
                 self.epoch += 1
                 rec: dict[str, Any] = dict(epoch=self.epoch, iter=self.iter, **{f"train_{k}": v for k, v in tr.items()})
                 val = None
@@ -562,7 +510,10 @@ class Trainer:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bidl_models.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="config file or name under configs/")
+    p.add_argument("--config", required=True, help="config file, or a config name (stem) under --config-root, "
+                   "$BIDL_CONFIG_ROOT or configs/")
+    p.add_argument("--config-root", action="append", default=None, metavar="DIR",
+                   help="directory searched for a bare config name (e.g. a BIDL checkout); repeatable")
     p.add_argument("--work-dir", help="where logs and checkpoints go (default work_dirs/<config name>)")
     p.add_argument("--resume-from", help="checkpoint to resume (model, optimizer, scheduler, epoch)")
     p.add_argument("--load-from", help="weights to start from (fine-tuning); overrides the config's load_from")
@@ -581,7 +532,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options, args.config_root)
     trainer = Trainer(cfg, args)
     try:
         return trainer.run()

@@ -36,7 +36,7 @@ TINY = {
                                 cmode="analog"), None),
     "SeqClif5Fc2CdItout": (dict(type="SeqClif5Fc2CdItout", timestep=3, c0=2, h0=64, w0=64, nclass=10), None),
     "SeqClif3Flif2DgItout": (dict(type="SeqClif3Flif2DgItout", timestep=3, c0=2, h0=16, w0=16, nclass=11), None),
-    "SeqClif7Fc1CdItout": (dict(type="SeqClif7Fc1CdItout", timestep=3, c0=2, h0=32, w0=32, nclass=10), None),
+    "SeqClif7Fc1CdItout": (dict(type="SeqClif7Fc1CdItout", timestep=3, c0=2, h0=128, w0=128, nclass=10), None),
     "ResNetLifItout": (dict(type="ResNetLifItout", depth=10, nclass=10, timestep=3, input_channels=2,
                             stem_channels=16, base_channels=16, noise=1e-5, soma_params="channel_share",
                             down_t=[1, "avg"]), [[1, 2, 32, 32]]),
@@ -347,7 +347,7 @@ def test_bad_manifests_are_refused(workdir):
         load_artifact(d)
     wrong_shape = [dict(man["state"][0], shape=[1, 7, 16, 16])] + man["state"][1:]
     (d / MANIFEST).write_text(json.dumps(seal_manifest(dict(man, state=wrong_shape))))
-    with pytest.raises(ArtifactError, match=r"program input 1 \(block0.cl.soma.v\) has shape \['B', 32, 16, 16\], "
+    with pytest.raises(ArtifactError, match=r"program input 1 \(clif1.lif.v\) has shape \['B', 32, 16, 16\], "
                                             r"the manifest says \[1, 7, 16, 16\]"):
         load_artifact(d)
     (d / MANIFEST).write_text("{not json")
@@ -366,7 +366,7 @@ def test_artifact_api_and_input_checks(resnet3):
     assert isinstance(art, Artifact) and art.segment_index == 0 and art.split == cm.splits[0]
     assert art.chunk_len == 2 and art.batch == 1 and art.dynamic_batch
     assert [s.name for s in art.state_specs] == art.manifest["args"][1:] == list(zero_state(art))
-    assert art.state_names[0] == "stem.cl.soma.v"
+    assert art.state_names[0] == "lif.lif.v"
     x = spikes(2, 1, cm.in_shape)
     y, *flat = art(x, *zero_state(art).values())
     y2, named = art.run(x)                              # None: a fresh sample
@@ -374,8 +374,8 @@ def test_artifact_api_and_input_checks(resnet3):
     assert tuple(y.shape) == (2,) + tuple(art.output_spec.shape)
     with pytest.raises(ValueError, match=r"input x has shape \[3, 1, 2, 32, 32\], expected \[2, 'B', 2, 32, 32\]"):
         art(spikes(3, 1, cm.in_shape), *flat)
-    with pytest.raises(ValueError, match="missing \\['stem.cl.soma.v'\\]"):
-        art.run(x, {k: v for k, v in named.items() if k != "stem.cl.soma.v"})
+    with pytest.raises(ValueError, match="missing \\['lif.lif.v'\\]"):
+        art.run(x, {k: v for k, v in named.items() if k != "lif.lif.v"})
     with pytest.raises(ValueError, match="got 1 state tensors"):
         art(x, flat[0])
 
@@ -433,7 +433,7 @@ def test_verification_uses_the_dataset_sample(workdir, monkeypatch, capsys):
     man = read_manifest(cm.path(0, 2))
     assert man["verify"]["input"] == "dataset FakeDvs test sample 0" and man["verify"]["n_chunks"] == 3
     out = capsys.readouterr().out
-    assert "verify model_0 t2 (3 chunks, state carried)" in out and "block0.cl.soma.v=" in out
+    assert "verify model_0 t2 (3 chunks, state carried)" in out and "clif1.lif.v=" in out
     assert "seeded" in read_manifest(cm.path(0, 2))["checkpoint"]["sha256"]
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from bidl_models.layers import (
-    Conv2dLif, Conv2dLifPlus, FcLif, FcLifPlus, Lif1d, Lif2d, LifPlus1d, LifPlus2d,
+    Conv2dLif, Conv2dLifPlus, FcLif, FcLifPlus, Lif1d, Lif2d, LifPlus1d, LifPlus2d, soma_for,
 )
 
 LP = [1, True, 2, 1, 1, 1]
@@ -13,12 +13,18 @@ LAYERS = {
     "Lif2d-normstate": (lambda: Lif2d(3, norm_state=True), (3, 5, 5)),
     "FcLif": (lambda: FcLif(12, 7), (12,)),
     "FcLif-analog": (lambda: FcLif(12, 7, mode="analog"), (12,)),
+    "FcLif-no-bn": (lambda: FcLif(12, 7, norm_state=False), (12,)),
     "Conv2dLif": (lambda: Conv2dLif(2, 4, 3, 1, 1), (2, 8, 8)),
+    "Conv2dLif-bn-on-current": (lambda: Conv2dLif(2, 4, 3, 1, 1, norm_state=False, bias=False), (2, 8, 8)),
     "Conv2dLif-mp": (lambda: Conv2dLif(2, 4, 3, 1, 1, mp=True, soma_params="channel_share"), (2, 8, 8)),
     "LifPlus1d": (lambda: LifPlus1d(6, neuron_config=LP), (6,)),
     "LifPlus2d": (lambda: LifPlus2d(3, neuron_config=[2, False, 1, 2, 2, 2]), (3, 5, 5)),
     "FcLifPlus": (lambda: FcLifPlus(12, 7, neuron_config=LP), (12,)),
     "Conv2dLifPlus": (lambda: Conv2dLifPlus(2, 4, 3, 1, 1, neuron_config=LP), (2, 8, 8)),
+    "LifPlus2d-bidl": (lambda: LifPlus2d(3, neuron_config=[2, True, 1, 1, 2, 0], form="bidl"), (3, 5, 5)),
+    "FcLifPlus-bidl": (lambda: FcLifPlus(12, 7, neuron_config=[0, False, 2, 2, 1, 2], lifplus_form="bidl"), (12,)),
+    "Conv2dLifPlus-bidl-cobe": (lambda: Conv2dLifPlus(2, 4, 3, 1, 1, neuron_config=[1, False, 0, 0, 0, 0],
+                                                      lifplus_form="bidl", mode="analog"), (2, 8, 8)),
 }
 
 
@@ -73,27 +79,89 @@ def test_chunks_with_state_equal_whole():
         a, s = layer.run(x[:4])
         b, s = layer.run(x[4:], s)
     assert torch.equal(torch.cat([a, b]), whole)
-    assert torch.equal(s["soma.v"], st["soma.v"])
+    assert torch.equal(s["lif.v"], st["lif.v"])
 
 
-def test_learnable_channel_share_params_get_gradients():
-    layer = FcLif(5, 4, soma_params="channel_share")
-    assert {n for n, _ in layer.named_parameters()} >= {"soma.alpha", "soma.theta"}
+def test_channel_share_params_are_learnable_only_with_learn():
+    frozen = FcLif(5, 4, soma_params="channel_share")
+    assert not any(p.requires_grad for n, p in frozen.named_parameters() if n.startswith("lif.") and "norm" not in n)
+    layer = FcLif(5, 4, soma_params=dict(share="channel_share", learn=True, theta=0.2))
+    assert {n for n, p in layer.named_parameters() if p.requires_grad} >= {"lif.alpha", "lif.theta"}
+    assert layer.lif.theta.shape == (1, 4) and torch.equal(layer.lif.theta, torch.full((1, 4), 0.2))
     x = torch.rand(3, 2, 5)
-    layer.run(x)[0].sum().backward()
-    assert layer.soma.theta.grad is not None and layer.soma.theta.grad.abs().sum() > 0
+    layer.eval().run(x)[0].sum().backward()
+    assert layer.lif.theta.grad is not None and layer.lif.theta.grad.abs().sum() > 0
+
+
+def keys(m):
+    return [(k, tuple(v.shape)) for k, v in m.state_dict().items()]
+
+
+def test_bidl_names_and_shapes():
+    bn = lambda p, c: [(f"{p}.weight", (c,)), (f"{p}.bias", (c,)), (f"{p}.running_mean", (c,)),  # noqa: E731
+                       (f"{p}.running_var", (c,)), (f"{p}.num_batches_tracked", ())]
+    lif = [("lif.alpha", ()), ("lif.beta", ()), ("lif.theta", ()), ("lif.v_0", ())]
+    assert keys(Conv2dLif(2, 4, 3, 1, 1)) == [("p0.weight", (4, 2, 3, 3)), ("p0.bias", (4,))] + lif + bn("lif.norm", 4)
+    assert keys(Conv2dLif(2, 4, 3, norm_state=False)) == ([("p0.weight", (4, 2, 3, 3)), ("p0.bias", (4,))]
+                                                          + bn("norm", 4) + lif)
+    assert keys(FcLif(6, 3)) == [("p0.weight", (3, 6)), ("p0.bias", (3,))] + lif + bn("lif.norm", 3)
+    assert keys(Lif2d(5)) == lif
+    cs = [(k, (1, 4, 1, 1)) for k, _ in lif]
+    assert keys(Conv2dLif(2, 4, 3, soma_params="channel_share"))[2:6] == cs
+    assert keys(FcLif(2, 4, soma_params="channel_share"))[2:6] == [(k, (1, 4)) for k, _ in lif]
+    plus = Conv2dLifPlus(2, 4, 3, 1, 1, neuron_config=[1, False, 0, 0, 0, 0], lifplus_form="bidl")
+    assert [k for k, _ in keys(plus)] == ["p0.weight", "p0.bias", "lifplus.epsilon", "lifplus.tau_recip",
+                                          "lifplus.v_0", "lifplus.theta", "lifplus.alpha", "lifplus.beta"] + \
+        [k for k, _ in bn("lifplus.norm", 4)]
+
+
+def test_conv2dlif_bn_on_state_vs_on_current():
+    """norm_state=True: U = BN(X + V) (the state is normalised); False: BN(X) + V."""
+    torch.manual_seed(0)
+    on_state, on_current = Conv2dLif(2, 3, 3, 1, 1, mode="analog", memb_mode=(0, "identity")), \
+        Conv2dLif(2, 3, 3, 1, 1, norm_state=False, mode="analog", memb_mode=(0, "identity"))
+    for m in (on_state, on_current):
+        with torch.no_grad():
+            m.p0.weight.copy_(torch.arange(54.0).view(3, 2, 3, 3) / 50)
+            m.p0.bias.fill_(0.1)
+    bn = on_state.lif.norm
+    bn.running_mean.fill_(0.2); bn.running_var.fill_(4.0)  # noqa: E702
+    on_current.norm.load_state_dict(bn.state_dict())
+    on_state.eval(), on_current.eval()
+    x = torch.rand(2, 1, 2, 6, 6)
+    with torch.no_grad():
+        ys, _ = on_state.run(x)
+        yc, _ = on_current.run(x)
+        cur = on_state.p0(x[0])
+        u0 = (cur - 0.2) / (4.0 + 1e-5) ** 0.5
+        torch.testing.assert_close(ys[0], u0)
+        torch.testing.assert_close(yc[0], u0)
+        v1 = 0.3 * u0 * (u0 <= 0.5)  # reset to 0 where it fired, else leak
+        cur1 = on_state.p0(x[1])
+        torch.testing.assert_close(ys[1], (cur1 + v1 - 0.2) / (4.0 + 1e-5) ** 0.5)
+        torch.testing.assert_close(yc[1], (cur1 - 0.2) / (4.0 + 1e-5) ** 0.5 + v1)
 
 
 @pytest.mark.parametrize("kw, match", [
     (dict(mode="voltage"), "mode"),
     (dict(soma_params="per_neuron"), "share"),
     (dict(soma_params=dict(gamma=1.0)), "soma_params keys"),
+    (dict(soma_params=dict(learn=True, learnable=True)), "only one of"),
     (dict(memb_mode=(7, "relu")), "memb_mode"),
-    (dict(neuron="izh"), "neuron"),
+    (dict(surrogate_width=0), "surrogate_width"),
 ])
 def test_bad_layer_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         Lif2d(3, **kw)
+
+
+def test_bad_neuron_and_form():
+    with pytest.raises(ValueError, match="neuron='izh'"):
+        soma_for("izh", 2)
+    with pytest.raises(ValueError, match="lifplus_form='euler'"):
+        LifPlus2d(3, form="euler")
+    with pytest.raises(ValueError, match="only used with neuron='lifplus'"):
+        Conv2dLif(2, 3, 3, neuron_config=[0, 0, 0, 0, 0, 0])
 
 
 def test_channel_share_needs_channels():

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from bidl_models.neurons import (
-    LIFPLUS_DEFAULTS, LIFParams, LIFPlusConfig, LIFPlusParams, LIFState, lif_step, lifplus_step,
-    multistep, spike,
+    BIDL_LIFPLUS_DEFAULTS, LIFPLUS_DEFAULTS, LIFParams, LIFPlusConfig, LIFPlusParams, LIFState,
+    bidl_lifplus_param_names, bidl_lifplus_state_names, lif_step, lifplus_bidl_step, lifplus_step, multistep, spike,
 )
 
 
@@ -61,11 +61,32 @@ def test_rectangle_surrogate_gradient(width):
 def test_noise_only_in_training():
     torch.manual_seed(0)
     x = torch.randn(4, 8, 5, 5)
-    a, _ = lif_step(x, None, p(), mode="analog", noise=0.5, training=False)
-    b, _ = lif_step(x, None, p(), mode="analog", noise=0.0, training=False)
-    c, _ = lif_step(x, None, p(), mode="analog", noise=0.5, training=True)
+    kw = dict(mode="analog", memb_mode=(3, "identity"))
+    a, _ = lif_step(x, None, p(), noise=0.5, training=False, **kw)
+    b, _ = lif_step(x, None, p(), noise=0.0, training=False, **kw)
+    c, _ = lif_step(x, None, p(), noise=0.5, training=True, **kw)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 5, 5), (6, 7)])
+def test_noise_is_bidls(shape):
+    """BIDL: U += N(0,1) * std(U over dims >= 2, unbiased; all of a [B, C] state) * noise, no gradient
+    through the noise, and the analog output k=0 is U before the noise."""
+    x = torch.randn(shape, requires_grad=True)
+    torch.manual_seed(3)
+    out0, _ = lif_step(x, None, p(), mode="analog", memb_mode=(0, "identity"), noise=0.1, training=True)
+    torch.manual_seed(3)
+    out1, st = lif_step(x, None, p(alpha=1.0, theta=1e9), mode="analog", memb_mode=(1, "identity"), noise=0.1,
+                        training=True)
+    torch.manual_seed(3)
+    dims = list(range(2, len(shape)))
+    std = x.detach().std(dim=dims, keepdim=True) if dims else x.detach().std()
+    want = x.detach() + torch.randn(shape) * std * 0.1
+    assert torch.equal(out0, x)
+    torch.testing.assert_close(st.v, want)
+    st.v.sum().backward()
+    assert torch.equal(x.grad, torch.ones(shape))
 
 
 def test_multistep_equals_loop():
@@ -148,3 +169,73 @@ def test_lifplus_all_option_mixes_run_and_state_names(opts):
 def test_lifplus_bad_config(bad):
     with pytest.raises(ValueError, match="neuron_config"):
         LIFPlusConfig.from_list(bad)
+
+
+# ------------------------------------------------------------------ LIF+ in BIDL's form
+
+ALL_OPTS = [[a, rv, fr, si, tc, md] for a in (0, 1, 2) for rv in (False, True) for fr in (0, 1, 2)
+            for si in (0, 1, 2) for tc in (0, 1, 2) for md in (0, 1, 2)]
+
+
+def bp(cfg, **over):
+    return {n: torch.tensor(float(over.get(n, BIDL_LIFPLUS_DEFAULTS[n]))) for n in bidl_lifplus_param_names(cfg)}
+
+
+def test_bidl_lifplus_cub_counts_the_input_twice():
+    """The zoo's verified figure: CUB, x=0.2, tau=0.5, alpha=0.3: V_t = alpha (x + tau (x + v0 - V_{t-1}))."""
+    cfg = LIFPlusConfig.from_list([0, False, 0, 0, 0, 0])
+    prm = bp(cfg, tau_recip=0.5, alpha=0.3, theta=10.0)
+    st, v = None, 0.0
+    for _ in range(5):
+        _, st = lifplus_bidl_step(torch.tensor([0.2]), st, prm, cfg)
+        v = 0.3 * (0.2 + 0.5 * (0.2 + 0.0 - v))
+        assert st["v"].item() == pytest.approx(v, abs=1e-7)
+
+
+def test_bidl_lifplus_cobe_conductance_starts_at_one():
+    cfg = LIFPlusConfig.from_list([1, False, 0, 0, 0, 0])
+    assert bidl_lifplus_param_names(cfg) == ("epsilon", "tau_recip", "v_0", "theta", "alpha", "beta")
+    assert bidl_lifplus_state_names(cfg) == ("g_m1", "v")
+    prm = bp(cfg, epsilon=0.25, tau_recip=0.5, theta=10.0)
+    x = torch.tensor([0.4])
+    _, st = lifplus_bidl_step(x, None, prm, cfg)
+    g = 0.75 * 1.0 + 0.4                         # BIDL's reset: g = 1
+    assert st["g_m1"].item() == pytest.approx(g - 1)
+    assert st["v"].item() == pytest.approx(0.3 * (0.4 + 0.5 * (g + 0.0 - 0.0)))
+
+
+def test_bidl_lifplus_exd_drops_the_reset():
+    cfg = LIFPlusConfig.from_list([0, False, 0, 0, 0, 1])
+    prm = bp(cfg, tau_recip=0.5, theta=0.1)
+    out, st = lifplus_bidl_step(torch.tensor([1.0]), None, prm, cfg)
+    assert out.item() == 1.0                      # U = 1 + 0.5 (1 + 0 - 0) = 1.5 > 0.1: fires
+    assert st["v"].item() == pytest.approx(0.5 * (1.0 + 0.0))  # V = tau (f2 + f3), no reset to v_0
+
+
+def test_bidl_lifplus_absolute_refractory_is_ten_steps():
+    """BIDL gates only the synaptic term (f2 = 0 while cnt > 0) for cntmax = 10 steps after a spike:
+    x = 0.4 fires only with its second copy (0.4 + 0.5 * 0.4 > 0.5), so spikes are 11 steps apart."""
+    cfg = LIFPlusConfig.from_list([0, False, 1, 0, 0, 0])
+    xs = torch.full((23, 1), 0.4)
+    ys, st = multistep(lifplus_bidl_step, xs, None, bp(cfg, tau_recip=0.5, theta=0.5), cfg)
+    assert torch.nonzero(ys.flatten()).flatten().tolist() == [0, 11, 22]
+    assert st["cnt"].item() == 10.0
+
+
+def test_bidl_lifplus_fresh_state_equals_zero_state():
+    for opts in ALL_OPTS[::7]:
+        cfg = LIFPlusConfig.from_list(opts)
+        x = torch.rand(3, 4) * 2
+        zero = {n: torch.zeros(3, 4) for n in bidl_lifplus_state_names(cfg)}
+        a, sa = lifplus_bidl_step(x, None, bp(cfg), cfg)
+        b, sb = lifplus_bidl_step(x, zero, bp(cfg), cfg)
+        assert torch.equal(a, b) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("opts", ALL_OPTS[::11])
+def test_bidl_lifplus_all_option_mixes_run(opts):
+    cfg = LIFPlusConfig.from_list(opts)
+    xs = torch.rand(4, 2, 3) * 2
+    ys, st = multistep(lifplus_bidl_step, xs, None, bp(cfg), cfg, mode="analog")
+    assert torch.isfinite(ys).all() and list(st) == list(bidl_lifplus_state_names(cfg))
+    assert ys.abs().max() <= 1.0  # analog default: tanh

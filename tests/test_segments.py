@@ -10,7 +10,7 @@ from bidl_models.segments import balanced_partition, block_costs, validate_split
 
 def resnet(depth=18, **kw):
     return build_backbone(dict(type="ResNetLifItout", depth=depth, nclass=10, input_channels=2,
-                               input_size=(32, 32), timestep=4, **kw)).eval()
+                               h=32, w=32, timestep=4, **kw)).eval()
 
 
 def test_segment_specs_match_real_run():
@@ -31,13 +31,14 @@ def test_first_and_last_segments_hold_stem_and_head():
     assert list(first.units)[0] == "stem" and "acc" not in first.units
     assert "stem" not in mid.units and "head" not in mid.units
     assert list(last.units)[-2:] == ["head", "acc"]
-    assert [s.name for s in last.specs(1).state][-1] == "acc.acc"
+    assert [s.name for s in last.specs(1).state][-1] == "tempAdd"
+    assert [s.name for s in first.specs(1).state][:2] == ["lif.lif.v", "layer1.0.lif1.lif.v"]
 
 
 def test_segments_share_weights_with_backbone():
     net = resnet()
     seg = net.segment(0, 4)
-    assert seg.units["block0"] is net.blocks[0]
+    assert seg.units["block0"].parts[0] is net.layer1[0]
     n_params = sum(p.numel() for p in net.parameters())
     assert sum(p.numel() for p in seg.parameters()) < n_params
 
@@ -101,3 +102,14 @@ def test_block_costs_flops_are_real():
     assert costs[0] > costs[1]
     with pytest.raises(ValueError, match="cost"):
         block_costs(net, cost="watts")
+
+
+def test_specs_do_not_change_the_backbones_mode():
+    """Tracing a segment's shapes must leave the backbone's (shared) modules in their mode."""
+    net = resnet()
+    net.segment(0, 4).specs(1)
+    net.segment(2, 8).input_shape((2, 32, 32))
+    assert not any(m.training for m in net.modules())
+    net.train()
+    net.segment(0, 8).specs(1)
+    assert all(m.training for m in net.modules())

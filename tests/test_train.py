@@ -15,7 +15,7 @@ import torch
 from bidl_models import train as train_cli
 from bidl_models import test as test_cli
 from bidl_models.backbones import build_backbone
-from bidl_models.checkpoint import load_weights, read_state_dict
+from bidl_models.checkpoint import load_weights, read_state_dict, to_bidl
 from bidl_models.classifier import build_classifier
 from bidl_models.config import REPO_CONFIGS, load_config
 from bidl_models.datasets import build_dataset
@@ -145,6 +145,88 @@ def test_resume_continues_the_epoch_count_like_an_uninterrupted_run(tiny, tmp_pa
         assert torch.allclose(v.float(), ck["state_dict"][k].float(), atol=1e-6), k
 
 
+def test_resume_from_a_bidl_checkpoint_equals_resuming_from_ours(tiny, tmp_path):
+    """--resume-from takes BIDL's tools/train.py file (module. keys, 0-based epoch, optimizer_state_dict)."""
+    cfg_path, _, _ = tiny
+    sched = ["lr_config.policy=step", "lr_config.step=[1]", "lr_config.gamma=0.5", "lr_config.by_epoch=True"]
+    first = tmp_path / "first"
+    run_train(cfg_path, first, "--cfg-options", *sched, "runner.max_epochs=1")
+    bidl = to_bidl(torch.load(first / "latest.pth", weights_only=True))
+    bidl["state_dict"] = {f"module.{k}": v for k, v in bidl["state_dict"].items()}   # as trained on GPUs
+    assert list(bidl) == ["state_dict", "optimizer_state_dict", "scheduler_stat_dict", "epoch", "time", "iters",
+                          "seed", "config"] and bidl["epoch"] == 0
+    torch.save(bidl, tmp_path / "bidl_latest.pth")
+    results = {}
+    for name, src in (("ours", first / "latest.pth"), ("bidl", tmp_path / "bidl_latest.pth")):
+        run_train(cfg_path, tmp_path / name, "--resume-from", str(src), "--cfg-options", *sched, "runner.max_epochs=2")
+        assert [r["epoch"] for r in json_log(tmp_path / name)] == [2]
+        results[name] = torch.load(tmp_path / name / "latest.pth", weights_only=True)["state_dict"]
+    assert all(torch.equal(results["ours"][k], results["bidl"][k]) for k in results["ours"])
+
+
+def test_load_from_a_bidl_checkpoint(tiny, tmp_path):
+    cfg_path, work, _ = tiny
+    sd = read_state_dict(work / "latest.pth")
+    torch.save({f"module.{k}": v for k, v in sd.items()}, tmp_path / "bare.pth")   # BIDL: bare, GPU-trained
+    args = train_cli.parse_args(["--config", str(cfg_path), "--work-dir", str(tmp_path / "w"), "--load-from",
+                                 str(tmp_path / "bare.pth"), "--no-tensorboard"])
+    trainer = train_cli.Trainer(load_config(cfg_path), args)
+    got = trainer.model.backbone.state_dict()
+    assert all(torch.equal(got[k], sd[k]) for k in sd) and list(got) == list(sd)
+    torch.save({"state_dict": {k: v for k, v in sd.items() if k != "head.2.bias"}}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match=r"load_from .*bad.pth' does not match .*missing keys: head\.2\.bias"):
+        train_cli.Trainer(load_config(cfg_path), train_cli.parse_args(
+            ["--config", str(cfg_path), "--work-dir", str(tmp_path / "w2"), "--load-from", str(tmp_path / "bad.pth")]))
+
+
+TINY_BIDL = """
+# BIDL's public-repository dialect: input_channels/h/w, torch scheduler, top-level warmup, fp16, data.* without type
+model = dict(type='ImageClassifier', neck=None,
+             backbone=dict(type='SeqClif3Fc3DmItout', timestep=6, input_channels=2, h=24, w=24, nclass=2,
+                           cmode='analog', amode='mean', noise=0, soma_params='all_share', neuron='lif',
+                           neuron_config=None),
+             head=dict(type='ClsHead', loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, loss_weight=1.0),
+                       topk=(1, 5), cal_acc=True))
+dataset_type = 'DvsGlyphs'
+small = dict(timestep=6, size=(24, 24), num_classes=2)
+train_pipeline = [dict(type='ToTensorType', keys=['img'], dtype='float32'), dict(type='ToTensor', keys=['gt_label']),
+                  dict(type='Collect', keys=['img', 'gt_label'])]
+data = dict(samples_per_gpu=8, workers_per_gpu=0, data_root='./data',
+            train=dict(**small, split='train', num_samples=48, pipeline=train_pipeline),
+            val=dict(**small, split='test', num_samples=16,
+                     pipeline=[dict(type='ToTensorType', keys=['img'], dtype='float32'), dict(type='Collect', keys=['img'])]))
+optimizer = dict(type='SGD', lr=0.05, momentum=0.9, weight_decay=0.0001, nesterov=True)
+optimizer_config = dict(grad_clip=None)
+lr_config = dict(policy='MultiStepLR', milestones=[1])
+warmup = dict(warmup_ratio=0.1, warmup_iters=4)
+runner = dict(type='EpochBasedRunner', max_epochs=2)
+checkpoint_config = dict(interval=1)
+log_config = dict(interval=100, hooks=[dict(type='TextLoggerHook')])
+dist_params = dict(backend='nccl')
+log_level = 'INFO'
+load_from = None
+resume_from = None
+workflow = [('train', 1)]
+fp16 = dict(loss_scale=512.0)
+"""
+
+
+def test_a_config_in_bidls_dialect_trains(tmp_path):
+    cfg_path = tmp_path / "tiny-bidl.py"
+    cfg_path.write_text(TINY_BIDL)
+    run_train(cfg_path, tmp_path / "w")
+    rec = json_log(tmp_path / "w")
+    # 6 iterations per epoch; warmup over iterations 0..3 (0.05 * (1 - (1 - i/4) * 0.9)), then the rate it
+    # left until MultiStepLR steps at the end of epoch 1 (x 0.1), as BIDL's loop does
+    assert [r["epoch"] for r in rec] == [1, 2]
+    assert rec[0]["train_lr"] == pytest.approx(0.05 * (1 - 0.25 * 0.9))
+    assert rec[1]["train_lr"] == pytest.approx(0.05 * (1 - 0.25 * 0.9) * 0.1)
+    log_text = next((tmp_path / "w").glob("*.log")).read_text()
+    assert "AMP requested but the device is cpu" in log_text
+    ck = torch.load(tmp_path / "w" / "latest.pth", weights_only=True)
+    assert ck["scheduler"]["torch"]["last_epoch"] == 2 and ck["config"]["data"]["train"]["type"] == "DvsGlyphs"
+
+
 def test_test_cli_reproduces_the_checkpoint_accuracy(tiny, capsys, tmp_path):
     cfg_path, work, _ = tiny
     best = torch.load(work / "best.pth", weights_only=True)
@@ -164,6 +246,18 @@ def test_test_cli_reproduces_the_checkpoint_accuracy(tiny, capsys, tmp_path):
     assert exported["meta"]["test_top1_first200"] == pytest.approx(res["accuracy_top-1"])   # 24 < 200 samples
     bare = build_backbone(load_config(cfg_path).model.backbone.to_dict())
     load_weights(bare, read_state_dict(tmp_path / "w.pth"))
+
+
+def test_test_cli_takes_bidl_checkpoints(tiny, tmp_path):
+    cfg_path, work, _ = tiny
+    ours = test_cli.main(["--config", str(cfg_path), "--checkpoint", str(work / "best.pth"), "--split", "val",
+                          "--no-progress"])
+    bidl = to_bidl(torch.load(work / "best.pth", weights_only=True))
+    bidl["state_dict"] = {f"module.{k}": v for k, v in bidl["state_dict"].items()}
+    torch.save(bidl, tmp_path / "bidl_best.pth")
+    res = test_cli.main(["--config", str(cfg_path), "--checkpoint", str(tmp_path / "bidl_best.pth"), "--split", "val",
+                         "--no-progress"])
+    assert res["accuracy_top-1"] == ours["accuracy_top-1"] and res["accuracy_top-5"] == ours["accuracy_top-5"]
 
 
 def test_ctrl_c_leaves_a_usable_latest_checkpoint(tiny, tmp_path):
@@ -222,6 +316,20 @@ def test_bad_input_is_named(tiny, tmp_path):
                   "data.train={'type': 'DvsMnist', 'data_prefix': '/nonexistent/dvsmnist/train/'}")
     with pytest.raises(FileNotFoundError, match="checkpoint '.*missing.pth': no such file"):
         test_cli.main(["--config", str(cfg_path), "--checkpoint", str(tmp_path / "missing.pth"), "--no-progress"])
+
+
+def test_fp16_and_section_keys():
+    assert train_cli.fp16_loss_scale(dict(loss_scale=512.0)) == 512.0
+    assert train_cli.fp16_loss_scale(None) is None and train_cli.fp16_loss_scale(dict(loss_scale="dynamic")) is None
+    with pytest.raises(ValueError, match=r"fp16: unexpected key\(s\) \['scale'\]; accepted keys: \['loss_scale'\]"):
+        train_cli.fp16_loss_scale(dict(scale=512.0))
+    with pytest.raises(ValueError, match=r"fp16.loss_scale=-1: expected a positive number"):
+        train_cli.fp16_loss_scale(dict(loss_scale=-1))
+    with pytest.raises(ValueError, match=r"runner: unexpected key\(s\) \['max_epoch'\]"):
+        train_cli.check_sections(dict(runner=dict(type="EpochBasedRunner", max_epoch=3)))
+    with pytest.raises(ValueError, match=r"data: unexpected key\(s\) \['sample_per_gpu'\]"):
+        train_cli.check_sections(dict(data=dict(sample_per_gpu=3, train={})))
+    train_cli.check_sections(load_config("resnetlif18-itout-b20x4-16-jester"))   # BIDL's keys pass
 
 
 def test_demo_weights_reach_the_stated_accuracy():

@@ -1,7 +1,11 @@
-"""What every backbone is: ``stem -> blocks[0..N) -> head -> temporal accumulator``.
+"""What every backbone is: BIDL-named modules, cut into ``stem -> blocks[0..N) -> head -> accumulator``.
 
-The flat block list is what ``split=[s, e]`` indexes; the segment with ``s == 0`` also holds the
-stem, the one with ``e == N`` also holds the head and the accumulator. The accumulator is state::
+A backbone registers its modules under BIDL's names (``clif1``, ``head``, ``layer2``, ...), so its
+``state_dict()`` is BIDL's. Its *layout* lists, by dotted path, which of those modules make the stem,
+each block and the head: the flat block list is what ``split=[s, e]`` indexes; the segment with
+``s == 0`` also holds the stem, the one with ``e == N`` also holds the head and the accumulator.
+State tensors are named by the module that holds them (``clif1.lif.v``, ``layer2.1.lif1.lif.v``),
+as BIDL's attributes are. The accumulator is state too (``tempAdd``, BIDL's chip accumulator)::
 
     mean: acc_t = acc_{t-1} + y_t / timestep     sum: acc_t = acc_{t-1} + y_t     pick: acc_t = y_t
 
@@ -10,19 +14,23 @@ so the model's result is the accumulator after the last step, wherever the time 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..layers import Temporal, TemporalSequential
+from ..layers import LIFPLUS_FORMS, Chain, Conv2dLif, Conv2dLifPlus, FcLif, FcLifPlus, Temporal, soma_for
 from ..specs import State
 
 AMODES = ("mean", "sum", "pick")
 
+#: Config-key spellings of the user guide's dialect, mapped to the public repository's.
+KEY_ALIASES = {"c0": "input_channels", "h0": "h", "w0": "w"}
+
 
 class TemporalAccumulator(Temporal):
-    """Running temporal aggregate (state ``acc``); outputs the aggregate after every step."""
+    """Running temporal aggregate (state ``tempAdd``); outputs the aggregate after every step."""
 
     def __init__(self, amode: str = "mean", timestep: int = 1):
         super().__init__()
@@ -33,7 +41,7 @@ class TemporalAccumulator(Temporal):
         self.amode, self.timestep = amode, int(timestep)
 
     def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
-        acc = state["acc"] if state else torch.zeros_like(x[0])
+        acc = state["tempAdd"] if state and "tempAdd" in state else torch.zeros_like(x[0])
         outs = []
         for t in range(x.shape[0]):
             if self.amode == "mean":
@@ -43,7 +51,7 @@ class TemporalAccumulator(Temporal):
             else:
                 acc = x[t]
             outs.append(acc)
-        return torch.stack(outs), {"acc": acc}
+        return torch.stack(outs), {"tempAdd": acc}
 
     def extra_repr(self) -> str:
         return f"amode={self.amode}, timestep={self.timestep}"
@@ -60,37 +68,118 @@ def seeded(seed: Optional[int]) -> Iterator[None]:
         yield
 
 
+@dataclass(frozen=True)
+class NeuronSpec:
+    """The neuron options every spiking layer of a backbone shares; builds those layers.
+
+    ``neuron`` 'lif' | 'lifplus' (with ``neuron_config``, ``lifplus_form`` 'bidl' | 'documented');
+    ``mode`` 'spike' | 'analog'; ``norm_state`` True: BN on the membrane state (BIDL's default),
+    False: BN on the current; ``bias``: conv/linear biases (BIDL: True).
+    """
+
+    mode: str = "spike"
+    soma_params: Any = "all_share"
+    noise: float = 0.0
+    neuron: str = "lif"
+    neuron_config: Optional[Sequence] = None
+    norm_state: bool = True
+    bias: bool = True
+    surrogate_width: float = 1.0
+    lifplus_form: str = "documented"
+
+    def __post_init__(self) -> None:
+        neuron = str(self.neuron).lower()
+        object.__setattr__(self, "neuron", neuron)
+        if neuron not in ("lif", "lifplus"):
+            raise ValueError(f"neuron={self.neuron!r}: expected 'lif' or 'lifplus'")
+        if neuron == "lif" and self.neuron_config is not None:
+            raise ValueError(f"neuron_config={self.neuron_config!r} is only used with neuron='lifplus'; "
+                             "expected None for neuron='lif'")
+        if self.mode not in ("spike", "analog"):
+            raise ValueError(f"cmode/fmode={self.mode!r}: expected 'spike' or 'analog'")
+        if self.lifplus_form not in LIFPLUS_FORMS:
+            raise ValueError(f"lifplus_form={self.lifplus_form!r}: expected one of {list(LIFPLUS_FORMS)}")
+
+    def with_mode(self, mode: str) -> "NeuronSpec":
+        return NeuronSpec(**{**self.__dict__, "mode": mode})
+
+    def _kw(self) -> dict:
+        kw = dict(norm_state=self.norm_state, mode=self.mode, soma_params=self.soma_params, noise=float(self.noise),
+                  bias=self.bias, surrogate_width=self.surrogate_width)
+        if self.neuron == "lifplus":
+            kw.update(neuron_config=self.neuron_config, lifplus_form=self.lifplus_form)
+        return kw
+
+    def conv(self, ci: int, co: int, k: int, stride: int = 1, padding: int = 0, mp: bool = False) -> Temporal:
+        """``Conv2dLif`` (or ``Conv2dLifPlus``) with these options."""
+        cls = Conv2dLifPlus if self.neuron == "lifplus" else Conv2dLif
+        return cls(ci, co, k, stride, padding, mp=mp, **self._kw())
+
+    def fc(self, ci: int, co: int) -> Temporal:
+        """``FcLif`` (or ``FcLifPlus``) with these options."""
+        cls = FcLifPlus if self.neuron == "lifplus" else FcLif
+        return cls(ci, co, **self._kw())
+
+    def soma(self, channels: int, norm_state: bool = False) -> Temporal:
+        """A neuron on an existing current ``[B, C, H, W]`` (``Lif2d`` / ``LifPlus2d``)."""
+        kw = dict(norm_state=norm_state, mode=self.mode, soma_params=self.soma_params, noise=float(self.noise),
+                  surrogate_width=self.surrogate_width)
+        if self.neuron == "lifplus":
+            kw.update(neuron_config=self.neuron_config, form=self.lifplus_form)
+        return soma_for(self.neuron, 2)(channels, **kw)
+
+
+def check_itout(spike_func: Any, use_inner_loop: bool, where: str) -> None:
+    """BIDL's ``spike_func`` / ``use_inner_loop`` keywords: only their defaults are supported here."""
+    if spike_func is not None:
+        raise ValueError(f"{where}: spike_func={spike_func!r}: expected None (BIDL's Lif ignores it too; the "
+                         "surrogate is the rectangle of width surrogate_width)")
+    if use_inner_loop:
+        raise ValueError(f"{where}: use_inner_loop=True (BIDL's It mode) is not supported by this backbone; "
+                         "expected False (every backbone here runs both ways: step() or run() over a chunk)")
+
+
 class Backbone(nn.Module):
-    """Base of all backbones. Subclasses fill ``stem``, ``blocks``, ``head`` and call ``_finish``.
+    """Base of all backbones. Subclasses register their modules, then call ``_finish`` with the layout.
 
     ``run(x[T, B, ...], state)`` -> (accumulator after each step ``[T, B, nclass]``, state);
     ``forward(x[B, T, ...])`` -> logits ``[B, nclass]`` (BIDL's batch-first layout, fresh state).
     """
 
-    stem: TemporalSequential
-    blocks: nn.ModuleList
-    head: TemporalSequential
-
-    def _finish(self, timestep: int, amode: str, input_shape: Optional[Sequence[int]]) -> None:
+    def _finish(self, blocks: Sequence[Sequence[str]], timestep: int, amode: str,
+                input_shape: Optional[Sequence[int]], stem: Sequence[str] = (), head: Sequence[str] = ()) -> None:
+        """``blocks``: the module paths of every block, in order; ``stem`` / ``head``: those that go
+        with the first / last block."""
         self.timestep = int(timestep)
         self.acc = TemporalAccumulator(amode, timestep)
         self.input_shape = tuple(int(d) for d in input_shape) if input_shape else None
+        self.layout = (tuple(stem), tuple(tuple(b) for b in blocks), tuple(head))
+        for path in (*stem, *(p for b in blocks for p in b), *head):
+            self.get_submodule(path)  # a layout naming a missing module is a bug: fail at construction
 
     @property
     def n_blocks(self) -> int:
-        return len(self.blocks)
+        return len(self.layout[1])
+
+    def _chain(self, paths: Sequence[str]) -> Chain:
+        return Chain([(p, self.get_submodule(p)) for p in paths])
+
+    def block(self, i: int) -> Chain:
+        """Block ``i`` as a runnable unit (shares this backbone's modules)."""
+        return self._chain(self.layout[1][i])
 
     def units(self, start: int = 0, end: Optional[int] = None) -> list[tuple[str, Temporal]]:
-        """(state prefix, module) of the units a segment ``[start, end)`` runs, in order."""
+        """(unit name, module) of the units a segment ``[start, end)`` runs, in order."""
         end = self.n_blocks if end is None else end
+        stem, blocks, head = self.layout
         out: list[tuple[str, Temporal]] = []
-        if start == 0 and len(self.stem):
-            out.append(("stem", self.stem))
-        out += [(f"block{i}", self.blocks[i]) for i in range(start, end)]
+        if start == 0 and stem:
+            out.append(("stem", self._chain(stem)))
+        out += [(f"block{i}", self._chain(blocks[i])) for i in range(start, end)]
         if end == self.n_blocks:
-            if len(self.head):
-                out.append(("head", self.head))
-            out.append(("acc", self.acc))
+            if head:
+                out.append(("head", self._chain(head)))
+            out.append(("acc", Chain([(None, self.acc)])))
         return out
 
     def segment(self, start: int, end: int):
@@ -110,6 +199,18 @@ class Backbone(nn.Module):
                              f"timestep={self.timestep} (amode='mean' divides by it)")
         y, _ = self.run(x.transpose(0, 1))
         return y[-1]
+
+    def features(self, paths: Sequence[str], in_shape: Sequence[int]) -> int:
+        """Features per sample after running the modules ``paths`` on a per-step input ``in_shape``."""
+        try:
+            out, _ = self._chain(paths).trace_shapes((1,) + tuple(in_shape))
+        except RuntimeError as e:
+            raise ValueError(f"input shape input_channels, h, w = {list(in_shape)} is too small for "
+                             f"{type(self).__name__}'s convolutions and poolings ({str(e).splitlines()[0]})") from None
+        n = 1
+        for d in out.shape[1:]:
+            n *= d
+        return n
 
     def default_input_shape(self) -> tuple[int, ...]:
         """Per-sample, per-step input shape ``(C, H, W)``; ValueError if the config does not fix it."""

@@ -1,89 +1,141 @@
-"""ResNetLifItout: spiking ResNet 10/18/34/50/101/152 whose flat block list ``split`` indexes.
+"""ResNetLifItout: BIDL's spiking ResNet 10/18/34/50/101/152, module for module with BIDL's names.
 
-Stem: Conv 7x7 s2 (3x3 s1 if ``low_resolut``) -> BN -> LIF -> MaxPool(3, 2, 1) (no pool if
-``low_resolut``). Four stages of BasicBlock (10/18/34) or Bottleneck (50/101/152, mid = out / 4,
-stride on the 3x3 conv). A block is conv-BN-LIF ..., conv-BN, residual add, then LIF; the
-downsample path is AvgPool(stride) + 1x1 conv + BN. Head: global average pool -> Linear, per step;
-the temporal accumulator then averages (mean of per-step logits = logits of the mean, as Linear is
-affine). For depth 50 on 2x128x128 the membrane state is 12.55 MB per sample (fp32).
+Stem: ``input_norm`` ((x - mean) / std per channel, when ``norm=dict(mean, std)``) -> ``conv``
+(Conv 7x7 s2 p3 with bias + BN; 3x3 s1 p1 if ``low_resolut``) -> ``lif`` (Lif2d) -> ``maxpool``
+(3, 2, 1; none if ``low_resolut``). Stages ``layer1..4`` of BasicBlock (10/18/34) or Bottleneck
+(50/101/152, mid = out / 4, stride on the 3x3 conv). A block is ``conv1`` (conv+BN) -> ``lif1`` ...
+-> ``convN``, plus ``downsample`` (AvgPool(stride, ceil_mode) + 1x1 conv + BN) on the identity when
+the shape changes, then ``lifN`` of the sum. Every conv has a bias (BIDL's; ``conv_bias=False`` for
+none). Head: global average pool -> ``fc`` per step; the temporal accumulator averages (mean of
+per-step logits = logits of the mean features, as BIDL's GPU path computes, up to rounding).
+
+The flat list of residual blocks is what ``split`` indexes (ResNet-50: 3+4+6+3 = 16). The ceil-mode
+average pool keeps the shortcut's size equal to the strided conv's for odd sizes (112x112 input:
+layer4 sees 7x7 -> 4x4). For depth 50 on 2x128x128 the membrane state is 12.55 MB per sample (fp32).
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
+import torch
 from torch import Tensor, nn
 
-from ..layers import Conv2dLif, Temporal, TemporalSequential, per_step, soma_for
+from ..layers import Temporal, per_step
 from ..registry import BACKBONES
 from ..specs import State, prefixed, sub_state
-from .base import Backbone
-from .sequential import soma_kwargs
+from .base import Backbone, NeuronSpec
 
 
-def _downsample(ci: int, co: int, stride: int) -> Optional[nn.Sequential]:
-    if stride == 1 and ci == co:
-        return None
-    mods: list[nn.Module] = [nn.AvgPool2d(stride, stride)] if stride > 1 else []
-    mods += [nn.Conv2d(ci, co, 1, bias=False), nn.BatchNorm2d(co)]
-    return nn.Sequential(*mods)
+def conv_bn(ci: int, co: int, k: int, stride: int, padding: int, bias: bool) -> nn.Sequential:
+    """``Sequential(Conv2d, BatchNorm2d)`` (keys ``.0.weight``, ``.0.bias``, ``.1.*``)."""
+    return nn.Sequential(nn.Conv2d(ci, co, k, stride, padding, bias=bias), nn.BatchNorm2d(co))
+
+
+def downsample(ci: int, co: int, stride: int, bias: bool) -> nn.Sequential:
+    """``Sequential(AvgPool2d(stride, ceil_mode), 1x1 Conv2d, BatchNorm2d)`` (keys ``.1.*``, ``.2.*``)."""
+    return nn.Sequential(nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False),
+                         nn.Conv2d(ci, co, 1, bias=bias), nn.BatchNorm2d(co))
 
 
 class _Residual(Temporal):
-    """Shared run of both block kinds: ``lif(main(x) + downsample(x))``."""
+    """``lif_last(main(x) + downsample(x))`` with ``main`` = conv1, lif1, conv2, ... (BIDL's names)."""
 
-    main: TemporalSequential
-    down: Optional[nn.Sequential]
-    lif: Temporal
+    main_order: tuple[str, ...]
+    last_lif: str
 
     def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
-        h, s_main = self.main.run(x, sub_state(state, "main"))
-        idn = per_step(self.down, x) if self.down is not None else x
-        y, s_lif = self.lif.run(h + idn, sub_state(state, "lif"))
-        return y, {**prefixed(s_main, "main"), **prefixed(s_lif, "lif")}
+        new: State = {}
+        h = x
+        for name in self.main_order:
+            mod = getattr(self, name)
+            if isinstance(mod, Temporal):
+                h, s = mod.run(h, sub_state(state, name))
+                new.update(prefixed(s, name))
+            else:
+                h = per_step(mod, h)
+        idn = per_step(self.downsample, x) if self.downsample is not None else x
+        y, s = getattr(self, self.last_lif).run(h + idn, sub_state(state, self.last_lif))
+        new.update(prefixed(s, self.last_lif))
+        return y, new
 
 
 class BasicBlock(_Residual):
     expansion = 1
+    main_order = ("conv1", "lif1", "conv2")
+    last_lif = "lif2"
 
-    def __init__(self, ci: int, width: int, stride: int, kw: dict):
+    def __init__(self, ci: int, width: int, stride: int, n: NeuronSpec, norm_state: bool):
         super().__init__()
         co = width
-        self.main = TemporalSequential([
-            ("cl1", Conv2dLif(ci, width, 3, stride, 1, **kw)),
-            ("conv2", nn.Sequential(nn.Conv2d(width, co, 3, 1, 1, bias=False), nn.BatchNorm2d(co))),
-        ])
-        self.down = _downsample(ci, co, stride)
-        self.lif = soma_for(kw["neuron"], 2)(co, **_soma_only(kw))
+        self.conv1 = conv_bn(ci, width, 3, stride, 1, n.bias)
+        self.lif1 = n.soma(width, norm_state)
+        self.conv2 = conv_bn(width, co, 3, 1, 1, n.bias)
+        self.downsample = downsample(ci, co, stride, n.bias) if stride != 1 or ci != co else None
+        self.lif2 = n.soma(co, norm_state)
 
     def last_bn(self) -> nn.BatchNorm2d:
-        return self.main.conv2.body[1]
+        return self.conv2[1]
 
 
 class Bottleneck(_Residual):
     expansion = 4
+    main_order = ("conv1", "lif1", "conv2", "lif2", "conv3")
+    last_lif = "lif3"
 
-    def __init__(self, ci: int, width: int, stride: int, kw: dict):
+    def __init__(self, ci: int, width: int, stride: int, n: NeuronSpec, norm_state: bool):
         super().__init__()
         co = width * self.expansion
-        self.main = TemporalSequential([
-            ("cl1", Conv2dLif(ci, width, 1, 1, 0, **kw)),
-            ("cl2", Conv2dLif(width, width, 3, stride, 1, **kw)),
-            ("conv3", nn.Sequential(nn.Conv2d(width, co, 1, bias=False), nn.BatchNorm2d(co))),
-        ])
-        self.down = _downsample(ci, co, stride)
-        self.lif = soma_for(kw["neuron"], 2)(co, **_soma_only(kw))
+        self.conv1 = conv_bn(ci, width, 1, 1, 0, n.bias)
+        self.lif1 = n.soma(width, norm_state)
+        self.conv2 = conv_bn(width, width, 3, stride, 1, n.bias)
+        self.lif2 = n.soma(width, norm_state)
+        self.conv3 = conv_bn(width, co, 1, 1, 0, n.bias)
+        self.downsample = downsample(ci, co, stride, n.bias) if stride != 1 or ci != co else None
+        self.lif3 = n.soma(co, norm_state)
 
     def last_bn(self) -> nn.BatchNorm2d:
-        return self.main.conv3.body[1]
+        return self.conv3[1]
 
 
-def _soma_only(kw: dict) -> dict:
-    return {k: v for k, v in kw.items() if k != "neuron"}
+class InputNorm(nn.Module):
+    """``(x - mean) / std`` per channel (BIDL's ``norm=dict(mean=[...], std=[...])``); the constants
+    are not part of the state_dict."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], channels: int):
+        super().__init__()
+        if len(mean) != channels or len(std) != channels or any(float(s) == 0 for s in std):
+            raise ValueError(f"norm=dict(mean={list(mean)}, std={list(std)}): expected {channels} means and "
+                             f"{channels} non-zero stds (input_channels={channels})")
+        self.register_buffer("mean", torch.tensor([float(m) for m in mean]).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([float(s) for s in std]).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+def _input_norm(norm: Any, channels: int) -> tuple[Optional[InputNorm], bool]:
+    """(input normaliser or None, BN on every LIF state) from the ``norm`` keyword."""
+    if norm is None:
+        return None, False
+    if norm == "bn":  # the project's earlier spelling of norm_state=True
+        return None, True
+    if isinstance(norm, Mapping) and set(norm) <= {"mean", "std"} and {"mean", "std"} <= set(norm):
+        return InputNorm(norm["mean"], norm["std"], channels), False
+    raise ValueError(f"norm={norm!r}: expected None or dict(mean=[...], std=[...]) (input normalisation, "
+                     "one value per input channel)")
 
 
 @BACKBONES.register("ResNetLifItout", "ResNetLifItout_MP")
 class ResNetLifItout(Backbone):
-    """Spiking ResNet; ``depth`` in 10/18/34/50/101/152 (stage sizes in ``arch_settings``)."""
+    """Spiking ResNet; ``depth`` in 10/18/34/50/101/152 (stage sizes in ``arch_settings``).
+
+    Keywords are BIDL's; ``down_t`` must be ``[1, 'max'|'avg']`` (every time step is processed);
+    ``h, w`` are the per-step input size, used for shapes and specs only (any size runs; without them
+    the size comes from ``models_compile_inputshape`` or the data -- BIDL defaults them to 224 but
+    never uses them). Project options:
+    ``norm_state`` (BN on every LIF state), ``conv_bias``, ``neuron``/``neuron_config``/``lifplus_form``,
+    ``surrogate_width``.
+    """
 
     arch_settings = {
         10: (BasicBlock, (1, 1, 1, 1)),
@@ -95,43 +147,48 @@ class ResNetLifItout(Backbone):
     }
 
     def __init__(self, depth: int, nclass: int, low_resolut: bool = False, timestep: int = 8,
-                 input_channels: int = 3, stem_channels: int = 64, base_channels: int = 64,
+                 h: Optional[int] = None, w: Optional[int] = None, input_channels: int = 3, stem_channels: int = 64, base_channels: int = 64,
                  down_t: Sequence = (1, "max"), zero_init_residual: bool = False, noise: float = 1e-3,
-                 cmode: str = "spike", amode: str = "mean", soma_params: Any = "all_share",
-                 norm: Optional[str] = None, neuron: str = "lif", neuron_config: Optional[Sequence] = None,
-                 input_size: Optional[Sequence[int]] = None):
+                 cmode: str = "spike", amode: str = "mean", soma_params: Any = "all_share", norm: Any = None,
+                 neuron: str = "lif", neuron_config: Optional[Sequence] = None, norm_state: bool = False,
+                 conv_bias: bool = True, surrogate_width: float = 1.0, lifplus_form: str = "documented"):
         super().__init__()
         if depth not in self.arch_settings:
             raise ValueError(f"depth={depth!r}: expected one of {sorted(self.arch_settings)}")
         if not isinstance(down_t, (list, tuple)) or len(down_t) != 2 or down_t[0] != 1:
             raise ValueError(f"down_t={down_t!r}: expected [1, 'max'|'avg'] (temporal downsampling "
                              "is not supported: every time step is processed)")
-        if norm not in (None, "bn"):
-            raise ValueError(f"norm={norm!r}: expected None or 'bn' (BatchNorm on every LIF state)")
-        kw = soma_kwargs(cmode, soma_params, noise, neuron, neuron_config)
-        kw["norm_state"] = norm == "bn"
+        in_norm, bn_state = _input_norm(norm, input_channels)
+        norm_state = bool(norm_state) or bn_state
+        n = NeuronSpec(cmode, soma_params, noise, neuron, neuron_config, norm_state, bool(conv_bias),
+                       float(surrogate_width), lifplus_form)
         block, stages = self.arch_settings[depth]
+        stem = []
+        if in_norm is not None:
+            self.input_norm = in_norm
+            stem.append("input_norm")
         k, s, p = (3, 1, 1) if low_resolut else (7, 2, 3)
-        stem: list[tuple[str, nn.Module]] = [("cl", Conv2dLif(input_channels, stem_channels, k, s, p, **kw))]
+        self.conv = conv_bn(input_channels, stem_channels, k, s, p, n.bias)
+        self.lif = n.soma(stem_channels, norm_state)
+        stem += ["conv", "lif"]
         if not low_resolut:
-            stem.append(("mp", nn.MaxPool2d(3, 2, 1)))
-        self.stem = TemporalSequential(stem)
-        blocks: list[_Residual] = []
-        ci = stem_channels
-        for i, n in enumerate(stages):
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            stem.append("maxpool")
+        paths, ci = [], stem_channels
+        for i, nb in enumerate(stages):
             width = base_channels * 2 ** i
-            for j in range(n):
-                b = block(ci, width, 2 if (i > 0 and j == 0) else 1, kw)
-                blocks.append(b)
+            layer = nn.ModuleList()
+            for j in range(nb):
+                layer.append(block(ci, width, 2 if (i > 0 and j == 0) else 1, n, norm_state))
+                paths.append([f"layer{i + 1}.{j}"])
                 ci = width * block.expansion
-        self.blocks = nn.ModuleList(blocks)
+            self.add_module(f"layer{i + 1}", layer)
         if zero_init_residual:
-            for b in blocks:
-                nn.init.zeros_(b.last_bn().weight)
-        self.head = TemporalSequential([
-            ("gap", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))),
-            ("fc", nn.Linear(ci, nclass)),
-        ])
+            for (p_,) in paths:
+                nn.init.zeros_(self.get_submodule(p_).last_bn().weight)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flat = nn.Flatten(1)
+        self.fc = nn.Linear(ci, nclass)
         self.depth = depth
-        shape = (input_channels, *input_size) if input_size else None
-        self._finish(timestep, amode, shape)
+        shape = (input_channels, h, w) if h is not None and w is not None else None
+        self._finish(paths, timestep, amode, shape, stem=stem, head=["avgpool", "flat", "fc"])

@@ -1,33 +1,52 @@
-# SeqClif5Fc2CdItout on CIFAR10-DVS (2x128x128, T=10, 10 classes).
-_base_ = ['../_base_/default_runtime.py', '../_base_/schedule_sgd_cos.py']
+# BIDL's clif5fc2cd_itout-b64x1-cifar10dvs: SeqClif5Fc2CdItout (analog LIF) on CIFAR10-DVS, 2x128x128, T=10.
 
+# ---- model
 model = dict(
     type='ImageClassifier',
-    backbone=dict(type='SeqClif5Fc2CdItout', timestep=10, c0=2, h0=128, w0=128, nclass=10,
-                  cmode='spike', amode='mean', noise=0, soma_params='all_share',
-                  neuron='lif', neuron_config=None),
+    backbone=dict(
+        type='SeqClif5Fc2CdItout',
+        timestep=10, input_channels=2, h=128, w=128, nclass=10,
+        cmode='analog', amode='mean', noise=0, soma_params='all_share',
+        neuron='lif',
+        neuron_config=None,
+    ),
     neck=None,
     head=dict(type='ClsHead', loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, loss_weight=1.0),
               topk=(1, 5), cal_acc=True),
 )
 
+# ---- data
 dataset_type = 'Cifar10Dvs'
 train_pipeline = [
-    dict(type='RandomCropVideo', size=128, padding=8),
-    dict(type='RandomFlipVideo', flip_ratio=0.5, direction='horizontal'),
-    dict(type='ToTensorType', keys=['img'], dtype='float32'),
-    dict(type='ToTensor', keys=['gt_label']),
-    dict(type='Collect', keys=['img', 'gt_label']),
+    dict(type='RandomCropVideo', size=128, padding=16),
+    dict(type='RandomFlipVideo', flip_prob=0.5, direction='horizontal'),
+    dict(type='ToTensorType', keys=[0], dtype='float32'),
 ]
 test_pipeline = [
-    dict(type='ToTensorType', keys=['img'], dtype='float32'),
-    dict(type='Collect', keys=['img']),
+    dict(type='ToTensorType', keys=[0], dtype='float32'),
 ]
 data = dict(
     samples_per_gpu=64,
-    workers_per_gpu=2,
-    train=dict(type=dataset_type, data_prefix='data/cifar10dvs/train', pipeline=train_pipeline),
-    val=dict(type=dataset_type, data_prefix='data/cifar10dvs/test', pipeline=test_pipeline, test_mode=True),
-    test=dict(type=dataset_type, data_prefix='data/cifar10dvs/test', pipeline=test_pipeline, test_mode=True),
+    workers_per_gpu=0,
+    data_root='./data',
+    train=dict(pipeline=train_pipeline),
+    val=dict(pipeline=test_pipeline),
+    test=dict(pipeline=test_pipeline),
 )
+
+# ---- schedule
+optimizer = dict(type='Adam', lr=0.01, weight_decay=0.0001)
+optimizer_config = dict(grad_clip=None)
+lr_config = dict(policy='MultiStepLR', milestones=[30, 60, 90])
+warmup = dict(warmup_ratio=1e-1, warmup_iters=1000)
 runner = dict(type='EpochBasedRunner', max_epochs=100)
+
+# ---- runtime
+checkpoint_config = dict(interval=1)
+log_config = dict(interval=50, hooks=[dict(type='TextLoggerHook')])
+dist_params = dict(backend='nccl')
+log_level = 'INFO'
+load_from = None
+resume_from = None
+workflow = [('train', 1)]
+fp16 = dict(loss_scale=512.0)

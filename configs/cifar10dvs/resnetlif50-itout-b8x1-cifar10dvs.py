@@ -1,9 +1,60 @@
-# ResNetLifItout depth 50 on CIFAR10-DVS, time-sliced over devices (one segment).
-_base_ = ['./resnetlif18-itout-b8x1-cifar10dvs.py']
+# BIDL's resnetlif50-itout-b8x1-cifar10dvs: ResNetLifItout depth 50 (spike LIF) on CIFAR10-DVS, 2x128x128,
+# T=10, 10 classes, time-sliced over two devices.
 
-model = dict(backbone=dict(depth=50))
+# ---- model
+model = dict(
+    type='ImageClassifier',
+    backbone=dict(
+        type='ResNetLifItout',
+        timestep=10,
+        h=128, w=128,
+        depth=50, nclass=10,
+        down_t=[1, 'avg'],
+        input_channels=2,
+        noise=1e-5,
+        soma_params='all_share',
+        cmode='spike',
+    ),
+    neck=None,
+    head=dict(type='ClsHead', loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, loss_weight=1.0),
+              topk=(1, 5), cal_acc=True),
+)
 
-# dim 0: time slices; dim 1: model segments; values: device ids.
-# e.g. lynxi_devices = [[0, 1], [2, 3], [4, 5]]: 3 time slices x 2 segments on devices 0..5.
-# lynxi_devices = [[0],[1],[2],[3],[4],[5],[6],[7],[8],[9],[10],[11],[12],[13],[14],[15],[16],[17],[18],[19],[20],[21],[22],[23]]
+# ---- data
+dataset_type = 'Cifar10Dvs'
+train_pipeline = [
+    dict(type='RandomCropVideo', size=128, padding=16),
+    dict(type='RandomFlipVideo', flip_prob=0.5, direction='horizontal'),
+    dict(type='ToTensorType', keys=[0], dtype='float32'),
+]
+test_pipeline = [
+    dict(type='ToTensorType', keys=[0], dtype='float32'),
+]
+data = dict(
+    samples_per_gpu=8,
+    workers_per_gpu=0,
+    data_root='./data',
+    train=dict(pipeline=train_pipeline),
+    val=dict(pipeline=test_pipeline),
+    test=dict(pipeline=test_pipeline),
+)
+
+# ---- schedule
+optimizer = dict(type='SGD', lr=0.001, momentum=0.9, weight_decay=0.0001)
+optimizer_config = dict(grad_clip=None)
+lr_config = dict(policy='CosineAnnealingLR', T_max=40, eta_min=0)
+runner = dict(type='EpochBasedRunner', max_epochs=200)
+
+# ---- runtime
+checkpoint_config = dict(interval=1)
+log_config = dict(interval=100, hooks=[dict(type='TextLoggerHook')])
+dist_params = dict(backend='nccl')
+log_level = 'INFO'
+load_from = None
+resume_from = None
+workflow = [('train', 1)]
+fp16 = dict(loss_scale=512.0)
+
+# lynxi_devices: dim 0 = time slices (grid rows), dim 1 = model segments (columns), values = device ids.
+# 24 devices as time slices only: [[0], [1], ..., [23]]
 lynxi_devices = [[0], [1]]

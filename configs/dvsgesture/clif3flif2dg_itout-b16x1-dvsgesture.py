@@ -1,33 +1,53 @@
-# SeqClif3Flif2DgItout on DVS128 Gesture (2x40x40, T=60, 11 classes).
-_base_ = ['../_base_/default_runtime.py', '../_base_/schedule_sgd_cos.py']
+# BIDL's clif3flif2dg_itout-b16x1-dvsgesture: SeqClif3Flif2DgItout (spike convs, spike FcLif logits) on
+# DVS128 Gesture resized to 2x40x40, T=60, 11 classes.
 
+# ---- model
 model = dict(
     type='ImageClassifier',
-    backbone=dict(type='SeqClif3Flif2DgItout', timestep=60, c0=2, h0=40, w0=40, nclass=11,
-                  cmode='spike', amode='mean', noise=0, soma_params='all_share',
-                  neuron='lif', neuron_config=None),
+    backbone=dict(
+        type='SeqClif3Flif2DgItout',
+        timestep=60, input_channels=2, h=40, w=40, nclass=11,
+        cmode='spike', fmode='spike', amode='mean', noise=0,
+        soma_params='all_share',
+        neuron='lif',
+        neuron_config=None,
+    ),
     neck=None,
-    head=dict(type='ClsHead', loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, loss_weight=1.0),
-              topk=(1, 5), cal_acc=True),
+    head=dict(type='ClsHead', loss=dict(type='CrossEntropyLoss', loss_weight=1.0), topk=(1, 5), cal_acc=True),
 )
 
+# ---- data
 dataset_type = 'DvsGesture'
 train_pipeline = [
+    dict(type='ResizeDVS', size=40),
     dict(type='RandomCropVideo', size=40, padding=4),
     dict(type='ToTensorType', keys=['img'], dtype='float32'),
-    dict(type='ToTensor', keys=['gt_label']),
-    dict(type='Collect', keys=['img', 'gt_label']),
 ]
 test_pipeline = [
+    dict(type='ResizeDVS', size=40),
     dict(type='ToTensorType', keys=['img'], dtype='float32'),
-    dict(type='Collect', keys=['img']),
 ]
 data = dict(
     samples_per_gpu=16,
-    workers_per_gpu=2,
-    train=dict(type=dataset_type, data_prefix='data/dvsgesture/train', pipeline=train_pipeline),
-    val=dict(type=dataset_type, data_prefix='data/dvsgesture/test', pipeline=test_pipeline, test_mode=True),
-    test=dict(type=dataset_type, data_prefix='data/dvsgesture/test', pipeline=test_pipeline, test_mode=True),
+    workers_per_gpu=0,
+    data_root='./data',
+    train=dict(pipeline=train_pipeline),
+    val=dict(pipeline=test_pipeline),
+    test=dict(pipeline=test_pipeline),
 )
-optimizer = dict(_delete_=True, type='Adam', lr=1e-3, weight_decay=1e-4)
-runner = dict(type='EpochBasedRunner', max_epochs=50)
+
+# ---- schedule
+optimizer = dict(type='Adam', lr=0.001, weight_decay=0.0001)
+optimizer_config = dict(grad_clip=None)
+lr_config = dict(policy='MultiStepLR', milestones=[60, 90])
+runner = dict(type='EpochBasedRunner', max_epochs=100)
+
+# ---- runtime
+checkpoint_config = dict(interval=1)
+log_config = dict(interval=20, hooks=[dict(type='TextLoggerHook')])
+dist_params = dict(backend='nccl')
+log_level = 'INFO'
+load_from = None
+resume_from = None
+workflow = [('train', 1)]
+fp16 = dict(loss_scale=512.0)
