@@ -17,7 +17,7 @@ Sender side::
 
 Transports: ``shm`` (default, same node, zero copy), ``tcp`` (host copy, any node, crc32), ``cuda`` (seam).
 """
-from . import cuda, shm, tcp  # noqa: F401  (register the transports)
+from . import shm, tcp  # noqa: F401  (register the transports)
 from .base import (KINDS, ChannelDescriptor, Message, Receiver, Sender, Transport, attach_sender, create_receiver,
                    get_transport, register_transport, transports, wait_any)
 from .config import ChannelConfig
