@@ -20,13 +20,13 @@ Ray (the cluster's nodes declare ``bidl_device`` resources)::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 from bidl_models.config import Config
 from bidl_models.model_spec import ModelSpec
 
 from .config import RuntimeConfig
-from .emulated import EmulatedSet, emulate
+from .emulated import emulate
 from .grid import Grid
 from .layout import GridLayout, time_slices
 from .place import Cluster, place
@@ -51,13 +51,14 @@ def prepare(cfg: Config, layout: GridLayout, config: RuntimeConfig, checkpoint: 
 
 
 def build_artifacts(spec: ModelSpec, slices: Sequence[int], config: RuntimeConfig, artifacts: str | Path = "artifacts",
-                    force_compile: bool = False, verbose: bool = True):
-    """The artifact stage for a resolved spec and the rows' time slices (see :func:`prepare`)."""
+                    force_compile: bool = False, verbose: bool = True, progress: Optional[bool] = None):
+    """The artifact stage for a resolved spec and the rows' time slices (see :func:`prepare`);
+    ``verbose``: compile's log lines, ``progress``: its progress bar (default: as verbose)."""
     if config.backend == "emulated":
         return emulate(spec, slices, config.profile, config.batch)
     from compile import CompileOptions, compile_spec
     opts = CompileOptions(out=str(artifact_dir(spec, artifacts)), batch=config.batch, force=force_compile,
-                          verbose=verbose, progress=verbose)
+                          verbose=verbose, progress=verbose if progress is None else progress)
     return compile_spec(spec, slices, opts)
 
 
@@ -77,7 +78,3 @@ def stream(cfg: Config, samples: Iterable, grid: Optional[tuple[int, int] | str]
     finally:
         g.close()
 
-
-def emulated_chunk_seconds(arts: EmulatedSet) -> Mapping[tuple[int, int], float]:
-    """(segment, chunk length) -> paced seconds of one chunk (the benchmarks' compute-bound minimum)."""
-    return {key: key[1] * src.seconds_per_step for key, src in arts.sources.items()}

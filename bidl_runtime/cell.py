@@ -16,22 +16,25 @@ replay the driver's in-flight samples. Every wait is bounded (:func:`bidl_runtim
 """
 from __future__ import annotations
 
-import os
-import threading
 import time
-import traceback
+
+_IMPORT_STARTED = time.time()   # this module is imported when the actor's worker gets the cell class
+
+import os  # noqa: E402
+import threading  # noqa: E402
+import traceback  # noqa: E402
 from dataclasses import dataclass
 from queue import Queue
-from typing import Any, Optional
+from typing import Any, Optional  # noqa: E402
 
-import torch  # noqa: F401  (imported with the actor class, not on the first chunk)
+import torch  # noqa: E402,F401  (imported with the actor class, not on the first chunk)
 
-from .channels import attach_sender, create_receiver
-from .config import RuntimeConfig
-from .devices import BusyClock, open_context
-from .plan import CellPlan, Edge
-from .retry import attempt, patiently
-from .startup import process_start_time
+from .channels import attach_sender, create_receiver  # noqa: E402
+from .config import RuntimeConfig  # noqa: E402
+from .devices import BusyClock, open_context  # noqa: E402
+from .plan import CellPlan, Edge  # noqa: E402
+from .retry import attempt, patiently  # noqa: E402
+from .startup import process_start_time  # noqa: E402
 
 _IMPORTED_AT = time.time()
 
@@ -69,14 +72,16 @@ class Cell:
         self.ctx = None
         self.spec: Optional[CellSpec] = None
         self._metrics: Optional[dict] = None
-        self._timings = {"process_start": process_start_time(), "imported": _IMPORTED_AT, "ready": time.time()}
+        self._timings = {"process_start": process_start_time(), "import_started": _IMPORT_STARTED,
+                         "imported": _IMPORTED_AT, "ready": time.time()}
         if spec is not None:
             self.configure(spec)
 
     def configure(self, spec: CellSpec) -> dict[str, float]:
         """(Re)build this cell for ``spec``: device context and program. A pooled or kept-alive
         actor is reconfigured instead of starting a new process. Returns start-up timings (epoch
-        seconds: process start, imports done, actor ready; and the program load's seconds)."""
+        seconds: worker process start, cell module import start and end, actor ready; and the
+        program load's seconds)."""
         self.close()
         self.spec = spec
         self.name = spec.cell.name

@@ -103,9 +103,10 @@ class Grid:
                                        f"({', '.join(refs[r].name for r in pending[:4])}...)")
                 tm = ray.get(done[0])
                 self.clock.cell_ready(refs[done[0]].name, {
-                    "process_start_at": tm["process_start"] - self.clock.t0,
-                    "imports_s": tm["ready"] - tm["process_start"], "load_s": tm["load_s"],
-                    "ready_at": tm["configured"] - self.clock.t0})
+                    "process_start_at": tm["process_start"] - self.clock.t0,       # Ray's worker process
+                    "assigned_at": tm["import_started"] - self.clock.t0,           # it became this cell
+                    "imports_s": tm["ready"] - tm["import_started"],               # torch, channels, ...
+                    "load_s": tm["load_s"], "ready_at": tm["configured"] - self.clock.t0})
         except Exception as e:  # noqa: BLE001
             self.clock.close()
             self.close()

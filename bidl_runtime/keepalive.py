@@ -48,9 +48,12 @@ class GridHost:
 
 
 def host(grid: Grid) -> Any:
-    """Start the ``bidl-grid`` actor for a grid whose run is over (its cells stay up)."""
+    """Start the ``bidl-grid`` actor for a grid whose run is over (its cells stay up); returns when
+    other processes can find it."""
     import ray
-    return ray.remote(GridHost).options(name=HOST_NAME, num_cpus=0, max_concurrency=1).remote(grid.plan, grid.config)
+    h = ray.remote(GridHost).options(name=HOST_NAME, num_cpus=0, max_concurrency=1).remote(grid.plan, grid.config)
+    ray.get(h.info.remote(), timeout=grid.config.start_timeout_s)
+    return h
 
 
 class AttachedGrid(Grid):

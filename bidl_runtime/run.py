@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import uuid
@@ -129,7 +130,8 @@ def _main(args: argparse.Namespace) -> int:
 
     def artifacts():
         with clock.phase("artifacts", "checking the compiled artifacts"):
-            return build_artifacts(spec, slices, rcfg, args.artifacts, args.force_compile, verbose=False)
+            return build_artifacts(spec, slices, rcfg, args.artifacts, args.force_compile, verbose=False,
+                                   progress=True)
 
     namespace = args.namespace or f"bidl-{uuid.uuid4().hex[:8]}"
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bidl-artifacts")
@@ -142,7 +144,10 @@ def _main(args: argparse.Namespace) -> int:
                 info = ray.init(address=args.address, namespace=namespace, log_to_driver=False,
                                 logging_level="WARNING")
             else:
-                info = ray.init(num_cpus=os.cpu_count(), resources={"bidl_device": layout.max_device + 1},
+                # Ray starts num_cpus idle workers with the cluster: the cells (num_cpus=0) get them, so
+                # their Python and Ray start-up overlaps the cluster's own instead of following it
+                info = ray.init(num_cpus=max(os.cpu_count() or 1, layout.n_cells),
+                                resources={"bidl_device": layout.max_device + 1},
                                 include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
                                 logging_level="WARNING", namespace=namespace)
         cluster = Cluster.connect()
@@ -163,6 +168,9 @@ def _main(args: argparse.Namespace) -> int:
             clock.close()
             print(f"error: {e}", file=sys.stderr)
             return 1
+        built = [r for r in getattr(arts, "records", []) if r.cache == "miss"]
+        if built:
+            _say(f"compiled {len(built)} artifact(s) into {built[0].path.parents[2]}:\n{arts.table()}")
         _say(plan.table())
         grid = Grid(plan, rcfg, actors=actors, clock=clock)
         grid.start()
@@ -207,10 +215,14 @@ def _keep_alive(grid, url: Optional[str]) -> None:
     import ray
 
     from .keepalive import host
-    host(grid)
+    lease = host(grid)   # the handle keeps the host actor alive (Ray ends an actor with its last handle)
     ctx = ray.get_runtime_context()
     address = ctx.gcs_address
-    print(f"\nkeeping the grid alive: {len(grid.plan.cells)} cells loaded and idle (dashboard {url}); Ctrl-C stops it")
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)   # kill PID stops it as cleanly as Ctrl-C (cells, Ray, shm)
+    print(f"\nkeeping the grid alive: {len(grid.plan.cells)} cells loaded and idle (dashboard {url}); "
+          f"Ctrl-C or kill -TERM {os.getpid()} stops it")
     print(f"join with: python -m bidl_runtime.run --attach --address {address} --namespace {ctx.namespace}")
     print(f"     or in Python: bidl_runtime.keepalive.attach({ctx.namespace!r}, address={address!r})", flush=True)
     try:
@@ -218,6 +230,7 @@ def _keep_alive(grid, url: Optional[str]) -> None:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("stopping the kept-alive grid", flush=True)
+    del lease
 
 
 def _attach(args: argparse.Namespace) -> int:
@@ -259,8 +272,8 @@ def startup_line(s: dict) -> str:
     parts = [f"{k[:-2].replace('_', ' ')} {s[k]:.1f} s" for k in
              ("imports_s", "model_s", "ray_start_s", "artifacts_s", "place_s", "cells_s", "wire_s") if k in s]
     cells = s.get("cells", {})
-    per = (f"; per cell (max): imports {cells['imports_s']['max']:.1f} s, program load {cells['load_s']['max']:.2f} s"
-           if "imports_s" in cells else "")
+    per = (f"; per cell (max): imports {cells['imports_s']['max']:.1f} s, program load {cells['load_s']['max']:.2f} s, "
+           f"ready at {cells['ready_at']['max']:.1f} s" if "imports_s" in cells else "")
     return f"start-up {s.get('total_s', 0):.1f} s from the command's start: " + ", ".join(parts) + per
 
 

@@ -166,6 +166,7 @@ def test_test_cli_reproduces_the_checkpoint_accuracy(tiny, capsys, tmp_path):
     load_weights(bare, read_state_dict(tmp_path / "w.pth"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_a_usable_latest_checkpoint(tiny, tmp_path):
     cfg_path, _, _ = tiny
     work = tmp_path / "w"
@@ -189,6 +190,7 @@ def test_ctrl_c_leaves_a_usable_latest_checkpoint(tiny, tmp_path):
     load_weights(bare, read_state_dict(work / "latest.pth"))
 
 
+@pytest.mark.slow
 def test_ddp_with_torchrun_on_cpu(tiny, tmp_path):
     """Two gloo processes: rank 0 writes one checkpoint set; validation gathers both shards in order."""
     cfg_path, _, _ = tiny
