@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping, Optional
 
+from bidl_models.specs import known_fields
+
 from .channels import ChannelConfig
 from .devices import DeviceProfile
 
@@ -63,11 +65,7 @@ class RuntimeConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RuntimeConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"RuntimeConfig: unknown fields {unknown}")
-        d = dict(d)
+        d = known_fields(cls, d, "RuntimeConfig")
         if isinstance(d.get("profile"), Mapping):
             d["profile"] = DeviceProfile(**d["profile"])
         if d.get("faults"):

@@ -113,8 +113,6 @@ class DeviceContext(ABC):
         self.device_id = int(device_id)
         self.threads = int(threads)
         self.state_specs: tuple[TensorSpec, ...] = ()
-        self.input_spec: Optional[TensorSpec] = None
-        self.output_spec: Optional[TensorSpec] = None
         self.stream = self.create_stream()
 
     def create_stream(self) -> Stream:
@@ -133,7 +131,7 @@ class DeviceContext(ABC):
 
     @abstractmethod
     def load(self, source) -> None:
-        """Load a segment (artifact or emulation spec); sets the input/output/state specs."""
+        """Load a segment (artifact or emulation spec); sets the state specs."""
 
     @abstractmethod
     def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
@@ -159,7 +157,6 @@ class CpuContext(DeviceContext):
         self.artifact = load_artifact(source.path, fast=source.fast)
         self.format = self.artifact.format
         self.state_specs = tuple(self.artifact.state_specs)
-        self.input_spec, self.output_spec = self.artifact.input_spec, self.artifact.output_spec
 
     def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         with torch.inference_mode():
@@ -180,7 +177,6 @@ class EmulatedContext(DeviceContext):
     def load(self, source) -> None:
         if not isinstance(source, EmulatedSource):
             raise ValueError(f"emulated backend needs an EmulatedSource, got {type(source).__name__}")
-        self.input_spec, self.output_spec = source.input, source.output
         self.state_specs = tuple(source.state)
         self.seconds_per_step = float(source.seconds_per_step)
         self._out = source.output.zeros()

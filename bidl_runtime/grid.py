@@ -24,7 +24,6 @@ from collections import deque
 from queue import Queue
 from typing import Any, Iterable, Optional
 
-import torch
 from torch import Tensor
 
 from bidl_models.specs import torch_dtype
@@ -277,13 +276,14 @@ class Grid:
         self._closed = True
         import ray
         self._close_driver_ends()
+        wait = self.config.stop_timeout_s
         if not self.owned:
             if self._healthy:
-                _quiet(lambda: ray.get([a.reset.remote() for a in self.actors.values()], timeout=30))
+                _quiet(lambda: ray.get([a.reset.remote() for a in self.actors.values()], timeout=wait))
             return
         if self.pool is not None:
             if self._healthy:
-                _quiet(lambda: ray.get([a.close.remote() for a in self.actors.values()], timeout=30))
+                _quiet(lambda: ray.get([a.close.remote() for a in self.actors.values()], timeout=wait))
             self.pool.release(self._healthy)
         else:
             for a in self.actors.values():

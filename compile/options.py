@@ -1,9 +1,11 @@
 """How to compile: every knob of :func:`compile.compile_spec` in one dataclass."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
+
+from bidl_models.specs import known_fields
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,4 @@ class CompileOptions:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "CompileOptions":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"compile options: unknown {unknown}; expected some of {sorted(known)}")
-        return cls(**dict(d))
+        return cls(**known_fields(cls, d, "compile options"))
