@@ -247,7 +247,10 @@ def _attach(args: argparse.Namespace) -> int:
     grid = None
     try:
         grid = attach(args.namespace, args.address)
-        cfg = load_config(grid.plan.config, args.cfg_options)
+        try:
+            cfg = load_config(args.config or grid.plan.config, args.cfg_options)   # for its test data
+        except (ValueError, FileNotFoundError):
+            cfg = None
         samples, source = _samples(args, cfg, grid.plan)
         verify = args.verify if args.verify is not None else grid.config.backend == "cpu"
         print(f"attached to the kept-alive grid {grid.plan.rows}x{grid.plan.cols} of {grid.plan.config}; data: {source}")
@@ -279,7 +282,7 @@ def startup_line(s: dict) -> str:
 
 def _samples(args, cfg, plan):
     from .data import dataset_samples, synthetic_samples
-    gen = dataset_samples(cfg, args.samples)
+    gen = dataset_samples(cfg, args.samples) if cfg is not None else None
     if gen is not None:
         return gen, f"{cfg.data.test.type} test split ({args.samples} samples)"
     x = plan.outputs(None)[0].layout[0]
