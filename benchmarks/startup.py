@@ -14,7 +14,9 @@ over the runs; written: ``startup.json`` with every run.
 the before/after ratio comes from one machine state. Older revisions print only their grid
 start-up; for them a probe times the same phases through their library API (``make_plan``,
 ``ray.init``, ``prepare``, ``Grid.start``), plus one cell process's imports and program load.
-The machine is shared: run-to-run spread is reported (min/max) next to the median.
+The machine is shared: run-to-run spread is reported (min/max) next to the median, and CPU seconds
+(the driver's, and every cell process's up to its program being loaded), which other load on the
+machine disturbs far less than wall time.
 """
 from __future__ import annotations
 
@@ -59,6 +61,12 @@ rcfg = RuntimeConfig(threads_per_cell=default_threads(len(plan.cells)))
 prepared = prepare(cfg, plan, rcfg, default_checkpoint(cfg.name), arts, verbose=False); mark("artifacts", a)
 a = time.time(); g = Grid(plan, prepared[0], rcfg); g.start(); mark("cells_and_wire", a)
 out["total_s"] = round(time.time() - t0, 3)
+out["driver_cpu_s"] = round(time.process_time(), 3)
+pids = [s["pid"] for s in ray.get([x.stats.remote() for x in g.actors.values()])]
+def cpu(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+out["cells_cpu_sum_s"] = round(sum(cpu(p) for p in pids), 3)
 g.stop(); g.close()
 @ray.remote(num_cpus=0)
 def one_cell(path):
@@ -90,6 +98,7 @@ def run_current(root: Path, grid: str, artifacts: Path, samples: int, env: dict)
         rep = json.loads(out.read_text())
     s = rep["startup"]
     return {"command_wall_s": round(wall, 3), "startup": s, "grid_s": s.get("grid_s"), "total_s": s.get("total_s"),
+            "cells_cpu_sum_s": s.get("cells_cpu_sum_s"), "driver_cpu_s": s.get("driver_cpu_s"),
             "frames_per_s": rep["frames_per_s"], "verify": rep["verify"]}
 
 
@@ -105,8 +114,10 @@ def run_baseline(root: Path, grid: str, artifacts: Path, samples: int, env: dict
     probe = subprocess.run([sys.executable, "-c", BASELINE_PROBE, str(time.time()), grid, str(artifacts)], cwd=root,
                            env=env, capture_output=True, text=True, timeout=900)
     line = next((ln for ln in probe.stdout.splitlines() if ln.startswith("PROBE ")), None)
-    return {"command_wall_s": round(wall, 3), "grid_s": float(m.group(1)) if m else None,
-            "probe": json.loads(line[6:]) if line else {"error": probe.stderr[-1000:]}}
+    pr = json.loads(line[6:]) if line else {"error": probe.stderr[-1000:]}
+    return {"command_wall_s": round(wall, 3), "grid_s": float(m.group(1)) if m else None, "probe": pr,
+            "total_s": pr.get("total_s"), "cells_cpu_sum_s": pr.get("cells_cpu_sum_s"),
+            "driver_cpu_s": pr.get("driver_cpu_s")}
 
 
 def spread(xs: list[Optional[float]]) -> dict[str, Optional[float]]:
@@ -118,7 +129,9 @@ def spread(xs: list[Optional[float]]) -> dict[str, Optional[float]]:
 
 def summarize(runs: list[dict]) -> dict[str, Any]:
     out = {"command_wall_s": spread([r["command_wall_s"] for r in runs]),
-           "total_s": spread([r.get("total_s") for r in runs]), "grid_s": spread([r.get("grid_s") for r in runs])}
+           "total_s": spread([r.get("total_s") for r in runs]), "grid_s": spread([r.get("grid_s") for r in runs]),
+           "cells_cpu_sum_s": spread([r.get("cells_cpu_sum_s") for r in runs]),
+           "driver_cpu_s": spread([r.get("driver_cpu_s") for r in runs])}
     if runs and "startup" in runs[0]:
         out["phases_s"] = {p: spread([r["startup"].get(f"{p}_s") for r in runs]) for p in PHASES}
         out["phases_at"] = {p: spread([r["startup"].get(f"{p}_at") for r in runs]) for p in PHASES}
@@ -146,7 +159,9 @@ def table(doc: dict[str, Any]) -> str:
               f"{'per cell (max): program load':<28}{med(cur['per_cell']['load_s']):>22}",
               f"{'grid start-up (cells+wire)':<28}{med(cur['grid_s']):>22}",
               f"{'start-up from process start':<28}{med(cur['total_s']):>22}",
-              f"{'whole command (64 samples)':<28}{med(cur['command_wall_s']):>22}"]
+              f"{'CPU s: cells (sum)':<28}{med(cur['cells_cpu_sum_s']):>22}",
+              f"{'CPU s: driver':<28}{med(cur['driver_cpu_s']):>22}",
+              f"{'whole command':<28}{med(cur['command_wall_s']):>22}"]
     if "baseline" in doc:
         base = doc["baseline"]["summary"]
         lines += ["", f"{'baseline ' + doc['baseline']['ref']:<28}{'seconds':>22}"]
@@ -155,10 +170,13 @@ def table(doc: dict[str, Any]) -> str:
         for k, v in base.get("one_cell_s", {}).items():
             lines.append(f"{'one cell: ' + k[:-2]:<28}{med(v):>22}")
         lines += [f"{'grid start-up (printed)':<28}{med(base['grid_s']):>22}",
-                  f"{'whole command (64 samples)':<28}{med(base['command_wall_s']):>22}"]
-        if base["grid_s"]["median"] and cur["grid_s"]["median"]:
-            lines.append(f"grid start-up: {base['grid_s']['median']:.1f} s -> {cur['grid_s']['median']:.1f} s; "
-                         f"whole command {base['command_wall_s']['median']:.1f} s -> {cur['command_wall_s']['median']:.1f} s")
+                  f"{'whole command':<28}{med(base['command_wall_s']):>22}", ""]
+        for label, key in (("grid start-up (printed)", "grid_s"), ("start-up from process start", "total_s"),
+                           ("CPU s: cells (sum)", "cells_cpu_sum_s"), ("CPU s: driver", "driver_cpu_s"),
+                           ("whole command", "command_wall_s")):
+            b, c = base[key]["median"], cur[key]["median"]
+            if b and c:
+                lines.append(f"{label:<28} {b:>7.1f} -> {c:>6.1f} s  ({b / c:.1f}x)")
     return "\n".join(lines)
 
 

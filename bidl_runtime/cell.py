@@ -91,6 +91,7 @@ class Cell:
         self.ctx.load(spec.cell.program.source)
         self._timings["load_s"] = time.perf_counter() - t
         self._timings["configured"] = time.time()
+        self._timings["cpu_s"] = time.process_time()   # this process's CPU seconds so far (start-up cost)
         if cfg.metrics and self._metrics is None:
             self._metrics = self._make_metrics()
         self._fresh_counters()

@@ -105,7 +105,7 @@ class Grid:
                     "process_start_at": tm["process_start"] - self.clock.t0,       # Ray's worker process
                     "assigned_at": tm["import_started"] - self.clock.t0,           # it became this cell
                     "imports_s": tm["ready"] - tm["import_started"],               # torch, channels, ...
-                    "load_s": tm["load_s"], "ready_at": tm["configured"] - self.clock.t0})
+                    "load_s": tm["load_s"], "ready_at": tm["configured"] - self.clock.t0, "cpu_s": tm["cpu_s"]})
         except Exception as e:  # noqa: BLE001
             self.clock.close()
             self.close()
@@ -139,6 +139,7 @@ class Grid:
             raise RunError(f"wiring the grid's channels failed: {_cell_error_text(e)}") from None
         self.loops = {self.actors[c.key].loop.remote(): c for c in p.cells}
         self.clock.mark("wire", t, time.time())
+        self.clock.note("driver_cpu_s", time.process_time())
         self.clock.close()
 
     # ---------------------------------------------------------------------------------- health

@@ -275,8 +275,9 @@ def startup_line(s: dict) -> str:
     parts = [f"{k[:-2].replace('_', ' ')} {s[k]:.1f} s" for k in
              ("imports_s", "model_s", "ray_start_s", "artifacts_s", "place_s", "cells_s", "wire_s") if k in s]
     cells = s.get("cells", {})
-    per = (f"; per cell (max): imports {cells['imports_s']['max']:.1f} s, program load {cells['load_s']['max']:.2f} s, "
-           f"ready at {cells['ready_at']['max']:.1f} s" if "imports_s" in cells else "")
+    per = (f"; per cell (max): imports {cells['imports_s']['max']:.1f} s, program load {cells['load_s']['max']:.2f} s; "
+           f"CPU: cells {s['cells_cpu_sum_s']:.1f} s, driver {s['driver_cpu_s']:.1f} s"
+           if "imports_s" in cells and "cells_cpu_sum_s" in s and "driver_cpu_s" in s else "")
     return f"start-up {s.get('total_s', 0):.1f} s from the command's start: " + ", ".join(parts) + per
 
 

@@ -37,6 +37,7 @@ class StartupClock:
         self.t0 = time.time() if t0 is None else t0
         self.phases: dict[str, tuple[float, float]] = {}
         self.cell_times: dict[str, dict[str, float]] = {}
+        self.notes: dict[str, float] = {}
         self._lock = threading.Lock()
         self._bar = None
         if show:
@@ -64,6 +65,11 @@ class StartupClock:
                 self._bar.update(1)
                 self._bar.set_postfix_str(f"{name.replace('_', ' ')}: {end - start:.1f} s")
 
+    def note(self, key: str, value: float) -> None:
+        """Record a figure that is not a phase (e.g. ``driver_cpu_s``)."""
+        with self._lock:
+            self.notes[key] = value
+
     def cell_ready(self, name: str, timings: dict[str, float]) -> None:
         with self._lock:
             self.cell_times[name] = dict(timings)
@@ -88,8 +94,9 @@ class StartupClock:
         return None if p is None else p[1] - p[0]
 
     def as_dict(self) -> dict[str, Any]:
-        """``<phase>_s`` durations, ``<phase>_at`` offsets from t0, per-cell medians and maxima,
-        ``total_s`` (t0 to the end of the last phase)."""
+        """``<phase>_s`` durations, ``<phase>_at`` offsets from t0, notes, per-cell medians and
+        maxima, the cells' CPU seconds summed, ``total_s`` (t0 to the end of the last phase),
+        ``grid_s`` (cells configured and wired)."""
         out: dict[str, Any] = {}
         for name, (a, b) in sorted(self.phases.items(), key=lambda kv: kv[1][0]):
             out[f"{name}_s"] = round(b - a, 3)
@@ -98,8 +105,11 @@ class StartupClock:
             out["total_s"] = round(max(b for _, b in self.phases.values()) - self.t0, 3)
         if "cells" in self.phases and "wire" in self.phases:
             out["grid_s"] = round(self.phases["wire"][1] - self.phases["cells"][0], 3)
+        out.update({k: round(v, 3) for k, v in self.notes.items()})
         if self.cell_times:
             keys = sorted({k for t in self.cell_times.values() for k in t})
+            if all("cpu_s" in t for t in self.cell_times.values()):
+                out["cells_cpu_sum_s"] = round(sum(t["cpu_s"] for t in self.cell_times.values()), 3)
             out["cells"] = {k: {"median": round(statistics.median(v), 3), "max": round(max(v), 3)}
                             for k in keys for v in [[t[k] for t in self.cell_times.values() if k in t]]}
             out["per_cell"] = {n: {k: round(v, 3) for k, v in t.items()} for n, t in sorted(self.cell_times.items())}

@@ -32,5 +32,6 @@ def test_startup_breakdown(tmp_path):
     for c in s["per_cell"].values():
         assert 0 < c["imports_s"] < s["total_s"] and 0 <= c["load_s"] < c["ready_at"] <= s["total_s"] + 0.01
     assert run["command_wall_s"] > s["total_s"] and run["verify"]["equal"] == run["verify"]["compared"] == 4
+    assert 0 < s["driver_cpu_s"] and 0 < max(c["cpu_s"] for c in s["per_cell"].values()) <= s["cells_cpu_sum_s"]
     summary = d["current"]["summary"]
     assert summary["total_s"]["median"] == s["total_s"] and summary["grid_s"]["median"] == s["grid_s"]
