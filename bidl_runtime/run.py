@@ -113,10 +113,10 @@ def _main(args: argparse.Namespace) -> int:
         return 2
     verify = args.verify if args.verify is not None else args.backend == "cpu"
     if verify and args.backend == "emulated":
-        print("note: --verify needs real compute; the emulated backend moves zeros, so it is skipped")
+        _say("note: --verify needs real compute; the emulated backend moves zeros, so it is skipped")
         verify = False
-    print(f"weights: {checkpoint}" if checkpoint else
-          "weights: NONE SHIPPED for this config -> deterministic SEEDED INITIAL WEIGHTS (seed 0), not a trained model")
+    _say(f"weights: {checkpoint}" if checkpoint else
+         "weights: NONE SHIPPED for this config -> deterministic SEEDED INITIAL WEIGHTS (seed 0), not a trained model")
 
     # 2. artifacts in a thread while Ray starts (or is joined) and the cells' processes start
     import ray
@@ -144,10 +144,7 @@ def _main(args: argparse.Namespace) -> int:
                 info = ray.init(address=args.address, namespace=namespace, log_to_driver=False,
                                 logging_level="WARNING")
             else:
-                # Ray starts num_cpus idle workers with the cluster: the cells (num_cpus=0) get them, so
-                # their Python and Ray start-up overlaps the cluster's own instead of following it
-                info = ray.init(num_cpus=max(os.cpu_count() or 1, layout.n_cells),
-                                resources={"bidl_device": layout.max_device + 1},
+                info = ray.init(num_cpus=os.cpu_count(), resources={"bidl_device": layout.max_device + 1},
                                 include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
                                 logging_level="WARNING", namespace=namespace)
         cluster = Cluster.connect()
