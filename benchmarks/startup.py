@@ -111,11 +111,13 @@ def run_baseline(root: Path, grid: str, artifacts: Path, samples: int, env: dict
     if r.returncode != 0:
         raise RuntimeError(f"the baseline command failed ({r.returncode}): {r.stderr[-2000:]}")
     m = re.search(r"grid start-up ([0-9.]+) s", r.stdout)
+    fps = re.search(r"throughput: ([0-9.]+) time-step frames/s", r.stdout)
     probe = subprocess.run([sys.executable, "-c", BASELINE_PROBE, str(time.time()), grid, str(artifacts)], cwd=root,
                            env=env, capture_output=True, text=True, timeout=900)
     line = next((ln for ln in probe.stdout.splitlines() if ln.startswith("PROBE ")), None)
     pr = json.loads(line[6:]) if line else {"error": probe.stderr[-1000:]}
     return {"command_wall_s": round(wall, 3), "grid_s": float(m.group(1)) if m else None, "probe": pr,
+            "frames_per_s": float(fps.group(1)) if fps else None,
             "total_s": pr.get("total_s"), "cells_cpu_sum_s": pr.get("cells_cpu_sum_s"),
             "driver_cpu_s": pr.get("driver_cpu_s")}
 
@@ -131,7 +133,8 @@ def summarize(runs: list[dict]) -> dict[str, Any]:
     out = {"command_wall_s": spread([r["command_wall_s"] for r in runs]),
            "total_s": spread([r.get("total_s") for r in runs]), "grid_s": spread([r.get("grid_s") for r in runs]),
            "cells_cpu_sum_s": spread([r.get("cells_cpu_sum_s") for r in runs]),
-           "driver_cpu_s": spread([r.get("driver_cpu_s") for r in runs])}
+           "driver_cpu_s": spread([r.get("driver_cpu_s") for r in runs]),
+           "frames_per_s": spread([r.get("frames_per_s") for r in runs])}
     if runs and "startup" in runs[0]:
         out["phases_s"] = {p: spread([r["startup"].get(f"{p}_s") for r in runs]) for p in PHASES}
         out["phases_at"] = {p: spread([r["startup"].get(f"{p}_at") for r in runs]) for p in PHASES}
@@ -161,7 +164,8 @@ def table(doc: dict[str, Any]) -> str:
               f"{'start-up from process start':<28}{med(cur['total_s']):>22}",
               f"{'CPU s: cells (sum)':<28}{med(cur['cells_cpu_sum_s']):>22}",
               f"{'CPU s: driver':<28}{med(cur['driver_cpu_s']):>22}",
-              f"{'whole command':<28}{med(cur['command_wall_s']):>22}"]
+              f"{'whole command':<28}{med(cur['command_wall_s']):>22}",
+              f"{'streaming frames/s':<28}{med(cur['frames_per_s']):>22}"]
     if "baseline" in doc:
         base = doc["baseline"]["summary"]
         lines += ["", f"{'baseline ' + doc['baseline']['ref']:<28}{'seconds':>22}"]
@@ -170,13 +174,17 @@ def table(doc: dict[str, Any]) -> str:
         for k, v in base.get("one_cell_s", {}).items():
             lines.append(f"{'one cell: ' + k[:-2]:<28}{med(v):>22}")
         lines += [f"{'grid start-up (printed)':<28}{med(base['grid_s']):>22}",
-                  f"{'whole command':<28}{med(base['command_wall_s']):>22}", ""]
+                  f"{'whole command':<28}{med(base['command_wall_s']):>22}",
+                  f"{'streaming frames/s':<28}{med(base['frames_per_s']):>22}", ""]
         for label, key in (("grid start-up (printed)", "grid_s"), ("start-up from process start", "total_s"),
                            ("CPU s: cells (sum)", "cells_cpu_sum_s"), ("CPU s: driver", "driver_cpu_s"),
                            ("whole command", "command_wall_s")):
             b, c = base[key]["median"], cur[key]["median"]
             if b and c:
                 lines.append(f"{label:<28} {b:>7.1f} -> {c:>6.1f} s  ({b / c:.1f}x)")
+        b, c = base["frames_per_s"]["median"], cur["frames_per_s"]["median"]
+        if b and c:
+            lines.append(f"{'streaming frames/s':<28} {b:>7.1f} -> {c:>6.1f}    ({c / b:.2f}x)")
     return "\n".join(lines)
 
 
