@@ -206,9 +206,10 @@ class Grid:
         cells = self.drain()
         checked = (Reference(self.plan, self.config.threads_per_cell).compare(stream.outputs, stream.inputs)
                    if verify else None)
-        return RunReport(self.plan, self.config.backend, self.config.transport, stream.outputs, stream.labels,
-                         stream.rejected, stream.fed_at, stream.done_at, wall, cells, self._driver_stats(),
-                         self.clock.as_dict(), checked)
+        return RunReport(plan=self.plan, backend=self.config.backend, transport=self.config.transport,
+                         outputs=stream.outputs, labels=stream.labels, rejected=stream.rejected,
+                         fed_at=stream.fed_at, done_at=stream.done_at, wall_s=wall, cells=cells,
+                         driver_channels=self._driver_stats(), startup=self.clock.as_dict(), verify=checked)
 
     def _driver_stats(self) -> dict:
         return {"channels_out": {f"feed{k}": s.stats.snapshot() for k, s in self.feeds.items()},
