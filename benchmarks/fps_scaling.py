@@ -83,17 +83,19 @@ def default_samples(rows: int, cols: int, replicas: int, T: int) -> int:
     return rows + cols - 1 + window
 
 
-def measure(cfg, plan, rcfg, prepared, pool, n_samples: int, x) -> dict[str, Any]:
-    from bidl_runtime.api import stream
+def measure(plan, rcfg, pool, n_samples: int, x) -> dict[str, Any]:
+    from bidl_runtime.grid import Grid
 
-    report = stream(cfg, itertools.repeat(x, n_samples), rcfg=rcfg, plan=plan, prepared=prepared, pool=pool,
-                    total=n_samples)
+    grid = Grid(plan, rcfg, pool)
+    try:
+        report = grid.run(itertools.repeat(x, n_samples), total=n_samples, progress=False)
+    finally:
+        grid.close()
     skip = plan.rows + plan.cols - 1 if plan.replicas == 1 else plan.replicas
     count, secs = report.window(skip)
     sps = count / secs
-    segs = prepared[0]
     if rcfg.backend == "emulated":
-        chunk_s = {(g, s): plan.slices[g] * segs[(s, plan.slices[g])].source.seconds_per_step
+        chunk_s = {(g, s): plan.slices[g] * plan.cell(0, g, s).program.source.seconds_per_step
                    for g in range(plan.rows) for s in range(plan.cols)}
     else:
         med = {(c["row"], c["col"]): c["step_ms_median"] / 1e3 for c in report.cells if c["replica"] == 0}
@@ -133,10 +135,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from bidl_models.config import load_config
     from bidl_runtime.api import prepare
+    from bidl_runtime.config import RuntimeConfig
+    from bidl_runtime.defaults import default_threads
     from bidl_runtime.devices import DeviceProfile
-    from bidl_runtime.driver import CellPool, RuntimeConfig, node_devices
-    from bidl_runtime.plan import make_plan
-    from bidl_runtime.session import default_threads
+    from bidl_runtime.layout import GridLayout
+    from bidl_runtime.place import Cluster, place
+    from bidl_runtime.pool import CellPool
 
     devices = sorted({int(d) for d in args.devices.split(",")})
     Ts = [int(t) for t in args.T.split(",")]
@@ -166,7 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base: dict[int, float] = {}
     t_all = time.perf_counter()
     try:
-        nodes = node_devices()
+        cluster = Cluster.connect()
         bar = tqdm(jobs, unit="config", desc="fps scaling")
         for T, n, mode, ((rows, cols), reps) in bar:
             bar.set_postfix_str(f"T={T} n={n} {mode} {rows}x{cols}x{reps}")
@@ -174,14 +178,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               + ([f"models_compile_inputshape=[[1,{shape[0]},{shape[1]},{shape[2]}]]"]))
             if "lynxi_devices" in cfg:
                 del cfg["lynxi_devices"]
-            plan = make_plan(cfg, (rows, cols), reps, device_nodes=nodes)
-            threads = default_threads(len(plan.cells)) if args.backend == "cpu" else 1
+            layout = GridLayout.resolve(cfg, (rows, cols), reps)
+            threads = default_threads(layout.n_cells) if args.backend == "cpu" else 1
             rcfg = RuntimeConfig(backend=args.backend, metrics=False, threads_per_cell=threads,
                                  profile=DeviceProfile(ref_fps=args.profile_fps))
-            prepared = prepare(cfg, plan, rcfg, None, args.artifacts, verbose=False)
+            _, arts = prepare(cfg, layout, rcfg, None, args.artifacts, verbose=False)
+            plan = place(arts, cluster, layout)
             n_samples = args.samples or default_samples(rows, cols, reps, T)
             x = (torch.rand((T,) + shape, generator=torch.Generator().manual_seed(0)) < 0.2).float()
-            m = measure(cfg, plan, rcfg, prepared, pool, n_samples, x)
+            m = measure(plan, rcfg, pool, n_samples, x)
             if n == 1 and mode == "time":
                 base[T] = m["frames_per_s"]
             m.update(T=T, devices=n, mode=mode, grid=[rows, cols], replicas=reps,

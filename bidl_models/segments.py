@@ -79,7 +79,8 @@ class Segment(Temporal):
         shape = tuple(model_in_shape) if model_in_shape else self._backbone.default_input_shape()
         if self.is_first:
             return shape
-        out, _ = self._backbone.segment(0, self.split[0]).trace_shapes((1,) + shape)
+        head = self._backbone.segment(0, self.split[0]).train(self.training)  # a fresh module would be in train mode
+        out, _ = head.trace_shapes((1,) + shape)
         return tuple(out.shape[1:])
 
     def specs(self, batch: int = 1, model_in_shape: Optional[Sequence[int]] = None) -> SegmentSpecs:

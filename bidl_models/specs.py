@@ -1,8 +1,8 @@
 """Tensor specs: the names, shapes and dtypes that segments, artifacts and channels agree on."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import Tensor
@@ -83,3 +83,12 @@ def sub_state(state: Mapping[str, Tensor] | None, prefix: str) -> State | None:
 def prefixed(state: Mapping[str, Tensor], prefix: str) -> State:
     """``{k: v} -> {prefix.k: v}``."""
     return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def known_fields(cls: type, d: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``d`` as keyword arguments of dataclass ``cls``; ValueError naming unknown keys (``what``: for the message)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{what}: unknown {unknown}; expected some of {sorted(known)}")
+    return dict(d)

@@ -1,1 +1,8 @@
-"""The spatio-temporal device grid: planner, device contexts, cells, event-gated channels, driver."""
+"""The spatio-temporal device grid.
+
+The stage chain: ``GridLayout`` (``layout``) + ``ModelSpec`` (``bidl_models.model_spec``) ->
+artifacts (``compile.compile_spec`` or ``emulated.emulate``) -> ``place`` (``place``: nodes,
+transports, artifact shipping) -> ``GridPlan`` (``plan``: cells and edges) -> ``Grid(plan).run``
+(``grid``, cells in ``cell``, channels in ``channels``) -> ``RunReport`` (``report``). Tunables:
+``config.RuntimeConfig``; library entry: ``api``; CLI: ``python -m bidl_runtime.run``.
+"""

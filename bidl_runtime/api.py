@@ -1,89 +1,80 @@
-"""The runtime as a library: plan, prepare, stream, verify (the CLI and benchmarks use this).
+"""The runtime as a library: the stage chain, and ``stream`` that runs all of it.
+
+The chain (each stage produced once, data flowing one way)::
+
+    cfg    = load_config("clif3fc3dm_itout-b16x1-dvsglyphs")                 # bidl_models.config
+    layout = GridLayout.resolve(cfg, "3x2")                                  # rows x cols x replicas, devices
+    spec   = ModelSpec.from_config(cfg, columns=layout.cols, checkpoint=ckpt) # bidl_models.model_spec
+    arts   = compile_spec(spec, time_slices(spec.T, layout.rows),            # compile (or emulate(spec, ...))
+                          CompileOptions(out=artifact_dir(spec)))
+    plan   = place(arts, Cluster.connect(), layout)                          # bidl_runtime.place -> GridPlan
+    report = Grid(plan, RuntimeConfig()).run(samples)                        # bidl_runtime.grid -> RunReport
+
+:func:`prepare` does the layout/spec/artifacts part, :func:`stream` all of it on an initialised
+Ray (the cluster's nodes declare ``bidl_device`` resources)::
 
     import ray; ray.init(resources={"bidl_device": 6})
-    cfg = load_config("clif3fc3dm_itout-b16x1-dvsglyphs")
-    report = stream(cfg, samples, grid=(3, 2))
+    report = stream(load_config("clif3fc3dm_itout-b16x1-dvsglyphs"), samples, grid=(3, 2))
     print(report.summary())
-
-``ray`` must be initialised (the cluster's nodes declare ``bidl_device`` resources).
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
-
-import torch
+from typing import Iterable, Optional, Sequence
 
 from bidl_models.config import Config
+from bidl_models.model_spec import ModelSpec
 
-from .driver import CellPool, Grid, RunReport, RuntimeConfig, node_devices
-from .plan import GridPlan, make_plan
-from .session import compiled_segments, emulated_segments, reference_output
-
-
-class KeepInputs:
-    """Wraps a sample iterable and keeps each sample's input (for the reference comparison)."""
-
-    def __init__(self, samples: Iterable):
-        self.samples = samples
-        self.kept: dict[int, torch.Tensor] = {}
-
-    def __iter__(self):
-        for i, item in enumerate(self.samples):
-            self.kept[i] = item[0] if isinstance(item, tuple) else item
-            yield item
+from .config import RuntimeConfig
+from .emulated import emulate
+from .grid import Grid
+from .layout import GridLayout, time_slices
+from .place import Cluster, place
+from .pool import CellPool
+from .report import RunReport
 
 
-def prepare(cfg: Config, plan: GridPlan, rcfg: RuntimeConfig, checkpoint: Optional[str | Path] = None,
-            artifacts: str | Path = "artifacts", force_compile: bool = False, verbose: bool = True):
-    """Segment runtimes per (column, chunk length) and, for real backends, the loaded artifacts."""
-    if rcfg.backend == "emulated":
-        return emulated_segments(cfg, plan, rcfg.profile, rcfg.batch), {}
-    return compiled_segments(cfg, plan, checkpoint, artifacts, rcfg.batch, force_compile, verbose=verbose,
-                             progress=verbose)
+def artifact_dir(spec: ModelSpec, root: str | Path = "artifacts") -> Path:
+    """The runtime's artifact directory for a model, its weights and its cut: models that differ
+    (another T, split or checkpoint) get their own directory instead of meeting ``compile``'s
+    refusal of a mismatched artifact."""
+    return Path(root) / f"{spec.name}-{spec.key}"
 
 
-def verify_report(report: RunReport, arts: Mapping, plan: GridPlan, inputs: Mapping[int, torch.Tensor],
-                  threads: int) -> dict[str, Any]:
-    """Compare every grid output with the single-device run of the same artifacts (bit-exact)."""
-    equal = compared = 0
-    worst = 0.0
-    for i, y in report.outputs.items():
-        x = inputs[i]
-        xb = x.to(torch.float32).unsqueeze(1) if x.dim() == 4 else x
-        ref = reference_output(arts, plan, xb, threads)
-        compared += 1
-        if torch.equal(ref, y):
-            equal += 1
-        else:
-            worst = max(worst, float((ref - y).abs().max()))
-    return {"equal": equal, "compared": compared, "max_abs_diff": worst}
+def prepare(cfg: Config, layout: GridLayout, config: RuntimeConfig, checkpoint: Optional[str | Path] = None,
+            artifacts: str | Path = "artifacts", force_compile: bool = False,
+            verbose: bool = True) -> tuple[ModelSpec, object]:
+    """``(spec, artifact set)`` for a layout: compiled artifacts (built or reused) for real backends,
+    an :class:`~bidl_runtime.emulated.EmulatedSet` for ``emulated``."""
+    spec = ModelSpec.from_config(cfg, columns=layout.cols, checkpoint=checkpoint)
+    return spec, build_artifacts(spec, time_slices(spec.T, layout.rows), config, artifacts, force_compile, verbose)
 
 
-def stream(cfg: Config, samples: Iterable, grid: Optional[tuple[int, int]] = None, replicas: int = 1,
+def build_artifacts(spec: ModelSpec, slices: Sequence[int], config: RuntimeConfig, artifacts: str | Path = "artifacts",
+                    force_compile: bool = False, verbose: bool = True, progress: Optional[bool] = None):
+    """The artifact stage for a resolved spec and the rows' time slices (see :func:`prepare`);
+    ``verbose``: compile's log lines, ``progress``: its progress bar (default: as verbose)."""
+    if config.backend == "emulated":
+        return emulate(spec, slices, config.profile, config.batch)
+    from compile import CompileOptions, compile_spec
+    opts = CompileOptions(out=str(artifact_dir(spec, artifacts)), batch=config.batch, force=force_compile,
+                          verbose=verbose, progress=verbose if progress is None else progress)
+    return compile_spec(spec, slices, opts)
+
+
+def stream(cfg: Config, samples: Iterable, grid: Optional[tuple[int, int] | str] = None, replicas: int = 1,
            rcfg: Optional[RuntimeConfig] = None, checkpoint: Optional[str | Path] = None,
            artifacts: str | Path = "artifacts", verify: bool = False, total: Optional[int] = None,
-           progress: bool = False, verbose: bool = False, plan: Optional[GridPlan] = None,
-           prepared: Optional[tuple] = None, pool: Optional[CellPool] = None) -> RunReport:
-    """Plan the grid on the connected cluster, prepare its segments, stream ``samples`` through it,
-    stop it, and (``verify``) compare with the single-device reference. The grid is always torn down."""
+           progress: bool = False, verbose: bool = False, pool: Optional[CellPool] = None) -> RunReport:
+    """The whole chain on the connected cluster: layout, spec, artifacts, placement, one run with
+    ``verify`` (compare with the single-device reference). The grid is always torn down."""
     rcfg = rcfg or RuntimeConfig()
-    plan = plan or make_plan(cfg, grid, replicas, device_nodes=node_devices())
-    segments, arts = prepared or prepare(cfg, plan, rcfg, checkpoint, artifacts, verbose=verbose)
-    x0 = segments[(0, plan.slices[0])].x
-    shape = (plan.T,) + tuple(x0.shape[2:])
-    src = KeepInputs(samples) if verify else samples
-    g = Grid(plan, segments, rcfg, pool)
+    layout = GridLayout.resolve(cfg, grid, replicas)
+    _, arts = prepare(cfg, layout, rcfg, checkpoint, artifacts, verbose=verbose)
+    plan = place(arts, Cluster.connect(), layout, transport=rcfg.transport)
+    g = Grid(plan, rcfg, pool)
     try:
-        t0 = time.perf_counter()
-        g.start()
-        startup = time.perf_counter() - t0
-        report = g.run(src, shape, progress=progress, total=total)
-        report.cells = g.stop()
-        report.startup_s = startup
+        return g.run(samples, total=total, progress=progress, verify=verify)
     finally:
         g.close()
-    if verify:
-        report.verify = verify_report(report, arts, plan, src.kept, rcfg.threads_per_cell)
-    return report
+

@@ -1,63 +1,62 @@
 """A grid cell: one Ray actor per (time slice g, segment s), owning its device context.
 
-Loop per sample: wait for the input chunk (from the driver for s = 0, else from cell (g, s-1)) and
-for the state (from cell (g-1, s); zeros for g = 0), run the chunk, send the state right-of-time to
-(g+1, s) and the activations down-the-segments to (g, s+1) (the last cell of the last row sends the
-result to the driver), then release the inputs (their slots' credits go back to the senders).
+Lifecycle: ``configure(spec)`` opens the device context and loads the program (once per grid);
+then per run ``open_inputs()`` creates the receiving ends of the cell's input edges,
+``connect(...)`` attaches to the receivers of its output edges, ``loop()`` serves samples until a
+stop message and returns the cell's stats, ``reset()`` drops the channel ends (the program stays
+loaded, so a kept-alive grid runs again without loading anything).
 
-Cells hold no sample state between samples, so a later issue can restart one and replay the
-driver's in-flight samples. A ``stop`` message drains the grid in order; every wait is bounded.
+Loop per sample: wait for the input chunk (the ``input`` edge from the driver for s = 0, else the
+``activation`` edge from cell (g, s-1)) and for the ``state`` edge from cell (g-1, s) (zeros for
+g = 0), run the chunk, hand the outputs to the outbox thread (``state`` to (g+1, s), ``activation``
+to (g, s+1), or the ``result`` to the driver; sent while the next chunk computes), then release
+the inputs (their slots' credits go back to the senders). Which edges exist is the plan's business:
+the cell only reads them. Cells hold no sample state between samples, so a restarted cell can
+replay the driver's in-flight samples. Every wait is bounded (:func:`bidl_runtime.retry.patiently`).
 """
 from __future__ import annotations
 
-import os
-import threading
 import time
-import traceback
+
+_IMPORT_STARTED = time.time()   # this module is imported when the actor's worker gets the cell class
+
+import os  # noqa: E402
+import threading  # noqa: E402
+import traceback  # noqa: E402
+from dataclasses import dataclass
 from queue import Queue
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional  # noqa: E402
 
-from bidl_models.specs import TensorSpec
+import torch  # noqa: E402,F401  (imported with the actor class, not on the first chunk)
 
-from .channels import ChannelConfig, ChannelTimeout, attach_sender, create_receiver
-from .devices import ArtifactSource, BusyClock, EmulatedSource, open_context
-from .plan import CellPlan
+from .channels import attach_sender, create_receiver  # noqa: E402
+from .config import RuntimeConfig  # noqa: E402
+from .devices import BusyClock, open_context  # noqa: E402
+from .plan import CellPlan, Edge  # noqa: E402
+from .retry import attempt, patiently  # noqa: E402
+from .startup import process_start_time  # noqa: E402
+
+_IMPORTED_AT = time.time()
 
 
 @dataclass(frozen=True)
 class CellSpec:
-    """Everything a cell needs (picklable; sent to the actor by the driver)."""
+    """Everything a cell needs (picklable; sent to the actor by the driver): its entry in the plan,
+    its edges as the plan lists them, and the runtime tunables."""
 
-    plan: CellPlan
-    rows: int
-    cols: int
-    backend: str
-    source: ArtifactSource | EmulatedSource
-    x_layout: tuple[TensorSpec, ...]          # the input chunk [t, B, ...]
-    state_layout: tuple[TensorSpec, ...]      # the segment's state tensors
-    channel: ChannelConfig = field(default_factory=ChannelConfig)          # x input (transport by edge)
-    state_channel: ChannelConfig = field(default_factory=ChannelConfig)    # state input
-    threads: int = 1
-    idle_timeout_s: float = 600.0             # no input for this long: the cell gives up
-    poll_s: float = 0.5                       # blocking-wait granularity for abort checks
-    metrics: bool = True
+    cell: CellPlan
+    inputs: tuple[Edge, ...]
+    outputs: tuple[Edge, ...]
+    config: RuntimeConfig
     fault: Optional[tuple[str, int]] = None    # test hook: ('raise' | 'exit', sample id)
 
     @property
-    def state_in(self) -> bool:
-        return self.plan.row > 0
+    def x_edge(self) -> Edge:
+        return next(e for e in self.inputs if e.kind in ("input", "activation"))
 
     @property
-    def state_out(self) -> bool:
-        return self.plan.row < self.rows - 1
-
-    @property
-    def x_out(self) -> Optional[str]:
-        """'cell' (to (g, s+1)), 'driver' (the sample's result) or None."""
-        if self.plan.col < self.cols - 1:
-            return "cell"
-        return "driver" if self.plan.row == self.rows - 1 else None
+    def state_edge(self) -> Optional[Edge]:
+        return next((e for e in self.inputs if e.kind == "state"), None)
 
 
 class CellError(RuntimeError):
@@ -65,85 +64,86 @@ class CellError(RuntimeError):
 
 
 class Cell:
-    """The actor body (wrapped with ``ray.remote`` by the driver)."""
+    """The actor body (wrapped with ``ray.remote`` by the driver or the pool)."""
 
     def __init__(self, spec: Optional[CellSpec] = None):
         self.receivers: dict[str, Any] = {}
         self.senders: dict[str, Any] = {}
         self.ctx = None
+        self.spec: Optional[CellSpec] = None
         self._metrics: Optional[dict] = None
+        self._timings = {"process_start": process_start_time(), "import_started": _IMPORT_STARTED,
+                         "imported": _IMPORTED_AT, "ready": time.time()}
         if spec is not None:
             self.configure(spec)
 
-    def configure(self, spec: CellSpec) -> None:
-        """(Re)build this cell for ``spec``: device context, loaded segment, fresh counters. A
-        pooled actor is reconfigured between runs instead of starting a new process."""
+    def configure(self, spec: CellSpec) -> dict[str, float]:
+        """(Re)build this cell for ``spec``: device context and program. A pooled or kept-alive
+        actor is reconfigured instead of starting a new process. Returns start-up timings (epoch
+        seconds: worker process start, cell module import start and end, actor ready; and the
+        program load's seconds)."""
         self.close()
         self.spec = spec
-        self.name = spec.plan.name
-        self.ctx = open_context(spec.backend, spec.plan.device, spec.threads)
-        self.ctx.load(spec.source)
+        self.name = spec.cell.name
+        cfg = spec.config
+        t = time.perf_counter()
+        self.ctx = open_context(cfg.backend, spec.cell.device, cfg.threads_per_cell)
+        self.ctx.load(spec.cell.program.source)
+        self._timings["load_s"] = time.perf_counter() - t
+        self._timings["configured"] = time.time()
+        self._timings["cpu_s"] = time.process_time()   # this process's CPU seconds so far (start-up cost)
+        if cfg.metrics and self._metrics is None:
+            self._metrics = self._make_metrics()
+        self._fresh_counters()
+        return dict(self._timings)
+
+    def _fresh_counters(self) -> None:
         self.clock = BusyClock()
-        self._abort = False
         self._t_start = 0.0
         self._t_end = 0.0
         self._samples = 0
         self._bytes_reported = 0
         self._first: Optional[dict] = None   # perf_counter timeline of the first sample (latency analysis)
-        if spec.metrics and self._metrics is None:
-            self._metrics = self._make_metrics()
+
+    def describe(self) -> dict[str, Any]:
+        """Which cell this actor is configured as (a process attaching to a kept-alive grid checks it)."""
+        return {"cell": self.spec.cell.name if self.spec else None, "pid": os.getpid(),
+                "program": getattr(self.spec.cell.program.source, "path", None) if self.spec else None}
 
     # ------------------------------------------------------------------ wiring (control plane)
 
     def open_inputs(self) -> dict[str, Any]:
-        """Create this cell's receiving channel ends; returns their picklable endpoints."""
-        tag = self.spec.plan.name
-        self.receivers["x"] = create_receiver(f"{tag}:x", self.spec.x_layout, self.spec.channel)
-        if self.spec.state_in:
-            self.receivers["state"] = create_receiver(f"{tag}:state", self.spec.state_layout,
-                                                     self.spec.state_channel)
+        """Create the receiving ends of this cell's input edges; their picklable endpoints by edge name."""
+        for e in self.spec.inputs:
+            self.receivers[e.name] = create_receiver(e.name, e.layout, self.spec.config.channel(e.transport))
         return {k: r.descriptor for k, r in self.receivers.items()}
 
-    def connect(self, outputs: dict[str, Any]) -> None:
-        """Attach to downstream endpoints: ``{'x': ..., 'state': ...}`` as this cell needs."""
-        for key in ("x", "state"):
-            if outputs.get(key) is not None:
-                self.senders[key] = attach_sender(outputs[key])
+    def connect(self, endpoints: dict[str, Any]) -> None:
+        """Attach to the receivers of this cell's output edges (``{edge name: endpoint}``)."""
+        for e in self.spec.outputs:
+            self.senders[e.name] = attach_sender(endpoints[e.name])
 
-    def abort(self) -> None:
-        self._abort = True
+    def reset(self) -> None:
+        """Drop the channel ends and the counters of the last run; the program stays loaded."""
+        self._close_channels()
+        self._fresh_counters()
 
     # ------------------------------------------------------------------------------ data plane
 
-    def _recv(self, key: str):
-        """Next message on input ``key``; bounded waits, abort-aware, idle limit."""
-        r = self.receivers[key]
-        waited = 0.0
-        while True:
-            if self._abort:
-                raise CellError(f"{self.name}: aborted by the driver")
-            try:
-                return r.recv(timeout=self.spec.poll_s)
-            except ChannelTimeout:
-                waited += self.spec.poll_s
-                if waited >= self.spec.idle_timeout_s:
-                    raise CellError(f"{self.name}: no {key} input for {waited:.0f} s") from None
+    def _recv(self, edge: Edge):
+        """Next message on an input edge; bounded waits, idle limit."""
+        rx = self.receivers[edge.name]
+        cfg = self.spec.config
+        return patiently(lambda t: rx.recv(timeout=t), poll_s=cfg.poll_s, limit_s=cfg.idle_timeout_s,
+                         give_up=lambda s: CellError(f"{self.name}: no {edge.kind} input on {edge.name} for {s:.0f} s"))
 
-    def _send(self, key: str, tensors: Any, meta: dict) -> None:
-        """Send on output ``key``, waiting for a credit as long as the receiver is alive (bounded
-        by the idle limit, abort-aware): a slow downstream cell is back-pressure, not an error."""
-        s = self.senders[key]
-        waited = 0.0
-        while True:
-            if self._abort:
-                raise CellError(f"{self.name}: aborted by the driver")
-            try:
-                s.send(tensors, meta, timeout=self.spec.poll_s)
-                return
-            except ChannelTimeout:
-                waited += self.spec.poll_s
-                if waited >= self.spec.idle_timeout_s:
-                    raise CellError(f"{self.name}: {key} output blocked for {waited:.0f} s") from None
+    def _send(self, edge: Edge, tensors: Any, meta: dict) -> None:
+        """Send on an output edge, waiting for a credit as long as the receiver is alive (bounded
+        by the idle limit): a slow downstream cell is back-pressure, not an error."""
+        tx = self.senders[edge.name]
+        cfg = self.spec.config
+        patiently(lambda t: tx.send(tensors, meta, timeout=t), poll_s=cfg.poll_s, limit_s=cfg.idle_timeout_s,
+                  give_up=lambda s: CellError(f"{self.name}: {edge.kind} output {edge.name} blocked for {s:.0f} s"))
 
     def loop(self) -> dict[str, Any]:
         """Serve samples until a stop message; returns this cell's stats."""
@@ -157,24 +157,25 @@ class Cell:
 
     def _loop(self) -> dict[str, Any]:
         spec = self.spec
-        zero = self.ctx.reset_state() if not spec.state_in else None
-        ev0, ev1 = self.ctx.create_event(), self.ctx.create_event()
-        outbox = _Outbox(self.name, spec.poll_s, lambda: self._abort)
+        zero = self.ctx.reset_state() if spec.state_edge is None else None
+        outbox = _Outbox(self.name, spec.config)
         try:
-            self._serve(spec, zero, ev0, ev1, outbox)
+            self._serve(spec, zero, outbox)
         finally:
             outbox.close()
         for s in self.senders.values():
             s.send_control("stop")
         return self.stats()
 
-    def _serve(self, spec: CellSpec, zero, ev0, ev1, outbox: "_Outbox") -> None:
+    def _serve(self, spec: CellSpec, zero, outbox: "_Outbox") -> None:
         """Receive, compute, hand the outputs to the outbox (sent while the next chunk computes)."""
+        ev0, ev1 = self.ctx.create_event(), self.ctx.create_event()
+        x_edge, state_edge = spec.x_edge, spec.state_edge
         while True:
-            mx = self._recv("x")
+            mx = self._recv(x_edge)
             t_x = time.perf_counter()
             meta = mx.meta
-            ms = self._recv("state") if spec.state_in else None
+            ms = self._recv(state_edge) if state_edge is not None else None
             t_in = time.perf_counter()
             if mx.kind == "stop":
                 if ms is not None and ms.kind != "stop":
@@ -206,16 +207,15 @@ class Cell:
             outbox.put(self._deliver(spec, meta.get("sample"), y, new_state, mx, ms, ms_busy, x.shape[0]))
 
     def _deliver(self, spec: CellSpec, sample: Any, y, new_state, mx, ms, ms_busy: float, steps: int):
-        """The outbox job of one sample: send its outputs, then release its inputs (the outputs may
-        be views of the input slots, e.g. the emulated backend hands the state through)."""
+        """The outbox job of one sample: send its outputs on every output edge, then release its
+        inputs (the outputs may be views of the input slots, e.g. the emulated backend hands the
+        state through)."""
+        payloads = {"state": lambda: new_state, "activation": lambda: {"x": y}, "result": lambda: {"y": y[-1]}}
+
         def job() -> None:
             out_meta = {"kind": "data", "sample": sample}
-            if spec.state_out:
-                self._send("state", new_state, out_meta)
-            if spec.x_out == "cell":
-                self._send("x", {"x": y}, out_meta)
-            elif spec.x_out == "driver":
-                self._send("x", {"y": y[-1]}, out_meta)
+            for e in spec.outputs:
+                self._send(e, payloads[e.kind](), out_meta)
             mx.release()
             if ms is not None:
                 ms.release()
@@ -237,10 +237,11 @@ class Cell:
 
     def stats(self) -> dict[str, Any]:
         wall = max(1e-9, (self._t_end or time.perf_counter()) - self._t_start) if self._t_start else 0.0
+        c = self.spec.cell
         return {
-            "cell": self.name, "replica": self.spec.plan.replica, "row": self.spec.plan.row,
-            "col": self.spec.plan.col, "device": self.spec.plan.device, "samples": self._samples,
-            "pid": os.getpid(), "node": _node_id(), "first_sample": self._first,
+            "cell": self.name, "replica": c.replica, "row": c.row, "col": c.col, "device": c.device,
+            "samples": self._samples, "pid": os.getpid(), "node": _node_id(), "first_sample": self._first,
+            "program": getattr(c.program.source, "path", None), "format": getattr(self.ctx, "format", None),
             "busy_s": self.clock.busy_s, "wall_s": wall,
             "busy_pct": 100.0 * self.clock.busy_s / wall if wall else 0.0,
             "step_ms_median": _median(self.clock.samples_ms),
@@ -267,7 +268,7 @@ class Cell:
 
     def _record_metrics(self, ms_busy: float, steps: int) -> None:
         m, tags = self._metrics, {"cell": self.name}
-        if not m or not self.spec.metrics:
+        if not m or not self.spec.config.metrics:
             return
         m["frames"].inc(steps, tags)
         m["latency"].observe(ms_busy, tags)
@@ -279,13 +280,16 @@ class Cell:
         pending = sum(s.depth - s.credits for s in self.senders.values())
         m["queue"].set(pending, tags)
 
-    def close(self) -> None:
-        """Close the channel ends and the device context (idempotent)."""
+    def _close_channels(self) -> None:
         for s in self.senders.values():
             s.close()
         for r in self.receivers.values():
             r.close()
         self.senders, self.receivers = {}, {}
+
+    def close(self) -> None:
+        """Close the channel ends and the device context (idempotent)."""
+        self._close_channels()
         if self.ctx is not None:
             self.ctx.close()
             self.ctx = None
@@ -295,8 +299,8 @@ class _Outbox:
     """A thread that sends one sample's outputs while the cell computes the next chunk (depth 1:
     the cell waits before handing over a second job). Errors re-raise in the cell's loop."""
 
-    def __init__(self, name: str, poll_s: float, aborted) -> None:
-        self.name, self.poll_s, self.aborted = name, poll_s, aborted
+    def __init__(self, name: str, config: RuntimeConfig) -> None:
+        self.name, self.config = name, config
         self.q: Queue = Queue(maxsize=1)
         self.err: Optional[BaseException] = None
         self.idle = threading.Event()
@@ -317,26 +321,23 @@ class _Outbox:
             finally:
                 self.idle.set()
 
-    def _check(self) -> None:
-        if self.err is not None:
-            err, self.err = self.err, None
-            raise err
-
     def put(self, job) -> None:
         self.flush()
         self.idle.clear()
         self.q.put(job)
 
     def flush(self) -> None:
-        """Wait until the previous job is sent (abort-aware); re-raise its error."""
-        while not self.idle.wait(self.poll_s):
-            if self.aborted():
-                raise CellError(f"{self.name}: aborted by the driver")
-        self._check()
+        """Wait until the previous job is sent (its sends are bounded by the idle limit); re-raise its error."""
+        patiently(lambda t: attempt(self.idle.wait(t)), poll_s=self.config.poll_s,
+                  limit_s=2 * self.config.idle_timeout_s,
+                  give_up=lambda s: CellError(f"{self.name}: outbox still sending after {s:.0f} s"))
+        if self.err is not None:
+            err, self.err = self.err, None
+            raise err
 
     def close(self) -> None:
         self.q.put(None)
-        self.thread.join(timeout=max(1.0, 10 * self.poll_s))
+        self.thread.join(timeout=max(1.0, 10 * self.config.poll_s))
 
 
 def _node_id() -> Optional[str]:

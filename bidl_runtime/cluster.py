@@ -17,7 +17,8 @@
 ``join(address, **kw)`` connects to a real cluster (``--address``): services and binding are that
 cluster's; the token is found where Ray keeps it (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``,
 ``~/.ray/auth_token``), and token mode is switched on when one exists (``RAY_AUTH_MODE`` set
-explicitly wins); joining without a token prints a warning.
+explicitly wins); joining without a token prints a warning. A loopback address (``127.0.0.1:<port>``,
+what an embedded cluster's ``--keep-alive`` prints) is dialled as given, from a loopback node.
 
 ``start_local`` refuses (RuntimeError) to return a cluster without token auth or off loopback.
 """
@@ -43,6 +44,18 @@ def token_source() -> str:
     if os.environ.get("RAY_AUTH_TOKEN_PATH"):
         return os.environ["RAY_AUTH_TOKEN_PATH"]
     return str(Path.home() / ".ray" / "auth_token")
+
+
+def is_loopback_address(address: str) -> bool:
+    """Whether a ``host:port`` cluster address names this machine's loopback (an embedded cluster)."""
+    import ipaddress
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _refresh_ray_auth() -> None:
@@ -129,7 +142,11 @@ def join(address: str, **ray_init_kwargs: Any) -> Any:
         if AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
             os.environ["RAY_AUTH_MODE"] = "token"
             _refresh_ray_auth()
-    ctx = ray.init(address=address, **ray_init_kwargs)
+    if is_loopback_address(address):
+        with loopback_node():   # an embedded cluster listens on 127.0.0.1 only: dial it there, as that node
+            ctx = ray.init(address=address, **ray_init_kwargs)
+    else:
+        ctx = ray.init(address=address, **ray_init_kwargs)
     try:
         _check_auth()
     except RuntimeError:

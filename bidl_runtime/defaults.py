@@ -1,4 +1,5 @@
 """Defaults of the runtime's entry points."""
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,3 +21,8 @@ def default_checkpoint(config_name: str) -> Path | None:
     """Shipped weights for a config: ``weights/<config>.pth`` if present."""
     p = REPO / "weights" / f"{config_name}.pth"
     return p if p.is_file() else None
+
+
+def default_threads(cells: int) -> int:
+    """Intra-op threads per cell so that the cells on this machine share its cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, cells))

@@ -25,15 +25,18 @@ import torch
 from torch import Tensor
 
 from bidl_models.specs import State, TensorSpec, zero_state
+from compile.artifact import load_artifact
 
 # ----------------------------------------------------------------------------- model sources
 
 
 @dataclass(frozen=True)
 class ArtifactSource:
-    """A compiled segment artifact directory (see ``compile``)."""
+    """A compiled segment artifact directory (see ``compile``), absolute on the cell's node;
+    ``fast``: load its TorchScript form when it has one (milliseconds instead of about a second)."""
 
     path: str
+    fast: bool = True
 
 
 @dataclass(frozen=True)
@@ -80,25 +83,15 @@ def resnet50_step_flops() -> float:
 class Stream:
     """An in-order queue of device work. On CPU, work runs when enqueued (synchronous)."""
 
-    def synchronize(self) -> None:
-        return None
-
 
 class Event:
-    """A point in a stream: ``record`` marks it, ``wait`` blocks until reached, timings between two."""
+    """A point in a stream: ``record`` marks it; timings between two."""
 
     def __init__(self) -> None:
         self._t: Optional[float] = None
 
     def record(self, stream: Optional[Stream] = None) -> None:
         self._t = time.perf_counter()
-
-    def query(self) -> bool:
-        return self._t is not None
-
-    def wait(self, timeout: Optional[float] = None) -> None:
-        if self._t is None:
-            raise RuntimeError("waiting on an event that was never recorded")
 
     def elapsed_ms(self, end: "Event") -> float:
         if self._t is None or end._t is None:
@@ -114,13 +107,12 @@ class DeviceContext(ABC):
 
     backend: ClassVar[str]
     torch_device: ClassVar[str] = "cpu"
+    format: str = ""          # the loaded program's form (torchscript, torch.export, aoti; emulated)
 
     def __init__(self, device_id: int, threads: int = 1):
         self.device_id = int(device_id)
         self.threads = int(threads)
         self.state_specs: tuple[TensorSpec, ...] = ()
-        self.input_spec: Optional[TensorSpec] = None
-        self.output_spec: Optional[TensorSpec] = None
         self.stream = self.create_stream()
 
     def create_stream(self) -> Stream:
@@ -139,7 +131,7 @@ class DeviceContext(ABC):
 
     @abstractmethod
     def load(self, source) -> None:
-        """Load a segment (artifact or emulation spec); sets the input/output/state specs."""
+        """Load a segment (artifact or emulation spec); sets the state specs."""
 
     @abstractmethod
     def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
@@ -162,10 +154,9 @@ class CpuContext(DeviceContext):
     def load(self, source) -> None:
         if not isinstance(source, ArtifactSource):
             raise ValueError(f"cpu backend loads compiled artifacts, got {type(source).__name__}")
-        from compile import load_artifact
-        self.artifact = load_artifact(source.path)
+        self.artifact = load_artifact(source.path, fast=source.fast)
+        self.format = self.artifact.format
         self.state_specs = tuple(self.artifact.state_specs)
-        self.input_spec, self.output_spec = self.artifact.input_spec, self.artifact.output_spec
 
     def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         with torch.inference_mode():
@@ -186,10 +177,10 @@ class EmulatedContext(DeviceContext):
     def load(self, source) -> None:
         if not isinstance(source, EmulatedSource):
             raise ValueError(f"emulated backend needs an EmulatedSource, got {type(source).__name__}")
-        self.input_spec, self.output_spec = source.input, source.output
         self.state_specs = tuple(source.state)
         self.seconds_per_step = float(source.seconds_per_step)
         self._out = source.output.zeros()
+        self.format = "emulated"
 
     def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         t0 = time.perf_counter()
@@ -235,11 +226,9 @@ class BusyClock:
     """Accumulates device-busy time between event pairs."""
 
     busy_s: float = 0.0
-    calls: int = 0
     samples_ms: list[float] = field(default_factory=list)
 
     def add(self, ms: float) -> None:
         self.busy_s += ms / 1e3
-        self.calls += 1
         if len(self.samples_ms) < 100_000:
             self.samples_ms.append(ms)

@@ -1,26 +1,54 @@
-"""The grid plan: which cell runs which segment over which time steps, on which device and node.
+"""The grid plan: every cell (what it runs, over which time steps, on which device and node) and
+every edge between them (what travels, from where to where, through which transport).
 
 Rows are time slices (``numpy.array_split`` of T over R rows: T=10 over 3 rows gives 4, 3, 3),
 columns are model segments. Cell (g, s) runs segment s over the steps of slice g, starting from
 the state of cell (g-1, s). ``replicas`` independent copies of the grid are fed round-robin.
+Edges, per replica:
 
-``python -m bidl_runtime.plan --config CFG [--grid RxC] [--replicas K]`` prints the plan as a table.
+- ``input``: driver -> (g, 0), slice g of the sample;
+- ``activation``: (g, s-1) -> (g, s), the per-step outputs of segment s-1 over slice g (a layout of
+  one or more tensors);
+- ``state``: (g-1, s) -> (g, s), segment s's membrane potentials and accumulator after slice g-1;
+- ``result``: (R-1, C-1) -> driver, the last step's output of the last segment.
+
+A plan is made by :func:`bidl_runtime.place.place`; cells read their edges from it.
+``python -m bidl_runtime.plan --config CFG [--grid RxC] [--replicas K]`` prints the cells and the
+edges (no Ray, no compile: shapes come from the model spec).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
-from bidl_models.config import Config, build_segments, load_config, validate_lynxi_devices
-from bidl_models.grid import parse_grid, time_slices
-from bidl_models.segments import auto_split, validate_splits
+from bidl_models.specs import TensorSpec
+
+from .devices import ArtifactSource, EmulatedSource
+
+CellKey = tuple[int, int, int]          # (replica, row, col)
+EDGE_KINDS = ("input", "activation", "state", "result")
+
+
+@dataclass(frozen=True)
+class Program:
+    """What a cell runs: a loadable source and its chunk layouts (batch included)."""
+
+    source: ArtifactSource | EmulatedSource
+    x: TensorSpec                        # chunk input [t, B, ...]
+    y: TensorSpec                        # chunk output [t, B, ...]
+    state: tuple[TensorSpec, ...]        # the segment's state tensors
+
+
+def cell_name(replica: int, row: int, col: int, device: int) -> str:
+    """``cell[g,s]@dev<id>`` (``r<k>.`` in front for replicas after the first): the actor's name."""
+    return f"{f'r{replica}.' if replica else ''}cell[{row},{col}]@dev{device}"
 
 
 @dataclass(frozen=True)
 class CellPlan:
-    """One cell: replica k, row g (time slice), column s (segment)."""
+    """One cell: replica k, row g (time slice), column s (segment), its device, node and program."""
 
     replica: int
     row: int
@@ -30,20 +58,38 @@ class CellPlan:
     t0: int
     chunk_len: int
     split: tuple[int, int]
+    program: Optional[Program] = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
-        pre = f"r{self.replica}." if self.replica else ""
-        return f"{pre}cell[{self.row},{self.col}]@dev{self.device}"
+        return cell_name(self.replica, self.row, self.col, self.device)
 
     @property
-    def key(self) -> tuple[int, int, int]:
+    def key(self) -> CellKey:
         return (self.replica, self.row, self.col)
 
 
 @dataclass(frozen=True)
+class Edge:
+    """One channel of the grid. ``src``/``dst`` are cell keys, None for the driver; ``layout`` the
+    tensors of one message; ``name`` the channel's name (the receiver's end)."""
+
+    kind: str
+    replica: int
+    src: Optional[CellKey]
+    dst: Optional[CellKey]
+    transport: str
+    layout: tuple[TensorSpec, ...]
+    name: str
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.layout)
+
+
+@dataclass(frozen=True)
 class GridPlan:
-    """Rows x cols cells per replica, their devices and nodes, and the model's time/segment cuts."""
+    """Rows x cols cells per replica, their devices, nodes and programs, and the edges between them."""
 
     config: str
     T: int
@@ -54,7 +100,9 @@ class GridPlan:
     splits: tuple[tuple[int, int], ...]
     devices: tuple[tuple[tuple[int, ...], ...], ...]   # [replica][row][col] -> device id
     cells: tuple[CellPlan, ...] = field(repr=False)
+    edges: tuple[Edge, ...] = field(repr=False)
     split_source: str = "config"
+    driver_node: str = "local"
 
     def cell(self, replica: int, row: int, col: int) -> CellPlan:
         return self.cells[(replica * self.rows + row) * self.cols + col]
@@ -63,8 +111,25 @@ class GridPlan:
     def chunk_lens(self) -> tuple[int, ...]:
         return tuple(sorted(set(self.slices)))
 
+    def inputs(self, key: Optional[CellKey]) -> tuple[Edge, ...]:
+        """Edges into cell ``key`` (None: into the driver, the results)."""
+        return tuple(e for e in self.edges if e.dst == key)
+
+    def outputs(self, key: Optional[CellKey]) -> tuple[Edge, ...]:
+        """Edges out of cell ``key`` (None: out of the driver, the inputs)."""
+        return tuple(e for e in self.edges if e.src == key)
+
+    def edge(self, name: str) -> Edge:
+        for e in self.edges:
+            if e.name == name:
+                return e
+        raise KeyError(f"no edge {name!r}; edges: {[e.name for e in self.edges]}")
+
+    def _end(self, key: Optional[CellKey]) -> str:
+        return "driver" if key is None else self.cell(*key).name
+
     def table(self) -> str:
-        """A readable table of the plan."""
+        """A readable table of the cells, then one of the edges."""
         lines = [f"plan for {self.config}: T={self.T}, grid {self.rows}x{self.cols} "
                  f"(rows = time slices {list(self.slices)}, columns = segments "
                  f"{[list(s) for s in self.splits]} from {self.split_source}), replicas={self.replicas}"]
@@ -75,88 +140,16 @@ class GridPlan:
             blocks = f"{c.split[0]}..{c.split[1] - 1}"
             lines.append(f"{c.name:<24} {c.replica:>7} {c.row:>4} {c.col:>4} {c.device:>6} {steps:>9} "
                          f"{blocks:>9}  {c.node}")
+        head = f"{'edge':<28} {'kind':<10} {'from':<22} {'to':<22} {'via':<4} {'bytes/msg':>10}  tensors"
+        lines += ["", head, "-" * len(head)]
+        for e in self.edges:
+            tensors = ", ".join(f"{t.name}{list(t.shape)}" + ("" if t.dtype == "float32" else f":{t.dtype}")
+                                for t in e.layout)
+            if len(tensors) > 60:
+                tensors = f"{len(e.layout)} tensors"
+            lines.append(f"{e.name:<28} {e.kind:<10} {self._end(e.src):<22} {self._end(e.dst):<22} "
+                         f"{e.transport:<4} {e.nbytes:>10,}  {tensors}")
         return "\n".join(lines)
-
-
-def model_timestep(cfg: Mapping) -> int:
-    """T of the config's model (``model.backbone.timestep``, or ``model_0``'s)."""
-    model = cfg.get("model_0", cfg.get("model"))
-    try:
-        return int(model["backbone"]["timestep"])
-    except (KeyError, TypeError, ValueError):
-        raise ValueError("config: model.backbone.timestep is missing; expected the number of time steps T") from None
-
-
-def config_input_shape(cfg: Mapping) -> Optional[tuple[int, ...]]:
-    """Per-step model input ``(C, H, W)`` from ``models_compile_inputshape[0]`` (None if absent)."""
-    shapes = cfg.get("models_compile_inputshape")
-    if not shapes:
-        return None
-    first = shapes[0]
-    if not isinstance(first, (list, tuple)) or len(first) < 2:
-        raise ValueError(f"models_compile_inputshape[0]={first!r}: expected [1, C, H, W]")
-    return tuple(int(d) for d in first[1:])
-
-
-def make_plan(cfg: Config, grid: Optional[tuple[int, int]] = None, replicas: int = 1,
-              device_nodes: Optional[Sequence[str]] = None, model_in_shape: Optional[Sequence[int]] = None,
-              cost: str = "flops") -> GridPlan:
-    """Plan the grid from ``grid`` (RxC) or the config's ``lynxi_devices`` plus its segments.
-
-    ``device_nodes[d]`` is the node of device id d (None: one local node with as many devices as
-    needed). One model in the config is cut automatically into C near-equal-cost segments; with
-    ``model_0..n`` the number of segments must equal C.
-    """
-    if not isinstance(replicas, int) or replicas < 1:
-        raise ValueError(f"--replicas {replicas!r}: expected a positive int")
-    T = model_timestep(cfg)
-    model_in_shape = model_in_shape or config_input_shape(cfg)
-    if grid is not None:
-        rows, cols = grid
-        base = [[g * cols + s for s in range(cols)] for g in range(rows)]
-    elif cfg.get("lynxi_devices") is not None:
-        base = validate_lynxi_devices(cfg["lynxi_devices"])
-        rows, cols = len(base), len(base[0])
-    else:
-        rows, cols = 1, 1
-        base = [[0]]
-    slices = time_slices(T, rows)
-    n_dev = rows * cols
-    grids = [[[d + k * (max(max(r) for r in base) + 1) for d in row] for row in base] for k in range(replicas)]
-
-    segs = build_segments(cfg, model_in_shape=model_in_shape)
-    if len(segs) > 1:
-        if len(segs) != cols:
-            raise ValueError(f"config has {len(segs)} segment models (model_0..model_{len(segs) - 1}) but the "
-                             f"grid has {cols} columns; expected one column per segment")
-        splits = [seg.split for seg in segs]
-        source = "config model_0..n"
-    else:
-        net = segs[0].backbone
-        if cols > net.n_blocks:
-            raise ValueError(f"grid has {cols} segment columns but {type(net).__name__} has only "
-                             f"{net.n_blocks} blocks to split")
-        splits = auto_split(net, cols, model_in_shape, cost) if cols > 1 else [(0, net.n_blocks)]
-        source = f"auto split ({cost})" if cols > 1 else "whole model"
-    validate_splits(splits, segs[0].n_blocks)
-
-    used = sorted(d for g in grids for row in g for d in row)
-    if device_nodes is None:
-        device_nodes = ["local"] * (used[-1] + 1)
-    missing = [d for d in used if d >= len(device_nodes)]
-    if missing:
-        raise ValueError(f"the plan needs device ids {missing} but the cluster has {len(device_nodes)} "
-                         f"devices (ids 0..{len(device_nodes) - 1}); grid {rows}x{cols} x {replicas} "
-                         f"replica(s) needs {n_dev * replicas}")
-    cells = []
-    t0s = [sum(slices[:g]) for g in range(rows)]
-    for k in range(replicas):
-        for g in range(rows):
-            for s in range(cols):
-                d = grids[k][g][s]
-                cells.append(CellPlan(k, g, s, d, device_nodes[d], t0s[g], slices[g], tuple(splits[s])))
-    return GridPlan(cfg.name, T, rows, cols, replicas, tuple(slices), tuple(tuple(s) for s in splits),
-                    tuple(tuple(tuple(r) for r in g) for g in grids), tuple(cells), source)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -164,12 +157,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--config", default=None, help="config name or path (default: the runtime's default)")
     ap.add_argument("--grid", default=None, help="RxC: rows = time slices, columns = segments")
     ap.add_argument("--replicas", type=int, default=1)
+    ap.add_argument("--transport", default="auto", choices=["auto", "shm", "tcp"])
     ap.add_argument("--cfg-options", nargs="*", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
+    from bidl_models.config import load_config
+
     from .defaults import default_config
+    from .place import make_plan
     try:
         cfg = load_config(args.config or default_config(), args.cfg_options)
-        plan = make_plan(cfg, parse_grid(args.grid) if args.grid else None, args.replicas)
+        plan = make_plan(cfg, args.grid, args.replicas, transport=args.transport)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -4,17 +4,28 @@ With no other argument: an embedded local Ray, the default config (SeqClif3Fc3Dm
 generated DVS data) with its shipped weights, artifacts compiled or reused, N samples streamed
 with a progress bar, a summary table, and whether the grid's outputs equal the single-device
 reference run of the same artifacts.
+
+The stage chain: config -> layout -> ModelSpec (all checked before Ray starts) -> artifacts
+(compiled or reused, in a thread while Ray starts and the cells' processes start) -> place ->
+Grid.start (cells load their programs) -> Grid.run -> RunReport. ``--keep-alive`` leaves the cells
+up and prints how another process attaches (``--attach``).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
+
+from .startup import process_start_time
+
+_T0 = process_start_time()
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -33,7 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto: shared memory within a node, tcp across nodes")
     ap.add_argument("--replicas", type=int, default=1, help="independent copies of the grid, fed round-robin")
     ap.add_argument("--address", default=None, help="join this Ray cluster instead of starting one")
-    ap.add_argument("--keep-alive", action="store_true", help="keep the cluster up afterwards (dashboard)")
+    ap.add_argument("--namespace", default=None, help="Ray namespace (default: a new one; --attach needs the "
+                    "kept-alive grid's)")
+    ap.add_argument("--keep-alive", action="store_true", help="keep the cells up afterwards (dashboard; other "
+                    "processes attach with --attach)")
+    ap.add_argument("--attach", action="store_true", help="run the samples through the kept-alive grid at "
+                    "--address in --namespace (no start-up)")
     ap.add_argument("--verify", dest="verify", action="store_true", default=None,
                     help="compare every output with the single-device reference (default on for cpu)")
     ap.add_argument("--no-verify", dest="verify", action="store_false")
@@ -55,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _main(args)
+        return _attach(args) if args.attach else _main(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -63,95 +79,214 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     from bidl_models.config import load_config
+    from bidl_models.model_spec import ModelSpec
 
-    from .defaults import default_checkpoint, default_config
+    from .config import RuntimeConfig
+    from .defaults import default_checkpoint, default_config, default_threads
     from .devices import DeviceProfile
-    from .api import prepare, stream
-    from .driver import RunError, RuntimeConfig, node_devices
-    from .plan import make_plan, parse_grid
-    from .session import default_threads
+    from .layout import GridLayout, time_slices
+    from .startup import StartupClock
 
     # 1. everything that can be checked without a cluster fails fast, with a clear message
+    t_main = time.time()
     try:
         cfg = load_config(args.config or default_config(), args.cfg_options)
-        grid = parse_grid(args.grid) if args.grid else None
         if args.samples < 1:
             raise ValueError(f"--samples {args.samples}: expected >= 1")
-        plan = make_plan(cfg, grid, args.replicas)
+        layout = GridLayout.resolve(cfg, args.grid, args.replicas)
         checkpoint = args.checkpoint or default_checkpoint(cfg.name)
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise FileNotFoundError(f"--checkpoint {checkpoint!r}: no such file")
         faults = parse_fault(args.inject_fault) if args.inject_fault else {}
+        threads = args.threads_per_cell or default_threads(layout.n_cells)
+        rcfg = RuntimeConfig(backend=args.backend, transport=args.transport, depth=args.depth,
+                             max_inflight=args.max_inflight, threads_per_cell=threads,
+                             profile=DeviceProfile(ref_fps=args.profile_fps), faults=faults)
+        clock = StartupClock(show=True, t0=_T0, steps=7 + layout.n_cells)
+        clock.mark("imports", _T0, t_main)
+        with clock.phase("model", "resolving the model"):
+            spec = ModelSpec.from_config(cfg, columns=layout.cols, checkpoint=checkpoint)
+            slices = time_slices(spec.T, layout.rows)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     verify = args.verify if args.verify is not None else args.backend == "cpu"
     if verify and args.backend == "emulated":
-        print("note: --verify needs real compute; the emulated backend moves zeros, so it is skipped")
+        _say("note: --verify needs real compute; the emulated backend moves zeros, so it is skipped")
         verify = False
-    print(f"weights: {checkpoint}" if checkpoint else
-          "weights: NONE SHIPPED for this config -> deterministic SEEDED INITIAL WEIGHTS (seed 0), not a trained model")
+    _say(f"weights: {checkpoint}" if checkpoint else
+         "weights: NONE SHIPPED for this config -> deterministic SEEDED INITIAL WEIGHTS (seed 0), not a trained model")
 
-    # 2. Ray: join or start an embedded local cluster
+    # 2. artifacts in a thread while Ray starts (or is joined) and the cells' processes start
     import ray
 
+    from compile import VerificationError
+
+    from .api import build_artifacts
     from .cluster import join, start_local, token_source
-    started = False
-    if args.address:
-        info = join(args.address, namespace=f"bidl-{uuid.uuid4().hex[:8]}", log_to_driver=False,
-                    logging_level="WARNING")
-    else:
-        info = start_local(num_cpus=os.cpu_count(), resources={"bidl_device": max(c.device for c in plan.cells) + 1},
-                           include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
-                           logging_level="WARNING", namespace=f"bidl-{uuid.uuid4().hex[:8]}")
-        started = True
+    from .grid import Grid, RunError
+    from .place import Cluster, place
+    from .pool import kill, spawn
+
+    def artifacts():
+        with clock.phase("artifacts", "checking the compiled artifacts"):
+            return build_artifacts(spec, slices, rcfg, args.artifacts, args.force_compile, verbose=False,
+                                   progress=True)
+
+    namespace = args.namespace or f"bidl-{uuid.uuid4().hex[:8]}"
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bidl-artifacts")
+    arts_future = pool.submit(artifacts)
+    started = not args.address
+    grid = actors = None
     try:
+        with clock.phase("ray_start", "starting Ray" if started else f"joining {args.address}"):
+            if args.address:
+                info = join(args.address, namespace=namespace, log_to_driver=False, logging_level="WARNING")
+            else:
+                info = start_local(num_cpus=os.cpu_count(), resources={"bidl_device": layout.max_device + 1},
+                                   include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
+                                   logging_level="WARNING", namespace=namespace)
+        cluster = Cluster.connect()
+        actors = (spawn(layout, cluster.device_nodes) if layout.max_device < len(cluster.device_nodes) else None)
         url = info.dashboard_url
         url = f"http://{url}" if url and not url.startswith("http") else url
         where = f"joined {args.address}" if args.address else "embedded local cluster on 127.0.0.1"
-        print(f"ray: {where}, token auth (token: {token_source()}); dashboard {url or 'not available'}")
+        _say(f"ray: {where}, token auth (token: {token_source()}), namespace {namespace}; "
+             f"dashboard {url or 'not available'}")
         try:
-            plan = make_plan(cfg, grid, args.replicas, device_nodes=node_devices())
-        except ValueError as e:
+            arts = arts_future.result()
+            with clock.phase("place", "placing the cells"):
+                plan = place(arts, cluster, layout, transport=rcfg.transport)
+        except (ValueError, FileNotFoundError) as e:
+            clock.close()
             print(f"error: {e}", file=sys.stderr)
             return 2
-        print(plan.table())
-        threads = args.threads_per_cell or default_threads(len(plan.cells))
-        rcfg = RuntimeConfig(backend=args.backend, transport=args.transport, depth=args.depth,
-                             max_inflight=args.max_inflight, threads_per_cell=threads,
-                             profile=DeviceProfile(ref_fps=args.profile_fps), faults=faults)
-        prepared = prepare(cfg, plan, rcfg, checkpoint, args.artifacts, args.force_compile)
-        x0 = prepared[0][(0, plan.slices[0])].x
-        samples, source = _samples(args, cfg, plan.T, tuple(x0.shape[2:]))
-        print(f"data: {source}")
-        report = stream(cfg, samples, rcfg=rcfg, verify=verify, total=args.samples, progress=True,
-                        plan=plan, prepared=prepared)
+        except VerificationError as e:
+            clock.close()
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        built = [r for r in getattr(arts, "records", []) if r.cache == "miss"]
+        if built:
+            _say(f"compiled {len(built)} artifact(s) into {built[0].path.parents[2]}:\n{arts.table()}")
+        _say(plan.table())
+        grid = Grid(plan, rcfg, actors=actors, clock=clock)
+        grid.start()
+        samples, source = _samples(args, cfg, plan)
+        _say(f"data: {source}")
+        report = grid.run(samples, total=args.samples, progress=True, verify=verify)
+        clock.close()
         print()
         print(report.summary())
+        print(startup_line(report.startup))
         if args.json:
-            Path(args.json).write_text(json.dumps(report_json(report), indent=2))
+            Path(args.json).write_text(json.dumps(report.to_json(), indent=1))
             print(f"report written to {args.json}")
         ok = report.verify is None or report.verify["equal"] == report.verify["compared"]
         if args.keep_alive:
-            print(f"keeping the cluster up: dashboard {url}; Ctrl-C to stop")
-            while True:
-                time.sleep(3600)
+            _keep_alive(grid, url)
         return 0 if ok else 1
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
-        if started:
+        clock.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+        if grid is not None:
+            grid.close()
+        elif actors:
+            for a in actors.values():
+                kill(a)
+        if started and ray.is_initialized():
             ray.shutdown()
 
 
-def _samples(args, cfg, T, shape):
-    from .session import dataset_samples, synthetic_samples
-    gen = dataset_samples(cfg, args.samples)
+def _say(text: str) -> None:
+    """A line on stdout that does not break the start-up progress bar (on stderr)."""
+    from tqdm import tqdm
+    tqdm.write(text, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def _keep_alive(grid, url: Optional[str]) -> None:
+    """Leave the cells up beside the ``bidl-grid`` host actor until Ctrl-C."""
+    import ray
+
+    from .keepalive import host
+    lease = host(grid)   # the handle keeps the host actor alive (Ray ends an actor with its last handle)
+    ctx = ray.get_runtime_context()
+    address = ctx.gcs_address
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)   # kill PID stops it as cleanly as Ctrl-C (cells, Ray, shm)
+    print(f"\nkeeping the grid alive: {len(grid.plan.cells)} cells loaded and idle (dashboard {url}); "
+          f"Ctrl-C or kill -TERM {os.getpid()} stops it")
+    print(f"join with: python -m bidl_runtime.run --attach --address {address} --namespace {ctx.namespace}")
+    print(f"     or in Python: bidl_runtime.keepalive.attach({ctx.namespace!r}, address={address!r})", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping the kept-alive grid", flush=True)
+    del lease
+
+
+def _attach(args: argparse.Namespace) -> int:
+    """``--attach``: run samples through a kept-alive grid."""
+    if not args.address or not args.namespace:
+        print("error: --attach needs --address and --namespace (printed by the --keep-alive run)", file=sys.stderr)
+        return 2
+    import ray
+
+    from bidl_models.config import load_config
+
+    from .grid import RunError
+    from .keepalive import attach
+    grid = None
+    try:
+        grid = attach(args.namespace, args.address)
+        try:
+            cfg = load_config(args.config or grid.plan.config, args.cfg_options)   # for its test data
+        except (ValueError, FileNotFoundError):
+            cfg = None
+        samples, source = _samples(args, cfg, grid.plan)
+        verify = args.verify if args.verify is not None else grid.config.backend == "cpu"
+        print(f"attached to the kept-alive grid {grid.plan.rows}x{grid.plan.cols} of {grid.plan.config}; data: {source}")
+        report = grid.run(samples, total=args.samples, progress=True, verify=verify)
+        print(report.summary())
+        if args.json:
+            Path(args.json).write_text(json.dumps(report.to_json(), indent=1))
+        ok = report.verify is None or report.verify["equal"] == report.verify["compared"]
+        return 0 if ok else 1
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if grid is not None:
+            grid.close()
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def startup_line(s: dict) -> str:
+    """One line of the start-up breakdown."""
+    parts = [f"{k[:-2].replace('_', ' ')} {s[k]:.1f} s" for k in
+             ("imports_s", "model_s", "ray_start_s", "artifacts_s", "place_s", "cells_s", "wire_s") if k in s]
+    cells = s.get("cells", {})
+    per = (f"; per cell (max): imports {cells['imports_s']['max']:.1f} s, program load {cells['load_s']['max']:.2f} s; "
+           f"CPU: cells {s['cells_cpu_sum_s']:.1f} s, driver {s['driver_cpu_s']:.1f} s"
+           if "imports_s" in cells and "cells_cpu_sum_s" in s and "driver_cpu_s" in s else "")
+    return f"start-up {s.get('total_s', 0):.1f} s from the command's start: " + ", ".join(parts) + per
+
+
+def _samples(args, cfg, plan):
+    from .data import dataset_samples, synthetic_samples
+    gen = dataset_samples(cfg, args.samples) if cfg is not None else None
     if gen is not None:
         return gen, f"{cfg.data.test.type} test split ({args.samples} samples)"
-    return (synthetic_samples(T, shape, args.samples, args.seed),
-            f"synthetic seeded event frames {T}x{'x'.join(map(str, shape))} (the config's data is not available)")
+    x = plan.outputs(None)[0].layout[0]
+    shape = tuple(x.shape[2:])
+    return (synthetic_samples(plan.T, shape, args.samples, args.seed),
+            f"synthetic seeded event frames {plan.T}x{'x'.join(map(str, shape))} (the config's data is not available)")
 
 
 def parse_fault(text: str) -> dict:
@@ -164,18 +299,6 @@ def parse_fault(text: str) -> dict:
         return {(0, row, col): (kind, int(sample))}
     except ValueError:
         raise ValueError(f"--inject-fault {text!r}: expected ROW,COL:raise|exit:SAMPLE, e.g. 1,0:exit:2") from None
-
-
-def report_json(report) -> dict:
-    p = report.plan
-    return {
-        "config": p.config, "grid": [p.rows, p.cols], "replicas": p.replicas, "T": p.T,
-        "slices": list(p.slices), "splits": [list(s) for s in p.splits], "backend": report.backend,
-        "transport": report.transport, "samples": report.samples, "rejected": report.rejected,
-        "wall_s": report.wall_s, "frames_per_s": report.frames_per_s, "samples_per_s": report.samples_per_s,
-        "latency_ms_p50": report.latency_ms(0.5), "latency_ms_p99": report.latency_ms(0.99),
-        "accuracy": report.accuracy, "verify": report.verify, "cells": report.cells,
-    }
 
 
 if __name__ == "__main__":

@@ -1,16 +1,23 @@
 """Compile model segments into deployable artifacts (program + manifest with the state ABI).
 
-Public API (stable; the runtime uses nothing else)::
+Public API (the runtime uses nothing else)::
 
-    from compile import compile_config, load_artifact, zero_state, ArtifactError
+    from bidl_models.model_spec import ModelSpec
+    from compile import CompileOptions, compile_spec, load_artifact, zero_state
 
-    cm = compile_config("resnetlif50-itout-b8x1-cifar10dvs_mp", checkpoint=None, grid="3x2")
-    art = cm.load(segment=0, chunk_len=cm.row_chunks[0])   # or load_artifact(cm.cell(row, segment))
+    spec = ModelSpec.from_config(load_config("resnetlif50-itout-b8x1-cifar10dvs_mp"))
+    arts = compile_spec(spec, slices=[4, 3, 3], options=CompileOptions(out="artifacts"))
+    art = arts.load(segment=0, chunk_len=4)            # or load_artifact(arts.cell(row, segment))
     y, state = art.run(x_chunk, zero_state(art, batch=1))
 
-- :func:`compile_config` (``compile.build``): config -> artifacts for every (segment, chunk
-  length) of the grid, cached by content hashes, verified against the eager model;
-  returns a :class:`CompiledModel` (paths, grid chunking, summary table).
+    arts = compile_config("resnetlif50-itout-b8x1-cifar10dvs_mp", grid="3x2")   # the same from a name
+
+- :func:`compile_spec` (``compile.build``): ModelSpec + time-slice lengths -> artifacts for every
+  (segment, chunk length), cached by content hashes, verified against the eager model; returns an
+  :class:`ArtifactSet` (records with paths and manifests, grid chunking, summary table).
+  :func:`compile_config` is the convenience from a config name (keyword options).
+- :class:`CompileOptions` (``compile.options``): every knob of a compile, ``to_dict``/``from_dict``.
+- :class:`Manifest` (``compile.manifest``): the artifact manifest, ``to_dict``/``from_dict``.
 - :func:`load_artifact` / :class:`Artifact` / :func:`zero_state` (``compile.artifact``): load and
   check one artifact directory; call it flat (``art(x, *state)``) or named (``art.run(x, state)``).
 - :class:`ArtifactError` (a ValueError): a missing, corrupt, stale, mismatched or incompatible
@@ -19,8 +26,12 @@ Public API (stable; the runtime uses nothing else)::
 Command line: ``python -m compile --config CFG [--checkpoint CKPT] [--grid RxC] [--out DIR]
 [--force] [--aot] [--batch B]`` (``python -m compile -h`` lists all options).
 """
-from .artifact import Artifact, ArtifactError, load_artifact, read_manifest, zero_state
-from .build import ArtifactRecord, CompiledModel, VerificationError, compile_config
+from .artifact import Artifact, load_artifact, zero_state
+from .build import ArtifactRecord, ArtifactSet, CompiledModel, compile_config, compile_spec
+from .errors import ArtifactError, VerificationError
+from .manifest import Manifest, read_manifest
+from .options import CompileOptions
 
-__all__ = ["Artifact", "ArtifactError", "ArtifactRecord", "CompiledModel", "VerificationError",
-           "compile_config", "load_artifact", "read_manifest", "zero_state"]
+__all__ = ["Artifact", "ArtifactError", "ArtifactRecord", "ArtifactSet", "CompileOptions", "CompiledModel",
+           "Manifest", "VerificationError", "compile_config", "compile_spec", "load_artifact", "read_manifest",
+           "zero_state"]

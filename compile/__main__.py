@@ -6,8 +6,8 @@ import ast
 import sys
 from typing import Optional, Sequence
 
-from .artifact import ArtifactError
-from .build import INPUT_DTYPES, VerificationError, compile_config
+from .build import INPUT_DTYPES, compile_config
+from .errors import ArtifactError, VerificationError
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the weights without --checkpoint and of "
                                                        "the random verification input")
     p.add_argument("--no-verify", action="store_true", help="skip the artifact-vs-eager check")
+    p.add_argument("--no-fast-load", action="store_true", help="do not write the TorchScript form that grid "
+                                                               "cells load in milliseconds")
     p.add_argument("--no-dataset", action="store_true", help="verify on seeded random spikes, not the "
                                                              "dataset's first test sample")
     p.add_argument("--verify-chunks", type=int, default=3, help="chunks run with state carried (default 3)")
@@ -68,11 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        compile_config(args.config, args.checkpoint, grid=args.grid, splits=args.splits, out=args.out,
-                       force=args.force, aot=args.aot, batch=args.batch, input_dtype=args.input_dtype,
-                       in_shape=args.in_shape, seed=args.seed, device=args.device, verify=not args.no_verify,
-                       use_dataset=not args.no_dataset, verify_chunks=args.verify_chunks, tol=args.tol,
-                       overrides=args.cfg_options, progress=not args.quiet)
+        compile_config(args.config, args.checkpoint, grid=args.grid, splits=args.splits, in_shape=args.in_shape,
+                       input_dtype=args.input_dtype, seed=args.seed, overrides=args.cfg_options,
+                       out=args.out, force=args.force, aot=args.aot, batch=args.batch, device=args.device,
+                       verify=not args.no_verify, fast_load=not args.no_fast_load, use_dataset=not args.no_dataset,
+                       verify_chunks=args.verify_chunks, tol=args.tol, progress=not args.quiet)
     except (ArtifactError, VerificationError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

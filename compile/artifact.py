@@ -7,7 +7,11 @@ An artifact is a directory holding
   ``torch.export`` ExportedProgram (``format='torch.export'``, loaded with ``torch.export.load``)
   or an AOTInductor package (``format='aoti'``, loaded with ``torch._inductor.aoti_load_package``).
   Neither needs the model's Python source.
-- ``net_params.json``: the manifest (state ABI, provenance, cache key, verification result).
+- ``program.ts`` (optional): the same program as TorchScript, traced from the exported program for
+  the compiled batch and checked bit-exact against it; the runtime's cells load it (``fast=True``)
+  because it loads in milliseconds where an ExportedProgram takes about a second of CPU per process.
+- ``net_params.json``: the manifest (:class:`~compile.manifest.Manifest`: state ABI, provenance,
+  cache key, verification result).
 
 The flat state arguments follow the manifest's ``state`` list (the ABI order); :meth:`Artifact.run`
 takes and returns named dicts instead. Loading refuses, with :class:`ArtifactError` (a
@@ -15,10 +19,10 @@ takes and returns named dicts instead. Loading refuses, with :class:`ArtifactErr
 one written by an incompatible torch, one whose keyed digest does not verify, or one that differs
 from what the caller ``expect``\\ s.
 
-The keyed digest (``manifest['seal']``): HMAC-SHA256 over the manifest's canonical JSON (which holds
-the program's sha256), keyed by this user's artifact key (``artifact_key``). Editing the program and
-its recorded sha256 together, or any other manifest field, breaks it; only a holder of the key can
-reseal. The program is not deserialised before the seal checks out::
+The keyed digest (``manifest.seal``, :mod:`compile.seal`): HMAC-SHA256 over the manifest's canonical
+JSON (which holds every program's sha256), keyed by this user's artifact key (``artifact_key``).
+Editing a program and its recorded sha256 together, or any other manifest field, breaks it; only a
+holder of the key can reseal. No program is deserialised before the seal checks out::
 
     art = load_artifact("artifacts/net/model_0/t4_b1")
     state = zero_state(art, batch=1)
@@ -27,11 +31,8 @@ reseal. The program is not deserialised before the seal checks out::
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import os
-import secrets
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -42,36 +43,19 @@ from torch import Tensor
 from bidl_models.checkpoint import file_sha256
 from bidl_models.specs import TensorSpec, torch_dtype
 
-MANIFEST = "net_params.json"
-PROGRAM = "program.pt2"
-FORMAT_VERSION = 1
-KIND = "bidl-segment-artifact"
-FORMATS = ("torch.export", "aoti")
-
-SEAL = "seal"
-KEY_ENV, KEY_FILE_ENV = "BIDL_ARTIFACT_KEY", "BIDL_ARTIFACT_KEY_FILE"
+from .errors import ArtifactError
+from .manifest import (FAST_PROGRAM, FORMAT_VERSION, FORMATS, KIND, MANIFEST, PROGRAM, Manifest, ProgramFile,
+                       read_manifest)
+from .seal import artifact_key, check_seal, seal_manifest
 
 __all__ = ["Artifact", "ArtifactError", "load_artifact", "zero_state", "read_manifest", "check_program",
-           "file_sha256", "torch_compatible", "MANIFEST", "PROGRAM", "FORMAT_VERSION", "artifact_key",
-           "seal_manifest", "check_seal"]
-
-
-class ArtifactError(ValueError):
-    """An artifact that must not be used: missing, corrupt, stale, mismatched or incompatible.
-
-    ``path`` is the offending file, ``reason`` one of ``'missing' | 'corrupt' | 'mismatch' |
-    'incompatible'``, ``diffs`` the differing fields as ``{field: (artifact's, expected)}``.
-    """
-
-    def __init__(self, path: str | Path, reason: str, message: str,
-                 diffs: Optional[Mapping[str, tuple[Any, Any]]] = None):
-        self.path, self.reason, self.diffs = str(path), reason, dict(diffs or {})
-        super().__init__(f"{path}: {message}")
+           "file_sha256", "torch_compatible", "MANIFEST", "PROGRAM", "FAST_PROGRAM", "FORMAT_VERSION", "KIND",
+           "FORMATS", "artifact_key", "seal_manifest", "check_seal"]
 
 
 def torch_compatible(built: str, fmt: str, running: str = torch.__version__) -> bool:
-    """ExportedPrograms load across patch releases (same major.minor); AOTInductor packages are
-    native code built against one torch release (same major.minor.patch). Local tags
+    """ExportedPrograms and TorchScript load across patch releases (same major.minor); AOTInductor
+    packages are native code built against one torch release (same major.minor.patch). Local tags
     (``+cpu``, ``+cu128``) are ignored."""
     def parts(v: str) -> list[str]:
         return v.split("+")[0].split(".")
@@ -79,133 +63,37 @@ def torch_compatible(built: str, fmt: str, running: str = torch.__version__) -> 
     return parts(built)[:n] == parts(running)[:n]
 
 
-def read_manifest(directory: str | Path) -> dict:
-    """The parsed ``net_params.json`` of an artifact directory (ArtifactError if absent/unreadable)."""
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise ArtifactError(path, "missing", "no manifest: not an artifact directory (compile it first)")
-    try:
-        man = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactError(path, "corrupt", f"manifest is not valid JSON ({e})") from None
-    if not isinstance(man, dict) or man.get("kind") != KIND:
-        raise ArtifactError(path, "corrupt", f"manifest 'kind' is {man.get('kind') if isinstance(man, dict) else None!r}, "
-                                             f"expected {KIND!r}")
-    if man.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(path, "incompatible", f"manifest format_version={man.get('format_version')!r}, "
-                                                  f"this code reads {FORMAT_VERSION}")
-    for key in ("program", "input", "output", "state", "chunk_len", "batch", "segment_index", "split",
-                "versions", "key", "input_dtype"):
-        if key not in man:
-            raise ArtifactError(path, "corrupt", f"manifest lacks the key {key!r}")
-    if man["program"].get("format") not in FORMATS:
-        raise ArtifactError(path, "corrupt", f"program.format={man['program'].get('format')!r}, "
-                                             f"expected one of {list(FORMATS)}")
-    return man
-
-
-def check_program(directory: str | Path, man: Mapping) -> Path:
-    """The program file, after checking that it exists, hashes to the manifest's sha256, was built by
-    a torch this process can load, and that the manifest's keyed digest verifies. ArtifactError otherwise."""
-    prog = Path(directory) / man["program"]["file"]
+def check_program(directory: str | Path, man: Manifest, program: Optional[ProgramFile] = None) -> Path:
+    """The program file (default: the manifest's main program), after checking that it exists, hashes
+    to the manifest's sha256, was built by a torch this process can load, and that the manifest's
+    keyed digest verifies. ArtifactError otherwise."""
+    pf = program or man.program
+    prog = Path(directory) / pf.file
     if not prog.is_file():
         raise ArtifactError(prog, "missing", "program file missing (the manifest names it)")
     sha = file_sha256(prog)
-    if sha != man["program"]["sha256"]:
+    if sha != pf.sha256:
         raise ArtifactError(prog, "corrupt",
-                            f"sha256 {sha[:16]}... differs from the manifest's {man['program']['sha256'][:16]}...: "
+                            f"sha256 {sha[:16]}... differs from the manifest's {pf.sha256[:16]}...: "
                             "the program was modified or damaged; rebuild it (compile --force)",
-                            {"program.sha256": (sha, man["program"]["sha256"])})
-    built = man["versions"].get("torch", "?")
-    if not torch_compatible(built, man["program"]["format"]):
+                            {"program.sha256": (sha, pf.sha256)})
+    built = man.versions.get("torch", "?")
+    if not torch_compatible(built, pf.format):
         raise ArtifactError(Path(directory) / MANIFEST, "incompatible",
                             f"built with torch {built}, this process runs torch {torch.__version__} "
-                            f"({man['program']['format']} programs need the same "
-                            f"{'major.minor.patch' if man['program']['format'] == 'aoti' else 'major.minor'}); "
+                            f"({pf.format} programs need the same "
+                            f"{'major.minor.patch' if pf.format == 'aoti' else 'major.minor'}); "
                             "rebuild it (compile --force)", {"versions.torch": (built, torch.__version__)})
-    check_seal(directory, man)
+    check_seal(Path(directory) / MANIFEST, man.as_written)
     return prog
 
 
-def key_file() -> Path:
-    """Where the artifact key lives: ``$BIDL_ARTIFACT_KEY_FILE``, else ``$XDG_CONFIG_HOME/bidl/artifact.key``
-    (``~/.config/bidl/artifact.key``)."""
-    if os.environ.get(KEY_FILE_ENV):
-        return Path(os.environ[KEY_FILE_ENV])
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "bidl" / "artifact.key"
-
-
-def artifact_key() -> bytes:
-    """The key of artifact seals: ``$BIDL_ARTIFACT_KEY`` (hex), else the key file (see ``key_file``),
-    created on first use (256 random bits, mode 0600; concurrent first uses agree on one key).
-    Machines that load each other's artifacts need the same key (share the file or the variable)."""
-    if os.environ.get(KEY_ENV):
-        try:
-            return bytes.fromhex(os.environ[KEY_ENV])
-        except ValueError:
-            raise ArtifactError(KEY_ENV, "incompatible", "is not a hex string") from None
-    path = key_file()
-    if not path.is_file():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32) + "\n")
-            try:
-                os.link(tmp, path)  # atomic; loses to a concurrent creator, whose key everyone then uses
-            except FileExistsError:
-                pass
-            finally:
-                os.unlink(tmp)
-        except OSError as e:
-            raise ArtifactError(path, "missing", f"cannot create the artifact key ({e}); set {KEY_FILE_ENV} "
-                                                 f"or {KEY_ENV}") from None
-    try:
-        return bytes.fromhex(path.read_text().strip())
-    except (OSError, ValueError) as e:
-        raise ArtifactError(path, "corrupt", f"unreadable artifact key ({e})") from None
-
-
-def _digest(key: bytes, man: Mapping) -> str:
-    body = {k: v for k, v in man.items() if k != SEAL}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
-    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
-
-
-def _key_id(key: bytes) -> str:
-    return hashlib.sha256(b"bidl artifact key id|" + key).hexdigest()[:12]
-
-
-def seal_manifest(man: Mapping) -> dict:
-    """``man`` with its keyed digest (what ``compile`` writes; resealing needs the key)."""
-    key = artifact_key()
-    return dict(man, **{SEAL: {"alg": "hmac-sha256", "key_id": _key_id(key), "digest": _digest(key, man)}})
-
-
-def check_seal(directory: str | Path, man: Mapping) -> None:
-    """ArtifactError unless ``man`` carries a keyed digest that verifies with this user's key."""
-    path = Path(directory) / MANIFEST
-    seal = man.get(SEAL)
-    if not isinstance(seal, Mapping) or not isinstance(seal.get("digest"), str):
-        raise ArtifactError(path, "incompatible", "manifest carries no keyed digest (built by an older version, "
-                                                  "or the seal was removed): rebuild it (compile --force)")
-    key = artifact_key()
-    if seal.get("key_id") != _key_id(key):
-        raise ArtifactError(path, "incompatible",
-                            f"sealed with another artifact key (key id {seal.get('key_id')!r}, this process has "
-                            f"{_key_id(key)!r} from {os.environ.get(KEY_ENV) and KEY_ENV or key_file()}): built "
-                            f"elsewhere or the key changed; rebuild it, or share the key ({KEY_FILE_ENV})")
-    if not hmac.compare_digest(seal["digest"], _digest(key, man)):
-        raise ArtifactError(path, "corrupt", "keyed digest does not match: the manifest or the program was "
-                                             "changed after it was built; rebuild it (compile --force)")
-
-
-def _diff_expect(man: Mapping, expect: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+def _diff_expect(man: Manifest, expect: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Fields of the manifest's cache key (or top level) that differ from ``expect``."""
+    top = man.to_dict()
     diffs = {}
     for k, want in expect.items():
-        have = man["key"].get(k, man.get(k, "<absent>"))
+        have = man.key.get(k, top.get(k, "<absent>"))
         if _norm(have) != _norm(want):
             diffs[k] = (have, want)
     return diffs
@@ -216,31 +104,32 @@ def _norm(v: Any) -> Any:
 
 
 class Artifact:
-    """A loaded, checked segment program with its manifest.
+    """A loaded, checked segment program with its :class:`~compile.manifest.Manifest`.
 
     ``__call__(x, *state)`` runs the flat ABI; :meth:`run` the named one. Inputs are checked
     against the manifest (chunk length, dtype, per-step shape, batch) before they reach the
-    program, so a wrong tensor gives a readable error rather than a guard failure.
+    program, so a wrong tensor gives a readable error rather than a guard failure. ``format`` is
+    the form that runs: ``torch.export``, ``aoti`` or ``torchscript`` (the fast-load form, static batch).
     """
 
-    def __init__(self, directory: str | Path, manifest: dict, program: Any):
+    def __init__(self, directory: str | Path, manifest: Manifest, program: Any, fmt: Optional[str] = None):
         self.path = Path(directory)
         self.manifest = manifest
         self._program = program
-        self.input_spec = TensorSpec.from_dict(manifest["input"])
-        self.output_spec = TensorSpec.from_dict(manifest["output"])
-        self.state_specs: list[TensorSpec] = [TensorSpec.from_dict(d) for d in manifest["state"]]
-        self.state_names: list[str] = [s.name for s in self.state_specs]
-        self.chunk_len: int = int(manifest["chunk_len"])
-        self.segment_index: int = int(manifest["segment_index"])
-        self.split: tuple[int, int] = tuple(manifest["split"])  # type: ignore[assignment]
-        self.batch: int = int(manifest["batch"]["compiled"])
-        self.dynamic_batch: bool = bool(manifest["batch"]["dynamic"])
-        self.input_dtype: str = manifest["input_dtype"]
-        self.format: str = manifest["program"]["format"]
-        self.device = torch.device(manifest["program"].get("device", "cpu"))
-        self.is_first: bool = self.split[0] == 0
-        self.is_last: bool = bool(manifest.get("is_last", False))
+        self.format: str = fmt or manifest.program.format
+        self.input_spec: TensorSpec = manifest.input
+        self.output_spec: TensorSpec = manifest.output
+        self.state_specs: list[TensorSpec] = list(manifest.state)
+        self.state_names: list[str] = manifest.state_names
+        self.chunk_len: int = manifest.chunk_len
+        self.segment_index: int = manifest.segment_index
+        self.split: tuple[int, int] = manifest.split
+        self.batch: int = manifest.batch.compiled
+        self.dynamic_batch: bool = manifest.batch.dynamic and self.format != "torchscript"
+        self.input_dtype: str = manifest.input_dtype
+        self.device = torch.device(manifest.program.device)
+        self.is_first: bool = manifest.is_first
+        self.is_last: bool = manifest.is_last
 
     def __repr__(self) -> str:
         return (f"Artifact({str(self.path)!r}, segment={self.segment_index}, split={list(self.split)}, "
@@ -276,8 +165,10 @@ class Artifact:
     def __call__(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
         """``(x_chunk, *state) -> (y_chunk, *new_state)``, state in ABI order (:attr:`state_names`)."""
         self._check_inputs(x, state)
-        out = self._program(x, *state)
-        return tuple(out)
+        if self.format == "torchscript":
+            with torch.jit.optimized_execution(False):   # the plain interpreter: the ops as traced, nothing fused
+                return tuple(self._program(x, *state))
+        return tuple(self._program(x, *state))
 
     def run(self, x: Tensor, state: Optional[Mapping[str, Tensor]] = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Named form: ``state`` maps every ABI name to its tensor (None: a fresh sample)."""
@@ -306,26 +197,26 @@ def _program_arity(ep: Any) -> tuple[int, int]:
     return len(sig.user_inputs), len(sig.user_outputs)
 
 
-def _check_exported(path: Path, ep: Any, man: Mapping) -> None:
+def _check_exported(path: Path, ep: Any, man: Manifest) -> None:
     """The exported graph's inputs agree with the manifest (count and non-batch dims)."""
     n_in, n_out = _program_arity(ep)
-    n_state = len(man["state"])
+    n_state = len(man.state)
     if n_in != 1 + n_state or n_out != 1 + n_state:
         raise ArtifactError(path, "mismatch", f"program takes {n_in} inputs and returns {n_out}; the manifest "
                                               f"describes 1 + {n_state} state tensors each way")
     names = list(ep.graph_signature.user_inputs)
     vals = {n.name: n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder"}
-    specs = [dict(man["input"], shape=[man["chunk_len"]] + list(man["input"]["shape"]))] + list(man["state"])
+    specs = [TensorSpec(man.input.name, (man.chunk_len,) + tuple(man.input.shape), man.input.dtype), *man.state]
     for i, (name, spec) in enumerate(zip(names, specs)):
         v = vals.get(name)
         if v is None:
             continue
         bdim = 1 if i == 0 else 0
         got = [d if isinstance(d, int) else None for d in v.shape]
-        want = list(spec["shape"])
+        want = list(spec.shape)
         if len(got) != len(want) or any(g is not None and g != w for k, (g, w) in enumerate(zip(got, want))
                                          if k != bdim):
-            raise ArtifactError(path, "mismatch", f"program input {i} ({spec['name']}) has shape "
+            raise ArtifactError(path, "mismatch", f"program input {i} ({spec.name}) has shape "
                                                   f"{['B' if g is None else g for g in got]}, the manifest says {want}")
 
 
@@ -346,15 +237,24 @@ def _cached_program(key: tuple[str, str, str], make: Any) -> Any:
     return prog
 
 
+def load_torchscript(path: str | Path) -> Any:
+    """Load a TorchScript program (the fast-load form), without torch's deprecation chatter."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location="cpu")
+
+
 def load_artifact(path: str | Path, expect: Optional[Mapping[str, Any]] = None,
-                  device: str | torch.device | None = None) -> Artifact:
+                  device: str | torch.device | None = None, fast: bool = False) -> Artifact:
     """Load and check the artifact in directory ``path`` (or its ``net_params.json``).
 
     ``expect``: cache-key fields the caller requires, e.g. ``{'checkpoint_sha256': ..., 'chunk_len': 4}``;
     any difference raises :class:`ArtifactError` naming the field. ``device``: where an
     ExportedProgram runs (moved there; AOTInductor packages run where they were built).
-    The program file is hashed and checked on every call; a program with the same sha256 loaded
-    before in this process is reused (deserialising a large graph takes seconds).
+    ``fast``: run the TorchScript form when the artifact has one (CPU, static batch
+    ``batch.compiled``; loads in milliseconds instead of deserialising the exported graph), else
+    the main program. Every program file is hashed and checked on every call; a program with the
+    same sha256 loaded before in this process is reused.
     """
     d = Path(path)
     if d.name == MANIFEST:
@@ -367,10 +267,14 @@ def load_artifact(path: str | Path, expect: Optional[Mapping[str, Any]] = None,
         if diffs:
             txt = "; ".join(f"{k}: artifact has {a!r}, expected {b!r}" for k, (a, b) in diffs.items())
             raise ArtifactError(d / MANIFEST, "mismatch", f"artifact does not match: {txt}", diffs)
+    if fast and man.fast is not None and (device is None or torch.device(device).type == "cpu"):
+        fast_path = check_program(d, man, man.fast)
+        program = _cached_program((man.fast.sha256, "torchscript", "cpu"), lambda: load_torchscript(fast_path))
+        return Artifact(d, man, program, "torchscript")
     prog_path = check_program(d, man)
-    fmt = man["program"]["format"]
-    built_on = torch.device(man["program"].get("device", "cpu"))
-    sha = man["program"]["sha256"]
+    fmt = man.program.format
+    built_on = torch.device(man.program.device)
+    sha = man.program.sha256
     if fmt == "torch.export":
         target = torch.device(device) if device is not None else built_on
 
@@ -388,7 +292,7 @@ def load_artifact(path: str | Path, expect: Optional[Mapping[str, Any]] = None,
 
         ep, program = _cached_program((sha, fmt, str(target)), make_export)
         _check_exported(prog_path, ep, man)   # every time: the manifest may differ from the last load's
-        man = dict(man, program=dict(man["program"], device=str(target)))
+        man = man.replace(program=ProgramFile(**{**man.program.__dict__, "device": str(target)}))
     else:
         if device is not None and torch.device(device).type != built_on.type:
             raise ValueError(f"{prog_path}: AOTInductor package built for {built_on}, cannot run on {device}; "

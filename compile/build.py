@@ -1,42 +1,46 @@
-"""Compiling a config's model segments into artifacts, with caching and verification.
+"""Compiling a model's segments into artifacts, with caching and verification.
 
-:func:`compile_config` is what ``python -m compile`` and the runtime call. For every model
-segment ``i`` and every distinct time-slice length ``L`` the grid needs (``numpy.array_split`` of
-T over R rows: at most two lengths) it produces the artifact directory::
+:func:`compile_spec` is the stage: a resolved :class:`~bidl_models.model_spec.ModelSpec` and the
+grid's time-slice lengths in, an :class:`ArtifactSet` out. For every model segment ``i`` and
+every distinct slice length ``L`` (``numpy.array_split`` of T over R rows: at most two lengths) it
+produces the artifact directory::
 
     <out>/<net>/model_<i>/t<L>_b<B>[_uint8][_aot][_<device>]/
         program.pt2       torch.export ExportedProgram (or AOTInductor package with aot=True) of
                           (x[L, B, *in], *state) -> (y[L, B, *out], *new_state)
-        net_params.json   manifest: specs (state ABI order), provenance, cache key, verification
+        program.ts        the same program as TorchScript for batch B (fast_load; loads in ms)
+        net_params.json   manifest (compile.manifest.Manifest): specs (state ABI order),
+                          provenance, cache key, verification
 
 ``<net>`` is the config's name. The batch dimension is exported dynamic when torch.export allows
-it (``manifest['batch']['dynamic']``), else static at ``B``. A uint8 first-segment input (event
-counts, as on chip) is cast to float32 inside the program.
+it (``manifest.batch.dynamic``), else static at ``B``. A uint8 first-segment input (event
+counts, as on chip) is cast to float32 inside the program. :func:`compile_config` is the
+convenience around it: a config name or Config, a grid, keyword options.
 
 Caching: an artifact is reused when its manifest's cache key equals this compile's (net, model
 sha256 -- the model-defining config keys --, checkpoint sha256 or ``seeded:<seed>``, segment and
 split, chunk length, batch, input dtype, model input shape, torch version, aot, device) and its
 program hashes to the recorded sha256. A key that differs, a corrupt manifest or program, or an
-artifact from an incompatible torch raises :class:`~compile.artifact.ArtifactError` (a
-ValueError naming the file and what differs) unless ``force=True``, which rebuilds.
+artifact from an incompatible torch raises :class:`~compile.errors.ArtifactError` (a
+ValueError naming the file and what differs) unless ``force``, which rebuilds.
 
 Verification: every newly built artifact is loaded back from disk and run against the eager
 segment over ``verify_chunks`` consecutive chunks with the state carried over, on the dataset's
 first test sample when ``bidl_models.datasets`` can load it, else on a deterministic seeded random
 spike tensor (later segments get the eager output of the segments before them). The max abs
 difference of the output and of every state tensor is printed and stored in the manifest; above
-``tol`` (1e-5) the build fails with :class:`VerificationError` and nothing is written.
+``tol`` (1e-5) the build fails with :class:`VerificationError` and nothing is written. The
+TorchScript form is written only if it equals the exported program bit for bit over 3 chunks.
 """
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
 import os
 import platform
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -45,34 +49,22 @@ import torch
 from torch import Tensor, nn
 
 from bidl_models.checkpoint import file_sha256
-from bidl_models.config import Config, load_config, model_segment_configs, validate_lynxi_devices
-from bidl_models.grid import parse_grid, time_slices
-from bidl_models.segments import Segment, auto_split, check_chain, split_backbone
+from bidl_models.config import Config, load_config
+from bidl_models.model_spec import INPUT_DTYPES, ModelSpec, model_sha256
+from bidl_models.segments import Segment, SegmentSpecs
 from bidl_models.specs import TensorSpec, torch_dtype
 
-from .artifact import (FORMAT_VERSION, KIND, MANIFEST, PROGRAM, Artifact, ArtifactError, check_program,
-                       load_artifact, read_manifest, seal_manifest)
+from .artifact import Artifact, check_program, load_artifact, load_torchscript
+from .errors import ArtifactError, VerificationError
+from .manifest import (FAST_PROGRAM, FORMAT_VERSION, MANIFEST, PROGRAM, BatchInfo, Manifest, ProgramFile,
+                       Verification, read_manifest, write_manifest)
+from .options import CompileOptions
 
-__all__ = ["compile_config", "CompiledModel", "ArtifactRecord", "VerificationError", "ChunkProgram",
-           "model_sha256", "artifact_dirname"]
-
-INPUT_DTYPES = ("float32", "uint8")
-
-
-class VerificationError(RuntimeError):
-    """A freshly built artifact disagrees with the eager segment by more than the tolerance."""
+__all__ = ["compile_spec", "compile_config", "ArtifactSet", "CompiledModel", "ArtifactRecord", "VerificationError",
+           "ChunkProgram", "model_sha256", "artifact_dirname", "INPUT_DTYPES"]
 
 
 # ------------------------------------------------------------------------------ small helpers
-
-def model_sha256(cfg: Mapping) -> str:
-    """Hash of the config keys that define the model (``model``/``model_<i>``,
-    ``models_compile_inputshape``): other keys (data, schedule, devices) do not change a program."""
-    keys = sorted(k for k in cfg if k == "model" or (k.startswith("model_") and k[6:].isdigit())
-                  or k == "models_compile_inputshape")
-    plain = {k: (cfg[k].to_dict() if isinstance(cfg[k], Config) else cfg[k]) for k in keys}
-    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=repr).encode()).hexdigest()
-
 
 def artifact_dirname(chunk_len: int, batch: int, input_dtype: str = "float32", aot: bool = False,
                      device: str = "cpu") -> str:
@@ -85,10 +77,6 @@ def artifact_dirname(chunk_len: int, batch: int, input_dtype: str = "float32", a
     if torch.device(device).type != "cpu":
         name += f"_{torch.device(device).type}"
     return name
-
-
-def _backbone_of(seg: Segment) -> nn.Module:
-    return seg.backbone  # the (weight-loaded) backbone the segment was cut from
 
 
 def _human_bytes(n: int) -> str:
@@ -243,33 +231,45 @@ def _zeros_for(art: Artifact, batch: int, device: torch.device) -> list[Tensor]:
 
 @dataclass
 class ArtifactRecord:
-    """One artifact of a compile: where it is and what this compile did with it."""
+    """One artifact of a compile: where it is, its manifest, and what this compile did with it."""
 
     segment: int
     split: tuple[int, int]
     chunk_len: int
     path: Path
     cache: str                      # 'hit' | 'miss' (built now)
-    state_nbytes: int
-    program_bytes: int
-    compile_seconds: float          # export (+ AOTInductor) time when it was built
-    verify_max_abs_diff: Optional[float]
+    manifest: Manifest
     seconds: float                  # wall time spent on it by this compile (check or build + verify)
+
+    @property
+    def state_nbytes(self) -> int:
+        return self.manifest.state_nbytes
+
+    @property
+    def program_bytes(self) -> int:
+        return self.manifest.program.bytes
+
+    @property
+    def compile_seconds(self) -> float:
+        return self.manifest.program.compile_seconds
+
+    @property
+    def verify_max_abs_diff(self) -> Optional[float]:
+        return self.manifest.verify.worst if self.manifest.verify is not None else None
 
 
 @dataclass
-class CompiledModel:
-    """Result of :func:`compile_config`: the artifacts of every (segment, chunk length).
+class ArtifactSet:
+    """Result of :func:`compile_spec`: the artifacts of every (segment, chunk length).
 
-    ``row_chunks[g]`` is the chunk length of time-slice row ``g``; ``cell(g, s)`` the artifact
+    ``slices[g]`` is the chunk length of time-slice row ``g``; ``cell(g, s)`` the artifact
     directory that grid cell runs; ``load(s, L)`` loads one, requiring this compile's cache key.
     """
 
     net: str
     root: Path
-    rows: int
-    timestep: int
-    row_chunks: list[int]
+    T: int
+    slices: tuple[int, ...]
     splits: list[tuple[int, int]]
     batch: int
     input_dtype: str
@@ -277,8 +277,21 @@ class CompiledModel:
     in_shape: tuple[int, ...]
     checkpoint_sha256: str
     model_sha256: str
+    split_source: str = ""
     records: list[ArtifactRecord] = field(default_factory=list)
     keys: dict[tuple[int, int], dict] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return len(self.slices)
+
+    @property
+    def timestep(self) -> int:
+        return self.T
+
+    @property
+    def row_chunks(self) -> list[int]:
+        return list(self.slices)
 
     @property
     def n_segments(self) -> int:
@@ -287,203 +300,184 @@ class CompiledModel:
     @property
     def chunk_lens(self) -> list[int]:
         """Distinct chunk lengths, longest first."""
-        return sorted(set(self.row_chunks), reverse=True)
+        return sorted(set(self.slices), reverse=True)
 
-    def path(self, segment: int, chunk_len: int) -> Path:
+    def record(self, segment: int, chunk_len: int) -> ArtifactRecord:
         for r in self.records:
             if r.segment == segment and r.chunk_len == chunk_len:
-                return r.path
+                return r
         raise KeyError(f"no artifact for segment {segment}, chunk_len {chunk_len}; have "
                        f"{[(r.segment, r.chunk_len) for r in self.records]}")
+
+    def path(self, segment: int, chunk_len: int) -> Path:
+        return self.record(segment, chunk_len).path
 
     def cell(self, row: int, segment: int) -> Path:
         """Artifact directory of grid cell (time-slice row, segment)."""
         if not 0 <= row < self.rows:
             raise IndexError(f"row {row}: the grid has {self.rows} rows")
-        return self.path(segment, self.row_chunks[row])
+        return self.path(segment, self.slices[row])
 
-    def load(self, segment: int, chunk_len: int, device: str | torch.device | None = None) -> Artifact:
+    def load(self, segment: int, chunk_len: int, device: str | torch.device | None = None,
+             fast: bool = False) -> Artifact:
         """:func:`~compile.artifact.load_artifact` requiring this compile's cache key."""
         return load_artifact(self.path(segment, chunk_len), expect=self.keys[(segment, chunk_len)],
-                             device=device)
+                             device=device, fast=fast)
 
     def table(self) -> str:
         """The readable summary table printed at the end of a compile."""
         head = ["segment", "split", "chunk", "state bytes", "program", "compile s", "verify max|diff|",
-                "cache", "time s"]
+                "fast", "cache", "time s"]
         rows = []
         for r in self.records:
             rows.append([f"model_{r.segment}", f"[{r.split[0]}, {r.split[1]}]", str(r.chunk_len),
                          f"{r.state_nbytes:,}", _human_bytes(r.program_bytes), f"{r.compile_seconds:.2f}",
                          "-" if r.verify_max_abs_diff is None else f"{r.verify_max_abs_diff:.1e}",
-                         r.cache, f"{r.seconds:.2f}"])
+                         "yes" if r.manifest.fast is not None else "no", r.cache, f"{r.seconds:.2f}"])
         widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
         line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
         return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+CompiledModel = ArtifactSet   # the name this result had before the stage chain (kept for callers)
+
+
 # ------------------------------------------------------------------------------ compile
 
-def _resolve_in_shape(cfg: Mapping, in_shape: Optional[Sequence[int]]) -> Optional[tuple[int, ...]]:
-    inshapes = cfg.get("models_compile_inputshape")
-    first = tuple(int(d) for d in inshapes[0][1:]) if inshapes else None
-    if in_shape is not None:
-        in_shape = tuple(int(d) for d in in_shape)
-        if first is not None and first != in_shape:
-            raise ValueError(f"in_shape={list(in_shape)} conflicts with models_compile_inputshape[0]="
-                             f"{list(inshapes[0])}; override models_compile_inputshape instead")
-        return in_shape
-    return first
+@dataclass
+class _Job:
+    """One artifact to produce: segment ``i`` of ``spec`` for chunks of ``L`` into ``d``."""
+
+    spec: ModelSpec
+    opts: CompileOptions
+    i: int
+    L: int
+    d: Path
+    key: dict
+    io: SegmentSpecs
+    device: torch.device
+
+    @property
+    def seg(self) -> Segment:
+        return self.spec.segments[self.i]
+
+    @property
+    def input_dtype(self) -> str:
+        return self.spec.input_dtype if self.i == 0 else "float32"
 
 
-def _segments(cfg: Mapping, checkpoint: Optional[str | Path], seed: int, in_shape: Optional[tuple[int, ...]],
-              cols: Optional[int], splits: Optional[Sequence[Sequence[int]]]) -> list[Segment]:
-    from bidl_models.config import build_segments
-    segs = build_segments(cfg, seed=seed, model_in_shape=in_shape, checkpoint=checkpoint)
-    if len(segs) > 1:
-        if splits is not None:
-            raise ValueError(f"splits={splits!r}: the config already cuts the model into {len(segs)} segments "
-                             "(model_0..n with split); drop splits or use a single-model config")
-        if cols is not None and cols != len(segs):
-            raise ValueError(f"grid has {cols} segment columns, but the config defines {len(segs)} segments "
-                             f"(model_0..model_{len(segs) - 1})")
-        return segs
-    if splits is None and (cols or 1) == 1:
-        return segs
-    bb = _backbone_of(segs[0]).eval()  # block_costs traces in the module's mode: BN needs eval here
-    if splits is None:
-        splits = auto_split(bb, cols, in_shape)
-    elif cols is not None and cols != len(splits):
-        raise ValueError(f"grid has {cols} segment columns but splits={splits!r} has {len(splits)}")
-    segs = split_backbone(bb, splits)
-    check_chain(segs, in_shape)
-    return segs
-
-
-def compile_config(cfg: Config | str | Path, checkpoint: Optional[str | Path] = None, *,
-                   grid: str | Sequence[int] | None = None, rows: Optional[int] = None,
-                   splits: Optional[Sequence[Sequence[int]]] = None, out: str | Path = "artifacts",
-                   force: bool = False, aot: bool = False, batch: int = 1, input_dtype: str = "float32",
-                   in_shape: Optional[Sequence[int]] = None, seed: int = 0, device: str = "cpu",
-                   verify: bool = True, use_dataset: bool = True, verify_chunks: int = 3, tol: float = 1e-5,
-                   overrides: Sequence[str] = (), progress: bool = True, verbose: bool = True) -> CompiledModel:
-    """Compile every segment of ``cfg`` for every chunk length of the grid (see module docstring).
-
-    ``cfg``: a loaded Config or a config name/path (``overrides`` apply then). Grid rows come from
-    ``grid`` ('RxC' or (R, C)), else ``rows``, else the config's ``lynxi_devices``, else 1; segment
-    columns from the config's ``model_0..n``, else ``splits``, else an automatic FLOP-balanced
-    split into the grid's columns. ``in_shape``: per-step model input (C, H, W) when neither the
-    backbone nor ``models_compile_inputshape`` fixes it. Raises ArtifactError (stale/corrupt cache,
-    unless ``force``), VerificationError, ValueError (bad arguments, naming them).
-    """
-    log: Callable[[str], None] = _logger(verbose)
-    if not isinstance(cfg, Config):
-        cfg = load_config(cfg, overrides)
-    elif overrides:
-        raise ValueError("overrides apply when cfg is a name or path; apply them with load_config")
-    if not cfg.name:
-        raise ValueError("cfg has no name (load it with bidl_models.config.load_config): the artifact "
-                         "directory <out>/<name> needs it")
-    if input_dtype not in INPUT_DTYPES:
-        raise ValueError(f"input_dtype={input_dtype!r}: expected one of {list(INPUT_DTYPES)}")
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-        raise ValueError(f"batch={batch!r}: expected a positive int")
-    if verify_chunks < 1:
-        raise ValueError(f"verify_chunks={verify_chunks!r}: expected >= 1")
-    dev = torch.device(device)
-
-    n_rows, n_cols = None, None
-    if grid is not None:
-        n_rows, n_cols = parse_grid(grid)
-    elif rows is not None:
-        n_rows = int(rows)
-    elif cfg.get("lynxi_devices") is not None:
-        devs = validate_lynxi_devices(cfg.lynxi_devices)
-        n_rows, n_cols = len(devs), len(devs[0])
-    n_rows = n_rows or 1
-    if n_cols is None and splits is None:
-        n_cols = len(model_segment_configs(cfg))
-
-    shape = _resolve_in_shape(cfg, in_shape)
-    if checkpoint is not None:
-        ckpt_sha = file_sha256(checkpoint) if Path(checkpoint).is_file() else None
-        if ckpt_sha is None:
-            raise FileNotFoundError(f"checkpoint {str(checkpoint)!r}: no such file")
-    else:
-        ckpt_sha = f"seeded:{seed}"
-        print(f"WARNING: no checkpoint: compiling DETERMINISTIC SEEDED INITIAL WEIGHTS (seed={seed}) of "
-              f"{cfg.name}, not a trained model", file=sys.stderr, flush=True)
-    segs = _segments(cfg, checkpoint, seed, shape, n_cols, splits)
-    try:
-        model_in = tuple(segs[0].input_shape(shape))
-    except ValueError as e:
-        raise ValueError(f"{e} (give in_shape / --in-shape C,H,W or models_compile_inputshape)") from None
-    timestep = int(_backbone_of(segs[0]).timestep)
-    row_chunks = time_slices(timestep, n_rows)
-    lens = sorted(set(row_chunks), reverse=True)
-    msha = model_sha256(cfg)
-    root = Path(out) / cfg.name
-    for s in segs:
+def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions = CompileOptions()) -> ArtifactSet:
+    """Compile every segment of ``spec`` for every distinct length in ``slices`` (the grid rows'
+    time-slice lengths, summing to T). Raises ArtifactError (stale/corrupt cache, unless
+    ``options.force``), VerificationError, ValueError (slices that do not cut T)."""
+    slices = tuple(int(t) for t in slices)
+    if not slices or any(t < 1 for t in slices) or sum(slices) != spec.T:
+        raise ValueError(f"slices={list(slices)}: expected positive time-slice lengths summing to T={spec.T}")
+    opts = options
+    log: Callable[[str], None] = _logger(opts.verbose)
+    dev = torch.device(opts.device)
+    if spec.checkpoint is None:
+        print(f"WARNING: no checkpoint: compiling DETERMINISTIC SEEDED INITIAL WEIGHTS (seed={spec.seed}) of "
+              f"{spec.name}, not a trained model", file=sys.stderr, flush=True)
+    lens = sorted(set(slices), reverse=True)
+    root = opts.root / spec.name
+    for s in spec.segments:
         s.eval().to(dev)
-    specs = [s.specs(batch, model_in) for s in segs]
+    io = spec.io_specs(opts.batch)
+    result = ArtifactSet(spec.name, root, spec.T, slices, [tuple(s) for s in spec.splits], opts.batch,
+                         spec.input_dtype, opts.aot, spec.in_shape, spec.weights_sha256, spec.model_sha256,
+                         spec.split_source)
+    log(f"compiling {spec.name} ({spec.config.filename}): {spec.n_segments} segment(s) "
+        f"{[list(s) for s in spec.splits]}, T={spec.T} over {len(slices)} row(s) -> chunk lengths {lens}, "
+        f"batch {opts.batch}, {'AOTInductor' if opts.aot else 'torch.export'} on {dev}, into {root}")
 
-    result = CompiledModel(cfg.name, root, n_rows, timestep, row_chunks, [s.split for s in segs], batch,
-                           input_dtype, aot, model_in, ckpt_sha, msha)
-    log(f"compiling {cfg.name} ({cfg.filename}): {len(segs)} segment(s) {[list(s.split) for s in segs]}, "
-        f"T={timestep} over {n_rows} row(s) -> chunk lengths {lens}, batch {batch}, "
-        f"{'AOTInductor' if aot else 'torch.export'} on {dev}, into {root}")
-
-    jobs = [(i, L) for i in range(len(segs)) for L in lens]
     inputs: dict[int, Tensor] = {}
     input_note: list[str] = []
 
     def seg_input(i: int) -> Tensor:
         """Verification input of segment i: the eager chain's output of the model input."""
         if not inputs:
-            x, why = verification_input(cfg, model_in, verify_chunks * lens[0], batch, seed, use_dataset)
+            x, why = verification_input(spec.config, spec.in_shape, opts.verify_chunks * lens[0], opts.batch,
+                                        spec.seed, opts.use_dataset)
             input_note.append(why)
             log(f"verification input: {why}")
             inputs[0] = x.to(dev)
         for k in range(1, i + 1):
             if k not in inputs:
                 with torch.no_grad():
-                    inputs[k] = segs[k - 1].run(inputs[k - 1])[0]
+                    inputs[k] = spec.segments[k - 1].run(inputs[k - 1])[0]
         return inputs[i]
 
     from tqdm import tqdm
-    bar = tqdm(jobs, desc=f"compile {cfg.name}", unit="artifact", disable=not progress, file=sys.stderr)
+    jobs = [(i, L) for i in range(spec.n_segments) for L in lens]
+    bar = tqdm(jobs, desc=f"compile {spec.name}", unit="artifact", disable=not opts.progress, file=sys.stderr)
     for i, L in bar:
         t0 = time.perf_counter()
-        seg, sp = segs[i], specs[i]
-        dtype_i = input_dtype if i == 0 else "float32"
-        key = {"format_version": FORMAT_VERSION, "net": cfg.name, "model_sha256": msha,
-               "checkpoint_sha256": ckpt_sha, "segment_index": i, "n_segments": len(segs),
-               "split": list(seg.split), "chunk_len": L, "batch": batch, "input_dtype": dtype_i,
-               "in_shape": list(model_in), "torch": torch.__version__, "aot": bool(aot), "device": dev.type}
-        d = root / f"model_{i}" / artifact_dirname(L, batch, dtype_i, aot, str(dev))
-        man = None if force else _cached(d, key)
+        dtype_i = spec.input_dtype if i == 0 else "float32"
+        key = {"format_version": FORMAT_VERSION, "net": spec.name, "model_sha256": spec.model_sha256,
+               "checkpoint_sha256": spec.weights_sha256, "segment_index": i, "n_segments": spec.n_segments,
+               "split": list(spec.splits[i]), "chunk_len": L, "batch": opts.batch, "input_dtype": dtype_i,
+               "in_shape": list(spec.in_shape), "torch": torch.__version__, "aot": bool(opts.aot),
+               "device": dev.type}
+        job = _Job(spec, opts, i, L, root / f"model_{i}" / artifact_dirname(L, opts.batch, dtype_i, opts.aot, str(dev)),
+                   key, io[i], dev)
+        man = None if opts.force else _cached(job.d, key)
         if man is not None:
             cache = "hit"
-            if verify and not man.get("verify"):
-                art = load_artifact(d, expect=key, device=dev)
-                man = _record_verify(d, man, art, seg, seg_input(i)[: verify_chunks * L], verify_chunks, tol,
-                                     input_note, log)
+            if opts.verify and man.verify is None:
+                art = load_artifact(job.d, expect=key, device=dev)
+                man = _record_verify(job, man, art, seg_input(i), input_note, log)
+            if _wants_fast(job) and man.fast is None:
+                man = _add_fast(job.d, man, load_artifact(job.d, expect=key, device=dev), log)
         else:
             cache = "miss"
-            man = _build(d, key, seg, sp, cfg, checkpoint, L, batch, dtype_i, aot, dev, verify, verify_chunks,
-                         tol, seg_input, input_note, log, i)
-        diff = max(man["verify"]["max_abs_diff"].values()) if man.get("verify") else None
-        rec = ArtifactRecord(i, tuple(seg.split), L, d, cache, sum(s.nbytes for s in sp.state),
-                             int(man["program"]["bytes"]), float(man["program"]["compile_seconds"]), diff,
-                             time.perf_counter() - t0)
+            man = _build(job, seg_input, input_note, log)
+        rec = ArtifactRecord(i, tuple(spec.splits[i]), L, job.d, cache, man, time.perf_counter() - t0)
         result.records.append(rec)
         result.keys[(i, L)] = key
-        log(f"model_{i} t{L}: {cache} ({rec.seconds:.2f} s) -> {d}")
+        log(f"model_{i} t{L}: {cache} ({rec.seconds:.2f} s) -> {job.d}")
     bar.close()
     log("\n" + result.table())
-    if checkpoint is None:
-        log(f"weights: seeded:{seed} (deterministic initial weights, NOT a trained checkpoint)")
+    if spec.checkpoint is None:
+        log(f"weights: seeded:{spec.seed} (deterministic initial weights, NOT a trained checkpoint)")
     return result
+
+
+def compile_config(cfg: Config | str | Path, checkpoint: Optional[str | Path] = None, *,
+                   grid: str | Sequence[int] | None = None, rows: Optional[int] = None,
+                   splits: Optional[Sequence[Sequence[int]]] = None, in_shape: Optional[Sequence[int]] = None,
+                   input_dtype: str = "float32", seed: int = 0, overrides: Sequence[str] = (),
+                   **options: Any) -> ArtifactSet:
+    """Config in, artifacts out: ``load_config`` (if ``cfg`` is a name or path; ``overrides`` apply
+    then) -> :meth:`ModelSpec.from_config` -> :func:`compile_spec`.
+
+    Grid rows come from ``grid`` ('RxC' or (R, C)), else ``rows``, else the config's
+    ``lynxi_devices``, else 1; segment columns from the config's ``model_0..n``, else ``splits``,
+    else an automatic FLOP-balanced split into the grid's columns. ``in_shape``: per-step model
+    input (C, H, W) when neither the backbone nor ``models_compile_inputshape`` fixes it.
+    ``options``: :class:`CompileOptions` fields (``out``, ``force``, ``aot``, ``batch``, ``tol``, ...).
+    """
+    from bidl_runtime.layout import GridLayout, parse_grid, time_slices
+    try:
+        opts = CompileOptions(**options)
+    except TypeError as e:
+        raise ValueError(f"compile_config: {e}; options are the CompileOptions fields "
+                         f"{sorted(CompileOptions.__dataclass_fields__)}") from None
+    if not isinstance(cfg, Config):
+        cfg = load_config(cfg, overrides)
+    elif overrides:
+        raise ValueError("overrides apply when cfg is a name or path; apply them with load_config")
+    n_rows, n_cols = 1, None
+    if grid is not None:
+        n_rows, n_cols = parse_grid(grid)
+    elif rows is not None:
+        n_rows = int(rows)
+    elif cfg.get("lynxi_devices") is not None:
+        layout = GridLayout.resolve(cfg)
+        n_rows, n_cols = layout.rows, layout.cols
+    spec = ModelSpec.from_config(cfg, columns=n_cols, splits=splits, checkpoint=checkpoint, in_shape=in_shape,
+                                 input_dtype=input_dtype, seed=seed)
+    return compile_spec(spec, time_slices(spec.T, n_rows), opts)
 
 
 def _logger(verbose: bool) -> Callable[[str], None]:
@@ -497,28 +491,33 @@ def _logger(verbose: bool) -> Callable[[str], None]:
     return log
 
 
-def _cached(d: Path, key: Mapping[str, Any]) -> Optional[dict]:
+def _cached(d: Path, key: Mapping[str, Any]) -> Optional[Manifest]:
     """The manifest of a reusable artifact at ``d``, None if there is none; ArtifactError if the
     one there is corrupt, stale or for something else."""
     if not d.exists() or (d.is_dir() and not any(d.iterdir())):
         return None
     man = read_manifest(d)
-    diffs = {k: (man["key"].get(k, "<absent>"), v) for k, v in key.items()
-             if json.dumps(man["key"].get(k, "<absent>")) != json.dumps(v)}
+    diffs = {k: (man.key.get(k, "<absent>"), v) for k, v in key.items()
+             if _json(man.key.get(k, "<absent>")) != _json(v)}
     if diffs:
         txt = "; ".join(f"{k}: artifact {a!r} vs this compile {b!r}" for k, (a, b) in diffs.items())
         raise ArtifactError(d / MANIFEST, "mismatch", f"existing artifact was built from different inputs ({txt}); "
                             "it will not be reused: rebuild with --force (force=True) or use another --out",
                             diffs)
     check_program(d, man)
+    if man.fast is not None:
+        check_program(d, man, man.fast)
     return man
 
 
-def _build(d: Path, key: dict, seg: Segment, sp: Any, cfg: Config, checkpoint: Optional[str | Path], L: int,
-           batch: int, input_dtype: str, aot: bool, dev: torch.device, verify: bool, n_chunks: int, tol: float,
-           seg_input: Callable[[int], Tensor], input_note: list[str], log: Callable[[str], None],
-           i: int) -> dict:
+def _json(v: Any) -> str:
+    import json
+    return json.dumps(v)
+
+
+def _build(job: _Job, seg_input: Callable[[int], Tensor], input_note: list[str], log: Callable[[str], None]) -> Manifest:
     """Export (+ AOTInductor), write into a temporary directory, verify, then move into place."""
+    d, opts, seg, sp = job.d, job.opts, job.seg, job.io
     d.parent.mkdir(parents=True, exist_ok=True)
     tmp = d.parent / f".{d.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -528,10 +527,10 @@ def _build(d: Path, key: dict, seg: Segment, sp: Any, cfg: Config, checkpoint: O
         names = [s.name for s in sp.state]
         prog = ChunkProgram(seg, names).eval()
         t0 = time.perf_counter()
-        ep, dynamic, note = _export(prog, L, batch, sp.input.shape[1:], sp.state, input_dtype, dev)
+        ep, dynamic, note = _export(prog, job.L, opts.batch, sp.input.shape[1:], sp.state, job.input_dtype, job.device)
         t_export = time.perf_counter() - t0
         t_aot = 0.0
-        if aot:
+        if opts.aot:
             from torch._inductor import aoti_compile_and_package
             t1 = time.perf_counter()
             aoti_compile_and_package(ep, package_path=str(tmp / PROGRAM))
@@ -539,40 +538,31 @@ def _build(d: Path, key: dict, seg: Segment, sp: Any, cfg: Config, checkpoint: O
         else:
             torch.export.save(ep, str(tmp / PROGRAM))
         if note:
-            log(f"model_{i} t{L}: static batch {batch} ({note})")
-        log(f"model_{i} t{L}: exported in {t_export:.2f} s" + (f", AOTInductor {t_aot:.2f} s" if aot else "")
+            log(f"model_{job.i} t{job.L}: static batch {opts.batch} ({note})")
+        log(f"model_{job.i} t{job.L}: exported in {t_export:.2f} s" + (f", AOTInductor {t_aot:.2f} s" if opts.aot else "")
             + f", program {_human_bytes((tmp / PROGRAM).stat().st_size)}")
-        man = {
-            "kind": KIND, "format_version": FORMAT_VERSION, "net": cfg.name,
-            "segment_index": i, "n_segments": key["n_segments"], "split": list(seg.split),
-            "n_blocks": seg.n_blocks, "is_first": seg.is_first, "is_last": seg.is_last,
-            "backbone": seg.backbone_name, "timestep": int(_backbone_of(seg).timestep), "chunk_len": L,
-            "batch": {"compiled": batch, "dynamic": dynamic, "min": 1 if dynamic else batch,
-                      "max": None if dynamic else batch, "note": note},
-            "input_dtype": input_dtype,
-            "input": sp.input.to_dict(), "output": sp.output.to_dict(),
-            "state": [s.to_dict() for s in sp.state],
-            "state_nbytes": sum(s.nbytes for s in sp.state),
-            "args": ["x", *names], "returns": ["y", *names],
-            "abi": "program(x[chunk_len, B, *input.shape[1:]], *state) -> (y[chunk_len, B, *output.shape[1:]], "
-                   "*new_state); state in the order of 'state'; zeros = a fresh sample",
-            "config": {"name": cfg.name, "file": cfg.filename, "sha256": cfg.sha256(),
-                       "model_sha256": key["model_sha256"]},
-            "checkpoint": {"path": str(checkpoint) if checkpoint is not None else None,
-                           "sha256": key["checkpoint_sha256"]},
-            "versions": _versions(),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "program": {"file": PROGRAM, "format": "aoti" if aot else "torch.export", "device": str(dev),
-                        "sha256": file_sha256(tmp / PROGRAM), "bytes": (tmp / PROGRAM).stat().st_size,
-                        "export_seconds": round(t_export, 3), "aoti_seconds": round(t_aot, 3),
-                        "compile_seconds": round(t_export + t_aot, 3)},
-            "key": key, "verify": None,
-        }
-        _write_manifest(tmp, man)
-        if verify:
-            art = load_artifact(tmp, expect=key, device=dev)
-            man = _record_verify(tmp, man, art, seg, seg_input(i)[: n_chunks * L], n_chunks, tol, input_note,
-                                 log, final=d)
+        spec = job.spec
+        man = Manifest(
+            net=spec.name, segment_index=job.i, split=tuple(seg.split), chunk_len=job.L,
+            batch=BatchInfo(opts.batch, dynamic, note), input_dtype=job.input_dtype,
+            input=TensorSpec(sp.input.name, sp.input.shape, job.input_dtype) if job.i == 0 else sp.input,
+            output=sp.output, state=tuple(sp.state),
+            program=ProgramFile(PROGRAM, "aoti" if opts.aot else "torch.export", str(job.device),
+                                file_sha256(tmp / PROGRAM), (tmp / PROGRAM).stat().st_size,
+                                round(t_export, 3), round(t_aot, 3)),
+            key=job.key, versions=_versions(), n_segments=spec.n_segments, n_blocks=seg.n_blocks,
+            backbone=seg.backbone_name, timestep=spec.T,
+            config={"name": spec.name, "file": spec.config.filename, "sha256": spec.config.sha256(),
+                    "model_sha256": spec.model_sha256},
+            checkpoint={"path": spec.checkpoint, "sha256": spec.weights_sha256},
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        write_manifest(tmp, man)
+        if opts.verify or _wants_fast(job):
+            art = load_artifact(tmp, expect=job.key, device=job.device)
+            if opts.verify:
+                man = _record_verify(job, man, art, seg_input(job.i), input_note, log, tmp=tmp)
+            if _wants_fast(job):
+                man = _add_fast(tmp, man, art, log)
         if d.exists():
             if any(d.iterdir()) and not ((d / MANIFEST).exists() or (d / PROGRAM).exists()):
                 raise ValueError(f"{d} exists and is not an artifact directory; refusing to replace it")
@@ -584,17 +574,13 @@ def _build(d: Path, key: dict, seg: Segment, sp: Any, cfg: Config, checkpoint: O
             shutil.rmtree(tmp)
 
 
-def _write_manifest(d: Path, man: Mapping) -> None:
-    tmp = d / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(seal_manifest(man), indent=2) + "\n")
-    tmp.replace(d / MANIFEST)
-
-
-def _record_verify(d: Path, man: dict, art: Artifact, seg: Segment, x: Tensor, n_chunks: int, tol: float,
-                   input_note: list[str], log: Callable[[str], None], final: Optional[Path] = None) -> dict:
-    """Verify ``art`` (loaded from ``d``), store the result in ``d``'s manifest; errors name ``final``."""
+def _record_verify(job: _Job, man: Manifest, art: Artifact, x: Tensor, input_note: list[str],
+                   log: Callable[[str], None], tmp: Optional[Path] = None) -> Manifest:
+    """Verify ``art`` against the eager segment, store the result in the manifest of ``tmp`` (a build
+    in progress) or ``job.d``; errors name ``job.d``."""
+    n_chunks, tol = job.opts.verify_chunks, job.opts.tol
     t0 = time.perf_counter()
-    diffs = verify_artifact(art, seg, x, n_chunks)
+    diffs = verify_artifact(art, job.seg, x[: n_chunks * job.L], n_chunks)
     worst = max(diffs.values())
     shown = ", ".join(f"{k}={v:.1e}" for k, v in diffs.items())
     log(f"verify model_{art.segment_index} t{art.chunk_len} ({n_chunks} chunks, state carried): "
@@ -606,10 +592,47 @@ def _record_verify(d: Path, man: dict, art: Artifact, seg: Segment, x: Tensor, n
             hint = ("; AOTInductor's fused kernels round differently from eager kernels (~1e-7), and a membrane "
                     "that close to the threshold fires in one and not the other, after which the runs diverge: "
                     "accept with a larger tol (--tol) if that is acceptable, or use the torch.export program")
-        raise VerificationError(f"{final or d}: artifact differs from the eager segment by more than tol={tol:g}: "
+        raise VerificationError(f"{job.d}: artifact differs from the eager segment by more than tol={tol:g}: "
                                 + ", ".join(f"{k}={v:.3e}" for k, v in bad.items()) + hint)
-    man = dict(man, verify={"input": input_note[0] if input_note else "?", "n_chunks": n_chunks,
-                            "batch": int(x.shape[1]), "tol": tol, "max_abs_diff": diffs,
-                            "seconds": round(time.perf_counter() - t0, 3)})
-    _write_manifest(d, man)
+    man = man.replace(verify=Verification(input_note[0] if input_note else "?", n_chunks, int(x.shape[1]), tol,
+                                          diffs, round(time.perf_counter() - t0, 3)))
+    write_manifest(tmp or job.d, man)
+    return man
+
+
+def _wants_fast(job: _Job) -> bool:
+    return job.opts.fast_load and not job.opts.aot and job.device.type == "cpu"
+
+
+FAST_CHECK_CHUNKS = 3
+
+
+def _add_fast(d: Path, man: Manifest, art: Artifact, log: Callable[[str], None]) -> Manifest:
+    """Trace the exported program ``art`` into TorchScript for its compiled batch, keep it only if
+    it equals the program bit for bit over 3 chunks (state carried, seeded input), record it."""
+    b = man.batch.compiled
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand((FAST_CHECK_CHUNKS * man.chunk_len, b, *man.input.shape[1:]), generator=g) < 0.3
+    x = x.to(torch_dtype(man.input_dtype))
+    state0 = [s.with_batch(b).zeros() for s in man.state]
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")   # TorchScript's deprecation notice and tracer notes on the shape guards
+        traced = torch.jit.trace(art._program, (x[: man.chunk_len], *state0), check_trace=False)
+        torch.jit.save(traced, str(d / FAST_PROGRAM))
+    fast = Artifact(d, man, load_torchscript(d / FAST_PROGRAM), "torchscript")
+    sa, sf = list(state0), list(state0)
+    for c in range(FAST_CHECK_CHUNKS):
+        xc = x[c * man.chunk_len:(c + 1) * man.chunk_len]
+        ya, *sa = art(xc, *sa)
+        yf, *sf = fast(xc, *sf)
+        if not (torch.equal(ya, yf) and all(torch.equal(p, q) for p, q in zip(sa, sf))):
+            (d / FAST_PROGRAM).unlink()
+            log(f"model_{man.segment_index} t{man.chunk_len}: the TorchScript form differs from the exported "
+                "program; not written (cells load the exported program)")
+            return man
+    pf = ProgramFile(FAST_PROGRAM, "torchscript", "cpu", file_sha256(d / FAST_PROGRAM),
+                     (d / FAST_PROGRAM).stat().st_size, round(time.perf_counter() - t0, 3))
+    man = man.replace(fast=pf)
+    write_manifest(d, man)
     return man

@@ -1,12 +1,26 @@
-"""Shared test settings: deterministic, small, quiet, and Ray with token authentication (one token per
-test session, in a private temp dir; subprocesses inherit it through RAY_AUTH_TOKEN_PATH), artifacts
-sealed with a per-session key (BIDL_ARTIFACT_KEY_FILE)."""
+"""Shared test settings and fixtures: deterministic, small, quiet, secure.
+
+- Ray with token authentication (one token per test session, in a private temp dir; subprocesses
+  inherit it through RAY_AUTH_TOKEN_PATH), clusters on 127.0.0.1 only; artifacts sealed with a
+  per-session key (BIDL_ARTIFACT_KEY_FILE);
+- tiny configs: :func:`tiny_glyphs` (the runtime's default model at 2x16x16) and :func:`tiny_dvsmnist`;
+- tiny backbones: :data:`TINY` (every backbone type at a few-second compile size), :func:`write_config`,
+  :func:`activate` / :func:`active_net` (weights that make every layer spike);
+- Ray: ``ray_local`` (one embedded cluster per test module, 8 devices, started with
+  ``cluster.start_local``) and ``two_nodes`` (two Ray nodes on this machine, on loopback with token
+  auth, each with its own working directory and artifact store).
+
+Helpers are imported by the test modules (``from conftest import ...``); fixtures are injected.
+"""
 import atexit
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
+import pytest
 import torch
+from torch import nn
 
 from bidl_runtime.cluster import secure_env
 
@@ -17,3 +31,127 @@ if "BIDL_ARTIFACT_KEY_FILE" not in os.environ and "BIDL_ARTIFACT_KEY" not in os.
     atexit.register(shutil.rmtree, _keys, True)                  # not the user's ~/.config/bidl one
     os.environ["BIDL_ARTIFACT_KEY_FILE"] = os.path.join(_keys, "artifact.key")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+# ------------------------------------------------------------------------------ tiny configs
+
+def tiny_glyphs(T: int):
+    """The default config's model (SeqClif3Fc3DmItout) at 2x16x16, T steps, no data."""
+    from bidl_models.config import load_config
+    return load_config("clif3fc3dm_itout-b16x1-dvsglyphs", [
+        "model.backbone.h0=16", "model.backbone.w0=16", f"model.backbone.timestep={T}",
+        "models_compile_inputshape=[[1,2,16,16]]", "data=None"])
+
+
+SMALL = ["model.backbone.h0=16", "model.backbone.w0=16", "models_compile_inputshape=[[1,2,16,16]]"]
+
+
+def tiny_dvsmnist(T: int = 10, name: str = "clif3fc3dm_itout-b16x1-dvsmnist"):
+    """A shipped config shrunk to 2x16x16 and T steps."""
+    from bidl_models.config import load_config
+    return load_config(name, SMALL + [f"model.backbone.timestep={T}"])
+
+
+def glyph_samples(T: int, n: int, seed: int = 0):
+    """``n`` seeded (frames [T, 2, 16, 16], label) pairs for :func:`tiny_glyphs`."""
+    from bidl_runtime.data import synthetic_samples
+    return [(x, i % 10) for i, x in enumerate(synthetic_samples(T, (2, 16, 16), n, seed, rate=0.4))]
+
+
+# ------------------------------------------------------------------------------ tiny backbones
+
+TINY = {
+    "SeqClif3Fc3DmItout": (dict(type="SeqClif3Fc3DmItout", timestep=3, c0=2, h0=16, w0=16, nclass=10,
+                                cmode="analog"), None),
+    "SeqClif5Fc2CdItout": (dict(type="SeqClif5Fc2CdItout", timestep=3, c0=2, h0=64, w0=64, nclass=10), None),
+    "SeqClif3Flif2DgItout": (dict(type="SeqClif3Flif2DgItout", timestep=3, c0=2, h0=16, w0=16, nclass=11), None),
+    "SeqClif7Fc1CdItout": (dict(type="SeqClif7Fc1CdItout", timestep=3, c0=2, h0=128, w0=128, nclass=10), None),
+    "ResNetLifItout": (dict(type="ResNetLifItout", depth=10, nclass=10, timestep=3, input_channels=2,
+                            stem_channels=16, base_channels=16, noise=1e-5, soma_params="channel_share",
+                            down_t=[1, "avg"]), [[1, 2, 32, 32]]),
+}
+
+
+def write_config(path: Path, backbone: dict, inshape=None, extra: str = "") -> Path:
+    """A config file in the user guide's format around ``backbone``."""
+    text = f"model = dict(type='ImageClassifier', backbone={backbone!r})\n"
+    if inshape is not None:
+        text += f"models_compile_inputshape = {inshape!r}\n"
+    path.write_text(text + extra)
+    return path
+
+
+def activate(net: nn.Module) -> nn.Module:
+    """Raise BN scale/shift and FC gains so that every layer spikes (in place)."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.fill_(1.5)
+                m.bias.fill_(0.25)
+            elif isinstance(m, nn.Linear):
+                m.weight.mul_(3.0)
+                m.bias.add_(0.2)
+    return net
+
+
+def active_net(cfg, path: Path, guide_format: bool = False) -> tuple[nn.Module, Path]:
+    """The config's (first) backbone with activated weights, in eval mode, and its checkpoint file
+    (a plain state_dict, or the guide's ``{'state_dict': {'backbone.<name>': ...}}``)."""
+    from bidl_models.config import build_segments
+    net = activate(build_segments(cfg)[0].backbone).eval()
+    sd = net.state_dict()
+    obj = {"state_dict": {f"backbone.{k}": v for k, v in sd.items()}, "meta": {"epoch": 1}} if guide_format else sd
+    torch.save(obj, path)
+    return net, path
+
+
+# ------------------------------------------------------------------------------ Ray
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One embedded Ray cluster for the module (token auth, loopback): 2 CPUs, 8 grid devices, no dashboard."""
+    import ray
+
+    from bidl_runtime.cluster import start_local
+    start_local(num_cpus=2, resources={"bidl_device": 8}, include_dashboard=False, log_to_driver=False,
+                logging_level="WARNING", namespace="tests")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """Two Ray nodes on this machine with 2 devices each. Each node runs in its own working
+    directory with its own artifact store, and the driver works from a third directory: nothing
+    may rely on a shared working directory. Yields ``{'cluster', 'dirs'}``; the driver's working
+    directory is ``dirs['driver']`` while the module runs."""
+    import ray
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    from ray.cluster_utils import Cluster
+
+    from bidl_runtime.cluster import loopback_node
+    from bidl_runtime.ship import STORE_ENV
+    root = tmp_path_factory.mktemp("two-nodes")
+    dirs = {k: root / k for k in ("head", "second", "driver", "head-store", "second-store")}
+    for d in dirs.values():
+        d.mkdir()
+    here = os.getcwd()
+    cluster = None
+    try:
+        with loopback_node():  # both nodes (and this driver) on 127.0.0.1, token auth from secure_env above
+            os.chdir(dirs["head"])     # a node's processes (and its cells) inherit the cwd it starts in
+            cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": 1, "resources": {"bidl_device": 2}, "env_vars": {STORE_ENV: str(dirs["head-store"])}})
+            os.chdir(dirs["second"])
+            cluster.add_node(num_cpus=1, resources={"bidl_device": 2},
+                             env_vars={STORE_ENV: str(dirs["second-store"])})
+            os.chdir(dirs["driver"])
+            ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING", namespace="test-two-node")
+        assert is_token_auth_enabled()
+        cluster.wait_for_nodes()
+        yield {"cluster": cluster, "dirs": dirs}
+    finally:
+        os.chdir(here)
+        ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()

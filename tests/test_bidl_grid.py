@@ -4,13 +4,12 @@ equal the single-device run of the same artifacts bit for bit and BIDL's logits 
 from __future__ import annotations
 
 import pytest
-import ray
 import torch
 
 from bidl_models import load_model
 from bidl_models.config import load_config
 from bidl_runtime.api import stream
-from bidl_runtime.driver import RuntimeConfig
+from bidl_runtime.config import RuntimeConfig
 from compile import compile_config
 
 from bidl_reference import seq_forward
@@ -71,15 +70,7 @@ def bidl_checkpoint(path, cfg):
     return sd
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, resources={"bidl_device": 6}, include_dashboard=False, log_to_driver=False,
-             logging_level="WARNING", namespace="test-bidl-grid")
-    yield
-    ray.shutdown()
-
-
-def test_bidl_config_and_checkpoint_on_the_3x2_grid(cluster, tmp_path):
+def test_bidl_config_and_checkpoint_on_the_3x2_grid(ray_local, tmp_path):
     cfg_path = tmp_path / "clif3fc3dm_itout-b16x1-tiny.py"
     cfg_path.write_text(CONFIG)
     cfg = load_config(cfg_path)

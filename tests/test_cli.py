@@ -1,18 +1,34 @@
 """The README's main command on this machine, its planning errors, and a fault drill: clear
 messages, the right exit codes, and no Ray processes left behind."""
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")   # token auth as set up by conftest (RAY_AUTH_TOKEN_PATH)
+pytestmark = pytest.mark.slow
 
 
 def ray_processes() -> set[int]:
+    """Ray's node processes under this session's Ray temp dir (others' clusters on a shared machine
+    are not ours to count)."""
+    import tempfile
+    marker = os.path.join(os.environ.get("RAY_TMPDIR", tempfile.gettempdir()), "ray", "session")
     out = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
+    pids = set()
+    for p in out.split():
+        try:
+            if marker in Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                pids.add(int(p))
+        except OSError:
+            pass
+    return pids
 
 
 def run_cli(*args, timeout=600):
@@ -60,3 +76,43 @@ def test_fault_drill_stops_naming_the_cell_and_cleans_up(artifacts):
     assert time.perf_counter() - t0 < 300
     time.sleep(1)
     assert ray_processes() <= before, "the failed run left Ray processes behind"
+
+
+def test_keep_alive_cells_stay_usable_from_another_process(artifacts, tmp_path):
+    """--keep-alive: the cells stay up after the run; a second process attaches with the printed
+    address and runs samples through the same cell processes; Ctrl-C ends it all."""
+    before = ray_processes()
+    first = tmp_path / "first.json"
+    proc = subprocess.Popen([sys.executable, "-m", "bidl_runtime.run", "--grid", "2x1", "--samples", "4",
+                             "--artifacts", artifacts, "--keep-alive", "--json", str(first)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    lines = []
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("join with:"):
+                break
+        out = "".join(lines)
+        m = re.search(r"--attach --address (\S+) --namespace (\S+)", out)
+        assert m, out[-3000:]
+        assert "keeping the grid alive: 2 cells loaded and idle" in out
+        second = tmp_path / "second.json"
+        r = subprocess.run([sys.executable, "-m", "bidl_runtime.run", "--attach", "--address", m.group(1),
+                            "--namespace", m.group(2), "--samples", "6", "--json", str(second)],
+                           capture_output=True, text=True, env=ENV, timeout=300)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "outputs equal reference: 6/6 samples bit-exact" in r.stdout
+        pids = [{c["cell"]: c["pid"] for c in json.loads(f.read_text())["cells"]} for f in (first, second)]
+        assert pids[0] == pids[1] and len(pids[0]) == 2        # the same cell processes served both runs
+        assert json.loads(second.read_text())["samples"] == 6
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, rest[-3000:]
+    assert "stopping the kept-alive grid" in rest
+    time.sleep(1)
+    assert ray_processes() <= before, "the kept-alive run left Ray processes behind"

@@ -22,57 +22,17 @@ import pytest
 import torch
 from torch import nn
 
-from bidl_models.config import build_segments, load_config
-from compile import (Artifact, ArtifactError, CompiledModel, VerificationError, compile_config, load_artifact,
-                     read_manifest, zero_state)
+from bidl_models.config import load_config
+from bidl_models.model_spec import ModelSpec
+from compile import (Artifact, ArtifactError, ArtifactSet, CompiledModel, CompileOptions, Manifest, VerificationError,
+                     compile_config, compile_spec, load_artifact, read_manifest, zero_state)
+from compile.manifest import FAST_PROGRAM
 from compile.__main__ import main as cli_main
 from compile.artifact import MANIFEST, PROGRAM, seal_manifest, torch_compatible
+from conftest import TINY, active_net, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-6
-
-TINY = {
-    "SeqClif3Fc3DmItout": (dict(type="SeqClif3Fc3DmItout", timestep=3, c0=2, h0=16, w0=16, nclass=10,
-                                cmode="analog"), None),
-    "SeqClif5Fc2CdItout": (dict(type="SeqClif5Fc2CdItout", timestep=3, c0=2, h0=64, w0=64, nclass=10), None),
-    "SeqClif3Flif2DgItout": (dict(type="SeqClif3Flif2DgItout", timestep=3, c0=2, h0=16, w0=16, nclass=11), None),
-    "SeqClif7Fc1CdItout": (dict(type="SeqClif7Fc1CdItout", timestep=3, c0=2, h0=128, w0=128, nclass=10), None),
-    "ResNetLifItout": (dict(type="ResNetLifItout", depth=10, nclass=10, timestep=3, input_channels=2,
-                            stem_channels=16, base_channels=16, noise=1e-5, soma_params="channel_share",
-                            down_t=[1, "avg"]), [[1, 2, 32, 32]]),
-}
-
-
-def write_config(path: Path, backbone: dict, inshape=None, extra: str = "") -> Path:
-    """A config file in the user guide's format around ``backbone``."""
-    text = f"model = dict(type='ImageClassifier', backbone={backbone!r})\n"
-    if inshape is not None:
-        text += f"models_compile_inputshape = {inshape!r}\n"
-    path.write_text(text + extra)
-    return path
-
-
-def activate(net: nn.Module) -> nn.Module:
-    """Raise BN scale/shift and FC gains so that every layer spikes (in place)."""
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.weight.fill_(1.5)
-                m.bias.fill_(0.25)
-            elif isinstance(m, nn.Linear):
-                m.weight.mul_(3.0)
-                m.bias.add_(0.2)
-    return net
-
-
-def active_net(cfg, path: Path, guide_format: bool = False) -> tuple[nn.Module, Path]:
-    """The config's (first) backbone with activated weights, in eval mode, and its checkpoint file
-    (a plain state_dict, or the guide's ``{'state_dict': {'backbone.<name>': ...}}``)."""
-    net = activate(build_segments(cfg)[0].backbone).eval()
-    sd = net.state_dict()
-    obj = {"state_dict": {f"backbone.{k}": v for k, v in sd.items()}, "meta": {"epoch": 1}} if guide_format else sd
-    torch.save(obj, path)
-    return net, path
 
 
 def spikes(steps: int, batch: int, shape, seed: int = 1) -> torch.Tensor:
@@ -240,8 +200,8 @@ def test_mp_config_chained_equals_whole_resnet50(workdir):
     cm = compile_config(cfg, ckpt, out=workdir / "mp", verify=False, progress=False, verbose=False)
     assert cm.splits == [(0, 6), (6, 16)] and cm.rows == 1 and cm.row_chunks == [2]
     man1 = read_manifest(cm.path(1, 2))
-    assert man1["input"]["shape"] == [1, 512, 4, 4] and man1["is_last"] and not man1["is_first"]
-    assert man1["verify"] is None and man1["checkpoint"]["sha256"] == cm.checkpoint_sha256
+    assert list(man1.input.shape) == [1, 512, 4, 4] and man1.is_last and not man1.is_first
+    assert man1.verify is None and man1.checkpoint["sha256"] == cm.checkpoint_sha256
     x = spikes(2, 1, (2, 32, 32))
     ref, _ = eager(net, x)
     got, _ = run_grid(cm, x)
@@ -257,7 +217,7 @@ def test_uint8_event_counts_and_dynamic_batch(workdir):
     cm = compile_config(cfg, ckpt, rows=1, input_dtype="uint8", out=workdir / "u8", progress=False, verbose=False)
     art = cm.load(0, 3)
     assert art.input_dtype == "uint8" and art.path.name == "t3_b1_uint8"
-    assert art.manifest["batch"] == {"compiled": 1, "dynamic": True, "min": 1, "max": None, "note": ""}
+    assert art.manifest.batch.to_dict() == {"compiled": 1, "dynamic": True, "min": 1, "max": None, "note": ""}
     g = torch.Generator().manual_seed(3)
     counts = torch.randint(0, 4, (3, 3, 2, 16, 16), generator=g, dtype=torch.uint8)   # batch 3 on a batch-1 compile
     y, state = art.run(counts, zero_state(art, 3))
@@ -309,7 +269,7 @@ def test_flipped_program_byte_is_refused_then_force_rebuilds(workdir):
         compile_config(cfg, rows=1, out=workdir / "flip", progress=False, verbose=False)
     cm2 = compile_config(cfg, rows=1, out=workdir / "flip", force=True, progress=False, verbose=False)
     assert cm2.records[0].cache == "miss"
-    assert load_artifact(d).manifest["program"]["sha256"] == read_manifest(d)["program"]["sha256"]
+    assert load_artifact(d).manifest.program.sha256 == read_manifest(d).program.sha256
 
 
 def test_manifest_for_another_checkpoint_is_refused(workdir):
@@ -330,7 +290,7 @@ def test_manifest_for_another_checkpoint_is_refused(workdir):
         load_artifact(cm.path(0, 2), expect={"checkpoint_sha256": file_sha256(b)})
     assert load_artifact(cm.path(0, 2), expect={"checkpoint_sha256": file_sha256(a)}).chunk_len == 2
     man = read_manifest(cm.path(0, 2))
-    assert man["checkpoint"]["sha256"] == file_sha256(a) and man["config"]["name"] == "ck"
+    assert man.checkpoint["sha256"] == file_sha256(a) and man.config["name"] == "ck"
 
 
 def test_bad_manifests_are_refused(workdir):
@@ -365,7 +325,7 @@ def test_artifact_api_and_input_checks(resnet3):
     art = cm.load(0, 2)
     assert isinstance(art, Artifact) and art.segment_index == 0 and art.split == cm.splits[0]
     assert art.chunk_len == 2 and art.batch == 1 and art.dynamic_batch
-    assert [s.name for s in art.state_specs] == art.manifest["args"][1:] == list(zero_state(art))
+    assert [s.name for s in art.state_specs] == art.manifest.args[1:] == list(zero_state(art))
     assert art.state_names[0] == "lif.lif.v"
     x = spikes(2, 1, cm.in_shape)
     y, *flat = art(x, *zero_state(art).values())
@@ -431,10 +391,10 @@ def test_verification_uses_the_dataset_sample(workdir, monkeypatch, capsys):
     cm = compile_config(cfg, rows=1, out=workdir / "ds", progress=False)
     assert calls and calls[0]["type"] == "FakeDvs"
     man = read_manifest(cm.path(0, 2))
-    assert man["verify"]["input"] == "dataset FakeDvs test sample 0" and man["verify"]["n_chunks"] == 3
+    assert man.verify.input == "dataset FakeDvs test sample 0" and man.verify.n_chunks == 3
     out = capsys.readouterr().out
     assert "verify model_0 t2 (3 chunks, state carried)" in out and "clif1.lif.v=" in out
-    assert "seeded" in read_manifest(cm.path(0, 2))["checkpoint"]["sha256"]
+    assert "seeded" in read_manifest(cm.path(0, 2)).checkpoint["sha256"]
 
 
 # ------------------------------------------------------------------------------ errors and CLI
@@ -473,13 +433,14 @@ def test_cli(workdir, capsys):
     table = cap.out[cap.out.index("segment  split"):]
     assert "state bytes" in table and "miss" in table and "verify max|diff|" in table
     man = read_manifest(workdir / "cli_art" / "cli" / "model_0" / "t1_b1")
-    assert man["timestep"] == 2 and man["chunk_len"] == 1
+    assert man.timestep == 2 and man.chunk_len == 1
     assert cli_main(argv) == 0
     assert "hit" in capsys.readouterr().out
     assert cli_main(argv + ["--grid", "2y1"]) == 1
     assert "grid='2y1'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("BIDL_SKIP_AOT") == "1", reason="BIDL_SKIP_AOT=1")
 def test_aot_package_matches_eager(workdir):
     """AOTInductor (native code; about 25 s of C++ compile for this tiny net on 2 cores)."""
@@ -490,8 +451,96 @@ def test_aot_package_matches_eager(workdir):
     rec = cm.records[0]
     assert rec.path.name == "t1_b1_aot" and rec.verify_max_abs_diff <= 1e-5
     art = cm.load(0, 1)
-    assert art.format == "aoti" and art.manifest["program"]["aoti_seconds"] > 0
+    assert art.format == "aoti" and art.manifest.program.aoti_seconds > 0
     x = spikes(2, 1, (2, 8, 8))
     ref, _ = eager(net, x)
     got, _ = run_grid(cm, x)
     close_to_whole(got, ref)
+
+
+# ------------------------------------------------------------------------------ the stage API
+
+def test_compile_spec_takes_the_resolved_spec_and_the_rows_slices(workdir):
+    backbone, _ = TINY["SeqClif3Fc3DmItout"]
+    cfg = load_config(write_config(workdir / "stage.py", dict(backbone, timestep=5)))
+    net, ckpt = active_net(cfg, workdir / "stage.pth")
+    spec = ModelSpec.from_config(cfg, columns=2, checkpoint=ckpt)
+    arts = compile_spec(spec, [2, 2, 1], CompileOptions(out=str(workdir / "stage"), progress=False, verbose=False))
+    assert isinstance(arts, ArtifactSet) and CompiledModel is ArtifactSet
+    assert arts.slices == (2, 2, 1) and arts.rows == 3 and arts.splits == [tuple(s) for s in spec.splits]
+    assert arts.split_source == "auto split (flops)" and arts.checkpoint_sha256 == spec.weights_sha256
+    assert {(r.segment, r.chunk_len) for r in arts.records} == {(0, 2), (0, 1), (1, 2), (1, 1)}
+    x = spikes(5, 1, spec.in_shape)
+    got, _ = run_grid(arts, x)
+    assert max_diff(got, eager_grid(net, arts, x)) <= TOL
+    with pytest.raises(ValueError, match=r"slices=\[2, 2\]: expected positive time-slice lengths summing to T=5"):
+        compile_spec(spec, [2, 2], CompileOptions(out=str(workdir / "stage"), progress=False, verbose=False))
+
+
+def test_options_and_manifest_round_trip(workdir):
+    opts = CompileOptions(out="x", batch=2, tol=1e-4, aot=True)
+    assert CompileOptions.from_dict(opts.to_dict()) == opts
+    with pytest.raises(ValueError, match=r"unknown \['bogus'\]"):
+        CompileOptions.from_dict({"bogus": 1})
+    with pytest.raises(ValueError, match="batch=0"):
+        CompileOptions(batch=0)
+    with pytest.raises(ValueError, match="options are the CompileOptions fields"):
+        compile_config("clif3fc3dm_itout-b16x1-dvsglyphs", outdir="x")
+    _, cm, d = _one_artifact(workdir, "roundtrip")
+    man = read_manifest(d)
+    assert isinstance(man, Manifest) and Manifest.from_dict(man.to_dict()) == man
+    assert man.to_dict() == json.loads((d / MANIFEST).read_text())   # to_dict is the file, key for key
+    assert man.args == ["x", *man.state_names] and man.is_first and man.is_last
+    doc = man.to_dict()
+    del doc["key"]
+    with pytest.raises(ArtifactError, match="manifest lacks the key 'key'"):
+        Manifest.from_dict(doc, d / MANIFEST)
+
+
+def test_fast_form_equals_the_exported_program_and_is_checked(workdir):
+    """The TorchScript form the cells load: bit-exact with the exported program over chunks with the
+    state carried, hashed in the manifest, refused when damaged, and loaded in milliseconds."""
+    backbone, inshape = TINY["ResNetLifItout"]
+    cfg = load_config(write_config(workdir / "fast.py", dict(backbone, timestep=4), inshape))
+    _, ckpt = active_net(cfg, workdir / "fast.pth")
+    cm = compile_config(cfg, ckpt, grid="2x2", out=workdir / "fast", progress=False, verbose=False)
+    for r in cm.records:
+        assert r.manifest.fast is not None and r.manifest.fast.format == "torchscript"
+        assert (r.path / FAST_PROGRAM).is_file()
+        exported, fast = load_artifact(r.path), load_artifact(r.path, fast=True)
+        assert exported.format == "torch.export" and fast.format == "torchscript" and not fast.dynamic_batch
+        x = spikes(3 * r.chunk_len, 1, exported.input_spec.shape[1:], seed=r.segment)
+        sa, sf = zero_state(exported), zero_state(fast)
+        for c in range(3):
+            xc = x[c * r.chunk_len:(c + 1) * r.chunk_len]
+            ya, sa = exported.run(xc, sa)
+            yf, sf = fast.run(xc, sf)
+            assert torch.equal(ya, yf) and all(torch.equal(sa[k], sf[k]) for k in sa)
+    code = textwrap.dedent(f"""
+        import time; t = time.perf_counter()
+        from compile.artifact import load_artifact
+        art = load_artifact({str(cm.records[0].path)!r}, fast=True)
+        import sys
+        print(art.format, time.perf_counter() - t, 'torch._dynamo' in sys.modules)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    fmt, secs, dynamo = res.stdout.split()
+    assert fmt == "torchscript" and dynamo == "False", res.stderr[-2000:]   # no torch.export machinery imported
+    print(f"fast-form load in a fresh process (imports included): {float(secs):.2f} s")
+    d = cm.records[0].path
+    data = bytearray((d / FAST_PROGRAM).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (d / FAST_PROGRAM).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="program.ts: sha256 .* differs from the manifest"):
+        load_artifact(d, fast=True)
+    with pytest.raises(ArtifactError, match="program.ts"):
+        compile_config(cfg, ckpt, grid="2x2", out=workdir / "fast", progress=False, verbose=False)
+
+
+def test_fast_form_is_added_to_an_artifact_that_lacks_it(workdir):
+    _, cm, d = _one_artifact(workdir, "nofast", fast_load=False)
+    assert read_manifest(d).fast is None and not (d / FAST_PROGRAM).exists()
+    cfg = load_config(workdir / "nofast.py")
+    again = compile_config(cfg, rows=1, out=workdir / "nofast", progress=False, verbose=False)
+    assert again.records[0].cache == "hit" and read_manifest(d).fast is not None
+    assert load_artifact(d, fast=True).format == "torchscript"

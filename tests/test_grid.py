@@ -6,21 +6,18 @@ import pytest
 import ray
 import torch
 
-from bidl_models.config import load_config
 from bidl_runtime.api import stream
-from bidl_runtime.driver import RunError, RuntimeConfig
-from bidl_runtime.session import synthetic_samples
+from bidl_runtime.config import RuntimeConfig
+from bidl_runtime.grid import RunError
+from conftest import glyph_samples as samples
+from conftest import tiny_glyphs as cfg
 
 N = 5
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    from bidl_runtime.cluster import start_local
-    start_local(num_cpus=2, resources={"bidl_device": 8}, include_dashboard=False, log_to_driver=False,
-             logging_level="WARNING", namespace="test-grid")
+def cluster(ray_local):   # cluster.start_local: token auth, loopback
     yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +25,9 @@ def artifacts(tmp_path_factory):
     return tmp_path_factory.mktemp("artifacts")
 
 
-def cfg(T):
-    return load_config("clif3fc3dm_itout-b16x1-dvsglyphs", [
-        "model.backbone.h0=16", "model.backbone.w0=16", f"model.backbone.timestep={T}",
-        "models_compile_inputshape=[[1,2,16,16]]", "data=None"])
-
-
-def samples(T, n=N, seed=0):
-    return [(x, i % 10) for i, x in enumerate(synthetic_samples(T, (2, 16, 16), n, seed, rate=0.4))]
-
-
 def run(T, artifacts, grid, replicas=1, items=None, **rkw):
     rcfg = RuntimeConfig(metrics=False, **rkw)
-    items = items if items is not None else samples(T)
+    items = items if items is not None else samples(T, N)
     return stream(cfg(T), items, grid=grid, replicas=replicas, rcfg=rcfg, artifacts=artifacts / f"T{T}",
                   verify=True)
 
@@ -121,7 +108,7 @@ def test_emulated_backend_moves_real_shapes_at_device_pace(cluster, artifacts):
     rcfg = RuntimeConfig(backend="emulated", metrics=False)
     from bidl_runtime.devices import DeviceProfile
     rcfg.profile = DeviceProfile(ref_fps=2000.0)
-    report = stream(cfg(7), samples(7), grid=(2, 2), rcfg=rcfg)
+    report = stream(cfg(7), samples(7, N), grid=(2, 2), rcfg=rcfg)
     assert report.samples == N
     edges = {e["edge"]: e for e in report.edges()}
     state_bytes = edges["cell[1,0]@dev2:state"]["bytes"]
@@ -137,20 +124,23 @@ def cpu_seconds(pid: int) -> float:
 
 def test_idle_cells_block_instead_of_spinning(cluster, artifacts):
     from bidl_runtime.api import prepare
-    from bidl_runtime.driver import Grid, node_devices
-    from bidl_runtime.plan import make_plan
+    from bidl_runtime.grid import Grid
+    from bidl_runtime.layout import GridLayout
+    from bidl_runtime.place import Cluster, place
     rcfg = RuntimeConfig(metrics=False)
-    plan = make_plan(cfg(7), (2, 2), device_nodes=node_devices())
-    g = Grid(plan, prepare(cfg(7), plan, rcfg, artifacts=artifacts / "T7", verbose=False)[0], rcfg)
+    layout = GridLayout.resolve(cfg(7), (2, 2))
+    plan = place(prepare(cfg(7), layout, rcfg, artifacts=artifacts / "T7", verbose=False)[1], Cluster.connect(), layout)
+    g = Grid(plan, rcfg)
     try:
         g.start()
+        g.wire()
         pids = [s["pid"] for s in ray.get([a.stats.remote() for a in g.actors.values()])]
         time.sleep(1.0)
         before = [cpu_seconds(p) for p in pids]
         time.sleep(4.0)
         used = [(cpu_seconds(p) - b) / 4.0 for p, b in zip(pids, before)]
-        g.stop()
+        g.drain()
     finally:
         g.close()
-    # a blocked cell wakes 1/poll_s times a second to check for an abort; Ray's own threads add ~1 %
+    # a blocked cell wakes 1/poll_s times a second (bounded waits); Ray's own threads add ~1 %
     assert max(used) < 0.03, f"idle cells used {[f'{100 * u:.1f}%' for u in used]} of a core"

@@ -19,7 +19,7 @@ pytest.importorskip("onnxscript")
 from bidl_models.config import build_segments, load_config  # noqa: E402
 from compile import compile_config, load_artifact  # noqa: E402
 from compile.onnx_export import OnnxExportError, check_onnx, export_artifact, export_segment, main  # noqa: E402
-from test_compile import activate  # noqa: E402 - BN/FC gains raised so spikes reach the deepest layers
+from conftest import activate  # noqa: E402 - BN/FC gains raised so spikes reach the deepest layers
 
 TOL = 1e-5
 RESNET = dict(type="ResNetLifItout", depth=10, nclass=10, timestep=3, input_channels=2, stem_channels=8,
@@ -51,7 +51,7 @@ def test_every_artifact_exports_and_matches_in_onnxruntime(compiled):
         assert names == ["x", *art.state_names]
         assert [o.name for o in model.graph.output] == ["y", *(f"next.{n}" for n in art.state_names)]
         meta = {p.key: p.value for p in model.metadata_props}
-        assert int(meta["chunk_len"]) == art.chunk_len and meta["program_sha256"] == art.manifest["program"]["sha256"]
+        assert int(meta["chunk_len"]) == art.chunk_len and meta["program_sha256"] == art.manifest.program.sha256
         x_dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
         assert x_dims == [art.chunk_len, "batch", *art.input_spec.shape[1:]]
         diffs = check_onnx(path, art, chunks=3, batch=3)

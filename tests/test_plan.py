@@ -1,14 +1,10 @@
-"""The grid planner (no Ray): slicing, segments, devices, and planning-time errors."""
+"""The grid planner (no Ray): slicing, segments, devices, edges, and planning-time errors."""
 import pytest
 
 from bidl_models.config import load_config
-from bidl_runtime.plan import make_plan, parse_grid, time_slices
-
-SMALL = ["model.backbone.h0=16", "model.backbone.w0=16", "models_compile_inputshape=[[1,2,16,16]]"]
-
-
-def small(T=10, name="clif3fc3dm_itout-b16x1-dvsmnist"):
-    return load_config(name, SMALL + [f"model.backbone.timestep={T}"])
+from bidl_runtime.layout import GridLayout, parse_grid, time_slices
+from bidl_runtime.place import Cluster, make_plan, place, rebind_driver
+from conftest import tiny_dvsmnist as small
 
 
 def test_parse_grid():
@@ -84,3 +80,52 @@ def test_plan_cli(capsys):
     assert "cell[1,1]@dev3" in capsys.readouterr().out
     assert main(["--config", "clif3fc3dm_itout-b16x1-dvsmnist", "--grid", "40x1"]) == 2
     assert "rows <= T" in capsys.readouterr().err
+
+
+def test_edges_of_a_3x2_grid():
+    plan = make_plan(small(10), (3, 2))
+    kinds = {}
+    for e in plan.edges:
+        kinds.setdefault(e.kind, []).append(e)
+    assert {k: len(v) for k, v in kinds.items()} == {"input": 3, "activation": 3, "state": 4, "result": 1}
+    names = {(e.kind, e.src, e.dst) for e in plan.edges}
+    assert ("input", None, (0, 1, 0)) in names and ("activation", (0, 1, 0), (0, 1, 1)) in names
+    assert ("state", (0, 0, 1), (0, 1, 1)) in names and ("result", (0, 2, 1), None) in names
+    assert {e.transport for e in plan.edges} == {"shm"}                     # one node
+    # what a cell reads: cell (1, 1) takes an activation and a state, sends a state on
+    assert [e.kind for e in plan.inputs((0, 1, 1))] == ["activation", "state"]
+    assert [e.kind for e in plan.outputs((0, 1, 1))] == ["state"]
+    assert [e.kind for e in plan.outputs((0, 2, 1))] == ["result"]
+    e = plan.edge("cell[1,1]@dev3:x")
+    assert e.layout[0].shape[:2] == (3, 1) and e.layout[0].shape == plan.cell(0, 1, 1).program.x.shape
+    state = plan.edge("cell[2,0]@dev4:state")
+    assert [t.name for t in state.layout] == [t.name for t in plan.cell(0, 2, 0).program.state]
+    assert plan.edge("driver:result[0]").layout[0].shape == (1, 10)
+
+
+def test_transports_follow_nodes_and_can_be_forced():
+    layout = GridLayout.resolve(small(10), (2, 2))
+    cfg = small(10)
+    nodes = ("a", "a", "b", "b")
+    plan = make_plan(cfg, (2, 2), device_nodes=nodes)
+    via = {e.name: e.transport for e in plan.edges}
+    assert via["cell[1,0]@dev2:state"] == "tcp" and via["cell[0,1]@dev1:x"] == "shm"
+    assert via["cell[1,0]@dev2:x"] == "tcp"                                 # driver on "local", cell on "b"
+    assert {e.transport for e in make_plan(cfg, (2, 2), transport="tcp").edges} == {"tcp"}
+    moved = rebind_driver(plan, "b")
+    assert moved.edge("cell[1,0]@dev2:x").transport == "shm" and moved.edge("cell[0,0]@dev0:x").transport == "tcp"
+    assert moved.edge("driver:result[0]").transport == "shm" and moved.driver_node == "b"
+    with pytest.raises(ValueError, match="does not fit artifacts"):
+        from bidl_models.model_spec import ModelSpec
+        from bidl_runtime.emulated import emulate
+        spec = ModelSpec.from_config(cfg, columns=2)
+        place(emulate(spec, [10]), Cluster(nodes), layout)
+
+
+def test_plan_cli_prints_the_edges(capsys):
+    from bidl_runtime.plan import main
+    assert main(["--config", "clif3fc3dm_itout-b16x1-dvsmnist", "--grid", "2x1"]) == 0
+    out = capsys.readouterr().out
+    assert "cell[1,0]@dev1:state" in out and "driver:result[0]" in out
+    for kind in ("input", "state", "result"):
+        assert f" {kind} " in out

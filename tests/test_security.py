@@ -19,14 +19,15 @@ import msgpack
 import pytest
 import ray
 
-from bidl_models.config import load_config
-from bidl_runtime.api import KeepInputs, prepare, verify_report
+from bidl_runtime.api import prepare
 from bidl_runtime.channels import Layout, auth, new_secret
 from bidl_runtime.cluster import LOOPBACK, dashboard_agent_port, start_local
-from bidl_runtime.driver import Grid, RuntimeConfig, node_devices
-from bidl_runtime.plan import make_plan
-from bidl_runtime.session import synthetic_samples
+from bidl_runtime.config import RuntimeConfig
+from bidl_runtime.grid import Grid
+from bidl_runtime.layout import GridLayout
+from bidl_runtime.place import Cluster, place
 from compile import ArtifactError, compile_config, load_artifact
+from conftest import glyph_samples, tiny_glyphs
 from compile.artifact import MANIFEST, PROGRAM, seal_manifest
 
 T, N = 4, 6
@@ -41,9 +42,7 @@ def cluster():
 
 
 def cfg():
-    return load_config("clif3fc3dm_itout-b16x1-dvsglyphs", [
-        "model.backbone.h0=16", "model.backbone.w0=16", f"model.backbone.timestep={T}",
-        "models_compile_inputshape=[[1,2,16,16]]", "data=None"])
+    return tiny_glyphs(T)
 
 
 # ------------------------------------------------------------------------- who listens where
@@ -216,46 +215,53 @@ def test_intruders_on_a_live_grid_do_not_disturb_the_run(cluster, tmp_path):
     outputs are the single-device reference's, bit for bit; the receiver logged and counted 5 drops."""
     c = cfg()
     rcfg = RuntimeConfig(metrics=False, transport="tcp")
-    plan = make_plan(c, (2, 2), device_nodes=node_devices())
-    segments, arts = prepare(c, plan, rcfg, None, tmp_path / "artifacts", verbose=False)
-    shape = (plan.T,) + tuple(segments[(0, plan.slices[0])].x.shape[2:])
-    items = KeepInputs([(x, i % 10) for i, x in enumerate(synthetic_samples(T, (2, 16, 16), N, 3, rate=0.4))])
-    g = Grid(plan, segments, rcfg)
+    layout = GridLayout.resolve(c, (2, 2))
+    _, arts = prepare(c, layout, rcfg, None, tmp_path / "artifacts", verbose=False)
+    plan = place(arts, Cluster.connect(), layout, transport=rcfg.transport)
+    items = glyph_samples(T, N, seed=3)
     hold: list[socket.socket] = []
+    attacks: list = []
+    seen: dict = {}
+
+    class AttackedGrid(Grid):
+        """Attacks the driver's result receiver once the run's channels are wired, before any sample."""
+
+        def wire(self) -> None:
+            super().wire()
+            rx = seen["rx"] = self.results[0]
+            desc = rx.descriptor
+            host, port = desc.address["host"], desc.address["port"]
+            assert host == LOOPBACK
+            bad_hello, _ = auth.hello(bytes.fromhex(new_secret()), desc.name, desc.token,
+                                      Layout(desc.specs).fingerprint, 1)
+            body = msgpack.packb(bad_hello, use_bin_type=True)
+            attacks.extend([os.urandom(256), struct.pack("!I", 2**31 - 1) + b"\0" * 32,
+                            struct.pack("!I", 300) + b"\x92" * 40, struct.pack("!I", len(body)) + body, None])
+            for data in attacks:
+                _attack(host, port, data, hold)
+
+    def flood() -> None:  # every TCP port the cluster listens on, while the samples stream
+        for addr, p, _, _ in tcp_listeners(_tree(os.getpid())):
+            for data in (os.urandom(512), struct.pack("!I", 2**31 - 1), struct.pack("!I", 64) + b"\x93"):
+                _attack(addr, p, data, hold)
+
+    def samples():
+        for i, item in enumerate(items):
+            if i == 2:
+                flood()
+            yield item
+
+    g = AttackedGrid(plan, rcfg)
     try:
-        g.start()
-        rx = g.results[0]
-        desc = rx.descriptor
-        host, port = desc.address["host"], desc.address["port"]
-        assert host == LOOPBACK
-        bad_hello, _ = auth.hello(bytes.fromhex(new_secret()), desc.name, desc.token, Layout(desc.specs).fingerprint, 1)
-        body = msgpack.packb(bad_hello, use_bin_type=True)
-        attacks = [os.urandom(256), struct.pack("!I", 2**31 - 1) + b"\0" * 32, struct.pack("!I", 300) + b"\x92" * 40,
-                   struct.pack("!I", len(body)) + body, None]
-        for data in attacks:
-            _attack(host, port, data, hold)
-
-        def flood() -> None:  # every TCP port the cluster listens on, while the samples stream
-            for addr, p, _, _ in tcp_listeners(_tree(os.getpid())):
-                for data in (os.urandom(512), struct.pack("!I", 2**31 - 1), struct.pack("!I", 64) + b"\x93"):
-                    _attack(addr, p, data, hold)
-
-        def samples():
-            for i, item in enumerate(items):
-                if i == 2:
-                    flood()
-                yield item
-
-        report = g.run(samples(), shape, progress=False)
-        report.cells = g.stop()
+        report = g.run(samples(), progress=False, verify=True)
     finally:
         g.close()
         for s in hold:
             s.close()
-    report.verify = verify_report(report, arts, plan, items.kept, rcfg.threads_per_cell)
+    rx = seen["rx"]
     assert report.verify == {"equal": N, "compared": N, "max_abs_diff": 0.0}
     assert list(report.outputs) == list(range(N))
-    assert rx.stats.rejected == len(attacks), rx.stats.last_rejected
+    assert rx.stats.rejected == len(attacks) == 5, rx.stats.last_rejected
     assert rx.peer is not None and all(c["samples"] == N for c in report.cells)
 
 
@@ -269,7 +275,7 @@ def test_consistently_edited_artifact_is_refused(tmp_path):
     out = tmp_path / "art"
     cm = compile_config(c, None, rows=1, out=out, progress=False, verbose=False)
     d = cm.path(0, T)
-    assert load_artifact(d).manifest["seal"]["alg"] == "hmac-sha256"
+    assert load_artifact(d).manifest.seal["alg"] == "hmac-sha256"
     prog = d / PROGRAM
     data = bytearray(prog.read_bytes())
     data[len(data) // 2] ^= 0x01

@@ -260,6 +260,7 @@ def test_test_cli_takes_bidl_checkpoints(tiny, tmp_path):
     assert res["accuracy_top-1"] == ours["accuracy_top-1"] and res["accuracy_top-5"] == ours["accuracy_top-5"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_a_usable_latest_checkpoint(tiny, tmp_path):
     cfg_path, _, _ = tiny
     work = tmp_path / "w"
@@ -283,6 +284,7 @@ def test_ctrl_c_leaves_a_usable_latest_checkpoint(tiny, tmp_path):
     load_weights(bare, read_state_dict(work / "latest.pth"))
 
 
+@pytest.mark.slow
 def test_ddp_with_torchrun_on_cpu(tiny, tmp_path):
     """Two gloo processes: rank 0 writes one checkpoint set; validation gathers both shards in order."""
     cfg_path, _, _ = tiny

@@ -1,38 +1,26 @@
-"""Two Ray nodes on this machine: cells placed on both, cross-node edges over tcp, same outputs."""
-import pytest
-import ray
-from ray._private.authentication.authentication_utils import is_token_auth_enabled
-from ray.cluster_utils import Cluster
+"""Two Ray nodes on this machine: cells placed on both, artifacts shipped to the node that lacks
+them, cross-node edges over tcp, same outputs; no working directory shared by driver and nodes."""
+from pathlib import Path
 
-from bidl_models.config import load_config
+import pytest
+
 from bidl_runtime.api import stream
-from bidl_runtime.cluster import loopback_node
-from bidl_runtime.driver import RuntimeConfig, node_devices
-from bidl_runtime.session import synthetic_samples
+from bidl_runtime.config import RuntimeConfig
+from bidl_runtime.place import Cluster
+from conftest import glyph_samples, tiny_glyphs
 
 
 @pytest.fixture(scope="module")
-def two_nodes():
-    with loopback_node():  # both nodes (and this driver) on 127.0.0.1, token auth from conftest's secure_env
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"bidl_device": 2}})
-        cluster.add_node(num_cpus=1, resources={"bidl_device": 2})
-        ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING", namespace="test-two-node")
-    assert is_token_auth_enabled()
-    cluster.wait_for_nodes()
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+def report(two_nodes):
+    # a relative artifact directory: it exists only under the driver's working directory, which is
+    # neither node's (each node runs in its own); cells must get paths that exist on their node
+    return stream(tiny_glyphs(7), glyph_samples(7, 4, seed=5), grid=(2, 2), rcfg=RuntimeConfig(metrics=False),
+                  artifacts="artifacts", verify=True)
 
 
-def test_cells_on_both_nodes_cross_node_transport_same_outputs(two_nodes, tmp_path):
-    nodes = node_devices()
+def test_cells_on_both_nodes_cross_node_transport_same_outputs(two_nodes, report):
+    nodes = Cluster.connect().device_nodes
     assert len(nodes) == 4 and nodes[0] == nodes[1] != nodes[2] == nodes[3]
-    cfg = load_config("clif3fc3dm_itout-b16x1-dvsglyphs", [
-        "model.backbone.h0=16", "model.backbone.w0=16", "model.backbone.timestep=7",
-        "models_compile_inputshape=[[1,2,16,16]]", "data=None"])
-    items = [(x, 0) for x in synthetic_samples(7, (2, 16, 16), 4, seed=5, rate=0.4)]
-    report = stream(cfg, items, grid=(2, 2), rcfg=RuntimeConfig(metrics=False), artifacts=tmp_path,
-                    verify=True)
     assert report.verify == {"equal": 4, "compared": 4, "max_abs_diff": 0.0}
     assert list(report.outputs) == [0, 1, 2, 3]
     ran_on = {c["cell"]: c["node"] for c in report.cells}
@@ -44,3 +32,26 @@ def test_cells_on_both_nodes_cross_node_transport_same_outputs(two_nodes, tmp_pa
     assert via["driver:result[0]"] == "tcp"
     edges = {e["edge"]: e for e in report.edges()}
     assert edges["cell[1,0]@dev2:state"]["messages"] == 4 and edges["cell[1,0]@dev2:state"]["bytes"] > 0
+
+
+def test_artifacts_are_shipped_to_the_other_node_and_checked(two_nodes, report):
+    dirs = two_nodes["dirs"]
+    driver_arts = (dirs["driver"] / "artifacts").resolve()
+    programs = {c["cell"]: Path(c["program"]) for c in report.cells}
+    for name in ("cell[0,0]@dev0", "cell[0,1]@dev1"):              # the driver's node: its own files, absolute
+        assert programs[name].is_absolute() and driver_arts in programs[name].parents
+    for name in ("cell[1,0]@dev2", "cell[1,1]@dev3"):              # the other node: its store's copies
+        assert programs[name].parent == dirs["second-store"]
+        assert {p.name for p in programs[name].iterdir()} == {"net_params.json", "program.pt2", "program.ts"}
+    assert {c["format"] for c in report.cells} == {"torchscript"}
+    assert not any(dirs["head"].iterdir()) and not any(dirs["second"].iterdir())  # nothing in the nodes' cwds
+
+    from bidl_runtime.ship import Package, ship
+    pkg = Package.of(next(driver_arts.rglob("model_1/t3_b1")))      # what cell[1,1] runs, the driver's copy
+    node = report.plan.cell(0, 1, 1).node
+    paths, sent = ship([pkg], node)
+    assert sent == [] and Path(paths[pkg.digest]) == programs["cell[1,1]@dev3"]   # already there: no bytes sent
+    broken = programs["cell[1,1]@dev3"] / "program.ts"
+    broken.write_bytes(b"not the program")
+    paths, sent = ship([pkg], node)                                # a damaged copy is replaced
+    assert sent == [pkg.digest] and Package.of(paths[pkg.digest]).files == pkg.files

@@ -21,7 +21,7 @@ Security: ``ChannelConfig(secret=new_secret())`` (one per run, handed to every e
 keys an HMAC hello/welcome handshake (``auth``); a receiver accepts only the sender that proves it
 holds the secret, drops and counts anything else (``stats.rejected``) and keeps listening.
 """
-from . import cuda, shm, tcp  # noqa: F401  (register the transports)
+from . import shm, tcp  # noqa: F401  (register the transports)
 from .base import (KINDS, ChannelDescriptor, Message, Receiver, Sender, Transport, attach_sender, create_receiver,
                    get_transport, register_transport, transports, wait_any)
 from .config import ChannelConfig, new_secret

@@ -1,0 +1,155 @@
+"""A model resolved once from a loaded config: what every later stage needs, built once, no Ray.
+
+    cfg = load_config("clif3fc3dm_itout-b16x1-dvsglyphs")
+    spec = ModelSpec.from_config(cfg, columns=2, checkpoint="weights/clif3fc3dm_itout-b16x1-dvsglyphs.pth")
+    spec.T, spec.in_shape, spec.input_dtype       # 20, (2, 40, 40), 'float32'
+    spec.splits, spec.split_source                 # ((0, 2), (2, 6)), 'auto split (flops)'
+    spec.segments[1].run(h)                        # the weight-loaded segment modules (eval mode)
+    spec.weights_sha256, spec.model_sha256         # provenance and cache keys
+
+The per-step input shape comes from ``models_compile_inputshape[0]`` (``[1, C, H, W]``), else from
+an explicit ``in_shape``, else from the backbone (``c0/h0/w0``, ``input_size``); the two explicit
+ones must agree. Segments are the config's ``model_0..n`` (with ``split``), else the one model cut
+into ``columns`` near-equal-cost parts (or into the given ``splits``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+from .checkpoint import file_sha256
+from .config import Config, build_segments
+from .segments import Segment, SegmentSpecs, auto_split, check_chain, split_backbone
+
+INPUT_DTYPES = ("float32", "uint8")
+
+
+def model_sha256(cfg: Mapping) -> str:
+    """Hash of the config keys that define the model (``model``/``model_<i>``,
+    ``models_compile_inputshape``): other keys (data, schedule, devices) do not change a program."""
+    keys = sorted(k for k in cfg if k == "model" or (k.startswith("model_") and k[6:].isdigit())
+                  or k == "models_compile_inputshape")
+    plain = {k: (cfg[k].to_dict() if isinstance(cfg[k], Config) else cfg[k]) for k in keys}
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def config_input_shape(cfg: Mapping) -> Optional[tuple[int, ...]]:
+    """Per-step model input ``(C, H, W)`` from ``models_compile_inputshape[0]`` (None if absent)."""
+    shapes = cfg.get("models_compile_inputshape")
+    if not shapes:
+        return None
+    first = shapes[0]
+    if (not isinstance(first, (list, tuple)) or len(first) < 2
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in first)):
+        raise ValueError(f"models_compile_inputshape[0]={first!r}: expected [1, C, H, W] with positive ints")
+    return tuple(int(d) for d in first[1:])
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A config's model, resolved: T, per-step input shape and dtype, segments and their block
+    ranges, weights and their hash. Produced once by :meth:`from_config`; read by compile, the
+    planner and the runtime."""
+
+    name: str                                   # the config's name (artifact directories use it)
+    config: Config = field(repr=False)          # the loaded config (provenance, data for verification)
+    T: int                                      # time steps per sample
+    in_shape: tuple[int, ...]                   # per-step model input (C, H, W), batch excluded
+    input_dtype: str                            # first segment's input: float32 | uint8 (event counts)
+    splits: tuple[tuple[int, int], ...]         # block range [start, end) of each segment
+    split_source: str                           # 'config model_0..n' | 'auto split (flops)' | 'given' | 'whole model'
+    n_blocks: int
+    backbone: str                               # backbone type name
+    checkpoint: Optional[str]                   # weights file, None: seeded initial weights
+    weights_sha256: str                         # the file's sha256, or 'seeded:<seed>'
+    model_sha256: str                           # hash of the model-defining config keys
+    seed: int
+    segments: tuple[Segment, ...] = field(repr=False, compare=False)
+    io: tuple[SegmentSpecs, ...] = field(repr=False, compare=False)   # per segment, batch 1
+
+    @classmethod
+    def from_config(cls, cfg: Config, *, columns: Optional[int] = None,
+                    splits: Optional[Sequence[Sequence[int]]] = None, checkpoint: Optional[str | Path] = None,
+                    in_shape: Optional[Sequence[int]] = None, input_dtype: str = "float32", seed: int = 0,
+                    cost: str = "flops") -> "ModelSpec":
+        """Resolve ``cfg`` (from ``load_config``). ``columns``: segments wanted (None: the config's);
+        ``splits``: explicit block ranges for a single-model config. ValueError naming the key or
+        argument for anything that does not fit; FileNotFoundError for a missing checkpoint."""
+        if not isinstance(cfg, Config) or not cfg.name:
+            raise ValueError("cfg: expected a Config from bidl_models.config.load_config (it carries the name "
+                             "that artifact directories use)")
+        if input_dtype not in INPUT_DTYPES:
+            raise ValueError(f"input_dtype={input_dtype!r}: expected one of {list(INPUT_DTYPES)}")
+        if columns is not None and (not isinstance(columns, int) or isinstance(columns, bool) or columns < 1):
+            raise ValueError(f"columns={columns!r}: expected a positive int")
+        shape = _explicit_in_shape(cfg, in_shape)
+        if checkpoint is not None:
+            if not Path(checkpoint).is_file():
+                raise FileNotFoundError(f"checkpoint {str(checkpoint)!r}: no such file")
+            weights = file_sha256(checkpoint)
+        else:
+            weights = f"seeded:{seed}"
+        segs = build_segments(cfg, seed=seed, model_in_shape=shape, checkpoint=checkpoint)
+        net = segs[0].backbone.eval()   # inference everywhere downstream; the FLOP count traces BN in eval mode
+        if shape is None:
+            try:
+                shape = tuple(net.default_input_shape())
+            except ValueError as e:
+                raise ValueError(f"{e} (give in_shape / --in-shape C,H,W or models_compile_inputshape)") from None
+        if len(segs) > 1:
+            if splits is not None:
+                raise ValueError(f"splits={splits!r}: the config already cuts the model into {len(segs)} segments "
+                                 "(model_0..n with split); drop splits or use a single-model config")
+            if columns is not None and columns != len(segs):
+                n = len(segs)
+                raise ValueError(f"grid has {columns} segment columns, but the config defines {n} segment models "
+                                 f"(model_0..model_{n - 1}); expected {n} columns (one per segment), not {columns} columns")
+            source = "config model_0..n"
+        else:
+            if splits is not None:
+                if columns is not None and columns != len(splits):
+                    raise ValueError(f"grid has {columns} segment columns but splits={splits!r} has {len(splits)}")
+                segs, source = split_backbone(net, splits), "given"
+            elif (columns or 1) > 1:
+                if columns > net.n_blocks:
+                    raise ValueError(f"grid has {columns} segment columns but {type(net).__name__} has only "
+                                     f"{net.n_blocks} blocks to split")
+                segs, source = split_backbone(net, auto_split(net, columns, shape, cost)), f"auto split ({cost})"
+            else:
+                source = "whole model"
+        for s in segs:
+            s.eval()
+        io = tuple(check_chain(segs, shape)) if len(segs) > 1 else (segs[0].specs(1, shape),)
+        return cls(cfg.name, cfg, int(net.timestep), tuple(shape), input_dtype,
+                   tuple(tuple(s.split) for s in segs), source, segs[0].n_blocks, segs[0].backbone_name,
+                   str(checkpoint) if checkpoint is not None else None, weights, model_sha256(cfg), seed,
+                   tuple(segs), io)
+
+    @property
+    def n_segments(self) -> int:
+        return len(self.splits)
+
+    def io_specs(self, batch: int = 1) -> list[SegmentSpecs]:
+        """Per-step input/output and state specs of every segment for ``batch`` samples per message."""
+        return [SegmentSpecs(s.input.with_batch(batch), s.output.with_batch(batch),
+                             tuple(t.with_batch(batch) for t in s.state)) for s in self.io]
+
+    @property
+    def key(self) -> str:
+        """Short hash of what defines the compiled programs: model, weights and cut."""
+        text = f"{self.model_sha256}|{self.weights_sha256}|{[list(s) for s in self.splits]}"
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _explicit_in_shape(cfg: Mapping, in_shape: Optional[Sequence[int]]) -> Optional[tuple[int, ...]]:
+    first = config_input_shape(cfg)
+    if in_shape is None:
+        return first
+    shape = tuple(int(d) for d in in_shape)
+    if first is not None and first != shape:
+        raise ValueError(f"in_shape={list(shape)} conflicts with models_compile_inputshape[0]="
+                         f"{list(cfg['models_compile_inputshape'][0])}; override models_compile_inputshape instead")
+    return shape

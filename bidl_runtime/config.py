@@ -1,0 +1,77 @@
+"""All runtime tunables in one place: the driver, the cells and their channels read them from here."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Mapping, Optional
+
+from bidl_models.specs import known_fields
+
+from .channels import ChannelConfig
+from .devices import DeviceProfile
+
+BACKENDS = ("cpu", "emulated", "cuda")
+TRANSPORTS = ("auto", "shm", "tcp")
+
+
+@dataclass
+class RuntimeConfig:
+    """How a grid runs (what it runs is the plan's). Timeouts in seconds; every wait is bounded."""
+
+    backend: str = "cpu"                 # cpu | emulated | cuda
+    transport: str = "auto"              # auto (shm on one node, tcp across) | shm | tcp
+    depth: int = 2                       # slots per channel
+    batch: int = 1                       # samples per message (the chip's batch is 1)
+    max_inflight: Optional[int] = None   # samples inside the grid; None: 2 x rows x replicas
+    threads_per_cell: int = 1            # intra-op threads of each cell's process
+    poll_s: float = 0.2                  # granularity of every bounded wait (health checks, stop flags)
+    result_timeout_s: float = 300.0      # driver: longest wait for one result before the run is failed
+    idle_timeout_s: float = 600.0        # cell: no input (or a blocked output) for this long: it gives up
+    start_timeout_s: float = 120.0       # cells spawned, configured and wired within this
+    stop_timeout_s: float = 30.0         # draining the grid with stop messages
+    health_grace_s: float = 3.0          # after a first failure, wait this long to blame the root cause
+    channel_failure_grace_s: float = 10.0  # a channel broke: wait this long for Ray to name the failed cell
+    metrics: bool = True                 # export Ray metrics from every cell
+    profile: DeviceProfile = field(default_factory=DeviceProfile)   # emulated backend's device speed
+    faults: dict = field(default_factory=dict)   # test hook: {(replica, row, col): ('raise'|'exit', sample)}
+    channel_secret: Optional[str] = field(default=None, repr=False)  # keys the channel handshakes; None: a Grid makes one
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend {self.backend!r}: expected one of {list(BACKENDS)}")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"--transport {self.transport!r}: expected one of {list(TRANSPORTS)}")
+        for name in ("depth", "batch", "threads_per_cell"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name}={v!r}: expected a positive int")
+        if self.max_inflight is not None and (not isinstance(self.max_inflight, int) or self.max_inflight < 1):
+            raise ValueError(f"max_inflight={self.max_inflight!r}: expected a positive int or None")
+        for f in fields(self):
+            if f.name.endswith("_s") and not (isinstance(getattr(self, f.name), (int, float))
+                                               and 0 < getattr(self, f.name) < float("inf")):
+                raise ValueError(f"{f.name}={getattr(self, f.name)!r}: expected a finite number > 0")
+
+    def channel(self, transport: str) -> ChannelConfig:
+        """The channel settings of an edge with this transport (waits at the poll granularity)."""
+        wait = max(self.poll_s, 0.05)
+        return ChannelConfig(transport=transport, depth=self.depth, send_timeout_s=wait, recv_timeout_s=wait,
+                             secret=self.channel_secret)
+
+    def replace(self, **changes: Any) -> "RuntimeConfig":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The tunables (the channel secret left out: it goes to the cells through Ray only)."""
+        d = asdict(self)
+        d.pop("channel_secret")
+        d["faults"] = {",".join(map(str, k)): list(v) for k, v in self.faults.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RuntimeConfig":
+        d = known_fields(cls, d, "RuntimeConfig")
+        if isinstance(d.get("profile"), Mapping):
+            d["profile"] = DeviceProfile(**d["profile"])
+        if d.get("faults"):
+            d["faults"] = {tuple(int(v) for v in k.split(",")): tuple(v) for k, v in d["faults"].items()}
+        return cls(**d)

@@ -1,0 +1,60 @@
+"""Samples for a grid: the config's test set, seeded synthetic event frames, and the admission check."""
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+def check_sample(x: Any, expected: Sequence[int]) -> Optional[str]:
+    """Why a sample can't enter the grid (None if it can): type, shape, dtype, NaN/Inf."""
+    if not isinstance(x, Tensor):
+        return f"expected a torch.Tensor, got {type(x).__name__}"
+    want = tuple(expected)
+    if tuple(x.shape) != want and tuple(x.shape) != (want[0], 1) + want[1:]:
+        return f"shape {list(x.shape)}, expected {list(want)} ([T, C, H, W])"
+    if x.dtype not in (torch.float32, torch.uint8):
+        return f"dtype {str(x.dtype).removeprefix('torch.')}, expected float32 (or uint8 event counts)"
+    if x.dtype == torch.float32 and not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        return f"{bad} NaN/Inf values"
+    return None
+
+
+def synthetic_samples(T: int, shape: Sequence[int], n: Optional[int], seed: int = 0,
+                      rate: float = 0.2) -> Iterator[Tensor]:
+    """Seeded random event-count frames ``[T, C, H, W]`` (for configs without usable data)."""
+    g = torch.Generator().manual_seed(seed)
+    i = 0
+    while n is None or i < n:
+        yield (torch.rand((T,) + tuple(shape), generator=g) < rate).to(torch.float32)
+        i += 1
+
+
+def dataset_samples(cfg: Mapping, n: Optional[int]) -> Optional[Iterator[tuple[Tensor, int]]]:
+    """``(img [T, C, H, W] float32, label)`` from the config's test set, or None if unavailable."""
+    try:
+        from bidl_models.datasets import build_dataset
+    except ImportError:
+        return None
+    data = cfg.get("data", {})
+    test = data.get("test") if isinstance(data, Mapping) else None
+    if not test:
+        return None
+    try:
+        ds = build_dataset(dict(test))
+    except (FileNotFoundError, ValueError, OSError):
+        return None
+
+    def gen() -> Iterator[tuple[Tensor, int]]:
+        total = len(ds) if n is None else min(n, len(ds))
+        for i in range(total):
+            item = ds[i]
+            img = item["img"] if isinstance(item, Mapping) else item[0]
+            img = torch.as_tensor(img)
+            label = item.get("gt_label") if isinstance(item, Mapping) else item[1]
+            if label is None:
+                label = ds.get_gt_labels()[i] if hasattr(ds, "get_gt_labels") else -1
+            yield img.to(torch.float32) if img.dtype != torch.uint8 else img, int(torch.as_tensor(label))
+    return gen()

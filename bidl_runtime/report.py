@@ -1,0 +1,176 @@
+"""What a run measured: one :class:`RunReport`, built once at the end of a run, ``to_json()``."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from torch import Tensor
+
+from .plan import GridPlan
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """Outputs, timings and per-cell / per-edge figures of one run of a grid.
+
+    ``outputs[i]`` is sample i's result (the last step's output of the last segment); ``fed_at`` /
+    ``done_at`` are ``perf_counter`` times when it entered the grid and when its result arrived;
+    ``startup`` the start-up phases in seconds (see :class:`bidl_runtime.startup.StartupClock`);
+    ``verify`` the comparison with the single-device run of the same artifacts, if asked for.
+    """
+
+    plan: GridPlan
+    backend: str
+    transport: str
+    outputs: dict[int, Tensor]
+    labels: dict[int, int]
+    rejected: dict[int, str]
+    fed_at: dict[int, float]
+    done_at: dict[int, float]
+    wall_s: float
+    cells: list[dict]
+    driver_channels: dict
+    startup: dict[str, Any] = field(default_factory=dict)
+    verify: Optional[dict] = None
+
+    # ------------------------------------------------------------------------- derived figures
+
+    @property
+    def samples(self) -> int:
+        return len(self.outputs)
+
+    @property
+    def latencies_s(self) -> dict[int, float]:
+        """First slice in -> result out, per sample."""
+        return {i: self.done_at[i] - self.fed_at[i] for i in self.done_at}
+
+    @property
+    def startup_s(self) -> float:
+        """The grid's start-up (cells spawned, programs loaded, channels wired)."""
+        return float(self.startup.get("grid_s", 0.0))
+
+    @property
+    def steady_samples(self) -> int:
+        return max(0, len(self.done_at) - 1)
+
+    @property
+    def steady_s(self) -> float:
+        """First result to last result."""
+        times = sorted(self.done_at.values())
+        return times[-1] - times[0] if len(times) > 1 else 0.0
+
+    def window(self, skip: int) -> tuple[int, float]:
+        """(results, seconds) of a steady-state window: the results after the first ``skip``
+        (the pipeline's fill), timed from the ``skip``-th result's arrival to the last one's.
+        With n replicas use ``skip = n``: results come in rounds of n, so the window spans whole rounds."""
+        times = sorted(self.done_at.values())
+        if skip < 1 or len(times) <= skip:
+            raise ValueError(f"{len(times)} results: too few for a window after skipping {skip}")
+        return len(times) - skip, times[-1] - times[skip - 1]
+
+    @property
+    def samples_per_s(self) -> float:
+        if self.steady_samples > 0 and self.steady_s > 0:
+            return self.steady_samples / self.steady_s
+        return self.samples / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def frames_per_s(self) -> float:
+        """Time-step frames per second (the user guide's unit)."""
+        return self.samples_per_s * self.plan.T
+
+    def latency_ms(self, q: float) -> Optional[float]:
+        xs = sorted(self.latencies_s.values())
+        if not xs:
+            return None
+        return 1e3 * xs[min(len(xs) - 1, int(math.ceil(q * len(xs))) - 1)]
+
+    @property
+    def accuracy(self) -> Optional[float]:
+        if not self.labels:
+            return None
+        hits = sum(int(self.outputs[i].reshape(-1, self.outputs[i].shape[-1])[0].argmax()) == lab
+                   for i, lab in self.labels.items() if i in self.outputs)
+        return hits / max(1, sum(1 for i in self.labels if i in self.outputs))
+
+    def edges(self) -> list[dict]:
+        """Per-edge figures, joining each channel's sender and receiver stats by channel name:
+        ``copy_ms`` (sender: copy into the slot + sent event), ``queue_ms`` (sent event -> ready
+        at the receiver, including time the receiver was still busy), ``recv_wait_ms`` (receiver
+        blocked waiting), ``credit_wait_ms`` (sender blocked waiting for a free slot)."""
+        senders, receivers = {}, {}
+        for c in self.cells + [self.driver_channels]:
+            for st in c.get("channels_out", {}).values():
+                senders[st["channel"]] = st
+            for st in c.get("channels_in", {}).values():
+                receivers[st["channel"]] = st
+        kinds = {e.name: e.kind for e in self.plan.edges}
+        out = []
+        for name, rx in receivers.items():
+            tx = senders.get(name, {})
+            out.append({"edge": name, "kind": kinds.get(name), "transport": rx.get("transport"),
+                        "messages": rx.get("messages", 0), "bytes": rx.get("bytes", 0),
+                        "copy_ms": tx.get("busy_ms_median"), "queue_ms": rx.get("latency_ms_median"),
+                        "recv_wait_ms": rx.get("blocked_ms_median"), "credit_wait_ms": tx.get("blocked_ms_median")})
+        return out
+
+    # --------------------------------------------------------------------------------- output
+
+    def summary(self) -> str:
+        p = self.plan
+        lines = [
+            f"config {p.config}: grid {p.rows}x{p.cols} x{p.replicas} replica(s), T={p.T} "
+            f"(slices {list(p.slices)}), segments {[list(s) for s in p.splits]}, backend {self.backend}, "
+            f"transport {self.transport}",
+            f"samples: {self.samples} done, {len(self.rejected)} rejected, wall {self.wall_s:.2f} s "
+            f"(grid start-up {self.startup_s:.1f} s before that"
+            + (f"; {self.startup['total_s']:.1f} s from the command's start" if "total_s" in self.startup else "")
+            + ")",
+            f"throughput: {self.frames_per_s:.1f} time-step frames/s, {self.samples_per_s:.2f} samples/s "
+            f"(steady state: {self.steady_samples} samples over {self.steady_s:.2f} s)",
+        ]
+        p50, p99 = self.latency_ms(0.5), self.latency_ms(0.99)
+        if p50 is not None:
+            lines.append(f"latency per sample (first slice in -> result out): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        if self.accuracy is not None:
+            lines.append(f"accuracy (top-1 on {len(self.labels)} labelled samples): {100 * self.accuracy:.1f}%")
+        for i, why in sorted(self.rejected.items()):
+            lines.append(f"rejected sample {i}: {why}")
+        head = f"{'cell':<26}{'samples':>8}{'busy %':>8}{'chunk ms':>10}"
+        lines += ["", head, "-" * len(head)]
+        for c in sorted(self.cells, key=lambda c: (c["replica"], c["row"], c["col"])):
+            med = c.get("step_ms_median")
+            lines.append(f"{c['cell']:<26}{c['samples']:>8}{c['busy_pct']:>8.1f}"
+                         f"{(f'{med:.2f}' if med is not None else '-'):>10}")
+        edges = self.edges()
+        if edges:
+            def ms(v: Optional[float]) -> str:
+                return f"{v:.3f}" if v is not None else "-"
+            head = (f"{'edge (medians in ms)':<34}{'via':>5}{'msgs':>6}{'MB':>9}{'copy':>8}{'queue':>9}"
+                    f"{'rx wait':>9}{'tx wait':>9}")
+            lines += ["", head, "-" * len(head)]
+            for e in edges:
+                lines.append(f"{e['edge']:<34}{e['transport'] or '-':>5}{e['messages']:>6}{e['bytes'] / 1e6:>9.2f}"
+                             f"{ms(e['copy_ms']):>8}{ms(e['queue_ms']):>9}{ms(e['recv_wait_ms']):>9}"
+                             f"{ms(e['credit_wait_ms']):>9}")
+        if self.verify is not None:
+            v = self.verify
+            verdict = "outputs equal reference" if v["equal"] == v["compared"] else "OUTPUTS DIFFER FROM REFERENCE"
+            lines += ["", f"{verdict}: {v['equal']}/{v['compared']} samples bit-exact "
+                          f"(max abs diff {v['max_abs_diff']:.3g}) vs the single-device run of the same artifacts"]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as plain JSON types (outputs as lists)."""
+        p = self.plan
+        return {
+            "config": p.config, "grid": [p.rows, p.cols], "replicas": p.replicas, "T": p.T,
+            "slices": list(p.slices), "splits": [list(s) for s in p.splits], "backend": self.backend,
+            "transport": self.transport, "samples": self.samples, "rejected": {str(k): v for k, v in self.rejected.items()},
+            "wall_s": self.wall_s, "frames_per_s": self.frames_per_s, "samples_per_s": self.samples_per_s,
+            "latency_ms_p50": self.latency_ms(0.5), "latency_ms_p99": self.latency_ms(0.99),
+            "accuracy": self.accuracy, "verify": self.verify, "startup": self.startup, "cells": self.cells,
+            "edges": self.edges(),
+            "outputs": {str(i): y.reshape(-1).tolist() for i, y in sorted(self.outputs.items())},
+        }
