@@ -46,6 +46,17 @@ def token_source() -> str:
     return str(Path.home() / ".ray" / "auth_token")
 
 
+def token_env() -> str:
+    """What another process puts in its environment to present this process's token (for the line a
+    kept-alive grid prints): ``RAY_AUTH_TOKEN_PATH=<file>``, ``RAY_AUTH_TOKEN=$RAY_AUTH_TOKEN`` (the value
+    is not printed), or ``''`` when Ray finds it by itself (``~/.ray/auth_token``)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN=$RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return f"RAY_AUTH_TOKEN_PATH={os.environ['RAY_AUTH_TOKEN_PATH']}"
+    return ""
+
+
 def is_loopback_address(address: str) -> bool:
     """Whether a ``host:port`` cluster address names this machine's loopback (an embedded cluster)."""
     import ipaddress

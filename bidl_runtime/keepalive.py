@@ -9,7 +9,9 @@ through the same cells, with no start-up::
     report = grid.run(samples, verify=True)
     grid.close()                                                # lets go; the cells stay up
 
-or ``python -m bidl_runtime.run --attach --address ADDR --namespace NS``.
+or ``python -m bidl_runtime.run --attach --address ADDR --namespace NS``. Token auth stays on: the
+attaching process presents the cluster's token (the printed line names it, e.g.
+``RAY_AUTH_TOKEN_PATH=...``).
 """
 from __future__ import annotations
 

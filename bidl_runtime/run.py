@@ -212,16 +212,21 @@ def _keep_alive(grid, url: Optional[str]) -> None:
     import ray
 
     from .keepalive import host
+    from .cluster import token_env
     lease = host(grid)   # the handle keeps the host actor alive (Ray ends an actor with its last handle)
     ctx = ray.get_runtime_context()
-    address = ctx.gcs_address
+    address = ctx.gcs_address     # the embedded cluster's is 127.0.0.1:<port> (loopback only)
+    token = token_env()           # an attaching process needs the cluster's token (token auth stays on)
+
     def stop(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, stop)   # kill PID stops it as cleanly as Ctrl-C (cells, Ray, shm)
     print(f"\nkeeping the grid alive: {len(grid.plan.cells)} cells loaded and idle (dashboard {url}); "
           f"Ctrl-C or kill -TERM {os.getpid()} stops it")
-    print(f"join with: python -m bidl_runtime.run --attach --address {address} --namespace {ctx.namespace}")
-    print(f"     or in Python: bidl_runtime.keepalive.attach({ctx.namespace!r}, address={address!r})", flush=True)
+    print(f"join with: {token + ' ' if token else ''}python -m bidl_runtime.run --attach --address {address} "
+          f"--namespace {ctx.namespace}")
+    print(f"     or in Python{' (with ' + token + ')' if token else ''}: "
+          f"bidl_runtime.keepalive.attach({ctx.namespace!r}, address={address!r})", flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -97,13 +97,19 @@ def test_keep_alive_cells_stay_usable_from_another_process(artifacts, tmp_path):
             if line.startswith("join with:"):
                 break
         out = "".join(lines)
-        m = re.search(r"--attach --address (\S+) --namespace (\S+)", out)
+        m = re.search(r"join with: RAY_AUTH_TOKEN_PATH=(\S+) python -m bidl_runtime.run --attach --address (\S+) "
+                      r"--namespace (\S+)", out)
         assert m, out[-3000:]
+        token_path, address, namespace = m.groups()
+        assert token_path == os.environ["RAY_AUTH_TOKEN_PATH"] and address.startswith("127.0.0.1:"), out[-3000:]
         assert "keeping the grid alive: 2 cells loaded and idle" in out
         second = tmp_path / "second.json"
-        r = subprocess.run([sys.executable, "-m", "bidl_runtime.run", "--attach", "--address", m.group(1),
-                            "--namespace", m.group(2), "--samples", "6", "--json", str(second)],
-                           capture_output=True, text=True, env=ENV, timeout=300)
+        # the printed line is all another process needs: no other RAY_AUTH_* and no ~/.ray/auth_token to fall back on
+        env = {k: v for k, v in ENV.items() if not k.startswith("RAY_AUTH")}
+        env.update(HOME=str(tmp_path), RAY_AUTH_TOKEN_PATH=token_path)
+        r = subprocess.run([sys.executable, "-m", "bidl_runtime.run", "--attach", "--address", address,
+                            "--namespace", namespace, "--samples", "6", "--json", str(second)],
+                           capture_output=True, text=True, env=env, timeout=300)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert "outputs equal reference: 6/6 samples bit-exact" in r.stdout
         pids = [{c["cell"]: c["pid"] for c in json.loads(f.read_text())["cells"]} for f in (first, second)]
