@@ -43,7 +43,7 @@ def dataset_samples(cfg: Mapping, n: Optional[int]) -> Optional[Iterator[tuple[T
     if not test:
         return None
     try:
-        ds = build_dataset(dict(test))
+        ds = build_dataset(dict(test), where="data.test")   # the test split when test_mode is absent
     except (FileNotFoundError, ValueError, OSError):
         return None
 

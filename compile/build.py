@@ -161,7 +161,7 @@ def _dataset_sample(cfg: Mapping, in_shape: Sequence[int]) -> tuple[Optional[Ten
     if not test:
         return None, "config has no data.test"
     try:
-        item = build_dataset(test)[0]
+        item = build_dataset(test, where="data.test")[0]   # data.test: the test split when test_mode is absent
     except Exception as e:  # noqa: BLE001 - data not downloaded, etc.
         return None, f"data.test unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
     img = item.get("img") if isinstance(item, Mapping) else item[0] if isinstance(item, (tuple, list)) else item

@@ -380,8 +380,8 @@ def test_verification_uses_the_dataset_sample(workdir, monkeypatch, capsys):
     sample = (torch.rand(5, 2, 16, 16) < 0.5).float()
     calls = []
 
-    def build_dataset(cfg):
-        calls.append(dict(cfg))
+    def build_dataset(cfg, where="data"):
+        calls.append(dict(cfg, where=where))
         return [{"img": sample}]
 
     monkeypatch.setitem(sys.modules, "bidl_models.datasets", types.SimpleNamespace(build_dataset=build_dataset))
@@ -389,7 +389,7 @@ def test_verification_uses_the_dataset_sample(workdir, monkeypatch, capsys):
     cfg = load_config(write_config(workdir / "ds.py", dict(backbone, timestep=2),
                                    extra="data = dict(test=dict(type='FakeDvs', data_prefix='x'))\n"))
     cm = compile_config(cfg, rows=1, out=workdir / "ds", progress=False)
-    assert calls and calls[0]["type"] == "FakeDvs"
+    assert calls and calls[0]["type"] == "FakeDvs" and calls[0]["where"] == "data.test"   # the test split
     man = read_manifest(cm.path(0, 2))
     assert man.verify.input == "dataset FakeDvs test sample 0" and man.verify.n_chunks == 3
     out = capsys.readouterr().out
