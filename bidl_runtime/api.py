@@ -11,9 +11,12 @@ The chain (each stage produced once, data flowing one way)::
     report = Grid(plan, RuntimeConfig()).run(samples)                        # bidl_runtime.grid -> RunReport
 
 :func:`prepare` does the layout/spec/artifacts part, :func:`stream` all of it on an initialised
-Ray (the cluster's nodes declare ``bidl_device`` resources)::
+Ray (the cluster's nodes declare ``bidl_device`` resources): an embedded one from
+:func:`bidl_runtime.cluster.start_local` (token auth, 127.0.0.1 only), or a real cluster joined with
+:func:`bidl_runtime.cluster.join`::
 
-    import ray; ray.init(resources={"bidl_device": 6})
+    from bidl_runtime.cluster import start_local
+    start_local(resources={"bidl_device": 6})
     report = stream(load_config("clif3fc3dm_itout-b16x1-dvsglyphs"), samples, grid=(3, 2))
     print(report.summary())
 """

@@ -9,14 +9,9 @@ ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def peers():
-    """One local cluster and two actors (separate processes) shared by the tests of this module."""
-    from bidl_runtime.cluster import start_local
-    start_local(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    try:
-        yield Peer.remote(), Peer.remote()
-    finally:
-        ray.shutdown()
+def peers(ray_local):
+    """Two actors (separate processes) on the module's cluster, shared by the tests of this module."""
+    yield Peer.remote(), Peer.remote()
 
 
 @ray.remote(num_cpus=0)
