@@ -15,7 +15,7 @@ Sender side::
     views = tx.reserve(); compute_into(views); tx.commit({"sample": 8})   # or: write in place
     tx.send_control("stop"); tx.close()
 
-Transports: ``shm`` (default, same node, zero copy), ``tcp`` (host copy, any node, crc32), ``cuda`` (seam).
+Transports: ``shm`` (default, same node, zero copy), ``tcp`` (host copy, any node, crc32).
 
 Security: ``ChannelConfig(secret=new_secret())`` (one per run, handed to every endpoint through Ray)
 keys an HMAC hello/welcome handshake (``auth``); a receiver accepts only the sender that proves it

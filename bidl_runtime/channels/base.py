@@ -8,7 +8,7 @@ arrives, hands out views of the slot, and returns the credit when the user calls
 
 Transports (see ``Transport``) differ only in where slots live and how bytes get there:
 ``shm`` maps the same memory in both processes (zero copy for the receiver), ``tcp`` streams the
-payload into receiver-side slot buffers, ``cuda`` (not yet) would keep slots in device memory.
+payload into receiver-side slot buffers.
 
 Peers authenticate first (``auth``: an HMAC hello keyed by the run's secret, answered by an HMAC
 welcome). Until a connection has sent a valid hello the receiver reads at most ``auth.HELLO_MAX``
@@ -820,10 +820,10 @@ class Sender(_NoPickle, ABC):
 class Transport(ABC):
     """A way to move messages of a fixed layout; registered by name (``register_transport``).
 
-    Seam for new transports (e.g. ``cuda``: slots in device memory shared via CUDA IPC handles, the sent
-    event recorded as an IPC CUDA event): implement a ``Receiver`` (allocate ``config.depth`` slots,
-    listen, fill ``address``), a ``Sender`` (attach from the descriptor, ``_views_for``, ``_publish``)
-    and this class's two factories. Credits, metadata, ordering, timeouts and stats come from the bases.
+    A new transport implements a ``Receiver`` (allocate ``config.depth`` slots, listen, fill
+    ``address``), a ``Sender`` (attach from the descriptor, ``_views_for``, ``_publish``) and this
+    class's two factories. Credits, metadata, ordering, timeouts, authentication and stats come from
+    the bases.
     """
 
     name: str = "?"

@@ -24,7 +24,7 @@ class ChannelConfig:
     ``repr`` and never crosses the data-plane wire.
     """
 
-    transport: str = "shm"            #: "shm" (same node, zero-copy), "tcp" (host copy, any node), "cuda" (seam)
+    transport: str = "shm"            #: "shm" (same node, zero-copy), "tcp" (host copy, any node)
     depth: int = 2                    #: slots per channel; >= 2 lets the next transfer overlap compute
     send_timeout_s: float = 60.0      #: sender waiting for a credit (a released slot) or for the kernel
     recv_timeout_s: float = 60.0      #: receiver waiting for the next "sent" event (and, tcp, its payload)
