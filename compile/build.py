@@ -44,6 +44,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from bidl_models.backbones import config_file_digests
 from bidl_models.checkpoint import file_sha256
 from bidl_models.config import Config, load_config, model_segment_configs, validate_lynxi_devices
 from bidl_models.grid import parse_grid, time_slices
@@ -67,10 +68,14 @@ class VerificationError(RuntimeError):
 
 def model_sha256(cfg: Mapping) -> str:
     """Hash of the config keys that define the model (``model``/``model_<i>``,
-    ``models_compile_inputshape``): other keys (data, schedule, devices) do not change a program."""
+    ``models_compile_inputshape``) and of the content of files they name (a NirGraph's ``graph``):
+    other keys (data, schedule, devices) do not change a program."""
     keys = sorted(k for k in cfg if k == "model" or (k.startswith("model_") and k[6:].isdigit())
                   or k == "models_compile_inputshape")
     plain = {k: (cfg[k].to_dict() if isinstance(cfg[k], Config) else cfg[k]) for k in keys}
+    files = config_file_digests(cfg)
+    if files:   # only then: the keys of configs without files stay as they were
+        plain["files"] = files
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=repr).encode()).hexdigest()
 
 
