@@ -78,7 +78,7 @@ from .registry import BACKBONES
 from .segments import Segment
 from .specs import State, prefixed, sub_state
 
-__all__ = ["from_nir", "to_nir", "NirBackbone", "NirExportError", "NirImportError", "SUPPORTED_NODES"]
+__all__ = ["from_nir", "to_nir", "NirBackbone", "NirExportError", "NirImportError", "NirMissingError", "SUPPORTED_NODES"]
 
 SUPPORTED_NODES = ("Input", "Output", "Affine", "Linear", "Scale", "Conv1d", "Conv2d", "Flatten", "SumPool2d",
                    "AvgPool2d", "LIF", "CubaLIF", "IF", "LI", "CubaLI", "I", "Threshold", "NIRGraph")
@@ -92,11 +92,16 @@ class NirExportError(ValueError):
     """A module that NIR cannot express; the message names the module, its path and why."""
 
 
+class NirMissingError(ImportError, ValueError):
+    """The ``nir`` package (extra ``.[nir]``) is not installed. Also a ValueError, so the CLIs report a
+    config naming ``type='NirGraph'`` in one line, as any other bad config."""
+
+
 def _nir():
     try:
         import nir  # noqa: PLC0415 - optional extra
     except ImportError:
-        raise ImportError("the 'nir' package is needed for NIR interop: pip install 'bidl-grid[nir]'") from None
+        raise NirMissingError("the 'nir' package is needed for NIR interop: pip install 'bidl-grid[nir]'") from None
     return nir
 
 

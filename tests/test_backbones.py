@@ -182,6 +182,7 @@ def test_nir_graph_type_is_registered_without_the_nir_package(first_import):
         "try:\n"
         "    build_backbone(dict(type='NirGraph', graph='net.nir', dt=1e-4))\n"
         "except ImportError as e:\n"
+        "    assert isinstance(e, ValueError)   # the CLIs report bad configs (ValueError) in one line\n"
         "    print('ImportError:', e)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
