@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from .backbones import config_file_digests
 from .checkpoint import file_sha256
 from .config import Config, build_segments
 from .segments import Segment, SegmentSpecs, auto_split, check_chain, split_backbone
@@ -29,10 +30,14 @@ INPUT_DTYPES = ("float32", "uint8")
 
 def model_sha256(cfg: Mapping) -> str:
     """Hash of the config keys that define the model (``model``/``model_<i>``,
-    ``models_compile_inputshape``): other keys (data, schedule, devices) do not change a program."""
+    ``models_compile_inputshape``) and of the content of files they name (a NirGraph's ``graph``):
+    other keys (data, schedule, devices) do not change a program."""
     keys = sorted(k for k in cfg if k == "model" or (k.startswith("model_") and k[6:].isdigit())
                   or k == "models_compile_inputshape")
     plain = {k: (cfg[k].to_dict() if isinstance(cfg[k], Config) else cfg[k]) for k in keys}
+    files = config_file_digests(cfg)
+    if files:   # only then: the keys of configs without files stay as they were
+        plain["files"] = files
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=repr).encode()).hexdigest()
 
 

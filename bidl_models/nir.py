@@ -24,36 +24,45 @@ Several edges into one node sum; a nested NIRGraph node is inlined. Recurrent (c
 The model :func:`from_nir` builds is a :class:`~bidl_models.backbones.base.Backbone`
 (:class:`NirBackbone`): blocks are cut wherever a single tensor crosses the graph (each node of a
 chain is a block; a residual branch stays inside one block), so ``model.segment(s, e)`` splits it
-like any backbone and it compiles and runs on the grid. The temporal accumulator is ``amode='pick'``
-by default (``run`` returns the graph's per-step output). Configs can name it as
-``backbone=dict(type='NirGraph', graph='net.nir', dt=1e-4)`` once this module is imported.
+like any backbone and it compiles and runs on the grid. Its modules carry the NIR node names, as a
+BIDL backbone's carry BIDL's: node ``'1'`` is ``model.get_submodule('1')`` with state ``'1.v'``, a
+dotted name (a nested graph, or a node exported from ``layer1.0.lif1.lif``) is a nested module with
+state ``'layer1.0.lif1.lif.v'``. The temporal accumulator is ``amode='pick'`` by default (``run``
+returns the graph's per-step output). Configs name it as ``backbone=dict(type='NirGraph',
+graph='net.nir', dt=1e-4)`` (registered with the other backbones; building it needs the ``nir``
+package; a relative ``graph`` path is relative to the working directory, ``'{{ fileDirname }}/net.nir'``
+makes it relative to the config file). Compile caches hash the file's content.
 
-:func:`to_nir` maps BIDL's LIF (see :mod:`bidl_models.neurons`: ``U = X + V``, ``F = 1[U > theta]``,
-``R = F v0 + (1 - F) U``, ``V = alpha R + beta``) explicitly, at the stated ``dt``::
+:func:`to_nir` maps BIDL's LIF cell (see :mod:`bidl_models.neurons`: ``U = X + V``, ``F = 1[U > theta]``,
+``R = F v_0 + (1 - F) U``, ``V = alpha R + beta``) explicitly, at the stated ``dt``::
 
     0 <= alpha < 1:  LIF(tau = dt / (1 - alpha), r = tau / dt = 1 / (1 - alpha), v_leak = 0,
-                         v_threshold = theta, v_reset = v0)
-    alpha == 1:      IF(r = 1 / dt, v_threshold = theta, v_reset = v0)
+                         v_threshold = theta, v_reset = v_0)
+    alpha == 1:      IF(r = 1 / dt, v_threshold = theta, v_reset = v_0)
 
 so that ``1 - dt/tau = alpha`` (retention) and the input gain ``dt r / tau = 1``. NIR's state is the
 membrane after the reset and before the leak (BIDL keeps it after the leak); both give the same
 spikes at every step. ``beta`` must be 0: NIR's LIF would add the leak term ``beta`` at the first
-step too, where BIDL starts from ``V = 0``. BatchNorm on currents is folded into the preceding
-Conv2d/Linear (eval statistics: ``W' = W s``, ``b' = (b - mean) s + bn_bias``, ``s = gamma /
-sqrt(var + eps)``), a BatchNorm with no Conv2d/Linear before it becomes a depthwise 1x1 Conv2d
-(2-D) or a diagonal Affine (1-D). Average pooling (also global: ``AdaptiveAvgPool2d`` whose output
-divides the input) maps to AvgPool2d; the temporal accumulator to an ``I`` node (``mean``:
-``r = 1 / (T dt)``, ``sum``: ``r = 1 / dt``, ``pick``: nothing). Everything else is refused by name
-(:class:`NirExportError`): max pooling, BatchNorm on the state (``norm_state=True``), ReLU and other
-activations, LIFPlus neurons, analog (membrane) outputs, ``beta != 0``, ...
+step too, where BIDL starts from ``V = 0``. Nodes are named by module path (``clif1.p0``,
+``clif1.lif``, ``layer1.0.conv1.0``, ``acc``). The layers export as they run: ``Conv2dLif`` /
+``FcLif`` as ``p0`` -> ``pool`` -> ``norm`` -> ``lif``, a residual block as ``lif(main + downsample)``.
+BatchNorm on currents (``norm_state=False``, ResNet's conv+BN) is folded into the preceding
+Conv2d/Linear (eval statistics: ``W' = W s``, ``b' = b s + t``, ``s = gamma / sqrt(var + eps)``,
+``t = beta - mean s``); a BatchNorm with no Conv2d/Linear before it (and ResNet's input
+normalisation ``(x - mean) / std``) becomes a dense 1x1 Conv2d with a diagonal weight (2-D) or a
+diagonal Affine (1-D). Average pooling (also global: ``AdaptiveAvgPool2d`` whose output divides the
+input; ceil mode where it does not change the size) maps to AvgPool2d; the temporal accumulator to
+an ``I`` node (``mean``: ``r = 1 / (T dt)``, ``sum``: ``r = 1 / dt``, ``pick``: nothing). Everything
+else is refused by name (:class:`NirExportError`): max pooling (``mp`` layers and pools), BatchNorm on
+the state (``norm_state=True``, BIDL's default for ``Conv2dLif`` and ``FcLif``), ReLU and other
+activations, LIF+ neurons (both forms), analog (membrane) outputs, ``beta != 0``, ...
 """
 from __future__ import annotations
 
 import math
 import re
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, NoReturn, Optional, Sequence
 
 import numpy as np
 import torch
@@ -62,12 +71,14 @@ from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .backbones.base import Backbone, TemporalAccumulator
-from .layers import PerStep, Temporal, TemporalSequential, per_step
+from .backbones.resnet import InputNorm, _Residual
+from .layers import Chain, Lif, LifPlus, PerStep, Temporal, TemporalSequential, _OnCurrent, _Synapse, per_step
 from .neurons import spike
 from .registry import BACKBONES
+from .segments import Segment
 from .specs import State, prefixed, sub_state
 
-__all__ = ["from_nir", "to_nir", "NirBackbone", "NirExportError", "NirImportError", "SUPPORTED_NODES"]
+__all__ = ["from_nir", "to_nir", "NirBackbone", "NirExportError", "NirImportError", "NirMissingError", "SUPPORTED_NODES"]
 
 SUPPORTED_NODES = ("Input", "Output", "Affine", "Linear", "Scale", "Conv1d", "Conv2d", "Flatten", "SumPool2d",
                    "AvgPool2d", "LIF", "CubaLIF", "IF", "LI", "CubaLI", "I", "Threshold", "NIRGraph")
@@ -81,11 +92,16 @@ class NirExportError(ValueError):
     """A module that NIR cannot express; the message names the module, its path and why."""
 
 
+class NirMissingError(ImportError, ValueError):
+    """The ``nir`` package (extra ``.[nir]``) is not installed. Also a ValueError, so the CLIs report a
+    config naming ``type='NirGraph'`` in one line, as any other bad config."""
+
+
 def _nir():
     try:
         import nir  # noqa: PLC0415 - optional extra
     except ImportError:
-        raise ImportError("the 'nir' package is needed for NIR interop: pip install 'bidl-grid[nir]'") from None
+        raise NirMissingError("the 'nir' package is needed for NIR interop: pip install 'bidl-grid[nir]'") from None
     return nir
 
 
@@ -347,45 +363,83 @@ def _module_for(name: str, node: Any, dt: float) -> nn.Module:
 _BLOCK_IN = "<block input>"
 
 
-def _safe(name: str, taken: set[str]) -> str:
-    """A module name for NIR node ``name``: no dots, unique."""
-    s = re.sub(r"[^0-9A-Za-z_]", "_", str(name)) or "node"
-    if s[0].isdigit():
-        s = "n" + s
-    base, k = s, 1
-    while s in taken:
-        s, k = f"{base}_{k}", k + 1
-    taken.add(s)
-    return s
+class NirGroup(nn.Module):
+    """A namespace for NIR nodes whose names share a dotted prefix (a nested NIRGraph, or a graph
+    exported from a model with nested modules: ``layer1.0.lif1.lif``). It runs nothing itself."""
 
 
-class GraphBlock(Temporal):
-    """Part of a NIR graph that takes one tensor and gives one: nodes run in topological order,
-    several inputs of a node are summed; each node's state lives under its module name."""
+#: Attributes a NirBackbone sets on itself; a NIR node of one of these names is renamed.
+_BACKBONE_ATTRS = frozenset({"acc", "timestep", "input_shape", "layout", "dt", "nir_input", "nir_output",
+                             "nir_names", "nir_blocks"})
 
-    def __init__(self, order: Sequence[str], modules: Mapping[str, nn.Module], preds: Mapping[str, Sequence[str]],
+
+def _module_paths(names: Sequence[str]) -> dict[str, str]:
+    """The module path of every NIR node: its name, dotted parts kept as nested modules, other
+    characters than ``[0-9A-Za-z_]`` replaced by ``_``. A name that cannot be a path -- a part that is
+    an attribute of the backbone or of a module, a name that is a dotted prefix of another or equal
+    to another after the replacement -- becomes one flat name (dots as ``_``, ``_1``, ``_2``, ... if
+    taken)."""
+    top_bad = set(dir(NirBackbone)) | set(vars(nn.Module())) | _BACKBONE_ATTRS
+    any_bad = set(dir(NirGroup)) | set(vars(NirGroup()))
+
+    def part(c: str) -> str:
+        return re.sub(r"[^0-9A-Za-z_]", "_", c) or "node"
+
+    cand = {n: [part(c) for c in str(n).split(".")] for n in names}
+
+    def nestable(n: str) -> bool:
+        p = cand[n]
+        if p[0] in top_bad or any(c in any_bad for c in p):
+            return False
+        for m, q in cand.items():
+            k = min(len(p), len(q))
+            if m != n and p[:k] == q[:k]:   # equal, or one is a prefix of the other
+                return False
+        return True
+
+    good = {n: ".".join(cand[n]) for n in names if nestable(n)}
+    used = set(top_bad) | {p.split(".")[0] for p in good.values()}
+    out: dict[str, str] = {}
+    for n in names:
+        if n in good:
+            out[n] = good[n]
+            continue
+        base = "_".join(cand[n])
+        s, k = base, 1
+        while s in used:
+            s, k = f"{base}_{k}", k + 1
+        used.add(s)
+        out[n] = s
+    return out
+
+
+class NirChain(Chain):
+    """The NIR nodes of one block, by module path, run in topological order: a node's inputs (its
+    predecessors' outputs, or the block's input) are summed; the block returns the sum of ``outs``.
+    Each node's state lives under its path (``'1.v'``, ``'layer1.0.lif1.lif.v'``)."""
+
+    def __init__(self, parts: Sequence[tuple[str, nn.Module]], preds: Mapping[str, Sequence[str]],
                  outs: Sequence[str], nir_names: Mapping[str, str]):
-        super().__init__()
-        self.nodes = nn.ModuleDict(OrderedDict((n, modules[n]) for n in order))
-        self.preds = {n: list(preds[n]) for n in order}
+        super().__init__(parts)
+        self.preds = {p: list(preds[p]) for p in self.paths}
         self.outs = list(outs)
-        self.nir_names = dict(nir_names)
+        self.nir_names = {p: nir_names[p] for p in self.paths}
 
     def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
         vals: dict[str, Tensor] = {_BLOCK_IN: x}
         new: State = {}
-        for name, mod in self.nodes.items():
-            h = _sum([vals[p] for p in self.preds[name]])
+        for path, mod in zip(self.paths, self.parts):
+            h = _sum([vals[p] for p in self.preds[path]])
             if isinstance(mod, Temporal):
-                y, s = mod.run(h, sub_state(state, name))
-                new.update(prefixed(s, name))
+                y, s = mod.run(h, sub_state(state, path))
+                new.update(prefixed(s, path))
             else:
                 y = per_step(mod, h)
-            vals[name] = y
+            vals[path] = y
         return _sum([vals[p] for p in self.outs]), new
 
     def extra_repr(self) -> str:
-        return f"nir nodes {[self.nir_names[n] for n in self.nodes]}"
+        return f"nir nodes {[self.nir_names[p] for p in self.paths]}"
 
 
 def _sum(xs: Sequence[Tensor]) -> Tensor:
@@ -456,7 +510,16 @@ def _topo(names: Sequence[str], preds: Mapping[str, Sequence[str]]) -> list[str]
 
 @BACKBONES.register("NirGraph")
 class NirBackbone(Backbone):
-    """A NIR graph as a segmentable backbone (see :func:`from_nir` for the arguments)."""
+    """A NIR graph as a segmentable backbone (see :func:`from_nir` for the arguments).
+
+    Every NIR node is a module named by its node name (``model.get_submodule('1')``, nested for
+    dotted names: ``layer1.0.lif1.lif``), so the state_dict keys are ``<node>.<field>`` and the state
+    ``<node>.v`` (``<node>.i`` for CubaLIF's current), as a BIDL backbone names its own.
+    ``nir_names`` maps each module path back to its NIR node name.
+    """
+
+    #: config keys that name files the model is built from (hashed into compile cache keys)
+    config_files = ("graph",)
 
     def __init__(self, graph: Any, dt: Optional[float] = None, amode: str = "pick", timestep: int = 1,
                  in_shape: Optional[Sequence[int]] = None):
@@ -477,7 +540,6 @@ class NirBackbone(Backbone):
                                  "step the graph was trained at (snnTorch's exporter assumes dt=1e-4)")
         if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
             raise NirImportError(f"from_nir: dt={dt!r}: expected a positive time step in seconds")
-        self.dt = float(dt)
         nodes, edges = _inline(graph)
         for a, b in edges:
             for n in (a, b):
@@ -488,7 +550,6 @@ class NirBackbone(Backbone):
         if len(ins) != 1 or len(outs) != 1:
             raise NirImportError(f"from_nir: the graph has {len(ins)} Input nodes {ins} and {len(outs)} Output "
                                  f"nodes {outs}; a segmentable model needs exactly one of each")
-        self.nir_input, self.nir_output = ins[0], outs[0]
         compute = [k for k in nodes if k not in (ins[0], outs[0])]
         if not compute:
             raise NirImportError("from_nir: the graph has no node between its Input and its Output")
@@ -507,37 +568,54 @@ class NirBackbone(Backbone):
             raise NirImportError(f"from_nir: Input node {ins[0]!r} has no shape; pass in_shape=(C, H, W)")
         shape = tuple(int(d) for d in np.atleast_1d(np.asarray(shape)))
 
-        taken: set[str] = set()
-        safe = {n: _safe(n, taken) for n in order}
-        modules = {safe[n]: _module_for(n, nodes[n], self.dt) for n in order}
+        paths = _module_paths(order)
+        for n in order:   # registered in topological order: the state_dict's order
+            self._place(paths[n], _module_for(n, nodes[n], float(dt)))
+        self.dt = float(dt)
+        self.nir_input, self.nir_output = ins[0], outs[0]
+        self.nir_names = {paths[n]: n for n in order}
 
         # cut after position i when exactly one earlier tensor is still needed later
         pos = {n: i for i, n in enumerate(order)}
         pos[ins[0]], pos[outs[0]] = -1, len(order)
         consumers = {n: [b for a, b in edges if a == n] for n in nodes}
-        cuts, blocks = [], []
+        cuts = []
         for i in range(len(order) - 1):
             live = [p for p in [ins[0]] + order[:i + 1] if any(pos[c] > i for c in consumers[p])]
             if len(live) == 1:
                 cuts.append((i, live[0]))
+        self.nir_blocks: dict[tuple[str, ...], tuple[dict[str, list[str]], list[str]]] = {}
         start, entry = 0, ins[0]
         for i, carrier in cuts + [(len(order) - 1, None)]:
             names = order[start:i + 1]
-            bpreds = {safe[n]: [_BLOCK_IN if p == entry else safe[p] for p in preds[n]] for n in names}
-            for n, ps in zip(names, bpreds.values()):
-                bad = [p for p in ps if p != _BLOCK_IN and p not in {safe[m] for m in names}]
+            inside = set(names)
+            for n in names:
+                bad = [p for p in preds[n] if p != entry and p not in inside]
                 if bad:  # cannot happen for a valid cut; guard the invariant
-                    raise NirImportError(f"from_nir: internal cut error at node {n!r}")
+                    raise NirImportError(f"from_nir: internal cut error at node {n!r} (input {bad[0]!r})")
+            bpreds = {paths[n]: [_BLOCK_IN if p == entry else paths[p] for p in preds[n]] for n in names}
             out_names = [carrier] if carrier is not None else preds[outs[0]]
-            bouts = [_BLOCK_IN if p == entry else safe[p] for p in out_names]
-            blocks.append(GraphBlock([safe[n] for n in names], modules, bpreds, bouts,
-                                     {safe[n]: n for n in names}))
+            bouts = [_BLOCK_IN if p == entry else paths[p] for p in out_names]
+            self.nir_blocks[tuple(paths[n] for n in names)] = (bpreds, bouts)
             start, entry = i + 1, carrier
-        self.stem = TemporalSequential([])
-        self.blocks = nn.ModuleList(blocks)
-        self.head = TemporalSequential([])
-        self._finish(timestep, amode, shape)
+        self._finish(list(self.nir_blocks), timestep, amode, shape)
         self.eval()
+
+    def _place(self, path: str, mod: nn.Module) -> None:
+        parent: nn.Module = self
+        *groups, leaf = path.split(".")
+        for g in groups:
+            if g not in parent._modules:
+                parent.add_module(g, NirGroup())
+            parent = parent._modules[g]
+        parent.add_module(leaf, mod)
+
+    def _chain(self, paths: Sequence[str]) -> Chain:
+        key = tuple(paths)
+        if key not in self.nir_blocks:
+            return super()._chain(paths)
+        preds, outs = self.nir_blocks[key]
+        return NirChain([(p, self.get_submodule(p)) for p in key], preds, outs, self.nir_names)
 
     def extra_repr(self) -> str:
         return f"dt={self.dt:g}, blocks={self.n_blocks}"
@@ -552,7 +630,8 @@ def from_nir(graph_or_path: Any, *, dt: Optional[float] = None, amode: str = "pi
     given. ``amode``/``timestep``: the temporal accumulator after the graph (``pick``: ``run`` returns
     the graph's per-step output; ``mean`` divides by ``timestep``). ``in_shape``: per-step input shape
     without the batch, when the Input node has none. ``model.run(x[T, B, ...], state)`` runs it;
-    ``model.segment(s, e)`` cuts it (``model.n_blocks`` blocks).
+    ``model.segment(s, e)`` cuts it (``model.n_blocks`` blocks). Modules and state are named by the
+    NIR nodes (:class:`NirBackbone`).
     """
     return NirBackbone(graph_or_path, dt=dt, amode=amode, timestep=timestep, in_shape=in_shape)
 
@@ -566,13 +645,9 @@ def _trace(fn, shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(d) for d in y.shape[1:])
 
 
-def _soma_class():
-    from . import layers
-    return getattr(layers, "Soma", None)
-
-
 class _Exporter:
-    """Walks a model and builds NIR nodes and edges; the current tensor is the sum of ``srcs``."""
+    """Walks a model and builds NIR nodes and edges; the current tensor is the sum of ``srcs``.
+    Nodes are named by the module paths (``clif1.p0``, ``layer1.0.lif1.lif``, ``acc``)."""
 
     def __init__(self, dt: float):
         self.nir = _nir()
@@ -588,63 +663,76 @@ class _Exporter:
         self.edges += [(s, name) for s in srcs]
         return name
 
-    def refuse(self, mod: nn.Module, path: str, why: str) -> None:
+    def refuse(self, mod: nn.Module, path: str, why: str) -> NoReturn:
         raise NirExportError(f"to_nir: {type(mod).__name__} at {path or '<model>'!r} cannot be expressed in NIR: {why}")
 
     # -- walking
     def emit(self, mod: nn.Module, srcs: list[str], shape: tuple[int, ...], path: str) -> tuple[list[str], tuple[int, ...]]:
-        soma_cls = _soma_class()
-        if isinstance(mod, Backbone):
-            for name, unit in mod.units():
-                srcs, shape = self.emit(unit, srcs, shape, _join(path, name))
+        if isinstance(mod, (Backbone, Segment)):
+            units = mod.units() if isinstance(mod, Backbone) else list(mod.units.items())
+            for name, unit in units:
+                srcs, shape = self.emit_chain(unit, srcs, shape, path, name)
             return srcs, shape
-        units = getattr(mod, "units", None)
-        if isinstance(units, nn.ModuleDict) and hasattr(mod, "split"):   # a Segment
-            for name, unit in units.items():
-                srcs, shape = self.emit(unit, srcs, shape, _join(path, name))
-            return srcs, shape
-        if isinstance(mod, GraphBlock):
-            return self.emit_block(mod, srcs, shape)
+        if isinstance(mod, Chain):
+            return self.emit_chain(mod, srcs, shape, path, "")
         if isinstance(mod, TemporalAccumulator):
             return self.emit_acc(mod, srcs, shape, path)
         if isinstance(mod, _NirNeuron):
             return [self.add(path, mod.nir_node(self.dt), srcs)], shape
-        if soma_cls is not None and isinstance(mod, soma_cls):
-            return [self.add(path, self.soma_node(mod, shape, path), srcs)], shape
-        if all(hasattr(mod, a) for a in ("main", "down", "lif")) and isinstance(mod, Temporal):   # residual block
-            main, mshape = self.emit(mod.main, srcs, shape, _join(path, "main"))
-            if mod.down is not None:
-                down, dshape = self.emit(mod.down, srcs, shape, _join(path, "down"))
+        if isinstance(mod, Lif):
+            return [self.add(path, self.lif_node(mod, shape, path), srcs)], shape
+        if isinstance(mod, LifPlus):
+            self.refuse(mod, path, "the lifplus neuron (only BIDL's LIF maps to NIR)")
+        if isinstance(mod, _OnCurrent):      # Lif1d / Lif2d: the cell on an existing current
+            return self.emit(mod.lif, srcs, shape, _join(path, "lif"))
+        if isinstance(mod, _Synapse):        # FcLif, Conv2dLif, ...: p0 -> pool -> norm -> cell
+            known = [n for n in ("p0", "pool", "norm") if n in mod._modules]
+            other = sorted(set(mod._modules) - set(known) - {mod.cell_name})
+            if other:
+                self.refuse(mod, path, f"submodules {other} this exporter does not know")
+            for name in known:
+                srcs, shape = self.emit(mod._modules[name], srcs, shape, _join(path, name))
+            return self.emit(getattr(mod, mod.cell_name), srcs, shape, _join(path, mod.cell_name))
+        if isinstance(mod, _Residual):       # cell(main(x) + downsample(x))
+            main, mshape = srcs, shape
+            for name in mod.main_order:
+                main, mshape = self.emit(getattr(mod, name), main, mshape, _join(path, name))
+            if mod.downsample is not None:
+                down, dshape = self.emit(mod.downsample, srcs, shape, _join(path, "downsample"))
             else:
                 down, dshape = list(srcs), shape
             if mshape != dshape:
                 self.refuse(mod, path, f"residual branches of shapes {list(mshape)} and {list(dshape)}")
-            return self.emit(mod.lif, main + down, mshape, _join(path, "lif"))
+            return self.emit(getattr(mod, mod.last_lif), main + down, mshape, _join(path, mod.last_lif))
         if isinstance(mod, PerStep):
             return self.emit(mod.body, srcs, shape, path)
         if isinstance(mod, (TemporalSequential, nn.Sequential)):
             for name, child in mod.named_children():
                 srcs, shape = self.emit(child, srcs, shape, _join(path, name))
             return srcs, shape
-        if isinstance(mod, Temporal) and isinstance(getattr(mod, "soma", None), Temporal):
-            # a synapse + neuron layer (FcLif, Conv2dLif, ...): synapse modules in order, then the neuron
-            for name, child in mod.named_children():
-                if child is not mod.soma:
-                    srcs, shape = self.emit(child, srcs, shape, _join(path, name))
-            return self.emit(mod.soma, srcs, shape, _join(path, "soma"))
         if isinstance(mod, Temporal):
             self.refuse(mod, path, "a temporal module this exporter does not know")
         return self.leaf(mod, srcs, shape, path)
 
-    def emit_block(self, blk: GraphBlock, srcs: list[str], shape: tuple[int, ...]) -> tuple[list[str], tuple[int, ...]]:
+    def emit_chain(self, chain: Chain, srcs: list[str], shape: tuple[int, ...], path: str,
+                   unit: str) -> tuple[list[str], tuple[int, ...]]:
+        """A backbone's unit: its modules named by their paths in the backbone (``unit`` for a part
+        without one, the accumulator)."""
+        if isinstance(chain, NirChain):
+            return self.emit_nir_chain(chain, srcs, shape)
+        for p, part in zip(chain.paths, chain.parts):
+            srcs, shape = self.emit(part, srcs, shape, _join(path, p if p is not None else unit))
+        return srcs, shape
+
+    def emit_nir_chain(self, chain: NirChain, srcs: list[str], shape: tuple[int, ...]) -> tuple[list[str], tuple[int, ...]]:
+        """An imported NIR block: its nodes under their NIR names, edges as in the graph."""
         names: dict[str, list[str]] = {_BLOCK_IN: list(srcs)}
         shapes: dict[str, tuple[int, ...]] = {_BLOCK_IN: shape}
-        for name, mod in blk.nodes.items():
-            ins = [s for p in blk.preds[name] for s in names[p]]
-            shp = shapes[blk.preds[name][0]]
-            out, shp = self.emit(mod, ins, shp, blk.nir_names[name])
-            names[name], shapes[name] = out, shp
-        return [s for p in blk.outs for s in names[p]], shapes[blk.outs[0]]
+        for path, mod in zip(chain.paths, chain.parts):
+            preds = chain.preds[path]
+            ins = [s for p in preds for s in names[p]]
+            names[path], shapes[path] = self.emit(mod, ins, shapes[preds[0]], chain.nir_names[path])
+        return [s for p in chain.outs for s in names[p]], shapes[chain.outs[0]]
 
     def emit_acc(self, acc: TemporalAccumulator, srcs, shape, path):
         if acc.amode == "pick":
@@ -652,23 +740,21 @@ class _Exporter:
         r = 1.0 / self.dt if acc.amode == "sum" else 1.0 / (acc.timestep * self.dt)
         return [self.add(path, self.nir.I(r=np.full(shape, r)), srcs)], shape
 
-    def soma_node(self, mod: nn.Module, shape: tuple[int, ...], path: str):
-        """BIDL's LIF as NIR LIF / IF (mapping in the module docstring)."""
-        if getattr(mod, "neuron", "lif") != "lif":
-            self.refuse(mod, path, f"the {mod.neuron} neuron (only BIDL's LIF maps to NIR)")
-        if getattr(mod, "mode", "spike") != "spike":
+    def lif_node(self, mod: Lif, shape: tuple[int, ...], path: str):
+        """BIDL's LIF cell as NIR LIF / IF (mapping in the module docstring)."""
+        if mod.mode != "spike":
             self.refuse(mod, path, f"mode={mod.mode!r} outputs the membrane, NIR's LIF outputs spikes")
-        if getattr(mod, "norm", None) is not None:
+        if mod.norm is not None:
             self.refuse(mod, path, "BatchNorm on the membrane state (norm_state=True); build it with "
                                    "norm_state=False (BN on the current folds into the conv/linear)")
 
         def param(n: str) -> np.ndarray:
             v = getattr(mod, n).detach().cpu().double().numpy()
-            if v.ndim == 1:   # channel_share: one value per channel
-                v = v.reshape((-1,) + (1,) * (len(shape) - 1))
+            if v.ndim:   # channel_share: [1, C, 1, 1] / [1, C]; the leading 1 is the batch
+                v = v.reshape(v.shape[1:])
             return np.array(np.broadcast_to(v, shape), dtype=np.float64)
 
-        alpha, beta, theta, v0 = (param(n) for n in ("alpha", "beta", "theta", "v0"))
+        alpha, beta, theta, v0 = (param(n) for n in ("alpha", "beta", "theta", "v_0"))
         if np.any(beta != 0):
             self.refuse(mod, path, f"beta={float(np.abs(beta).max()):g} != 0 (NIR's LIF would add the leak "
                                    "term at the first step as well, BIDL starts from V=0)")
@@ -712,6 +798,10 @@ class _Exporter:
             return [self.add(path, node, srcs)], (mod.out_features,)
         if isinstance(mod, nn.modules.batchnorm._BatchNorm):
             return self.batchnorm(mod, srcs, shape, path)
+        if isinstance(mod, InputNorm):   # ResNet's (x - mean) / std
+            s = 1.0 / mod.std.detach().double().cpu().numpy().reshape(-1)
+            return self.channel_affine(mod, s, -mod.mean.detach().double().cpu().numpy().reshape(-1) * s, srcs,
+                                       shape, path)
         if isinstance(mod, nn.AvgPool2d):
             if mod.divisor_override is not None:
                 self.refuse(mod, path, f"divisor_override={mod.divisor_override}")
@@ -755,8 +845,7 @@ class _Exporter:
         self.refuse(mod, path, "no NIR node for this module")
 
     def batchnorm(self, bn: nn.Module, srcs: list[str], shape: tuple[int, ...], path: str):
-        """Fold into the Conv/Linear just emitted, else a depthwise 1x1 Conv2d / diagonal Affine."""
-        nir = self.nir
+        """Eval-mode BatchNorm: ``s x + t`` per channel, ``s = gamma / sqrt(var + eps)``, ``t = beta - mean s``."""
         if not bn.track_running_stats or bn.running_mean is None:
             self.refuse(bn, path, "BatchNorm without running statistics (it normalises with batch statistics)")
         var = bn.running_var.detach().double().cpu().numpy()
@@ -764,19 +853,26 @@ class _Exporter:
         gamma = bn.weight.detach().double().cpu().numpy() if bn.weight is not None else np.ones_like(var)
         shift = bn.bias.detach().double().cpu().numpy() if bn.bias is not None else np.zeros_like(var)
         s = gamma / np.sqrt(var + bn.eps)
+        return self.channel_affine(bn, s, shift - mean * s, srcs, shape, path)
+
+    def channel_affine(self, mod: nn.Module, s: np.ndarray, t: np.ndarray, srcs: list[str], shape: tuple[int, ...],
+                       path: str):
+        """``y = s x + t`` per channel: folded into the Conv/Linear just emitted (``W' = W s``,
+        ``b' = b s + t``), else a dense 1x1 Conv2d with a diagonal weight (2-D) or a diagonal Affine (1-D)."""
+        nir = self.nir
         prev = self.nodes.get(srcs[0]) if len(srcs) == 1 else None
         unused = len(srcs) == 1 and not any(a == srcs[0] for a, _ in self.edges)
         if unused and isinstance(prev, (nir.Conv2d, nir.Conv1d, nir.Affine, nir.Linear)):
             w = _arr(prev.weight)
             b = _arr(prev.bias) if not isinstance(prev, nir.Linear) else np.zeros(w.shape[0])
             w = (w * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
-            b = ((b - mean) * s + shift).astype(np.float32)
+            b = (b * s + t).astype(np.float32)
             if isinstance(prev, (nir.Conv2d, nir.Conv1d)):
                 prev.weight, prev.bias = w, b
             else:
                 self.nodes[srcs[0]] = nir.Affine(weight=w, bias=b)
             return srcs, shape
-        b = (shift - mean * s).astype(np.float32)
+        b = t.astype(np.float32)
         if len(shape) == 3:   # a dense 1x1 conv with a diagonal weight (nir's type check mishandles groups)
             w = np.diag(s).reshape(len(s), len(s), 1, 1).astype(np.float32)
             node = nir.Conv2d(input_shape=tuple(shape[1:]), weight=w, stride=1, padding=0, dilation=1, groups=1,
@@ -784,7 +880,8 @@ class _Exporter:
             return [self.add(path, node, srcs)], shape
         if len(shape) == 1:
             return [self.add(path, nir.Affine(weight=np.diag(s).astype(np.float32), bias=b), srcs)], shape
-        self.refuse(bn, path, f"a BatchNorm on a per-step input of shape {list(shape)} with no Conv/Linear before it")
+        self.refuse(mod, path, f"a per-channel scale on a per-step input of shape {list(shape)} with no "
+                               "Conv/Linear before it")
 
 
 def _join(path: str, name: str) -> str:

@@ -164,3 +164,41 @@ def test_resnetlif18_on_2x224x224_builds_runs_and_splits():
         y, _ = net.segment(4, 8).run(h)
     assert whole.shape == (2, 1, 1000) and h.shape == (2, 1, 128, 28, 28)
     torch.testing.assert_close(y, whole, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("first_import", ["bidl_models", "bidl_models.nir"])
+def test_nir_graph_type_is_registered_without_the_nir_package(first_import):
+    """Configs name ``type='NirGraph'`` without importing bidl_models.nir; without the ``nir`` extra
+    the backbones still import, and building a NirGraph says which extra to install. Either module
+    may be imported first (bidl_models.nir imports the backbones it registers with)."""
+    import subprocess
+    import sys
+    code = (
+        "import sys\n"
+        "sys.modules['nir'] = None   # the extra is absent: 'import nir' raises ImportError\n"
+        f"import {first_import}\n"
+        "from bidl_models.backbones import BACKBONES, build_backbone\n"
+        "assert 'NirGraph' in BACKBONES, BACKBONES.names()\n"
+        "try:\n"
+        "    build_backbone(dict(type='NirGraph', graph='net.nir', dt=1e-4))\n"
+        "except ImportError as e:\n"
+        "    assert isinstance(e, ValueError)   # the CLIs report bad configs (ValueError) in one line\n"
+        "    print('ImportError:', e)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "ImportError: the 'nir' package is needed" in res.stdout and "bidl-grid[nir]" in res.stdout
+
+
+def test_config_file_digests_hash_the_nir_file_content(tmp_path):
+    """The compile cache key includes the content of a NirGraph's graph file, not only its path."""
+    from bidl_models.backbones import config_file_digests
+    from compile.build import model_sha256
+    f = tmp_path / "net.nir"
+    cfg = {"model": {"type": "ImageClassifier", "backbone": {"type": "NirGraph", "graph": str(f), "dt": 1e-4}}}
+    assert config_file_digests(cfg) == {"model.backbone.graph": "missing"}
+    f.write_bytes(b"graph one")
+    one, key_one = config_file_digests(cfg), model_sha256(cfg)
+    f.write_bytes(b"graph two")
+    assert config_file_digests(cfg) != one and model_sha256(cfg) != key_one
+    plain = {"model": {"type": "ImageClassifier", "backbone": {"type": "SeqClif3Fc3DmItout", "h": 16, "w": 16}}}
+    assert config_file_digests(plain) == {}

@@ -17,7 +17,7 @@ nir = pytest.importorskip("nir")
 pytestmark = pytest.mark.filterwarnings("ignore:nirtorch.extract_nir_graph:DeprecationWarning")
 
 from bidl_models.backbones import BACKBONES, build_backbone  # noqa: E402
-from bidl_models.layers import Conv2dLif, FcLif, Lif1d, TemporalSequential  # noqa: E402
+from bidl_models.layers import Conv2dLif, Conv2dLifPlus, FcLif, FcLifPlus, Lif1d, TemporalSequential  # noqa: E402
 from bidl_models.nir import NirBackbone, NirExportError, NirImportError, from_nir, to_nir  # noqa: E402
 
 DT = 1e-4   # snnTorch's NIR exporter and importer assume this step
@@ -105,13 +105,17 @@ def test_snntorch_graph_runs_like_snntorch(tmp_path):
 
     model = from_nir(graph, dt=DT)
     assert isinstance(model, NirBackbone) and model.n_blocks == 8
+    # modules and state carry the NIR node names (snnTorch's Sequential indices), as BIDL's carry BIDL's
+    assert isinstance(model.get_submodule("0"), nn.Conv2d) and model.nir_names["5"] == "5"
+    assert {k.split(".")[0] for k in model.state_dict()} == {"0", "1", "4", "5", "6", "7"}
     with torch.no_grad():
         y, _ = model.run(x)
         mem = []
         st = None
         for t in range(x.shape[0]):          # step by step: the last LIF's membrane after each step
             _, st = model.segment(0, model.n_blocks).step(x[t], st)
-            mem.append(st[[k for k in st if k.startswith("block7.") and k.endswith(".v")][0]])
+            mem.append(st["7.v"])
+    assert set(st) == {"1.v", "5.i", "5.v", "7.v", "tempAdd"}
     mem = torch.stack(mem)
     assert torch.equal(y, ref_spk), f"{int((y != ref_spk).sum())} spikes differ from snnTorch"
     quiet = ref_spk == 0   # where a neuron fired, NIR and snnTorch both hold v_reset: compare the rest
@@ -145,9 +149,10 @@ def test_bidl_lif_exports_into_snntorch():
         ref = net.run(x)[0]
     assert 0.05 < ref.mean() < 0.7
     graph = to_nir(net, dt=DT, in_shape=(6,))
-    assert [type(graph.nodes[n]).__name__ for n in ("fc1.fc", "fc1.soma", "fc2.fc", "fc2.soma")] == \
+    assert sorted(graph.nodes) == ["fc1.lif", "fc1.p0", "fc2.lif", "fc2.p0", "input", "output"]   # module paths
+    assert [type(graph.nodes[n]).__name__ for n in ("fc1.p0", "fc1.lif", "fc2.p0", "fc2.lif")] == \
         ["Affine", "LIF", "Affine", "LIF"]
-    lif = graph.nodes["fc1.soma"]
+    lif = graph.nodes["fc1.lif"]
     np.testing.assert_allclose(1 - DT / lif.tau, np.float32(0.6), rtol=1e-12)     # retention alpha (float32)
     np.testing.assert_allclose(lif.r * DT / lif.tau, 1.0, rtol=1e-12)  # input gain 1
     assert np.all(lif.v_threshold == np.float32(0.4)) and np.all(lif.v_leak == 0) and np.all(lif.v_reset == 0)
@@ -184,7 +189,8 @@ def bidl_models():
                               **with_norm_state_off(BACKBONES.get("SeqClif3Flif2DgItout"))))
     res_kw = dict(type="ResNetLifItout", depth=10, nclass=10, timestep=4, input_channels=2, stem_channels=8,
                   base_channels=8, low_resolut=True, soma_params="channel_share", down_t=[1, "avg"],
-                  input_size=[16, 16])
+                  h=16, w=16, norm=dict(mean=[0.2, 0.1], std=[0.5, 2.0]),   # BIDL's input normalisation
+                  **with_norm_state_off(BACKBONES.get("ResNetLifItout")))
     res = build_backbone(res_kw)
     torch.manual_seed(4)
     conv_kw = with_norm_state_off(Conv2dLif, soma_params="channel_share")
@@ -207,6 +213,9 @@ def test_from_nir_of_to_nir_gives_the_models_outputs(name, tmp_path):
     activate(net)
     graph = to_nir(net, dt=1e-3, in_shape=shape)
     kinds = {type(n).__name__ for n in graph.nodes.values()}
+    lifs = sorted(k for k, n in graph.nodes.items() if type(n).__name__ in ("LIF", "IF"))
+    cells = sorted(p for p, m in net.named_modules() if type(m).__name__ == "Lif")
+    assert lifs == cells, "one NIR neuron per LIF cell, named by its module path"
     assert "LIF" in kinds and not kinds - {"Input", "Output", "Conv2d", "LIF", "IF", "AvgPool2d", "Flatten",
                                            "Affine", "Linear", "I"}
     path = tmp_path / f"{name}.nir"
@@ -216,7 +225,9 @@ def test_from_nir_of_to_nir_gives_the_models_outputs(name, tmp_path):
     x = spikes(6 if name.startswith("conv") else net.timestep, 2, shape)
     with torch.no_grad():
         ref, ref_state = net.run(x)
-        got, _ = back.run(x)
+        got, got_state = back.run(x)
+    # the imported model's LIF state has the original's names (NIR's v is taken before the leak)
+    assert {k for k in ref_state if k.endswith(".lif.v")} == {k for k in got_state if k.endswith(".lif.v")}
     active = [k for k, v in ref_state.items() if k.endswith(".v") and v.abs().sum() > 0]
     assert len(active) >= 3, "activated weights must drive the LIF layers"
     diff = (got - ref).abs().max().item()
@@ -226,9 +237,9 @@ def test_from_nir_of_to_nir_gives_the_models_outputs(name, tmp_path):
 
 
 def test_bidl_lif_mapping_equations():
-    soma = Lif1d(3, soma_params=dict(share="channel_share", alpha=0.25, theta=0.75, v0=-0.5))
+    soma = Lif1d(3, soma_params=dict(share="channel_share", alpha=0.25, theta=0.75, v_0=-0.5))
     with torch.no_grad():
-        soma.alpha.copy_(torch.tensor([0.0, 0.25, 0.9]))
+        soma.lif.alpha.copy_(torch.tensor([[0.0, 0.25, 0.9]]))   # BIDL's channel_share shape [1, C]
     g = to_nir(soma, dt=0.01, in_shape=(3,))
     lif = [n for n in g.nodes.values() if type(n).__name__ == "LIF"][0]
     alpha = np.array([0.0, 0.25, 0.9], np.float32).astype(np.float64)
@@ -243,29 +254,47 @@ def test_bidl_lif_mapping_equations():
 
 
 def refusal_cases():
-    conv_kw = with_norm_state_off(Conv2dLif)
+    """id -> (model, per-step input shape, what the message must say, the module path it must name)."""
+    lifplus = [0, False, 0, 0, 0, 1]
+    seq = lambda *kv: TemporalSequential(list(kv))  # noqa: E731
     cases = {
-        "max pooling": (build_backbone(dict(type="SeqClif3Fc3DmItout", timestep=2, c0=2, h0=16, w0=16)), None),
-        "BatchNorm on the membrane state": (TemporalSequential([("c", Conv2dLif(2, 4, 3, 1, 1, norm_state=True))]),
-                                            (2, 8, 8)),
-        "outputs the membrane": (TemporalSequential([("f", FcLif(4, 3, mode="analog", **with_norm_state_off(FcLif)))]),
-                                 (4,)),
-        "lifplus neuron": (TemporalSequential([("c", Conv2dLif(2, 4, 3, 1, 1, neuron="lifplus",
-                                                               neuron_config=[0, False, 0, 0, 0, 1], **conv_kw))]),
-                           (2, 8, 8)),
-        "beta=0.1": (TemporalSequential([("l", Lif1d(4, soma_params=dict(beta=0.1)))]), (4,)),
-        "activation function": (TemporalSequential([("fc", nn.Linear(4, 3)), ("act", nn.ReLU())]), (4,)),
+        "max pooling after the layer": (
+            build_backbone(dict(type="SeqClif3Fc3DmItout", timestep=2, c0=2, h0=16, w0=16, norm_state=False)),
+            None, "max pooling", "mp1"),
+        "max pooling inside the layer (mp=True)": (
+            seq(("c", Conv2dLif(2, 4, 3, 1, 1, mp=True, norm_state=False))), (2, 8, 8), "max pooling", "c.pool"),
+        "BIDL's default Conv2dLif (BN on the state)": (
+            seq(("c", Conv2dLif(2, 4, 3, 1, 1))), (2, 8, 8), "BatchNorm on the membrane state", "c.lif"),
+        "BIDL's default FcLif (BN on the state)": (
+            seq(("f", FcLif(4, 3))), (4,), "BatchNorm on the membrane state", "f.lif"),
+        "BIDL's default backbone": (
+            build_backbone(dict(type="SeqClif3Flif2DgItout", timestep=2, c0=2, h0=16, w0=16)), None,
+            "BatchNorm on the membrane state", "clif1.lif"),
+        "analog output": (
+            seq(("f", FcLif(4, 3, mode="analog", norm_state=False))), (4,), "outputs the membrane", "f.lif"),
+        "LIF+ (documented form)": (
+            seq(("c", Conv2dLifPlus(2, 4, 3, 1, 1, norm_state=False, neuron_config=lifplus))), (2, 8, 8),
+            "lifplus neuron", "c.lifplus"),
+        "LIF+ (BIDL's form)": (
+            seq(("f", FcLifPlus(4, 3, norm_state=False, neuron_config=lifplus, lifplus_form="bidl"))), (4,),
+            "lifplus neuron", "f.lifplus"),
+        "beta != 0": (seq(("l", Lif1d(4, soma_params=dict(beta=0.1)))), (4,), "beta=0.1", "l.lif"),
+        "activation function": (seq(("fc", nn.Linear(4, 3)), ("act", nn.ReLU())), (4,), "activation function", "act"),
+        "ceil-mode downsample that rounds up": (
+            build_backbone(dict(type="ResNetLifItout", depth=10, nclass=3, input_channels=2, stem_channels=4,
+                                base_channels=4, low_resolut=True, down_t=[1, "avg"], h=18, w=18)),
+            None, "ceil_mode=True", "layer3.0.downsample.0"),
     }
     return cases
 
 
-@pytest.mark.parametrize("what", list(refusal_cases()))
-def test_to_nir_refuses_what_nir_cannot_express(what):
-    model, shape = refusal_cases()[what]
+@pytest.mark.parametrize("case", list(refusal_cases()))
+def test_to_nir_refuses_what_nir_cannot_express(case):
+    model, shape, what, where = refusal_cases()[case]
     with pytest.raises(NirExportError) as e:
         to_nir(model, dt=1e-3, in_shape=shape)
     msg = str(e.value)
-    assert what in msg and "\n" not in msg and msg.startswith("to_nir: ")
+    assert what in msg and f"at {where!r}" in msg and "\n" not in msg and msg.startswith("to_nir: ")
 
 
 # ------------------------------------------------------------------------------ hand-built graphs
@@ -330,12 +359,33 @@ def test_branches_sum_and_subgraphs_inline():
                             ("lif", "output")], type_check=False)
     model = from_nir(g, dt=1e-4)
     # the branch (a | sub) -> li stays in one block; li and lif are cut points after it
-    assert model.n_blocks == 2 and set(model.blocks[0].nir_names.values()) == {"a", "sub.s", "li"}
+    assert model.n_blocks == 2 and set(model.block(0).nir_names.values()) == {"a", "sub.s", "li"}
+    assert model.layout[1] == (("a", "sub.s", "li"), ("lif",))
+    assert isinstance(model.sub.s, type(model.a)), "the inlined subgraph's node is the nested module sub.s"
     with torch.no_grad():
         y, st = model.run(torch.ones(3, 1, 1))
     # li: a = 0, gain 1: v = 2x + 3x = 5 each step; lif: U = 0.5 v + 5 -> 5, 7.5, 8.75 (no spike)
-    np.testing.assert_allclose(st["block1.lif.v"].item(), 8.75)
+    np.testing.assert_allclose(st["lif.v"].item(), 8.75)
+    assert set(st) == {"li.v", "lif.v", "tempAdd"}
     assert y.sum() == 0
+
+
+def test_node_names_that_cannot_be_module_paths():
+    """Names that clash with the backbone's attributes, dotted prefixes of other names, or odd
+    characters get flat names; to_nir gives the original names back."""
+    scale = lambda v: nir.Scale(scale=one(v))  # noqa: E731
+    names = ["acc", "run", "x.y", "x", "a b", "a_b", "5"]
+    seq = ["input", *names, "output"]
+    g = nir.NIRGraph(nodes={"input": nir.Input(input_type=np.array([1])), "output": nir.Output(output_type=np.array([1])),
+                            **{n: scale(2.0 + i) for i, n in enumerate(names)}},
+                     edges=list(zip(seq, seq[1:])), type_check=False)
+    model = from_nir(g, dt=1.0)
+    assert model.nir_names == {"acc_1": "acc", "run_1": "run", "x_y": "x.y", "x": "x", "a_b": "a b",
+                               "a_b_1": "a_b", "5": "5"}
+    with torch.no_grad():
+        assert model.run(torch.ones(1, 1, 1))[0].item() == np.prod([2.0 + i for i in range(len(names))])
+    again = to_nir(model, dt=1.0)
+    assert set(again.nodes) == set(g.nodes) and sorted(again.edges) == sorted(g.edges)
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -387,24 +437,20 @@ def test_nir_model_splits_into_segments_and_time_slices():
                 ys.append(y)
             h = torch.cat(ys)
     assert torch.equal(h, whole)
+    # the state is named by the NIR nodes, which are the ResNet's module paths; the ResNet's
+    # accumulator is the I node "acc" (renamed: the backbone's own accumulator is acc), its "tempAdd"
+    # is the NIR model's (pick) accumulator
+    with torch.no_grad():
+        names = set(model.run(x)[1])
+        ref_names = set(net.run(x)[1])
+    assert names == ref_names | {"acc_1.v"}
     specs = model.segment(k, model.n_blocks).specs(batch=1)
-    assert specs.state and all(s.name.startswith(("block", "acc.")) for s in specs.state)
+    assert specs.state and {s.name for s in specs.state} < names
 
 
-def test_nir_config_compiles_into_grid_artifacts(tmp_path):
-    from compile import compile_config, load_artifact
-    net, shape = bidl_models()["conv-avgpool-IF-stack"]
-    activate(net)
-    path = tmp_path / "stack.nir"
-    nir.write(str(path), to_nir(net, dt=1e-3, in_shape=shape))
-    cfg = tmp_path / "nirstack.py"
-    cfg.write_text("import bidl_models.nir  # registers the NirGraph backbone\n"
-                   f"model = dict(type='ImageClassifier', backbone=dict(type='NirGraph', graph={str(path)!r}, "
-                   "timestep=4))\n")
-    cm = compile_config(str(cfg), grid="2x2", out=tmp_path / "art", progress=False, verbose=False, use_dataset=False)
-    assert cm.n_segments == 2 and all(r.verify_max_abs_diff is not None and r.verify_max_abs_diff <= 1e-6
-                                       for r in cm.records)
-    x = spikes(4, 1, shape)
+def run_grid(cm, x):
+    """Artifacts cell by cell: time slices down each column with the state carried, columns in turn."""
+    from compile import load_artifact
     h = x
     for s in range(cm.n_segments):
         outs, state, t = [], None, 0
@@ -414,5 +460,39 @@ def test_nir_config_compiles_into_grid_artifacts(tmp_path):
             outs.append(y)
             t += art.chunk_len
         h = torch.cat(outs)
+    return h
+
+
+def test_nir_config_compiles_into_grid_artifacts(tmp_path):
+    from bidl_models.config import load_config
+    from compile import ArtifactError, compile_config
+    from compile.build import model_sha256
+    net, shape = bidl_models()["conv-avgpool-IF-stack"]
+    activate(net)
+    path = tmp_path / "stack.nir"
+    nir.write(str(path), to_nir(net, dt=1e-3, in_shape=shape))
+    cfg = tmp_path / "nirstack.py"
+    cfg.write_text(f"model = dict(type='ImageClassifier', backbone=dict(type='NirGraph', graph={str(path)!r}, "
+                   "timestep=4))\n")   # no import: NirGraph is registered with the other backbones
+    compile_kw = dict(grid="2x2", out=tmp_path / "art", progress=False, verbose=False, use_dataset=False)
+    cm = compile_config(str(cfg), **compile_kw)
+    assert cm.n_segments == 2 and all(r.verify_max_abs_diff is not None and r.verify_max_abs_diff <= 1e-6
+                                       for r in cm.records)
+    x = spikes(4, 1, shape)
     with torch.no_grad():
-        torch.testing.assert_close(h, net.run(x)[0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(run_grid(cm, x), net.run(x)[0], rtol=0, atol=1e-5)
+
+    # the compile cache key hashes the graph file's content: the same path with other weights is
+    # another model, not a cache hit on the stale artifacts
+    key0 = model_sha256(load_config(str(cfg)))
+    with torch.no_grad():
+        net.c1.p0.weight.mul_(-1.0)
+    nir.write(str(path), to_nir(net, dt=1e-3, in_shape=shape))
+    assert model_sha256(load_config(str(cfg))) != key0
+    with pytest.raises(ArtifactError, match="model_sha256"):
+        compile_config(str(cfg), **compile_kw)
+    cm = compile_config(str(cfg), force=True, **compile_kw)
+    assert all(r.cache == "miss" for r in cm.records)
+    with torch.no_grad():
+        want = net.run(x)[0]
+    assert (run_grid(cm, x) - want).abs().max() <= 1e-5

@@ -88,6 +88,22 @@ def test_eager_segment_export_matches_eager(compiled, tmp_path):
     assert set(diffs) == {"y", *(s.name for s in seg.specs(1, (2, 32, 32)).state)}
 
 
+@pytest.mark.parametrize("bb, state_key", [
+    # BIDL's default layouts: Conv2dLif and FcLif with BN on the membrane state
+    (dict(type="SeqClif3Flif2DgItout", h=16, w=16, timestep=3), "flif1.lif.v"),
+    # LIF+ in BIDL's form (COBA, reversal voltage, RR, EXI, SBT), analog output
+    (dict(type="SeqClif3Fc3DmItout", h=16, w=16, timestep=3, neuron="lifplus", cmode="analog",
+          neuron_config=[2, True, 2, 1, 2, 0], lifplus_form="bidl"), "clif2.lifplus.r_m1"),
+], ids=["bn-on-state", "lifplus-bidl"])
+def test_bidl_layouts_export_and_match(bb, state_key, tmp_path):
+    from bidl_models import build_backbone
+    net = activate(build_backbone(bb)).eval()
+    seg = net.segment(1, net.n_blocks)
+    path = export_segment(seg, tmp_path / "seg.onnx", chunk_len=2, batch=1, in_shape=seg.input_shape())
+    diffs = check_onnx(path, seg, chunks=3, batch=2)
+    assert state_key in diffs and max(diffs.values()) <= TOL, diffs
+
+
 def test_uint8_input_artifact(compiled):
     cm = compile_config(str(compiled.cfg), str(compiled.ckpt), rows=1, input_dtype="uint8",
                         out=compiled.root / "u8", progress=False, verbose=False, use_dataset=False)
@@ -125,7 +141,6 @@ def test_refusals_name_the_problem(tmp_path):
 def test_nir_graph_to_grid_artifact_to_onnx(tmp_path):
     """A NIR graph compiled as a grid segment and exported to ONNX: the whole interop chain."""
     nir = pytest.importorskip("nir")
-    import bidl_models.nir  # noqa: F401 - registers the NirGraph backbone
     one = lambda v: np.full((6,), v)  # noqa: E731
     g = nir.NIRGraph(nodes={
         "input": nir.Input(input_type=np.array([4])),
@@ -139,10 +154,14 @@ def test_nir_graph_to_grid_artifact_to_onnx(tmp_path):
     path = tmp_path / "tiny.nir"
     nir.write(str(path), g)
     cfg = tmp_path / "tinynir.py"
-    cfg.write_text("import bidl_models.nir\n"
-                   f"model = dict(type='ImageClassifier', backbone=dict(type='NirGraph', graph={str(path)!r}, "
-                   "dt=1e-4, timestep=4))\n")
+    cfg.write_text(f"model = dict(type='ImageClassifier', backbone=dict(type='NirGraph', graph={str(path)!r}, "
+                   "dt=1e-4, timestep=4))\n")   # NirGraph is a registered backbone type: no import needed
     cm = compile_config(str(cfg), grid="1x2", out=tmp_path / "art", progress=False, verbose=False, use_dataset=False)
+    state_names = []
     for rec in cm.records:
         onnx_path = export_artifact(rec.path)
-        assert max(check_onnx(onnx_path, rec.path, chunks=2).values()) <= TOL
+        state_names += [i.name for i in onnx.load(str(onnx_path)).graph.input[1:]]
+        diffs = check_onnx(onnx_path, rec.path, chunks=2)
+        print(f"NIR model_{rec.segment}: onnxruntime vs artifact max|diff| {max(diffs.values()):.2e}")
+        assert max(diffs.values()) <= TOL
+    assert sorted(state_names) == ["li.v", "lif.v", "tempAdd"]   # the state is named by the NIR nodes

@@ -1,7 +1,13 @@
-"""Backbones, registered by BIDL's class names in :data:`bidl_models.registry.BACKBONES`."""
+"""Backbones, registered by BIDL's class names in :data:`bidl_models.registry.BACKBONES`.
+
+``NirGraph`` (a NIR graph file run as a backbone, :class:`bidl_models.nir.NirBackbone`) is
+registered here too, so configs can use it without importing :mod:`bidl_models.nir`; building one
+needs the ``nir`` extra.
+"""
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from pathlib import Path
+from typing import Any, Mapping, Optional
 
 from ..registry import BACKBONES
 from .base import KEY_ALIASES, Backbone, NeuronSpec, TemporalAccumulator, check_itout, seeded
@@ -12,7 +18,12 @@ from .sequential import (
 
 __all__ = ["Backbone", "SeqBackbone", "NeuronSpec", "TemporalAccumulator", "build_backbone", "backbone_kwargs",
            "ResNetLifItout", "SeqClif3Fc3DmItout", "SeqClif3Flif2DgItout", "SeqClif5Fc2CdItout",
-           "SeqClif7Fc1CdItout", "BACKBONES", "KEY_ALIASES", "check_itout", "mlp", "mlp_blocks"]
+           "SeqClif7Fc1CdItout", "BACKBONES", "KEY_ALIASES", "check_itout", "mlp", "mlp_blocks", "config_file_digests"]
+
+# NirGraph: bidl_models.nir imports only torch and numpy at module level (the ``nir`` package when a
+# graph is built), so this is safe without the extra; ``from ..`` also works when bidl_models.nir is
+# the module being imported first (it is then returned half-initialised and registers itself).
+from .. import nir as _nir  # noqa: E402,F401
 
 
 def backbone_kwargs(cfg: Mapping, where: str = "model.backbone") -> dict:
@@ -46,3 +57,22 @@ def build_backbone(cfg: Mapping, seed: Optional[int] = 0, where: str = "model.ba
     from ..segments import validate_splits
     (s, e), = validate_splits([split], net.n_blocks, full=False, names=[f"{where}.split"])
     return net.segment(s, e)
+
+
+def config_file_digests(cfg: Mapping) -> dict[str, str]:
+    """``{'model.backbone.graph': sha256, ...}``: the content hashes of the files the config's
+    backbones are built from (the keys a backbone class lists in ``config_files``, e.g. NirGraph's
+    ``graph``), for cache keys that must change when a file's content does while its path does not.
+    A missing file hashes as ``'missing'``; values that are not paths (an in-memory graph) are skipped."""
+    from ..checkpoint import file_sha256
+    out: dict[str, str] = {}
+    for key in sorted(k for k in cfg if k == "model" or (k.startswith("model_") and k[6:].isdigit())):
+        model = cfg[key]
+        bb = model.get("backbone") if isinstance(model, Mapping) else None
+        if not isinstance(bb, Mapping) or bb.get("type") not in BACKBONES:
+            continue
+        for name in getattr(BACKBONES.get(bb["type"]), "config_files", ()):
+            value: Any = bb.get(name)
+            if isinstance(value, (str, Path)):
+                out[f"{key}.backbone.{name}"] = file_sha256(value) if Path(value).is_file() else "missing"
+    return out
