@@ -18,7 +18,7 @@ literal, else a string; digits index lists).
 ``config_root`` directories given, then those in the ``BIDL_CONFIG_ROOT`` environment variable
 (``os.pathsep``-separated; e.g. a BIDL checkout, whose configs sit in
 ``applications/classification/<category>/<dataset>/<model>/``), then ``./configs`` and this
-project's ``configs/``.
+shipped ``bidl_models/configs/``.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ import types
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO_CONFIGS = Path(__file__).resolve().parent / "configs"   # shipped inside the package (wheel installs too)
 CONFIG_ROOT_ENV = "BIDL_CONFIG_ROOT"
 DATA_SPLITS = ("train", "val", "test", "test_gpu")
 _SUBST = re.compile(r"\{\{\s*(fileDirname|fileBasenameNoExtension|fileBasename|fileExtname)\s*\}\}")
@@ -98,7 +98,7 @@ def _unwrap(v: Any) -> Any:
 
 def config_roots(config_root: str | Path | Sequence[str | Path] | None = None) -> list[Path]:
     """Where bare config stems are searched, in order: ``config_root``, ``$BIDL_CONFIG_ROOT``,
-    ``./configs``, the project's ``configs/``."""
+    ``./configs``, the shipped ``bidl_models/configs/``."""
     if config_root is None:
         given: list = []
     elif isinstance(config_root, (str, Path)):

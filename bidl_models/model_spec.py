@@ -1,7 +1,7 @@
 """A model resolved once from a loaded config: what every later stage needs, built once, no Ray.
 
     cfg = load_config("clif3fc3dm_itout-b16x1-dvsglyphs")
-    spec = ModelSpec.from_config(cfg, columns=2, checkpoint="weights/clif3fc3dm_itout-b16x1-dvsglyphs.pth")
+    spec = ModelSpec.from_config(cfg, columns=2, checkpoint="bidl_models/weights/clif3fc3dm_itout-b16x1-dvsglyphs.pth")
     spec.T, spec.in_shape, spec.input_dtype       # 20, (2, 40, 40), 'float32'
     spec.splits, spec.split_source                 # ((0, 2), (2, 6)), 'auto split (flops)'
     spec.segments[1].run(h)                        # the weight-loaded segment modules (eval mode)

@@ -2,7 +2,7 @@
 import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = Path(__file__).resolve().parents[1] / "bidl_models" / "weights"   # shipped inside the package
 DEFAULT_CONFIG = "clif3fc3dm_itout-b16x1-dvsglyphs"   # SeqClif3Fc3DmItout, 2x40x40, T=20, generated DVS data
 FALLBACK_CONFIG = "clif3fc3dm_itout-b16x1-dvsmnist"
 
@@ -18,8 +18,8 @@ def default_config() -> str:
 
 
 def default_checkpoint(config_name: str) -> Path | None:
-    """Shipped weights for a config: ``weights/<config>.pth`` if present."""
-    p = REPO / "weights" / f"{config_name}.pth"
+    """Shipped weights for a config: ``bidl_models/weights/<config>.pth`` if present."""
+    p = WEIGHTS / f"{config_name}.pth"
     return p if p.is_file() else None
 
 

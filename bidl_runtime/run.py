@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: the config's lynxi_devices, else 1x1)")
     ap.add_argument("--config", default=None, help="config name or path (default: %(default)s -> the shipped "
                     "generated-DVS config)")
-    ap.add_argument("--checkpoint", default=None, help="weights (default: weights/<config>.pth if shipped, "
+    ap.add_argument("--checkpoint", default=None, help="weights (default: bidl_models/weights/<config>.pth if shipped, "
                     "else seeded initial weights)")
     ap.add_argument("--samples", type=int, default=64, help="samples to stream (default %(default)s)")
     ap.add_argument("--backend", default="cpu", choices=["cpu", "emulated", "cuda"])

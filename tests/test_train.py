@@ -22,7 +22,7 @@ from bidl_models.datasets import build_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = "clif3fc3dm_itout-b16x1-dvsglyphs"
-DEMO_WEIGHTS = REPO / "weights" / f"{DEMO_CONFIG}.pth"
+DEMO_WEIGHTS = REPO / "bidl_models" / "weights" / f"{DEMO_CONFIG}.pth"
 
 # DvsGlyphs at 24x24, T=6, digits 0 and 1 only (analog LIF output): 48 training samples, 6 iterations
 # of 8 per epoch, a few seconds on one core; this one epoch lowers the loss 0.700 -> 0.628 (measured).

@@ -1,6 +1,6 @@
 # SeqClif3Fc3DmItout on DvsGlyphs, the generated moving-digit DVS dataset (2x40x40, T=20, 10 classes):
 # needs no download. The default model of `python -m bidl_runtime.run`; its trained weights ship as
-# weights/clif3fc3dm_itout-b16x1-dvsglyphs.pth.
+# bidl_models/weights/clif3fc3dm_itout-b16x1-dvsglyphs.pth.
 _base_ = ['../_base_/default_runtime.py', '../_base_/schedule_sgd_cos.py']
 
 model = dict(
