@@ -4,7 +4,9 @@ Lifecycle: ``configure(spec)`` opens the device context and loads the program (o
 then per run ``open_inputs()`` creates the receiving ends of the cell's input edges,
 ``connect(...)`` attaches to the receivers of its output edges, ``loop()`` serves samples until a
 stop message and returns the cell's stats, ``reset()`` drops the channel ends (the program stays
-loaded, so a kept-alive grid runs again without loading anything).
+loaded, so a kept-alive grid runs again without loading anything). While the loop runs, ``ping()``
+answers the driver's heartbeat (progress, and how long the current chunk has been computing) and
+``abort()`` ends the loop within ``poll_s`` (the driver rewires a replica after a failure).
 
 Loop per sample: wait for the input chunk (the ``input`` edge from the driver for s = 0, else the
 ``activation`` edge from cell (g, s-1)) and for the ``state`` edge from cell (g-1, s) (zeros for
@@ -21,6 +23,7 @@ import time
 _IMPORT_STARTED = time.time()   # this module is imported when the actor's worker gets the cell class
 
 import os  # noqa: E402
+import signal  # noqa: E402
 import threading  # noqa: E402
 import traceback  # noqa: E402
 from dataclasses import dataclass
@@ -48,7 +51,7 @@ class CellSpec:
     inputs: tuple[Edge, ...]
     outputs: tuple[Edge, ...]
     config: RuntimeConfig
-    fault: Optional[tuple[str, int]] = None    # test hook: ('raise' | 'exit', sample id)
+    fault: Optional[tuple[str, int]] = None    # drill: (kind, sample id), kind in FAULTS
 
     @property
     def x_edge(self) -> Edge:
@@ -63,6 +66,20 @@ class CellError(RuntimeError):
     """A cell failed; the message names the cell."""
 
 
+class Aborted(Exception):
+    """The driver aborted the loop (to rewire the cell's replica)."""
+
+
+# fault drills (RuntimeConfig.faults, --inject-fault): what the cell does at the given sample
+FAULTS = {
+    "raise": "raise an exception in the loop",
+    "exit": "exit the process at once (like a crash or SIGKILL)",
+    "hang": "stop the process (SIGSTOP: frozen, silent)",
+    "stall": "block inside the chunk's compute (alive, answering pings, making no progress)",
+    "connect": "fail while connecting its output channels (a failed start-up)",
+}
+
+
 class Cell:
     """The actor body (wrapped with ``ray.remote`` by the driver or the pool)."""
 
@@ -72,6 +89,7 @@ class Cell:
         self.ctx = None
         self.spec: Optional[CellSpec] = None
         self._metrics: Optional[dict] = None
+        self._abort = threading.Event()
         self._timings = {"process_start": process_start_time(), "import_started": _IMPORT_STARTED,
                          "imported": _IMPORTED_AT, "ready": time.time()}
         if spec is not None:
@@ -92,6 +110,8 @@ class Cell:
         self._timings["load_s"] = time.perf_counter() - t
         self._timings["configured"] = time.time()
         self._timings["cpu_s"] = time.process_time()   # this process's CPU seconds so far (start-up cost)
+        self._timings["pid"] = os.getpid()
+        self._abort.clear()
         if cfg.metrics and self._metrics is None:
             self._metrics = self._make_metrics()
         self._fresh_counters()
@@ -104,6 +124,8 @@ class Cell:
         self._samples = 0
         self._bytes_reported = 0
         self._first: Optional[dict] = None   # perf_counter timeline of the first sample (latency analysis)
+        self._computing_since: Optional[float] = None   # perf_counter when the current chunk's compute began
+        self._last_sample: Any = None
 
     def describe(self) -> dict[str, Any]:
         """Which cell this actor is configured as (a process attaching to a kept-alive grid checks it)."""
@@ -120,13 +142,36 @@ class Cell:
 
     def connect(self, endpoints: dict[str, Any]) -> None:
         """Attach to the receivers of this cell's output edges (``{edge name: endpoint}``)."""
+        if self.spec.fault is not None and self.spec.fault[0] == "connect":
+            raise CellError(f"{self.name}: injected fault (connect)")
         for e in self.spec.outputs:
             self.senders[e.name] = attach_sender(endpoints[e.name])
 
-    def reset(self) -> None:
-        """Drop the channel ends and the counters of the last run; the program stays loaded."""
+    def reset(self, fresh: bool = True) -> None:
+        """Drop the channel ends (and, ``fresh``, the counters of the last run: a rewire in the middle
+        of a run keeps them); the program stays loaded."""
         self._close_channels()
-        self._fresh_counters()
+        self._abort.clear()
+        if fresh:
+            self._fresh_counters()
+
+    # ---------------------------------------------------------------- health (control plane)
+
+    def ping(self) -> dict[str, Any]:
+        """The heartbeat: samples done, the last one, seconds the current chunk has been computing
+        (None between chunks) and the median chunk time (the driver derives its deadlines from it)."""
+        since = self._computing_since
+        return {"pid": os.getpid(), "samples": self._samples, "last_sample": self._last_sample,
+                "computing_s": None if since is None else time.perf_counter() - since,
+                "chunk_ms": _median(self.clock.samples_ms)}
+
+    def abort(self) -> None:
+        """End the running loop at its next bounded wait (it returns its stats, marked aborted)."""
+        self._abort.set()
+
+    def _check_abort(self) -> None:
+        if self._abort.is_set():
+            raise Aborted
 
     # ------------------------------------------------------------------------------ data plane
 
@@ -135,20 +180,21 @@ class Cell:
         rx = self.receivers[edge.name]
         cfg = self.spec.config
         return patiently(lambda t: rx.recv(timeout=t), poll_s=cfg.poll_s, limit_s=cfg.idle_timeout_s,
-                         give_up=lambda s: CellError(f"{self.name}: no {edge.kind} input on {edge.name} for {s:.0f} s"))
+                         check=self._check_abort, give_up=lambda s: CellError(f"{self.name}: no {edge.kind} input on {edge.name} for {s:.0f} s"))
 
-    def _send(self, edge: Edge, tensors: Any, meta: dict) -> None:
-        """Send on an output edge, waiting for a credit as long as the receiver is alive (bounded
-        by the idle limit): a slow downstream cell is back-pressure, not an error."""
-        tx = self.senders[edge.name]
+    def _send(self, edge: Edge, tensors: Any, meta: dict, tx: Any) -> None:
+        """Send on an output edge's sender ``tx``, waiting for a credit as long as the receiver is alive
+        (bounded by the idle limit): a slow downstream cell is back-pressure, not an error."""
         cfg = self.spec.config
         patiently(lambda t: tx.send(tensors, meta, timeout=t), poll_s=cfg.poll_s, limit_s=cfg.idle_timeout_s,
-                  give_up=lambda s: CellError(f"{self.name}: {edge.kind} output {edge.name} blocked for {s:.0f} s"))
+                  check=self._check_abort, give_up=lambda s: CellError(f"{self.name}: {edge.kind} output {edge.name} blocked for {s:.0f} s"))
 
     def loop(self) -> dict[str, Any]:
-        """Serve samples until a stop message; returns this cell's stats."""
+        """Serve samples until a stop message (or ``abort()``); returns this cell's stats."""
         try:
             return self._loop()
+        except Aborted:
+            return dict(self.stats(), aborted=True)
         except CellError:
             raise
         except Exception as e:  # noqa: BLE001 - name the cell in whatever went wrong
@@ -158,7 +204,7 @@ class Cell:
     def _loop(self) -> dict[str, Any]:
         spec = self.spec
         zero = self.ctx.reset_state() if spec.state_edge is None else None
-        outbox = _Outbox(self.name, spec.config)
+        outbox = _Outbox(self.name, spec.config, self._check_abort)
         try:
             self._serve(spec, zero, outbox)
         finally:
@@ -189,15 +235,16 @@ class Cell:
             if mx.kind != "data" or (ms is not None and ms.kind != "data"):
                 raise CellError(f"{self.name}: unexpected message kind {mx.kind!r} / "
                                 f"{ms.kind if ms is not None else '-'!r}: {meta.get('error', '')}")
-            if spec.fault is not None and spec.fault[1] == meta.get("sample"):
-                self._inject(spec.fault[0])
             x = mx.tensors["x"]
             state = ms.tensors if ms is not None else zero
             ev0.record(self.ctx.stream)
             if not self._t_start:
                 self._t_start = time.perf_counter()  # busy % counts from the first compute
-            t_exec = time.perf_counter()
+            t_exec = self._computing_since = time.perf_counter()
+            if spec.fault is not None and spec.fault[1] == meta.get("sample"):
+                self._inject(spec.fault[0])
             y, new_state = self.ctx.execute(x, state)
+            self._computing_since = None
             ev1.record(self.ctx.stream)
             if self._first is None:
                 self._first = {"x_ready": t_x, "inputs_ready": t_in, "exec_start": t_exec,
@@ -211,27 +258,36 @@ class Cell:
         inputs (the outputs may be views of the input slots, e.g. the emulated backend hands the
         state through)."""
         payloads = {"state": lambda: new_state, "activation": lambda: {"x": y}, "result": lambda: {"y": y[-1]}}
+        senders = dict(self.senders)   # this wiring's: a job outliving an abort never reaches a rewired channel
 
         def job() -> None:
             out_meta = {"kind": "data", "sample": sample}
             for e in spec.outputs:
-                self._send(e, payloads[e.kind](), out_meta)
+                self._send(e, payloads[e.kind](), out_meta, senders[e.name])
             mx.release()
             if ms is not None:
                 ms.release()
             if self._samples == 0 and self._first is not None:
                 self._first["sent"] = time.perf_counter()
             self._samples += 1
+            self._last_sample = sample
             self._t_end = time.perf_counter()
             if self._metrics is not None:
                 self._record_metrics(ms_busy, steps)
         return job
 
     def _inject(self, what: str) -> None:
-        """Fault injection for tests and drills: raise, or kill this process."""
+        """Fault drills (see FAULTS), inside the chunk's compute."""
         if what == "exit":
             os._exit(17)
-        raise RuntimeError(f"injected fault ({what})")
+        if what == "hang":
+            os.kill(os.getpid(), signal.SIGSTOP)
+            return
+        if what == "stall":
+            while True:
+                time.sleep(3600)
+        if what == "raise":
+            raise RuntimeError(f"injected fault ({what})")
 
     # ---------------------------------------------------------------------------- observability
 
@@ -299,8 +355,8 @@ class _Outbox:
     """A thread that sends one sample's outputs while the cell computes the next chunk (depth 1:
     the cell waits before handing over a second job). Errors re-raise in the cell's loop."""
 
-    def __init__(self, name: str, config: RuntimeConfig) -> None:
-        self.name, self.config = name, config
+    def __init__(self, name: str, config: RuntimeConfig, check=None) -> None:
+        self.name, self.config, self.check = name, config, check
         self.q: Queue = Queue(maxsize=1)
         self.err: Optional[BaseException] = None
         self.idle = threading.Event()
@@ -329,7 +385,7 @@ class _Outbox:
     def flush(self) -> None:
         """Wait until the previous job is sent (its sends are bounded by the idle limit); re-raise its error."""
         patiently(lambda t: attempt(self.idle.wait(t)), poll_s=self.config.poll_s,
-                  limit_s=2 * self.config.idle_timeout_s,
+                  limit_s=2 * self.config.idle_timeout_s, check=self.check,
                   give_up=lambda s: CellError(f"{self.name}: outbox still sending after {s:.0f} s"))
         if self.err is not None:
             err, self.err = self.err, None

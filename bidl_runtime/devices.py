@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional, Sequence
 
@@ -58,6 +59,11 @@ class DeviceProfile:
     ref_fps: float = 28.8                      # the user guide's chip on ResNetLif50, 2x128x128
     ref_model: str = "ResNetLif50 2x128x128"
     ref_flops: Optional[float] = None          # computed on first use when None
+
+    def __post_init__(self) -> None:
+        import math
+        if not (isinstance(self.ref_fps, (int, float)) and math.isfinite(self.ref_fps) and self.ref_fps > 0):
+            raise ValueError(f"DeviceProfile.ref_fps={self.ref_fps!r}: expected a finite number of frames/s > 0")
 
     def seconds_per_step(self, flops: float) -> float:
         ref = self.ref_flops if self.ref_flops is not None else resnet50_step_flops()
@@ -199,10 +205,16 @@ class CudaContext(DeviceContext):
     backend = "cuda"
     torch_device = "cuda"
 
-    def __init__(self, device_id: int, threads: int = 1):
+    @staticmethod
+    def unusable() -> Optional[str]:
+        """Why this backend cannot run here (checked by the driver before anything starts)."""
         if not torch.cuda.is_available():
-            raise RuntimeError("backend 'cuda': no CUDA device is available to this process")
-        raise NotImplementedError("backend 'cuda' is not implemented yet; use 'cpu' or 'emulated'")
+            return ("no CUDA device is available to this process (torch.cuda.is_available() is False; this torch "
+                    f"is {torch.__version__})")
+        return "not implemented yet; use cpu or emulated"
+
+    def __init__(self, device_id: int, threads: int = 1):
+        raise RuntimeError(f"backend 'cuda': {self.unusable()}")
 
     def load(self, source) -> None:  # pragma: no cover - seam
         raise NotImplementedError
@@ -214,6 +226,14 @@ class CudaContext(DeviceContext):
 BACKENDS: dict[str, type[DeviceContext]] = {c.backend: c for c in (CpuContext, EmulatedContext, CudaContext)}
 
 
+def backend_problem(backend: str) -> Optional[str]:
+    """Why ``backend`` cannot run on this machine (None: it can); the driver asks before starting."""
+    if backend not in BACKENDS:
+        return f"expected one of {sorted(BACKENDS)}"
+    check = getattr(BACKENDS[backend], "unusable", None)
+    return check() if check is not None else None
+
+
 def open_context(backend: str, device_id: int, threads: int = 1) -> DeviceContext:
     """Open device ``device_id`` with the named backend."""
     if backend not in BACKENDS:
@@ -223,12 +243,15 @@ def open_context(backend: str, device_id: int, threads: int = 1) -> DeviceContex
 
 @dataclass
 class BusyClock:
-    """Accumulates device-busy time between event pairs."""
+    """Accumulates device-busy time between event pairs; keeps the last ``window`` chunk times (for
+    medians: a long stream does not grow the cell's memory)."""
 
     busy_s: float = 0.0
-    samples_ms: list[float] = field(default_factory=list)
+    window: int = 2048
+    samples_ms: deque = field(default_factory=deque)
 
     def add(self, ms: float) -> None:
         self.busy_s += ms / 1e3
-        if len(self.samples_ms) < 100_000:
-            self.samples_ms.append(ms)
+        self.samples_ms.append(ms)
+        if len(self.samples_ms) > self.window:
+            self.samples_ms.popleft()
