@@ -191,7 +191,7 @@ def test_journal_lets_a_rerun_skip_what_is_done(cluster, artifacts, tmp_path):
     assert report.resumed == len(done) and sorted(report.outputs) == list(range(n))
     assert report.verify["compared"] == n - len(done) == report.verify["equal"]
     assert {c["samples"] for c in report.cells} == {n - len(done)}, "the cells ran only what was not done"
-    ref = stream(cfg(T), items, grid=(1, 1), rcfg=RuntimeConfig(metrics=False), artifacts=artifacts)
+    ref = stream(cfg(T), items, grid=(2, 2), rcfg=RuntimeConfig(metrics=False), artifacts=artifacts)
     assert all(torch.equal(report.outputs[i], ref.outputs[i]) for i in range(n)), "journaled outputs are exact"
     with pytest.raises(ValueError, match="belongs to another run: data is"):
         Journal.open(path, dict(ident, data="another"))
