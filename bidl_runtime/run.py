@@ -252,6 +252,16 @@ def _main(args: argparse.Namespace) -> int:
         if args.keep_alive:
             _keep_alive(grid, url)
         return 0 if ok else 1
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM: say how far it got, then clean up below
+        clock.close()
+        s = grid.stream if grid is not None else None
+        if s is None:
+            raise
+        kept = (f"; {len(s.outputs)} recorded in {args.journal}: a rerun with --journal {args.journal} skips them"
+                if journal is not None else "; --journal FILE would let a rerun skip them")
+        print(f"\ninterrupted after {s.collected} sample(s) done, {s.inflight} in flight, "
+              f"{len(s.rejected)} rejected{kept}", file=sys.stderr)
+        return 130
     finally:
         clock.close()
         pool.shutdown(wait=True, cancel_futures=True)

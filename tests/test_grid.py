@@ -81,9 +81,10 @@ def test_bad_samples_are_rejected_and_the_stream_continues(cluster, artifacts):
 
 @pytest.mark.parametrize("fault, match", [("raise", "injected fault"), ("exit", "died")])
 def test_failing_cell_stops_the_run_naming_it(cluster, artifacts, fault, match):
+    """With no restarts allowed (``max_restarts=0``; test_restart.py covers restart and replay)."""
     t0 = time.perf_counter()
-    with pytest.raises(RunError, match=rf"cell\[1,0\]@dev2.*{match}"):
-        run(7, artifacts, (2, 2), faults={(0, 1, 0): (fault, 2)})
+    with pytest.raises(RunError, match=rf"cell\[1,0\]@dev2.*{match}.*--max-restarts 0"):
+        run(7, artifacts, (2, 2), faults={(0, 1, 0): (fault, 2)}, max_restarts=0)
     assert time.perf_counter() - t0 < 60
     assert not alive_cells(["cell[0,0]@dev0", "cell[0,1]@dev1", "cell[1,0]@dev2", "cell[1,1]@dev3"])
 
