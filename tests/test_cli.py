@@ -125,6 +125,19 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(artifacts, tmp_path):
         err = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.strip().startswith("error:")]
         assert r.returncode == 2 and len(err) == 1 and want in err[0], (args, r.stderr)
         assert "Traceback" not in r.stderr
+    import shutil
+
+    from compile.manifest import PROGRAM
+    if not list(Path(artifacts).rglob(PROGRAM)):   # run alone: compile the 2x2 artifacts first
+        assert run_cli("--grid", "2x2", "--samples", "1", "--artifacts", artifacts).returncode == 0
+    broken = tmp_path / "broken-artifacts"
+    shutil.copytree(artifacts, broken)
+    prog = sorted(broken.rglob(PROGRAM))[0]
+    prog.write_bytes(prog.read_bytes()[:100])
+    r = run_cli("--grid", "2x2", "--samples", "2", "--artifacts", str(broken))
+    err = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.strip().startswith("error:")]
+    assert r.returncode in (1, 2) and len(err) == 1 and str(prog.parent.name) in err[0], r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
     r = run_cli("--samples", "2", "--artifacts", artifacts, "--depth", "0", "--debug")
     assert r.returncode != 0 and "Traceback" in r.stderr and "ValueError: --depth 0" in r.stderr
 
@@ -132,7 +145,7 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(artifacts, tmp_path):
 def test_sigterm_stops_like_ctrl_c_and_cleans_up(artifacts):
     before = ray_processes()
     proc = subprocess.Popen([sys.executable, "-m", "bidl_runtime.run", "--grid", "2x2", "--samples", "100000",
-                             "--artifacts", artifacts], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             "--artifacts", artifacts, "--cfg-options", "data=None"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=ENV)
     try:
         lines = []
