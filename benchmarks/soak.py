@@ -130,9 +130,9 @@ def main(argv=None) -> int:
 
     cfg = load_config(default_config())
     layout = GridLayout.resolve(cfg, args.grid, 1)
-    rcfg = RuntimeConfig(metrics=False, threads_per_cell=default_threads(layout.n_cells))
-    start_local(num_cpus=os.cpu_count(), resources={"bidl_device": layout.max_device + 1}, include_dashboard=False,
-                log_to_driver=False, logging_level="WARNING", namespace="bidl-soak")
+    rcfg = RuntimeConfig(threads_per_cell=default_threads(layout.n_cells))   # as the CLI runs: metrics on
+    start_local(num_cpus=os.cpu_count(), resources={"bidl_device": layout.max_device + 1}, include_dashboard=True,
+                dashboard_host="127.0.0.1", log_to_driver=False, logging_level="WARNING", namespace="bidl-soak")
     try:
         _, arts = prepare(cfg, layout, rcfg, default_checkpoint(cfg.name), args.artifacts, verbose=False)
         plan = place(arts, Cluster.connect(), layout, transport=rcfg.transport)

@@ -343,6 +343,7 @@ class Grid:
             steps["wired"] = time.perf_counter()
         except Exception as e:  # noqa: BLE001 - a cell failed meanwhile: diagnose again
             raise _RewireFailed(_error_text(e)) from None
+        self.monitor.rewired()
         if self.stream is not None:
             self.stream.resume(k)
         now = time.perf_counter()

@@ -97,6 +97,10 @@ class Monitor:
     def result_arrived(self) -> None:
         self.progress_at = time.perf_counter()
 
+    def rewired(self) -> None:
+        """A replica was restarted: the stall clock starts over (the recovery itself made no results)."""
+        self.progress_at = time.perf_counter()
+
     def deadline(self, key: CellKey) -> float:
         """Seconds of silence, or inside one chunk, after which cell ``key`` is hung."""
         a = self.watch[key].answer

@@ -129,6 +129,8 @@ def test_chaos_kills_and_freezes_random_cells_nothing_lost_or_duplicated(cluster
     assert s["injected"] == 2 and s["survived"] == 2, s
     assert s["lost"] == 0 and s["duplicated"] == 0 and s["bit_exact"] == n, s
     assert_all_exact(report, n)
+    assert sorted(c["kind"] for r in report.restarts for c in r["cells"] if c["restarted"]) == ["died", "frozen"], \
+        report.restarts   # one restart per fault: none for a replica that only waited for its recovery
     kill, stop = s["faults"]
     assert kill["diagnosis"] == "died" and kill["streaming_again_after_s"] < 15, kill
     assert stop["diagnosis"] == "frozen" and stop["named_after_s"] < 10, stop
