@@ -51,6 +51,7 @@ class Journal:
                 if theirs.get(k) != ident.get(k):
                     raise ValueError(f"--journal {str(p)!r} belongs to another run: {k} is {theirs.get(k)!r} there, "
                                      f"{ident.get(k)!r} here; give a new file")
+            cut = False
             for n, line in enumerate(lines[1:], start=2):
                 try:
                     rec = json.loads(line)
@@ -58,9 +59,15 @@ class Journal:
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                     if n != len(lines):   # only the last line may be cut short (a crash while writing it)
                         raise ValueError(f"--journal {str(p)!r}: line {n} is damaged") from None
-            if lines[-1] and not p.read_bytes().endswith(b"\n"):
-                with p.open("a") as f:   # end the cut line, so the next record starts a line of its own
-                    f.write("\n")
+                    cut = True
+            if cut or not p.read_bytes().endswith(b"\n"):
+                data = p.read_bytes()   # drop the cut record, so the next one starts a line of its own
+                keep = data.rstrip(b"\n").rfind(b"\n") + 1 if cut else len(data)
+                with p.open("r+b") as f:
+                    f.truncate(keep)
+                    if not cut:
+                        f.seek(keep)
+                        f.write(b"\n")
             fh = p.open("a")
         else:
             p.parent.mkdir(parents=True, exist_ok=True)
