@@ -216,7 +216,7 @@ class Grid:
         cells = self.drain()
         checked = verifier.result() if verifier is not None else None
         return RunReport(plan=self.plan, backend=self.config.backend, transport=self.config.transport,
-                         outputs=stream.outputs, labels=stream.labels, rejected=stream.rejected,
+                         outputs=dict(sorted(stream.outputs.items())), labels=stream.labels, rejected=stream.rejected,
                          fed_at=stream.fed_at, done_at=stream.done_at, wall_s=wall, cells=cells,
                          driver_channels=self._driver_stats(), startup=self.clock.as_dict(), verify=checked,
                          restarts=list(self.restarts), resumed=stream.resumed)
