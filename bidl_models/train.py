@@ -59,7 +59,7 @@ from torch import nn
 
 from .checkpoint import checkpoint_format, load_weights, read_checkpoint, read_state_dict, strip_prefixes, to_project
 from .classifier import ImageClassifier, build_classifier
-from .config import Config, config_text, load_config
+from .config import Config, dump_config, load_config
 from .datasets import BaseDataset, build_dataset
 from .registry import check_kwargs
 from .sampler import EpochSampler, SeededSamples, rng_state, set_rng_state
@@ -414,7 +414,9 @@ class Trainer:
         self.rank0 = self.dist.rank == 0
         self.work_dir = Path(args.work_dir or cfg.get("work_dir") or Path("work_dirs") / cfg.name)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d_%H%M%S")
+        stamp = base = time.strftime("%Y%m%d_%H%M%S")
+        while any((self.work_dir / f"{stamp}{ext}").exists() for ext in (".log", ".log.json")):
+            stamp = f"{base}_{int(stamp[len(base) + 1:] or 0) + 1}"      # a second run in the same second
         self.log_path = setup_logging(self.work_dir, stamp, self.dist.rank)
         self.json_path = self.work_dir / f"{stamp}.log.json"
         self.json = JsonLog(self.json_path, enabled=self.rank0)
@@ -769,19 +771,16 @@ class Trainer:
             self.tb.flush()
 
     def write_run_info(self) -> None:
-        """The json log's first line (mmcv: the runner's meta) and the merged config in the work dir."""
+        """The merged config in the work dir, and the json log's first line (mmcv: the runner's meta) (rank 0)."""
+        if not self.rank0:
+            return
+        path = self.work_dir / f"{self.cfg.name}.py"
         try:
-            text = config_text(self.cfg, f"merged config of {self.cfg.filename or self.cfg.name}\n"
-                                         f"written by bidl_models.train at {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            text = dump_config(self.cfg, path, f"merged config of {self.cfg.filename or self.cfg.name}\nwritten by "
+                                               f"bidl_models.train at {time.strftime('%Y-%m-%d %H:%M:%S')}").read_text()
         except ValueError as e:
             log.warning("the merged config is not written to the work dir: %s", e)
             text = json.dumps(self.cfg.to_dict(), default=repr, indent=1)
-        else:
-            if self.rank0:
-                path = self.work_dir / f"{self.cfg.name}.py"
-                tmp = path.with_name(path.name + ".tmp")
-                tmp.write_text(text)
-                os.replace(tmp, path)
         self.json.write(dict(env_info=env_info(), seed=self.seed, exp_name=Path(self.cfg.filename or self.cfg.name).name,
                              config=text, config_name=self.cfg.name, work_dir=str(self.work_dir),
                              device=str(self.device), world_size=self.dist.world, iters_per_epoch=self.ipe,
