@@ -86,7 +86,8 @@ def main(argv=None) -> int:
 
     print(f"\n{cfg.name} on a {args.grid} grid: {n} samples in {wall:.1f} s "
           f"({report.samples_per_s:.1f} samples/s with {s['injected']} faults; {report.replayed} replayed)")
-    head = f"{'fault':<6}{'cell':<18}{'diagnosis':<11}{'named s':>9}{'rewired s':>11}{'streaming s':>13}{'replayed':>10}"
+    head = (f"{'fault':<6}{'cell':<18}{'diagnosis':<11}{'named s':>9}{'rewired s':>11}{'streaming s':>13}"
+            f"{'replayed':>10}")
     print(head + "\n" + "-" * len(head))
     for f in s["faults"]:
         def fmt(k):

@@ -180,14 +180,16 @@ class Cell:
         rx = self.receivers[edge.name]
         cfg = self.spec.config
         return patiently(lambda t: rx.recv(timeout=t), poll_s=cfg.poll_s, limit_s=cfg.idle_timeout_s,
-                         check=self._check_abort, give_up=lambda s: CellError(f"{self.name}: no {edge.kind} input on {edge.name} for {s:.0f} s"))
+                         check=self._check_abort,
+                         give_up=lambda s: CellError(f"{self.name}: no {edge.kind} input on {edge.name} for {s:.0f} s"))
 
     def _send(self, edge: Edge, tensors: Any, meta: dict, tx: Any) -> None:
         """Send on an output edge's sender ``tx``, waiting for a credit as long as the receiver is alive
         (bounded by the idle limit): a slow downstream cell is back-pressure, not an error."""
         cfg = self.spec.config
         patiently(lambda t: tx.send(tensors, meta, timeout=t), poll_s=cfg.poll_s, limit_s=cfg.idle_timeout_s,
-                  check=self._check_abort, give_up=lambda s: CellError(f"{self.name}: {edge.kind} output {edge.name} blocked for {s:.0f} s"))
+                  check=self._check_abort,
+                  give_up=lambda s: CellError(f"{self.name}: {edge.kind} output {edge.name} blocked for {s:.0f} s"))
 
     def loop(self) -> dict[str, Any]:
         """Serve samples until a stop message (or ``abort()``); returns this cell's stats."""

@@ -1,6 +1,5 @@
 """The Ray-free parts of restart, replay and clean failure: the journal file, sample and label admission,
 the as-you-go verifier, the hang deadline, the restart limit, fault drills' parsing and one-line errors."""
-import json
 import signal
 
 import pytest
