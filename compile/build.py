@@ -387,11 +387,11 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
     if not slices or any(t < 1 for t in slices) or sum(slices) != spec.T:
         raise ValueError(f"slices={list(slices)}: expected positive time-slice lengths summing to T={spec.T}")
     opts = options
-    log = _QuietLog(_logger(opts.verbose))   # lines held back until something is built
+    seeded = (f"WARNING: no checkpoint: compiling DETERMINISTIC SEEDED INITIAL WEIGHTS (seed={spec.seed}) of "
+              f"{spec.name}, not a trained model") if spec.checkpoint is None else None
+    # lines held back until something is built (the seeded-weights warning with them, on stderr)
+    log = _QuietLog(_logger(opts.verbose), warn=seeded)
     dev = torch.device(opts.device)
-    if spec.checkpoint is None:
-        print(f"WARNING: no checkpoint: compiling DETERMINISTIC SEEDED INITIAL WEIGHTS (seed={spec.seed}) of "
-              f"{spec.name}, not a trained model", file=sys.stderr, flush=True)
     lens = sorted(set(slices), reverse=True)
     root = opts.root / spec.name
     for s in spec.segments:
@@ -423,7 +423,8 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
 
     from tqdm import tqdm
     jobs = [(i, L) for i in range(spec.n_segments) for L in lens]
-    bar = tqdm(jobs, desc=f"compile {spec.name}", unit="artifact", disable=not opts.progress, file=sys.stderr)
+    bar = tqdm(jobs, desc=f"compile {spec.name}", unit="artifact", disable=not opts.progress, file=sys.stderr,
+               delay=0.5)   # a cached check takes milliseconds: no bar for it
     for i, L in bar:
         t0 = time.perf_counter()
         dtype_i = spec.input_dtype if i == 0 else "float32"
@@ -455,8 +456,11 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
     if log.quiet:                      # all reused, nothing verified or added: one line, no table
         bar.leave = False
         bar.close()
-        log.emit(result.summary_line() + (f"; weights seeded:{spec.seed}, NOT a trained checkpoint"
-                                          if spec.checkpoint is None else ""))
+        if opts.verbose:
+            log.emit(result.summary_line() + (f"; weights seeded:{spec.seed}, NOT a trained checkpoint"
+                                              if spec.checkpoint is None else ""))
+        elif seeded:
+            _warn(seeded)
         return result
     bar.close()
     log("\n" + result.table())
@@ -507,8 +511,9 @@ class _QuietLog:
     prints one summary line); the first artifact that needs work (``loud()``) prints them and
     everything after as it comes."""
 
-    def __init__(self, emit: Callable[[str], None]):
+    def __init__(self, emit: Callable[[str], None], warn: Optional[str] = None):
         self.emit = emit
+        self.warn = warn               # printed on stderr when the log turns loud
         self.quiet = True
         self.held: list[str] = []
 
@@ -521,9 +526,15 @@ class _QuietLog:
     def loud(self) -> None:
         if self.quiet:
             self.quiet = False
+            if self.warn:
+                _warn(self.warn)
             for msg in self.held:
                 self.emit(msg)
             self.held = []
+
+
+def _warn(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def _logger(verbose: bool) -> Callable[[str], None]:
