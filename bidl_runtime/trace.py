@@ -23,6 +23,8 @@ says which nodes were mapped that way.
 
 In the trace, each cell is one process track (named like the actor, sorted replica, row, column;
 its node and OS pid in its labels) with threads ``loop`` and ``outbox``; the driver is the first.
+Every span's ``args`` hold its ``sample`` and, on a cell's track, the cell's ``replica``, ``row``
+and ``col``.
 """
 from __future__ import annotations
 
@@ -98,7 +100,7 @@ def build_trace(plan: Any, cells: Iterable[dict], fed_at: dict[int, float], done
     wall, mono = clock_anchor()
     perf_to_mono = mono - time.perf_counter_ns()      # the driver's perf_counter -> its monotonic clock
     cells = sorted((c for c in cells if c.get("trace")), key=lambda c: (c["replica"], c["row"], c["col"]))
-    spans: list[tuple[int, int, str, int, int, Any]] = []     # (pid, tid, name, t0, t1, sample)
+    spans: list[tuple[int, int, str, int, int, dict]] = []    # (pid, tid, name, t0, t1, args)
     meta: list[dict] = [_meta(0, "process_name", {"name": "driver"}), _meta(0, "process_sort_index", {"sort_index": 0}),
                         _meta(0, "process_labels", {"labels": f"node {driver_node or '?'}, pid {os.getpid()}"})]
     meta += [_meta(0, "thread_name", {"name": n}, tid) for tid, n in DRIVER_THREADS.items()]
@@ -116,8 +118,9 @@ def build_trace(plan: Any, cells: Iterable[dict], fed_at: dict[int, float], done
                                                          f"replica {c['replica']} row {c['row']} col {c['col']} "
                                                          f"device {c['device']}"})]
         meta += [_meta(pid, "thread_name", {"name": n}, tid) for tid, n in THREADS.items()]
+        where = {"replica": c["replica"], "row": c["row"], "col": c["col"]}
         for tid, name, t0, t1, sample in tr["spans"]:
-            spans.append((pid, tid, name, t0 + shift, t1 + shift, sample))
+            spans.append((pid, tid, name, t0 + shift, t1 + shift, {"sample": sample, **where}))
         if tr.get("dropped"):
             dropped[c["cell"]] = tr["dropped"]
     fed = {i: int(t * 1e9) + perf_to_mono for i, t in fed_at.items()}
@@ -125,14 +128,14 @@ def build_trace(plan: Any, cells: Iterable[dict], fed_at: dict[int, float], done
     prev = None
     for i in sorted(done, key=done.get):
         start = max(fed.get(i, done[i]), prev if prev is not None else fed.get(i, done[i]))
-        spans.append((0, 1, "result", start, done[i], i))
+        spans.append((0, 1, "result", start, done[i], {"sample": i}))
         prev = done[i]
     times = [s[3] for s in spans] + list(fed.values())
     t0 = min(times) if times else mono
     events: list[dict] = []
-    for pid, tid, name, a, b, sample in spans:
+    for pid, tid, name, a, b, args in spans:
         events.append({"name": name, "cat": category(name) if pid else "driver", "ph": "X", "ts": _us(a, t0),
-                       "dur": round(max(0, b - a) / 1e3, 3), "pid": pid, "tid": tid, "args": {"sample": sample}})
+                       "dur": round(max(0, b - a) / 1e3, 3), "pid": pid, "tid": tid, "args": args})
     for i, t in fed.items():
         events.append({"name": "feed", "cat": "driver", "ph": "i", "s": "t", "ts": _us(t, t0), "pid": 0, "tid": 0,
                        "args": {"sample": i}})

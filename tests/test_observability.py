@@ -65,6 +65,20 @@ def test_install_dashboard_copies_into_rays_folder(tmp_path, monkeypatch):
     assert out == tmp_path / "bidl_grid.json" and json.loads(out.read_text())["uid"] == bm.DASHBOARD_UID
 
 
+def test_metrics_cli_lists_the_exported_names(capsys):
+    assert bm.main([]) == 0
+    out = capsys.readouterr().out
+    assert "labels: cell, replica, row, col, device, config" in out
+    for m in bm.METRICS:
+        assert m.exported in out
+    assert bm.main(["--install-dashboard", "/nonexistent/dir"]) == 2
+
+
+def test_trace_events_must_be_positive():
+    with pytest.raises(ValueError, match="trace_events=0: expected a positive int"):
+        RuntimeConfig(trace_events=0)
+
+
 def test_trace_buffer_keeps_the_first_quarter_and_the_latest():
     buf = bt.TraceBuffer(8)
     for i in range(20):
@@ -157,7 +171,13 @@ def test_trace_is_chrome_format_with_one_track_per_cell(runs):
         for tid in (bt.LOOP, bt.OUTBOX):                                    # each thread's spans never overlap
             xs = sorted((e for e in tracks[c.name] if e["tid"] == tid), key=lambda e: e["ts"])
             assert all(b["ts"] >= a["ts"] + a["dur"] - 0.01 for a, b in zip(xs, xs[1:]))
-        assert sorted(e["args"]["sample"] for e in tracks[c.name] if e["name"] == "compute") == list(range(N))
+        computes = [e for e in tracks[c.name] if e["name"] == "compute"]
+        assert sorted(e["args"]["sample"] for e in computes) == list(range(N))     # one per sample, each once
+        for e in tracks[c.name]:
+            assert (e["args"]["replica"], e["args"]["row"], e["args"]["col"]) == (c.replica, c.row, c.col), e
+        sends = {(e["name"], e["args"]["sample"]) for e in tracks[c.name] if e["name"].startswith("send ")}
+        kinds = {f"send {e.kind}" for e in plan.outputs(c.key)}
+        assert sends == {(k, i) for k in kinds for i in range(N)}                 # every output edge, every sample
     feeds = [e for e in doc["traceEvents"] if e["ph"] == "i" and e["name"] == "feed"]
     assert sorted(e["args"]["sample"] for e in feeds) == list(range(N))
     assert info["events"] == len(timed) and info["dropped"] == 0
