@@ -47,6 +47,15 @@ def test_exported_names_follow_rays_rules():
     assert bm.LABELS == ("cell", "replica", "row", "col", "device", "config")
 
 
+def test_readme_names_the_exported_metrics_and_labels():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for m in bm.METRICS:
+        assert f"`{m.exported}" in readme, m.exported
+    for label in bm.LABELS:
+        assert f"`{label}`" in readme, label
+    assert "(`bidl_cell_frames`" not in readme and "bidl_runtime/grafana/bidl_grid.json" in readme
+
+
 def test_parse_prometheus_text():
     text = ('# HELP ray_bidl_cell_frames_total x\n# TYPE ray_bidl_cell_frames_total counter\n'
             'ray_bidl_cell_frames_total{Component="core_worker",cell="cell[0,1]@dev1",col="1",config="a",'
