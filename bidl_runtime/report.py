@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import torch
 from torch import Tensor
 
 from .plan import GridPlan
@@ -96,13 +97,17 @@ class RunReport:
 
     def accuracy_pct(self, k: int = 1) -> Optional[float]:
         """Top-``k`` accuracy in percent over the labelled samples with a result (None without
-        labels, or with fewer than ``k`` classes): the test CLI's ``accuracy_top-k``."""
-        done = [(self.outputs[i].reshape(-1, self.outputs[i].shape[-1])[0], lab)
-                for i, lab in self.labels.items() if i in self.outputs]
-        if not done or done[0][0].numel() < k:
+        labels, or for k > 1 with fewer than ``k`` classes): the test CLI's ``accuracy_top-k``,
+        computed by the same function (:func:`bidl_models.datasets.base.topk_accuracy`, ties as
+        ``torch.topk`` breaks them)."""
+        from bidl_models.datasets.base import topk_accuracy
+        done = sorted(i for i in self.labels if i in self.outputs)
+        if not done:
             return None
-        hits = sum(int(lab in y.topk(k).indices.tolist()) for y, lab in done)
-        return 100.0 * hits / len(done)
+        scores = torch.stack([self.outputs[i].reshape(-1, self.outputs[i].shape[-1])[0].float() for i in done])
+        if k > 1 and scores.shape[1] < k:
+            return None
+        return topk_accuracy(scores, torch.tensor([int(self.labels[i]) for i in done]), (k,))[f"accuracy_top-{k}"]
 
     def accuracies(self) -> dict[str, float]:
         """``{'accuracy_top-1': percent, 'accuracy_top-5': percent}`` (the keys that apply)."""
