@@ -243,7 +243,13 @@ def test_cell_metrics_are_exported_with_their_labels(runs):
     samples = {lab["cell"]: v for name, lab, v in got if name == "ray_bidl_cell_samples_total"}
     assert samples == {c.name: 2 * N for c in plan.cells}
     sent = {lab["cell"]: v for name, lab, v in got if name == "ray_bidl_cell_bytes_sent_total"}
-    assert all(v > 0 for v in sent.values()) and len(sent) == len(plan.cells)
+    by_stats = {c.name: 0 for c in plan.cells}                  # both runs' channel stats, per sending cell
+    for rep in (runs["plain"], runs["traced"]):
+        for c in rep.cells:
+            by_stats[c["cell"]] += sum(ch["bytes"] for ch in c["channels_out"].values())
+    assert sent == by_stats and all(v > 0 for v in sent.values())
+    chunks = {lab["cell"]: v for name, lab, v in got if name == "ray_bidl_cell_chunk_ms_count"}
+    assert chunks == {c.name: 2 * N for c in plan.cells}
 
 
 # ------------------------------------------------------------------------------ the CLI
