@@ -32,7 +32,8 @@ class RuntimeConfig:
     hang_floor_s: float = 5.0            # a cell silent (ping unanswered) or in one chunk for max(hang_floor_s,
     hang_factor: float = 4.0             # hang_factor x its measured chunk time) is frozen / stuck
     max_restarts: int = 3                # per cell; past that the run stops naming it (0: never restart)
-    metrics: bool = True                 # export Ray metrics from every cell
+    metrics: bool = True                 # export Ray metrics from every cell (bidl_runtime.metrics)
+    trace_events: int = 20_000           # spans each cell keeps when a run is traced (the first quarter, then the latest)
     profile: DeviceProfile = field(default_factory=DeviceProfile)   # emulated backend's device speed
     faults: dict = field(default_factory=dict)   # drills: {(replica, row, col): (kind, sample)}, see cell.FAULTS
     channel_secret: Optional[str] = field(default=None, repr=False)  # keys the channel handshakes; None: a Grid makes one
@@ -46,7 +47,7 @@ class RuntimeConfig:
             raise ValueError(f"max_restarts={self.max_restarts!r}: expected an int >= 0")
         if not (isinstance(self.hang_factor, (int, float)) and 1 <= self.hang_factor < float("inf")):
             raise ValueError(f"hang_factor={self.hang_factor!r}: expected a finite number >= 1")
-        for name in ("depth", "batch", "threads_per_cell"):
+        for name in ("depth", "batch", "threads_per_cell", "trace_events"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}={v!r}: expected a positive int")

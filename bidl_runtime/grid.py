@@ -25,10 +25,12 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, TypeVar
 
 from torch import Tensor
 
+from . import trace as tracing
 from .cell import CellSpec
 from .channels import ChannelError, attach_sender, create_receiver, new_secret, sweep_stale
 from .config import RuntimeConfig
@@ -86,13 +88,15 @@ class Grid:
         self._faults_fired: set[CellKey] = set()         # drills fire once: a restarted cell runs clean
         self._t_run = time.perf_counter()
         self._last_check = 0.0
+        self.trace_events = 0                            # > 0: the cells trace this run (see bidl_runtime.trace)
 
     # ---------------------------------------------------------------------------------- set-up
 
     def spec_of(self, key: CellKey) -> CellSpec:
         """What cell ``key`` is told: its plan entry, its edges, the tunables (and its drill, once)."""
         fault = None if key in self._faults_fired else self.config.faults.get(key)
-        return CellSpec(self.plan.cell(*key), self.plan.inputs(key), self.plan.outputs(key), self.config, fault)
+        return CellSpec(self.plan.cell(*key), self.plan.inputs(key), self.plan.outputs(key), self.config, fault,
+                        config_name=self.plan.config)
 
     def start(self) -> "Grid":
         """Get an actor per cell and load its program (once; runs reuse them)."""
@@ -171,7 +175,7 @@ class Grid:
             if e.replica in replicas:
                 self.feeds[(e.replica, e.dst[1])] = attach_sender(endpoints[e.name])
         for c in cells:
-            self.loops[self.actors[c.key].loop.remote()] = c
+            self.loops[self.actors[c.key].loop.remote(self.trace_events)] = c
             self.monitor.track(c.key)
 
     def _stop_loops(self, replicas: set[int]) -> None:
@@ -188,11 +192,13 @@ class Grid:
     # ------------------------------------------------------------------------------------ run
 
     def run(self, samples: Iterable, *, total: Optional[int] = None, progress: bool = True,
-            verify: bool = False, journal: Any = None) -> RunReport:
+            verify: bool = False, journal: Any = None, trace: Optional[str | Path] = None) -> RunReport:
         """Stream ``samples`` (tensors ``[T, C, H, W]``, or ``(tensor, label)``) through the grid and
         drain it. ``verify``: compare every output, as it arrives, with the single-device run of the
         same artifacts; ``journal`` (:class:`bidl_runtime.journal.Journal`): skip the samples it
-        holds, record each new result in it."""
+        holds, record each new result in it; ``trace``: write the run's Chrome trace there (and its
+        PNG timeline beside it)."""
+        self.trace_events = self.config.trace_events if trace is not None else 0
         self.start()
         self.monitor = Monitor(self)
         self.restarts = []
@@ -214,12 +220,13 @@ class Grid:
                 bar.close()
         wall = time.perf_counter() - t0
         cells = self.drain()
+        traced = tracing.write_run(trace, self.plan, cells, stream.fed_at, stream.done_at) if trace else None
         checked = verifier.result() if verifier is not None else None
         return RunReport(plan=self.plan, backend=self.config.backend, transport=self.config.transport,
                          outputs=dict(sorted(stream.outputs.items())), labels=stream.labels, rejected=stream.rejected,
                          fed_at=stream.fed_at, done_at=stream.done_at, wall_s=wall, cells=cells,
                          driver_channels=self._driver_stats(), startup=self.clock.as_dict(), verify=checked,
-                         restarts=list(self.restarts), resumed=stream.resumed)
+                         restarts=list(self.restarts), resumed=stream.resumed, trace=traced)
 
     def _driver_stats(self) -> dict:
         return {"channels_out": {f"feed{k}": s.stats.snapshot() for k, s in self.feeds.items()},
