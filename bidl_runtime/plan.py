@@ -8,7 +8,8 @@ Edges, per replica:
 
 - ``input``: driver -> (g, 0), slice g of the sample;
 - ``activation``: (g, s-1) -> (g, s), the per-step outputs of segment s-1 over slice g (a layout of
-  one or more tensors);
+  one or more tensors: with a cut inside a residual block, the main activation and the block's skip,
+  see :mod:`bidl_models.cuts`);
 - ``state``: (g-1, s) -> (g, s), segment s's membrane potentials and accumulator after slice g-1;
 - ``result``: (R-1, C-1) -> driver, the last step's output of the last segment.
 
@@ -39,6 +40,13 @@ class Program:
     x: TensorSpec                        # chunk input [t, B, ...]
     y: TensorSpec                        # chunk output [t, B, ...]
     state: tuple[TensorSpec, ...]        # the segment's state tensors
+    carry_in: tuple[TensorSpec, ...] = ()    # chunks that travel with x across a cut inside a block (skip, ...)
+    carry_out: tuple[TensorSpec, ...] = ()   # chunks that travel with y
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """The layout of the chunk input: x and its carry."""
+        return (self.x, *self.carry_in)
 
 
 def cell_name(replica: int, row: int, col: int, device: int) -> str:
@@ -137,7 +145,8 @@ class GridPlan:
         lines += [head, "-" * len(head)]
         for c in self.cells:
             steps = f"{c.t0}..{c.t0 + c.chunk_len - 1}"
-            blocks = f"{c.split[0]}..{c.split[1] - 1}"
+            inner = not all(isinstance(v, int) for v in c.split)
+            blocks = f"[{c.split[0]}, {c.split[1]})" if inner else f"{c.split[0]}..{c.split[1] - 1}"
             lines.append(f"{c.name:<24} {c.replica:>7} {c.row:>4} {c.col:>4} {c.device:>6} {steps:>9} "
                          f"{blocks:>9}  {c.node}")
         head = f"{'edge':<28} {'kind':<10} {'from':<22} {'to':<22} {'via':<4} {'bytes/msg':>10}  tensors"

@@ -40,23 +40,34 @@ def spikes(steps: int, batch: int, shape, seed: int = 1) -> torch.Tensor:
     return (torch.rand((steps, batch, *shape), generator=g) < 0.3).float()
 
 
+def steps(h, a: int, b: int):
+    """Steps [a, b) of an activation: a tensor, or x and its carry across a cut inside a block."""
+    return tuple(t[a:b] for t in h) if isinstance(h, tuple) else h[a:b]
+
+
+def cat(outs: list):
+    """Chunks of an activation joined along time."""
+    return tuple(torch.cat(z) for z in zip(*outs)) if isinstance(outs[0], tuple) else torch.cat(outs)
+
+
 def run_grid(cm: CompiledModel, x: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
     """Run the artifacts as the grid does: per segment, time slices in row order with the state
-    handed from row to row; the per-step outputs of a segment feed the next one."""
+    handed from row to row; the per-step outputs of a segment (with their carry when it ends inside
+    a block) feed the next one."""
     h = x
     finals = []
     for s in range(cm.n_segments):
         outs, state, t = [], None, 0
         for g in range(cm.rows):
             art = load_artifact(cm.cell(g, s))
-            xin = h[t:t + art.chunk_len]
+            xin = steps(h, t, t + art.chunk_len)
             if art.input_dtype == "uint8":
                 xin = xin.to(torch.uint8)
             y, state = art.run(xin, state)
             outs.append(y)
             t += art.chunk_len
-        assert t == h.shape[0]
-        h = torch.cat(outs)
+        assert t == x.shape[0]
+        h = cat(outs)
         finals.append(state)
     return h, finals
 
@@ -70,10 +81,10 @@ def eager_grid(net: nn.Module, cm: CompiledModel, x: torch.Tensor) -> torch.Tens
         seg = net.segment(s, e)
         outs, state, t = [], None, 0
         for L in cm.row_chunks:
-            y, state = seg.run(h[t:t + L], state)
+            y, state = seg.run(steps(h, t, t + L), state)
             outs.append(y)
             t += L
-        h = torch.cat(outs)
+        h = cat(outs)
     return h
 
 
@@ -328,9 +339,12 @@ def test_artifact_api_and_input_checks(resnet3):
     assert [s.name for s in art.state_specs] == art.manifest.args[1:] == list(zero_state(art))
     assert art.state_names[0] == "lif.lif.v"
     x = spikes(2, 1, cm.in_shape)
-    y, *flat = art(x, *zero_state(art).values())
+    out = art(x, *zero_state(art).values())            # (y, *carry_out, *state): this auto split ends inside a block
     y2, named = art.run(x)                              # None: a fresh sample
-    assert torch.equal(y, y2) and all(torch.equal(a, b) for a, b in zip(flat, named.values()))
+    ys = y2 if isinstance(y2, tuple) else (y2,)
+    assert art.manifest.returns == ["y", *(c.name for c in art.carry_out), *art.state_names]
+    assert len(out) == len(ys) + len(named) and all(torch.equal(a, b) for a, b in zip(out, (*ys, *named.values())))
+    y, flat = out[0], list(named.values())
     assert tuple(y.shape) == (2,) + tuple(art.output_spec.shape)
     with pytest.raises(ValueError, match=r"input x has shape \[3, 1, 2, 32, 32\], expected \[2, 'B', 2, 32, 32\]"):
         art(spikes(3, 1, cm.in_shape), *flat)
