@@ -1,9 +1,11 @@
 """The scaling curve, measured through the real runtime, beside BIDL's published multi-device numbers.
 
     python benchmarks/fps_scaling.py [--backend emulated|cpu] [--devices 1,2,4,8,12,16,24]
-        [--T 48,240] [--model resnetlif50] [--samples N] [--out DIR]
+        [--T 48,240] [--model resnetlif50] [--modes time,time2seg,replicas] [--samples N] [--out DIR]
 
-For each device count n and each T: time-only grids (n x 1), time + 2-segment grids (n/2 x 2)
+For each device count n and each T: time-only grids (n x 1), time + 2-segment grids (n/2 x 2; the
+columns cut where their costs balance, inside a residual block if need be, see bidl_models.cuts;
+``--modes ...,time2seg_block`` adds the same grids cut at the best block boundary, BIDL's cut)
 and data-parallel replicas (n copies of 1x1). Per configuration: time-step frames/s and samples/s
 in steady state (results after the pipeline has filled: the first R + C - 1 results of a grid,
 the first n of n replicas, are skipped; the window is the rest), efficiency against n times the
@@ -40,7 +42,8 @@ MODELS = {
     "resnetlif18": ("resnetlif18-itout-b8x1-cifar10dvs", (2, 128, 128), []),
     "clif3fc3dm": ("clif3fc3dm_itout-b16x1-dvsglyphs", (2, 40, 40), ["data=None"]),
 }
-MODES = ("time", "time2seg", "replicas")
+MODES = ("time", "time2seg", "time2seg_block", "replicas")
+DEFAULT_MODES = ("time", "time2seg", "replicas")
 
 
 def published() -> dict[str, dict[int, float]]:
@@ -60,7 +63,7 @@ def grid_of(mode: str, n: int) -> Optional[tuple[tuple[int, int], int]]:
     """((rows, cols), replicas) of a mode at n devices, None where the mode does not apply."""
     if mode == "time":
         return (n, 1), 1
-    if mode == "time2seg":
+    if mode in ("time2seg", "time2seg_block"):
         return ((n // 2, 2), 1) if n >= 2 and n % 2 == 0 else None
     return (1, 1), n
 
@@ -101,6 +104,7 @@ def measure(plan, rcfg, pool, n_samples: int, x) -> dict[str, Any]:
         med = {(c["row"], c["col"]): c["step_ms_median"] / 1e3 for c in report.cells if c["replica"] == 0}
         chunk_s = {k: med[k] for k in med}
     minimum = critical_path_s(chunk_s, plan.rows, plan.cols)
+    per_step = [chunk_s[(0, s)] / plan.slices[0] for s in range(plan.cols)]
     first = report.latencies_s[min(report.latencies_s)]
     edges = report.edges()
     state_edges = [e for e in edges if e["edge"].endswith(":state")]
@@ -114,6 +118,7 @@ def measure(plan, rcfg, pool, n_samples: int, x) -> dict[str, Any]:
     return {
         "frames_per_s": sps * plan.T, "samples_per_s": sps, "window_results": count, "window_s": secs,
         "samples": report.samples, "wall_s": report.wall_s, "startup_s": report.startup_s,
+        "segment_step_ms": [1e3 * v for v in per_step],       # the columns' balance (emulated: their pace)
         "latency_first_ms": 1e3 * first, "latency_min_ms": 1e3 * minimum,
         "latency_over_min": first / minimum if minimum > 0 else None,
         "latency_p50_ms": report.latency_ms(0.5), "latency_p99_ms": report.latency_ms(0.99),
@@ -134,11 +139,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
 
     from bidl_models.config import load_config
-    from bidl_runtime.api import prepare
+    from bidl_models.model_spec import ModelSpec
+    from bidl_models.segments import auto_split
+    from bidl_runtime.api import build_artifacts, prepare
     from bidl_runtime.config import RuntimeConfig
     from bidl_runtime.defaults import default_threads
     from bidl_runtime.devices import DeviceProfile
-    from bidl_runtime.layout import GridLayout
+    from bidl_runtime.layout import GridLayout, time_slices
     from bidl_runtime.place import Cluster, place
     from bidl_runtime.pool import CellPool
 
@@ -181,8 +188,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             layout = GridLayout.resolve(cfg, (rows, cols), reps)
             threads = default_threads(layout.n_cells) if args.backend == "cpu" else 1
             rcfg = RuntimeConfig(backend=args.backend, metrics=False, threads_per_cell=threads,
-                                 profile=DeviceProfile(ref_fps=args.profile_fps))
-            _, arts = prepare(cfg, layout, rcfg, None, args.artifacts, verbose=False)
+                                 profile=DeviceProfile(ref_fps=args.profile_fps), start_timeout_s=args.start_timeout)
+            if mode == "time2seg_block":   # BIDL's cut: the best one at block boundaries, for comparison
+                spec = ModelSpec.from_config(cfg, columns=cols)
+                net = spec.segments[0].backbone
+                spec = ModelSpec.from_config(cfg, splits=auto_split(net, cols, spec.in_shape, granularity="block"))
+                arts = build_artifacts(spec, time_slices(spec.T, rows), rcfg, args.artifacts, verbose=False)
+            else:
+                _, arts = prepare(cfg, layout, rcfg, None, args.artifacts, verbose=False)
             plan = place(arts, cluster, layout)
             n_samples = args.samples or default_samples(rows, cols, reps, T)
             x = (torch.rand((T,) + shape, generator=torch.Generator().manual_seed(0)) < 0.2).float()
@@ -251,7 +264,7 @@ def plot(doc: dict[str, Any], path: Path) -> bool:
         ns = sorted({r["devices"] for r in rs})
         if base:
             ax.plot(ns, [n * base for n in ns], "k--", lw=1, label="ideal (n x our 1 device)")
-        for mode, style in (("time", "o-"), ("time2seg", "s-"), ("replicas", "^-")):
+        for mode, style in (("time", "o-"), ("time2seg", "s-"), ("time2seg_block", "d-"), ("replicas", "^-")):
             pts = sorted((r["devices"], r["frames_per_s"]) for r in rs if r["mode"] == mode)
             if pts:
                 ax.plot(*zip(*pts), style, label=f"ours: {mode}")
@@ -277,10 +290,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--T", default="48,240")
     ap.add_argument("--model", default=None, choices=sorted(MODELS),
                     help="default: resnetlif50 (emulated), clif3fc3dm (cpu)")
-    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                    help=f"some of {','.join(MODES)}; time2seg cuts the 2 columns where they balance (inside a "
+                         "residual block if need be), time2seg_block at the best block boundary (BIDL's cut)")
     ap.add_argument("--samples", type=int, default=None, help="samples per configuration (default: by grid)")
     ap.add_argument("--profile-fps", type=float, default=28.8, help="emulated device: frames/s on ResNetLif50")
     ap.add_argument("--artifacts", default="artifacts")
+    ap.add_argument("--start-timeout", type=float, default=600.0,
+                    help="seconds a grid's cells may take to start (24 cells on a busy 2-core machine: minutes)")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args(argv)
     args.model = args.model or ("resnetlif50" if args.backend == "emulated" else "clif3fc3dm")

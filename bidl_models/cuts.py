@@ -6,17 +6,20 @@ end). A residual block (``lif_last(main(x) + downsample(x))``, main = its units 
 conv2, ...``) may also be cut inside::
 
     'b.k'     inside block b, after its first k units (1 <= k <= number of units): the edge
-              carries (x = the k-th unit's output, skip = the block's input)
+              carries (x = the k-th unit's output, skip = the block's input after the
+              downsample's pooling, if any)
     'b.k:c'   as 'b.k', plus the first c output channels of unit k+1, a convolution
               (0 < c < its out channels): the edge carries (x, part = those c raw conv channels,
               skip); the next segment computes the other channels, joins them, then the BN
 
 so ResNet-50's block 7 (``layer3.0``: conv1, lif1, conv2, lif2, conv3) can be cut at ``'7.4'``
 (after lif2) or at ``'7.4:384'`` (and 384 of conv3's 1024 channels). The skip tensor travels as a
-second activation on the same edge; the block's downsample runs where its residual add does.
+second activation on the same edge; the downsample's 1x1 conv and BN run where the residual add does.
 Every position computes exactly the operations of the uncut block, in the same order, so segments
-equal the whole model bit for bit (a convolution cut between output channels computes each output
-channel with the same kernel call shape per channel; tests pin the equality on CPU).
+equal the whole model bit for bit on CPU. A convolution cut between output channels runs two narrower
+convolutions: bit for bit when both parts are multiples of 16 channels (the SIMD block of the CPU
+convolution kernels; :func:`~bidl_models.segments.auto_split` cuts only there), equal up to float
+rounding otherwise (a narrower kernel may sum in another order). Tests pin both on CPU.
 
 In configs and manifests a position is an ``int`` (block boundary, BIDL's meaning) or such a
 string; :class:`Cut` is its parsed form (ordered).

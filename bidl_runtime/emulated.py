@@ -33,7 +33,7 @@ class EmulatedSet:
     net: str
     T: int
     slices: tuple[int, ...]
-    splits: tuple[tuple[int, int], ...]
+    splits: tuple[tuple[int | str, int | str], ...]   # block indices or cuts inside blocks
     split_source: str
     batch: int
     sources: dict[tuple[int, int], EmulatedSource]

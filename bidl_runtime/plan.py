@@ -65,7 +65,7 @@ class CellPlan:
     node: str
     t0: int
     chunk_len: int
-    split: tuple[int, int]
+    split: tuple[int | str, int | str]     # block indices or cuts inside blocks (bidl_models.cuts)
     program: Optional[Program] = field(default=None, repr=False, compare=False)
 
     @property
@@ -105,7 +105,7 @@ class GridPlan:
     cols: int
     replicas: int
     slices: tuple[int, ...]
-    splits: tuple[tuple[int, int], ...]
+    splits: tuple[tuple[int | str, int | str], ...]
     devices: tuple[tuple[tuple[int, ...], ...], ...]   # [replica][row][col] -> device id
     cells: tuple[CellPlan, ...] = field(repr=False)
     edges: tuple[Edge, ...] = field(repr=False)
@@ -155,7 +155,8 @@ class GridPlan:
             tensors = ", ".join(f"{t.name}{list(t.shape)}" + ("" if t.dtype == "float32" else f":{t.dtype}")
                                 for t in e.layout)
             if len(tensors) > 60:
-                tensors = f"{len(e.layout)} tensors"
+                tensors = (f"{len(e.layout)} tensors" if e.kind == "state"   # an activation: its names
+                           else f"{len(e.layout)} tensors: " + ", ".join(t.name for t in e.layout))
             lines.append(f"{e.name:<28} {e.kind:<10} {self._end(e.src):<22} {self._end(e.dst):<22} "
                          f"{e.transport:<4} {e.nbytes:>10,}  {tensors}")
         return "\n".join(lines)

@@ -129,7 +129,7 @@ class Artifact:
         self.state_names: list[str] = manifest.state_names
         self.chunk_len: int = manifest.chunk_len
         self.segment_index: int = manifest.segment_index
-        self.split: tuple[int, int] = manifest.split
+        self.split: tuple[int | str, int | str] = manifest.split
         self.batch: int = manifest.batch.compiled
         self.dynamic_batch: bool = manifest.batch.dynamic and self.format != "torchscript"
         self.input_dtype: str = manifest.input_dtype

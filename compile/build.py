@@ -253,7 +253,7 @@ class ArtifactRecord:
     """One artifact of a compile: where it is, its manifest, and what this compile did with it."""
 
     segment: int
-    split: tuple[int, int]
+    split: tuple[int | str, int | str]
     chunk_len: int
     path: Path
     cache: str                      # 'hit' | 'miss' (built now)
@@ -289,7 +289,7 @@ class ArtifactSet:
     root: Path
     T: int
     slices: tuple[int, ...]
-    splits: list[tuple[int, int]]
+    splits: list[tuple[int | str, int | str]]
     batch: int
     input_dtype: str
     aot: bool
@@ -464,7 +464,7 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
 
 def compile_config(cfg: Config | str | Path, checkpoint: Optional[str | Path] = None, *,
                    grid: str | Sequence[int] | None = None, rows: Optional[int] = None,
-                   splits: Optional[Sequence[Sequence[int]]] = None, in_shape: Optional[Sequence[int]] = None,
+                   splits: Optional[Sequence[Sequence[int | str]]] = None, in_shape: Optional[Sequence[int]] = None,
                    input_dtype: str = "float32", seed: int = 0, overrides: Sequence[str] = (),
                    **options: Any) -> ArtifactSet:
     """Config in, artifacts out: ``load_config`` (if ``cfg`` is a name or path; ``overrides`` apply

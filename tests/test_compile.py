@@ -168,6 +168,38 @@ def test_three_segment_grid_equals_whole_model(resnet3):
         torch.testing.assert_close(merged[k], v, rtol=1e-5, atol=1e-5)
 
 
+def test_cuts_inside_blocks_compile_with_their_carry_in_the_manifest(workdir):
+    """A config whose model_0..2 are cut inside residual blocks ('1.2:8': block 1 after conv1 and
+    lif1, plus 8 of conv2's channels; '2.1': block 2 after conv1): each manifest names the tensors
+    that travel with x and y, the ABI takes and returns them, and the artifacts chain like the model."""
+    bb = dict(TINY["ResNetLifItout"][0], noise=0.0)
+    text = (f"_bb = {bb!r}\n"
+            "model_0 = dict(type='ImageClassifier', backbone=dict(_bb, split=[0, '1.2:8']))\n"
+            "model_1 = dict(type='ImageClassifier', backbone=dict(_bb, split=['1.2:8', '2.1']))\n"
+            "model_2 = dict(type='ImageClassifier', backbone=dict(_bb, split=['2.1', 4]))\n")
+    (workdir / "cut3.py").write_text(text)
+    net, ckpt = active_net(load_config(write_config(workdir / "cut_whole.py", bb)), workdir / "cut_whole.pth")
+    cm = compile_config(load_config(workdir / "cut3.py"), ckpt, grid="2x3", in_shape=(2, 32, 32),
+                        out=workdir / "cut3", progress=False, verbose=False)
+    assert cm.splits == [(0, "1.2:8"), ("1.2:8", "2.1"), ("2.1", 4)]
+    carry = {r.segment: ([c.name for c in r.manifest.carry_in], [c.name for c in r.manifest.carry_out])
+             for r in cm.records}
+    assert carry == {0: ([], ["part", "skip"]), 1: (["part", "skip"], ["skip"]), 2: (["skip"], [])}
+    for r in cm.records:
+        man = r.manifest
+        assert Manifest.from_dict(man.to_dict()) == man and man.split == cm.splits[r.segment]
+        assert man.args == ["x", *carry[r.segment][0], *man.state_names]
+        assert man.returns == ["y", *carry[r.segment][1], *man.state_names]
+        assert r.verify_max_abs_diff is not None and r.verify_max_abs_diff <= 1e-5
+    assert not cm.records[0].manifest.is_last and cm.records[-1].manifest.is_last
+    x = spikes(3, 1, cm.in_shape)
+    ref, _ = eager(net, x)
+    got, _ = run_grid(cm, x)
+    assert max_diff(got, eager_grid(net, cm, x)) <= TOL
+    close_to_whole(got, ref)
+    assert got[-1].std() > 0
+
+
 def test_two_segment_explicit_splits_equal_whole_model(workdir):
     """A config with model_0/model_1 (split) and a 3-row grid of chunk length 1, then 2 rows."""
     bb = dict(TINY["SeqClif3Fc3DmItout"][0])
@@ -350,8 +382,8 @@ def test_artifact_api_and_input_checks(resnet3):
         art(spikes(3, 1, cm.in_shape), *flat)
     with pytest.raises(ValueError, match="missing \\['lif.lif.v'\\]"):
         art.run(x, {k: v for k, v in named.items() if k != "lif.lif.v"})
-    with pytest.raises(ValueError, match="got 1 state tensors"):
-        art(x, flat[0])
+    with pytest.raises(ValueError, match=f"got {len(flat) + 1} state tensors"):
+        art(x, *flat, flat[0])
 
 
 def test_program_loads_without_model_source(resnet3, workdir):
@@ -523,13 +555,16 @@ def test_fast_form_equals_the_exported_program_and_is_checked(workdir):
         assert (r.path / FAST_PROGRAM).is_file()
         exported, fast = load_artifact(r.path), load_artifact(r.path, fast=True)
         assert exported.format == "torch.export" and fast.format == "torchscript" and not fast.dynamic_batch
-        x = spikes(3 * r.chunk_len, 1, exported.input_spec.shape[1:], seed=r.segment)
+        xs = tuple(spikes(3 * r.chunk_len, 1, t.shape[1:], seed=r.segment) for t in exported.manifest.inputs)
+        x = xs if len(xs) > 1 else xs[0]                  # x and its carry when the segment starts inside a block
         sa, sf = zero_state(exported), zero_state(fast)
         for c in range(3):
-            xc = x[c * r.chunk_len:(c + 1) * r.chunk_len]
+            xc = steps(x, c * r.chunk_len, (c + 1) * r.chunk_len)
             ya, sa = exported.run(xc, sa)
             yf, sf = fast.run(xc, sf)
-            assert torch.equal(ya, yf) and all(torch.equal(sa[k], sf[k]) for k in sa)
+            ya, yf = (ya, yf) if isinstance(ya, tuple) else ((ya,), (yf,))
+            assert len(ya) == len(yf) == 1 + len(exported.carry_out)
+            assert all(map(torch.equal, ya, yf)) and all(torch.equal(sa[k], sf[k]) for k in sa)
     code = textwrap.dedent(f"""
         import time; t = time.perf_counter()
         from compile.artifact import load_artifact

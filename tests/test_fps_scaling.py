@@ -52,3 +52,15 @@ def test_figures_come_from_measured_times(doc):
     two = next(r for r in d["results"] if r["mode"] == "time" and r["devices"] == 2)
     state = next(e for e in two["edges"] if e["edge"].endswith(":state"))
     assert state["bytes"] == 6 * 12_550_184  # ResNetLif50's real state, every sample, one hop
+
+
+def test_two_columns_are_cut_where_they_balance(doc):
+    """ResNetLif50's two columns are cut inside a residual block, and their paces (FLOP shares) agree
+    within 1 %; at block boundaries the best cut leaves 53.3 % / 46.7 %."""
+    d, _ = doc
+    two = next(r for r in d["results"] if r["mode"] == "time2seg")
+    (s0, e0), (s1, e1) = two["splits"]
+    assert s0 == 0 and e1 == 16 and e0 == s1 and isinstance(e0, str)
+    a, b = two["segment_step_ms"]
+    assert max(a, b) / min(a, b) <= 1.01
+    assert sum(two["segment_step_ms"]) == pytest.approx(1e3 / 300, rel=1e-6)
