@@ -178,7 +178,8 @@ def test_cuts_inside_blocks_compile_with_their_carry_in_the_manifest(workdir):
             "model_1 = dict(type='ImageClassifier', backbone=dict(_bb, split=['1.2:8', '2.1']))\n"
             "model_2 = dict(type='ImageClassifier', backbone=dict(_bb, split=['2.1', 4]))\n")
     (workdir / "cut3.py").write_text(text)
-    net, ckpt = active_net(load_config(write_config(workdir / "cut_whole.py", bb)), workdir / "cut_whole.pth")
+    whole = load_config(write_config(workdir / "cut_whole.py", bb, TINY["ResNetLifItout"][1]))
+    net, ckpt = active_net(whole, workdir / "cut_whole.pth")
     cm = compile_config(load_config(workdir / "cut3.py"), ckpt, grid="2x3", in_shape=(2, 32, 32),
                         out=workdir / "cut3", progress=False, verbose=False)
     assert cm.splits == [(0, "1.2:8"), ("1.2:8", "2.1"), ("2.1", 4)]
