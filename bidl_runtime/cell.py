@@ -9,8 +9,9 @@ answers the driver's heartbeat (progress, and how long the current chunk has bee
 ``abort()`` ends the loop within ``poll_s`` (the driver rewires a replica after a failure).
 
 Loop per sample: wait for the input chunk (the ``input`` edge from the driver for s = 0, else the
-``activation`` edge from cell (g, s-1)) and for the ``state`` edge from cell (g-1, s) (zeros for
-g = 0), run the chunk, hand the outputs to the outbox thread (``state`` to (g+1, s), ``activation``
+``activation`` edge from cell (g, s-1): one tensor, or the main activation and its carry -- the skip
+tensor -- when the columns are cut inside a residual block) and for the ``state`` edge from cell
+(g-1, s) (zeros for g = 0), run the chunk, hand the outputs to the outbox thread (``state`` to (g+1, s), ``activation``
 to (g, s+1), or the ``result`` to the driver; sent while the next chunk computes), then release
 the inputs (their slots' credits go back to the senders). Which edges exist is the plan's business:
 the cell only reads them. Cells hold no sample state between samples, so a restarted cell can
@@ -245,7 +246,7 @@ class Cell:
             if mx.kind != "data" or (ms is not None and ms.kind != "data"):
                 raise CellError(f"{self.name}: unexpected message kind {mx.kind!r} / "
                                 f"{ms.kind if ms is not None else '-'!r}: {meta.get('error', '')}")
-            x = mx.tensors["x"]
+            x = _activation(mx, x_edge)
             state = ms.tensors if ms is not None else zero
             ev0.record(self.ctx.stream)
             if not self._t_start:
@@ -264,7 +265,7 @@ class Cell:
             if tr is not None:
                 t_end = time.perf_counter()
                 _trace_chunk(tr, meta.get("sample"), t_w, t_x, t_in if state_edge is not None else None, t_exec, t_end)
-            outbox.put(self._deliver(spec, meta.get("sample"), y, new_state, mx, ms, ms_busy, x.shape[0], t_in - t_w))
+            outbox.put(self._deliver(spec, meta.get("sample"), y, new_state, mx, ms, ms_busy, _steps(x), t_in - t_w))
             if tr is not None and time.perf_counter() - t_end > 20e-6:
                 tr.add(LOOP, "wait outbox", t_end, time.perf_counter(), meta.get("sample"))
 
@@ -273,7 +274,7 @@ class Cell:
         """The outbox job of one sample: send its outputs on every output edge, then release its
         inputs (the outputs may be views of the input slots, e.g. the emulated backend hands the
         state through)."""
-        payloads = {"state": lambda: new_state, "activation": lambda: {"x": y}, "result": lambda: {"y": y[-1]}}
+        payloads = {"state": lambda e: new_state, "activation": lambda e: _named(e, y), "result": lambda e: {"y": y[-1]}}
         senders = dict(self.senders)   # this wiring's: a job outliving an abort never reaches a rewired channel
         tr = self._trace
 
@@ -281,7 +282,7 @@ class Cell:
             out_meta = {"kind": "data", "sample": sample}
             for e in spec.outputs:
                 t = time.perf_counter() if tr is not None else 0.0
-                self._send(e, payloads[e.kind](), out_meta, senders[e.name])
+                self._send(e, payloads[e.kind](e), out_meta, senders[e.name])
                 if tr is not None:
                     tr.add(OUTBOX, f"send {e.kind}", t, time.perf_counter(), sample)
             mx.release()
@@ -385,6 +386,27 @@ class _Outbox:
     def close(self) -> None:
         self.q.put(None)
         self.thread.join(timeout=max(1.0, 10 * self.config.poll_s))
+
+
+def _activation(msg: Any, edge: Edge) -> Any:
+    """The chunk input of a message: one tensor, or the tuple of x and its carry (a cut inside a block)
+    in the edge's layout order."""
+    if len(edge.layout) == 1:
+        return msg.tensors[edge.layout[0].name]
+    return tuple(msg.tensors[t.name] for t in edge.layout)
+
+
+def _named(edge: Edge, y: Any) -> dict[str, Any]:
+    """A segment's output (y, or y and its carry) by the names of the edge's layout, in order."""
+    ys = y if isinstance(y, (tuple, list)) else (y,)
+    if len(ys) != len(edge.layout):
+        raise CellError(f"{edge.name}: the segment returns {len(ys)} tensors, the edge carries {len(edge.layout)} "
+                        f"({[t.name for t in edge.layout]})")
+    return {t.name: v for t, v in zip(edge.layout, ys)}
+
+
+def _steps(x: Any) -> int:
+    return (x[0] if isinstance(x, (tuple, list)) else x).shape[0]
 
 
 def _cell_metrics(spec: CellSpec) -> Optional[CellMetrics]:

@@ -48,6 +48,8 @@ class EmulatedSource:
     output: TensorSpec                  # [t, B, ...] chunk output
     state: tuple[TensorSpec, ...]       # state tensors (batch included)
     seconds_per_step: float             # device time of one time step of this segment
+    carry_in: tuple[TensorSpec, ...] = ()    # [t, B, ...] with the input across a cut inside a block
+    carry_out: tuple[TensorSpec, ...] = ()   # [t, B, ...] with the output
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,8 @@ class DeviceContext(ABC):
 
     @abstractmethod
     def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """Run the loaded segment over one chunk ``x[t, B, ...]`` from ``state``."""
+        """Run the loaded segment over one chunk ``x[t, B, ...]`` from ``state``; ``x`` and the output
+        are tuples (x and its carry) for a segment cut inside a block."""
 
     def close(self) -> None:
         return None
@@ -178,25 +181,28 @@ class EmulatedContext(DeviceContext):
     def __init__(self, device_id: int, threads: int = 1):
         super().__init__(device_id, threads)
         self.seconds_per_step = 0.0
-        self._out: Optional[Tensor] = None
+        self._outs: tuple[Tensor, ...] = ()
 
     def load(self, source) -> None:
         if not isinstance(source, EmulatedSource):
             raise ValueError(f"emulated backend needs an EmulatedSource, got {type(source).__name__}")
         self.state_specs = tuple(source.state)
         self.seconds_per_step = float(source.seconds_per_step)
-        self._out = source.output.zeros()
+        self._outs = tuple(t.zeros() for t in (source.output, *source.carry_out))
         self.format = "emulated"
 
     def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         t0 = time.perf_counter()
-        deadline = t0 + x.shape[0] * self.seconds_per_step
+        t = (x[0] if isinstance(x, (tuple, list)) else x).shape[0]
+        deadline = t0 + t * self.seconds_per_step
         while True:
             left = deadline - time.perf_counter()
             if left <= 0:
                 break
             time.sleep(left)
-        return self._out[: x.shape[0]], state
+        if len(self._outs) == 1:
+            return self._outs[0][:t], state
+        return tuple(o[:t] for o in self._outs), state
 
 
 class CudaContext(DeviceContext):

@@ -55,7 +55,7 @@ class Reference:
                     for s in range(self.plan.cols):
                         art = arts[(s, t)]
                         if states[s] is None:
-                            states[s] = zero_state(art, h.shape[1])
+                            states[s] = zero_state(art, x.shape[1])   # h may be x and its carry (a cut in a block)
                         h, states[s] = art.run(h, states[s])
                     y = h
                     t0 += t

@@ -145,3 +145,26 @@ def test_idle_cells_block_instead_of_spinning(cluster, artifacts):
         g.close()
     # a blocked cell wakes 1/poll_s times a second (bounded waits); Ray's own threads add ~1 %
     assert max(used) < 0.03, f"idle cells used {[f'{100 * u:.1f}%' for u in used]} of a core"
+
+
+def test_columns_cut_inside_a_residual_block_equal_the_reference(cluster, artifacts):
+    """A tiny ResNet auto-split into 2 columns cuts inside a residual block: the activation edge carries
+    the block's skip (and the raw channels of a convolution cut between its output channels) as
+    further tensors, and the grid's outputs equal the single-device reference exactly."""
+    from bidl_models.config import load_config
+    from bidl_runtime.data import synthetic_samples
+    from conftest import TINY, active_net, write_config
+    backbone, inshape = TINY["ResNetLifItout"]
+    c = load_config(write_config(artifacts / "resnet_cut.py", dict(backbone, timestep=5, noise=0.0), inshape))
+    _, ckpt = active_net(c, artifacts / "resnet_cut.pth")
+    items = [(x, i) for i, x in enumerate(synthetic_samples(5, (2, 32, 32), N, 0, rate=0.4))]
+    report = stream(c, items, grid=(2, 2), rcfg=RuntimeConfig(metrics=False), checkpoint=ckpt,
+                    artifacts=artifacts / "resnet_cut", verify=True)
+    assert_exact(report)
+    split = report.plan.splits[0][1]
+    assert isinstance(split, str), f"expected a cut inside a block, got {report.plan.splits}"
+    edge = report.plan.edge("cell[1,1]@dev3:x")
+    names = [t.name for t in edge.layout]
+    assert names == (["x", "part", "skip"] if ":" in split else ["x", "skip"])
+    moved = {e["edge"]: e["bytes"] for e in report.edges()}
+    assert moved["cell[1,1]@dev3:x"] == N * edge.nbytes
