@@ -268,18 +268,15 @@ def plot_series(doc: dict[str, Any], T: int) -> dict[str, Any]:
     return {"devices": ns, "ours": ours, "published": published, "ideal": ideal}
 
 
-def plot(doc: dict[str, Any], path: Path) -> bool:
+def plot(doc: dict[str, Any], path: Path) -> None:
     """Per T: frames/s against devices on log2 axes (the ideal n x 1-device line straight and on top),
     and below it the efficiency (frames/s over n x the 1-device figure), published BIDL curves dotted
-    over the measured device range only. False when matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import (FixedLocator, LogLocator, MaxNLocator, NullLocator, PercentFormatter,
-                                       ScalarFormatter)
-    except ImportError:
-        return False
+    over the measured device range only."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import (FixedLocator, LogLocator, MaxNLocator, NullLocator, PercentFormatter,
+                                   ScalarFormatter)
     Ts = sorted({r["T"] for r in doc["results"]})
     fig, axes = plt.subplots(2, len(Ts), figsize=(6.5 * len(Ts), 7.5), squeeze=False, sharex="col",
                              gridspec_kw={"height_ratios": [2.2, 1]})
@@ -324,16 +321,30 @@ def plot(doc: dict[str, Any], path: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
+
+
+RESULT_KEYS = ("results", "baseline_frames_per_s", "model", "backend", "machine")
 
 
 def replot(json_path: Path) -> int:
-    """Redraw ``fps_scaling.png`` beside a results JSON, without measuring again."""
-    doc = json.loads(Path(json_path).read_text())
-    png = Path(json_path).with_suffix(".png")
-    if not plot(doc, png):
-        print("error: --replot needs matplotlib (pip install -e '.[bench]')", file=sys.stderr)
+    """Redraw the PNG beside a results JSON (``x.json`` -> ``x.png``), without measuring again.
+    Exit code 2 with one ``error:`` line for a missing, unreadable or foreign file."""
+    json_path = Path(json_path)
+    try:
+        doc = json.loads(json_path.read_text())
+    except FileNotFoundError:
+        print(f"error: --replot {str(json_path)!r}: no such file", file=sys.stderr)
         return 2
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        print(f"error: --replot {str(json_path)!r}: not JSON ({e})", file=sys.stderr)
+        return 2
+    missing = [k for k in RESULT_KEYS if not isinstance(doc, dict) or k not in doc]
+    if missing:
+        print(f"error: --replot {str(json_path)!r}: not an fps_scaling results file (missing "
+              f"{', '.join(missing)})", file=sys.stderr)
+        return 2
+    png = json_path.with_suffix(".png")
+    plot(doc, png)
     print(f"wrote {png}")
     return 0
 
@@ -367,9 +378,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(text)
     (out / "fps_scaling.json").write_text(json.dumps(doc, indent=1))
     (out / "fps_scaling.txt").write_text(text + "\n")
-    png = plot(doc, out / "fps_scaling.png")
-    print(f"wrote {out / 'fps_scaling.json'}, {out / 'fps_scaling.txt'}"
-          + (f", {out / 'fps_scaling.png'}" if png else " (no matplotlib: no plot)"))
+    plot(doc, out / "fps_scaling.png")
+    print(f"wrote {out / 'fps_scaling.json'}, {out / 'fps_scaling.txt'}, {out / 'fps_scaling.png'}")
     return 0
 
 

@@ -70,7 +70,8 @@ def test_plot_axes(fps, tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
     figs = []
     monkeypatch.setattr(plt, "close", lambda fig: figs.append(fig))
-    assert fps.plot(_doc(), tmp_path / "p.png") and (tmp_path / "p.png").stat().st_size > 10_000
+    fps.plot(_doc(), tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 10_000
     top, bottom = figs[0].axes
     assert top.get_xscale() == "log" and top.get_yscale() == "log" and bottom.get_xscale() == "log"
     assert list(top.get_xticks()) == [1, 2, 4]
@@ -93,3 +94,19 @@ def test_replot_from_json(tmp_path):
     assert (tmp_path / "fps_scaling.png").stat().st_size > 30_000
     assert "wrote" in r.stdout and sorted(p.name for p in tmp_path.iterdir()) == ["fps_scaling.json",
                                                                                    "fps_scaling.png"]
+
+
+@pytest.mark.parametrize("content, want", [
+    (None, "no such file"),
+    ("{not json", "not JSON"),
+    ('{"results": []}', "not an fps_scaling results file (missing baseline_frames_per_s, model, backend, machine)"),
+    ("[1, 2]", "not an fps_scaling results file (missing results,"),
+])
+def test_replot_bad_file_is_one_error_line(fps, tmp_path, capsys, content, want):
+    path = tmp_path / "r.json"
+    if content is not None:
+        path.write_text(content)
+    assert fps.main(["--replot", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: --replot {str(path)!r}: ") and want in err
+    assert not (tmp_path / "r.png").exists()
