@@ -8,7 +8,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/bidl-wheel-check.XXXXXX")
 [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
 CFG=clif3fc3dm_itout-b16x1-dvsglyphs
-say() { printf '\n== %s\n' "$*"; }
+say() { printf '\n== [%ss] %s\n' "$SECONDS" "$*"; }
 
 say "build the wheel"
 python -m pip wheel "$ROOT" --no-deps -w "$WORK/dist" -q
@@ -37,18 +37,29 @@ BIN="$WORK/venv/bin"
 say "imports come from the venv"
 "$VPY" -c "import bidl_models, sys; p = bidl_models.__file__; print(p); sys.exit(0 if p.startswith('$WORK/venv/') else 1)"
 
+say "every console script answers --help"
+for s in bidl-train bidl-test bidl-compile bidl-run bidl-plan; do
+    "$BIN/$s" --help > /dev/null || { echo "$s --help failed"; exit 1; }
+done
+
 say "bidl-plan --config $CFG --grid 3x2"
-"$BIN/bidl-plan" --config "$CFG" --grid 3x2 | head -3
+"$BIN/bidl-plan" --config "$CFG" --grid 3x2 > plan.txt
+head -3 plan.txt
+
+CKPT=$("$VPY" -c "from bidl_runtime.defaults import default_checkpoint; print(default_checkpoint('$CFG'))")
+case "$CKPT" in "$WORK/venv/"*) ;; *) echo "shipped weights not in the venv: $CKPT"; exit 1;; esac
 
 say "bidl-compile --config $CFG --grid 1x1 (demo weights from the package)"
-"$BIN/bidl-compile" --config "$CFG" --grid 1x1 --quiet \
-    --checkpoint "$("$VPY" -c "from bidl_runtime.defaults import default_checkpoint; print(default_checkpoint('$CFG'))")" \
-    --out "$WORK/outside/artifacts" | tail -3
+"$BIN/bidl-compile" --config "$CFG" --grid 1x1 --quiet --checkpoint "$CKPT" --out compiled | tail -2
 
-say "bidl-run --grid 1x1 --samples 2"
-"$BIN/bidl-run" --grid 1x1 --samples 2 --json run.json > run.log 2>&1 || { tail -40 run.log; exit 1; }
-grep -E '^(config|samples|accuracy|outputs equal)' run.log
-grep -q 'outputs equal reference: 2/2 samples bit-exact' run.log
+say "bidl-test --config $CFG (shipped weights, 16 samples)"
+"$BIN/bidl-test" --config "$CFG" --checkpoint "$CKPT" --limit 16 --no-progress --out test.json | tail -3
+"$VPY" -c "import json; print(str(json.load(open('test.json')))[:400])"
+
+say "the default job: bidl-run --grid 3x2"
+"$BIN/bidl-run" --grid 3x2 --json run.json > run.log 2>&1 || { tail -40 run.log; exit 1; }
+grep -E '^(config|samples|accuracy|outputs equal|start-up)' run.log
+grep -Eq '^outputs equal reference: ([0-9]+)/\1 samples bit-exact' run.log
 
 say "bidl-test exits 2 with one line on a config that does not exist"
 set +e
