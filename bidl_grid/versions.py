@@ -5,15 +5,15 @@
 imported, ``bidl_runtime`` checks Ray, and every console script checks both before it imports either,
 so an old release fails with one line naming what is needed instead of an AttributeError deep inside.
 
-Why these floors (see the README's install section):
+Why these floors (measured: see the README's install section):
 
-- torch 2.7: ``torch.export.Dim.AUTO`` (compile/build.py, compile/onnx_export.py) and the AOTInductor
-  packaging API ``torch._inductor.aoti_compile_and_package`` / ``aoti_load_package`` (``--aot``) first
-  shipped in 2.6, and ``torch.export.export`` traces non-strictly by default only from 2.7 (the
-  artifacts are exported with the default, the mode the suite checks bit for bit).
-- Ray 2.52: the first release with token authentication (``RAY_AUTH_MODE=token``,
-  ``ray._private.authentication.authentication_utils``, ``ray._raylet.AuthenticationTokenLoader``),
-  which the embedded cluster always turns on (bidl_runtime/cluster.py).
+- torch 2.10: the compile stage traces each exported program (``torch.export``, ``Dim.AUTO``) into the
+  TorchScript form the cells load (compile/build.py ``_add_fast``); on torch 2.7.0, 2.8.0 and 2.9.1 that
+  trace recurses without end (RecursionError in FakeTensor dispatch), so no artifact builds. 2.10.0 builds
+  and verifies them bit-exact.
+- Ray 2.53: token authentication (``RAY_AUTH_MODE=token``), always on in the embedded cluster, with
+  ``AuthenticationTokenLoader.has_token(ignore_auth_mode=...)`` (bidl_runtime/cluster.py), which Ray
+  2.52 lacks (TypeError: unauthenticated-client checks fail there).
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import sys
 from importlib import metadata
 from typing import Optional
 
-MIN_TORCH = (2, 7)
-MIN_RAY = (2, 52)
+MIN_TORCH = (2, 10)
+MIN_RAY = (2, 53)
 
 __all__ = ["MIN_TORCH", "MIN_RAY", "UnsupportedVersion", "parse", "installed", "require", "check_torch",
            "check_ray", "check_all"]
@@ -79,13 +79,13 @@ def require(name: str, version: Optional[str], minimum: tuple[int, ...], why: st
 def check_torch(version: Optional[str] = None) -> None:
     """torch >= MIN_TORCH (default: the installed or imported torch)."""
     require("torch", version if version is not None else installed("torch"), MIN_TORCH,
-            "torch.export Dim.AUTO, non-strict export by default, AOTInductor packages")
+            "exported programs traced into TorchScript, which recurses on older torch")
 
 
 def check_ray(version: Optional[str] = None) -> None:
     """ray >= MIN_RAY (default: the installed or imported Ray)."""
     require("ray", version if version is not None else installed("ray"), MIN_RAY,
-            "token authentication, RAY_AUTH_MODE=token")
+            "token authentication, RAY_AUTH_MODE=token, AuthenticationTokenLoader.has_token(ignore_auth_mode)")
 
 
 def check_all() -> None:

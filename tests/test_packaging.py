@@ -60,9 +60,9 @@ def test_check_torch_refuses_older_in_one_line():
 
 def test_check_ray_refuses_older_in_one_line():
     with pytest.raises(UnsupportedVersion) as e:
-        versions.check_ray("2.51.2")
+        versions.check_ray("2.52.1")
     msg = str(e.value)
-    assert "\n" not in msg and f"ray>={RAY_MIN}" in msg and "ray 2.51.2" in msg and "token" in msg
+    assert "\n" not in msg and f"ray>={RAY_MIN}" in msg and "ray 2.52.1" in msg and "token" in msg
     versions.check_ray(RAY_MIN + ".0")
     versions.check_ray("2.60.0")
 
@@ -74,10 +74,10 @@ def test_absent_or_unparsable_versions_pass():
 
 def test_installed_prefers_the_imported_module(monkeypatch):
     fake = type(sys)("torch")
-    fake.__version__ = "2.6.0"
+    fake.__version__ = "2.9.1"
     monkeypatch.setitem(sys.modules, "torch", fake)
-    assert versions.installed("torch") == "2.6.0"
-    with pytest.raises(UnsupportedVersion, match="torch 2.6.0"):
+    assert versions.installed("torch") == "2.9.1"
+    with pytest.raises(UnsupportedVersion, match="torch 2.9.1"):
         versions.check_torch()
 
 
@@ -96,9 +96,9 @@ def _import_with(module: str, fake: str, version: str) -> subprocess.CompletedPr
 
 
 @pytest.mark.parametrize("module, fake, version, want", [
-    ("bidl_models", "torch", "2.6.0", f"bidl-grid needs torch>={TORCH_MIN}"),
-    ("compile", "torch", "2.5.1", f"bidl-grid needs torch>={TORCH_MIN}"),
-    ("bidl_runtime", "ray", "2.51.0", f"bidl-grid needs ray>={RAY_MIN}"),
+    ("bidl_models", "torch", "2.9.1", f"bidl-grid needs torch>={TORCH_MIN}"),
+    ("compile", "torch", "2.8.0", f"bidl-grid needs torch>={TORCH_MIN}"),
+    ("bidl_runtime", "ray", "2.52.1", f"bidl-grid needs ray>={RAY_MIN}"),
 ])
 def test_import_refuses_an_old_release(module, fake, version, want):
     """Importing the package with an old torch / Ray fails at once with the one-line ImportError (the
@@ -166,7 +166,7 @@ def test_run_main_lets_bugs_raise(fake_tool):
 
 
 def test_run_main_refuses_old_versions_before_importing(monkeypatch, capsys):
-    monkeypatch.setattr(versions, "installed", lambda module, dist=None: {"torch": "2.13.0", "ray": "2.40.0"}[module])
+    monkeypatch.setattr(versions, "installed", lambda module, dist=None: {"torch": "2.13.0", "ray": "2.52.1"}[module])
     assert cli.run_main("no_such_module_would_fail_to_import", []) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: bidl-grid needs ray>={RAY_MIN}")
