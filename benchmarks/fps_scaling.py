@@ -2,6 +2,7 @@
 
     python benchmarks/fps_scaling.py [--backend emulated|cpu] [--devices 1,2,4,8,12,16,24]
         [--T 48,240] [--model resnetlif50] [--modes time,time2seg,replicas] [--samples N] [--out DIR]
+    python benchmarks/fps_scaling.py --replot benchmarks/results/fps_scaling.json
 
 For each device count n and each T: time-only grids (n x 1), time + 2-segment grids (n/2 x 2; the
 columns cut where their costs balance, inside a residual block if need be, see bidl_models.cuts;
@@ -16,7 +17,8 @@ per-edge copy time and bytes moved, per-cell busy %.
 ``emulated`` paces each cell to a device profile (default: the user guide's chip, 28.8 frames/s
 on ResNetLif50 2x128x128, segments paced by their FLOP share) while the real 12.55 MB state and
 the real activations move through the real channels; ``cpu`` computes for real (small models).
-Writes ``fps_scaling.json``, ``fps_scaling.png`` and ``fps_scaling.txt`` into ``--out``.
+Writes ``fps_scaling.json``, ``fps_scaling.png`` and ``fps_scaling.txt`` into ``--out``;
+``--replot results/fps_scaling.json`` redraws the PNG from a results file without measuring.
 """
 from __future__ import annotations
 
@@ -273,39 +275,117 @@ def table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(doc: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
+MODE_STYLE = {"time": ("o", "C0", "time slices (n x 1)"), "time2seg": ("s", "C1", "time x 2 segments (n/2 x 2)"),
+              "time2seg_block": ("d", "C3", "time x 2 segments, block cut (n/2 x 2)"),
+              "replicas": ("^", "C2", "replicas (n x 1x1)")}
+
+
+def plot_series(doc: dict[str, Any], T: int) -> dict[str, Any]:
+    """What the plot draws for one T, from a results document (no drawing):
+
+    ``ours[mode]`` and ``published[mode]``: ``(devices, frames_per_s, efficiency)`` lists, the published
+    curve kept only over the device range measured here (its efficiency against the published 1-device
+    figure); ``ideal``: ``(devices, n x our 1-device frames/s)`` over the measured device counts;
+    ``devices``: the measured device counts."""
+    rs = [r for r in doc["results"] if r["T"] == T]
+    ns = sorted({r["devices"] for r in rs})
+    base = doc["baseline_frames_per_s"].get(str(T))
+    ours = {}
+    for mode in MODE_STYLE:
+        pts = sorted((r["devices"], r["frames_per_s"], r["efficiency"]) for r in rs if r["mode"] == mode)
+        if pts:
+            ours[mode] = tuple(map(list, zip(*pts)))
+    pub = {k: {int(n): v for n, v in d.items()} for k, d in doc.get("published", {}).items()}
+    pub1 = pub.get(f"time_T{T}", {}).get(1)
+    published = {}
+    for mode in ("time", "time2seg"):
+        pts = sorted((n, v) for n, v in pub.get(f"{mode}_T{T}", {}).items() if ns and ns[0] <= n <= ns[-1])
+        if pts:
+            published[mode] = ([n for n, _ in pts], [v for _, v in pts],
+                               [v / (n * pub1) if pub1 else None for n, v in pts])
+    ideal = (ns, [n * base for n in ns]) if base else ([], [])
+    return {"devices": ns, "ours": ours, "published": published, "ideal": ideal}
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    """Per T: frames/s against devices on log2 axes (the ideal n x 1-device line straight and on top),
+    and below it the efficiency (frames/s over n x the 1-device figure), published BIDL curves dotted
+    over the measured device range only."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import (FixedLocator, LogLocator, MaxNLocator, NullLocator, PercentFormatter,
+                                   ScalarFormatter)
     Ts = sorted({r["T"] for r in doc["results"]})
-    fig, axes = plt.subplots(1, len(Ts), figsize=(6.5 * len(Ts), 5), squeeze=False)
-    pub = {k: {int(n): v for n, v in d.items()} for k, d in doc["published"].items()}
-    for ax, T in zip(axes[0], Ts):
-        rs = [r for r in doc["results"] if r["T"] == T]
-        base = doc["baseline_frames_per_s"].get(str(T))
-        ns = sorted({r["devices"] for r in rs})
-        if base:
-            ax.plot(ns, [n * base for n in ns], "k--", lw=1, label="ideal (n x our 1 device)")
-        for mode, style in (("time", "o-"), ("time2seg", "s-"), ("time2seg_block", "d-"), ("replicas", "^-")):
-            pts = sorted((r["devices"], r["frames_per_s"]) for r in rs if r["mode"] == mode)
-            if pts:
-                ax.plot(*zip(*pts), style, label=f"ours: {mode}")
-        for key, style in ((f"time_T{T}", "o:"), (f"time2seg_T{T}", "s:")):
-            if pub.get(key):
-                pts = sorted(pub[key].items())
-                ax.plot(*zip(*pts), style, alpha=0.6, label=f"published BIDL: {key.split('_')[0]}")
-        ax.set_title(f"T={T}, {doc['model']} ({doc['backend']})")
-        ax.set_xlabel("devices")
-        ax.set_ylabel("time-step frames/s")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    fig, axes = plt.subplots(2, len(Ts), figsize=(6.5 * len(Ts), 7.5), squeeze=False, sharex="col",
+                             gridspec_kw={"height_ratios": [2.2, 1]})
+    for col, T in enumerate(Ts):
+        top, bottom = axes[0][col], axes[1][col]
+        ser = plot_series(doc, T)
+        ns = ser["devices"]
+        effs = [1.0]
+        for mode, (dev, fps, eff) in ser["ours"].items():
+            marker, color, label = MODE_STYLE[mode]
+            top.plot(dev, fps, marker + "-", color=color, ms=5, lw=1.5, label=f"ours: {label}")
+            bottom.plot(dev, [100 * e for e in eff], marker + "-", color=color, ms=5, lw=1.5)
+            effs += eff
+        for mode, (dev, fps, eff) in ser["published"].items():
+            marker, color, label = MODE_STYLE[mode]
+            top.plot(dev, fps, marker + ":", color=color, mfc="none", alpha=0.8, label=f"published BIDL: {label}")
+            if all(e is not None for e in eff):
+                bottom.plot(dev, [100 * e for e in eff], marker + ":", color=color, mfc="none", alpha=0.8)
+                effs += eff
+        if ser["ideal"][0]:
+            top.plot(*ser["ideal"], "--", color="black", lw=2.2, alpha=0.75, zorder=10,
+                     label="ideal: n x our 1 device")
+        bottom.axhline(100, ls="--", color="black", lw=2.2, alpha=0.75, zorder=10)
+        for ax in (top, bottom):
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_locator(FixedLocator(ns))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.grid(alpha=0.3)
+        top.set_yscale("log", base=2)
+        top.yaxis.set_major_locator(LogLocator(base=2, subs=(1.0, 1.5)))
+        top.yaxis.set_major_formatter(ScalarFormatter())
+        top.yaxis.set_minor_locator(NullLocator())
+        top.set_ylabel("time-step frames/s")
+        top.set_title(f"T={T}, {doc['model']} ({doc['backend']}, {doc['machine']['cpus']} cpus)")
+        top.legend(fontsize=7.5, loc="upper left")
+        bottom.set_ylim(max(0.0, 100 * min(effs) - 5), 100 * max(effs) + 3)
+        bottom.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))
+        bottom.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+        bottom.set_ylabel("efficiency vs n x 1 device")
+        bottom.set_xlabel("devices (log2)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
+
+
+RESULT_KEYS = ("results", "baseline_frames_per_s", "model", "backend", "machine")
+
+
+def replot(json_path: Path) -> int:
+    """Redraw the PNG beside a results JSON (``x.json`` -> ``x.png``), without measuring again.
+    Exit code 2 with one ``error:`` line for a missing, unreadable or foreign file."""
+    json_path = Path(json_path)
+    try:
+        doc = json.loads(json_path.read_text())
+    except FileNotFoundError:
+        print(f"error: --replot {str(json_path)!r}: no such file", file=sys.stderr)
+        return 2
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        print(f"error: --replot {str(json_path)!r}: not JSON ({e})", file=sys.stderr)
+        return 2
+    missing = [k for k in RESULT_KEYS if not isinstance(doc, dict) or k not in doc]
+    if missing:
+        print(f"error: --replot {str(json_path)!r}: not an fps_scaling results file (missing "
+              f"{', '.join(missing)})", file=sys.stderr)
+        return 2
+    png = json_path.with_suffix(".png")
+    plot(doc, png)
+    print(f"wrote {png}")
+    return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -324,7 +404,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--start-timeout", type=float, default=600.0,
                     help="seconds a grid's cells may take to start (24 cells on a busy 2-core machine: minutes)")
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--replot", metavar="JSON", default=None,
+                    help="only redraw the PNG beside this results JSON (e.g. benchmarks/results/fps_scaling.json)")
     args = ap.parse_args(argv)
+    if args.replot:
+        return replot(Path(args.replot))
     args.model = args.model or ("resnetlif50" if args.backend == "emulated" else "clif3fc3dm")
     try:
         doc = run(args)
@@ -337,9 +421,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(text)
     (out / "fps_scaling.json").write_text(json.dumps(doc, indent=1))
     (out / "fps_scaling.txt").write_text(text + "\n")
-    png = plot(doc, out / "fps_scaling.png")
-    print(f"wrote {out / 'fps_scaling.json'}, {out / 'fps_scaling.txt'}"
-          + (f", {out / 'fps_scaling.png'}" if png else " (no matplotlib: no plot)"))
+    plot(doc, out / "fps_scaling.png")
+    print(f"wrote {out / 'fps_scaling.json'}, {out / 'fps_scaling.txt'}, {out / 'fps_scaling.png'}")
     return 0
 
 

@@ -6,3 +6,6 @@ transports, artifact shipping) -> ``GridPlan`` (``plan``: cells and edges) -> ``
 (``grid``, cells in ``cell``, channels in ``channels``) -> ``RunReport`` (``report``). Tunables:
 ``config.RuntimeConfig``; library entry: ``api``; CLI: ``python -m bidl_runtime.run``.
 """
+from bidl_grid.versions import check_ray as _check_ray
+
+_check_ray()   # one-line ImportError on a Ray older than bidl-grid supports (read from metadata: Ray is not imported)

@@ -26,6 +26,9 @@ Public API (the runtime uses nothing else)::
 Command line: ``python -m compile --config CFG [--checkpoint CKPT] [--grid RxC] [--out DIR]
 [--force] [--aot] [--batch B]`` (``python -m compile -h`` lists all options).
 """
+from bidl_grid.versions import check_torch as _check_torch
+
+_check_torch()   # one-line ImportError on a torch older than bidl-grid supports
 from .artifact import Artifact, load_artifact, zero_state
 from .build import ArtifactRecord, ArtifactSet, CompiledModel, compile_config, compile_spec
 from .errors import ArtifactError, VerificationError
