@@ -12,7 +12,9 @@ the cells' loops, streams, and drains the grid with stop messages. Each accepted
 assigned to a replica round-robin and cut along T into the plan's slices; slice g goes to cell
 (g, 0) of that replica. Results come back from the result edges in sample order. At most
 ``max_inflight`` samples are in the grid (back-pressure reaches the data iterator, which is only
-advanced when a slot frees). Bad samples (shape, dtype, NaN/Inf) are rejected with a reason
+advanced when a slot frees). With ``RuntimeConfig.batch`` N, N accepted samples travel as one
+message ``[t, N, ...]`` (named by its first sample; the last group padded with zeros) and come back
+split per sample, in order. Bad samples (shape, dtype, NaN/Inf) are rejected with a reason
 naming the sample and the stream goes on. A cell that raises or dies stops the run within
 ``poll_s`` + Ray's failure detection, with an error naming the cell.
 """
@@ -24,6 +26,7 @@ from collections import deque
 from queue import Queue
 from typing import Any, Iterable, Optional
 
+import torch
 from torch import Tensor
 
 from bidl_models.specs import torch_dtype
@@ -63,6 +66,10 @@ class Grid:
         self.config = config or RuntimeConfig()
         if self.config.channel_secret is None:  # one secret per grid, to the cells through their CellSpec
             self.config = self.config.replace(channel_secret=new_secret())
+        b = plan.outputs(None)[0].layout[0].shape[1]
+        if b != self.config.batch:
+            raise ValueError(f"--batch {self.config.batch}: the plan's programs take {b} sample(s) per message; "
+                             "compile (prepare) them with the runtime's batch")
         self.pool = pool
         self.actors: dict[CellKey, Any] = dict(actors or {})
         self.clock = clock or StartupClock()
@@ -206,7 +213,8 @@ class Grid:
                 bar.close()
         wall = time.perf_counter() - t0
         cells = self.drain()
-        checked = (Reference(self.plan, self.config.threads_per_cell).compare(stream.outputs, stream.inputs)
+        checked = (Reference(self.plan, self.config.threads_per_cell).compare(
+            stream.outputs, stream.inputs, groups=list(stream.groups.values()), batch=self.config.batch)
                    if verify else None)
         return RunReport(plan=self.plan, backend=self.config.backend, transport=self.config.transport,
                          outputs=stream.outputs, labels=stream.labels, rejected=stream.rejected,
@@ -325,6 +333,9 @@ class _Stream:
         self.outputs: dict[int, Tensor] = {}
         self.inputs: dict[int, Tensor] = {}
         self.queues: dict[tuple[int, int], Queue] = {key: Queue() for key in grid.feeds}
+        self.batch = cfg.batch                             # samples per message (--batch)
+        self.groups: dict[int, list[int]] = {}            # message id (its first sample) -> its samples
+        self._next_replica = 0
 
     def _fail(self, e: BaseException) -> None:
         self.error = self.error or e
@@ -349,31 +360,27 @@ class _Stream:
             self._fail(e)
 
     def feed(self) -> None:
-        p, poll = self.grid.plan, self.grid.config.poll_s
+        """Admit samples, group ``batch`` of them per message (the last group padded with zeros),
+        assign each message a replica round-robin and hand its slices to the row senders."""
         try:
-            nxt = 0
+            group: list[tuple[int, Tensor]] = []
             for i, item in enumerate(self.samples):
                 x, label = (item if isinstance(item, tuple) else (item, None))
                 why = check_sample(x, self.shape)
                 if why:
                     self.rejected[i] = f"sample {i}: {why}"
                     continue
-                patiently(lambda t: attempt(self.slots.acquire(timeout=t)), poll_s=poll, check=self._check_stop)
-                k = nxt % p.replicas
-                nxt += 1
                 if label is not None:
                     self.labels[i] = int(label)
                 if self.keep_inputs:
                     self.inputs[i] = x
-                xb = (x.unsqueeze(1) if x.dim() == len(self.shape) else x).to(self.dtype)
-                self.fed_at[i] = time.perf_counter()
-                self.grid.inflight[i] = (k, x)
-                with self.cv:
-                    self.order.append((i, k))
-                    self.cv.notify()
-                for g in range(p.rows):
-                    self.queues[(k, g)].put((i, xb[self.starts[g]:self.starts[g] + p.slices[g]]))
+                group.append((i, x))
+                if len(group) == self.batch:
+                    self._dispatch(group)
+                    group = []
                 self._check_stop()
+            if group:
+                self._dispatch(group)
         except _Stopped:
             pass
         except Exception as e:  # noqa: BLE001
@@ -384,6 +391,26 @@ class _Stream:
             with self.cv:
                 self.feeding = False
                 self.cv.notify()
+
+    def _dispatch(self, group: list[tuple[int, Tensor]]) -> None:
+        """One message of ``len(group)`` samples: ``[T, batch, ...]``, named by its first sample."""
+        p, poll = self.grid.plan, self.grid.config.poll_s
+        patiently(lambda t: attempt(self.slots.acquire(timeout=t)), poll_s=poll, check=self._check_stop)
+        k = self._next_replica % p.replicas
+        self._next_replica += 1
+        ids = [i for i, _ in group]
+        gid = ids[0]
+        xb = batch_of([x for _, x in group], self.shape, self.dtype, self.batch)
+        now = time.perf_counter()
+        for i, x in group:
+            self.fed_at[i] = now
+            self.grid.inflight[i] = (k, x)
+        self.groups[gid] = ids
+        with self.cv:
+            self.order.append((gid, k))
+            self.cv.notify()
+        for g in range(p.rows):
+            self.queues[(k, g)].put((gid, xb[self.starts[g]:self.starts[g] + p.slices[g]]))
 
     def next_sample(self) -> Optional[tuple[int, int]]:
         """The next (sample, replica) whose result is due, None when all are in."""
@@ -400,15 +427,19 @@ class _Stream:
             t.start()
         try:
             while (due := self.next_sample()) is not None:
-                i, k = due
-                msg = self.grid.wait_result(k, i)
-                self.done_at[i] = time.perf_counter()
-                self.outputs[i] = msg.tensors["y"].clone()
+                gid, k = due
+                msg = self.grid.wait_result(k, gid)
+                now = time.perf_counter()
+                y = msg.tensors["y"]
+                ids = self.groups[gid]
+                for j, i in enumerate(ids):          # per sample, in order; padding rows dropped
+                    self.done_at[i] = now
+                    self.outputs[i] = y[j:j + 1].clone()
+                    self.grid.inflight.pop(i, None)
                 msg.release()
                 self.slots.release()
-                self.grid.inflight.pop(i, None)
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(len(ids))
             if self.error is not None:
                 raise RunError(f"reading samples failed: {type(self.error).__name__}: {self.error}")
         except BaseException:
@@ -417,6 +448,15 @@ class _Stream:
         finally:
             for t in threads:
                 t.join(timeout=5)
+
+
+def batch_of(xs: list[Tensor], shape: tuple[int, ...], dtype, batch: int) -> Tensor:
+    """``[T, batch, ...]`` of samples ``xs`` (each ``[T, ...]`` or ``[T, 1, ...]``) in order, zero
+    rows after them up to ``batch`` (a last, partial group)."""
+    cols = [(x.unsqueeze(1) if x.dim() == len(shape) else x).to(dtype) for x in xs]
+    if len(cols) < batch:
+        cols.append(torch.zeros((shape[0], batch - len(cols)) + tuple(shape[1:]), dtype=dtype))
+    return cols[0] if len(cols) == 1 else torch.cat(cols, 1)
 
 
 def _cell_error_text(e: BaseException) -> str:

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--verify", dest="verify", action="store_true", default=None,
                     help="compare every output with the single-device reference (default on for cpu)")
     ap.add_argument("--no-verify", dest="verify", action="store_false")
+    ap.add_argument("--batch", type=int, default=1, help="samples per message, end to end (artifacts compiled "
+                    "for this batch; results still per sample, in order; default %(default)s, the chip's)")
     ap.add_argument("--depth", type=int, default=2, help="channel slots per edge")
     ap.add_argument("--max-inflight", type=int, default=None, help="samples in the grid at once")
     ap.add_argument("--threads-per-cell", type=int, default=None)
@@ -99,7 +101,7 @@ def _main(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--checkpoint {checkpoint!r}: no such file")
         faults = parse_fault(args.inject_fault) if args.inject_fault else {}
         threads = args.threads_per_cell or default_threads(layout.n_cells)
-        rcfg = RuntimeConfig(backend=args.backend, transport=args.transport, depth=args.depth,
+        rcfg = RuntimeConfig(backend=args.backend, transport=args.transport, depth=args.depth, batch=args.batch,
                              max_inflight=args.max_inflight, threads_per_cell=threads,
                              profile=DeviceProfile(ref_fps=args.profile_fps), faults=faults)
         clock = StartupClock(show=True, t0=_T0, steps=7 + layout.n_cells)
