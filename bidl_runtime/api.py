@@ -74,7 +74,7 @@ def stream(cfg: Config, samples: Iterable, grid: Optional[tuple[int, int] | str]
     rcfg = rcfg or RuntimeConfig()
     layout = GridLayout.resolve(cfg, grid, replicas)
     _, arts = prepare(cfg, layout, rcfg, checkpoint, artifacts, verbose=verbose)
-    plan = place(arts, Cluster.connect(), layout, transport=rcfg.transport)
+    plan = place(arts, Cluster.connect(), layout, transport=rcfg.transport, backend=rcfg.backend)
     g = Grid(plan, rcfg, pool)
     try:
         return g.run(samples, total=total, progress=progress, verify=verify)

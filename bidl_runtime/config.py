@@ -10,7 +10,7 @@ from .channels import ChannelConfig
 from .devices import DeviceProfile
 
 BACKENDS = ("cpu", "emulated", "cuda")
-TRANSPORTS = ("auto", "shm", "tcp")
+TRANSPORTS = ("auto", "shm", "tcp", "cuda")
 
 
 @dataclass
@@ -18,7 +18,7 @@ class RuntimeConfig:
     """How a grid runs (what it runs is the plan's). Timeouts in seconds; every wait is bounded."""
 
     backend: str = "cpu"                 # cpu | emulated | cuda
-    transport: str = "auto"              # auto (shm on one node, tcp across) | shm | tcp
+    transport: str = "auto"              # auto (shm on one node, tcp across; cuda between GPU cells of a node) | shm | tcp | cuda
     depth: int = 2                       # slots per channel
     batch: int = 1                       # samples per message (the chip's batch is 1)
     max_inflight: Optional[int] = None   # samples inside the grid; None: 2 x rows x replicas
@@ -31,6 +31,9 @@ class RuntimeConfig:
     health_grace_s: float = 3.0          # after a first failure, wait this long to blame the root cause
     channel_failure_grace_s: float = 10.0  # a channel broke: wait this long for Ray to name the failed cell
     metrics: bool = True                 # export Ray metrics from every cell
+    gpus_per_cell: float = 1.0           # cuda: Ray num_gpus of each cell (fractional: cells share a GPU)
+    cuda_compile: str = "graphs"         # cuda: how the chunk function is compiled (bidl_runtime.compiled.METHODS)
+    compile_cache: bool = True           # cuda: keep compiled programs on disk beside the artifact
     profile: DeviceProfile = field(default_factory=DeviceProfile)   # emulated backend's device speed
     faults: dict = field(default_factory=dict)   # test hook: {(replica, row, col): ('raise'|'exit', sample)}
     channel_secret: Optional[str] = field(default=None, repr=False)  # keys the channel handshakes; None: a Grid makes one
@@ -44,6 +47,12 @@ class RuntimeConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}={v!r}: expected a positive int")
+        from .compiled import METHODS
+        if self.cuda_compile not in METHODS:
+            raise ValueError(f"--cuda-compile {self.cuda_compile!r}: expected one of {list(METHODS)}")
+        if not isinstance(self.gpus_per_cell, (int, float)) or not 0 < self.gpus_per_cell <= 8:
+            raise ValueError(f"--gpus-per-cell {self.gpus_per_cell!r}: expected a number in (0, 8] "
+                             "(a fraction shares one GPU between cells)")
         if self.max_inflight is not None and (not isinstance(self.max_inflight, int) or self.max_inflight < 1):
             raise ValueError(f"max_inflight={self.max_inflight!r}: expected a positive int or None")
         for f in fields(self):
@@ -55,7 +64,15 @@ class RuntimeConfig:
         """The channel settings of an edge with this transport (waits at the poll granularity)."""
         wait = max(self.poll_s, 0.05)
         return ChannelConfig(transport=transport, depth=self.depth, send_timeout_s=wait, recv_timeout_s=wait,
-                             secret=self.channel_secret)
+                             secret=self.channel_secret, pin_memory=self.backend == "cuda")
+
+    def context_options(self) -> dict[str, Any]:
+        """The device context's options for this backend (see ``devices.open_context``)."""
+        return {"method": self.cuda_compile, "cache": self.compile_cache} if self.backend == "cuda" else {}
+
+    def actor_gpus(self) -> float:
+        """Ray ``num_gpus`` of a cell actor."""
+        return float(self.gpus_per_cell) if self.backend == "cuda" else 0.0
 
     def replace(self, **changes: Any) -> "RuntimeConfig":
         return replace(self, **changes)

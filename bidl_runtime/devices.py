@@ -11,8 +11,10 @@ Modelled on the user guide's SDK (context, streams, events, buffers, load model,
 
 Backends: ``cpu`` (torch on CPU, thread count set per cell, runs compiled artifacts) and
 ``emulated`` (no model compute: real tensor shapes, each chunk paced to a device profile, for
-capacity planning and for measuring the runtime's own overhead). ``cuda`` is a registered seam:
-a subclass maps streams/events to ``torch.cuda.Stream``/``Event`` and artifacts to the device.
+capacity planning and for measuring the runtime's own overhead) and ``cuda`` (a GPU or a share of
+one: its own stream and events, the program compiled for the GPU by :mod:`bidl_runtime.compiled`,
+resident buffers; :class:`CompiledContext` is its device-parametric logic, run on CPU in tests).
+Without a usable GPU, ``cuda`` fails at once with :class:`CudaUnavailable` (one line).
 """
 from __future__ import annotations
 
@@ -193,32 +195,189 @@ class EmulatedContext(DeviceContext):
         return self._out[: x.shape[0]], state
 
 
-class CudaContext(DeviceContext):
-    """Seam for CUDA devices: streams/events map to torch.cuda, artifacts move to the device."""
+class CudaUnavailable(ValueError):
+    """The cuda backend cannot run here; the message is one line (CLIs print it as ``error: ...``)."""
+
+
+def cuda_problem() -> Optional[str]:
+    """Why this process cannot run the cuda backend (None: it can)."""
+    if torch.cuda.is_available():
+        return None
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is built without CUDA and no GPU is visible"
+    return "no CUDA device is visible to this process (torch.cuda.is_available() is False)"
+
+
+def require_cuda(what: str = "--backend cuda") -> None:
+    """CudaUnavailable (one line) unless a CUDA device is usable here."""
+    why = cuda_problem()
+    if why is not None:
+        raise CudaUnavailable(f"{what}: {why}; use --backend cpu (or emulated)")
+
+
+class CompiledContext(DeviceContext):
+    """A segment program compiled for ``device`` (:class:`~bidl_runtime.compiled.CompiledChunk`), with
+    resident buffers: the input ``x`` and the state at fixed addresses (the compiled program, CUDA
+    graphs included, reads them in place), and two sets of output buffers, used in turn, so that the
+    outputs of chunk k are still intact while the cell's outbox sends them during chunk k+1 (it has
+    sent them before chunk k+2 starts). ``execute`` copies the chunk's inputs in, runs the program,
+    copies its outputs out, and returns when they are complete.
+
+    The logic of the ``cuda`` backend, device-parametric: on CPU it runs the Inductor path in tests.
+    """
+
+    backend = "compiled"
+
+    def __init__(self, device_id: int, threads: int = 1, device: str | torch.device = "cpu",
+                 method: str = "inductor", cache: bool = True):
+        self.device = torch.device(device)
+        self.method, self.cache = method, bool(cache)
+        super().__init__(device_id, threads)
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, self.threads))
+        self.chunk = None
+        self.compile_info: dict = {}
+        self.state_names: list[str] = []
+
+    def alloc(self, specs: Sequence[TensorSpec]) -> State:
+        return zero_state(specs, self.device)
+
+    def load(self, source) -> None:
+        from compile.artifact import read_manifest
+
+        from .compiled import CompiledChunk
+        if not isinstance(source, ArtifactSource):
+            raise ValueError(f"{self.backend} backend loads compiled artifacts, got {type(source).__name__}")
+        man = read_manifest(source.path)
+        batch = man.batch.compiled
+        self.state_specs = tuple(s.with_batch(batch) for s in man.state)
+        self.state_names = [s.name for s in man.state]
+        x_spec = TensorSpec("x", (man.chunk_len,) + tuple(man.input.with_batch(batch).shape), man.input_dtype)
+        self.x_in = x_spec.zeros(self.device)
+        self.state_in = [s.zeros(self.device) for s in self.state_specs]
+        self.chunk = CompiledChunk.load(source.path, self.device, batch, self.method, self.cache,
+                                        static_inputs=[self.x_in, *self.state_in])
+        self.compile_info = dict(self.chunk.info)
+        with torch.inference_mode():
+            outs = self.chunk(self.x_in, *self.state_in)
+        self._outs = [[torch.empty_like(o) for o in outs] for _ in range(2)]
+        self._turn = 0
+        self._sync()
+        self.format = f"{self.method} ({self.device.type})"
+
+    def _sync(self) -> None:
+        return None
+
+    def _inputs_in(self, x: Tensor, state: State) -> None:
+        if x.data_ptr() != self.x_in.data_ptr():
+            self.x_in.copy_(x, non_blocking=True)
+        for buf, name in zip(self.state_in, self.state_names):
+            t = state[name]
+            if t.data_ptr() != buf.data_ptr():
+                buf.copy_(t, non_blocking=True)
+
+    def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        with torch.inference_mode():
+            self._inputs_in(x, state)
+            outs = self.chunk(self.x_in, *self.state_in)
+            bufs = self._outs[self._turn]
+            self._turn ^= 1
+            for b, o in zip(bufs, outs):
+                b.copy_(o, non_blocking=True)
+        self._sync()
+        return bufs[0], dict(zip(self.state_names, bufs[1:]))
+
+
+class CudaStream(Stream):
+    """A ``torch.cuda.Stream`` of the cell's device."""
+
+    def __init__(self, device: torch.device):
+        self.raw = torch.cuda.Stream(device)
+
+
+class CudaEvent(Event):
+    """A timing ``torch.cuda.Event``; ``elapsed_ms`` waits for the end event."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw = torch.cuda.Event(enable_timing=True)
+        self._recorded = False
+
+    def record(self, stream: Optional[Stream] = None) -> None:
+        raw = getattr(stream, "raw", None)
+        self.raw.record(raw) if raw is not None else self.raw.record()
+        self._recorded = True
+
+    def elapsed_ms(self, end: "Event") -> float:
+        if not (self._recorded and getattr(end, "_recorded", False)):
+            raise RuntimeError("elapsed_ms needs two recorded events")
+        end.raw.synchronize()
+        return float(self.raw.elapsed_time(end.raw))
+
+
+def cuda_device_for(device_id: int) -> torch.device:
+    """The GPU of a cell: the one Ray assigned to this actor (``num_gpus``; it is then the only visible
+    one, or the first of them), else device id modulo the visible GPUs."""
+    try:
+        import ray
+        if ray.is_initialized() and ray.get_gpu_ids():
+            return torch.device("cuda", 0)
+    except Exception:  # noqa: BLE001 - outside a Ray worker
+        pass
+    return torch.device("cuda", int(device_id) % torch.cuda.device_count())
+
+
+class CudaContext(CompiledContext):
+    """One GPU (or a fraction of one: ``--gpus-per-cell``), its own CUDA stream and events; the
+    program compiled for the GPU (``method``, see :mod:`bidl_runtime.compiled`), warmed up and cached
+    on disk at load; input, state and output buffers resident on the GPU at fixed addresses.
+
+    ``execute`` runs on the cell's stream: it first orders the stream after the calling thread's
+    current stream (where a ``cuda`` channel's receiver made the sender's copy event wait), then
+    copies in, runs, copies out, and synchronises the stream (the outbox thread reads the outputs)."""
 
     backend = "cuda"
     torch_device = "cuda"
 
-    def __init__(self, device_id: int, threads: int = 1):
-        if not torch.cuda.is_available():
-            raise RuntimeError("backend 'cuda': no CUDA device is available to this process")
-        raise NotImplementedError("backend 'cuda' is not implemented yet; use 'cpu' or 'emulated'")
+    def __init__(self, device_id: int, threads: int = 1, method: str = "graphs", cache: bool = True):
+        require_cuda("backend 'cuda'")
+        dev = cuda_device_for(device_id)
+        torch.cuda.set_device(dev)
+        super().__init__(device_id, threads, device=dev, method=method, cache=cache)
 
-    def load(self, source) -> None:  # pragma: no cover - seam
-        raise NotImplementedError
+    def create_stream(self) -> Stream:
+        return CudaStream(self.device)
 
-    def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:  # pragma: no cover - seam
-        raise NotImplementedError
+    def create_event(self) -> Event:
+        return CudaEvent()
+
+    def load(self, source) -> None:
+        with torch.cuda.stream(self.stream.raw):
+            super().load(source)
+
+    def _sync(self) -> None:
+        self.stream.raw.synchronize()
+
+    def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        s = self.stream.raw
+        s.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(s):
+            return super().execute(x, state)
+
+    def close(self) -> None:
+        self.chunk = None
+        self._outs = []
 
 
 BACKENDS: dict[str, type[DeviceContext]] = {c.backend: c for c in (CpuContext, EmulatedContext, CudaContext)}
 
 
-def open_context(backend: str, device_id: int, threads: int = 1) -> DeviceContext:
-    """Open device ``device_id`` with the named backend."""
+def open_context(backend: str, device_id: int, threads: int = 1, **options) -> DeviceContext:
+    """Open device ``device_id`` with the named backend (``options``: the cuda backend's ``method``
+    and ``cache``, see :meth:`bidl_runtime.config.RuntimeConfig.context_options`)."""
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend!r}: expected one of {sorted(BACKENDS)}")
-    return BACKENDS[backend](device_id, threads)
+    return BACKENDS[backend](device_id, threads, **options)
 
 
 @dataclass

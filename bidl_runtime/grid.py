@@ -97,7 +97,8 @@ class Grid:
         p, cfg = self.plan, self.config
         for c in p.cells:
             if c.key not in self.actors:
-                self.actors[c.key] = self.pool.acquire(c) if self.pool is not None else new_actor(c.name, c.node)
+                self.actors[c.key] = (self.pool.acquire(c) if self.pool is not None
+                                      else new_actor(c.name, c.node, cfg.actor_gpus()))
         t = time.time()
         refs = {self.actors[c.key].configure.remote(self.spec_of(c.key)): c for c in p.cells}
         try:

@@ -40,8 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "else seeded initial weights)")
     ap.add_argument("--samples", type=int, default=64, help="samples to stream (default %(default)s)")
     ap.add_argument("--backend", default="cpu", choices=["cpu", "emulated", "cuda"])
-    ap.add_argument("--transport", default="auto", choices=["auto", "shm", "tcp"],
-                    help="auto: shared memory within a node, tcp across nodes")
+    ap.add_argument("--transport", default="auto", choices=["auto", "shm", "tcp", "cuda"],
+                    help="auto: shared memory within a node, tcp across nodes; with --backend cuda, GPU -> GPU "
+                    "(CUDA IPC) between the cells of a node")
+    ap.add_argument("--gpus-per-cell", type=float, default=1.0, help="cuda: each cell's share of a GPU (0.25: "
+                    "four cells per GPU; default %(default)s)")
+    ap.add_argument("--cuda-compile", default="graphs", choices=["graphs", "inductor", "aoti", "capture", "eager"],
+                    help="cuda: how each cell compiles its chunk function (default %(default)s: Inductor + CUDA "
+                    "graphs; cached on disk beside the artifact)")
     ap.add_argument("--replicas", type=int, default=1, help="independent copies of the grid, fed round-robin")
     ap.add_argument("--address", default=None, help="join this Ray cluster instead of starting one")
     ap.add_argument("--namespace", default=None, help="Ray namespace (default: a new one; --attach needs the "
@@ -92,6 +98,9 @@ def _main(args: argparse.Namespace) -> int:
     # 1. everything that can be checked without a cluster fails fast, with a clear message
     t_main = time.time()
     try:
+        if args.backend == "cuda":
+            from .devices import require_cuda
+            require_cuda()   # at once: before the model, Ray or a compile
         cfg = load_config(args.config or default_config(), args.cfg_options)
         if args.samples < 1:
             raise ValueError(f"--samples {args.samples}: expected >= 1")
@@ -103,6 +112,7 @@ def _main(args: argparse.Namespace) -> int:
         threads = args.threads_per_cell or default_threads(layout.n_cells)
         rcfg = RuntimeConfig(backend=args.backend, transport=args.transport, depth=args.depth, batch=args.batch,
                              max_inflight=args.max_inflight, threads_per_cell=threads,
+                             gpus_per_cell=args.gpus_per_cell, cuda_compile=args.cuda_compile,
                              profile=DeviceProfile(ref_fps=args.profile_fps), faults=faults)
         clock = StartupClock(show=True, t0=_T0, steps=7 + layout.n_cells)
         clock.mark("imports", _T0, t_main)
@@ -149,7 +159,8 @@ def _main(args: argparse.Namespace) -> int:
                                    include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
                                    logging_level="WARNING", namespace=namespace)
         cluster = Cluster.connect()
-        actors = (spawn(layout, cluster.device_nodes) if layout.max_device < len(cluster.device_nodes) else None)
+        actors = (spawn(layout, cluster.device_nodes, rcfg.actor_gpus())
+                  if layout.max_device < len(cluster.device_nodes) else None)
         url = info.dashboard_url
         url = f"http://{url}" if url and not url.startswith("http") else url
         where = f"joined {args.address}" if args.address else "embedded local cluster on 127.0.0.1"
@@ -158,7 +169,7 @@ def _main(args: argparse.Namespace) -> int:
         try:
             arts = arts_future.result()
             with clock.phase("place", "placing the cells"):
-                plan = place(arts, cluster, layout, transport=rcfg.transport)
+                plan = place(arts, cluster, layout, transport=rcfg.transport, backend=rcfg.backend)
         except (ValueError, FileNotFoundError) as e:
             clock.close()
             print(f"error: {e}", file=sys.stderr)
