@@ -4,7 +4,7 @@
     y, *new_state = chunk(x, *state)        # static shapes: x [chunk_len, batch, ...], state in ABI order
     chunk.info  # {'method', 'cache': 'hit'|'miss'|'off', 'compile_s', 'warmup_s', 'cache_file', ...}
 
-Methods (``RuntimeConfig.cuda_compile``, ``run --cuda-compile``):
+Methods (``RuntimeConfig.chunk_compile``, ``run --chunk-compile``):
 
 - ``graphs``: ``torch.compile(mode="reduce-overhead")``: Inductor's fused kernels, replayed as CUDA
   graphs (no per-kernel launch cost; on CPU: Inductor without graphs). The default: the only method
@@ -54,8 +54,12 @@ def device_tag(device: torch.device) -> str:
     return device.type
 
 
-def cache_key(program_sha256: str, method: str, device: torch.device, batch: int) -> str:
-    text = "|".join([program_sha256, method, device_tag(device), torch.__version__, str(int(batch))])
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cache_key(program_sha256: str, method: str, device: torch.device, batch: int, amp: Optional[str] = None) -> str:
+    """The disk-cache key of a compiled program: everything its generated code depends on."""
+    text = "|".join([program_sha256, method, device_tag(device), torch.__version__, str(int(batch)), str(amp)])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -103,33 +107,42 @@ class CompiledChunk:
     device: torch.device
     batch: int
     info: dict[str, Any] = field(default_factory=dict)
+    amp: Optional[str] = None
 
     def __call__(self, x: Tensor, *state: Tensor) -> Sequence[Tensor]:
         if self.method in ("graphs",) and self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()   # the previous replay's outputs were copied out
-        return self.fn(x, *state)
+        if self.amp is None:
+            return self.fn(x, *state)
+        with torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp]):
+            return self.fn(x, *state)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device, batch: int, method: str = "graphs",
-             cache: bool = True, static_inputs: Optional[Sequence[Tensor]] = None) -> "CompiledChunk":
+             cache: bool = True, static_inputs: Optional[Sequence[Tensor]] = None,
+             amp: Optional[str] = None) -> "CompiledChunk":
         """Compile (or load from the disk cache) the artifact at ``path`` for ``device`` and ``batch``,
         and warm it up. ``static_inputs``: the caller's resident input buffers (x, *state), whose
-        addresses never change (CUDA graphs read them in place); zeros of the right shapes if None."""
+        addresses never change (CUDA graphs read them in place); zeros of the right shapes if None.
+        ``amp``: run the chunk under ``torch.autocast`` in ``'bf16'`` or ``'fp16'`` (None: fp32);
+        inputs, state and outputs keep the manifest's dtypes, the matrix work runs in the low precision."""
         from compile.artifact import load_artifact
         if method not in METHODS:
-            raise ValueError(f"cuda_compile={method!r}: expected one of {list(METHODS)}")
+            raise ValueError(f"chunk_compile={method!r}: expected one of {list(METHODS)}")
+        if amp is not None and amp not in AMP_DTYPES:
+            raise ValueError(f"amp={amp!r}: expected None or one of {list(AMP_DTYPES)}")
         dev = torch.device(device)
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
         if method in CUDA_ONLY and dev.type != "cuda":
-            raise ValueError(f"cuda_compile={method!r} needs a CUDA device, got {dev}")
+            raise ValueError(f"chunk_compile={method!r} needs a CUDA device, got {dev}")
         art = load_artifact(path, device=dev)
         if not art.dynamic_batch and batch != art.batch:
             raise ValueError(f"{path}: compiled for a static batch of {art.batch}, asked for {batch}")
         inputs = list(static_inputs) if static_inputs is not None else example_inputs(art, batch, dev)
-        key = cache_key(art.manifest.program.sha256, method, dev, batch)
+        key = cache_key(art.manifest.program.sha256, method, dev, batch, amp)
         file = Path(art.path) / CACHE_DIR / f"{key}.{method}.bin"
-        info: dict[str, Any] = {"method": method, "device": device_tag(dev), "batch": batch,
+        info: dict[str, Any] = {"method": method, "device": device_tag(dev), "batch": batch, "amp": amp,
                                 "cache": "off", "cache_file": str(file) if cache else None}
         t0 = time.perf_counter()
         builder = {"graphs": _torch_compile, "inductor": _torch_compile, "aoti": _aoti, "capture": _capture,
@@ -139,7 +152,7 @@ class CompiledChunk:
                 fn = builder(art, method, dev, inputs, file, info)
         else:
             fn = builder(art, method, dev, inputs, None, info)
-        chunk = cls(fn, method, dev, batch, info)
+        chunk = cls(fn, method, dev, batch, info, amp)
         t1 = 0.0
         with torch.inference_mode():
             for i in range(WARMUP_CALLS if method in ("graphs", "inductor", "aoti") else 1):
@@ -195,6 +208,8 @@ def _torch_compile(art, method, dev, inputs, file: Optional[Path], info: dict) -
 
 def _aoti(art, method, dev, inputs, file: Optional[Path], info: dict) -> Callable:
     from torch._inductor import aoti_compile_and_package, aoti_load_package
+    if info.get("amp"):
+        raise ValueError("chunk_compile='aoti' builds the fp32 program: use 'graphs' or 'inductor' with amp")
     if file is not None:
         if read_sealed(file) is not None:
             info["cache"] = "hit"
@@ -219,6 +234,12 @@ def _capture(art, method, dev, inputs, file, info) -> Callable:
     """One CUDA graph of the exported program at the static buffers ``inputs``; replays return its
     static outputs (copy them out before the next call)."""
     mod = _module(art)
+    if info.get("amp"):
+        plain, dtype = mod, AMP_DTYPES[info["amp"]]
+
+        def mod(*args: Tensor) -> Sequence[Tensor]:
+            with torch.autocast("cuda", dtype=dtype):
+                return plain(*args)
     side = torch.cuda.Stream(dev)
     side.wait_stream(torch.cuda.current_stream(dev))
     with torch.cuda.stream(side), torch.inference_mode():

@@ -9,7 +9,9 @@ from bidl_models.specs import known_fields
 from .channels import ChannelConfig
 from .devices import DeviceProfile
 
-BACKENDS = ("cpu", "emulated", "cuda")
+BACKENDS = ("cpu", "emulated", "cuda", "compiled")
+COMPILED_BACKENDS = ("cuda", "compiled")   # cells that run a chunk function compiled at load (bidl_runtime.compiled)
+AMP = (None, "bf16", "fp16")
 TRANSPORTS = ("auto", "shm", "tcp", "cuda")
 
 
@@ -17,7 +19,7 @@ TRANSPORTS = ("auto", "shm", "tcp", "cuda")
 class RuntimeConfig:
     """How a grid runs (what it runs is the plan's). Timeouts in seconds; every wait is bounded."""
 
-    backend: str = "cpu"                 # cpu | emulated | cuda
+    backend: str = "cpu"                 # cpu | emulated | cuda | compiled (cuda's code path on CPU: Inductor)
     transport: str = "auto"              # auto (shm on one node, tcp across; cuda between GPU cells of a node) | shm | tcp | cuda
     depth: int = 2                       # slots per channel
     batch: int = 1                       # samples per message (the chip's batch is 1)
@@ -32,8 +34,9 @@ class RuntimeConfig:
     channel_failure_grace_s: float = 10.0  # a channel broke: wait this long for Ray to name the failed cell
     metrics: bool = True                 # export Ray metrics from every cell
     gpus_per_cell: float = 1.0           # cuda: Ray num_gpus of each cell (fractional: cells share a GPU)
-    cuda_compile: str = "graphs"         # cuda: how the chunk function is compiled (bidl_runtime.compiled.METHODS)
-    compile_cache: bool = True           # cuda: keep compiled programs on disk beside the artifact
+    chunk_compile: str = "graphs"        # cuda/compiled: how the chunk function is compiled (compiled.METHODS)
+    compile_cache: bool = True           # cuda/compiled: keep compiled programs on disk beside the artifact
+    amp: Optional[str] = None            # cuda/compiled: None (fp32) | bf16 | fp16 autocast inside the chunk
     profile: DeviceProfile = field(default_factory=DeviceProfile)   # emulated backend's device speed
     faults: dict = field(default_factory=dict)   # test hook: {(replica, row, col): ('raise'|'exit', sample)}
     channel_secret: Optional[str] = field(default=None, repr=False)  # keys the channel handshakes; None: a Grid makes one
@@ -48,8 +51,10 @@ class RuntimeConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}={v!r}: expected a positive int")
         from .compiled import METHODS
-        if self.cuda_compile not in METHODS:
-            raise ValueError(f"--cuda-compile {self.cuda_compile!r}: expected one of {list(METHODS)}")
+        if self.chunk_compile not in METHODS:
+            raise ValueError(f"--chunk-compile {self.chunk_compile!r}: expected one of {list(METHODS)}")
+        if self.amp not in AMP:
+            raise ValueError(f"--amp {self.amp!r}: expected one of {list(AMP)}")
         if not isinstance(self.gpus_per_cell, (int, float)) or not 0 < self.gpus_per_cell <= 8:
             raise ValueError(f"--gpus-per-cell {self.gpus_per_cell!r}: expected a number in (0, 8] "
                              "(a fraction shares one GPU between cells)")
@@ -64,11 +69,14 @@ class RuntimeConfig:
         """The channel settings of an edge with this transport (waits at the poll granularity)."""
         wait = max(self.poll_s, 0.05)
         return ChannelConfig(transport=transport, depth=self.depth, send_timeout_s=wait, recv_timeout_s=wait,
-                             secret=self.channel_secret, pin_memory=self.backend == "cuda")
+                             secret=self.channel_secret, pin_memory=self.backend == "cuda",
+                             cuda_memory="cuda" if self.backend == "cuda" else "host")
 
     def context_options(self) -> dict[str, Any]:
         """The device context's options for this backend (see ``devices.open_context``)."""
-        return {"method": self.cuda_compile, "cache": self.compile_cache} if self.backend == "cuda" else {}
+        if self.backend not in COMPILED_BACKENDS:
+            return {}
+        return {"method": self.chunk_compile, "cache": self.compile_cache, "amp": self.amp}
 
     def actor_gpus(self) -> float:
         """Ray ``num_gpus`` of a cell actor."""

@@ -9,7 +9,8 @@ Modelled on the user guide's SDK (context, streams, events, buffers, load model,
     start.record(); y, state = ctx.execute(x_chunk, state); end.record()
     busy_ms = start.elapsed_ms(end)
 
-Backends: ``cpu`` (torch on CPU, thread count set per cell, runs compiled artifacts) and
+Backends: ``cpu`` (torch on CPU, thread count set per cell, runs compiled artifacts),
+``compiled`` (the cuda backend's code path on CPU: the chunk function compiled by Inductor at load),
 ``emulated`` (no model compute: real tensor shapes, each chunk paced to a device profile, for
 capacity planning and for measuring the runtime's own overhead) and ``cuda`` (a GPU or a share of
 one: its own stream and events, the program compiled for the GPU by :mod:`bidl_runtime.compiled`,
@@ -26,7 +27,7 @@ from typing import ClassVar, Optional, Sequence
 import torch
 from torch import Tensor
 
-from bidl_models.specs import State, TensorSpec, zero_state
+from bidl_models.specs import State, TensorSpec, torch_dtype, zero_state
 from compile.artifact import load_artifact
 
 # ----------------------------------------------------------------------------- model sources
@@ -229,9 +230,9 @@ class CompiledContext(DeviceContext):
     backend = "compiled"
 
     def __init__(self, device_id: int, threads: int = 1, device: str | torch.device = "cpu",
-                 method: str = "inductor", cache: bool = True):
+                 method: str = "inductor", cache: bool = True, amp: Optional[str] = None):
         self.device = torch.device(device)
-        self.method, self.cache = method, bool(cache)
+        self.method, self.cache, self.amp = method, bool(cache), amp
         super().__init__(device_id, threads)
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, self.threads))
@@ -256,14 +257,17 @@ class CompiledContext(DeviceContext):
         self.x_in = x_spec.zeros(self.device)
         self.state_in = [s.zeros(self.device) for s in self.state_specs]
         self.chunk = CompiledChunk.load(source.path, self.device, batch, self.method, self.cache,
-                                        static_inputs=[self.x_in, *self.state_in])
+                                        static_inputs=[self.x_in, *self.state_in], amp=self.amp)
         self.compile_info = dict(self.chunk.info)
         with torch.inference_mode():
             outs = self.chunk(self.x_in, *self.state_in)
-        self._outs = [[torch.empty_like(o) for o in outs] for _ in range(2)]
+        dtypes = [torch_dtype(man.output.dtype)] + [torch_dtype(s.dtype) for s in self.state_specs]
+        # the manifest's dtypes (under amp the program may return lower precision: copy_ casts back)
+        self._outs = [[torch.empty(o.shape, dtype=d, device=self.device) for o, d in zip(outs, dtypes)]
+                      for _ in range(2)]
         self._turn = 0
         self._sync()
-        self.format = f"{self.method} ({self.device.type})"
+        self.format = f"{self.method}{'+' + self.amp if self.amp else ''} ({self.device.type})"
 
     def _sync(self) -> None:
         return None
@@ -339,11 +343,12 @@ class CudaContext(CompiledContext):
     backend = "cuda"
     torch_device = "cuda"
 
-    def __init__(self, device_id: int, threads: int = 1, method: str = "graphs", cache: bool = True):
+    def __init__(self, device_id: int, threads: int = 1, method: str = "graphs", cache: bool = True,
+                 amp: Optional[str] = None):
         require_cuda("backend 'cuda'")
         dev = cuda_device_for(device_id)
         torch.cuda.set_device(dev)
-        super().__init__(device_id, threads, device=dev, method=method, cache=cache)
+        super().__init__(device_id, threads, device=dev, method=method, cache=cache, amp=amp)
 
     def create_stream(self) -> Stream:
         return CudaStream(self.device)
@@ -360,7 +365,10 @@ class CudaContext(CompiledContext):
 
     def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         s = self.stream.raw
+        # after the receiver's wait on the sender's copy (the caller's stream), and after the copies
+        # out of the output buffers that the outbox enqueued on the default stream (it reuses them)
         s.wait_stream(torch.cuda.current_stream(self.device))
+        s.wait_stream(torch.cuda.default_stream(self.device))
         with torch.cuda.stream(s):
             return super().execute(x, state)
 
@@ -369,7 +377,8 @@ class CudaContext(CompiledContext):
         self._outs = []
 
 
-BACKENDS: dict[str, type[DeviceContext]] = {c.backend: c for c in (CpuContext, EmulatedContext, CudaContext)}
+BACKENDS: dict[str, type[DeviceContext]] = {c.backend: c for c in (CpuContext, EmulatedContext, CudaContext,
+                                                                     CompiledContext)}
 
 
 def open_context(backend: str, device_id: int, threads: int = 1, **options) -> DeviceContext:

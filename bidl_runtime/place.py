@@ -59,15 +59,17 @@ def place(artifacts, cluster: Cluster, layout: GridLayout, *, transport: str = "
 
     Per edge (``auto``): shared memory within a node, tcp across nodes; with ``backend='cuda'``, an
     edge between two cells of one node goes GPU -> GPU (``cuda``, CUDA IPC), one across nodes through
-    pinned host copies over tcp; the driver's edges are host memory (shm or tcp)."""
+    pinned host copies over tcp; the driver's edges are host memory (shm or tcp). ``transport='cuda'``
+    forces that choice (with ``backend='compiled'`` the cuda edges keep their slots in host memory)."""
     slices, splits = tuple(artifacts.slices), tuple(tuple(s) for s in artifacts.splits)
     if layout.rows != len(slices) or layout.cols != len(splits):
         raise ValueError(f"grid {layout.rows}x{layout.cols} does not fit artifacts for {len(slices)} time slice(s) "
                          f"x {len(splits)} segment(s); compile for this grid")
     if transport not in ("auto", "shm", "tcp", "cuda"):
         raise ValueError(f"--transport {transport!r}: expected auto, shm, tcp or cuda")
-    if transport == "cuda" and backend != "cuda":
-        raise ValueError(f"--transport cuda moves GPU memory: it needs --backend cuda (got {backend!r})")
+    if transport == "cuda" and backend not in ("cuda", "compiled"):
+        raise ValueError(f"--transport cuda moves GPU memory between compiled cells: it needs --backend cuda "
+                         f"(or compiled, its CPU stand-in: slots in host memory), got {backend!r}")
     used = sorted({d for g in layout.devices for row in g for d in row})
     missing = [d for d in used if d >= len(cluster.device_nodes)]
     if missing:
@@ -92,7 +94,7 @@ def place(artifacts, cluster: Cluster, layout: GridLayout, *, transport: str = "
     driver = cluster.driver_node
 
     def via(a: str, b: str, gpu_ends: bool = False) -> str:
-        if gpu_ends and backend == "cuda" and transport in ("auto", "cuda"):
+        if gpu_ends and ((backend == "cuda" and transport == "auto") or transport == "cuda"):
             return "cuda" if a == b else "tcp"
         if transport == "cuda":
             return "shm" if a == b else "tcp"

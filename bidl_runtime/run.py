@@ -39,15 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint", default=None, help="weights (default: bidl_models/weights/<config>.pth if shipped, "
                     "else seeded initial weights)")
     ap.add_argument("--samples", type=int, default=64, help="samples to stream (default %(default)s)")
-    ap.add_argument("--backend", default="cpu", choices=["cpu", "emulated", "cuda"])
+    ap.add_argument("--backend", default="cpu", choices=["cpu", "emulated", "cuda", "compiled"],
+                    help="cuda: GPU cells; compiled: the cuda backend's code path on CPU (Inductor-compiled chunks)")
     ap.add_argument("--transport", default="auto", choices=["auto", "shm", "tcp", "cuda"],
                     help="auto: shared memory within a node, tcp across nodes; with --backend cuda, GPU -> GPU "
                     "(CUDA IPC) between the cells of a node")
     ap.add_argument("--gpus-per-cell", type=float, default=1.0, help="cuda: each cell's share of a GPU (0.25: "
                     "four cells per GPU; default %(default)s)")
-    ap.add_argument("--cuda-compile", default="graphs", choices=["graphs", "inductor", "aoti", "capture", "eager"],
-                    help="cuda: how each cell compiles its chunk function (default %(default)s: Inductor + CUDA "
-                    "graphs; cached on disk beside the artifact)")
+    ap.add_argument("--chunk-compile", default="graphs", choices=["graphs", "inductor", "aoti", "capture", "eager"],
+                    help="cuda/compiled: how each cell compiles its chunk function (default %(default)s: Inductor "
+                    "+ CUDA graphs; cached on disk beside the artifact)")
+    ap.add_argument("--amp", default=None, choices=["bf16", "fp16"],
+                    help="cuda/compiled: run each chunk under autocast in this precision (default fp32)")
     ap.add_argument("--replicas", type=int, default=1, help="independent copies of the grid, fed round-robin")
     ap.add_argument("--address", default=None, help="join this Ray cluster instead of starting one")
     ap.add_argument("--namespace", default=None, help="Ray namespace (default: a new one; --attach needs the "
@@ -112,7 +115,7 @@ def _main(args: argparse.Namespace) -> int:
         threads = args.threads_per_cell or default_threads(layout.n_cells)
         rcfg = RuntimeConfig(backend=args.backend, transport=args.transport, depth=args.depth, batch=args.batch,
                              max_inflight=args.max_inflight, threads_per_cell=threads,
-                             gpus_per_cell=args.gpus_per_cell, cuda_compile=args.cuda_compile,
+                             gpus_per_cell=args.gpus_per_cell, chunk_compile=args.chunk_compile, amp=args.amp,
                              profile=DeviceProfile(ref_fps=args.profile_fps), faults=faults)
         clock = StartupClock(show=True, t0=_T0, steps=7 + layout.n_cells)
         clock.mark("imports", _T0, t_main)
