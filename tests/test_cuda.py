@@ -364,3 +364,55 @@ def test_cuda_grid_equals_single_cell(cluster, tmp_path_factory):
     report = stream(tiny_glyphs(T), glyph_samples(T, n), grid=(2, 2), rcfg=rcfg,
                     artifacts=tmp_path_factory.mktemp("gpu-arts"), verify=True)
     assert report.verify["compared"] == n and report.verify["max_abs_diff"] < 1e-4, report.verify
+
+
+# ------------------------------------------------------------------------------- benchmarks
+
+def test_spikingjelly_lif_is_bidl_lif():
+    """gpu_cell's SpikingJelly baseline computes the same network: BIDL's LIF (beta = v0 = 0) is
+    SpikingJelly's with decay_input=False, tau = 1/(1-alpha), v_threshold = theta."""
+    pytest.importorskip("spikingjelly", reason="SpikingJelly not installed (pip install spikingjelly --no-deps)")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_cell import to_spikingjelly
+
+    from bidl_models import build_backbone
+    from conftest import activate
+    net = activate(build_backbone(dict(type="ResNetLifItout", depth=10, nclass=10, timestep=3, input_channels=2,
+                                       stem_channels=16, base_channels=16, soma_params="all_share"))).eval()
+    seg = net.segment(0, net.n_blocks)
+    x = (torch.rand((3, 2, 2, 32, 32), generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    with torch.inference_mode():
+        y, st = seg.run(x, None)
+        y2, st2 = to_spikingjelly(seg).run(x, None)
+        y3, st3 = to_spikingjelly(seg).run(x, st)            # from a carried state too
+        y4, st4 = seg.run(x, st)
+    assert float((y - y2).abs().max()) < 1e-5 and list(st2) == list(st)
+    assert max(float((st[k] - st2[k]).abs().max()) for k in st) < 1e-5
+    assert max(float((st4[k] - st3[k]).abs().max()) for k in st) < 1e-5 and float((y3 - y4).abs().max()) < 1e-5
+    normed = build_backbone(dict(type="ResNetLifItout", depth=10, nclass=10, timestep=3, input_channels=2,
+                                 stem_channels=16, base_channels=16, norm_state=True))
+    with pytest.raises(ValueError, match="cannot map"):
+        to_spikingjelly(normed.segment(0, normed.n_blocks))
+
+
+@pytest.mark.slow
+def test_gpu_cell_benchmark_smoke(tmp_path):
+    """benchmarks/gpu_cell.py --smoke: every method and the state hop through the same code as on a GPU."""
+    import json
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "benchmarks/gpu_cell.py", "--smoke", "--configs", "2x1",
+                        "--chunk-compile", "eager", "--iters", "1", "--hop", "--hop-iters", "4", "--out", str(tmp_path)],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((tmp_path / "gpu_cell.json").read_text())
+    assert doc["device"].startswith("cpu") and doc["smoke"]
+    (res,) = doc["results"]
+    assert (res["T"], res["batch"]) == (2, 1)
+    for m in ("step", "chunk", "ours"):
+        assert res["methods"][m]["frames_per_s"] > 0 and res["methods"][m]["max_abs_diff"] < 1e-5, (m, res)
+    assert res["methods"]["ours"]["method"] == "eager"
+    sj = res["methods"]["sj"]
+    assert "skipped" in sj or sj["max_abs_diff"] < 1e-5
+    hop = doc["state_hop"]
+    assert hop["content_equal"] and hop["memory"] == "host" and hop["hop_ms_median"] > 0
+    assert (tmp_path / "gpu_cell.png").is_file()
