@@ -13,8 +13,9 @@ Per configuration ``TxB`` (time steps x batch), on ResNetLif50 2x128x128 (seeded
   ``u = x + v; f = [u >= theta]; v' = alpha (f v0 + (1-f) u) + beta`` is SpikingJelly's LIF with
   ``decay_input=False``, ``tau = 1/(1-alpha)``, ``v_threshold = theta``, ``v_reset = v0`` when
   ``beta = 0`` and ``v0 = 0`` (its membrane is BIDL's ``v / alpha``), so |diff| is meaningful;
-- ``ours``: the compiled artifact (:class:`bidl_runtime.compiled.CompiledChunk`, ``--chunk-compile``,
-  default Inductor + CUDA graphs) with resident buffers, as a ``cuda`` cell runs it.
+- ``ours:<method>``: the compiled artifact (:class:`bidl_runtime.compiled.CompiledChunk`, each method
+  of ``--chunk-compile``, default ``graphs`` = Inductor + CUDA graphs and ``capture`` = the exported
+  program in one CUDA graph) with resident buffers, as a ``cuda`` cell runs it.
 
 Each: time-step frames/s (``T * B`` frames per call, steady state after warm-up, the device
 synchronised), compile/prepare seconds, max |diff| of the output and the state against ``chunk``, and
@@ -162,11 +163,13 @@ def measure(T: int, B: int, methods: list[str], args, dev: torch.device, work: P
     def flat(y, st) -> list[torch.Tensor]:
         return [y] + [st[n] for n in names]
 
+    runs = [(f"ours:{cm}" if m == "ours" else m, cm if m == "ours" else None)
+            for m in methods for cm in (args.chunk_compile.split(",") if m == "ours" else [None])]
     with torch.inference_mode():
         y_ref, st_ref = seg.run(x, None)
         names[:] = list(st_ref)
         ref = [t.clone() for t in flat(y_ref, st_ref)]
-        for m in methods:
+        for m, cm in runs:
             t0 = time.perf_counter()
             r: dict[str, Any] = {}
             try:
@@ -192,7 +195,7 @@ def measure(T: int, B: int, methods: list[str], args, dev: torch.device, work: P
                     _, arts = prepare(cfg, layout, RuntimeConfig(batch=B), artifacts=work / "artifacts", verbose=False)
                     r["prepare_s"] = time.perf_counter() - t0
                     path = str(arts.records[0].path)
-                    chunk = CompiledChunk.load(path, dev, B, args.chunk_compile, cache=True, amp=args.amp)
+                    chunk = CompiledChunk.load(path, dev, B, cm, cache=True, amp=args.amp)
                     from bidl_runtime.compiled import example_inputs
                     from compile.artifact import load_artifact
                     ins = example_inputs(load_artifact(path), B, dev)
@@ -208,13 +211,15 @@ def measure(T: int, B: int, methods: list[str], args, dev: torch.device, work: P
             except Exception as e:   # noqa: BLE001 - a method that cannot run here is reported, not fatal
                 r = {"skipped": f"{type(e).__name__}: {e}"[:400]}
             res["methods"][m] = r
-            print(f"  T={T} B={B} {m:>5}: " + (f"{r['frames_per_s']:10.0f} frames/s  |diff| {r['max_abs_diff']:.2e}"
+            print(f"  T={T} B={B} {m:>13}: " + (f"{r['frames_per_s']:10.0f} frames/s  |diff| {r['max_abs_diff']:.2e}"
                                                  if "frames_per_s" in r else r["skipped"]), flush=True)
     fps = {m: v.get("frames_per_s") for m, v in res["methods"].items()}
-    if fps.get("ours") and fps.get("sj"):
-        res["ours_over_sj"] = fps["ours"] / fps["sj"]
-    if fps.get("ours") and fps.get("step"):
-        res["ours_over_step"] = fps["ours"] / fps["step"]
+    ours = max(((v, m) for m, v in fps.items() if m.startswith("ours:") and v), default=None)
+    if ours:
+        res["ours_best"] = ours[1]
+        for base in ("sj", "step", "chunk"):
+            if fps.get(base):
+                res[f"ours_over_{base}"] = ours[0] / fps[base]
     return res
 
 
@@ -281,11 +286,12 @@ def plot(doc: dict[str, Any], path: Path) -> bool:
         return False
     rows = doc["results"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    w = 0.8 / max(1, len(doc["methods"]))
-    for i, m in enumerate(doc["methods"]):
+    names = list(dict.fromkeys(m for r in rows for m in r["methods"]))
+    w = 0.8 / max(1, len(names))
+    for i, m in enumerate(names):
         vals = [r["methods"].get(m, {}).get("frames_per_s") or 0 for r in rows]
         ax.bar([k + i * w for k in range(len(rows))], vals, w, label=m)
-    ax.set_xticks([k + w * (len(doc["methods"]) - 1) / 2 for k in range(len(rows))])
+    ax.set_xticks([k + w * (len(names) - 1) / 2 for k in range(len(rows))])
     ax.set_xticklabels([f"T={r['T']} B={r['batch']}" for r in rows])
     ax.set_yscale("log")
     ax.set_ylabel("time-step frames/s")
@@ -301,7 +307,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="benchmarks/gpu_cell.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", default=None, help="TxB list (default 10x1,48x1,10x16; smoke 4x1,4x2)")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--chunk-compile", default=None, help="ours: compiled.METHODS (default graphs; smoke inductor)")
+    ap.add_argument("--chunk-compile", default=None, help="ours: one or more of compiled.METHODS, comma-separated, "
+                    "each measured (default graphs,capture; smoke inductor)")
     ap.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="ours: autocast precision")
     ap.add_argument("--iters", type=int, default=None, help="timed calls per method (default 20; smoke 3)")
     ap.add_argument("--hop", action="store_true", help="also measure the state hop between two processes")
@@ -330,7 +337,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         dev = torch.device("cuda", 0)
         args.configs = args.configs or "10x1,48x1,10x16"
         args.iters = args.iters or 20
-        args.chunk_compile = args.chunk_compile or "graphs"
+        args.chunk_compile = args.chunk_compile or "graphs,capture"
     configs = [tuple(int(v) for v in c.lower().split("x")) for c in args.configs.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
