@@ -212,6 +212,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      splits=[list(s) for s in plan.splits], slices=list(plan.slices))
             m["efficiency"] = m["frames_per_s"] / (n * base[T]) if T in base else None
             results.append(m)
+            if args.partial_to:   # what is measured so far survives a kill (check.sh's time limits)
+                Path(args.partial_to).write_text(json.dumps({"partial": True, "backend": args.backend,
+                                                             "device": device_name(args.backend),
+                                                             "results": results}, indent=1))
     finally:
         pool.shutdown()
         ray.shutdown()
@@ -298,6 +302,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--chunk-compile", default="capture", help="cuda/compiled: bidl_runtime.compiled.METHODS")
     ap.add_argument("--gpus-per-cell", type=float, default=None, help="cuda: default 1 / the largest cell count")
     ap.add_argument("--smoke", action="store_true", help="toy sizes; cuda falls back to compiled without a GPU")
+    ap.add_argument("--partial-to", default=None, help="rewrite this JSON file after every configuration")
     ap.add_argument("--devices", default="1,2,4,8,12,16,24")
     ap.add_argument("--T", default="48,240")
     ap.add_argument("--model", default=None, choices=sorted(MODELS),

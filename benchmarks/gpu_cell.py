@@ -146,12 +146,12 @@ def to_spikingjelly(seg: nn.Module) -> nn.Module:
 
 # ------------------------------------------------------------------------------ one configuration
 
-def measure(T: int, B: int, methods: list[str], args, dev: torch.device, work: Path) -> dict[str, Any]:
+def measure(T: int, B: int, methods: list[str], args, dev: torch.device, work: Path,
+            saved: Callable[[dict], None] = lambda res: None) -> dict[str, Any]:
+    """Every method on one ``TxB`` configuration; ``saved(res)`` after each (partial results survive a kill)."""
     from bidl_models.model_spec import ModelSpec
-    from bidl_runtime.api import prepare
     from bidl_runtime.compiled import CompiledChunk
-    from bidl_runtime.config import RuntimeConfig
-    from bidl_runtime.layout import GridLayout
+    from compile import CompileOptions, compile_spec
     cfg = load_model_config(T, args.smoke)
     spec = ModelSpec.from_config(cfg, columns=1)
     seg = spec.segments[0].eval().to(dev)
@@ -191,8 +191,10 @@ def measure(T: int, B: int, methods: list[str], args, dev: torch.device, work: P
                     y, st = call()
                     got = flat(y, st)
                 else:   # ours
-                    layout = GridLayout.resolve(cfg, (1, 1), 1)
-                    _, arts = prepare(cfg, layout, RuntimeConfig(batch=B), artifacts=work / "artifacts", verbose=False)
+                    # the exported program only (gpu_cell checks |diff| itself; no TorchScript form needed)
+                    arts = compile_spec(spec, [T], CompileOptions(out=str(work / "artifacts" / spec.key), batch=B,
+                                                                  fast_load=False, verify=False, progress=False,
+                                                                  verbose=False))
                     r["prepare_s"] = time.perf_counter() - t0
                     path = str(arts.records[0].path)
                     chunk = CompiledChunk.load(path, dev, B, cm, cache=True, amp=args.amp)
@@ -211,6 +213,7 @@ def measure(T: int, B: int, methods: list[str], args, dev: torch.device, work: P
             except Exception as e:   # noqa: BLE001 - a method that cannot run here is reported, not fatal
                 r = {"skipped": f"{type(e).__name__}: {e}"[:400]}
             res["methods"][m] = r
+            saved(res)
             print(f"  T={T} B={B} {m:>13}: " + (f"{r['frames_per_s']:10.0f} frames/s  |diff| {r['max_abs_diff']:.2e}"
                                                  if "frames_per_s" in r else r["skipped"]), flush=True)
     fps = {m: v.get("frames_per_s") for m, v in res["methods"].items()}
@@ -355,16 +358,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         "results": [],
     }
     print(f"gpu_cell on {doc['device']}: {doc['model']}, methods {methods}, ours = {args.chunk_compile}")
+    def save(partial: bool = True) -> None:
+        doc["partial"] = partial
+        (out / "gpu_cell.json").write_text(json.dumps(doc, indent=1))
+
     with tempfile.TemporaryDirectory(prefix="gpu-cell-") as tmp:
         work = Path(os.environ.get("BIDL_GPU_CELL_WORK", tmp))
         for T, B in configs:
-            doc["results"].append(measure(T, B, methods, args, dev, work))
+            doc["results"].append({"T": T, "batch": B, "methods": {}})
+            doc["results"][-1] = measure(T, B, methods, args, dev, work,
+                                         lambda res: (doc["results"].__setitem__(-1, res), save()))
+            save()
     if args.hop:
         doc["state_hop"] = state_hop(args, dev)
         h = doc["state_hop"]
         print(f"  state hop ({h['tensors']} tensors, {h['bytes'] / 1e6:.2f} MB, {h['memory']} memory): "
               f"{h['hop_ms_median']:.3f} ms median, {h['hop_ms_p90']:.3f} ms p90")
-    (out / "gpu_cell.json").write_text(json.dumps(doc, indent=1))
+    save(partial=False)
     png = plot(doc, out / "gpu_cell.png")
     print(f"wrote {out / 'gpu_cell.json'}" + (f", {out / 'gpu_cell.png'}" if png else ""))
     return 0

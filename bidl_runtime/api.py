@@ -60,8 +60,10 @@ def build_artifacts(spec: ModelSpec, slices: Sequence[int], config: RuntimeConfi
     if config.backend == "emulated":
         return emulate(spec, slices, config.profile, config.batch)
     from compile import CompileOptions, compile_spec
+    from .config import COMPILED_BACKENDS
     opts = CompileOptions(out=str(artifact_dir(spec, artifacts)), batch=config.batch, force=force_compile,
-                          verbose=verbose, progress=verbose if progress is None else progress)
+                          verbose=verbose, progress=verbose if progress is None else progress,
+                          fast_load=config.backend not in COMPILED_BACKENDS)   # they compile the exported program
     return compile_spec(spec, slices, opts)
 
 
