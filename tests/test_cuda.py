@@ -358,18 +358,19 @@ def test_compiled_grid_over_cuda_edges_equals_reference(cluster, tmp_path_factor
 
 @needs_gpu
 def test_cuda_grid_equals_single_cell(cluster, tmp_path_factory):
-    """A 3x2 grid on one GPU (six cells sharing it, cuda edges, CUDA-graph capture per cell) against
-    the single-device reference: every sample compared, in order."""
+    """A 3x2 grid on one GPU (six cells sharing it, cuda edges, the default Inductor + CUDA graphs:
+    one cell per program compiles, the others load its cache file; the chunk runs in the actor's loop
+    thread) against the single-device reference: every sample compared, in order."""
     from bidl_runtime.api import stream
     n, t = 5, 6
-    rcfg = RuntimeConfig(backend="cuda", gpus_per_cell=0.1, chunk_compile="capture", metrics=False)
+    rcfg = RuntimeConfig(backend="cuda", gpus_per_cell=0.1, metrics=False)
     report = stream(tiny_glyphs(t), glyph_samples(t, n), grid=(3, 2), rcfg=rcfg,
                     artifacts=tmp_path_factory.mktemp("gpu-arts"), verify=True)
     print("3x2 on one GPU vs reference:", report.verify)
     assert report.verify["compared"] == n and report.verify["max_abs_diff"] < 1e-3, report.verify
     assert list(report.outputs) == list(range(n))
     assert {e.transport for e in report.plan.edges if e.kind in ("state", "activation")} == {"cuda"}
-    assert all(c["format"].startswith("capture") for c in report.cells)
+    assert all(c["format"] == "graphs (cuda)" for c in report.cells)
 
 
 # ------------------------------------------------------------------------------- benchmarks
