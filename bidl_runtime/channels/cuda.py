@@ -122,13 +122,14 @@ class CudaSender(ShmSender):
         args[6] = index                # the storage's device, as this process numbers it
         with torch.cuda.device(index):
             buf = rebuild(*args)
+            # one interprocess event per slot, created on the slots' GPU; the receiver opens each handle once
+            self._events = [torch.cuda.Event(interprocess=True) for _ in range(self.depth)] \
+                if self.config.cuda_ipc_events else []
+            self._handles = [bytes(e.ipc_handle()) for e in self._events]
         if buf.numel() != a["size"] or a["slot_size"] != self.layout.slot_size:
             raise ChannelError(self.name, f"sender: mapped {buf.numel()} B of GPU slots, descriptor says {a['size']} B")
         self._buffer = buf
         n = self.layout.slot_size
-        self._events = [torch.cuda.Event(interprocess=True) for _ in range(self.depth)] \
-            if self.config.cuda_ipc_events else []
-        self._handles = [bytes(e.ipc_handle()) for e in self._events]
         return [buf[i * n:(i + 1) * n] for i in range(self.depth)]
 
     def _publish(self, slot: int, seq: int, meta: dict, deadline: float, to: float) -> None:
