@@ -33,7 +33,8 @@ else
 fi
 mkdir -p "$OUT"
 LOG="$OUT/check.log"
-WORK=$(mktemp -d /tmp/gpu-check.XXXXXX)
+WORK=${WORK:-/tmp/bidl-gpu-check}   # kept between calls on a warm machine: artifacts, compile caches, key
+mkdir -p "$WORK"
 export PYTHONUNBUFFERED=1 RAY_DEDUP_LOGS=0 BIDL_ARTIFACT_KEY_FILE="$WORK/artifact.key" RAY_TMPDIR="$WORK/ray"
 export BIDL_GPU_CELL_WORK="$WORK/cell"   # artifacts and compiled programs shared by the gpu_cell stages
 say() { echo "[check $(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
@@ -91,7 +92,7 @@ cp "$WORK/cell/gpu_cell.png" "$OUT/gpu_cell.png" 2>/dev/null
 # 3. 1, 2, 4, 6 cells on one GPU, time-only and 2-segment (CUDA-graph capture per cell: no codegen)
 mkdir -p "$WORK/fps_cuda"
 stage scale_cuda 60 150 python3 benchmarks/fps_scaling.py --backend cuda "${FPS_CUDA[@]}" --modes time,time2seg \
-  --out "$WORK/fps_cuda" --partial-to "$WORK/fps_cuda/partial.json"
+  --artifacts "$WORK/artifacts" --out "$WORK/fps_cuda" --partial-to "$WORK/fps_cuda/partial.json"
 cp "$WORK/fps_cuda/fps_scaling.json" "$OUT/fps_cuda.json" 2>/dev/null || cp "$WORK/fps_cuda/partial.json" "$OUT/fps_cuda.json" 2>/dev/null
 cp "$WORK/fps_cuda/fps_scaling.png" "$OUT/fps_cuda.png" 2>/dev/null
 # 4. T=48 B=1 and T=10 B=16 (one Inductor compile each)
@@ -100,7 +101,7 @@ cp "$WORK/cell_more/gpu_cell.json" "$OUT/gpu_cell_more.json" 2>/dev/null
 # 5. real compute on the 16 CPU cores: ResNetLif18, 1..12 cpu cells
 mkdir -p "$WORK/fps_cpu"
 stage scale_cpu 120 400 python3 benchmarks/fps_scaling.py --backend cpu "${FPS_CPU[@]}" --modes time,time2seg \
-  --out "$WORK/fps_cpu" --partial-to "$WORK/fps_cpu/partial.json"
+  --artifacts "$WORK/artifacts" --out "$WORK/fps_cpu" --partial-to "$WORK/fps_cpu/partial.json"
 cp "$WORK/fps_cpu/fps_scaling.json" "$OUT/fps_cpu16.json" 2>/dev/null || cp "$WORK/fps_cpu/partial.json" "$OUT/fps_cpu16.json" 2>/dev/null
 cp "$WORK/fps_cpu/fps_scaling.png" "$OUT/fps_cpu16.png" 2>/dev/null
 say "done; files in $OUT:"
