@@ -33,10 +33,11 @@ else
 fi
 mkdir -p "$OUT"
 LOG="$OUT/check.log"
-WORK=${WORK:-/tmp/bidl-gpu-check}   # kept between calls on a warm machine: artifacts, compile caches, key
+WORK=${CHECK_WORK:-/tmp/bidl-gpu-check}   # kept between calls on a warm machine: artifacts, caches, key
+rm -rf "$WORK/cell" "$WORK/cell_more" "$WORK/fps_cuda" "$WORK/fps_cpu"   # this call's outputs only
 mkdir -p "$WORK"
 export PYTHONUNBUFFERED=1 RAY_DEDUP_LOGS=0 BIDL_ARTIFACT_KEY_FILE="$WORK/artifact.key" RAY_TMPDIR="$WORK/ray"
-export BIDL_GPU_CELL_WORK="$WORK/cell"   # artifacts and compiled programs shared by the gpu_cell stages
+export BIDL_GPU_CELL_WORK="$WORK/gpu_cell_work"   # gpu_cell's artifacts and compiled programs
 say() { echo "[check $(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
 left() { echo $(( BUDGET_S - ($(date +%s) - T0) )); }
 # stage NAME MIN_S CAP_S COMMAND...: runs when NAME is selected and MIN_S fit in the budget
