@@ -55,14 +55,16 @@ stage() {
 
 : > "$LOG"
 say "budget ${BUDGET_S}s, stages: $STAGES, results in $OUT"
-if [ -f .gpu_carry/install.sh ]; then
+export PYTHONPATH=$PWD
+if python3 -c "import ray" >/dev/null 2>&1; then
+  say "Ray is installed here: .gpu_carry/ not needed"
+elif [ -f .gpu_carry/install.sh ]; then
   bash .gpu_carry/install.sh >>"$LOG" 2>&1 || say "WARNING: .gpu_carry/install.sh failed"
   export PYTHONPATH=/tmp/site:$PWD
 else
-  export PYTHONPATH=$PWD
-  say "no .gpu_carry/: Ray must already be installed here"
+  say "WARNING: no Ray and no .gpu_carry/ (bash /work/shared/tools/gpu_carry_bundle.sh, then carry it)"
 fi
-if ls .whl/*.whl >/dev/null 2>&1; then
+if ! python3 -c "import spikingjelly" >/dev/null 2>&1 && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
     >>"$LOG" 2>&1 || say "WARNING: installing .whl/ failed"
   export PYTHONPATH=/tmp/site:$PWD
