@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from bidl_models.config import load_config
     from bidl_runtime.api import prepare
-    from bidl_runtime.config import RuntimeConfig
+    from bidl_runtime.config import COMPILE_START_TIMEOUT_S, COMPILED_BACKENDS, RuntimeConfig
     from bidl_runtime.defaults import default_threads
     from bidl_runtime.devices import DeviceProfile
     from bidl_runtime.layout import GridLayout
@@ -200,7 +200,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             threads = default_threads(layout.n_cells) if args.backend in ("cpu", "compiled") else 1
             rcfg = RuntimeConfig(backend=args.backend, metrics=False, threads_per_cell=threads,
                                  profile=DeviceProfile(ref_fps=args.profile_fps), transport=args.transport,
-                                 gpus_per_cell=gpus_per_cell, chunk_compile=args.chunk_compile)
+                                 gpus_per_cell=gpus_per_cell, chunk_compile=args.chunk_compile,
+                                 start_timeout_s=COMPILE_START_TIMEOUT_S if args.backend in COMPILED_BACKENDS else 120.0)
             _, arts = prepare(cfg, layout, rcfg, None, args.artifacts, verbose=False)
             plan = place(arts, cluster, layout, transport=rcfg.transport, backend=rcfg.backend)
             n_samples = args.samples or default_samples(rows, cols, reps, T)

@@ -11,6 +11,7 @@ from .devices import DeviceProfile
 
 BACKENDS = ("cpu", "emulated", "cuda", "compiled")
 COMPILED_BACKENDS = ("cuda", "compiled")   # cells that run a chunk function compiled at load (bidl_runtime.compiled)
+COMPILE_START_TIMEOUT_S = 900.0   # start_timeout_s for them: a first Inductor compile of a large segment takes minutes
 AMP = (None, "bf16", "fp16")
 TRANSPORTS = ("auto", "shm", "tcp", "cuda")
 

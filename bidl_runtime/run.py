@@ -92,7 +92,7 @@ def _main(args: argparse.Namespace) -> int:
     from bidl_models.config import load_config
     from bidl_models.model_spec import ModelSpec
 
-    from .config import RuntimeConfig
+    from .config import COMPILE_START_TIMEOUT_S, COMPILED_BACKENDS, RuntimeConfig
     from .defaults import default_checkpoint, default_config, default_threads
     from .devices import DeviceProfile
     from .layout import GridLayout, time_slices
@@ -116,6 +116,8 @@ def _main(args: argparse.Namespace) -> int:
         rcfg = RuntimeConfig(backend=args.backend, transport=args.transport, depth=args.depth, batch=args.batch,
                              max_inflight=args.max_inflight, threads_per_cell=threads,
                              gpus_per_cell=args.gpus_per_cell, chunk_compile=args.chunk_compile, amp=args.amp,
+                             **({"start_timeout_s": COMPILE_START_TIMEOUT_S} if args.backend in COMPILED_BACKENDS
+                                else {}),
                              profile=DeviceProfile(ref_fps=args.profile_fps), faults=faults)
         clock = StartupClock(show=True, t0=_T0, steps=7 + layout.n_cells)
         clock.mark("imports", _T0, t_main)

@@ -363,7 +363,7 @@ def test_cuda_grid_equals_single_cell(cluster, tmp_path_factory):
     thread) against the single-device reference: every sample compared, in order."""
     from bidl_runtime.api import stream
     n, t = 5, 6
-    rcfg = RuntimeConfig(backend="cuda", gpus_per_cell=0.1, metrics=False)
+    rcfg = RuntimeConfig(backend="cuda", gpus_per_cell=0.1, metrics=False, start_timeout_s=600)
     report = stream(tiny_glyphs(t), glyph_samples(t, n), grid=(3, 2), rcfg=rcfg,
                     artifacts=tmp_path_factory.mktemp("gpu-arts"), verify=True)
     print("3x2 on one GPU vs reference:", report.verify)
