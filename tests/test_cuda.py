@@ -425,3 +425,19 @@ def test_gpu_cell_benchmark_smoke(tmp_path):
     hop = doc["state_hop"]
     assert hop["content_equal"] and hop["memory"] == "host" and hop["hop_ms_median"] > 0
     assert (tmp_path / "gpu_cell.png").is_file()
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_its_stages_and_reports(tmp_path):
+    """benchmarks/gpu/check.sh with SMOKE=1 (CPU): a stage runs, one that does not fit the budget is
+    skipped with the command to rerun it, everything lands in $OUT."""
+    env = dict(os.environ, SMOKE="1", STAGES="tests cell", BUDGET_S="70", OUT=str(tmp_path / "out"),
+               CHECK_WORK=str(tmp_path / "work"))
+    env.pop("PYTHONPATH", None)
+    r = subprocess.run(["bash", "benchmarks/gpu/check.sh"], capture_output=True, text=True, env=env, cwd=ROOT,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    log = (tmp_path / "out" / "check.log").read_text()
+    assert "START tests (limit" in log and "END tests rc=" in log          # run, within what was left
+    assert "SKIP cell" in log and 'rerun with STAGES="cell"' in log, log[-2000:]   # needs 100 s: never fits in 70
+    assert "passed" in log

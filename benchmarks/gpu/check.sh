@@ -86,7 +86,7 @@ fi
 
 # 1. the GPU tests: CUDA IPC transport (with and without IPC events), the cuda context against the cpu
 #    one, a 3x2 grid of cuda cells sharing the GPU against the single-device reference
-stage tests 45 170 python3 -m pytest -q -rs -s -p no:cacheprovider tests/test_cuda.py -k "$TESTS"
+stage tests 45 170 python3 -m pytest -rs -s -p no:cacheprovider tests/test_cuda.py -k "$TESTS"
 # 2. one cell, ResNetLif50 T=10 B=1: BIDL per-step eager, chunk eager, SpikingJelly, ours (graphs,
 #    capture); and the 12.55 MB state hop between two processes through the cuda transport
 stage cell 100 230 python3 benchmarks/gpu_cell.py "${CELL[@]}" "${S[@]}" --hop --hop-iters 200 --out "$WORK/cell"
