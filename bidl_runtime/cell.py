@@ -32,9 +32,11 @@ import torch  # noqa: E402,F401  (imported with the actor class, not on the firs
 from .channels import attach_sender, create_receiver  # noqa: E402
 from .config import RuntimeConfig  # noqa: E402
 from .devices import BusyClock, open_context  # noqa: E402
+from .metrics import CellMetrics, cell_labels  # noqa: E402
 from .plan import CellPlan, Edge  # noqa: E402
 from .retry import attempt, patiently  # noqa: E402
 from .startup import process_start_time  # noqa: E402
+from .trace import LOOP, OUTBOX, TraceBuffer  # noqa: E402
 
 _IMPORTED_AT = time.time()
 
@@ -49,6 +51,7 @@ class CellSpec:
     outputs: tuple[Edge, ...]
     config: RuntimeConfig
     fault: Optional[tuple[str, int]] = None    # test hook: ('raise' | 'exit', sample id)
+    config_name: str = ""                      # the model config's name (the metrics' ``config`` label)
 
     @property
     def x_edge(self) -> Edge:
@@ -71,7 +74,8 @@ class Cell:
         self.senders: dict[str, Any] = {}
         self.ctx = None
         self.spec: Optional[CellSpec] = None
-        self._metrics: Optional[dict] = None
+        self._metrics: Optional[CellMetrics] = None
+        self._trace: Optional[TraceBuffer] = None
         self._timings = {"process_start": process_start_time(), "import_started": _IMPORT_STARTED,
                          "imported": _IMPORTED_AT, "ready": time.time()}
         if spec is not None:
@@ -92,8 +96,7 @@ class Cell:
         self._timings["load_s"] = time.perf_counter() - t
         self._timings["configured"] = time.time()
         self._timings["cpu_s"] = time.process_time()   # this process's CPU seconds so far (start-up cost)
-        if cfg.metrics and self._metrics is None:
-            self._metrics = self._make_metrics()
+        self._metrics = _cell_metrics(spec) if cfg.metrics else None
         self._fresh_counters()
         return dict(self._timings)
 
@@ -102,7 +105,8 @@ class Cell:
         self._t_start = 0.0
         self._t_end = 0.0
         self._samples = 0
-        self._bytes_reported = 0
+        if self._metrics is not None:
+            self._metrics.reset()
         self._first: Optional[dict] = None   # perf_counter timeline of the first sample (latency analysis)
 
     def describe(self) -> dict[str, Any]:
@@ -145,8 +149,10 @@ class Cell:
         patiently(lambda t: tx.send(tensors, meta, timeout=t), poll_s=cfg.poll_s, limit_s=cfg.idle_timeout_s,
                   give_up=lambda s: CellError(f"{self.name}: {edge.kind} output {edge.name} blocked for {s:.0f} s"))
 
-    def loop(self) -> dict[str, Any]:
-        """Serve samples until a stop message; returns this cell's stats."""
+    def loop(self, trace_events: int = 0) -> dict[str, Any]:
+        """Serve samples until a stop message; returns this cell's stats (with its trace spans when
+        ``trace_events`` > 0: at most that many kept, see :mod:`bidl_runtime.trace`)."""
+        self._trace = TraceBuffer(trace_events) if trace_events else None
         try:
             return self._loop()
         except CellError:
@@ -171,7 +177,9 @@ class Cell:
         """Receive, compute, hand the outputs to the outbox (sent while the next chunk computes)."""
         ev0, ev1 = self.ctx.create_event(), self.ctx.create_event()
         x_edge, state_edge = spec.x_edge, spec.state_edge
+        tr = self._trace
         while True:
+            t_w = time.perf_counter()
             mx = self._recv(x_edge)
             t_x = time.perf_counter()
             meta = mx.meta
@@ -204,18 +212,28 @@ class Cell:
                                "exec_end": time.perf_counter()}
             ms_busy = ev0.elapsed_ms(ev1)
             self.clock.add(ms_busy)
-            outbox.put(self._deliver(spec, meta.get("sample"), y, new_state, mx, ms, ms_busy, x.shape[0]))
+            if tr is not None:
+                t_end = time.perf_counter()
+                _trace_chunk(tr, meta.get("sample"), t_w, t_x, t_in if state_edge is not None else None, t_exec, t_end)
+            outbox.put(self._deliver(spec, meta.get("sample"), y, new_state, mx, ms, ms_busy, x.shape[0], t_in - t_w))
+            if tr is not None and time.perf_counter() - t_end > 20e-6:
+                tr.add(LOOP, "wait outbox", t_end, time.perf_counter(), meta.get("sample"))
 
-    def _deliver(self, spec: CellSpec, sample: Any, y, new_state, mx, ms, ms_busy: float, steps: int):
+    def _deliver(self, spec: CellSpec, sample: Any, y, new_state, mx, ms, ms_busy: float, steps: int,
+                 wait_s: float = 0.0):
         """The outbox job of one sample: send its outputs on every output edge, then release its
         inputs (the outputs may be views of the input slots, e.g. the emulated backend hands the
         state through)."""
         payloads = {"state": lambda: new_state, "activation": lambda: {"x": y}, "result": lambda: {"y": y[-1]}}
+        tr = self._trace
 
         def job() -> None:
             out_meta = {"kind": "data", "sample": sample}
             for e in spec.outputs:
+                t = time.perf_counter() if tr is not None else 0.0
                 self._send(e, payloads[e.kind](), out_meta)
+                if tr is not None:
+                    tr.add(OUTBOX, f"send {e.kind}", t, time.perf_counter(), sample)
             mx.release()
             if ms is not None:
                 ms.release()
@@ -224,7 +242,8 @@ class Cell:
             self._samples += 1
             self._t_end = time.perf_counter()
             if self._metrics is not None:
-                self._record_metrics(ms_busy, steps)
+                self._metrics.record(ms_busy, steps, wait_s, sum(s.stats.bytes for s in self.senders.values()),
+                                     sum(s.depth - s.credits for s in self.senders.values()))
         return job
 
     def _inject(self, what: str) -> None:
@@ -247,38 +266,8 @@ class Cell:
             "step_ms_median": _median(self.clock.samples_ms),
             "channels_in": {k: r.stats.snapshot() for k, r in self.receivers.items()},
             "channels_out": {k: s.stats.snapshot() for k, s in self.senders.items()},
+            **({"trace": self._trace.export(_node_id())} if self._trace is not None else {}),
         }
-
-    def _make_metrics(self) -> dict[str, Any]:
-        try:
-            from ray.util import metrics
-        except Exception:  # noqa: BLE001 - metrics are optional outside Ray
-            return {}
-        tags = ("cell",)
-        return {
-            "frames": metrics.Counter("bidl_cell_frames", "time-step frames processed", tag_keys=tags),
-            "latency": metrics.Histogram("bidl_cell_chunk_ms", "device time per chunk (ms)",
-                                         boundaries=[0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
-                                         tag_keys=tags),
-            "bytes": metrics.Counter("bidl_cell_bytes_sent", "bytes sent on output channels", tag_keys=tags),
-            "queue": metrics.Gauge("bidl_cell_queue_depth",
-                                   "messages this cell sent that its receivers have not released yet",
-                                   tag_keys=tags),
-        }
-
-    def _record_metrics(self, ms_busy: float, steps: int) -> None:
-        m, tags = self._metrics, {"cell": self.name}
-        if not m or not self.spec.config.metrics:
-            return
-        m["frames"].inc(steps, tags)
-        m["latency"].observe(ms_busy, tags)
-        sent = sum(s.stats.bytes for s in self.senders.values())
-        prev = self._bytes_reported
-        if sent > prev:
-            m["bytes"].inc(sent - prev, tags)
-            self._bytes_reported = sent
-        pending = sum(s.depth - s.credits for s in self.senders.values())
-        m["queue"].set(pending, tags)
 
     def _close_channels(self) -> None:
         for s in self.senders.values():
@@ -338,6 +327,22 @@ class _Outbox:
     def close(self) -> None:
         self.q.put(None)
         self.thread.join(timeout=max(1.0, 10 * self.config.poll_s))
+
+
+def _cell_metrics(spec: CellSpec) -> Optional[CellMetrics]:
+    try:
+        return CellMetrics(cell_labels(spec.cell, spec.config_name))
+    except Exception:  # noqa: BLE001 - metrics are optional outside Ray
+        return None
+
+
+def _trace_chunk(tr: TraceBuffer, sample: Any, t_w: float, t_x: float, t_state: Optional[float], t_exec: float,
+                 t_end: float) -> None:
+    """The loop's spans of one chunk: waits for its input (and state), its compute."""
+    tr.add(LOOP, "wait input", t_w, t_x, sample)
+    if t_state is not None:
+        tr.add(LOOP, "wait state", t_x, t_state, sample)
+    tr.add(LOOP, "compute", t_exec, t_end, sample)
 
 
 def _node_id() -> Optional[str]:

@@ -33,7 +33,8 @@ class RuntimeConfig:
     stop_timeout_s: float = 30.0         # draining the grid with stop messages
     health_grace_s: float = 3.0          # after a first failure, wait this long to blame the root cause
     channel_failure_grace_s: float = 10.0  # a channel broke: wait this long for Ray to name the failed cell
-    metrics: bool = True                 # export Ray metrics from every cell
+    metrics: bool = True                 # export Ray metrics from every cell (bidl_runtime.metrics)
+    trace_events: int = 20_000           # spans each cell keeps when a run is traced (the first quarter, then the latest)
     gpus_per_cell: float = 1.0           # cuda: Ray num_gpus of each cell (fractional: cells share a GPU)
     chunk_compile: str = "graphs"        # cuda/compiled: how the chunk function is compiled (compiled.METHODS)
     compile_cache: bool = True           # cuda/compiled: keep compiled programs on disk beside the artifact
@@ -47,7 +48,7 @@ class RuntimeConfig:
             raise ValueError(f"--backend {self.backend!r}: expected one of {list(BACKENDS)}")
         if self.transport not in TRANSPORTS:
             raise ValueError(f"--transport {self.transport!r}: expected one of {list(TRANSPORTS)}")
-        for name in ("depth", "batch", "threads_per_cell"):
+        for name in ("depth", "batch", "threads_per_cell", "trace_events"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}={v!r}: expected a positive int")

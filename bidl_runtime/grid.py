@@ -23,6 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from queue import Queue
 from typing import Any, Iterable, Optional
 
@@ -31,6 +32,7 @@ from torch import Tensor
 
 from bidl_models.specs import torch_dtype
 
+from . import trace as tracing
 from .cell import CellError, CellSpec
 from .channels import ChannelError, attach_sender, create_receiver, new_secret
 from .config import RuntimeConfig
@@ -82,13 +84,14 @@ class Grid:
         self.results: dict[int, Any] = {}                # replica -> receiver from the last cell
         # sample -> (replica, input) until its result is back: what a restarted cell would replay
         self.inflight: dict[int, tuple[int, Tensor]] = {}
+        self.trace_events = 0                            # > 0: the cells trace this run (see bidl_runtime.trace)
 
     # ---------------------------------------------------------------------------------- set-up
 
     def spec_of(self, key: CellKey) -> CellSpec:
         """What cell ``key`` is told: its plan entry, its edges, the tunables."""
         return CellSpec(self.plan.cell(*key), self.plan.inputs(key), self.plan.outputs(key), self.config,
-                        self.config.faults.get(key))
+                        self.config.faults.get(key), config_name=self.plan.config)
 
     def start(self) -> "Grid":
         """Get an actor per cell and load its program (once; runs reuse them)."""
@@ -147,7 +150,7 @@ class Grid:
         except Exception as e:  # noqa: BLE001
             self.close()
             raise RunError(f"wiring the grid's channels failed: {_cell_error_text(e)}") from None
-        self.loops = {self.actors[c.key].loop.remote(): c for c in p.cells}
+        self.loops = {self.actors[c.key].loop.remote(self.trace_events): c for c in p.cells}
         self.clock.mark("wire", t, time.time())
         self.clock.note("driver_cpu_s", time.process_time())
         self.clock.close()
@@ -196,9 +199,11 @@ class Grid:
     # ------------------------------------------------------------------------------------ run
 
     def run(self, samples: Iterable, *, total: Optional[int] = None, progress: bool = True,
-            verify: bool = False) -> RunReport:
+            verify: bool = False, trace: Optional[str | Path] = None) -> RunReport:
         """Stream ``samples`` (tensors ``[T, C, H, W]``, or ``(tensor, label)``) through the grid and
-        drain it; ``verify``: compare every output with the single-device run of the same artifacts."""
+        drain it; ``verify``: compare every output with the single-device run of the same artifacts;
+        ``trace``: write the run's Chrome trace there (and its PNG timeline beside it)."""
+        self.trace_events = self.config.trace_events if trace is not None else 0
         self.start()
         self.wire()
         stream = _Stream(self, samples, keep_inputs=verify)
@@ -214,13 +219,15 @@ class Grid:
                 bar.close()
         wall = time.perf_counter() - t0
         cells = self.drain()
+        traced = tracing.write_run(trace, self.plan, cells, stream.fed_at, stream.done_at) if trace else None
         checked = (Reference(self.plan, self.config.threads_per_cell).compare(
             stream.outputs, stream.inputs, groups=list(stream.groups.values()), batch=self.config.batch)
                    if verify else None)
         return RunReport(plan=self.plan, backend=self.config.backend, transport=self.config.transport,
                          outputs=stream.outputs, labels=stream.labels, rejected=stream.rejected,
                          fed_at=stream.fed_at, done_at=stream.done_at, wall_s=wall, cells=cells,
-                         driver_channels=self._driver_stats(), startup=self.clock.as_dict(), verify=checked)
+                         driver_channels=self._driver_stats(), startup=self.clock.as_dict(), verify=checked,
+                         trace=traced)
 
     def _driver_stats(self) -> dict:
         return {"channels_out": {f"feed{k}": s.stats.snapshot() for k, s in self.feeds.items()},

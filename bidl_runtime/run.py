@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="emulated device speed: frames/s on ResNetLif50 2x128x128 (default: the guide's chip)")
     ap.add_argument("--cfg-options", nargs="*", default=[], metavar="KEY=VALUE")
     ap.add_argument("--json", default=None, help="write the report as JSON here")
+    ap.add_argument("--trace", default=None, metavar="FILE", help="write a Chrome/Perfetto trace of the run here "
+                    "(one track per cell: waits, compute, sends; the driver's feed and results) and a PNG "
+                    "timeline of the first samples beside it (FILE with .png)")
     ap.add_argument("--seed", type=int, default=0, help="seed of synthetic samples when the config has no data")
     ap.add_argument("--inject-fault", default=None, metavar="ROW,COL:raise|exit:SAMPLE",
                     help="fault drill: make cell (ROW, COL) of replica 0 raise or exit at SAMPLE")
@@ -183,15 +186,18 @@ def _main(args: argparse.Namespace) -> int:
             clock.close()
             print(f"error: {e}", file=sys.stderr)
             return 1
-        built = [r for r in getattr(arts, "records", []) if r.cache == "miss"]
+        records = getattr(arts, "records", [])
+        built = [r for r in records if r.cache == "miss"]
         if built:
             _say(f"compiled {len(built)} artifact(s) into {built[0].path.parents[2]}:\n{arts.table()}")
+        elif records:
+            _say(arts.summary_line())
         _say(plan.table())
         grid = Grid(plan, rcfg, actors=actors, clock=clock)
         grid.start()
         samples, source = _samples(args, cfg, plan)
         _say(f"data: {source}")
-        report = grid.run(samples, total=args.samples, progress=True, verify=verify)
+        report = grid.run(samples, total=args.samples, progress=True, verify=verify, trace=args.trace)
         clock.close()
         print()
         print(report.summary())
@@ -274,7 +280,7 @@ def _attach(args: argparse.Namespace) -> int:
         samples, source = _samples(args, cfg, grid.plan)
         verify = args.verify if args.verify is not None else grid.config.backend == "cpu"
         print(f"attached to the kept-alive grid {grid.plan.rows}x{grid.plan.cols} of {grid.plan.config}; data: {source}")
-        report = grid.run(samples, total=args.samples, progress=True, verify=verify)
+        report = grid.run(samples, total=args.samples, progress=True, verify=verify, trace=args.trace)
         print(report.summary())
         if args.json:
             Path(args.json).write_text(json.dumps(report.to_json(), indent=1))

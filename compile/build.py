@@ -324,6 +324,19 @@ class ArtifactSet:
         return load_artifact(self.path(segment, chunk_len), expect=self.keys[(segment, chunk_len)],
                              device=device, fast=fast)
 
+    @property
+    def all_cached(self) -> bool:
+        """Every artifact was reused from the cache (nothing built)."""
+        return bool(self.records) and all(r.cache == "hit" for r in self.records)
+
+    def summary_line(self) -> str:
+        """One line for a compile that built nothing (what a cached compile prints instead of the table)."""
+        built = sum(r.cache == "miss" for r in self.records)
+        what = (f"{len(self.records)} artifact(s) reused from the cache" if not built
+                else f"{built} of {len(self.records)} artifact(s) built")
+        return (f"{self.net}: {what} in {self.root} ({self.n_segments} segment(s) x chunk lengths {self.chunk_lens}, "
+                f"checked in {sum(r.seconds for r in self.records):.2f} s" + ("; --force rebuilds)" if not built else ")"))
+
     def table(self) -> str:
         """The readable summary table printed at the end of a compile."""
         head = ["segment", "split", "chunk", "state bytes", "program", "compile s", "verify max|diff|",
@@ -374,11 +387,11 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
     if not slices or any(t < 1 for t in slices) or sum(slices) != spec.T:
         raise ValueError(f"slices={list(slices)}: expected positive time-slice lengths summing to T={spec.T}")
     opts = options
-    log: Callable[[str], None] = _logger(opts.verbose)
+    seeded = (f"WARNING: no checkpoint: compiling DETERMINISTIC SEEDED INITIAL WEIGHTS (seed={spec.seed}) of "
+              f"{spec.name}, not a trained model") if spec.checkpoint is None else None
+    # lines held back until something is built (the seeded-weights warning with them, on stderr)
+    log = _QuietLog(_logger(opts.verbose), warn=seeded)
     dev = torch.device(opts.device)
-    if spec.checkpoint is None:
-        print(f"WARNING: no checkpoint: compiling DETERMINISTIC SEEDED INITIAL WEIGHTS (seed={spec.seed}) of "
-              f"{spec.name}, not a trained model", file=sys.stderr, flush=True)
     lens = sorted(set(slices), reverse=True)
     root = opts.root / spec.name
     for s in spec.segments:
@@ -410,7 +423,8 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
 
     from tqdm import tqdm
     jobs = [(i, L) for i in range(spec.n_segments) for L in lens]
-    bar = tqdm(jobs, desc=f"compile {spec.name}", unit="artifact", disable=not opts.progress, file=sys.stderr)
+    bar = tqdm(jobs, desc=f"compile {spec.name}", unit="artifact", disable=not opts.progress, file=sys.stderr,
+               delay=0.5)   # a cached check takes milliseconds: no bar for it
     for i, L in bar:
         t0 = time.perf_counter()
         dtype_i = spec.input_dtype if i == 0 else "float32"
@@ -425,17 +439,29 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
         if man is not None:
             cache = "hit"
             if opts.verify and man.verify is None:
+                log.loud()
                 art = load_artifact(job.d, expect=key, device=dev)
                 man = _record_verify(job, man, art, seg_input(i), input_note, log)
             if _wants_fast(job) and man.fast is None:
+                log.loud()
                 man = _add_fast(job.d, man, load_artifact(job.d, expect=key, device=dev), log)
         else:
             cache = "miss"
+            log.loud()
             man = _build(job, seg_input, input_note, log)
         rec = ArtifactRecord(i, tuple(spec.splits[i]), L, job.d, cache, man, time.perf_counter() - t0)
         result.records.append(rec)
         result.keys[(i, L)] = key
         log(f"model_{i} t{L}: {cache} ({rec.seconds:.2f} s) -> {job.d}")
+    if log.quiet:                      # all reused, nothing verified or added: one line, no table
+        bar.leave = False
+        bar.close()
+        if opts.verbose:
+            log.emit(result.summary_line() + (f"; weights seeded:{spec.seed}, NOT a trained checkpoint"
+                                              if spec.checkpoint is None else ""))
+        elif seeded:
+            _warn(seeded)
+        return result
     bar.close()
     log("\n" + result.table())
     if spec.checkpoint is None:
@@ -478,6 +504,37 @@ def compile_config(cfg: Config | str | Path, checkpoint: Optional[str | Path] = 
     spec = ModelSpec.from_config(cfg, columns=n_cols, splits=splits, checkpoint=checkpoint, in_shape=in_shape,
                                  input_dtype=input_dtype, seed=seed)
     return compile_spec(spec, time_slices(spec.T, n_rows), opts)
+
+
+class _QuietLog:
+    """A compile's log: lines are held back while every artifact is a cache hit (a cached compile
+    prints one summary line); the first artifact that needs work (``loud()``) prints them and
+    everything after as it comes."""
+
+    def __init__(self, emit: Callable[[str], None], warn: Optional[str] = None):
+        self.emit = emit
+        self.warn = warn               # printed on stderr when the log turns loud
+        self.quiet = True
+        self.held: list[str] = []
+
+    def __call__(self, msg: str) -> None:
+        if self.quiet:
+            self.held.append(msg)
+        else:
+            self.emit(msg)
+
+    def loud(self) -> None:
+        if self.quiet:
+            self.quiet = False
+            if self.warn:
+                _warn(self.warn)
+            for msg in self.held:
+                self.emit(msg)
+            self.held = []
+
+
+def _warn(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def _logger(verbose: bool) -> Callable[[str], None]:

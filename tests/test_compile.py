@@ -435,7 +435,9 @@ def test_cli(workdir, capsys):
     man = read_manifest(workdir / "cli_art" / "cli" / "model_0" / "t1_b1")
     assert man.timestep == 2 and man.chunk_len == 1
     assert cli_main(argv) == 0
-    assert "hit" in capsys.readouterr().out
+    cap = capsys.readouterr()                           # a cached compile: one line, no warning, no table
+    assert cap.out.startswith("cli: 1 artifact(s) reused from the cache") and cap.out.count("\n") == 1, cap.out
+    assert "NOT a trained checkpoint" in cap.out and cap.err == ""
     assert cli_main(argv + ["--grid", "2y1"]) == 1
     assert "grid='2y1'" in capsys.readouterr().err
 
