@@ -451,7 +451,7 @@ class Trainer:
         self.amp = self.amp_dtype is not None
         self.amp_name = (want if want is not True else "fp16") if self.amp else None
         if want and not self.amp:
-            log.info("AMP fp16 requested but the device is %s: training in fp32 (--amp bf16 runs on CPU)",
+            log.info("AMP requested but the device is %s: training in fp32 (fp16 needs CUDA; --amp bf16 runs on CPU)",
                      self.device)
 
         data = cfg.get("data")

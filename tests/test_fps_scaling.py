@@ -61,7 +61,8 @@ def test_cuda_backend_smoke_runs_its_code_path_on_cpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: check.sh runs the real --backend cuda")
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fps_scaling.py"), "--backend", "cuda", "--smoke",
-                        "--modes", "time,time2seg", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+                        "--modes", "time,time2seg", "--artifacts", str(tmp_path / "artifacts"), "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "runs the cuda code path on CPU" in r.stdout
     d = json.loads((tmp_path / "fps_scaling.json").read_text())
