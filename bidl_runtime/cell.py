@@ -4,11 +4,14 @@ Lifecycle: ``configure(spec)`` opens the device context and loads the program (o
 then per run ``open_inputs()`` creates the receiving ends of the cell's input edges,
 ``connect(...)`` attaches to the receivers of its output edges, ``loop()`` serves samples until a
 stop message and returns the cell's stats, ``reset()`` drops the channel ends (the program stays
-loaded, so a kept-alive grid runs again without loading anything).
+loaded, so a kept-alive grid runs again without loading anything). While the loop runs, ``ping()``
+answers the driver's heartbeat (progress, and how long the current chunk has been computing) and
+``abort()`` ends the loop within ``poll_s`` (the driver rewires a replica after a failure).
 
 Loop per sample: wait for the input chunk (the ``input`` edge from the driver for s = 0, else the
-``activation`` edge from cell (g, s-1)) and for the ``state`` edge from cell (g-1, s) (zeros for
-g = 0), run the chunk, hand the outputs to the outbox thread (``state`` to (g+1, s), ``activation``
+``activation`` edge from cell (g, s-1): one tensor, or the main activation and its carry -- the skip
+tensor -- when the columns are cut inside a residual block) and for the ``state`` edge from cell
+(g-1, s) (zeros for g = 0), run the chunk, hand the outputs to the outbox thread (``state`` to (g+1, s), ``activation``
 to (g, s+1), or the ``result`` to the driver; sent while the next chunk computes), then release
 the inputs (their slots' credits go back to the senders). Which edges exist is the plan's business:
 the cell only reads them. Cells hold no sample state between samples, so a restarted cell can
@@ -21,6 +24,7 @@ import time
 _IMPORT_STARTED = time.time()   # this module is imported when the actor's worker gets the cell class
 
 import os  # noqa: E402
+import signal  # noqa: E402
 import threading  # noqa: E402
 import traceback  # noqa: E402
 from dataclasses import dataclass
@@ -50,7 +54,7 @@ class CellSpec:
     inputs: tuple[Edge, ...]
     outputs: tuple[Edge, ...]
     config: RuntimeConfig
-    fault: Optional[tuple[str, int]] = None    # test hook: ('raise' | 'exit', sample id)
+    fault: Optional[tuple[str, int]] = None    # drill: (kind, sample id), kind in FAULTS
     config_name: str = ""                      # the model config's name (the metrics' ``config`` label)
 
     @property
@@ -66,6 +70,20 @@ class CellError(RuntimeError):
     """A cell failed; the message names the cell."""
 
 
+class Aborted(Exception):
+    """The driver aborted the loop (to rewire the cell's replica)."""
+
+
+# fault drills (RuntimeConfig.faults, --inject-fault): what the cell does at the given sample
+FAULTS = {
+    "raise": "raise an exception in the loop",
+    "exit": "exit the process at once (like a crash or SIGKILL)",
+    "hang": "stop the process (SIGSTOP: frozen, silent)",
+    "stall": "block inside the chunk's compute (alive, answering pings, making no progress)",
+    "connect": "fail while connecting its output channels (a failed start-up)",
+}
+
+
 class Cell:
     """The actor body (wrapped with ``ray.remote`` by the driver or the pool)."""
 
@@ -76,6 +94,7 @@ class Cell:
         self.spec: Optional[CellSpec] = None
         self._metrics: Optional[CellMetrics] = None
         self._trace: Optional[TraceBuffer] = None
+        self._abort = threading.Event()
         self._timings = {"process_start": process_start_time(), "import_started": _IMPORT_STARTED,
                          "imported": _IMPORTED_AT, "ready": time.time()}
         if spec is not None:
@@ -96,6 +115,8 @@ class Cell:
         self._timings["load_s"] = time.perf_counter() - t
         self._timings["configured"] = time.time()
         self._timings["cpu_s"] = time.process_time()   # this process's CPU seconds so far (start-up cost)
+        self._timings["pid"] = os.getpid()
+        self._abort.clear()
         self._metrics = _cell_metrics(spec) if cfg.metrics else None
         self._fresh_counters()
         return dict(self._timings)
@@ -108,6 +129,8 @@ class Cell:
         if self._metrics is not None:
             self._metrics.reset()
         self._first: Optional[dict] = None   # perf_counter timeline of the first sample (latency analysis)
+        self._computing_since: Optional[float] = None   # perf_counter when the current chunk's compute began
+        self._last_sample: Any = None
 
     def describe(self) -> dict[str, Any]:
         """Which cell this actor is configured as (a process attaching to a kept-alive grid checks it)."""
@@ -124,13 +147,36 @@ class Cell:
 
     def connect(self, endpoints: dict[str, Any]) -> None:
         """Attach to the receivers of this cell's output edges (``{edge name: endpoint}``)."""
+        if self.spec.fault is not None and self.spec.fault[0] == "connect":
+            raise CellError(f"{self.name}: injected fault (connect)")
         for e in self.spec.outputs:
             self.senders[e.name] = attach_sender(endpoints[e.name])
 
-    def reset(self) -> None:
-        """Drop the channel ends and the counters of the last run; the program stays loaded."""
+    def reset(self, fresh: bool = True) -> None:
+        """Drop the channel ends (and, ``fresh``, the counters of the last run: a rewire in the middle
+        of a run keeps them); the program stays loaded."""
         self._close_channels()
-        self._fresh_counters()
+        self._abort.clear()
+        if fresh:
+            self._fresh_counters()
+
+    # ---------------------------------------------------------------- health (control plane)
+
+    def ping(self) -> dict[str, Any]:
+        """The heartbeat: samples done, the last one, seconds the current chunk has been computing
+        (None between chunks) and the median chunk time (the driver derives its deadlines from it)."""
+        since = self._computing_since
+        return {"pid": os.getpid(), "samples": self._samples, "last_sample": self._last_sample,
+                "computing_s": None if since is None else time.perf_counter() - since,
+                "chunk_ms": _median(self.clock.samples_ms)}
+
+    def abort(self) -> None:
+        """End the running loop at its next bounded wait (it returns its stats, marked aborted)."""
+        self._abort.set()
+
+    def _check_abort(self) -> None:
+        if self._abort.is_set():
+            raise Aborted
 
     # ------------------------------------------------------------------------------ data plane
 
@@ -139,22 +185,25 @@ class Cell:
         rx = self.receivers[edge.name]
         cfg = self.spec.config
         return patiently(lambda t: rx.recv(timeout=t), poll_s=cfg.poll_s, limit_s=cfg.idle_timeout_s,
+                         check=self._check_abort,
                          give_up=lambda s: CellError(f"{self.name}: no {edge.kind} input on {edge.name} for {s:.0f} s"))
 
-    def _send(self, edge: Edge, tensors: Any, meta: dict) -> None:
-        """Send on an output edge, waiting for a credit as long as the receiver is alive (bounded
-        by the idle limit): a slow downstream cell is back-pressure, not an error."""
-        tx = self.senders[edge.name]
+    def _send(self, edge: Edge, tensors: Any, meta: dict, tx: Any) -> None:
+        """Send on an output edge's sender ``tx``, waiting for a credit as long as the receiver is alive
+        (bounded by the idle limit): a slow downstream cell is back-pressure, not an error."""
         cfg = self.spec.config
         patiently(lambda t: tx.send(tensors, meta, timeout=t), poll_s=cfg.poll_s, limit_s=cfg.idle_timeout_s,
+                  check=self._check_abort,
                   give_up=lambda s: CellError(f"{self.name}: {edge.kind} output {edge.name} blocked for {s:.0f} s"))
 
     def loop(self, trace_events: int = 0) -> dict[str, Any]:
-        """Serve samples until a stop message; returns this cell's stats (with its trace spans when
-        ``trace_events`` > 0: at most that many kept, see :mod:`bidl_runtime.trace`)."""
+        """Serve samples until a stop message (or ``abort()``); returns this cell's stats (with its trace
+        spans when ``trace_events`` > 0: at most that many kept, see :mod:`bidl_runtime.trace`)."""
         self._trace = TraceBuffer(trace_events) if trace_events else None
         try:
             return self._loop()
+        except Aborted:
+            return dict(self.stats(), aborted=True)
         except CellError:
             raise
         except Exception as e:  # noqa: BLE001 - name the cell in whatever went wrong
@@ -164,7 +213,7 @@ class Cell:
     def _loop(self) -> dict[str, Any]:
         spec = self.spec
         zero = self.ctx.reset_state() if spec.state_edge is None else None
-        outbox = _Outbox(self.name, spec.config)
+        outbox = _Outbox(self.name, spec.config, self._check_abort)
         try:
             self._serve(spec, zero, outbox)
         finally:
@@ -197,15 +246,16 @@ class Cell:
             if mx.kind != "data" or (ms is not None and ms.kind != "data"):
                 raise CellError(f"{self.name}: unexpected message kind {mx.kind!r} / "
                                 f"{ms.kind if ms is not None else '-'!r}: {meta.get('error', '')}")
-            if spec.fault is not None and spec.fault[1] == meta.get("sample"):
-                self._inject(spec.fault[0])
-            x = mx.tensors["x"]
+            x = _activation(mx, x_edge)
             state = ms.tensors if ms is not None else zero
             ev0.record(self.ctx.stream)
             if not self._t_start:
                 self._t_start = time.perf_counter()  # busy % counts from the first compute
-            t_exec = time.perf_counter()
+            t_exec = self._computing_since = time.perf_counter()
+            if spec.fault is not None and spec.fault[1] == meta.get("sample"):
+                self._inject(spec.fault[0])
             y, new_state = self.ctx.execute(x, state)
+            self._computing_since = None
             ev1.record(self.ctx.stream)
             if self._first is None:
                 self._first = {"x_ready": t_x, "inputs_ready": t_in, "exec_start": t_exec,
@@ -215,7 +265,7 @@ class Cell:
             if tr is not None:
                 t_end = time.perf_counter()
                 _trace_chunk(tr, meta.get("sample"), t_w, t_x, t_in if state_edge is not None else None, t_exec, t_end)
-            outbox.put(self._deliver(spec, meta.get("sample"), y, new_state, mx, ms, ms_busy, x.shape[0], t_in - t_w))
+            outbox.put(self._deliver(spec, meta.get("sample"), y, new_state, mx, ms, ms_busy, _steps(x), t_in - t_w))
             if tr is not None and time.perf_counter() - t_end > 20e-6:
                 tr.add(LOOP, "wait outbox", t_end, time.perf_counter(), meta.get("sample"))
 
@@ -224,14 +274,15 @@ class Cell:
         """The outbox job of one sample: send its outputs on every output edge, then release its
         inputs (the outputs may be views of the input slots, e.g. the emulated backend hands the
         state through)."""
-        payloads = {"state": lambda: new_state, "activation": lambda: {"x": y}, "result": lambda: {"y": y[-1]}}
+        payloads = {"state": lambda e: new_state, "activation": lambda e: _named(e, y), "result": lambda e: {"y": y[-1]}}
+        senders = dict(self.senders)   # this wiring's: a job outliving an abort never reaches a rewired channel
         tr = self._trace
 
         def job() -> None:
             out_meta = {"kind": "data", "sample": sample}
             for e in spec.outputs:
                 t = time.perf_counter() if tr is not None else 0.0
-                self._send(e, payloads[e.kind](), out_meta)
+                self._send(e, payloads[e.kind](e), out_meta, senders[e.name])
                 if tr is not None:
                     tr.add(OUTBOX, f"send {e.kind}", t, time.perf_counter(), sample)
             mx.release()
@@ -240,6 +291,7 @@ class Cell:
             if self._samples == 0 and self._first is not None:
                 self._first["sent"] = time.perf_counter()
             self._samples += 1
+            self._last_sample = sample
             self._t_end = time.perf_counter()
             if self._metrics is not None:
                 self._metrics.record(ms_busy, steps, wait_s, sum(s.stats.bytes for s in self.senders.values()),
@@ -247,10 +299,17 @@ class Cell:
         return job
 
     def _inject(self, what: str) -> None:
-        """Fault injection for tests and drills: raise, or kill this process."""
+        """Fault drills (see FAULTS), inside the chunk's compute."""
         if what == "exit":
             os._exit(17)
-        raise RuntimeError(f"injected fault ({what})")
+        if what == "hang":
+            os.kill(os.getpid(), signal.SIGSTOP)
+            return
+        if what == "stall":
+            while True:
+                time.sleep(3600)
+        if what == "raise":
+            raise RuntimeError(f"injected fault ({what})")
 
     # ---------------------------------------------------------------------------- observability
 
@@ -288,8 +347,8 @@ class _Outbox:
     """A thread that sends one sample's outputs while the cell computes the next chunk (depth 1:
     the cell waits before handing over a second job). Errors re-raise in the cell's loop."""
 
-    def __init__(self, name: str, config: RuntimeConfig) -> None:
-        self.name, self.config = name, config
+    def __init__(self, name: str, config: RuntimeConfig, check=None) -> None:
+        self.name, self.config, self.check = name, config, check
         self.q: Queue = Queue(maxsize=1)
         self.err: Optional[BaseException] = None
         self.idle = threading.Event()
@@ -318,7 +377,7 @@ class _Outbox:
     def flush(self) -> None:
         """Wait until the previous job is sent (its sends are bounded by the idle limit); re-raise its error."""
         patiently(lambda t: attempt(self.idle.wait(t)), poll_s=self.config.poll_s,
-                  limit_s=2 * self.config.idle_timeout_s,
+                  limit_s=2 * self.config.idle_timeout_s, check=self.check,
                   give_up=lambda s: CellError(f"{self.name}: outbox still sending after {s:.0f} s"))
         if self.err is not None:
             err, self.err = self.err, None
@@ -327,6 +386,27 @@ class _Outbox:
     def close(self) -> None:
         self.q.put(None)
         self.thread.join(timeout=max(1.0, 10 * self.config.poll_s))
+
+
+def _activation(msg: Any, edge: Edge) -> Any:
+    """The chunk input of a message: one tensor, or the tuple of x and its carry (a cut inside a block)
+    in the edge's layout order."""
+    if len(edge.layout) == 1:
+        return msg.tensors[edge.layout[0].name]
+    return tuple(msg.tensors[t.name] for t in edge.layout)
+
+
+def _named(edge: Edge, y: Any) -> dict[str, Any]:
+    """A segment's output (y, or y and its carry) by the names of the edge's layout, in order."""
+    ys = y if isinstance(y, (tuple, list)) else (y,)
+    if len(ys) != len(edge.layout):
+        raise CellError(f"{edge.name}: the segment returns {len(ys)} tensors, the edge carries {len(edge.layout)} "
+                        f"({[t.name for t in edge.layout]})")
+    return {t.name: v for t, v in zip(edge.layout, ys)}
+
+
+def _steps(x: Any) -> int:
+    return (x[0] if isinstance(x, (tuple, list)) else x).shape[0]
 
 
 def _cell_metrics(spec: CellSpec) -> Optional[CellMetrics]:

@@ -100,7 +100,8 @@ def key_lock(path: Path) -> Iterator[None]:
 
 @dataclass
 class CompiledChunk:
-    """A chunk function ``(x, *state) -> (y, *new_state)`` compiled for ``device`` at static shapes."""
+    """A chunk function ``(x, *carry_in, *state) -> (y, *carry_out, *new_state)`` compiled for ``device``
+    at static shapes."""
 
     fn: Callable[..., Sequence[Tensor]]
     method: str
@@ -181,11 +182,13 @@ class CompiledChunk:
 
 
 def example_inputs(art: Any, batch: int, device: torch.device) -> list[Tensor]:
-    """Zeros ``(x, *state)`` of the artifact's shapes for ``batch`` on ``device``."""
+    """Zeros ``(x, *carry_in, *state)`` of the artifact's shapes for ``batch`` on ``device``."""
     from bidl_models.specs import torch_dtype
     x = torch.zeros((art.chunk_len, batch, *art.input_spec.shape[1:]), dtype=torch_dtype(art.input_dtype),
                     device=device)
-    return [x] + [s.with_batch(batch).zeros(device) for s in art.state_specs]
+    carry = [torch.zeros((art.chunk_len, batch, *c.shape[1:]), dtype=torch_dtype(c.dtype), device=device)
+             for c in art.carry_in]
+    return [x, *carry] + [s.with_batch(batch).zeros(device) for s in art.state_specs]
 
 
 def _module(art: Any) -> Any:

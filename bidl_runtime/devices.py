@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional, Sequence
 
@@ -50,6 +51,8 @@ class EmulatedSource:
     output: TensorSpec                  # [t, B, ...] chunk output
     state: tuple[TensorSpec, ...]       # state tensors (batch included)
     seconds_per_step: float             # device time of one time step of this segment
+    carry_in: tuple[TensorSpec, ...] = ()    # [t, B, ...] with the input across a cut inside a block
+    carry_out: tuple[TensorSpec, ...] = ()   # [t, B, ...] with the output
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,11 @@ class DeviceProfile:
     ref_fps: float = 28.8                      # the user guide's chip on ResNetLif50, 2x128x128
     ref_model: str = "ResNetLif50 2x128x128"
     ref_flops: Optional[float] = None          # computed on first use when None
+
+    def __post_init__(self) -> None:
+        import math
+        if not (isinstance(self.ref_fps, (int, float)) and math.isfinite(self.ref_fps) and self.ref_fps > 0):
+            raise ValueError(f"DeviceProfile.ref_fps={self.ref_fps!r}: expected a finite number of frames/s > 0")
 
     def seconds_per_step(self, flops: float) -> float:
         ref = self.ref_flops if self.ref_flops is not None else resnet50_step_flops()
@@ -138,7 +146,8 @@ class DeviceContext(ABC):
 
     @abstractmethod
     def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """Run the loaded segment over one chunk ``x[t, B, ...]`` from ``state``."""
+        """Run the loaded segment over one chunk ``x[t, B, ...]`` from ``state``; ``x`` and the output
+        are tuples (x and its carry) for a segment cut inside a block."""
 
     def close(self) -> None:
         return None
@@ -175,25 +184,28 @@ class EmulatedContext(DeviceContext):
     def __init__(self, device_id: int, threads: int = 1):
         super().__init__(device_id, threads)
         self.seconds_per_step = 0.0
-        self._out: Optional[Tensor] = None
+        self._outs: tuple[Tensor, ...] = ()
 
     def load(self, source) -> None:
         if not isinstance(source, EmulatedSource):
             raise ValueError(f"emulated backend needs an EmulatedSource, got {type(source).__name__}")
         self.state_specs = tuple(source.state)
         self.seconds_per_step = float(source.seconds_per_step)
-        self._out = source.output.zeros()
+        self._outs = tuple(t.zeros() for t in (source.output, *source.carry_out))
         self.format = "emulated"
 
     def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         t0 = time.perf_counter()
-        deadline = t0 + x.shape[0] * self.seconds_per_step
+        t = (x[0] if isinstance(x, (tuple, list)) else x).shape[0]
+        deadline = t0 + t * self.seconds_per_step
         while True:
             left = deadline - time.perf_counter()
             if left <= 0:
                 break
             time.sleep(left)
-        return self._out[: x.shape[0]], state
+        if len(self._outs) == 1:
+            return self._outs[0][:t], state
+        return tuple(o[:t] for o in self._outs), state
 
 
 class CudaUnavailable(ValueError):
@@ -205,7 +217,7 @@ def cuda_problem() -> Optional[str]:
     if torch.cuda.is_available():
         return None
     if torch.version.cuda is None:
-        return f"this torch ({torch.__version__}) is built without CUDA and no GPU is visible"
+        return f"no CUDA device is available to this process (this torch, {torch.__version__}, is built without CUDA)"
     return "no CUDA device is visible to this process (torch.cuda.is_available() is False)"
 
 
@@ -218,7 +230,8 @@ def require_cuda(what: str = "--backend cuda") -> None:
 
 class CompiledContext(DeviceContext):
     """A segment program compiled for ``device`` (:class:`~bidl_runtime.compiled.CompiledChunk`), with
-    resident buffers: the input ``x`` and the state at fixed addresses (the compiled program, CUDA
+    resident buffers: the input ``x`` (and its carry, for a segment cut inside a block: ``execute``
+    then takes and returns tuples, as the other contexts do) and the state at fixed addresses (the compiled program, CUDA
     graphs included, reads them in place), and two sets of output buffers, used in turn, so that the
     outputs of chunk k are still intact while the cell's outbox sends them during chunk k+1 (it has
     sent them before chunk k+2 starts). ``execute`` copies the chunk's inputs in, runs the program,
@@ -253,15 +266,19 @@ class CompiledContext(DeviceContext):
         batch = man.batch.compiled
         self.state_specs = tuple(s.with_batch(batch) for s in man.state)
         self.state_names = [s.name for s in man.state]
-        x_spec = TensorSpec("x", (man.chunk_len,) + tuple(man.input.with_batch(batch).shape), man.input_dtype)
-        self.x_in = x_spec.zeros(self.device)
+        x_specs = [TensorSpec("x", (man.chunk_len,) + tuple(man.input.with_batch(batch).shape), man.input_dtype)]
+        x_specs += [TensorSpec(c.name, (man.chunk_len,) + tuple(c.with_batch(batch).shape), c.dtype)
+                    for c in man.carry_in]
+        self.x_in = [s.zeros(self.device) for s in x_specs]           # x, *carry_in
         self.state_in = [s.zeros(self.device) for s in self.state_specs]
+        self.n_out = 1 + len(man.carry_out)                           # y, *carry_out
         self.chunk = CompiledChunk.load(source.path, self.device, batch, self.method, self.cache,
-                                        static_inputs=[self.x_in, *self.state_in], amp=self.amp)
+                                        static_inputs=[*self.x_in, *self.state_in], amp=self.amp)
         self.compile_info = dict(self.chunk.info)
         with torch.inference_mode():
-            outs = self.chunk(self.x_in, *self.state_in)
-        dtypes = [torch_dtype(man.output.dtype)] + [torch_dtype(s.dtype) for s in self.state_specs]
+            outs = self.chunk(*self.x_in, *self.state_in)
+        dtypes = ([torch_dtype(man.output.dtype)] + [torch_dtype(c.dtype) for c in man.carry_out]
+                  + [torch_dtype(s.dtype) for s in self.state_specs])
         # the manifest's dtypes (under amp the program may return lower precision: copy_ casts back)
         self._outs = [[torch.empty(o.shape, dtype=d, device=self.device) for o, d in zip(outs, dtypes)]
                       for _ in range(2)]
@@ -272,24 +289,31 @@ class CompiledContext(DeviceContext):
     def _sync(self) -> None:
         return None
 
-    def _inputs_in(self, x: Tensor, state: State) -> None:
-        if x.data_ptr() != self.x_in.data_ptr():
-            self.x_in.copy_(x, non_blocking=True)
+    def _inputs_in(self, x: Tensor | Sequence[Tensor], state: State) -> None:
+        xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        if len(xs) != len(self.x_in):
+            raise ValueError(f"{self.backend} backend: got {len(xs)} input tensor(s), the segment takes "
+                             f"{len(self.x_in)} (x and its carry)")
+        for buf, t in zip(self.x_in, xs):
+            if t.data_ptr() != buf.data_ptr():
+                buf.copy_(t, non_blocking=True)
         for buf, name in zip(self.state_in, self.state_names):
             t = state[name]
             if t.data_ptr() != buf.data_ptr():
                 buf.copy_(t, non_blocking=True)
 
-    def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+    def execute(self, x: Tensor | Sequence[Tensor], state: State) -> tuple[Tensor | tuple[Tensor, ...], State]:
         with torch.inference_mode():
             self._inputs_in(x, state)
-            outs = self.chunk(self.x_in, *self.state_in)
+            outs = self.chunk(*self.x_in, *self.state_in)
             bufs = self._outs[self._turn]
             self._turn ^= 1
             for b, o in zip(bufs, outs):
                 b.copy_(o, non_blocking=True)
         self._sync()
-        return bufs[0], dict(zip(self.state_names, bufs[1:]))
+        n = self.n_out
+        y = bufs[0] if n == 1 else tuple(bufs[:n])
+        return y, dict(zip(self.state_names, bufs[n:]))
 
 
 class CudaStream(Stream):
@@ -343,6 +367,12 @@ class CudaContext(CompiledContext):
     backend = "cuda"
     torch_device = "cuda"
 
+    @staticmethod
+    def unusable() -> Optional[str]:
+        """Why this backend cannot run here (checked by the driver before anything starts)."""
+        why = cuda_problem()
+        return None if why is None else f"{why}; use --backend cpu (or emulated)"
+
     def __init__(self, device_id: int, threads: int = 1, method: str = "graphs", cache: bool = True,
                  amp: Optional[str] = None):
         require_cuda("backend 'cuda'")
@@ -363,7 +393,7 @@ class CudaContext(CompiledContext):
     def _sync(self) -> None:
         self.stream.raw.synchronize()
 
-    def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+    def execute(self, x: Tensor | Sequence[Tensor], state: State) -> tuple[Tensor | tuple[Tensor, ...], State]:
         s = self.stream.raw
         # after the receiver's wait on the sender's copy (the caller's stream), and after the copies
         # out of the output buffers that the outbox enqueued on the default stream (it reuses them)
@@ -381,6 +411,14 @@ BACKENDS: dict[str, type[DeviceContext]] = {c.backend: c for c in (CpuContext, E
                                                                      CompiledContext)}
 
 
+def backend_problem(backend: str) -> Optional[str]:
+    """Why ``backend`` cannot run on this machine (None: it can); the driver asks before starting."""
+    if backend not in BACKENDS:
+        return f"expected one of {sorted(BACKENDS)}"
+    check = getattr(BACKENDS[backend], "unusable", None)
+    return check() if check is not None else None
+
+
 def open_context(backend: str, device_id: int, threads: int = 1, **options) -> DeviceContext:
     """Open device ``device_id`` with the named backend (``options``: the cuda backend's ``method``
     and ``cache``, see :meth:`bidl_runtime.config.RuntimeConfig.context_options`)."""
@@ -391,12 +429,15 @@ def open_context(backend: str, device_id: int, threads: int = 1, **options) -> D
 
 @dataclass
 class BusyClock:
-    """Accumulates device-busy time between event pairs."""
+    """Accumulates device-busy time between event pairs; keeps the last ``window`` chunk times (for
+    medians: a long stream does not grow the cell's memory)."""
 
     busy_s: float = 0.0
-    samples_ms: list[float] = field(default_factory=list)
+    window: int = 2048
+    samples_ms: deque = field(default_factory=deque)
 
     def add(self, ms: float) -> None:
         self.busy_s += ms / 1e3
-        if len(self.samples_ms) < 100_000:
-            self.samples_ms.append(ms)
+        self.samples_ms.append(ms)
+        if len(self.samples_ms) > self.window:
+            self.samples_ms.popleft()

@@ -19,6 +19,9 @@ class RunReport:
     ``done_at`` are ``perf_counter`` times when it entered the grid and when its result arrived;
     ``startup`` the start-up phases in seconds (see :class:`bidl_runtime.startup.StartupClock`);
     ``verify`` the comparison with the single-device run of the same artifacts, if asked for;
+    ``restarts`` one entry per replica restart (its cells with kind and cause, the replayed sample ids,
+    seconds from detection to rewired and to the replica's next result); ``resumed`` how many of
+    ``outputs`` / ``rejected`` came from a journal of an earlier run;
     ``trace`` what a traced run wrote (see :func:`bidl_runtime.trace.write_trace`).
     """
 
@@ -35,6 +38,8 @@ class RunReport:
     driver_channels: dict
     startup: dict[str, Any] = field(default_factory=dict)
     verify: Optional[dict] = None
+    restarts: list[dict] = field(default_factory=list)
+    resumed: int = 0
     trace: Optional[dict] = None
 
     # ------------------------------------------------------------------------- derived figures
@@ -42,6 +47,11 @@ class RunReport:
     @property
     def samples(self) -> int:
         return len(self.outputs)
+
+    @property
+    def replayed(self) -> int:
+        """Samples replayed after restarts (a sample replayed twice counts twice)."""
+        return sum(len(r["replayed"]) for r in self.restarts)
 
     @property
     def latencies_s(self) -> dict[int, float]:
@@ -150,7 +160,8 @@ class RunReport:
             f"config {p.config}: grid {p.rows}x{p.cols} x{p.replicas} replica(s), T={p.T} "
             f"(slices {list(p.slices)}), segments {[list(s) for s in p.splits]}, backend {self.backend}, "
             f"transport {self.transport}",
-            f"samples: {self.samples} done, {len(self.rejected)} rejected, wall {self.wall_s:.2f} s "
+            f"samples: {self.samples} done" + (f" ({self.resumed} from the journal)" if self.resumed else "")
+            + f", {len(self.rejected)} rejected, wall {self.wall_s:.2f} s "
             f"(grid start-up {self.startup_s:.1f} s before that"
             + (f"; {self.startup['total_s']:.1f} s from the command's start" if "total_s" in self.startup else "")
             + ")",
@@ -165,7 +176,17 @@ class RunReport:
             lines.append(f"accuracy on {len(self.labels)} labelled samples: "
                          + "  ".join(f"{k} {v:.2f}%" for k, v in accs.items()))
         for i, why in sorted(self.rejected.items()):
-            lines.append(f"rejected sample {i}: {why}")
+            lines.append(f"rejected {why}" if why.startswith(f"sample {i}:") else f"rejected sample {i}: {why}")
+        if self.restarts:
+            lines.append(f"restarts: {len(self.restarts)}, {self.replayed} in-flight samples replayed; "
+                         "every output taken once")
+            for r in self.restarts:
+                what = "; ".join(f"{c['cell']} {c['kind']}: {c['cause']}" + ("" if c["restarted"] else " (rewired)")
+                                 for c in r["cells"])
+                again = (f", streaming again after {r['streaming_again_s']:.1f} s"
+                         if r.get("streaming_again_s") is not None else "")
+                lines.append(f"  at {r['detected_after_s']:.1f} s: {what}; replica {r['replica']} rewired "
+                             f"{r['rewired_s']:.1f} s after detection{again}; replayed {_ids(r['replayed'])}")
         head = f"{'cell':<26}{'samples':>8}{'busy %':>8}{'chunk ms':>10}"
         lines += ["", head, "-" * len(head)]
         for c in sorted(self.cells, key=lambda c: (c["replica"], c["row"], c["col"])):
@@ -205,6 +226,17 @@ class RunReport:
             "latency_ms_p50": self.latency_ms(0.5), "latency_ms_p99": self.latency_ms(0.99),
             **self.accuracies(), "startup_s": self.startup_total_s, "grid_startup_s": self.startup_s,
             "verify": self.verify, "startup": self.startup, "cells": self.cells, "trace": self.trace,
+            "restarts": [{k: v for k, v in r.items() if not k.endswith("_at")} for r in self.restarts],
+            "replayed": self.replayed, "resumed": self.resumed,
             "edges": self.edges(),
             "outputs": {str(i): y.reshape(-1).tolist() for i, y in sorted(self.outputs.items())},
         }
+
+
+def _ids(ids: list[int]) -> str:
+    """``'none'``, ``'sample 3'``, ``'4 samples (12..15)'``."""
+    if not ids:
+        return "none"
+    if len(ids) == 1:
+        return f"sample {ids[0]}"
+    return f"{len(ids)} samples ({min(ids)}..{max(ids)})"

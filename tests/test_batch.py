@@ -68,3 +68,16 @@ def test_batches_agree_with_unbatched_and_skip_rejected_samples(cluster, artifac
     worst = max(float((one.outputs[i] - four.outputs[i]).abs().max()) for i in four.outputs)
     assert worst <= 1e-5, f"batched outputs differ from unbatched by {worst}"
     assert four.labels == one.labels
+
+
+def test_a_restart_replays_whole_messages(cluster, artifacts):
+    """A cell dies on a batched message: its replica is restarted and every message in flight is
+    replayed whole; each sample comes back once, bit-exact, in order."""
+    n = 9
+    report = run(artifacts, (2, 1), 2, samples(T, n), faults={(0, 1, 0): ("exit", 4)})
+    assert report.verify == {"equal": n, "compared": n, "max_abs_diff": 0.0}
+    assert list(report.outputs) == list(range(n))
+    assert len(report.restarts) == 1 and report.restarts[0]["cells"][0]["kind"] == "died"
+    replayed = report.restarts[0]["replayed"]
+    assert {4, 5} <= set(replayed), replayed
+    assert {i ^ 1 for i in replayed if i ^ 1 < n} <= set(replayed), replayed   # messages (4, 5), ... whole

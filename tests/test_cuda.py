@@ -356,6 +356,37 @@ def test_compiled_grid_over_cuda_edges_equals_reference(cluster, tmp_path_factor
     assert all(c["format"] == "eager (cpu)" for c in report.cells)
 
 
+@pytest.mark.parametrize("backend,method,batch", [
+    ("compiled", "eager", 1), ("compiled", "eager", 2),
+    pytest.param("cuda", "graphs", 2, marks=needs_gpu)])
+def test_compiled_cells_cut_inside_a_block_take_x_and_its_carry(cluster, tmp_path_factory, backend, method, batch):
+    """Columns cut inside a residual block: the compiled context takes x and its carry (a tuple) and
+    returns y and its carry, the activation edge (cuda transport) carries them all; outputs equal the
+    single-device reference, batched or not."""
+    from bidl_models.config import load_config
+    from bidl_runtime.api import stream
+    from bidl_runtime.data import synthetic_samples
+    from conftest import TINY, active_net, write_config
+    root = tmp_path_factory.mktemp("cut-arts")
+    backbone, inshape = TINY["ResNetLifItout"]
+    c = load_config(write_config(root / "resnet_cut.py", dict(backbone, timestep=4, noise=0.0), inshape))
+    _, ckpt = active_net(c, root / "resnet_cut.pth")
+    n = 5
+    items = [(x, i % 10) for i, x in enumerate(synthetic_samples(4, (2, 32, 32), n, 0, rate=0.4))]
+    rcfg = RuntimeConfig(backend=backend, transport="cuda", chunk_compile=method, batch=batch, metrics=False,
+                         gpus_per_cell=0.25, start_timeout_s=600)
+    report = stream(c, items, grid=(2, 2), rcfg=rcfg, checkpoint=ckpt, artifacts=root / "arts", verify=True)
+    split = report.plan.splits[0][1]
+    assert isinstance(split, str), f"expected a cut inside a block, got {report.plan.splits}"
+    edge = report.plan.edge("cell[1,1]@dev3:x")
+    assert len(edge.layout) > 1 and edge.transport == "cuda", edge
+    assert list(report.outputs) == list(range(n))
+    if backend == "compiled":
+        assert report.verify == {"equal": n, "compared": n, "max_abs_diff": 0.0}, report.verify
+    else:
+        assert report.verify["compared"] == n and report.verify["max_abs_diff"] < 1e-3, report.verify
+
+
 @needs_gpu
 def test_cuda_grid_equals_single_cell(cluster, tmp_path_factory):
     """A 3x2 grid on one GPU (six cells sharing it, cuda edges, the default Inductor + CUDA graphs:
