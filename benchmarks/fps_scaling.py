@@ -1,7 +1,7 @@
 """The scaling curve, measured through the real runtime, beside BIDL's published multi-device numbers.
 
-    python benchmarks/fps_scaling.py [--backend emulated|cpu] [--devices 1,2,4,8,12,16,24]
-        [--T 48,240] [--model resnetlif50] [--modes time,time2seg,replicas] [--samples N] [--out DIR]
+    python benchmarks/fps_scaling.py [--backend emulated|cpu|cuda|compiled] [--devices 1,2,4,8,12,16,24]
+        [--T 48,240] [--model resnetlif50] [--modes time,time2seg,replicas] [--samples N] [--out DIR] [--smoke]
     python benchmarks/fps_scaling.py --replot benchmarks/results/fps_scaling.json
 
 For each device count n and each T: time-only grids (n x 1), time + 2-segment grids (n/2 x 2; the
@@ -16,8 +16,14 @@ per-edge copy time and bytes moved, per-cell busy %.
 
 ``emulated`` paces each cell to a device profile (default: the user guide's chip, 28.8 frames/s
 on ResNetLif50 2x128x128, segments paced by their FLOP share) while the real 12.55 MB state and
-the real activations move through the real channels; ``cpu`` computes for real (small models).
-Writes ``fps_scaling.json``, ``fps_scaling.png`` and ``fps_scaling.txt`` into ``--out``;
+the real activations move through the real channels; ``cpu`` computes for real (small models);
+``cuda`` puts every cell on the one GPU (``--gpus-per-cell``, default 1 / the largest count) with its
+chunk compiled (``--chunk-compile``, default ``capture``: no code generation per time slice) and
+cell-to-cell edges on the ``cuda`` transport; ``compiled`` is its code path on CPU (the cuda
+transport with host-memory slots). ``--smoke``: toy sizes (1 and 2 cells, T=4, the small model,
+``--backend cuda`` falls back to ``compiled`` without a GPU) to check the path, not to measure.
+Writes ``fps_scaling.json``, ``fps_scaling.png`` and ``fps_scaling.txt`` (the device named in each)
+into ``--out``;
 ``--replot results/fps_scaling.json`` redraws the PNG from a results file without measuring.
 """
 from __future__ import annotations
@@ -46,6 +52,16 @@ MODELS = {
 }
 MODES = ("time", "time2seg", "time2seg_block", "replicas")
 DEFAULT_MODES = ("time", "time2seg", "replicas")
+
+
+def device_name(backend: str) -> str:
+    """What computed: the GPU's name for cuda, else this machine's CPU."""
+    import torch
+    if backend == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    if backend == "emulated":
+        return "emulated (paced to the device profile)"
+    return f"cpu: {platform.processor() or platform.machine()} x{os.cpu_count()}"
 
 
 def published() -> dict[str, dict[int, float]]:
@@ -144,7 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from bidl_models.model_spec import ModelSpec
     from bidl_models.segments import auto_split
     from bidl_runtime.api import build_artifacts, prepare
-    from bidl_runtime.config import RuntimeConfig
+    from bidl_runtime.config import COMPILE_START_TIMEOUT_S, COMPILED_BACKENDS, RuntimeConfig
     from bidl_runtime.defaults import default_threads
     from bidl_runtime.devices import DeviceProfile
     from bidl_runtime.layout import GridLayout, time_slices
@@ -172,9 +188,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 jobs.append((T, n, mode, g))
     need = max(n for _, n, _, _ in jobs)
     from bidl_runtime.cluster import start_local
+    gpu = args.backend == "cuda"
+    gpus_per_cell = args.gpus_per_cell or (1.0 / need if gpu else 1.0)
     start_local(num_cpus=os.cpu_count(), resources={"bidl_device": need}, include_dashboard=False,
-                log_to_driver=False, logging_level="WARNING")
-    pool = CellPool()
+                log_to_driver=False, logging_level="WARNING", **({"num_gpus": 1} if gpu else {}))
+    pool = CellPool(num_gpus=gpus_per_cell if gpu else 0.0)
     results: list[dict[str, Any]] = []
     base: dict[int, float] = {}
     t_all = time.perf_counter()
@@ -188,9 +206,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if "lynxi_devices" in cfg:
                 del cfg["lynxi_devices"]
             layout = GridLayout.resolve(cfg, (rows, cols), reps)
-            threads = default_threads(layout.n_cells) if args.backend == "cpu" else 1
+            threads = default_threads(layout.n_cells) if args.backend in ("cpu", "compiled") else 1
             rcfg = RuntimeConfig(backend=args.backend, metrics=False, threads_per_cell=threads,
-                                 profile=DeviceProfile(ref_fps=args.profile_fps), start_timeout_s=args.start_timeout)
+                                 profile=DeviceProfile(ref_fps=args.profile_fps), transport=args.transport,
+                                 gpus_per_cell=gpus_per_cell, chunk_compile=args.chunk_compile,
+                                 start_timeout_s=(max(args.start_timeout, COMPILE_START_TIMEOUT_S)
+                                                  if args.backend in COMPILED_BACKENDS else args.start_timeout))
             if mode == "time2seg_block":   # BIDL's cut: the best one at block boundaries, for comparison
                 spec = ModelSpec.from_config(cfg, columns=cols)
                 net = spec.segments[0].backbone
@@ -198,7 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 arts = build_artifacts(spec, time_slices(spec.T, rows), rcfg, args.artifacts, verbose=False)
             else:
                 _, arts = prepare(cfg, layout, rcfg, None, args.artifacts, verbose=False)
-            plan = place(arts, cluster, layout)
+            plan = place(arts, cluster, layout, transport=rcfg.transport, backend=rcfg.backend)
             n_samples = args.samples or default_samples(rows, cols, reps, T)
             x = (torch.rand((T,) + shape, generator=torch.Generator().manual_seed(0)) < 0.2).float()
             m = measure(plan, rcfg, pool, n_samples, x)
@@ -208,6 +229,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      splits=[list(s) for s in plan.splits], slices=list(plan.slices))
             m["efficiency"] = m["frames_per_s"] / (n * base[T]) if T in base else None
             results.append(m)
+            if args.partial_to:   # what is measured so far survives a kill (check.sh's time limits)
+                Path(args.partial_to).write_text(json.dumps({"partial": True, "backend": args.backend,
+                                                             "device": device_name(args.backend),
+                                                             "results": results}, indent=1))
     finally:
         pool.shutdown()
         ray.shutdown()
@@ -215,7 +240,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "fps_scaling", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
-        "backend": args.backend, "model": args.model, "config": config, "input_shape": list(shape),
+        "backend": args.backend, "device": device_name(args.backend), "transport": args.transport,
+        "chunk_compile": args.chunk_compile if args.backend in ("cuda", "compiled") else None,
+        "model": args.model, "config": config, "input_shape": list(shape),
         "profile": {"ref_fps": args.profile_fps, "ref_model": "ResNetLif50 2x128x128",
                     "pacing": "segment seconds/step = segment FLOPs / ResNetLif50 FLOPs / ref_fps"},
         "window": "results after the first R+C-1 (grid) or the first n (replicas) are skipped",
@@ -248,7 +275,7 @@ def table(doc: dict[str, Any]) -> str:
     pub = {k: {int(n): v for n, v in d.items()} for k, d in doc["published"].items()}
     width = max([9] + [len(r["mode"]) for r in doc["results"]])
     lines = [f"fps_scaling {doc['date']} on {doc['machine']['host']} ({doc['machine']['cpus']} cpus), "
-             f"backend {doc['backend']}, model {doc['model']} {doc['input_shape']}, "
+             f"device {doc.get('device')}, backend {doc['backend']}, model {doc['model']} {doc['input_shape']}, "
              f"device profile {doc['profile']['ref_fps']} frames/s on {doc['profile']['ref_model']}",
              f"{'T':>4} {'dev':>4} {'mode':<{width}} {'grid':>9} {'frames/s':>9} {'eff':>6} {'published':>10} "
              f"{'pub eff':>8} {'lat ms':>8} {'min ms':>8} {'lat/min':>8} {'state hop ms':>12} {'busy %':>7}"]
@@ -350,7 +377,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         top.yaxis.set_major_formatter(ScalarFormatter())
         top.yaxis.set_minor_locator(NullLocator())
         top.set_ylabel("time-step frames/s")
-        top.set_title(f"T={T}, {doc['model']} ({doc['backend']}, {doc['machine']['cpus']} cpus)")
+        top.set_title(f"T={T}, {doc['model']} ({doc['backend']}, {doc.get('device') or str(doc['machine']['cpus']) + ' cpus'})",
+                      fontsize=9)
         top.legend(fontsize=7.5, loc="upper left")
         bottom.set_ylim(max(0.0, 100 * min(effs) - 5), 100 * max(effs) + 3)
         bottom.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))
@@ -390,7 +418,12 @@ def replot(json_path: Path) -> int:
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="benchmarks/fps_scaling.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backend", default="emulated", choices=["emulated", "cpu", "cuda"])
+    ap.add_argument("--backend", default="emulated", choices=["emulated", "cpu", "cuda", "compiled"])
+    ap.add_argument("--transport", default="auto", choices=["auto", "shm", "tcp", "cuda"])
+    ap.add_argument("--chunk-compile", default="capture", help="cuda/compiled: bidl_runtime.compiled.METHODS")
+    ap.add_argument("--gpus-per-cell", type=float, default=None, help="cuda: default 1 / the largest cell count")
+    ap.add_argument("--smoke", action="store_true", help="toy sizes; cuda falls back to compiled without a GPU")
+    ap.add_argument("--partial-to", default=None, help="rewrite this JSON file after every configuration")
     ap.add_argument("--devices", default="1,2,4,8,12,16,24")
     ap.add_argument("--T", default="48,240")
     ap.add_argument("--model", default=None, choices=sorted(MODELS),
@@ -409,7 +442,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     if args.replot:
         return replot(Path(args.replot))
-    args.model = args.model or ("resnetlif50" if args.backend == "emulated" else "clif3fc3dm")
+    if args.backend == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            if not args.smoke:
+                print("error: --backend cuda: no CUDA device is visible (use --smoke for the CPU stand-in)",
+                      file=sys.stderr)
+                return 2
+            print("note: no GPU: --smoke runs the cuda code path on CPU (--backend compiled, --transport cuda)")
+            args.backend, args.transport = "compiled", "cuda"
+    if args.smoke:
+        args.devices, args.T, args.model = "1,2", "4", args.model or "clif3fc3dm"
+        args.samples = args.samples or 6
+        if args.backend == "compiled" and args.chunk_compile == "capture":
+            args.chunk_compile = "eager"
+    args.model = args.model or ("resnetlif50" if args.backend in ("emulated", "cuda") else "clif3fc3dm")
     try:
         doc = run(args)
     except ValueError as e:

@@ -29,7 +29,7 @@ from .train import check_input_shape, dataset_defaults, evaluate_logits, make_lo
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, device: str = "auto", batch_size: Optional[int] = None,
-                        limit: Optional[int] = None, split: str = "test", workers: int = 0, amp: bool = False,
+                        limit: Optional[int] = None, split: str = "test", workers: int = 0, amp: bool | str = False,
                         progress: bool = True, return_logits: bool = False) -> dict[str, Any]:
     """Accuracy and frames/s of ``checkpoint`` on ``cfg.data[split]`` (the first ``limit`` samples);
     with ``return_logits`` the result also holds ``logits`` ``[N, nclass]`` and ``labels``."""
@@ -101,7 +101,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--amp", nargs="?", const="fp16", default=None, choices=["fp16", "bf16"],
+                   help="mixed precision: fp16 (CUDA only; --amp alone) or bf16 (CUDA or CPU)")
     p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--out", help="write the result as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -253,6 +253,22 @@ def fp16_loss_scale(fp16: Any) -> Optional[float]:
     return float(scale)
 
 
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def amp_dtype(amp: Any, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``--amp`` on ``device``: ``'bf16'`` anywhere (CPU autocast has it),
+    ``'fp16'`` (or ``True``, BIDL's ``fp16`` key) on CUDA only; None: fp32. ValueError otherwise."""
+    if not amp:
+        return None
+    name = "fp16" if amp is True else amp
+    if name not in AMP_DTYPES:
+        raise ValueError(f"--amp {amp!r}: expected one of {list(AMP_DTYPES)}")
+    if name == "fp16" and device.type != "cuda":
+        return None
+    return AMP_DTYPES[name]
+
+
 def make_loader(dataset: BaseDataset, batch_size: int, workers: int, shuffle: bool, seed: int = 0,
                 sampler: Any = None, pin: bool = False) -> torch.utils.data.DataLoader:
     g = torch.Generator()
@@ -362,20 +378,21 @@ class DistInfo:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device, amp: bool = False,
+def predict(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device, amp: bool | str = False,
             progress: bool = False, desc: str = "eval",
             stop: Optional[Callable[[], bool]] = None) -> tuple[torch.Tensor, float]:
     """(logits ``[N, nclass]`` in loader order on CPU, seconds spent in the model); :class:`Interrupted`
     when ``stop()`` turns true between batches."""
     from tqdm import tqdm
     model.eval()
+    dtype = amp_dtype(amp, device)
     outs, model_s = [], 0.0
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         img = batch["img"].to(device, non_blocking=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(img)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -429,9 +446,13 @@ class Trainer:
         np.random.seed(self.seed + self.dist.rank)
         torch.manual_seed(self.seed + self.dist.rank)
         self.loss_scale = fp16_loss_scale(cfg.get("fp16"))
-        self.amp = bool(args.amp or cfg.get("fp16")) and self.device.type == "cuda"
-        if (args.amp or cfg.get("fp16")) and self.device.type != "cuda":
-            log.info("AMP requested but the device is %s: training in fp32", self.device)
+        want = args.amp or ("fp16" if cfg.get("fp16") else None)       # BIDL's fp16 key: fp16 with a loss scale
+        self.amp_dtype = amp_dtype(want, self.device)
+        self.amp = self.amp_dtype is not None
+        self.amp_name = (want if want is not True else "fp16") if self.amp else None
+        if want and not self.amp:
+            log.info("AMP requested but the device is %s: training in fp32 (fp16 needs CUDA; --amp bf16 runs on CPU)",
+                     self.device)
 
         data = cfg.get("data")
         if not isinstance(data, Mapping) or "train" not in data:
@@ -471,7 +492,8 @@ class Trainer:
         self.scheduler = LrSchedule(self.optimizer, cfg.get("lr_config", {}), self.ipe, self.max_epochs,
                                     warmup=cfg.get("warmup"))
         scale = {"init_scale": self.loss_scale} if self.loss_scale else {}
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp, **scale)
+        # a loss scale guards fp16's narrow range; bf16 has fp32's exponent and needs none
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16, **scale)
         gc = (cfg.get("optimizer_config") or {}).get("grad_clip")
         self.grad_clip = dict(gc) if gc else None
         self.ckpt_interval, self.max_keep_ckpts = checkpoint_settings(cfg)
@@ -549,7 +571,7 @@ class Trainer:
                      self.iter, self.ipe)
         # mmcv policies are closed forms of the iteration; a torch scheduler needs its saved state
         self.scheduler.load_state_dict(ck.get("scheduler") or {}, fallback_iter=self.iter)
-        if self.amp and "scaler" in ck:
+        if self.scaler.is_enabled() and "scaler" in ck:
             self.scaler.load_state_dict(ck["scaler"])
         self.best_top1 = float(meta.get("best_top1", -1.0))
         self.best_epoch = int(meta.get("best_epoch", 0))
@@ -574,7 +596,7 @@ class Trainer:
                   scheduler=self.scheduler.state_dict(), epoch=self.epoch, config=self.cfg.to_dict(), meta=meta)
         if rng is not None:
             ck["rng"] = rng
-        if self.amp:
+        if self.scaler.is_enabled():
             ck["scaler"] = self.scaler.state_dict()
         return ck
 
@@ -674,7 +696,7 @@ class Trainer:
                 img = batch["img"].to(self.device, non_blocking=True)
                 label = batch["gt_label"].to(self.device, non_blocking=True).long().view(-1)
                 lr = self.scheduler.apply(self.iter)
-                with torch.autocast(self.device.type, enabled=self.amp):
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                     logits = self.net(img)
                 loss = self.model.head.compute_loss(logits.float(), label)
                 if not torch.isfinite(loss):
@@ -729,7 +751,7 @@ class Trainer:
             self.val_loader = make_loader(ds, self.batch, self.workers, False, 0, sampler,
                                           pin=self.device.type == "cuda")
         indices = self.val_indices
-        logits, _ = predict(self.model, self.val_loader, self.device, self.amp, progress=self.rank0 and not
+        logits, _ = predict(self.model, self.val_loader, self.device, self.amp_name, progress=self.rank0 and not
                             self.args.no_progress, desc="val", stop=self.stop_requested)
         if self.dist.enabled:
             parts: list = [None] * self.dist.world
@@ -804,7 +826,7 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         log.info("config %s (%s), work dir %s, device %s, world size %d, seed %d, amp %s",
-                 self.cfg.name, self.cfg.filename, self.work_dir, self.device, self.dist.world, self.seed, self.amp)
+                 self.cfg.name, self.cfg.filename, self.work_dir, self.device, self.dist.world, self.seed, self.amp_name or False)
         log.info("train: %d samples (%s), %d iters/epoch of %d; val: %s", len(self.train_set),
                  self.train_set.source, self.ipe, self.batch,
                  f"{len(self.val_set)} samples ({self.val_key})" if self.val_set is not None else "none")
@@ -862,7 +884,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--seed", type=int, default=None, help="seed of weights, data order, augmentation (default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--amp", nargs="?", const="fp16", default=None, choices=["fp16", "bf16"],
+                   help="mixed precision: fp16 (CUDA; what --amp alone and BIDL's fp16 key give) or bf16 (CUDA or CPU)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default data.workers_per_gpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -60,8 +60,10 @@ def build_artifacts(spec: ModelSpec, slices: Sequence[int], config: RuntimeConfi
     if config.backend == "emulated":
         return emulate(spec, slices, config.profile, config.batch)
     from compile import CompileOptions, compile_spec
+    from .config import COMPILED_BACKENDS
     opts = CompileOptions(out=str(artifact_dir(spec, artifacts)), batch=config.batch, force=force_compile,
-                          verbose=verbose, progress=verbose if progress is None else progress)
+                          verbose=verbose, progress=verbose if progress is None else progress,
+                          fast_load=config.backend not in COMPILED_BACKENDS)   # they compile the exported program
     return compile_spec(spec, slices, opts)
 
 
@@ -76,7 +78,7 @@ def stream(cfg: Config, samples: Iterable, grid: Optional[tuple[int, int] | str]
     rcfg = rcfg or RuntimeConfig()
     layout = GridLayout.resolve(cfg, grid, replicas)
     _, arts = prepare(cfg, layout, rcfg, checkpoint, artifacts, verbose=verbose)
-    plan = place(arts, Cluster.connect(), layout, transport=rcfg.transport)
+    plan = place(arts, Cluster.connect(), layout, transport=rcfg.transport, backend=rcfg.backend)
     g = Grid(plan, rcfg, pool)
     try:
         return g.run(samples, total=total, progress=progress, verify=verify, trace=trace)

@@ -110,7 +110,7 @@ class Cell:
         self.name = spec.cell.name
         cfg = spec.config
         t = time.perf_counter()
-        self.ctx = open_context(cfg.backend, spec.cell.device, cfg.threads_per_cell)
+        self.ctx = open_context(cfg.backend, spec.cell.device, cfg.threads_per_cell, **cfg.context_options())
         self.ctx.load(spec.cell.program.source)
         self._timings["load_s"] = time.perf_counter() - t
         self._timings["configured"] = time.time()

@@ -9,16 +9,19 @@ from bidl_models.specs import known_fields
 from .channels import ChannelConfig
 from .devices import DeviceProfile
 
-BACKENDS = ("cpu", "emulated", "cuda")
-TRANSPORTS = ("auto", "shm", "tcp")
+BACKENDS = ("cpu", "emulated", "cuda", "compiled")
+COMPILED_BACKENDS = ("cuda", "compiled")   # cells that run a chunk function compiled at load (bidl_runtime.compiled)
+COMPILE_START_TIMEOUT_S = 900.0   # start_timeout_s for them: a first Inductor compile of a large segment takes minutes
+AMP = (None, "bf16", "fp16")
+TRANSPORTS = ("auto", "shm", "tcp", "cuda")
 
 
 @dataclass
 class RuntimeConfig:
     """How a grid runs (what it runs is the plan's). Timeouts in seconds; every wait is bounded."""
 
-    backend: str = "cpu"                 # cpu | emulated | cuda
-    transport: str = "auto"              # auto (shm on one node, tcp across) | shm | tcp
+    backend: str = "cpu"                 # cpu | emulated | cuda | compiled (cuda's code path on CPU: Inductor)
+    transport: str = "auto"              # auto (shm on one node, tcp across; cuda between GPU cells of a node) | shm | tcp | cuda
     depth: int = 2                       # slots per channel
     batch: int = 1                       # samples per message (the chip's batch is 1)
     max_inflight: Optional[int] = None   # samples inside the grid; None: 2 x rows x replicas
@@ -34,6 +37,10 @@ class RuntimeConfig:
     max_restarts: int = 3                # per cell; past that the run stops naming it (0: never restart)
     metrics: bool = True                 # export Ray metrics from every cell (bidl_runtime.metrics)
     trace_events: int = 20_000           # spans each cell keeps when a run is traced (the first quarter, then the latest)
+    gpus_per_cell: float = 1.0           # cuda: Ray num_gpus of each cell (fractional: cells share a GPU)
+    chunk_compile: str = "graphs"        # cuda/compiled: how the chunk function is compiled (compiled.METHODS)
+    compile_cache: bool = True           # cuda/compiled: keep compiled programs on disk beside the artifact
+    amp: Optional[str] = None            # cuda/compiled: None (fp32) | bf16 | fp16 autocast inside the chunk
     profile: DeviceProfile = field(default_factory=DeviceProfile)   # emulated backend's device speed
     faults: dict = field(default_factory=dict)   # drills: {(replica, row, col): (kind, sample)}, see cell.FAULTS
     channel_secret: Optional[str] = field(default=None, repr=False)  # keys the channel handshakes; None: a Grid makes one
@@ -51,6 +58,14 @@ class RuntimeConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}={v!r}: expected a positive int")
+        from .compiled import METHODS
+        if self.chunk_compile not in METHODS:
+            raise ValueError(f"--chunk-compile {self.chunk_compile!r}: expected one of {list(METHODS)}")
+        if self.amp not in AMP:
+            raise ValueError(f"--amp {self.amp!r}: expected one of {list(AMP)}")
+        if not isinstance(self.gpus_per_cell, (int, float)) or not 0 < self.gpus_per_cell <= 8:
+            raise ValueError(f"--gpus-per-cell {self.gpus_per_cell!r}: expected a number in (0, 8] "
+                             "(a fraction shares one GPU between cells)")
         if self.max_inflight is not None and (not isinstance(self.max_inflight, int) or self.max_inflight < 1):
             raise ValueError(f"max_inflight={self.max_inflight!r}: expected a positive int or None")
         for f in fields(self):
@@ -67,7 +82,18 @@ class RuntimeConfig:
         """The channel settings of an edge with this transport (waits at the poll granularity)."""
         wait = max(self.poll_s, 0.05)
         return ChannelConfig(transport=transport, depth=self.depth, send_timeout_s=wait, recv_timeout_s=wait,
-                             secret=self.channel_secret)
+                             secret=self.channel_secret, pin_memory=self.backend == "cuda",
+                             cuda_memory="cuda" if self.backend == "cuda" else "host")
+
+    def context_options(self) -> dict[str, Any]:
+        """The device context's options for this backend (see ``devices.open_context``)."""
+        if self.backend not in COMPILED_BACKENDS:
+            return {}
+        return {"method": self.chunk_compile, "cache": self.compile_cache, "amp": self.amp}
+
+    def actor_gpus(self) -> float:
+        """Ray ``num_gpus`` of a cell actor."""
+        return float(self.gpus_per_cell) if self.backend == "cuda" else 0.0
 
     def replace(self, **changes: Any) -> "RuntimeConfig":
         return replace(self, **changes)

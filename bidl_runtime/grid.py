@@ -10,6 +10,8 @@
 the channels afresh (the cells' receivers first, then their senders and the driver's ends), starts
 the cells' loops, streams (:class:`bidl_runtime.stream.Stream`: samples admitted or rejected alone,
 at most ``max_inflight`` in the grid, results in sample order) and drains the grid with stop messages.
+With ``RuntimeConfig.batch`` N, N accepted samples travel as one message ``[t, N, ...]`` (named by
+its first sample; the last group padded with zeros) and come back split per sample, in order.
 
 Restart and replay: while it waits, the driver runs :class:`bidl_runtime.health.Monitor` (loops,
 heartbeats, deadlines derived from each cell's measured chunk time). A cell that died, raised, froze
@@ -41,7 +43,7 @@ from .reference import Reference, Verifier
 from .report import RunReport
 from .retry import Expired, patiently
 from .startup import StartupClock
-from .stream import Stream
+from .stream import Stream, batch_of  # noqa: F401 - batch_of: re-exported
 
 T = TypeVar("T")
 
@@ -70,6 +72,10 @@ class Grid:
         self.config = config or RuntimeConfig()
         if self.config.channel_secret is None:  # one secret per grid, to the cells through their CellSpec
             self.config = self.config.replace(channel_secret=new_secret())
+        b = plan.outputs(None)[0].layout[0].shape[1]
+        if b != self.config.batch:
+            raise ValueError(f"--batch {self.config.batch}: the plan's programs take {b} sample(s) per message; "
+                             "compile (prepare) them with the runtime's batch")
         self.pool = pool
         self.actors: dict[CellKey, Any] = dict(actors or {})
         self.pids: dict[CellKey, int] = {}               # cell -> its process (a restart kills it at once)
@@ -102,10 +108,11 @@ class Grid:
         """Get an actor per cell and load its program (once; runs reuse them)."""
         if self._configured:
             return self
-        p = self.plan
+        p, cfg = self.plan, self.config
         for c in p.cells:
             if c.key not in self.actors:
-                self.actors[c.key] = self.pool.acquire(c) if self.pool is not None else new_actor(c.name, c.node)
+                self.actors[c.key] = (self.pool.acquire(c) if self.pool is not None
+                                      else new_actor(c.name, c.node, cfg.actor_gpus()))
         t = time.time()
         try:
             self._configure([c.key for c in p.cells], startup=True)
@@ -205,7 +212,8 @@ class Grid:
         self._t_run = time.perf_counter()
         self.wire()
         verifier = (Verifier(Reference(self.plan, self.config.threads_per_cell),
-                             depth=self.config.max_inflight or 2 * self.plan.rows * self.plan.replicas)
+                             depth=self.config.max_inflight or 2 * self.plan.rows * self.plan.replicas,
+                             batch=self.config.batch)
                     if verify else None)
         stream = self.stream = Stream(self, samples, verifier, journal)
         bar = None
@@ -343,7 +351,8 @@ class Grid:
             for key in sorted(restart):
                 self._faults_fired.add(key)
                 self.actors[key] = (self.pool.renew(self.plan.cell(*key)) if self.pool is not None
-                                    else new_actor(self.plan.cell(*key).name, self.plan.cell(*key).node))
+                                    else new_actor(self.plan.cell(*key).name, self.plan.cell(*key).node,
+                                                      cfg.actor_gpus()))
             self._configure(sorted(restart))
             steps["configured"] = time.perf_counter()
             self._wire({k}, fresh=False)

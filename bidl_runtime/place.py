@@ -52,15 +52,24 @@ class Cluster:
         return cls(tuple(out), here, True)
 
 
-def place(artifacts, cluster: Cluster, layout: GridLayout, *, transport: str = "auto") -> GridPlan:
+def place(artifacts, cluster: Cluster, layout: GridLayout, *, transport: str = "auto",
+          backend: str = "cpu") -> GridPlan:
     """The plan of ``layout`` running ``artifacts`` (a ``compile.ArtifactSet`` or an
-    :class:`~bidl_runtime.emulated.EmulatedSet`) on ``cluster``. ValueError if they do not fit."""
+    :class:`~bidl_runtime.emulated.EmulatedSet`) on ``cluster``. ValueError if they do not fit.
+
+    Per edge (``auto``): shared memory within a node, tcp across nodes; with ``backend='cuda'``, an
+    edge between two cells of one node goes GPU -> GPU (``cuda``, CUDA IPC), one across nodes through
+    pinned host copies over tcp; the driver's edges are host memory (shm or tcp). ``transport='cuda'``
+    forces that choice (with ``backend='compiled'`` the cuda edges keep their slots in host memory)."""
     slices, splits = tuple(artifacts.slices), tuple(tuple(s) for s in artifacts.splits)
     if layout.rows != len(slices) or layout.cols != len(splits):
         raise ValueError(f"grid {layout.rows}x{layout.cols} does not fit artifacts for {len(slices)} time slice(s) "
                          f"x {len(splits)} segment(s); compile for this grid")
-    if transport not in ("auto", "shm", "tcp"):
-        raise ValueError(f"--transport {transport!r}: expected auto, shm or tcp")
+    if transport not in ("auto", "shm", "tcp", "cuda"):
+        raise ValueError(f"--transport {transport!r}: expected auto, shm, tcp or cuda")
+    if transport == "cuda" and backend not in ("cuda", "compiled"):
+        raise ValueError(f"--transport cuda moves GPU memory between compiled cells: it needs --backend cuda "
+                         f"(or compiled, its CPU stand-in: slots in host memory), got {backend!r}")
     used = sorted({d for g in layout.devices for row in g for d in row})
     missing = [d for d in used if d >= len(cluster.device_nodes)]
     if missing:
@@ -84,7 +93,11 @@ def place(artifacts, cluster: Cluster, layout: GridLayout, *, transport: str = "
     plan_cells = {c.key: c for c in cells}
     driver = cluster.driver_node
 
-    def via(a: str, b: str) -> str:
+    def via(a: str, b: str, gpu_ends: bool = False) -> str:
+        if gpu_ends and ((backend == "cuda" and transport == "auto") or transport == "cuda"):
+            return "cuda" if a == b else "tcp"
+        if transport == "cuda":
+            return "shm" if a == b else "tcp"
         return transport if transport != "auto" else ("shm" if a == b else "tcp")
 
     edges: list[Edge] = []
@@ -95,11 +108,11 @@ def place(artifacts, cluster: Cluster, layout: GridLayout, *, transport: str = "
             edges.append(Edge("input", c.replica, None, c.key, via(driver, c.node), (prog.x,), f"{c.name}:x"))
         else:
             src = plan_cells[(c.replica, c.row, c.col - 1)]
-            edges.append(Edge("activation", c.replica, src.key, c.key, via(src.node, c.node), prog.inputs,
+            edges.append(Edge("activation", c.replica, src.key, c.key, via(src.node, c.node, True), prog.inputs,
                               f"{c.name}:x"))
         if c.row > 0:
             src = plan_cells[(c.replica, c.row - 1, c.col)]
-            edges.append(Edge("state", c.replica, src.key, c.key, via(src.node, c.node), prog.state,
+            edges.append(Edge("state", c.replica, src.key, c.key, via(src.node, c.node, True), prog.state,
                               f"{c.name}:state"))
         if c.row == layout.rows - 1 and c.col == layout.cols - 1:
             y = TensorSpec("y", tuple(prog.y.shape[1:]), prog.y.dtype)
@@ -115,6 +128,8 @@ def rebind_driver(plan: GridPlan, node: str, transport: str = "auto") -> GridPla
     from dataclasses import replace
 
     def via(a: str, b: str) -> str:
+        if transport == "cuda":     # the driver's ends are host memory
+            return "shm" if a == b else "tcp"
         return transport if transport != "auto" else ("shm" if a == b else "tcp")
     edges = []
     for e in plan.edges:

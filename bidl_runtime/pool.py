@@ -15,9 +15,10 @@ from .plan import CellKey, CellPlan, cell_name
 ACTOR_OPTIONS: dict[str, Any] = dict(num_cpus=0, max_concurrency=3, resources={"bidl_device": 1})
 
 
-def new_actor(name: str, node: str, name_wait_s: float = 3.0) -> Any:
-    """A cell actor named ``name`` on ``node`` (``'local'``: wherever Ray puts it). A restarted cell
-    takes its predecessor's name once Ray has let go of it (waits up to ``name_wait_s``)."""
+def new_actor(name: str, node: str, num_gpus: float = 0.0, name_wait_s: float = 3.0) -> Any:
+    """A cell actor named ``name`` on ``node`` (``'local'``: wherever Ray puts it); ``num_gpus``: its
+    share of a GPU (cuda backend; fractional shares let cells share one). A restarted cell takes its
+    predecessor's name once Ray has let go of it (waits up to ``name_wait_s``)."""
     import time
 
     import ray
@@ -25,6 +26,8 @@ def new_actor(name: str, node: str, name_wait_s: float = 3.0) -> Any:
 
     from .cell import Cell
     opts = dict(ACTOR_OPTIONS, name=name)
+    if num_gpus:
+        opts["num_gpus"] = num_gpus
     if node != "local":
         opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
     deadline = time.perf_counter() + name_wait_s
@@ -37,14 +40,14 @@ def new_actor(name: str, node: str, name_wait_s: float = 3.0) -> Any:
             time.sleep(0.05)
 
 
-def spawn(layout: GridLayout, device_nodes: tuple[str, ...]) -> dict[CellKey, Any]:
+def spawn(layout: GridLayout, device_nodes: tuple[str, ...], num_gpus: float = 0.0) -> dict[CellKey, Any]:
     """One unconfigured cell actor per cell of ``layout`` (``device_nodes[d]``: device d's node)."""
     out = {}
     for k in range(layout.replicas):
         for g in range(layout.rows):
             for s in range(layout.cols):
                 d = layout.devices[k][g][s]
-                out[(k, g, s)] = new_actor(cell_name(k, g, s, d), device_nodes[d])
+                out[(k, g, s)] = new_actor(cell_name(k, g, s, d), device_nodes[d], num_gpus)
     return out
 
 
@@ -52,7 +55,8 @@ class CellPool:
     """Idle cell actors kept between grids (one per device id and node), so that runs one after
     another (benchmarks, sweeps) reconfigure processes instead of starting new ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_gpus: float = 0.0) -> None:
+        self.num_gpus = num_gpus
         self.idle: dict[tuple[str, int], Any] = {}
         self.busy: dict[tuple[str, int], Any] = {}
 
@@ -62,7 +66,7 @@ class CellPool:
         if key in self.idle:
             a = self.busy[key] = self.idle.pop(key)
             return a
-        a = self.busy[key] = new_actor(f"pool-dev{c.device}-{c.node[:8]}", c.node)
+        a = self.busy[key] = new_actor(f"pool-dev{c.device}-{c.node[:8]}", c.node, self.num_gpus)
         return a
 
     def renew(self, c: CellPlan) -> Any:
@@ -71,7 +75,7 @@ class CellPool:
         old = self.busy.pop(key, None)
         if old is not None:
             kill(old)
-        a = self.busy[key] = new_actor(f"pool-dev{c.device}-{c.node[:8]}", c.node)
+        a = self.busy[key] = new_actor(f"pool-dev{c.device}-{c.node[:8]}", c.node, self.num_gpus)
         return a
 
     def release(self, healthy: bool) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from queue import Queue
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -70,11 +70,25 @@ class Reference:
         unbatched = len(self.plan.outputs(None)[0].layout[0].shape) - 1   # [t, B, ...] without B
         return self.output((x.unsqueeze(1) if x.dim() == unbatched else x).to(dtype))
 
-    def compare(self, outputs: Mapping[int, Tensor], inputs: Mapping[int, Tensor]) -> dict[str, Any]:
-        """``{'equal', 'compared', 'max_abs_diff'}`` of every grid output against this run."""
-        v = Verifier(self)
-        for i, y in outputs.items():
-            v.check(i, inputs[i], y)
+    def output_of_group(self, xs: Sequence[Tensor], batch: int) -> Tensor:
+        """:meth:`output` of samples ``xs`` run as the grid ran them: one message ``[T, batch, ...]``
+        (a partial group padded with zeros); row j is sample j's output."""
+        from .stream import batch_of
+        first = self._artifacts()[(0, self.plan.slices[0])]
+        dtype = torch.uint8 if first.input_dtype == "uint8" else torch.float32
+        shape = (self.plan.T,) + tuple(self.plan.outputs(None)[0].layout[0].shape[2:])
+        return self.output(batch_of(list(xs), shape, dtype, batch))
+
+    def compare(self, outputs: Mapping[int, Tensor], inputs: Mapping[int, Tensor],
+                groups: Optional[Sequence[Sequence[int]]] = None, batch: int = 1) -> dict[str, Any]:
+        """``{'equal', 'compared', 'max_abs_diff'}`` of every grid output against this run. ``groups``:
+        the samples of each message (default: one each), run here as the grid ran them: ``batch``
+        wide, a partial group padded with zeros."""
+        v = Verifier(self, batch=batch)
+        for ids in (groups if groups is not None else [[i] for i in outputs]):
+            ids = [i for i in ids if i in outputs]
+            if ids:
+                v.check_group(ids, [inputs[i] for i in ids], [outputs[i] for i in ids])
         return v.result()
 
 
@@ -82,10 +96,13 @@ class Verifier:
     """Compares grid outputs with the reference as they arrive: ``submit(i, x, y)`` hands a sample
     to a checking thread (blocking while ``depth`` samples wait: back-pressure, not memory growth),
     which drops the input once checked; ``result()`` waits for the last ones and returns
-    ``{'equal', 'compared', 'max_abs_diff'}``. ``differ`` lists the first samples that differ."""
+    ``{'equal', 'compared', 'max_abs_diff'}``. ``differ`` lists the first samples that differ.
+    With ``batch`` N (``--batch``) the grid ran samples N per message: ``submit_group`` hands over
+    one message's samples, run here the same way (bit-exact needs the same batch)."""
 
-    def __init__(self, reference: Reference, depth: int = 8):
+    def __init__(self, reference: Reference, depth: int = 8, batch: int = 1):
         self.reference = reference
+        self.batch = batch
         self.equal = self.compared = 0
         self.worst = 0.0
         self.differ: list[int] = []
@@ -95,7 +112,21 @@ class Verifier:
 
     def check(self, i: int, x: Tensor, y: Tensor) -> None:
         """Compare one sample now (in the calling thread)."""
-        ref = self.reference.output_of(x)
+        self._count(i, self.reference.output_of(x), y)
+
+    def check_group(self, ids: Sequence[int], xs: Sequence[Tensor], ys: Sequence[Optional[Tensor]]) -> None:
+        """Compare the samples of one message now (``ys[j]``: sample ``ids[j]``'s grid output; None:
+        not compared, e.g. rejected)."""
+        if self.batch == 1 and len(ids) == 1:
+            if ys[0] is not None:
+                self.check(ids[0], xs[0], ys[0])
+            return
+        ref = self.reference.output_of_group(xs, self.batch)
+        for j, (i, y) in enumerate(zip(ids, ys)):
+            if y is not None:
+                self._count(i, ref[j:j + 1], y)
+
+    def _count(self, i: int, ref: Tensor, y: Tensor) -> None:
         self.compared += 1
         if torch.equal(ref, y):
             self.equal += 1
@@ -106,16 +137,20 @@ class Verifier:
 
     def submit(self, i: int, x: Tensor, y: Tensor) -> None:
         """Queue a sample for the checking thread (started on first use)."""
+        self.submit_group([i], [x], [y])
+
+    def submit_group(self, ids: Sequence[int], xs: Sequence[Tensor], ys: Sequence[Optional[Tensor]]) -> None:
+        """Queue one message's samples for the checking thread (started on first use)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="bidl-verify", daemon=True)
             self._thread.start()
-        self._q.put((i, x, y))
+        self._q.put((list(ids), list(xs), list(ys)))
 
     def _run(self) -> None:
         while (item := self._q.get()) is not None:
             if self.error is None:
                 try:
-                    self.check(*item)
+                    self.check_group(*item)
                 except BaseException as e:  # noqa: BLE001 - reported by result()
                     self.error = e
             del item   # the input goes as soon as it is checked

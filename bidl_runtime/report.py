@@ -65,7 +65,9 @@ class RunReport:
 
     @property
     def steady_samples(self) -> int:
-        return max(0, len(self.done_at) - 1)
+        """Results that arrived after the first one (with --batch N, the first message's N arrive together)."""
+        times = sorted(self.done_at.values())
+        return sum(1 for t in times if t > times[0]) if times else 0
 
     @property
     def steady_s(self) -> float:

@@ -45,9 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint", default=None, help="weights (default: bidl_models/weights/<config>.pth if shipped, "
                     "else seeded initial weights)")
     ap.add_argument("--samples", type=int, default=64, help="samples to stream (default %(default)s)")
-    ap.add_argument("--backend", default="cpu", choices=["cpu", "emulated", "cuda"])
-    ap.add_argument("--transport", default="auto", choices=["auto", "shm", "tcp"],
-                    help="auto: shared memory within a node, tcp across nodes")
+    ap.add_argument("--backend", default="cpu", choices=["cpu", "emulated", "cuda", "compiled"],
+                    help="cuda: GPU cells; compiled: the cuda backend's code path on CPU (Inductor-compiled chunks)")
+    ap.add_argument("--transport", default="auto", choices=["auto", "shm", "tcp", "cuda"],
+                    help="auto: shared memory within a node, tcp across nodes; with --backend cuda, GPU -> GPU "
+                    "(CUDA IPC) between the cells of a node")
+    ap.add_argument("--gpus-per-cell", type=float, default=1.0, help="cuda: each cell's share of a GPU (0.25: "
+                    "four cells per GPU; default %(default)s)")
+    ap.add_argument("--chunk-compile", default="graphs", choices=["graphs", "inductor", "aoti", "capture", "eager"],
+                    help="cuda/compiled: how each cell compiles its chunk function (default %(default)s: Inductor "
+                    "+ CUDA graphs; cached on disk beside the artifact)")
+    ap.add_argument("--amp", default=None, choices=["bf16", "fp16"],
+                    help="cuda/compiled: run each chunk under autocast in this precision (default fp32)")
     ap.add_argument("--replicas", type=int, default=1, help="independent copies of the grid, fed round-robin")
     ap.add_argument("--address", default=None, help="join this Ray cluster instead of starting one")
     ap.add_argument("--namespace", default=None, help="Ray namespace (default: a new one; --attach needs the "
@@ -59,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--verify", dest="verify", action="store_true", default=None,
                     help="compare every output with the single-device reference (default on for cpu)")
     ap.add_argument("--no-verify", dest="verify", action="store_false")
+    ap.add_argument("--batch", type=int, default=1, help="samples per message, end to end (artifacts compiled "
+                    "for this batch; results still per sample, in order; default %(default)s, the chip's)")
     ap.add_argument("--depth", type=int, default=2, help="channel slots per edge")
     ap.add_argument("--max-inflight", type=int, default=None, help="samples in the grid at once")
     ap.add_argument("--threads-per-cell", type=int, default=None)
@@ -129,6 +140,7 @@ def check_flags(args: argparse.Namespace) -> None:
     import math
     for flag, v, ok in (("--samples", args.samples, args.samples >= 1), ("--depth", args.depth, args.depth >= 1),
                         ("--replicas", args.replicas, args.replicas >= 1),
+                        ("--batch", args.batch, args.batch >= 1),
                         ("--max-restarts", args.max_restarts, args.max_restarts >= 0),
                         ("--max-inflight", args.max_inflight, args.max_inflight is None or args.max_inflight >= 1),
                         ("--threads-per-cell", args.threads_per_cell,
@@ -148,7 +160,7 @@ def _main(args: argparse.Namespace) -> int:
     from bidl_models.config import load_config
     from bidl_models.model_spec import ModelSpec
 
-    from .config import RuntimeConfig
+    from .config import COMPILE_START_TIMEOUT_S, COMPILED_BACKENDS, RuntimeConfig
     from .defaults import default_checkpoint, default_config, default_threads
     from .devices import DeviceProfile
     from .layout import GridLayout, time_slices
@@ -168,8 +180,11 @@ def _main(args: argparse.Namespace) -> int:
             raise ValueError(f"--inject-fault {args.inject_fault!r}: the grid is {layout.rows}x{layout.cols}, "
                              f"it has no cell ({row}, {col})")
     threads = args.threads_per_cell or default_threads(layout.n_cells)
-    rcfg = RuntimeConfig(backend=args.backend, transport=args.transport, depth=args.depth,
+    rcfg = RuntimeConfig(backend=args.backend, transport=args.transport, depth=args.depth, batch=args.batch,
                          max_inflight=args.max_inflight, threads_per_cell=threads,
+                         gpus_per_cell=args.gpus_per_cell, chunk_compile=args.chunk_compile, amp=args.amp,
+                         **({"start_timeout_s": COMPILE_START_TIMEOUT_S} if args.backend in COMPILED_BACKENDS
+                            else {}),
                          profile=DeviceProfile(ref_fps=args.profile_fps), faults=faults,
                          max_restarts=args.max_restarts)
     clock = StartupClock(show=True, t0=_T0, steps=7 + layout.n_cells)
@@ -226,7 +241,8 @@ def _main(args: argparse.Namespace) -> int:
                                    logging_level="WARNING", namespace=namespace)
         stop_on_sigterm()   # ray.init installed its own
         cluster = Cluster.connect()
-        actors = (spawn(layout, cluster.device_nodes) if layout.max_device < len(cluster.device_nodes) else None)
+        actors = (spawn(layout, cluster.device_nodes, rcfg.actor_gpus())
+                  if layout.max_device < len(cluster.device_nodes) else None)
         url = info.dashboard_url
         url = f"http://{url}" if url and not url.startswith("http") else url
         where = f"joined {args.address}" if args.address else "embedded local cluster on 127.0.0.1"
@@ -234,7 +250,7 @@ def _main(args: argparse.Namespace) -> int:
              f"dashboard {url or 'not available'}")
         arts = arts_future.result()
         with clock.phase("place", "placing the cells"):
-            plan = place(arts, cluster, layout, transport=rcfg.transport)
+            plan = place(arts, cluster, layout, transport=rcfg.transport, backend=rcfg.backend)
         records = getattr(arts, "records", [])
         built = [r for r in records if r.cache == "miss"]
         if built:

@@ -14,6 +14,10 @@ entries again, in feed order, ahead of anything new: every in-flight sample is r
 time slice, once. The senders wait for ``resume(k)`` (the replica rewired) before sending. A result
 is taken once (the collector waits for each sample's result in feed order and drops it from the
 ledger), so nothing is lost and nothing is duplicated.
+
+Batches (``RuntimeConfig.batch`` N): N admitted samples travel as one message ``[t, N, ...]``, named
+by its first sample (the last group padded with zeros); the ledger, the replay and the result order
+go by message, and each result is split per sample, in order (padding rows dropped).
 """
 from __future__ import annotations
 
@@ -63,7 +67,9 @@ class Stream:
         self.cv = threading.Condition()                   # order, feeding
         self.feeding = True
         self.lock = threading.Lock()                      # ledger, epochs, queue order
-        self.ledger: dict[int, tuple[int, Tensor, Tensor]] = {}   # sample -> (replica, input, batched input)
+        self.batch = cfg.batch                             # samples per message (--batch)
+        # message (its first sample) -> (replica, its samples [(id, input)], batched input)
+        self.ledger: dict[int, tuple[int, list[tuple[int, Tensor]], Tensor]] = {}
         self.epoch = [0] * p.replicas
         self.ready = [threading.Event() for _ in range(p.replicas)]
         for e in self.ready:
@@ -92,18 +98,22 @@ class Stream:
 
     @property
     def inflight(self) -> int:
-        return len(self.ledger)
+        """Samples in the grid."""
+        with self.lock:
+            return sum(len(group) for _, group, _ in self.ledger.values())
 
     def pause(self, replica: int) -> list[int]:
         """Start a restart of ``replica``: drop what its senders hold, queue its in-flight samples
-        again (ahead of new ones) and hold them until :meth:`resume`. Returns the replayed ids."""
+        again (ahead of new ones) and hold them until :meth:`resume`. Returns the replayed sample ids."""
         with self.lock:
             self.epoch[replica] += 1
             self.ready[replica].clear()
             e = self.epoch[replica]
-            ids = [i for i, (k, _, _) in self.ledger.items() if k == replica]
-            for i in ids:
-                self._queue(replica, e, i, self.ledger[i][2])
+            ids = []
+            for gid, (k, group, xb) in self.ledger.items():
+                if k == replica:
+                    self._queue(replica, e, gid, xb)
+                    ids += [i for i, _ in group]
         cfg = self.grid.config
         deadline = time.perf_counter() + max(2.0, 10 * cfg.poll_s)
         keys = [(replica, g) for g in range(self.grid.plan.rows)]
@@ -175,8 +185,10 @@ class Stream:
             self._fail(e)
 
     def feed(self) -> None:
-        p, poll = self.grid.plan, self.grid.config.poll_s
+        """Admit samples, group ``batch`` of them per message (the last group padded with zeros),
+        assign each message a replica round-robin and queue its slices for the row senders."""
         done = self.journal.done if self.journal is not None else {}
+        group: list[tuple[int, Tensor]] = []
         try:
             for i, item in enumerate(self.samples):
                 self._check_stop()
@@ -187,27 +199,46 @@ class Stream:
                 if why:
                     self.reject(i, why)
                     continue
-                patiently(lambda t: attempt(self.slots.acquire(timeout=t)), poll_s=poll, check=self._check_stop)
-                xb = (x.unsqueeze(1) if x.dim() == len(self.shape) else x).to(self.dtype)
                 if label is not None:
                     self.labels[i] = label
-                self.fed_at[i] = time.perf_counter()
-                with self.lock:
-                    k = self.rr % p.replicas
-                    self.rr += 1
-                    self.ledger[i] = (k, x, xb)
-                    self._queue(k, self.epoch[k], i, xb)
-                with self.cv:
-                    self.order.append((i, k))
-                    self.cv.notify()
+                group.append((i, x))
+                if len(group) == self.batch:
+                    self._dispatch(group)
+                    group = []
+            if group:
+                self._dispatch(group)
+                group = []
         except Stopped:
             pass
         except Exception as e:  # noqa: BLE001 - the data source failed: what it gave is finished first
             self.error = self.error or e
+            if group:
+                try:
+                    self._dispatch(group)
+                except Stopped:
+                    pass
         finally:
             with self.cv:
                 self.feeding = False
                 self.cv.notify()
+
+    def _dispatch(self, group: list[tuple[int, Tensor]]) -> None:
+        """One message of ``len(group)`` samples, ``[T, batch, ...]``, named by its first sample."""
+        p, poll = self.grid.plan, self.grid.config.poll_s
+        patiently(lambda t: attempt(self.slots.acquire(timeout=t)), poll_s=poll, check=self._check_stop)
+        xb = batch_of([x for _, x in group], self.shape, self.dtype, self.batch)
+        gid = group[0][0]
+        now = time.perf_counter()
+        for i, _ in group:
+            self.fed_at[i] = now
+        with self.lock:
+            k = self.rr % p.replicas
+            self.rr += 1
+            self.ledger[gid] = (k, group, xb)
+            self._queue(k, self.epoch[k], gid, xb)
+        with self.cv:
+            self.order.append((gid, k))
+            self.cv.notify()
 
     def _resume(self, i: int) -> None:
         """Sample ``i`` was finished by an earlier run (the journal): take its record."""
@@ -223,35 +254,43 @@ class Stream:
     # ------------------------------------------------------------------------- collector
 
     def next_sample(self) -> Optional[tuple[int, int]]:
-        """The next (sample, replica) whose result is due, None when all are in."""
+        """The next (message, replica) whose result is due, None when all are in."""
         with self.cv:
             patiently(lambda t: attempt(self.cv.wait_for(lambda: self.order or not self.feeding, timeout=t)),
                       poll_s=self.grid.config.poll_s, check=self.grid.check)
             return self.order.popleft() if self.order else None
 
-    def take(self, i: int, y: Tensor) -> None:
-        """Sample ``i``'s result is in: out of the ledger; checked, journaled, or rejected if its
-        values overflowed float32 inside the model."""
+    def take(self, gid: int, y: Tensor) -> int:
+        """Message ``gid``'s result is in: out of the ledger; per sample (row j of ``y``: its j-th
+        sample) checked, journaled, or rejected if its values overflowed float32 inside the model.
+        Returns the number of samples taken."""
         with self.lock:
-            entry = self.ledger.pop(i, None)
-        if entry is None or i in self.done_at:   # never by design: counted, so a test can tell
+            entry = self.ledger.pop(gid, None)
+        if entry is None or gid in self.done_at:   # never by design: counted, so a test can tell
             self.duplicated += 1
-            return
-        x = entry[1]
+            return 0
+        group = entry[1]
         self.slots.release()
-        self.done_at[i] = time.perf_counter()
-        self.collected += 1
-        if not bool(torch.isfinite(y).all()):
-            self.labels.pop(i, None)
-            peak = float(x.abs().max()) if x.is_floating_point() else float(x.max())
-            self.reject(i, f"its output has {int((~torch.isfinite(y)).sum())} NaN/Inf values: its values "
-                           f"(max |x| {peak:.3g}) overflow float32 inside the model")
-            return
-        self.outputs[i] = y
-        if self.journal is not None:
-            self.journal.record(i, y, self.labels.get(i))
-        if self.verifier is not None:
-            self.verifier.submit(i, x, y)
+        now = time.perf_counter()
+        ys: list[Optional[Tensor]] = []                   # None: rejected (the verifier skips it)
+        for j, (i, x) in enumerate(group):
+            yi = y if len(group) == 1 and y.shape[0] == 1 else y[j:j + 1].clone()
+            self.done_at[i] = now
+            self.collected += 1
+            if not bool(torch.isfinite(yi).all()):
+                self.labels.pop(i, None)
+                peak = float(x.abs().max()) if x.is_floating_point() else float(x.max())
+                self.reject(i, f"its output has {int((~torch.isfinite(yi)).sum())} NaN/Inf values: its values "
+                               f"(max |x| {peak:.3g}) overflow float32 inside the model")
+                ys.append(None)
+                continue
+            self.outputs[i] = yi
+            if self.journal is not None:
+                self.journal.record(i, yi, self.labels.get(i))
+            ys.append(yi)
+        if self.verifier is not None and any(yi is not None for yi in ys):
+            self.verifier.submit_group([i for i, _ in group], [x for _, x in group], ys)
+        return len(group)
 
     def run(self, bar: Any = None) -> None:
         """Feed and collect until every admitted sample's result is in (raises RunError on a data
@@ -263,12 +302,12 @@ class Stream:
             t.start()
         try:
             while (due := self.grid.guarded(self.next_sample)) is not None:
-                i, k = due
-                y = self.grid.wait_result(k, i)
-                self.take(i, y)
+                gid, k = due
+                y = self.grid.wait_result(k, gid)
+                n = self.take(gid, y)
                 self.grid.tick(k)
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(n)
             if self.error is not None:
                 from .grid import RunError
                 raise RunError(f"reading samples failed: {type(self.error).__name__}: {self.error}")
@@ -278,3 +317,12 @@ class Stream:
                 q.put(None)
             for t in threads:
                 t.join(timeout=5)
+
+
+def batch_of(xs: list[Tensor], shape: tuple[int, ...], dtype, batch: int) -> Tensor:
+    """``[T, batch, ...]`` of samples ``xs`` (each ``[T, ...]`` or ``[T, 1, ...]``) in order, zero
+    rows after them up to ``batch`` (a last, partial group)."""
+    cols = [(x.unsqueeze(1) if x.dim() == len(shape) else x).to(dtype) for x in xs]
+    if len(cols) < batch:
+        cols.append(torch.zeros((shape[0], batch - len(cols)) + tuple(shape[1:]), dtype=dtype))
+    return cols[0] if len(cols) == 1 else torch.cat(cols, 1)

@@ -567,7 +567,7 @@ def test_config_descriptor_and_registry():
     with pytest.raises(ValueError, match="finite"):
         ChannelConfig(recv_timeout_s=float("inf"))
     assert ChannelConfig.from_dict(ChannelConfig(depth=3).to_dict()) == ChannelConfig(depth=3)
-    with pytest.raises(ValueError, match=r"unknown channel transport 'rdma'.*\['shm', 'tcp'\]"):
+    with pytest.raises(ValueError, match=r"unknown channel transport 'rdma'.*\['cuda', 'shm', 'tcp'\]"):
         create_receiver("t", SPECS, transport="rdma")
     assert {"shm", "tcp"} <= set(transports())
     assert get_transport("shm").name == "shm"

@@ -54,6 +54,30 @@ def test_figures_come_from_measured_times(doc):
     assert state["bytes"] == 6 * 12_550_184  # ResNetLif50's real state, every sample, one hop
 
 
+def test_cuda_backend_smoke_runs_its_code_path_on_cpu(tmp_path):
+    """``--backend cuda --smoke`` without a GPU: compiled cells, cell-to-cell edges on the cuda
+    transport (host-memory slots), the device named in the JSON."""
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: check.sh runs the real --backend cuda")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fps_scaling.py"), "--backend", "cuda", "--smoke",
+                        "--modes", "time,time2seg", "--artifacts", str(tmp_path / "artifacts"), "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "runs the cuda code path on CPU" in r.stdout
+    d = json.loads((tmp_path / "fps_scaling.json").read_text())
+    assert d["backend"] == "compiled" and d["transport"] == "cuda" and d["device"].startswith("cpu")
+    assert d["chunk_compile"] == "eager"
+    got = {(r["devices"], r["mode"]) for r in d["results"]}
+    assert got == {(1, "time"), (2, "time"), (2, "time2seg")}
+    for res in d["results"]:
+        assert all(e["transport"] == "cuda" for e in res["edges"] if e["edge"].endswith(":state")), res["edges"]
+        assert res["frames_per_s"] > 0
+    two = next(r for r in d["results"] if r["mode"] == "time" and r["devices"] == 2)
+    assert two["state_hop_copy_ms_median"] is not None
+    assert "device cpu" in (tmp_path / "fps_scaling.txt").read_text()
+
+
 def test_two_columns_are_cut_where_they_balance(doc):
     """ResNetLif50's two columns are cut inside a residual block, and their paces (FLOP shares) agree
     within 1 %; at block boundaries the best cut leaves 53.3 % / 46.7 %."""

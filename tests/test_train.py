@@ -621,3 +621,30 @@ def test_data_root_is_honoured_by_train_and_test(tiny, tmp_path):
     own = opts[:1] + ["data.train={'type': 'DvsMnist', 'frames_number': 6, 'data_root': '/elsewhere'}"]
     with pytest.raises(FileNotFoundError, match=r"data.train: DvsMnist: .*/elsewhere/DvsMnist/"):   # its own wins
         run_train(cfg_path, tmp_path / "b", "--cfg-options", *own)
+
+
+def test_amp_bf16_trains_on_cpu_and_fp16_stays_cuda_only(tiny, tmp_path):
+    """``--amp bf16``: autocast in bf16 (CPU too), no loss scaler; ``--amp`` / BIDL's ``fp16`` key mean fp16,
+    which falls back to fp32 off CUDA with a log line."""
+    cpu = torch.device("cpu")
+    assert train_cli.amp_dtype("bf16", cpu) is torch.bfloat16 and train_cli.amp_dtype("fp16", cpu) is None
+    assert train_cli.amp_dtype(True, torch.device("cuda")) is torch.float16 and train_cli.amp_dtype(None, cpu) is None
+    with pytest.raises(ValueError, match="--amp 'fp8'"):
+        train_cli.amp_dtype("fp8", cpu)
+    cfg_path, _, _ = tiny
+    work = tmp_path / "bf16"
+    summary = run_train(cfg_path, work, "--amp", "bf16", "--device", "cpu")
+    assert summary["epochs"] == 1
+    log_text = next(work.glob("*.log")).read_text()
+    assert "amp bf16" in log_text
+    ck = torch.load(work / "latest.pth", weights_only=True)
+    assert "scaler" not in ck and all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
+    fp = run_train(cfg_path, tmp_path / "fp16", "--amp", "--device", "cpu")
+    assert fp["epochs"] == 1
+    assert "training in fp32" in next((tmp_path / "fp16").glob("*.log")).read_text()
+    # the test CLI evaluates in bf16 on CPU too: same accuracy within a sample or two
+    res32 = test_cli.main(["--config", str(cfg_path), "--checkpoint", str(work / "latest.pth"), "--split", "val",
+                           "--device", "cpu", "--no-progress"])
+    res16 = test_cli.main(["--config", str(cfg_path), "--checkpoint", str(work / "latest.pth"), "--split", "val",
+                           "--device", "cpu", "--amp", "bf16", "--no-progress"])
+    assert abs(res16["accuracy_top-1"] - res32["accuracy_top-1"]) <= 100 * 2 / res32["samples"]

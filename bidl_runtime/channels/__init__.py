@@ -15,13 +15,16 @@ Sender side::
     views = tx.reserve(); compute_into(views); tx.commit({"sample": 8})   # or: write in place
     tx.send_control("stop"); tx.close()
 
-Transports: ``shm`` (default, same node, zero copy), ``tcp`` (host copy, any node, crc32).
+Transports: ``shm`` (default, same node, zero copy), ``tcp`` (host copy, any node, crc32; page-locked
+buffers with ``pin_memory`` where a GPU is present), ``cuda`` (same node, GPU -> GPU through CUDA IPC
+on persistent slots, the receiver's stream waiting on the sender's event; ``cuda_memory='host'`` runs
+the same protocol in host memory, for machines without a GPU).
 
 Security: ``ChannelConfig(secret=new_secret())`` (one per run, handed to every endpoint through Ray)
 keys an HMAC hello/welcome handshake (``auth``); a receiver accepts only the sender that proves it
 holds the secret, drops and counts anything else (``stats.rejected``) and keeps listening.
 """
-from . import shm, tcp  # noqa: F401  (register the transports)
+from . import cuda, shm, tcp  # noqa: F401  (register the transports)
 from .base import (KINDS, ChannelDescriptor, Message, Receiver, Sender, Transport, attach_sender, create_receiver,
                    get_transport, register_transport, transports, wait_any)
 from .config import ChannelConfig, new_secret

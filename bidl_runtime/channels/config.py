@@ -24,7 +24,8 @@ class ChannelConfig:
     ``repr`` and never crosses the data-plane wire.
     """
 
-    transport: str = "shm"            #: "shm" (same node, zero-copy), "tcp" (host copy, any node)
+    transport: str = "shm"            #: "shm" (same node, zero-copy), "tcp" (host copy, any node),
+                                      #: "cuda" (same node, GPU -> GPU through CUDA IPC)
     depth: int = 2                    #: slots per channel; >= 2 lets the next transfer overlap compute
     send_timeout_s: float = 60.0      #: sender waiting for a credit (a released slot) or for the kernel
     recv_timeout_s: float = 60.0      #: receiver waiting for the next "sent" event (and, tcp, its payload)
@@ -43,6 +44,11 @@ class ChannelConfig:
     tcp_sndbuf: int = 4 << 20         #: SO_SNDBUF of the sender's socket (bytes)
     tcp_rcvbuf: int = 4 << 20         #: SO_RCVBUF of the receiver's socket (bytes)
     tcp_checksum: bool = True         #: crc32 every payload, verified on receive
+    pin_memory: bool = False          #: tcp: page-locked slot and staging buffers (fast GPU <-> host copies)
+    cuda_memory: str = "cuda"         #: cuda: "cuda" (slots in GPU memory, CUDA IPC) or "host" (a host-memory
+                                      #: stand-in with the same protocol, for machines without a GPU)
+    cuda_ipc_events: bool = True      #: cuda: the receiver's stream waits on the sender's IPC event (False:
+                                      #: the sender synchronises its copy before the sent event)
     hello_timeout_s: float = 10.0     #: a connection that has not completed a valid hello by then is dropped
     max_pending: int = 16             #: unauthenticated connections held at once (the oldest is dropped)
     secret: str | None = field(default=None, repr=False)  #: hex run secret keying the handshake HMACs
@@ -57,6 +63,8 @@ class ChannelConfig:
                 raise ValueError(f"ChannelConfig.{f}={v!r}: must be a finite number > 0 (every wait is bounded)")
         if self.align < 1 or self.align & (self.align - 1):
             raise ValueError(f"ChannelConfig.align={self.align}: must be a power of two")
+        if self.cuda_memory not in ("cuda", "host"):
+            raise ValueError(f"ChannelConfig.cuda_memory={self.cuda_memory!r}: expected 'cuda' or 'host'")
         if int(self.max_pending) < 1:
             raise ValueError(f"ChannelConfig.max_pending={self.max_pending}: must be >= 1")
         if self.secret is not None:

@@ -86,27 +86,34 @@ class ShmReceiver(Receiver):
 
     def __init__(self, name: str, layout: Layout, config: ChannelConfig):
         super().__init__(name, layout, config)
-        safe = re.sub(r"[^A-Za-z0-9_.,@=+-]", "_", name)[:80]
-        self.path = os.path.join(config.shm_dir, f"{PREFIX}{os.getpid()}.{self.token}.{safe}")
-        size = self.depth * layout.slot_size
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        self._finalizer = weakref.finalize(self, _unlink_quiet, self.path)
-        try:
-            os.ftruncate(fd, size)
-            self._mm = _map(fd, size, config.shm_populate)
-        except BaseException:
-            self._finalizer()
-            raise
-        finally:
-            os.close(fd)
-        self._slots = _slot_bytes(self._mm, self.depth, layout.slot_size)
+        self._mm = None
+        self._finalizer = weakref.finalize(self, lambda: None)
+        self._slots = self._allocate()
         self._views = [layout.views(b) for b in self._slots]
         uds = f"{PREFIX}{os.getpid()}.{self.token}"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         listener.bind("\0" + uds)
         self._listen(listener)
-        self.address = {"path": self.path, "uds": uds, "size": size, "slot_size": layout.slot_size,
-                        "boot_id": _boot_id(), "host": socket.gethostname(), "pid": os.getpid()}
+        self.address.update({"uds": uds, "slot_size": layout.slot_size, "boot_id": _boot_id(),
+                             "host": socket.gethostname(), "pid": os.getpid()})
+
+    def _allocate(self) -> list[Tensor]:
+        """The ``depth`` slots (byte tensors); fills ``address`` with what a sender needs to map them."""
+        safe = re.sub(r"[^A-Za-z0-9_.,@=+-]", "_", self.name)[:80]
+        self.path = os.path.join(self.config.shm_dir, f"{PREFIX}{os.getpid()}.{self.token}.{safe}")
+        size = self.depth * self.layout.slot_size
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._finalizer = weakref.finalize(self, _unlink_quiet, self.path)
+        try:
+            os.ftruncate(fd, size)
+            self._mm = _map(fd, size, self.config.shm_populate)
+        except BaseException:
+            self._finalizer()
+            raise
+        finally:
+            os.close(fd)
+        self.address.update({"path": self.path, "size": size})
+        return _slot_bytes(self._mm, self.depth, self.layout.slot_size)
 
     def _wrap(self, sock: socket.socket) -> Link:
         return Link(sock, self.name, "receiver", True, self.config.max_meta_bytes + 1024)
@@ -141,28 +148,11 @@ class ShmSender(Sender):
         super().__init__(desc, config)
         a = desc.address
         if a.get("boot_id") != _boot_id():
-            raise ChannelError(self.name, f"shm channel was created on host {a.get('host')!r}, not on this one "
-                                          f"({socket.gethostname()!r}): use transport 'tcp' across nodes")
-        try:
-            fd = os.open(a["path"], os.O_RDWR)
-        except FileNotFoundError:
-            raise PeerDied(self.name, f"sender: slot file {a['path']} is gone: the receiver closed or died, or "
-                                      "another sender already attached to this descriptor") from None
-        try:
-            size = os.fstat(fd).st_size
-            if size != a["size"] or a["slot_size"] != self.layout.slot_size:
-                raise ChannelError(self.name, f"sender: slot file has {size} B, descriptor says {a['size']} B")
-            self._mm = _map(fd, size, config.shm_populate)
-        finally:
-            os.close(fd)
-        _unlink_quiet(a["path"])  # mapped on both ends now: drop the name so nothing can leak
-        self._slots = _slot_bytes(self._mm, self.depth, self.layout.slot_size)
+            raise ChannelError(self.name, f"{self.transport} channel was created on host {a.get('host')!r}, not on "
+                                          f"this one ({socket.gethostname()!r}): use transport 'tcp' across nodes")
+        self._mm = None
+        self._slots = self._attach_slots(a)
         self._views = [self.layout.views(b) for b in self._slots]
-        if config.shm_prefault:
-            # the first write to each shared page faults (MAP_POPULATE maps them for reading only):
-            # ~50 ms per 12.5 MB slot here; pay it now, at set-up, not on the first sample
-            for b in self._slots:
-                b.zero_()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         to = config.connect_timeout_s
         sock.settimeout(to)
@@ -176,6 +166,30 @@ class ShmSender(Sender):
             raise ChannelTimeout(self.name, "sender", "connecting to the receiver", to) from None
         self._link = Link(sock, self.name, "sender", True, config.max_meta_bytes + 1024)
         self._hello(time.monotonic() + to, to)
+
+    def _attach_slots(self, a: dict) -> list[Tensor]:
+        """Map the receiver's slots (byte tensors) from its descriptor's address."""
+        config = self.config
+        try:
+            fd = os.open(a["path"], os.O_RDWR)
+        except FileNotFoundError:
+            raise PeerDied(self.name, f"sender: slot file {a['path']} is gone: the receiver closed or died, or "
+                                      "another sender already attached to this descriptor") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size != a["size"] or a["slot_size"] != self.layout.slot_size:
+                raise ChannelError(self.name, f"sender: slot file has {size} B, descriptor says {a['size']} B")
+            self._mm = _map(fd, size, config.shm_populate)
+        finally:
+            os.close(fd)
+        _unlink_quiet(a["path"])  # mapped on both ends now: drop the name so nothing can leak
+        slots = _slot_bytes(self._mm, self.depth, self.layout.slot_size)
+        if config.shm_prefault:
+            # the first write to each shared page faults (MAP_POPULATE maps them for reading only):
+            # ~50 ms per 12.5 MB slot here; pay it now, at set-up, not on the first sample
+            for b in slots:
+                b.zero_()
+        return slots
 
     def _views_for(self, slot: int) -> dict[str, Tensor]:
         return self._views[slot]

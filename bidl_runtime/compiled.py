@@ -1,0 +1,269 @@
+"""Segment programs compiled for a device: warmed up at load, cached on disk beside the artifact.
+
+    chunk = CompiledChunk.load("artifacts/net/model_0/t5_b1", device="cuda", batch=1, method="graphs")
+    y, *new_state = chunk(x, *state)        # static shapes: x [chunk_len, batch, ...], state in ABI order
+    chunk.info  # {'method', 'cache': 'hit'|'miss'|'off', 'compile_s', 'warmup_s', 'cache_file', ...}
+
+Methods (``RuntimeConfig.chunk_compile``, ``run --chunk-compile``):
+
+- ``graphs``: ``torch.compile(mode="reduce-overhead")``: Inductor's fused kernels, replayed as CUDA
+  graphs (no per-kernel launch cost; on CPU: Inductor without graphs). The default: the only method
+  measured on a GPU so far (issue 14: 8,023 time-step frames/s on ResNetLif50 T=10 B=1, about 8.6x
+  SpikingJelly's fused neuron); ``benchmarks/gpu_cell.py`` measures every method in one run.
+- ``inductor``: ``torch.compile`` default mode (Inductor kernels, launched one by one).
+- ``aoti``: an AOTInductor package (a shared library) built from the artifact's exported program.
+- ``capture``: the exported program's own kernels captured once into a CUDA graph: no code generation,
+  ready in about a second, kernels unfused (CUDA only).
+- ``eager``: the exported program as it is.
+
+The disk cache (``<artifact>/device_cache/``): one file per key = sha256 of (the program's sha256,
+method, device kind, GPU name and compute capability, torch version, batch). ``aoti``: the package
+itself (a second start loads it, nothing is compiled); ``graphs`` / ``inductor``: Inductor's cache
+artifacts (:func:`torch.compiler.save_cache_artifacts`), loaded before compiling, so a second start
+re-traces (seconds) but generates no code. A cache file is compiled code: each carries an HMAC-SHA256
+keyed by the artifact key (:mod:`compile.seal`), checked before it is loaded; a bad or foreign one is
+ignored and rebuilt. Cells that start together take a per-key lock: one compiles, the rest load its file.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+METHODS = ("graphs", "inductor", "aoti", "capture", "eager")
+CUDA_ONLY = ("capture",)
+CACHE_DIR = "device_cache"
+WARMUP_CALLS = 3          # reduce-overhead: 1 eager warm-up run, 1 recording, 1 replay
+
+
+def device_tag(device: torch.device) -> str:
+    """What a compiled program depends on besides the program: the device kind, and on CUDA the
+    GPU's name and compute capability."""
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        return f"cuda:{p.name}:sm{p.major}{p.minor}"
+    return device.type
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cache_key(program_sha256: str, method: str, device: torch.device, batch: int, amp: Optional[str] = None) -> str:
+    """The disk-cache key of a compiled program: everything its generated code depends on."""
+    text = "|".join([program_sha256, method, device_tag(device), torch.__version__, str(int(batch)), str(amp)])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _mac(data: bytes) -> str:
+    from compile.seal import artifact_key
+    return hmac.new(artifact_key(), b"bidl device cache|" + data, hashlib.sha256).hexdigest()
+
+
+def write_sealed(path: Path, data: bytes) -> None:
+    """Write ``data`` and its keyed digest (``path.seal``), each atomically (rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for p, b in ((path, data), (path.with_name(path.name + ".seal"), _mac(data).encode())):
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(b)
+        tmp.replace(p)
+
+
+def read_sealed(path: Path) -> Optional[bytes]:
+    """The bytes of a cache file whose keyed digest verifies; None if absent, unsealed or altered."""
+    seal = path.with_name(path.name + ".seal")
+    if not path.is_file() or not seal.is_file():
+        return None
+    data = path.read_bytes()
+    return data if hmac.compare_digest(seal.read_text().strip(), _mac(data)) else None
+
+
+@contextmanager
+def key_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path.lock`` (cells compiling the same key wait for the first)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@dataclass
+class CompiledChunk:
+    """A chunk function ``(x, *carry_in, *state) -> (y, *carry_out, *new_state)`` compiled for ``device``
+    at static shapes."""
+
+    fn: Callable[..., Sequence[Tensor]]
+    method: str
+    device: torch.device
+    batch: int
+    info: dict[str, Any] = field(default_factory=dict)
+    amp: Optional[str] = None
+
+    def __call__(self, x: Tensor, *state: Tensor) -> Sequence[Tensor]:
+        if self.method in ("graphs",) and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()   # the previous replay's outputs were copied out
+        if self.amp is None:
+            return self.fn(x, *state)
+        with torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp]):
+            return self.fn(x, *state)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device, batch: int, method: str = "graphs",
+             cache: bool = True, static_inputs: Optional[Sequence[Tensor]] = None,
+             amp: Optional[str] = None) -> "CompiledChunk":
+        """Compile (or load from the disk cache) the artifact at ``path`` for ``device`` and ``batch``,
+        and warm it up. ``static_inputs``: the caller's resident input buffers (x, *state), whose
+        addresses never change (CUDA graphs read them in place); zeros of the right shapes if None.
+        ``amp``: run the chunk under ``torch.autocast`` in ``'bf16'`` or ``'fp16'`` (None: fp32);
+        inputs, state and outputs keep the manifest's dtypes, the matrix work runs in the low precision."""
+        from compile.artifact import load_artifact
+        if method not in METHODS:
+            raise ValueError(f"chunk_compile={method!r}: expected one of {list(METHODS)}")
+        if amp is not None and amp not in AMP_DTYPES:
+            raise ValueError(f"amp={amp!r}: expected None or one of {list(AMP_DTYPES)}")
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        if method in CUDA_ONLY and dev.type != "cuda":
+            raise ValueError(f"chunk_compile={method!r} needs a CUDA device, got {dev}")
+        art = load_artifact(path, device=dev)
+        if not art.dynamic_batch and batch != art.batch:
+            raise ValueError(f"{path}: compiled for a static batch of {art.batch}, asked for {batch}")
+        inputs = list(static_inputs) if static_inputs is not None else example_inputs(art, batch, dev)
+        key = cache_key(art.manifest.program.sha256, method, dev, batch, amp)
+        file = Path(art.path) / CACHE_DIR / f"{key}.{method}.bin"
+        info: dict[str, Any] = {"method": method, "device": device_tag(dev), "batch": batch, "amp": amp,
+                                "cache": "off", "cache_file": str(file) if cache else None}
+        t0 = time.perf_counter()
+        builder = {"graphs": _torch_compile, "inductor": _torch_compile, "aoti": _aoti, "capture": _capture,
+                   "eager": _eager}[method]
+        cached = cache and method in ("graphs", "inductor", "aoti")
+
+        def build_and_run_once() -> "CompiledChunk":
+            # torch.compile compiles on the first call: it happens here, under the key lock, so that
+            # cells starting together compile once and the others load the file this one writes
+            c = cls(builder(art, method, dev, inputs, file if cached else None, info), method, dev, batch, info, amp)
+            with torch.inference_mode():
+                _ = [o.clone() for o in c(*inputs)]
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            info["compile_s"] = time.perf_counter() - t0
+            if cached and method != "aoti" and info["cache"] == "miss":
+                data, _ = torch.compiler.save_cache_artifacts() or (None, None)
+                if data:
+                    write_sealed(file, data)
+                    info["cache_bytes"] = len(data)
+            return c
+
+        if cached:
+            with key_lock(file):
+                chunk = build_and_run_once()
+        else:
+            chunk = build_and_run_once()
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(WARMUP_CALLS - 1 if method in ("graphs", "inductor", "aoti") else 0):
+                _ = [o.clone() for o in chunk(*inputs)]   # reduce-overhead: records, then replays
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        info["warmup_s"] = time.perf_counter() - t1
+        return chunk
+
+
+def example_inputs(art: Any, batch: int, device: torch.device) -> list[Tensor]:
+    """Zeros ``(x, *carry_in, *state)`` of the artifact's shapes for ``batch`` on ``device``."""
+    from bidl_models.specs import torch_dtype
+    x = torch.zeros((art.chunk_len, batch, *art.input_spec.shape[1:]), dtype=torch_dtype(art.input_dtype),
+                    device=device)
+    carry = [torch.zeros((art.chunk_len, batch, *c.shape[1:]), dtype=torch_dtype(c.dtype), device=device)
+             for c in art.carry_in]
+    return [x, *carry] + [s.with_batch(batch).zeros(device) for s in art.state_specs]
+
+
+def _module(art: Any) -> Any:
+    """The artifact's exported program as a callable module (on the device it was loaded for)."""
+    return art._program
+
+
+def _eager(art, method, dev, inputs, file, info) -> Callable:
+    return _module(art)
+
+
+def _torch_compile(art, method, dev, inputs, file: Optional[Path], info: dict) -> Callable:
+    if file is not None:
+        data = read_sealed(file)
+        if data is not None:
+            torch.compiler.load_cache_artifacts(data)
+            info["cache"] = "hit"
+        else:
+            info["cache"] = "miss"
+    if dev.type == "cuda":
+        for t in inputs:   # resident buffers: the graphs read them in place instead of copying them in
+            torch._dynamo.mark_static_address(t)
+    mode = "reduce-overhead" if method == "graphs" and dev.type == "cuda" else None
+    return torch.compile(_module(art), mode=mode, fullgraph=True, dynamic=False)
+
+
+def _aoti(art, method, dev, inputs, file: Optional[Path], info: dict) -> Callable:
+    from torch._inductor import aoti_compile_and_package, aoti_load_package
+    if info.get("amp"):
+        raise ValueError("chunk_compile='aoti' builds the fp32 program: use 'graphs' or 'inductor' with amp")
+    if file is not None:
+        if read_sealed(file) is not None:
+            info["cache"] = "hit"
+            return aoti_load_package(str(file))
+        info["cache"] = "miss"
+    ep = torch.export.export(_module(art), tuple(inputs))     # static shapes of this batch, on the device
+    out = file or Path(art.path) / CACHE_DIR / f".aoti-{os.getpid()}.pt2"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.pt2")
+    aoti_compile_and_package(ep, package_path=str(tmp))
+    if file is not None:
+        data = tmp.read_bytes()
+        write_sealed(file, data)
+        info["cache_bytes"] = len(data)
+        tmp.unlink()
+        return aoti_load_package(str(file))
+    tmp.replace(out)
+    return aoti_load_package(str(out))
+
+
+def _capture(art, method, dev, inputs, file, info) -> Callable:
+    """One CUDA graph of the exported program at the static buffers ``inputs``; replays return its
+    static outputs (copy them out before the next call)."""
+    mod = _module(art)
+    if info.get("amp"):
+        plain, dtype = mod, AMP_DTYPES[info["amp"]]
+
+        def mod(*args: Tensor) -> Sequence[Tensor]:
+            with torch.autocast("cuda", dtype=dtype):
+                return plain(*args)
+    side = torch.cuda.Stream(dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side), torch.inference_mode():
+        for _ in range(2):
+            mod(*inputs)
+    torch.cuda.current_stream(dev).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.inference_mode():
+        static_out = mod(*inputs)
+    bound = [t.data_ptr() for t in inputs]
+
+    def replay(*args: Tensor) -> Sequence[Tensor]:
+        for buf, a, ptr in zip(inputs, args, bound):
+            if a.data_ptr() != ptr:
+                buf.copy_(a, non_blocking=True)
+        graph.replay()
+        return static_out
+    return replay
