@@ -47,7 +47,13 @@ def per_step(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
 
 
 class Temporal(nn.Module):
-    """Base of every module that runs over a chunk of time steps with explicit state."""
+    """Base of every module that runs over a chunk of time steps with explicit state.
+
+    ``whole_sequence``: True for a layer that needs all T steps of a sample in one chunk (attention
+    over time); the segments and the planner read it (no ``step()``, no time slices across it).
+    """
+
+    whole_sequence: bool = False
 
     def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
         raise NotImplementedError
@@ -63,8 +69,10 @@ class Temporal(nn.Module):
 
     @torch.no_grad()
     def trace_shapes(self, in_shape: Sequence[int], dtype: torch.dtype = torch.float32,
-                     t: int = 1) -> tuple[TensorSpec, list[TensorSpec]]:
-        """(output spec per step, state specs) for a per-step input shape ``[B, ...]``; no compute."""
+                     t: Optional[int] = None) -> tuple[TensorSpec, list[TensorSpec]]:
+        """(output spec per step, state specs) for a per-step input shape ``[B, ...]``; no compute.
+        ``t``: the chunk length traced (default :func:`trace_steps`)."""
+        t = trace_steps(self) if t is None else t
         modes = {m: m.training for m in self.modules()}  # restored one by one: modules may be shared
         self.eval()
         log = logging.getLogger("torch._subclasses.fake_tensor")
@@ -84,6 +92,12 @@ class Temporal(nn.Module):
     def state_spec(self, in_shape: Sequence[int]) -> list[TensorSpec]:
         """Names, shapes and dtypes of this module's state for a per-step input ``[B, ...]``."""
         return self.trace_shapes(in_shape)[1]
+
+
+def trace_steps(module: nn.Module) -> int:
+    """The chunk length a run of ``module`` needs at least: the ``T`` of a whole-sequence layer in
+    it, else 1 (shape traces and cost counts use it)."""
+    return max((int(m.T) for m in module.modules() if getattr(m, "whole_sequence", False)), default=1)
 
 
 class PerStep(Temporal):

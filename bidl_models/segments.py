@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from .layers import Temporal
-from .specs import State, TensorSpec
+from .layers import Temporal, trace_steps
+from .specs import State, TensorSpec, torch_dtype
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,15 @@ class Segment(Temporal):
     def is_last(self) -> bool:
         return self.split[1] == self.n_blocks
 
+    @property
+    def input_dtype(self) -> str:
+        """dtype of this segment's input: the model's (``float32``, token ids ``int64``) for the first."""
+        return self._backbone.input_dtype if self.is_first else "float32"
+
+    def whole_sequence_layers(self) -> list[tuple[str, str]]:
+        """``(path, class)`` of the layers here that need all T steps in one chunk (no time slices)."""
+        return self._backbone.whole_sequence_layers(*self.split)
+
     def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
         new: State = {}
         for mod in self.units.values():
@@ -76,23 +85,23 @@ class Segment(Temporal):
 
     def input_shape(self, model_in_shape: Optional[Sequence[int]] = None) -> tuple[int, ...]:
         """Per-sample, per-step input shape of this segment, given the model's input shape."""
-        shape = tuple(model_in_shape) if model_in_shape else self._backbone.default_input_shape()
+        shape = tuple(model_in_shape) if model_in_shape is not None else self._backbone.default_input_shape()
         if self.is_first:
             return shape
         head = self._backbone.segment(0, self.split[0]).train(self.training)  # a fresh module would be in train mode
-        out, _ = head.trace_shapes((1,) + shape)
+        out, _ = head.trace_shapes((1,) + shape, torch_dtype(head.input_dtype))
         return tuple(out.shape[1:])
 
     def specs(self, batch: int = 1, model_in_shape: Optional[Sequence[int]] = None) -> SegmentSpecs:
         """Input, output and state specs for a batch size, traced without compute."""
         try:
             ishape = (batch,) + self.input_shape(model_in_shape)
-            out, state = self.trace_shapes(ishape)
+            out, state = self.trace_shapes(ishape, torch_dtype(self.input_dtype))
         except RuntimeError as e:
-            shape = list(model_in_shape) if model_in_shape else self._backbone.input_shape
+            shape = list(model_in_shape) if model_in_shape is not None else self._backbone.input_shape
             raise ValueError(f"model input shape {shape} does not fit {self.backbone_name} "
                              f"(too small for its convolutions and poolings?): {str(e).splitlines()[0]}") from None
-        return SegmentSpecs(TensorSpec("x", ishape, "float32"), out, tuple(state))
+        return SegmentSpecs(TensorSpec("x", ishape, self.input_dtype), out, tuple(state))
 
     def extra_repr(self) -> str:
         return f"{self.backbone_name} split=[{self.split[0]}, {self.split[1]}] of {self.n_blocks}"
@@ -174,33 +183,35 @@ def block_costs(backbone, model_in_shape: Optional[Sequence[int]] = None,
     ``flops``: conv/matmul FLOPs counted on fake tensors plus 8 FLOPs per neuron state element;
     ``time``: median wall time of a real step on zeros (``repeats`` runs).
     """
-    shape = (batch,) + tuple(model_in_shape or backbone.default_input_shape())
+    shape = (batch,) + tuple(model_in_shape if model_in_shape is not None else backbone.default_input_shape())
     units = backbone.units()
     costs: list[float] = []
+    steps = trace_steps(backbone)   # a whole-sequence layer runs on all its T steps: cost per step = / steps
+    dtype = torch_dtype(backbone.input_dtype)
     if cost == "flops":
         was = backbone.training
         backbone.eval()
         try:
             with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
-                x = torch.zeros((1,) + shape)
+                x = torch.zeros((steps,) + shape, dtype=dtype)
                 for _, mod in units:
                     with FlopCounterMode(display=False) as fc:
                         x, st = mod.run(x)
-                    costs.append(fc.get_total_flops() + 8.0 * sum(v.numel() for v in st.values()))
+                    costs.append((fc.get_total_flops() + 8.0 * steps * sum(v.numel() for v in st.values())) / steps)
         finally:
             backbone.train(was)
     elif cost == "time":
         was = backbone.training
         backbone.eval()
         with torch.no_grad():
-            x = torch.zeros((1,) + shape)
+            x = torch.zeros((steps,) + shape, dtype=dtype)
             for _, mod in units:
                 ts = []
                 for _ in range(repeats):
                     t0 = time.perf_counter()
                     y, _ = mod.run(x)
                     ts.append(time.perf_counter() - t0)
-                costs.append(sorted(ts)[len(ts) // 2])
+                costs.append(sorted(ts)[len(ts) // 2] / steps)
                 x = y
         backbone.train(was)
     else:
