@@ -7,33 +7,54 @@ import torch
 from torch import Tensor
 
 
-def check_sample(x: Any, expected: Sequence[int]) -> Optional[str]:
-    """Why a sample can't enter the grid (None if it can): type, shape, dtype, NaN/Inf."""
+def _is_tokens(dtype: Optional[torch.dtype]) -> bool:
+    """An integer input other than uint8 event counts: token ids."""
+    return dtype is not None and not dtype.is_floating_point and dtype not in (torch.uint8, torch.bool)
+
+
+def check_sample(x: Any, expected: Sequence[int], dtype: Optional[torch.dtype] = None) -> Optional[str]:
+    """Why a sample can't enter the grid (None if it can): type, shape, dtype, NaN/Inf, negative
+    token ids. ``expected``: ``[T, ...]``; ``dtype``: the grid's input dtype (float32 / uint8 frames,
+    or int64 / int32 token ids)."""
     if not isinstance(x, Tensor):
         return f"expected a torch.Tensor, got {type(x).__name__}"
     want = tuple(expected)
     if tuple(x.shape) != want and tuple(x.shape) != (want[0], 1) + want[1:]:
-        return f"shape {list(x.shape)}, expected {list(want)} ([T, C, H, W])"
+        names = "[T]" if len(want) == 1 else "[T, C, H, W]" if len(want) == 4 else "[T, ...]"
+        return f"shape {list(x.shape)}, expected {list(want)} ({names})"
+    got = str(x.dtype).removeprefix("torch.")
+    if _is_tokens(dtype):
+        if x.is_floating_point() or x.dtype == torch.bool:
+            return f"dtype {got}, expected integer token ids ({str(dtype).removeprefix('torch.')})"
+        if x.numel() and int(x.min()) < 0:
+            return f"negative token id {int(x.min())}"
+        return None
     if x.dtype not in (torch.float32, torch.uint8):
-        return f"dtype {str(x.dtype).removeprefix('torch.')}, expected float32 (or uint8 event counts)"
+        return f"dtype {got}, expected float32 (or uint8 event counts)"
     if x.dtype == torch.float32 and not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).sum())
         return f"{bad} NaN/Inf values"
     return None
 
 
-def synthetic_samples(T: int, shape: Sequence[int], n: Optional[int], seed: int = 0,
-                      rate: float = 0.2) -> Iterator[Tensor]:
-    """Seeded random event-count frames ``[T, C, H, W]`` (for configs without usable data)."""
+def synthetic_samples(T: int, shape: Sequence[int], n: Optional[int], seed: int = 0, rate: float = 0.2,
+                      dtype: torch.dtype = torch.float32, high: Optional[int] = None) -> Iterator[Tensor]:
+    """Seeded random event-count frames ``[T, C, H, W]`` (for configs without usable data), or token
+    ids ``[T]`` in ``[0, high)`` for an integer ``dtype``."""
     g = torch.Generator().manual_seed(seed)
     i = 0
     while n is None or i < n:
-        yield (torch.rand((T,) + tuple(shape), generator=g) < rate).to(torch.float32)
+        if _is_tokens(dtype):
+            yield torch.randint(0, int(high or 2), (T,) + tuple(shape), generator=g).to(dtype)
+        else:
+            yield (torch.rand((T,) + tuple(shape), generator=g) < rate).to(torch.float32)
         i += 1
 
 
-def dataset_samples(cfg: Mapping, n: Optional[int]) -> Optional[Iterator[tuple[Tensor, int]]]:
-    """``(img [T, C, H, W] float32, label)`` from the config's test set, or None if unavailable."""
+def dataset_samples(cfg: Mapping, n: Optional[int],
+                    dtype: Optional[torch.dtype] = None) -> Optional[Iterator[tuple[Tensor, int]]]:
+    """``(img [T, C, H, W] float32, label)`` (uint8 kept; integer token ids ``[T]`` kept as ``dtype``
+    for a token model) from the config's test set, or None if unavailable."""
     try:
         from bidl_models.datasets import build_dataset
     except ImportError:
@@ -56,5 +77,9 @@ def dataset_samples(cfg: Mapping, n: Optional[int]) -> Optional[Iterator[tuple[T
             label = item.get("gt_label") if isinstance(item, Mapping) else item[1]
             if label is None:
                 label = ds.get_gt_labels()[i] if hasattr(ds, "get_gt_labels") else -1
-            yield img.to(torch.float32) if img.dtype != torch.uint8 else img, int(torch.as_tensor(label))
+            if _is_tokens(dtype):
+                img = img if img.is_floating_point() else img.to(dtype)   # floats are refused by check_sample
+            elif img.dtype != torch.uint8:
+                img = img.to(torch.float32)
+            yield img, int(torch.as_tensor(label))
     return gen()

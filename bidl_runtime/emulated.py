@@ -44,6 +44,7 @@ def emulate(spec: ModelSpec, slices: Sequence[int], profile: Optional[DeviceProf
     slices = tuple(int(t) for t in slices)
     if sum(slices) != spec.T:
         raise ValueError(f"slices={list(slices)}: expected time-slice lengths summing to T={spec.T}")
+    spec.check_slices(slices)
     costs = block_costs(spec.segments[0].backbone, spec.in_shape) if profile is not None else None
     sources: dict[tuple[int, int], EmulatedSource] = {}
     for s, ((a, b), io) in enumerate(zip(spec.splits, spec.io_specs(batch))):

@@ -354,7 +354,7 @@ class _Stream:
             nxt = 0
             for i, item in enumerate(self.samples):
                 x, label = (item if isinstance(item, tuple) else (item, None))
-                why = check_sample(x, self.shape)
+                why = check_sample(x, self.shape, self.dtype)
                 if why:
                     self.rejected[i] = f"sample {i}: {why}"
                     continue

@@ -6,6 +6,8 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor
 
+from bidl_models.specs import torch_dtype
+
 from .plan import GridPlan
 
 
@@ -62,10 +64,11 @@ class Reference:
         equal = compared = 0
         worst = 0.0
         first = self._artifacts()[(0, self.plan.slices[0])]
-        dtype = torch.uint8 if first.input_dtype == "uint8" else torch.float32
+        dtype = torch_dtype(first.input_dtype)
+        rank = len(first.input_spec.shape)        # [B, ...] per step: a sample [T, ...] has this rank
         for i, y in outputs.items():
             x = inputs[i]
-            ref = self.output((x.unsqueeze(1) if x.dim() == 4 else x).to(dtype))
+            ref = self.output((x.unsqueeze(1) if x.dim() == rank else x).to(dtype))
             compared += 1
             if torch.equal(ref, y):
                 equal += 1

@@ -14,8 +14,10 @@ produces the artifact directory::
 
 ``<net>`` is the config's name. The batch dimension is exported dynamic when torch.export allows
 it (``manifest.batch.dynamic``), else static at ``B``. A uint8 first-segment input (event
-counts, as on chip) is cast to float32 inside the program. :func:`compile_config` is the
-convenience around it: a config name or Config, a grid, keyword options.
+counts, as on chip) is cast to float32 inside the program; a text model's ``int64`` token ids go in as
+they are. :func:`compile_config` is the convenience around it: a config name or Config, a grid,
+keyword options. A model with a layer that needs the whole sequence (attention over time) compiles
+for one time slice only (:meth:`~bidl_models.model_spec.ModelSpec.check_slices`).
 
 Caching: an artifact is reused when its manifest's cache key equals this compile's (net, model
 sha256 -- the model-defining config keys --, checkpoint sha256 or ``seeded:<seed>``, segment and
@@ -27,7 +29,7 @@ ValueError naming the file and what differs) unless ``force``, which rebuilds.
 Verification: every newly built artifact is loaded back from disk and run against the eager
 segment over ``verify_chunks`` consecutive chunks with the state carried over, on the dataset's
 first test sample when ``bidl_models.datasets`` can load it, else on a deterministic seeded random
-spike tensor (later segments get the eager output of the segments before them). The max abs
+spike tensor (token ids for a text model; later segments get the eager output of the segments before them). The max abs
 difference of the output and of every state tensor is printed and stored in the manifest; above
 ``tol`` (1e-5) the build fails with :class:`VerificationError` and nothing is written. The
 TorchScript form is written only if it equals the exported program bit for bit over 3 chunks.
@@ -102,7 +104,7 @@ def _versions() -> dict[str, str]:
 
 class ChunkProgram(nn.Module):
     """``forward(x, *state) -> (y, *new_state)``: a segment's chunk function on flat tensors in
-    the ABI order ``state_names``; a non-float32 input is cast to float32 first."""
+    the ABI order ``state_names``; uint8 event counts are cast to float32 first (token ids are not)."""
 
     def __init__(self, segment: Segment, state_names: Sequence[str]):
         super().__init__()
@@ -110,7 +112,7 @@ class ChunkProgram(nn.Module):
         self.state_names = list(state_names)
 
     def forward(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        if x.dtype != torch.float32:
+        if x.dtype == torch.uint8:
             x = x.to(torch.float32)
         y, new = self.segment.run(x, dict(zip(self.state_names, state)))
         return (y, *(new[n] for n in self.state_names))
@@ -166,7 +168,7 @@ def _dataset_sample(cfg: Mapping, in_shape: Sequence[int]) -> tuple[Optional[Ten
         return None, f"data.test unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
     img = item.get("img") if isinstance(item, Mapping) else item[0] if isinstance(item, (tuple, list)) else item
     try:
-        t = torch.as_tensor(img).to(torch.float32)
+        t = torch.as_tensor(img)
     except Exception as e:  # noqa: BLE001
         return None, f"data.test sample 0 is not a tensor ({type(e).__name__})"
     if t.dim() != len(in_shape) + 1 or tuple(t.shape[1:]) != tuple(in_shape):
@@ -175,18 +177,29 @@ def _dataset_sample(cfg: Mapping, in_shape: Sequence[int]) -> tuple[Optional[Ten
 
 
 def verification_input(cfg: Mapping, in_shape: Sequence[int], steps: int, batch: int, seed: int = 0,
-                       use_dataset: bool = True) -> tuple[Tensor, str]:
-    """``[steps, batch, *in_shape]`` float32 model input for verification, and where it came from.
+                       use_dataset: bool = True, dtype: str = "float32",
+                       high: Optional[int] = None) -> tuple[Tensor, str]:
+    """``[steps, batch, *in_shape]`` model input for verification, and where it came from: float32
+    (``dtype`` float32 / uint8), or int64 token ids in ``[0, high)`` (``dtype`` int64 / int32).
 
     Batch element 0 is the dataset's first test sample (time axis tiled to ``steps``) when available;
-    everything else is a seeded random spike tensor (P(1) = 0.3)."""
+    everything else is a seeded random spike tensor (P(1) = 0.3), or seeded random token ids."""
     g = torch.Generator().manual_seed(seed)
-    x = (torch.rand((steps, batch, *in_shape), generator=g) < 0.3).to(torch.float32)
+    tokens = dtype not in ("float32", "uint8")
+    if tokens:
+        x = torch.randint(0, int(high or 2), (steps, batch, *in_shape), generator=g)
+        what = f"random token ids in [0, {int(high or 2)})"
+    else:
+        x = (torch.rand((steps, batch, *in_shape), generator=g) < 0.3).to(torch.float32)
+        what = "random spikes"
     if not use_dataset:
-        return x, f"random spikes (seed {seed}; dataset not used)"
+        return x, f"{what} (seed {seed}; dataset not used)"
     sample, why = _dataset_sample(cfg, in_shape)
+    if sample is not None and tokens and sample.is_floating_point():
+        sample, why = None, f"data.test sample 0 is {str(sample.dtype).removeprefix('torch.')}, the model reads token ids"
     if sample is None:
-        return x, f"random spikes (seed {seed}; {why})"
+        return x, f"{what} (seed {seed}; {why})"
+    sample = sample.to(x.dtype)
     reps = -(-steps // sample.shape[0])
     x[:, 0] = sample.repeat(reps, *([1] * len(in_shape)))[:steps]
     return x, why
@@ -215,7 +228,8 @@ def verify_artifact(art: Artifact, seg: Segment, x: Tensor, n_chunks: int) -> di
         if list(st_e) != art.state_names:
             raise VerificationError(f"{art.path}: eager state names {list(st_e)} differ from the manifest's "
                                     f"{art.state_names}")
-        xa = xc.to(torch.uint8) if art.input_dtype == "uint8" else xc
+        want = torch_dtype(art.input_dtype)
+        xa = xc if xc.dtype == want else xc.to(want)
         ya, *st_a = art(xa, *st_a)
         diffs["y"] = max(diffs["y"], _max_abs(ye, ya))
         for n, t in zip(art.state_names, st_a):
@@ -373,6 +387,7 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
     slices = tuple(int(t) for t in slices)
     if not slices or any(t < 1 for t in slices) or sum(slices) != spec.T:
         raise ValueError(f"slices={list(slices)}: expected positive time-slice lengths summing to T={spec.T}")
+    spec.check_slices(slices)
     opts = options
     log: Callable[[str], None] = _logger(opts.verbose)
     dev = torch.device(opts.device)
@@ -395,17 +410,22 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
     input_note: list[str] = []
 
     def seg_input(i: int) -> Tensor:
-        """Verification input of segment i: the eager chain's output of the model input."""
+        """Verification input of segment i: the eager chain's output of the model input, run in
+        chunks of the longest slice with the state carried (as the artifacts are verified)."""
         if not inputs:
             x, why = verification_input(spec.config, spec.in_shape, opts.verify_chunks * lens[0], opts.batch,
-                                        spec.seed, opts.use_dataset)
+                                        spec.seed, opts.use_dataset, spec.input_dtype, spec.input_high)
             input_note.append(why)
             log(f"verification input: {why}")
             inputs[0] = x.to(dev)
         for k in range(1, i + 1):
             if k not in inputs:
+                prev, st, outs = inputs[k - 1], None, []
                 with torch.no_grad():
-                    inputs[k] = spec.segments[k - 1].run(inputs[k - 1])[0]
+                    for c in range(0, prev.shape[0], lens[0]):
+                        y, st = spec.segments[k - 1].run(prev[c:c + lens[0]], st)
+                        outs.append(y)
+                inputs[k] = torch.cat(outs)
         return inputs[i]
 
     from tqdm import tqdm
@@ -446,7 +466,7 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
 def compile_config(cfg: Config | str | Path, checkpoint: Optional[str | Path] = None, *,
                    grid: str | Sequence[int] | None = None, rows: Optional[int] = None,
                    splits: Optional[Sequence[Sequence[int]]] = None, in_shape: Optional[Sequence[int]] = None,
-                   input_dtype: str = "float32", seed: int = 0, overrides: Sequence[str] = (),
+                   input_dtype: Optional[str] = None, seed: int = 0, overrides: Sequence[str] = (),
                    **options: Any) -> ArtifactSet:
     """Config in, artifacts out: ``load_config`` (if ``cfg`` is a name or path; ``overrides`` apply
     then) -> :meth:`ModelSpec.from_config` -> :func:`compile_spec`.
