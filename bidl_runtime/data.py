@@ -6,6 +6,8 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
+from bidl_models.specs import one_hot_ids
+
 
 def _is_tokens(dtype: Optional[torch.dtype]) -> bool:
     """An integer input other than uint8 event counts: token ids."""
@@ -53,8 +55,8 @@ def synthetic_samples(T: int, shape: Sequence[int], n: Optional[int], seed: int 
 
 def dataset_samples(cfg: Mapping, n: Optional[int],
                     dtype: Optional[torch.dtype] = None) -> Optional[Iterator[tuple[Tensor, int]]]:
-    """``(img [T, C, H, W] float32, label)`` (uint8 kept; integer token ids ``[T]`` kept as ``dtype``
-    for a token model) from the config's test set, or None if unavailable."""
+    """``(img [T, C, H, W] float32, label)`` (uint8 kept; integer token ids ``[T]`` as ``dtype`` for a
+    token model, one-hot rows ``[T, V]`` turned into ids) from the config's test set, or None if unavailable."""
     try:
         from bidl_models.datasets import build_dataset
     except ImportError:
@@ -78,7 +80,8 @@ def dataset_samples(cfg: Mapping, n: Optional[int],
             if label is None:
                 label = ds.get_gt_labels()[i] if hasattr(ds, "get_gt_labels") else -1
             if _is_tokens(dtype):
-                img = img if img.is_floating_point() else img.to(dtype)   # floats are refused by check_sample
+                ids = one_hot_ids(img)          # BIDL's ToOneHot test pipeline: one-hot rows -> ids
+                img = ids.to(dtype) if ids is not None else img if img.is_floating_point() else img.to(dtype)
             elif img.dtype != torch.uint8:
                 img = img.to(torch.float32)
             yield img, int(torch.as_tensor(label))

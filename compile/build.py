@@ -54,7 +54,7 @@ from bidl_models.checkpoint import file_sha256
 from bidl_models.config import Config, load_config
 from bidl_models.model_spec import INPUT_DTYPES, ModelSpec, model_sha256
 from bidl_models.segments import Segment, SegmentSpecs
-from bidl_models.specs import TensorSpec, torch_dtype
+from bidl_models.specs import TensorSpec, one_hot_ids, torch_dtype
 
 from .artifact import Artifact, check_program, load_artifact, load_torchscript
 from .errors import ArtifactError, VerificationError
@@ -196,7 +196,11 @@ def verification_input(cfg: Mapping, in_shape: Sequence[int], steps: int, batch:
         return x, f"{what} (seed {seed}; dataset not used)"
     sample, why = _dataset_sample(cfg, in_shape)
     if sample is not None and tokens and sample.is_floating_point():
-        sample, why = None, f"data.test sample 0 is {str(sample.dtype).removeprefix('torch.')}, the model reads token ids"
+        ids = one_hot_ids(sample)       # BIDL's ToOneHot test pipeline: one-hot rows -> ids
+        if ids is None:
+            sample, why = None, f"data.test sample 0 is {str(sample.dtype).removeprefix('torch.')}, the model reads token ids"
+        else:
+            sample = ids
     if sample is None:
         return x, f"{what} (seed {seed}; {why})"
     sample = sample.to(x.dtype)
