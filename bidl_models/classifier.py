@@ -4,6 +4,16 @@
 head=dict(type='ClsHead', loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1), topk=(1, 5)))``.
 The classifier's only parameters are the backbone's, under ``backbone.`` in its state_dict, so
 :func:`bidl_models.checkpoint.read_state_dict` loads a classifier checkpoint into a bare backbone.
+
+A one-logit head (``nclass=1``, BIDL's IMDB FastText) is a binary classifier: its logit ``s`` is the
+two-class score ``[0, s]``, so ``p(class 1) = softmax([0, s])_1 = sigmoid(s)`` and the configured loss
+becomes the binary cross entropy on ``s`` with a float target ``q``::
+
+    loss = -(q log sigmoid(s) + (1 - q) log(1 - sigmoid(s)))
+    CrossEntropyLoss: q = y        LabelSmoothLoss: q = (1 - e) y + e / 2
+
+(exactly the two-class losses on ``[0, s]``); accuracy predicts class 1 where ``s > 0``. Labels of a
+one-logit head must be 0 or 1.
 """
 from __future__ import annotations
 
@@ -26,30 +36,64 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
     return loss.mean() if reduction == "mean" else loss.sum() if reduction == "sum" else loss
 
 
+def is_binary(cls_score: Tensor) -> bool:
+    """One score column: a binary logit (see the module docstring)."""
+    return cls_score.dim() == 2 and cls_score.shape[1] == 1
+
+
+def binary_target(label: Tensor, where: str) -> Tensor:
+    """``label`` as a float ``[B]`` target of a one-logit head; ValueError unless every label is 0 or 1."""
+    label = label.view(-1)
+    bad = (label != 0) & (label != 1)
+    if bool(bad.any()):
+        raise ValueError(f"{where}: a one-logit (binary) head needs gt_label 0 or 1; got "
+                         f"{label[bad][0].item()!r} (the backbone has nclass=1)")
+    return label.float()
+
+
+def class_scores(cls_score: Tensor) -> Tensor:
+    """Per-class scores ``[B, K]``: a binary logit ``s`` ``[B, 1]`` becomes ``[-s, s]`` (class 1 wins
+    where ``s > 0``; ties go to class 0), anything else is returned as it is."""
+    return torch.cat([-cls_score, cls_score], dim=1) if is_binary(cls_score) else cls_score
+
+
 @LOSSES.register()
 class CrossEntropyLoss(nn.Module):
     """Softmax cross entropy times ``loss_weight``; with ``class_weight`` each sample's loss is scaled
-    by its class's weight and 'mean' is the plain mean over samples (not torch's weighted mean)."""
+    by its class's weight and 'mean' is the plain mean over samples (not torch's weighted mean).
+    On one score column: the binary cross entropy of the logit (``use_sigmoid=True`` says so explicitly,
+    as mmcls's; it is refused for several columns, i.e. multi-label training)."""
 
     def __init__(self, loss_weight: float = 1.0, reduction: str = "mean",
                  class_weight: Optional[Sequence[float]] = None, use_sigmoid: bool = False):
         super().__init__()
         if reduction not in _REDUCTIONS:
             raise ValueError(f"CrossEntropyLoss: reduction={reduction!r}: expected one of {list(_REDUCTIONS)}")
-        if use_sigmoid:
-            raise ValueError("CrossEntropyLoss: use_sigmoid=True is not supported (single-label classification)")
-        self.loss_weight, self.reduction = float(loss_weight), reduction
+        self.loss_weight, self.reduction, self.use_sigmoid = float(loss_weight), reduction, bool(use_sigmoid)
         self.class_weight = None if class_weight is None else [float(w) for w in class_weight]
 
     def forward(self, cls_score: Tensor, label: Tensor) -> Tensor:
-        w = None if self.class_weight is None else cls_score.new_tensor(self.class_weight)
+        w = None if self.class_weight is None else cls_score.new_tensor(self.class_weight).float()
+        if is_binary(cls_score):
+            q = binary_target(label, "CrossEntropyLoss")
+            loss = F.binary_cross_entropy_with_logits(cls_score.float().view(-1), q, reduction="none")
+            if w is not None:
+                if len(w) != 2:
+                    raise ValueError(f"CrossEntropyLoss: class_weight has {len(w)} entries; a one-logit "
+                                     "(binary) head has 2 classes")
+                loss = loss * w[label.view(-1).long()]
+            return self.loss_weight * _reduce(loss, self.reduction)
+        if self.use_sigmoid:
+            raise ValueError(f"CrossEntropyLoss: use_sigmoid=True with {cls_score.shape[1]} score columns "
+                             "(multi-label) is not supported; it is for a one-logit (binary) head")
         loss = F.cross_entropy(cls_score.float(), label.long(), weight=w, reduction="none")
         return self.loss_weight * _reduce(loss, self.reduction)
 
 
 @LOSSES.register()
 class LabelSmoothLoss(nn.Module):
-    """Cross entropy against smoothed targets ``(1 - e) * onehot + e / K`` (``e = label_smooth_val``)."""
+    """Cross entropy against smoothed targets ``(1 - e) * onehot + e / K`` (``e = label_smooth_val``);
+    on one score column (binary, K = 2) the binary cross entropy with target ``(1 - e) y + e / 2``."""
 
     def __init__(self, label_smooth_val: float = 0.1, loss_weight: float = 1.0, reduction: str = "mean",
                  num_classes: Optional[int] = None, mode: str = "original"):
@@ -64,6 +108,12 @@ class LabelSmoothLoss(nn.Module):
         self.num_classes = num_classes
 
     def forward(self, cls_score: Tensor, label: Tensor) -> Tensor:
+        if is_binary(cls_score):
+            if self.num_classes not in (None, 2):
+                raise ValueError(f"LabelSmoothLoss: num_classes={self.num_classes} but a one-logit head has 2 classes")
+            q = binary_target(label, "LabelSmoothLoss") * (1.0 - self.eps) + self.eps / 2
+            loss = F.binary_cross_entropy_with_logits(cls_score.float().view(-1), q, reduction="none")
+            return self.loss_weight * _reduce(loss, self.reduction)
         k = cls_score.shape[1]
         if self.num_classes is not None and self.num_classes != k:
             raise ValueError(f"LabelSmoothLoss: num_classes={self.num_classes} but the scores have {k} classes")
@@ -87,14 +137,21 @@ class ClsHead(nn.Module):
         self.topk, self.cal_acc = topk, bool(cal_acc)
         self.compute_loss = LOSSES.build(loss, "model.head.loss")
 
-    def accuracy(self, cls_score: Tensor, gt_label: Tensor) -> dict[str, float]:
-        """``{'top-k': percent}`` for each k (k > nclass counts every sample)."""
+    def correct(self, cls_score: Tensor, gt_label: Tensor) -> dict[int, int]:
+        """``{k: samples whose label is among the k best classes}`` (k > nclass counts every sample;
+        a one-logit head is scored as the two classes ``[-s, s]``)."""
+        scores = class_scores(cls_score.detach())
         out = {}
         for k in self.topk:
-            kk = min(k, cls_score.shape[1])
-            pred = cls_score.topk(kk, dim=1).indices
-            out[f"top-{k}"] = 100.0 * (pred == gt_label.view(-1, 1)).any(1).float().mean().item()
+            kk = min(k, scores.shape[1])
+            pred = scores.topk(kk, dim=1).indices
+            out[k] = int((pred == gt_label.view(-1, 1).to(pred.device)).any(1).sum())
         return out
+
+    def accuracy(self, cls_score: Tensor, gt_label: Tensor) -> dict[str, float]:
+        """``{'top-k': percent}`` for each k (see :meth:`correct`)."""
+        n = max(gt_label.numel(), 1)
+        return {f"top-{k}": 100.0 * c / n for k, c in self.correct(cls_score, gt_label).items()}
 
     def loss(self, cls_score: Tensor, gt_label: Tensor) -> dict[str, Any]:
         losses: dict[str, Any] = {"loss": self.compute_loss(cls_score, gt_label)}
@@ -104,7 +161,10 @@ class ClsHead(nn.Module):
         return losses
 
     def simple_test(self, cls_score: Tensor) -> Tensor:
-        """Class probabilities ``[B, nclass]``."""
+        """Class probabilities ``[B, nclass]`` (``[B, 2]``: ``[1 - sigmoid(s), sigmoid(s)]`` for one logit)."""
+        if is_binary(cls_score):
+            p = torch.sigmoid(cls_score.float())
+            return torch.cat([1 - p, p], dim=1)
         return F.softmax(cls_score.float(), dim=1)
 
 
@@ -140,7 +200,7 @@ class ImageClassifier(nn.Module):
 
     @torch.no_grad()
     def simple_test(self, img: Tensor) -> Tensor:
-        """Class probabilities ``[B, nclass]``."""
+        """Class probabilities ``[B, nclass]`` (``[B, 2]`` for a one-logit head)."""
         return self.head.simple_test(self.backbone(img))
 
 

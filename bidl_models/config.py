@@ -287,6 +287,32 @@ def load_config(name_or_path: str | Path, overrides: Sequence[str] = (),
     return cfg
 
 
+def config_text(cfg: Mapping, header: str = "") -> str:
+    """The merged config as a config file (one ``key = value`` per top-level key, Python literals) that
+    :func:`load_config` reads back to the same dict. ValueError naming a key whose value is not a literal."""
+    import pprint
+    lines = [f"# {h}" for h in header.splitlines()] + ([""] if header else [])
+    for k, v in _unwrap(dict(cfg)).items():
+        text = pprint.pformat(v, width=100, sort_dicts=False)
+        try:
+            ok = ast.literal_eval(text) == v
+        except (ValueError, SyntaxError):
+            ok = False
+        if not ok:
+            raise ValueError(f"config key {k!r}: value {v!r} cannot be written as a Python literal")
+        lines.append(f"{k} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+def dump_config(cfg: Mapping, path: str | Path, header: str = "") -> Path:
+    """Write :func:`config_text` to ``path`` (atomically)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(config_text(cfg, header))
+    os.replace(tmp, path)
+    return path
+
+
 def validate_lynxi_devices(devices: Any, key: str = "lynxi_devices") -> list[list[int]]:
     """``[[0, 1], [2, 3]]`` -> rows = time slices, columns = segments. ValueError when ragged,
     empty, not ints, or a device id repeats."""

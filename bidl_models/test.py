@@ -1,8 +1,9 @@
 """Evaluate a checkpoint: ``python -m bidl_models.test --config NAME_OR_PATH --checkpoint CKPT [options]``.
 
-Prints top-1 / top-5 accuracy on the config's ``data.test`` (``--split val`` for ``data.val``) and the
-speed in time-step frames per second: ``samples * T / seconds spent in the model`` (data loading not
-counted; end-to-end samples/s is reported too). Any batch size (``--batch-size``), CPU or CUDA
+Prints ``accuracy_top-1`` / ``accuracy_top-5`` (percent) and ``loss`` on the config's ``data.test``
+(``--split val`` for ``data.val``) -- the metric names of the training logs' val lines, also the keys of
+``--out``'s JSON -- and the speed in time-step frames per second: ``samples * T / seconds spent in the
+model`` (data loading not counted; end-to-end samples/s is reported too). Any batch size (``--batch-size``), CPU or CUDA
 (``--device``); ``--limit N`` evaluates the first N samples only; ``--out FILE.json`` saves the result;
 ``--export-to FILE.pth`` writes the weights, config and this result as a small deployable file.
 The checkpoint may be a training checkpoint of this project or of BIDL's ``tools/train.py``, or a bare
@@ -21,10 +22,10 @@ import numpy as np
 import torch
 
 from .checkpoint import load_weights, read_state_dict
-from .classifier import build_classifier
+from .classifier import build_classifier, class_scores
 from .config import Config, load_config
 from .datasets import build_dataset
-from .train import check_input_shape, make_loader, predict, resolve_device
+from .train import check_input_shape, dataset_defaults, evaluate_logits, make_loader, predict, resolve_device
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, device: str = "auto", batch_size: Optional[int] = None,
@@ -39,7 +40,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, device: str = "auto
     model = build_classifier(cfg.model.to_dict(), seed=0)
     load_weights(model.backbone, read_state_dict(checkpoint), f"checkpoint {str(checkpoint)!r}")
     model.to(dev).eval()
-    ds = build_dataset(data[split].to_dict(), where=f"data.{split}")
+    ds = build_dataset(data[split].to_dict(), dataset_defaults(data), where=f"data.{split}")
     check_input_shape(model, cfg, ds, f"data.{split}")
     n = len(ds) if limit is None else min(int(limit), len(ds))
     if n < 1:
@@ -54,7 +55,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, device: str = "auto
     logits, model_s = predict(model, loader, dev, amp, progress=progress, desc="test")
     wall = time.perf_counter() - t0
     T = int(ds[0]["img"].shape[0])
-    res = ds.evaluate(logits, metric_options={"topk": tuple(model.head.topk)}, indices=indices)
+    res = evaluate_logits(model, ds, logits, indices)
     res.update(samples=n, timestep=T, batch_size=bs, device=str(dev), model_seconds=model_s, wall_seconds=wall,
                frames_per_s=n * T / max(model_s, 1e-9), samples_per_s_end_to_end=n / max(wall, 1e-9),
                checkpoint=str(checkpoint), config=cfg.name, split=split)
@@ -75,7 +76,7 @@ def export_weights(cfg: Config, checkpoint: str | Path, out: str | Path, res: Ma
         sd, src_meta = read_state_dict(checkpoint), {}
     logits, labels = res["logits"], res["labels"]
     first = min(200, len(labels))
-    top1_200 = 100.0 * float((logits[:first].argmax(1) == labels[:first]).float().mean())
+    top1_200 = 100.0 * float((class_scores(logits[:first]).argmax(1) == labels[:first]).float().mean())
     meta = dict(config_name=cfg.name, source_checkpoint=str(checkpoint), source_meta=src_meta, note=note,
                 test_split=res["split"], test_samples=int(res["samples"]), test_top1=float(res["accuracy_top-1"]),
                 test_top5=float(res.get("accuracy_top-5", float("nan"))), test_top1_first200=top1_200,
@@ -110,7 +111,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def format_result(res: Mapping[str, Any]) -> str:
-    accs = "  ".join(f"{k} {v:.2f}%" for k, v in res.items() if k.startswith("accuracy_"))
+    accs = "  ".join([f"{k} {v:.2f}%" for k, v in res.items() if k.startswith("accuracy_")]
+                     + ([f"loss {res['loss']:.4f}"] if "loss" in res else []))
     return (f"{res['config']} on data.{res['split']} ({res['samples']} samples, T={res['timestep']}, batch "
             f"{res['batch_size']}, {res['device']}): {accs}\n"
             f"speed: {res['frames_per_s']:.1f} time-step frames/s in the model "

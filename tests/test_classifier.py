@@ -104,3 +104,41 @@ def test_lr_schedule_cosine_step_and_warmup():
         LrSchedule(_opt(), dict(policy="fixed", bogus=1), 1, 1)
     with pytest.raises(ValueError, match=r"lr_config.policy='poly'"):
         LrSchedule(_opt(), dict(policy="poly"), 1, 1)
+
+
+def test_one_logit_losses_are_the_two_class_losses_on_0_s():
+    """A binary logit s is the two-class score [0, s]: each loss equals its softmax form on [0, s], i.e.
+    the binary cross entropy with a float target (y, or (1 - e) y + e / 2 with label smoothing)."""
+    torch.manual_seed(0)
+    s, y = torch.randn(9, 1) * 3, torch.tensor([0, 1, 1, 0, 1, 0, 0, 1, 1])
+    two = torch.cat([torch.zeros_like(s), s], 1)
+    ce = CrossEntropyLoss()(s, y)
+    assert torch.allclose(ce, F.cross_entropy(two, y), atol=1e-6)
+    assert torch.allclose(ce, F.binary_cross_entropy_with_logits(s[:, 0], y.float()))
+    assert torch.allclose(CrossEntropyLoss(use_sigmoid=True)(s, y), ce)              # mmcls's explicit form
+    w = [0.5, 2.0]
+    assert torch.allclose(CrossEntropyLoss(class_weight=w)(s, y),
+                          (F.binary_cross_entropy_with_logits(s[:, 0], y.float(), reduction="none")
+                           * torch.tensor(w)[y]).mean())
+    ls = LabelSmoothLoss(0.2)(s, y)
+    assert torch.allclose(ls, LabelSmoothLoss(0.2)(two, y), atol=1e-6)
+    assert torch.allclose(ls, F.binary_cross_entropy_with_logits(s[:, 0], y.float() * 0.8 + 0.1))
+    assert CrossEntropyLoss(reduction="none")(s, y).shape == (9,)
+    with pytest.raises(ValueError, match=r"one-logit \(binary\) head needs gt_label 0 or 1; got 2"):
+        CrossEntropyLoss()(s, torch.tensor([0, 1, 2, 0, 1, 0, 0, 1, 1]))
+    with pytest.raises(ValueError, match=r"use_sigmoid=True with 5 score columns"):
+        CrossEntropyLoss(use_sigmoid=True)(torch.randn(2, 5), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"class_weight has 3 entries"):
+        CrossEntropyLoss(class_weight=[1, 1, 1])(s, y)
+
+
+def test_one_logit_head_accuracy_and_probabilities():
+    head = ClsHead(loss=dict(type="CrossEntropyLoss"), topk=(1, 5), cal_acc=True)
+    s = torch.tensor([[2.0], [-1.0], [0.5], [-3.0]])
+    y = torch.tensor([1, 1, 0, 0])
+    assert head.correct(s, y) == {1: 2, 5: 4}                                  # predicted 1 where s > 0
+    assert head.accuracy(s, y) == {"top-1": 50.0, "top-5": 100.0}
+    out = head.loss(s, y)
+    assert torch.allclose(out["loss"], F.binary_cross_entropy_with_logits(s[:, 0], y.float()))
+    p = head.simple_test(s)
+    assert p.shape == (4, 2) and torch.allclose(p[:, 1], torch.sigmoid(s[:, 0])) and torch.allclose(p.sum(1), torch.ones(4))

@@ -91,28 +91,43 @@ def test_warmup_ramps_from_ratio_to_base():
     assert got[10:] == [got[9]] * (len(got) - 10)  # BIDL: the rate the warmup left, until the scheduler moves it
 
 
+def drive(s: LrSchedule, o: torch.optim.Optimizer, start: int, stop: int) -> list[float]:
+    """Global iterations [start, stop) as the trainer runs them: apply, step, epoch_end after an epoch's last."""
+    lrs = []
+    for it in range(start, stop):
+        lrs.append(s.apply(it))
+        o.step()
+        if (it + 1) % IPE == 0:
+            s.epoch_end()
+    return lrs
+
+
+def resumed_at(lr_config, warmup, at: int) -> list[float]:
+    """The LRs of iterations [at, end) of a schedule saved after ``at`` iterations and loaded into a new one."""
+    o, o2 = opt(), opt()
+    s = LrSchedule(o, lr_config, IPE, EPOCHS, warmup=warmup)
+    drive(s, o, 0, at)
+    s2 = LrSchedule(o2, lr_config, IPE, EPOCHS, warmup=warmup)
+    o2.load_state_dict(o.state_dict())
+    s2.load_state_dict(s.state_dict())
+    return drive(s2, o2, at, EPOCHS * IPE)
+
+
 def test_resume_continues_the_same_curve():
     cfg = dict(policy="MultiStepLR", milestones=[3, 8])
     full = ours(cfg, WARM)
-    o = opt()
-    s = LrSchedule(o, cfg, IPE, EPOCHS, warmup=WARM)
-    for e in range(5):
-        for i in range(IPE):
-            s.apply(e * IPE + i)
-            o.step()
-        s.epoch_end()
-    saved_sched, saved_opt = s.state_dict(), o.state_dict()
-    o2 = opt()
-    s2 = LrSchedule(o2, cfg, IPE, EPOCHS, warmup=WARM)
-    o2.load_state_dict(saved_opt)
-    s2.load_state_dict(saved_sched)
-    rest = []
-    for e in range(5, EPOCHS):
-        for i in range(IPE):
-            rest.append(s2.apply(e * IPE + i))
-            o2.step()
-        s2.epoch_end()
-    assert rest == pytest.approx(full[5 * IPE:], rel=1e-12)
+    assert drive(LrSchedule(o := opt(), cfg, IPE, EPOCHS, warmup=WARM), o, 0, EPOCHS * IPE) == full
+    assert resumed_at(cfg, WARM, 5 * IPE) == pytest.approx(full[5 * IPE:], rel=1e-12)
+
+
+@pytest.mark.parametrize("lr_config", [dict(policy="CosineAnnealing", min_lr=0.001, by_epoch=False),
+                                       dict(policy="MultiStepLR", milestones=[3, 8])])
+def test_resume_mid_epoch_continues_the_same_curve(lr_config):
+    """Saved after 3 iterations of epoch 5, inside a warmup of 33 iterations: the schedule loaded from it and
+    applied from global iteration 4 * IPE + 3 on gives the rest of the uninterrupted curve."""
+    warm = dict(warmup_ratio=0.1, warmup_iters=4 * IPE + 5)
+    full = ours(lr_config, warm)
+    assert resumed_at(lr_config, warm, 4 * IPE + 3) == pytest.approx(full[4 * IPE + 3:], rel=1e-12)
 
 
 @pytest.mark.parametrize("lr_config, warmup, match", [
