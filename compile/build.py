@@ -171,6 +171,9 @@ def _dataset_sample(cfg: Mapping, in_shape: Sequence[int]) -> tuple[Optional[Ten
         t = torch.as_tensor(img)
     except Exception as e:  # noqa: BLE001
         return None, f"data.test sample 0 is not a tensor ({type(e).__name__})"
+    ids = one_hot_ids(t) if t.dim() == len(in_shape) + 2 else None
+    if ids is not None:                 # BIDL's ToOneHot test pipeline (IMDB): one-hot rows -> token ids
+        t = ids
     if t.dim() != len(in_shape) + 1 or tuple(t.shape[1:]) != tuple(in_shape):
         return None, f"data.test sample 0 has shape {list(t.shape)}, the model takes [T, {', '.join(map(str, in_shape))}]"
     return t, f"dataset {test.get('type', '?')} test sample 0"
@@ -196,11 +199,7 @@ def verification_input(cfg: Mapping, in_shape: Sequence[int], steps: int, batch:
         return x, f"{what} (seed {seed}; dataset not used)"
     sample, why = _dataset_sample(cfg, in_shape)
     if sample is not None and tokens and sample.is_floating_point():
-        ids = one_hot_ids(sample)       # BIDL's ToOneHot test pipeline: one-hot rows -> ids
-        if ids is None:
-            sample, why = None, f"data.test sample 0 is {str(sample.dtype).removeprefix('torch.')}, the model reads token ids"
-        else:
-            sample = ids
+        sample, why = None, f"data.test sample 0 is {str(sample.dtype).removeprefix('torch.')}, the model reads token ids"
     if sample is None:
         return x, f"{what} (seed {seed}; {why})"
     sample = sample.to(x.dtype)

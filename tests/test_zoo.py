@@ -155,7 +155,14 @@ def test_shrunk_config_trains_a_step(name):
     assert len(changed) >= len(before) // 2, (len(changed), len(before))
 
 
-@pytest.mark.parametrize("name", sorted(ZOO))
+def heavy_to_compile(name: str) -> bool:
+    """ResNets, the 7-conv nets and the LIF+ 5-conv net: 1-3 minutes of compile each on a busy 2-core machine."""
+    bb_type = ZOO[name][1]
+    return bb_type.startswith(("ResNet", "SeqClif7", "SeqClifplus5"))
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if heavy_to_compile(n) else n
+                                  for n in sorted(ZOO)])
 def test_shrunk_config_compiles_for_a_1x2_grid(name, tmp_path):
     """compile (1 time slice x 2 segments, each artifact verified against its eager segment inside),
     and the two artifacts chained equal the eager model bit for bit."""
