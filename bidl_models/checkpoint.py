@@ -49,7 +49,19 @@ def read_checkpoint(path: str | Path) -> Any:
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise ValueError(f"checkpoint {str(path)!r} cannot be read: {type(e).__name__}: {e}") from None
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read: {_unreadable(e)}") from None
+
+
+def _unreadable(e: Exception) -> str:
+    """One line on why ``torch.load`` refused a file (torch's own messages run to many lines)."""
+    text = str(e)
+    if "central directory" in text or "PytorchStreamReader" in text:
+        return "truncated or damaged (an incomplete torch zip archive)"
+    if type(e).__name__ == "UnpicklingError":
+        detail = next((ln.strip() for ln in text.splitlines() if "Unsupported" in ln or "global" in ln.lower()), "")
+        return ("not a checkpoint of tensors (torch.load with weights_only=True refused it"
+                + (f": {detail}" if detail else "") + ")")
+    return f"{type(e).__name__}: {' '.join(text.split())[:300]}"
 
 
 def checkpoint_format(obj: Any) -> str:

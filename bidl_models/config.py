@@ -386,7 +386,7 @@ def build_segments(cfg: Mapping, seed: Optional[int] = 0, model_in_shape: Option
     for key, net in zip(names, nets):
         if net.n_blocks != n:
             raise ValueError(f"{key}: its backbone has {net.n_blocks} blocks, model_0's has {n}")
-    ranges = validate_splits(splits, n, full=True, names=names)
+    ranges = validate_splits(splits, n, full=True, names=names, backbone=nets[0])
     segs = [net.segment(s, e) for net, (s, e) in zip(nets, ranges)]
     inshapes = cfg.get("models_compile_inputshape")
     if inshapes is not None and len(segs) == 1 and len(inshapes) != 1:

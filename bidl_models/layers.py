@@ -24,7 +24,8 @@ Module and parameter names are BIDL's, so a BIDL state_dict is this model's stat
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping, Optional, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -73,21 +74,9 @@ class Temporal(nn.Module):
         """(output spec per step, state specs) for a per-step input shape ``[B, ...]``; no compute.
         ``t``: the chunk length traced (default :func:`trace_steps`)."""
         t = trace_steps(self) if t is None else t
-        modes = {m: m.training for m in self.modules()}  # restored one by one: modules may be shared
-        self.eval()
-        log = logging.getLogger("torch._subclasses.fake_tensor")
-        level = log.level
-        log.setLevel(logging.CRITICAL)  # shape errors are re-raised by callers, not logged
-        try:
-            with FakeTensorMode(allow_non_fake_inputs=True):
-                y, st = self.run(torch.zeros((t,) + tuple(in_shape), dtype=dtype))
-                out = TensorSpec("y", tuple(y.shape[1:]), str(y.dtype).removeprefix("torch."))
-                specs = specs_of(st)
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
-            log.setLevel(level)
-        return out, specs
+        with shape_tracing(self):
+            y, st = self.run(torch.zeros((t,) + tuple(in_shape), dtype=dtype))
+            return TensorSpec("y", tuple(y.shape[1:]), str(y.dtype).removeprefix("torch.")), specs_of(st)
 
     def state_spec(self, in_shape: Sequence[int]) -> list[TensorSpec]:
         """Names, shapes and dtypes of this module's state for a per-step input ``[B, ...]``."""
@@ -98,6 +87,24 @@ def trace_steps(module: nn.Module) -> int:
     """The chunk length a run of ``module`` needs at least: the ``T`` of a whole-sequence layer in
     it, else 1 (shape traces and cost counts use it)."""
     return max((int(m.T) for m in module.modules() if getattr(m, "whole_sequence", False)), default=1)
+
+
+@contextmanager
+def shape_tracing(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` on fake tensors (shapes only, no compute) in eval mode, without gradients; every
+    submodule's mode is restored one by one afterwards (modules may be shared)."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    log = logging.getLogger("torch._subclasses.fake_tensor")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # shape errors are re-raised by callers, not logged
+    try:
+        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+            yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+        log.setLevel(level)
 
 
 class PerStep(Temporal):

@@ -66,7 +66,8 @@ class ModelSpec:
     T: int                                      # time steps per sample
     in_shape: tuple[int, ...]                   # per-step model input (C, H, W), batch excluded
     input_dtype: str                            # first segment's input: float32 | uint8 (event counts) | int64 (tokens)
-    splits: tuple[tuple[int, int], ...]         # block range [start, end) of each segment
+    splits: tuple[tuple[int | str, int | str], ...]   # [start, end) of each segment: block indices or cuts
+                                                      # inside blocks ('7.4', bidl_models.cuts)
     split_source: str                           # 'config model_0..n' | 'auto split (flops)' | 'given' | 'whole model'
     n_blocks: int
     backbone: str                               # backbone type name
@@ -158,8 +159,7 @@ class ModelSpec:
 
     def io_specs(self, batch: int = 1) -> list[SegmentSpecs]:
         """Per-step input/output and state specs of every segment for ``batch`` samples per message."""
-        return [SegmentSpecs(s.input.with_batch(batch), s.output.with_batch(batch),
-                             tuple(t.with_batch(batch) for t in s.state)) for s in self.io]
+        return [s.with_batch(batch) for s in self.io]
 
     @property
     def key(self) -> str:

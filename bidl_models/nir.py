@@ -669,6 +669,9 @@ class _Exporter:
     # -- walking
     def emit(self, mod: nn.Module, srcs: list[str], shape: tuple[int, ...], path: str) -> tuple[list[str], tuple[int, ...]]:
         if isinstance(mod, (Backbone, Segment)):
+            if isinstance(mod, Segment) and any(c.inner for c in mod.cuts):
+                self.refuse(mod, path, f"split={list(mod.split)} cuts inside a residual block (its skip travels as a "
+                                       "second tensor); NIR takes segments cut at block boundaries")
             units = mod.units() if isinstance(mod, Backbone) else list(mod.units.items())
             for name, unit in units:
                 srcs, shape = self.emit_chain(unit, srcs, shape, path, name)

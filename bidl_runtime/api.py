@@ -68,16 +68,18 @@ def build_artifacts(spec: ModelSpec, slices: Sequence[int], config: RuntimeConfi
 def stream(cfg: Config, samples: Iterable, grid: Optional[tuple[int, int] | str] = None, replicas: int = 1,
            rcfg: Optional[RuntimeConfig] = None, checkpoint: Optional[str | Path] = None,
            artifacts: str | Path = "artifacts", verify: bool = False, total: Optional[int] = None,
-           progress: bool = False, verbose: bool = False, pool: Optional[CellPool] = None) -> RunReport:
+           progress: bool = False, verbose: bool = False, pool: Optional[CellPool] = None,
+           trace: Optional[str | Path] = None) -> RunReport:
     """The whole chain on the connected cluster: layout, spec, artifacts, placement, one run with
-    ``verify`` (compare with the single-device reference). The grid is always torn down."""
+    ``verify`` (compare with the single-device reference) and ``trace`` (a Chrome trace file, with a
+    PNG timeline beside it; see :mod:`bidl_runtime.trace`). The grid is always torn down."""
     rcfg = rcfg or RuntimeConfig()
     layout = GridLayout.resolve(cfg, grid, replicas)
     _, arts = prepare(cfg, layout, rcfg, checkpoint, artifacts, verbose=verbose)
     plan = place(arts, Cluster.connect(), layout, transport=rcfg.transport)
     g = Grid(plan, rcfg, pool)
     try:
-        return g.run(samples, total=total, progress=progress, verify=verify)
+        return g.run(samples, total=total, progress=progress, verify=verify, trace=trace)
     finally:
         g.close()
 

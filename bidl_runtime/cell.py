@@ -4,11 +4,14 @@ Lifecycle: ``configure(spec)`` opens the device context and loads the program (o
 then per run ``open_inputs()`` creates the receiving ends of the cell's input edges,
 ``connect(...)`` attaches to the receivers of its output edges, ``loop()`` serves samples until a
 stop message and returns the cell's stats, ``reset()`` drops the channel ends (the program stays
-loaded, so a kept-alive grid runs again without loading anything).
+loaded, so a kept-alive grid runs again without loading anything). While the loop runs, ``ping()``
+answers the driver's heartbeat (progress, and how long the current chunk has been computing) and
+``abort()`` ends the loop within ``poll_s`` (the driver rewires a replica after a failure).
 
 Loop per sample: wait for the input chunk (the ``input`` edge from the driver for s = 0, else the
-``activation`` edge from cell (g, s-1)) and for the ``state`` edge from cell (g-1, s) (zeros for
-g = 0), run the chunk, hand the outputs to the outbox thread (``state`` to (g+1, s), ``activation``
+``activation`` edge from cell (g, s-1): one tensor, or the main activation and its carry -- the skip
+tensor -- when the columns are cut inside a residual block) and for the ``state`` edge from cell
+(g-1, s) (zeros for g = 0), run the chunk, hand the outputs to the outbox thread (``state`` to (g+1, s), ``activation``
 to (g, s+1), or the ``result`` to the driver; sent while the next chunk computes), then release
 the inputs (their slots' credits go back to the senders). Which edges exist is the plan's business:
 the cell only reads them. Cells hold no sample state between samples, so a restarted cell can
@@ -21,6 +24,7 @@ import time
 _IMPORT_STARTED = time.time()   # this module is imported when the actor's worker gets the cell class
 
 import os  # noqa: E402
+import signal  # noqa: E402
 import threading  # noqa: E402
 import traceback  # noqa: E402
 from dataclasses import dataclass
@@ -32,9 +36,11 @@ import torch  # noqa: E402,F401  (imported with the actor class, not on the firs
 from .channels import attach_sender, create_receiver  # noqa: E402
 from .config import RuntimeConfig  # noqa: E402
 from .devices import BusyClock, open_context  # noqa: E402
+from .metrics import CellMetrics, cell_labels  # noqa: E402
 from .plan import CellPlan, Edge  # noqa: E402
 from .retry import attempt, patiently  # noqa: E402
 from .startup import process_start_time  # noqa: E402
+from .trace import LOOP, OUTBOX, TraceBuffer  # noqa: E402
 
 _IMPORTED_AT = time.time()
 
@@ -48,7 +54,8 @@ class CellSpec:
     inputs: tuple[Edge, ...]
     outputs: tuple[Edge, ...]
     config: RuntimeConfig
-    fault: Optional[tuple[str, int]] = None    # test hook: ('raise' | 'exit', sample id)
+    fault: Optional[tuple[str, int]] = None    # drill: (kind, sample id), kind in FAULTS
+    config_name: str = ""                      # the model config's name (the metrics' ``config`` label)
 
     @property
     def x_edge(self) -> Edge:
@@ -63,6 +70,20 @@ class CellError(RuntimeError):
     """A cell failed; the message names the cell."""
 
 
+class Aborted(Exception):
+    """The driver aborted the loop (to rewire the cell's replica)."""
+
+
+# fault drills (RuntimeConfig.faults, --inject-fault): what the cell does at the given sample
+FAULTS = {
+    "raise": "raise an exception in the loop",
+    "exit": "exit the process at once (like a crash or SIGKILL)",
+    "hang": "stop the process (SIGSTOP: frozen, silent)",
+    "stall": "block inside the chunk's compute (alive, answering pings, making no progress)",
+    "connect": "fail while connecting its output channels (a failed start-up)",
+}
+
+
 class Cell:
     """The actor body (wrapped with ``ray.remote`` by the driver or the pool)."""
 
@@ -71,7 +92,9 @@ class Cell:
         self.senders: dict[str, Any] = {}
         self.ctx = None
         self.spec: Optional[CellSpec] = None
-        self._metrics: Optional[dict] = None
+        self._metrics: Optional[CellMetrics] = None
+        self._trace: Optional[TraceBuffer] = None
+        self._abort = threading.Event()
         self._timings = {"process_start": process_start_time(), "import_started": _IMPORT_STARTED,
                          "imported": _IMPORTED_AT, "ready": time.time()}
         if spec is not None:
@@ -92,8 +115,9 @@ class Cell:
         self._timings["load_s"] = time.perf_counter() - t
         self._timings["configured"] = time.time()
         self._timings["cpu_s"] = time.process_time()   # this process's CPU seconds so far (start-up cost)
-        if cfg.metrics and self._metrics is None:
-            self._metrics = self._make_metrics()
+        self._timings["pid"] = os.getpid()
+        self._abort.clear()
+        self._metrics = _cell_metrics(spec) if cfg.metrics else None
         self._fresh_counters()
         return dict(self._timings)
 
@@ -102,8 +126,11 @@ class Cell:
         self._t_start = 0.0
         self._t_end = 0.0
         self._samples = 0
-        self._bytes_reported = 0
+        if self._metrics is not None:
+            self._metrics.reset()
         self._first: Optional[dict] = None   # perf_counter timeline of the first sample (latency analysis)
+        self._computing_since: Optional[float] = None   # perf_counter when the current chunk's compute began
+        self._last_sample: Any = None
 
     def describe(self) -> dict[str, Any]:
         """Which cell this actor is configured as (a process attaching to a kept-alive grid checks it)."""
@@ -120,13 +147,36 @@ class Cell:
 
     def connect(self, endpoints: dict[str, Any]) -> None:
         """Attach to the receivers of this cell's output edges (``{edge name: endpoint}``)."""
+        if self.spec.fault is not None and self.spec.fault[0] == "connect":
+            raise CellError(f"{self.name}: injected fault (connect)")
         for e in self.spec.outputs:
             self.senders[e.name] = attach_sender(endpoints[e.name])
 
-    def reset(self) -> None:
-        """Drop the channel ends and the counters of the last run; the program stays loaded."""
+    def reset(self, fresh: bool = True) -> None:
+        """Drop the channel ends (and, ``fresh``, the counters of the last run: a rewire in the middle
+        of a run keeps them); the program stays loaded."""
         self._close_channels()
-        self._fresh_counters()
+        self._abort.clear()
+        if fresh:
+            self._fresh_counters()
+
+    # ---------------------------------------------------------------- health (control plane)
+
+    def ping(self) -> dict[str, Any]:
+        """The heartbeat: samples done, the last one, seconds the current chunk has been computing
+        (None between chunks) and the median chunk time (the driver derives its deadlines from it)."""
+        since = self._computing_since
+        return {"pid": os.getpid(), "samples": self._samples, "last_sample": self._last_sample,
+                "computing_s": None if since is None else time.perf_counter() - since,
+                "chunk_ms": _median(self.clock.samples_ms)}
+
+    def abort(self) -> None:
+        """End the running loop at its next bounded wait (it returns its stats, marked aborted)."""
+        self._abort.set()
+
+    def _check_abort(self) -> None:
+        if self._abort.is_set():
+            raise Aborted
 
     # ------------------------------------------------------------------------------ data plane
 
@@ -135,20 +185,25 @@ class Cell:
         rx = self.receivers[edge.name]
         cfg = self.spec.config
         return patiently(lambda t: rx.recv(timeout=t), poll_s=cfg.poll_s, limit_s=cfg.idle_timeout_s,
+                         check=self._check_abort,
                          give_up=lambda s: CellError(f"{self.name}: no {edge.kind} input on {edge.name} for {s:.0f} s"))
 
-    def _send(self, edge: Edge, tensors: Any, meta: dict) -> None:
-        """Send on an output edge, waiting for a credit as long as the receiver is alive (bounded
-        by the idle limit): a slow downstream cell is back-pressure, not an error."""
-        tx = self.senders[edge.name]
+    def _send(self, edge: Edge, tensors: Any, meta: dict, tx: Any) -> None:
+        """Send on an output edge's sender ``tx``, waiting for a credit as long as the receiver is alive
+        (bounded by the idle limit): a slow downstream cell is back-pressure, not an error."""
         cfg = self.spec.config
         patiently(lambda t: tx.send(tensors, meta, timeout=t), poll_s=cfg.poll_s, limit_s=cfg.idle_timeout_s,
+                  check=self._check_abort,
                   give_up=lambda s: CellError(f"{self.name}: {edge.kind} output {edge.name} blocked for {s:.0f} s"))
 
-    def loop(self) -> dict[str, Any]:
-        """Serve samples until a stop message; returns this cell's stats."""
+    def loop(self, trace_events: int = 0) -> dict[str, Any]:
+        """Serve samples until a stop message (or ``abort()``); returns this cell's stats (with its trace
+        spans when ``trace_events`` > 0: at most that many kept, see :mod:`bidl_runtime.trace`)."""
+        self._trace = TraceBuffer(trace_events) if trace_events else None
         try:
             return self._loop()
+        except Aborted:
+            return dict(self.stats(), aborted=True)
         except CellError:
             raise
         except Exception as e:  # noqa: BLE001 - name the cell in whatever went wrong
@@ -158,7 +213,7 @@ class Cell:
     def _loop(self) -> dict[str, Any]:
         spec = self.spec
         zero = self.ctx.reset_state() if spec.state_edge is None else None
-        outbox = _Outbox(self.name, spec.config)
+        outbox = _Outbox(self.name, spec.config, self._check_abort)
         try:
             self._serve(spec, zero, outbox)
         finally:
@@ -171,7 +226,9 @@ class Cell:
         """Receive, compute, hand the outputs to the outbox (sent while the next chunk computes)."""
         ev0, ev1 = self.ctx.create_event(), self.ctx.create_event()
         x_edge, state_edge = spec.x_edge, spec.state_edge
+        tr = self._trace
         while True:
+            t_w = time.perf_counter()
             mx = self._recv(x_edge)
             t_x = time.perf_counter()
             meta = mx.meta
@@ -189,49 +246,70 @@ class Cell:
             if mx.kind != "data" or (ms is not None and ms.kind != "data"):
                 raise CellError(f"{self.name}: unexpected message kind {mx.kind!r} / "
                                 f"{ms.kind if ms is not None else '-'!r}: {meta.get('error', '')}")
-            if spec.fault is not None and spec.fault[1] == meta.get("sample"):
-                self._inject(spec.fault[0])
-            x = mx.tensors["x"]
+            x = _activation(mx, x_edge)
             state = ms.tensors if ms is not None else zero
             ev0.record(self.ctx.stream)
             if not self._t_start:
                 self._t_start = time.perf_counter()  # busy % counts from the first compute
-            t_exec = time.perf_counter()
+            t_exec = self._computing_since = time.perf_counter()
+            if spec.fault is not None and spec.fault[1] == meta.get("sample"):
+                self._inject(spec.fault[0])
             y, new_state = self.ctx.execute(x, state)
+            self._computing_since = None
             ev1.record(self.ctx.stream)
             if self._first is None:
                 self._first = {"x_ready": t_x, "inputs_ready": t_in, "exec_start": t_exec,
                                "exec_end": time.perf_counter()}
             ms_busy = ev0.elapsed_ms(ev1)
             self.clock.add(ms_busy)
-            outbox.put(self._deliver(spec, meta.get("sample"), y, new_state, mx, ms, ms_busy, x.shape[0]))
+            if tr is not None:
+                t_end = time.perf_counter()
+                _trace_chunk(tr, meta.get("sample"), t_w, t_x, t_in if state_edge is not None else None, t_exec, t_end)
+            outbox.put(self._deliver(spec, meta.get("sample"), y, new_state, mx, ms, ms_busy, _steps(x), t_in - t_w))
+            if tr is not None and time.perf_counter() - t_end > 20e-6:
+                tr.add(LOOP, "wait outbox", t_end, time.perf_counter(), meta.get("sample"))
 
-    def _deliver(self, spec: CellSpec, sample: Any, y, new_state, mx, ms, ms_busy: float, steps: int):
+    def _deliver(self, spec: CellSpec, sample: Any, y, new_state, mx, ms, ms_busy: float, steps: int,
+                 wait_s: float = 0.0):
         """The outbox job of one sample: send its outputs on every output edge, then release its
         inputs (the outputs may be views of the input slots, e.g. the emulated backend hands the
         state through)."""
-        payloads = {"state": lambda: new_state, "activation": lambda: {"x": y}, "result": lambda: {"y": y[-1]}}
+        payloads = {"state": lambda e: new_state, "activation": lambda e: _named(e, y), "result": lambda e: {"y": y[-1]}}
+        senders = dict(self.senders)   # this wiring's: a job outliving an abort never reaches a rewired channel
+        tr = self._trace
 
         def job() -> None:
             out_meta = {"kind": "data", "sample": sample}
             for e in spec.outputs:
-                self._send(e, payloads[e.kind](), out_meta)
+                t = time.perf_counter() if tr is not None else 0.0
+                self._send(e, payloads[e.kind](e), out_meta, senders[e.name])
+                if tr is not None:
+                    tr.add(OUTBOX, f"send {e.kind}", t, time.perf_counter(), sample)
             mx.release()
             if ms is not None:
                 ms.release()
             if self._samples == 0 and self._first is not None:
                 self._first["sent"] = time.perf_counter()
             self._samples += 1
+            self._last_sample = sample
             self._t_end = time.perf_counter()
             if self._metrics is not None:
-                self._record_metrics(ms_busy, steps)
+                self._metrics.record(ms_busy, steps, wait_s, sum(s.stats.bytes for s in self.senders.values()),
+                                     sum(s.depth - s.credits for s in self.senders.values()))
         return job
 
     def _inject(self, what: str) -> None:
-        """Fault injection for tests and drills: raise, or kill this process."""
+        """Fault drills (see FAULTS), inside the chunk's compute."""
         if what == "exit":
             os._exit(17)
-        raise RuntimeError(f"injected fault ({what})")
+        if what == "hang":
+            os.kill(os.getpid(), signal.SIGSTOP)
+            return
+        if what == "stall":
+            while True:
+                time.sleep(3600)
+        if what == "raise":
+            raise RuntimeError(f"injected fault ({what})")
 
     # ---------------------------------------------------------------------------- observability
 
@@ -247,38 +325,8 @@ class Cell:
             "step_ms_median": _median(self.clock.samples_ms),
             "channels_in": {k: r.stats.snapshot() for k, r in self.receivers.items()},
             "channels_out": {k: s.stats.snapshot() for k, s in self.senders.items()},
+            **({"trace": self._trace.export(_node_id())} if self._trace is not None else {}),
         }
-
-    def _make_metrics(self) -> dict[str, Any]:
-        try:
-            from ray.util import metrics
-        except Exception:  # noqa: BLE001 - metrics are optional outside Ray
-            return {}
-        tags = ("cell",)
-        return {
-            "frames": metrics.Counter("bidl_cell_frames", "time-step frames processed", tag_keys=tags),
-            "latency": metrics.Histogram("bidl_cell_chunk_ms", "device time per chunk (ms)",
-                                         boundaries=[0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
-                                         tag_keys=tags),
-            "bytes": metrics.Counter("bidl_cell_bytes_sent", "bytes sent on output channels", tag_keys=tags),
-            "queue": metrics.Gauge("bidl_cell_queue_depth",
-                                   "messages this cell sent that its receivers have not released yet",
-                                   tag_keys=tags),
-        }
-
-    def _record_metrics(self, ms_busy: float, steps: int) -> None:
-        m, tags = self._metrics, {"cell": self.name}
-        if not m or not self.spec.config.metrics:
-            return
-        m["frames"].inc(steps, tags)
-        m["latency"].observe(ms_busy, tags)
-        sent = sum(s.stats.bytes for s in self.senders.values())
-        prev = self._bytes_reported
-        if sent > prev:
-            m["bytes"].inc(sent - prev, tags)
-            self._bytes_reported = sent
-        pending = sum(s.depth - s.credits for s in self.senders.values())
-        m["queue"].set(pending, tags)
 
     def _close_channels(self) -> None:
         for s in self.senders.values():
@@ -299,8 +347,8 @@ class _Outbox:
     """A thread that sends one sample's outputs while the cell computes the next chunk (depth 1:
     the cell waits before handing over a second job). Errors re-raise in the cell's loop."""
 
-    def __init__(self, name: str, config: RuntimeConfig) -> None:
-        self.name, self.config = name, config
+    def __init__(self, name: str, config: RuntimeConfig, check=None) -> None:
+        self.name, self.config, self.check = name, config, check
         self.q: Queue = Queue(maxsize=1)
         self.err: Optional[BaseException] = None
         self.idle = threading.Event()
@@ -329,7 +377,7 @@ class _Outbox:
     def flush(self) -> None:
         """Wait until the previous job is sent (its sends are bounded by the idle limit); re-raise its error."""
         patiently(lambda t: attempt(self.idle.wait(t)), poll_s=self.config.poll_s,
-                  limit_s=2 * self.config.idle_timeout_s,
+                  limit_s=2 * self.config.idle_timeout_s, check=self.check,
                   give_up=lambda s: CellError(f"{self.name}: outbox still sending after {s:.0f} s"))
         if self.err is not None:
             err, self.err = self.err, None
@@ -338,6 +386,43 @@ class _Outbox:
     def close(self) -> None:
         self.q.put(None)
         self.thread.join(timeout=max(1.0, 10 * self.config.poll_s))
+
+
+def _activation(msg: Any, edge: Edge) -> Any:
+    """The chunk input of a message: one tensor, or the tuple of x and its carry (a cut inside a block)
+    in the edge's layout order."""
+    if len(edge.layout) == 1:
+        return msg.tensors[edge.layout[0].name]
+    return tuple(msg.tensors[t.name] for t in edge.layout)
+
+
+def _named(edge: Edge, y: Any) -> dict[str, Any]:
+    """A segment's output (y, or y and its carry) by the names of the edge's layout, in order."""
+    ys = y if isinstance(y, (tuple, list)) else (y,)
+    if len(ys) != len(edge.layout):
+        raise CellError(f"{edge.name}: the segment returns {len(ys)} tensors, the edge carries {len(edge.layout)} "
+                        f"({[t.name for t in edge.layout]})")
+    return {t.name: v for t, v in zip(edge.layout, ys)}
+
+
+def _steps(x: Any) -> int:
+    return (x[0] if isinstance(x, (tuple, list)) else x).shape[0]
+
+
+def _cell_metrics(spec: CellSpec) -> Optional[CellMetrics]:
+    try:
+        return CellMetrics(cell_labels(spec.cell, spec.config_name))
+    except Exception:  # noqa: BLE001 - metrics are optional outside Ray
+        return None
+
+
+def _trace_chunk(tr: TraceBuffer, sample: Any, t_w: float, t_x: float, t_state: Optional[float], t_exec: float,
+                 t_end: float) -> None:
+    """The loop's spans of one chunk: waits for its input (and state), its compute."""
+    tr.add(LOOP, "wait input", t_w, t_x, sample)
+    if t_state is not None:
+        tr.add(LOOP, "wait state", t_x, t_state, sample)
+    tr.add(LOOP, "compute", t_exec, t_end, sample)
 
 
 def _node_id() -> Optional[str]:

@@ -24,15 +24,18 @@ class RuntimeConfig:
     max_inflight: Optional[int] = None   # samples inside the grid; None: 2 x rows x replicas
     threads_per_cell: int = 1            # intra-op threads of each cell's process
     poll_s: float = 0.2                  # granularity of every bounded wait (health checks, stop flags)
-    result_timeout_s: float = 300.0      # driver: longest wait for one result before the run is failed
     idle_timeout_s: float = 600.0        # cell: no input (or a blocked output) for this long: it gives up
     start_timeout_s: float = 120.0       # cells spawned, configured and wired within this
     stop_timeout_s: float = 30.0         # draining the grid with stop messages
-    health_grace_s: float = 3.0          # after a first failure, wait this long to blame the root cause
-    channel_failure_grace_s: float = 10.0  # a channel broke: wait this long for Ray to name the failed cell
-    metrics: bool = True                 # export Ray metrics from every cell
+    health_grace_s: float = 3.0          # after a first sign of failure, wait this long to find the root cause
+    heartbeat_s: float = 1.0             # driver: ping every cell this often (its progress, or its silence)
+    hang_floor_s: float = 5.0            # a cell silent (ping unanswered) or in one chunk for max(hang_floor_s,
+    hang_factor: float = 4.0             # hang_factor x its measured chunk time) is frozen / stuck
+    max_restarts: int = 3                # per cell; past that the run stops naming it (0: never restart)
+    metrics: bool = True                 # export Ray metrics from every cell (bidl_runtime.metrics)
+    trace_events: int = 20_000           # spans each cell keeps when a run is traced (the first quarter, then the latest)
     profile: DeviceProfile = field(default_factory=DeviceProfile)   # emulated backend's device speed
-    faults: dict = field(default_factory=dict)   # test hook: {(replica, row, col): ('raise'|'exit', sample)}
+    faults: dict = field(default_factory=dict)   # drills: {(replica, row, col): (kind, sample)}, see cell.FAULTS
     channel_secret: Optional[str] = field(default=None, repr=False)  # keys the channel handshakes; None: a Grid makes one
 
     def __post_init__(self) -> None:
@@ -40,7 +43,11 @@ class RuntimeConfig:
             raise ValueError(f"--backend {self.backend!r}: expected one of {list(BACKENDS)}")
         if self.transport not in TRANSPORTS:
             raise ValueError(f"--transport {self.transport!r}: expected one of {list(TRANSPORTS)}")
-        for name in ("depth", "batch", "threads_per_cell"):
+        if not isinstance(self.max_restarts, int) or isinstance(self.max_restarts, bool) or self.max_restarts < 0:
+            raise ValueError(f"max_restarts={self.max_restarts!r}: expected an int >= 0")
+        if not (isinstance(self.hang_factor, (int, float)) and 1 <= self.hang_factor < float("inf")):
+            raise ValueError(f"hang_factor={self.hang_factor!r}: expected a finite number >= 1")
+        for name in ("depth", "batch", "threads_per_cell", "trace_events"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}={v!r}: expected a positive int")
@@ -50,6 +57,11 @@ class RuntimeConfig:
             if f.name.endswith("_s") and not (isinstance(getattr(self, f.name), (int, float))
                                                and 0 < getattr(self, f.name) < float("inf")):
                 raise ValueError(f"{f.name}={getattr(self, f.name)!r}: expected a finite number > 0")
+
+    def hang_deadline(self, chunk_s: float = 0.0) -> float:
+        """Seconds of silence (or of one chunk) after which a cell whose chunks take ``chunk_s`` is hung:
+        ``max(hang_floor_s, hang_factor * chunk_s)``."""
+        return max(self.hang_floor_s, self.hang_factor * chunk_s)
 
     def channel(self, transport: str) -> ChannelConfig:
         """The channel settings of an edge with this transport (waits at the poll granularity)."""

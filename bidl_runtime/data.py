@@ -1,4 +1,5 @@
-"""Samples for a grid: the config's test set, seeded synthetic event frames, and the admission check."""
+"""Samples for a grid: the config's test set, seeded synthetic event frames, and the admission checks
+(a bad sample of any kind is rejected alone, with the reason)."""
 from __future__ import annotations
 
 from typing import Any, Iterator, Mapping, Optional, Sequence
@@ -15,11 +16,17 @@ def _is_tokens(dtype: Optional[torch.dtype]) -> bool:
 
 
 def check_sample(x: Any, expected: Sequence[int], dtype: Optional[torch.dtype] = None) -> Optional[str]:
-    """Why a sample can't enter the grid (None if it can): type, shape, dtype, NaN/Inf, negative
-    token ids. ``expected``: ``[T, ...]``; ``dtype``: the grid's input dtype (float32 / uint8 frames,
-    or int64 / int32 token ids)."""
+    """Why a sample can't enter the grid (None if it can): type, layout, device (meta included),
+    shape, dtype, NaN/Inf, negative token ids. ``expected``: ``[T, ...]``; ``dtype``: the grid's input
+    dtype (float32 / uint8 frames, or int64 / int32 token ids)."""
     if not isinstance(x, Tensor):
         return f"expected a torch.Tensor, got {type(x).__name__}"
+    if x.layout != torch.strided:
+        return f"a {str(x.layout).removeprefix('torch.')} tensor, expected a dense (strided) one"
+    if x.device.type == "meta":
+        return "a meta-device tensor (shape only, no data)"
+    if x.device.type != "cpu":
+        return f"on device {x.device}, expected cpu"
     want = tuple(expected)
     if tuple(x.shape) != want and tuple(x.shape) != (want[0], 1) + want[1:]:
         names = "[T]" if len(want) == 1 else "[T, C, H, W]" if len(want) == 4 else "[T, ...]"
@@ -39,6 +46,58 @@ def check_sample(x: Any, expected: Sequence[int], dtype: Optional[torch.dtype] =
     return None
 
 
+def check_label(label: Any, nclass: Optional[int]) -> tuple[Optional[int], Optional[str]]:
+    """``(label as int, None)``, or ``(None, why)``: a label is an int class index in ``0..nclass-1``
+    (a Python or numpy int, or a one-element integer tensor); None means unlabelled."""
+    if label is None:
+        return None, None
+    v: Any = label
+    if isinstance(v, Tensor):
+        if v.numel() != 1 or v.dtype.is_floating_point or v.dtype.is_complex or v.dtype == torch.bool \
+                or v.device.type == "meta":
+            return None, f"label {_short(label)}: expected an int class index"
+        v = v.item()
+    elif hasattr(v, "dtype") and hasattr(v, "item") and getattr(v, "shape", ()) in ((), (1,)):
+        v = v.item()   # numpy scalars
+    if isinstance(v, bool) or not isinstance(v, int):
+        return None, f"label {_short(label)}: expected an int class index"
+    if nclass is not None and not 0 <= v < nclass:
+        return None, f"label {v}: expected a class index in 0..{nclass - 1}"
+    return v, None
+
+
+class Unreadable:
+    """Stands in a stream for an item its source could not produce (``why``), so the stream goes on."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+
+def admit(item: Any, expected: Sequence[int], nclass: Optional[int],
+          dtype: Optional[torch.dtype] = None) -> tuple[Any, Optional[int], Optional[str]]:
+    """``(x, label, why)`` for one item of a stream (a tensor or ``(tensor, label)``); ``why`` is
+    None when it can enter the grid, else the reason it is rejected (alone: the stream goes on).
+    ``dtype``: the grid's input dtype (token models check token ids, :func:`check_sample`)."""
+    if isinstance(item, Unreadable):
+        return None, None, item.why
+    if isinstance(item, tuple):
+        if len(item) != 2:
+            return None, None, f"a tuple of {len(item)} items, expected a tensor or (tensor, label)"
+        x, label = item
+    else:
+        x, label = item, None
+    why = check_sample(x, expected, dtype)
+    if why:
+        return None, None, why
+    label, why = check_label(label, nclass)
+    return (None, None, why) if why else (x, label, None)
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def synthetic_samples(T: int, shape: Sequence[int], n: Optional[int], seed: int = 0, rate: float = 0.2,
                       dtype: torch.dtype = torch.float32, high: Optional[int] = None) -> Iterator[Tensor]:
     """Seeded random event-count frames ``[T, C, H, W]`` (for configs without usable data), or token
@@ -54,9 +113,10 @@ def synthetic_samples(T: int, shape: Sequence[int], n: Optional[int], seed: int 
 
 
 def dataset_samples(cfg: Mapping, n: Optional[int],
-                    dtype: Optional[torch.dtype] = None) -> Optional[Iterator[tuple[Tensor, int]]]:
-    """``(img [T, C, H, W] float32, label)`` (uint8 kept; integer token ids ``[T]`` as ``dtype`` for a
-    token model, one-hot rows ``[T, V]`` turned into ids) from the config's test set, or None if unavailable."""
+                    dtype: Optional[torch.dtype] = None) -> Optional[Iterator[Any]]:
+    """``(img [T, C, H, W] float32, label)`` from the config's test set (uint8 kept; integer token ids
+    ``[T]`` as ``dtype`` for a token model, one-hot rows ``[T, V]`` turned into ids; ``img`` alone when
+    it has no labels, :class:`Unreadable` for an item that fails to load), or None if unavailable."""
     try:
         from bidl_models.datasets import build_dataset
     except ImportError:
@@ -73,16 +133,21 @@ def dataset_samples(cfg: Mapping, n: Optional[int],
     def gen() -> Iterator[tuple[Tensor, int]]:
         total = len(ds) if n is None else min(n, len(ds))
         for i in range(total):
-            item = ds[i]
-            img = item["img"] if isinstance(item, Mapping) else item[0]
-            img = torch.as_tensor(img)
-            label = item.get("gt_label") if isinstance(item, Mapping) else item[1]
-            if label is None:
-                label = ds.get_gt_labels()[i] if hasattr(ds, "get_gt_labels") else -1
+            try:
+                item = ds[i]
+                img = item["img"] if isinstance(item, Mapping) else item[0]
+                img = torch.as_tensor(img)
+                label = item.get("gt_label") if isinstance(item, Mapping) else item[1]
+                if label is None and hasattr(ds, "get_gt_labels"):
+                    label = ds.get_gt_labels()[i]
+                label = None if label is None else int(torch.as_tensor(label))
+            except Exception as e:  # noqa: BLE001 - one unreadable item is rejected alone
+                yield Unreadable(f"dataset item {i} cannot be read: {type(e).__name__}: {e}")
+                continue
             if _is_tokens(dtype):
                 ids = one_hot_ids(img)          # BIDL's ToOneHot test pipeline: one-hot rows -> ids
                 img = ids.to(dtype) if ids is not None else img if img.is_floating_point() else img.to(dtype)
             elif img.dtype != torch.uint8:
                 img = img.to(torch.float32)
-            yield img, int(torch.as_tensor(label))
+            yield (img, label) if label is not None else img
     return gen()

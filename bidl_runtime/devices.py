@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional, Sequence
 
@@ -47,6 +48,8 @@ class EmulatedSource:
     output: TensorSpec                  # [t, B, ...] chunk output
     state: tuple[TensorSpec, ...]       # state tensors (batch included)
     seconds_per_step: float             # device time of one time step of this segment
+    carry_in: tuple[TensorSpec, ...] = ()    # [t, B, ...] with the input across a cut inside a block
+    carry_out: tuple[TensorSpec, ...] = ()   # [t, B, ...] with the output
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,11 @@ class DeviceProfile:
     ref_fps: float = 28.8                      # the user guide's chip on ResNetLif50, 2x128x128
     ref_model: str = "ResNetLif50 2x128x128"
     ref_flops: Optional[float] = None          # computed on first use when None
+
+    def __post_init__(self) -> None:
+        import math
+        if not (isinstance(self.ref_fps, (int, float)) and math.isfinite(self.ref_fps) and self.ref_fps > 0):
+            raise ValueError(f"DeviceProfile.ref_fps={self.ref_fps!r}: expected a finite number of frames/s > 0")
 
     def seconds_per_step(self, flops: float) -> float:
         ref = self.ref_flops if self.ref_flops is not None else resnet50_step_flops()
@@ -135,7 +143,8 @@ class DeviceContext(ABC):
 
     @abstractmethod
     def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """Run the loaded segment over one chunk ``x[t, B, ...]`` from ``state``."""
+        """Run the loaded segment over one chunk ``x[t, B, ...]`` from ``state``; ``x`` and the output
+        are tuples (x and its carry) for a segment cut inside a block."""
 
     def close(self) -> None:
         return None
@@ -172,25 +181,28 @@ class EmulatedContext(DeviceContext):
     def __init__(self, device_id: int, threads: int = 1):
         super().__init__(device_id, threads)
         self.seconds_per_step = 0.0
-        self._out: Optional[Tensor] = None
+        self._outs: tuple[Tensor, ...] = ()
 
     def load(self, source) -> None:
         if not isinstance(source, EmulatedSource):
             raise ValueError(f"emulated backend needs an EmulatedSource, got {type(source).__name__}")
         self.state_specs = tuple(source.state)
         self.seconds_per_step = float(source.seconds_per_step)
-        self._out = source.output.zeros()
+        self._outs = tuple(t.zeros() for t in (source.output, *source.carry_out))
         self.format = "emulated"
 
     def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         t0 = time.perf_counter()
-        deadline = t0 + x.shape[0] * self.seconds_per_step
+        t = (x[0] if isinstance(x, (tuple, list)) else x).shape[0]
+        deadline = t0 + t * self.seconds_per_step
         while True:
             left = deadline - time.perf_counter()
             if left <= 0:
                 break
             time.sleep(left)
-        return self._out[: x.shape[0]], state
+        if len(self._outs) == 1:
+            return self._outs[0][:t], state
+        return tuple(o[:t] for o in self._outs), state
 
 
 class CudaContext(DeviceContext):
@@ -199,10 +211,16 @@ class CudaContext(DeviceContext):
     backend = "cuda"
     torch_device = "cuda"
 
-    def __init__(self, device_id: int, threads: int = 1):
+    @staticmethod
+    def unusable() -> Optional[str]:
+        """Why this backend cannot run here (checked by the driver before anything starts)."""
         if not torch.cuda.is_available():
-            raise RuntimeError("backend 'cuda': no CUDA device is available to this process")
-        raise NotImplementedError("backend 'cuda' is not implemented yet; use 'cpu' or 'emulated'")
+            return ("no CUDA device is available to this process (torch.cuda.is_available() is False; this torch "
+                    f"is {torch.__version__})")
+        return "not implemented yet; use cpu or emulated"
+
+    def __init__(self, device_id: int, threads: int = 1):
+        raise RuntimeError(f"backend 'cuda': {self.unusable()}")
 
     def load(self, source) -> None:  # pragma: no cover - seam
         raise NotImplementedError
@@ -214,6 +232,14 @@ class CudaContext(DeviceContext):
 BACKENDS: dict[str, type[DeviceContext]] = {c.backend: c for c in (CpuContext, EmulatedContext, CudaContext)}
 
 
+def backend_problem(backend: str) -> Optional[str]:
+    """Why ``backend`` cannot run on this machine (None: it can); the driver asks before starting."""
+    if backend not in BACKENDS:
+        return f"expected one of {sorted(BACKENDS)}"
+    check = getattr(BACKENDS[backend], "unusable", None)
+    return check() if check is not None else None
+
+
 def open_context(backend: str, device_id: int, threads: int = 1) -> DeviceContext:
     """Open device ``device_id`` with the named backend."""
     if backend not in BACKENDS:
@@ -223,12 +249,15 @@ def open_context(backend: str, device_id: int, threads: int = 1) -> DeviceContex
 
 @dataclass
 class BusyClock:
-    """Accumulates device-busy time between event pairs."""
+    """Accumulates device-busy time between event pairs; keeps the last ``window`` chunk times (for
+    medians: a long stream does not grow the cell's memory)."""
 
     busy_s: float = 0.0
-    samples_ms: list[float] = field(default_factory=list)
+    window: int = 2048
+    samples_ms: deque = field(default_factory=deque)
 
     def add(self, ms: float) -> None:
         self.busy_s += ms / 1e3
-        if len(self.samples_ms) < 100_000:
-            self.samples_ms.append(ms)
+        self.samples_ms.append(ms)
+        if len(self.samples_ms) > self.window:
+            self.samples_ms.popleft()

@@ -95,7 +95,7 @@ def place(artifacts, cluster: Cluster, layout: GridLayout, *, transport: str = "
             edges.append(Edge("input", c.replica, None, c.key, via(driver, c.node), (prog.x,), f"{c.name}:x"))
         else:
             src = plan_cells[(c.replica, c.row, c.col - 1)]
-            edges.append(Edge("activation", c.replica, src.key, c.key, via(src.node, c.node), (prog.x,),
+            edges.append(Edge("activation", c.replica, src.key, c.key, via(src.node, c.node), prog.inputs,
                               f"{c.name}:x"))
         if c.row > 0:
             src = plan_cells[(c.replica, c.row - 1, c.col)]
@@ -145,7 +145,8 @@ def make_plan(cfg: Mapping, grid: str | Sequence[int] | None = None, replicas: i
 def _programs(artifacts) -> dict[tuple[int, int], Program]:
     """(segment, chunk length) -> Program, paths on the driver's node (absolute)."""
     if isinstance(artifacts, EmulatedSet):
-        return {key: Program(src, src.input, src.output, tuple(src.state)) for key, src in artifacts.sources.items()}
+        return {key: Program(src, src.input, src.output, tuple(src.state), tuple(src.carry_in), tuple(src.carry_out))
+                for key, src in artifacts.sources.items()}
     out: dict[tuple[int, int], Program] = {}
     b = artifacts.batch
     for r in artifacts.records:
@@ -153,7 +154,8 @@ def _programs(artifacts) -> dict[tuple[int, int], Program]:
         x = TensorSpec("x", (r.chunk_len,) + tuple(man.input.with_batch(b).shape), man.input_dtype)
         y = chunk_spec("y", man.output.with_batch(b), r.chunk_len)
         state = tuple(s.with_batch(b) for s in man.state)
-        out[(r.segment, r.chunk_len)] = Program(ArtifactSource(str(Path(r.path).resolve())), x, y, state)
+        carry = [tuple(chunk_spec(c.name, c.with_batch(b), r.chunk_len) for c in cs) for cs in (man.carry_in, man.carry_out)]
+        out[(r.segment, r.chunk_len)] = Program(ArtifactSource(str(Path(r.path).resolve())), x, y, state, *carry)
     return out
 
 

@@ -8,7 +8,8 @@ Edges, per replica:
 
 - ``input``: driver -> (g, 0), slice g of the sample;
 - ``activation``: (g, s-1) -> (g, s), the per-step outputs of segment s-1 over slice g (a layout of
-  one or more tensors);
+  one or more tensors: with a cut inside a residual block, the main activation and the block's skip,
+  see :mod:`bidl_models.cuts`);
 - ``state``: (g-1, s) -> (g, s), segment s's membrane potentials and accumulator after slice g-1;
 - ``result``: (R-1, C-1) -> driver, the last step's output of the last segment.
 
@@ -39,6 +40,13 @@ class Program:
     x: TensorSpec                        # chunk input [t, B, ...]
     y: TensorSpec                        # chunk output [t, B, ...]
     state: tuple[TensorSpec, ...]        # the segment's state tensors
+    carry_in: tuple[TensorSpec, ...] = ()    # chunks that travel with x across a cut inside a block (skip, ...)
+    carry_out: tuple[TensorSpec, ...] = ()   # chunks that travel with y
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """The layout of the chunk input: x and its carry."""
+        return (self.x, *self.carry_in)
 
 
 def cell_name(replica: int, row: int, col: int, device: int) -> str:
@@ -57,7 +65,7 @@ class CellPlan:
     node: str
     t0: int
     chunk_len: int
-    split: tuple[int, int]
+    split: tuple[int | str, int | str]     # block indices or cuts inside blocks (bidl_models.cuts)
     program: Optional[Program] = field(default=None, repr=False, compare=False)
 
     @property
@@ -97,7 +105,7 @@ class GridPlan:
     cols: int
     replicas: int
     slices: tuple[int, ...]
-    splits: tuple[tuple[int, int], ...]
+    splits: tuple[tuple[int | str, int | str], ...]
     devices: tuple[tuple[tuple[int, ...], ...], ...]   # [replica][row][col] -> device id
     cells: tuple[CellPlan, ...] = field(repr=False)
     edges: tuple[Edge, ...] = field(repr=False)
@@ -137,7 +145,8 @@ class GridPlan:
         lines += [head, "-" * len(head)]
         for c in self.cells:
             steps = f"{c.t0}..{c.t0 + c.chunk_len - 1}"
-            blocks = f"{c.split[0]}..{c.split[1] - 1}"
+            inner = not all(isinstance(v, int) for v in c.split)
+            blocks = f"[{c.split[0]}, {c.split[1]})" if inner else f"{c.split[0]}..{c.split[1] - 1}"
             lines.append(f"{c.name:<24} {c.replica:>7} {c.row:>4} {c.col:>4} {c.device:>6} {steps:>9} "
                          f"{blocks:>9}  {c.node}")
         head = f"{'edge':<28} {'kind':<10} {'from':<22} {'to':<22} {'via':<4} {'bytes/msg':>10}  tensors"
@@ -146,7 +155,8 @@ class GridPlan:
             tensors = ", ".join(f"{t.name}{list(t.shape)}" + ("" if t.dtype == "float32" else f":{t.dtype}")
                                 for t in e.layout)
             if len(tensors) > 60:
-                tensors = f"{len(e.layout)} tensors"
+                tensors = (f"{len(e.layout)} tensors" if e.kind == "state"   # an activation: its names
+                           else f"{len(e.layout)} tensors: " + ", ".join(t.name for t in e.layout))
             lines.append(f"{e.name:<28} {e.kind:<10} {self._end(e.src):<22} {self._end(e.dst):<22} "
                          f"{e.transport:<4} {e.nbytes:>10,}  {tensors}")
         return "\n".join(lines)

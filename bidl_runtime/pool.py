@@ -15,8 +15,11 @@ from .plan import CellKey, CellPlan, cell_name
 ACTOR_OPTIONS: dict[str, Any] = dict(num_cpus=0, max_concurrency=3, resources={"bidl_device": 1})
 
 
-def new_actor(name: str, node: str) -> Any:
-    """A cell actor named ``name`` on ``node`` (``'local'``: wherever Ray puts it)."""
+def new_actor(name: str, node: str, name_wait_s: float = 3.0) -> Any:
+    """A cell actor named ``name`` on ``node`` (``'local'``: wherever Ray puts it). A restarted cell
+    takes its predecessor's name once Ray has let go of it (waits up to ``name_wait_s``)."""
+    import time
+
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -24,7 +27,14 @@ def new_actor(name: str, node: str) -> Any:
     opts = dict(ACTOR_OPTIONS, name=name)
     if node != "local":
         opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
-    return ray.remote(Cell).options(**opts).remote()
+    deadline = time.perf_counter() + name_wait_s
+    while True:
+        try:
+            return ray.remote(Cell).options(**opts).remote()
+        except ValueError:   # the name is still taken (the old actor is being killed)
+            if time.perf_counter() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def spawn(layout: GridLayout, device_nodes: tuple[str, ...]) -> dict[CellKey, Any]:
@@ -52,6 +62,15 @@ class CellPool:
         if key in self.idle:
             a = self.busy[key] = self.idle.pop(key)
             return a
+        a = self.busy[key] = new_actor(f"pool-dev{c.device}-{c.node[:8]}", c.node)
+        return a
+
+    def renew(self, c: CellPlan) -> Any:
+        """A new actor for cell ``c`` in place of its (killed) busy one (a restart after a failure)."""
+        key = (c.node, c.device)
+        old = self.busy.pop(key, None)
+        if old is not None:
+            kill(old)
         a = self.busy[key] = new_actor(f"pool-dev{c.device}-{c.node[:8]}", c.node)
         return a
 

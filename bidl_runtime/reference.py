@@ -1,6 +1,12 @@
-"""The single-device run of the grid's own artifacts: what every grid output must equal, bit for bit."""
+"""The single-device run of the grid's own artifacts: what every grid output must equal, bit for bit.
+
+:class:`Verifier` checks a stream as its results arrive (in a thread, behind a bounded queue), so a
+run of any length holds no more inputs than the grid has in flight.
+"""
 from __future__ import annotations
 
+import threading
+from queue import Queue
 from typing import Any, Mapping, Optional
 
 import torch
@@ -51,7 +57,7 @@ class Reference:
                     for s in range(self.plan.cols):
                         art = arts[(s, t)]
                         if states[s] is None:
-                            states[s] = zero_state(art, h.shape[1])
+                            states[s] = zero_state(art, x.shape[1])   # h may be x and its carry (a cut in a block)
                         h, states[s] = art.run(h, states[s])
                     y = h
                     t0 += t
@@ -59,19 +65,69 @@ class Reference:
             torch.set_num_threads(before)
         return y[-1]
 
+    def output_of(self, x: Tensor) -> Tensor:
+        """:meth:`output` of a sample as the grid gets it (``[T, ...]``, or ``[T, B, ...]``)."""
+        first = self._artifacts()[(0, self.plan.slices[0])]
+        dtype = torch_dtype(first.input_dtype)   # float32, uint8 (event counts), int64 (token ids)
+        unbatched = len(self.plan.outputs(None)[0].layout[0].shape) - 1   # [t, B, ...] without B
+        return self.output((x.unsqueeze(1) if x.dim() == unbatched else x).to(dtype))
+
     def compare(self, outputs: Mapping[int, Tensor], inputs: Mapping[int, Tensor]) -> dict[str, Any]:
         """``{'equal', 'compared', 'max_abs_diff'}`` of every grid output against this run."""
-        equal = compared = 0
-        worst = 0.0
-        first = self._artifacts()[(0, self.plan.slices[0])]
-        dtype = torch_dtype(first.input_dtype)
-        rank = len(first.input_spec.shape)        # [B, ...] per step: a sample [T, ...] has this rank
+        v = Verifier(self)
         for i, y in outputs.items():
-            x = inputs[i]
-            ref = self.output((x.unsqueeze(1) if x.dim() == rank else x).to(dtype))
-            compared += 1
-            if torch.equal(ref, y):
-                equal += 1
-            else:
-                worst = max(worst, float((ref - y).abs().max()))
-        return {"equal": equal, "compared": compared, "max_abs_diff": worst}
+            v.check(i, inputs[i], y)
+        return v.result()
+
+
+class Verifier:
+    """Compares grid outputs with the reference as they arrive: ``submit(i, x, y)`` hands a sample
+    to a checking thread (blocking while ``depth`` samples wait: back-pressure, not memory growth),
+    which drops the input once checked; ``result()`` waits for the last ones and returns
+    ``{'equal', 'compared', 'max_abs_diff'}``. ``differ`` lists the first samples that differ."""
+
+    def __init__(self, reference: Reference, depth: int = 8):
+        self.reference = reference
+        self.equal = self.compared = 0
+        self.worst = 0.0
+        self.differ: list[int] = []
+        self.error: Optional[BaseException] = None
+        self._q: Queue = Queue(maxsize=max(1, depth))
+        self._thread: Optional[threading.Thread] = None
+
+    def check(self, i: int, x: Tensor, y: Tensor) -> None:
+        """Compare one sample now (in the calling thread)."""
+        ref = self.reference.output_of(x)
+        self.compared += 1
+        if torch.equal(ref, y):
+            self.equal += 1
+        else:
+            self.worst = max(self.worst, float((ref - y).abs().max()))
+            if len(self.differ) < 20:
+                self.differ.append(i)
+
+    def submit(self, i: int, x: Tensor, y: Tensor) -> None:
+        """Queue a sample for the checking thread (started on first use)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="bidl-verify", daemon=True)
+            self._thread.start()
+        self._q.put((i, x, y))
+
+    def _run(self) -> None:
+        while (item := self._q.get()) is not None:
+            if self.error is None:
+                try:
+                    self.check(*item)
+                except BaseException as e:  # noqa: BLE001 - reported by result()
+                    self.error = e
+            del item   # the input goes as soon as it is checked
+
+    def result(self) -> dict[str, Any]:
+        """Wait for the queued samples; the counts (re-raises the checking thread's error)."""
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join()
+            self._thread = None
+        if self.error is not None:
+            raise self.error
+        return {"equal": self.equal, "compared": self.compared, "max_abs_diff": self.worst}

@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import torch
 from torch import Tensor
 
 from .plan import GridPlan
@@ -17,7 +18,11 @@ class RunReport:
     ``outputs[i]`` is sample i's result (the last step's output of the last segment); ``fed_at`` /
     ``done_at`` are ``perf_counter`` times when it entered the grid and when its result arrived;
     ``startup`` the start-up phases in seconds (see :class:`bidl_runtime.startup.StartupClock`);
-    ``verify`` the comparison with the single-device run of the same artifacts, if asked for.
+    ``verify`` the comparison with the single-device run of the same artifacts, if asked for;
+    ``restarts`` one entry per replica restart (its cells with kind and cause, the replayed sample ids,
+    seconds from detection to rewired and to the replica's next result); ``resumed`` how many of
+    ``outputs`` / ``rejected`` came from a journal of an earlier run;
+    ``trace`` what a traced run wrote (see :func:`bidl_runtime.trace.write_trace`).
     """
 
     plan: GridPlan
@@ -33,12 +38,20 @@ class RunReport:
     driver_channels: dict
     startup: dict[str, Any] = field(default_factory=dict)
     verify: Optional[dict] = None
+    restarts: list[dict] = field(default_factory=list)
+    resumed: int = 0
+    trace: Optional[dict] = None
 
     # ------------------------------------------------------------------------- derived figures
 
     @property
     def samples(self) -> int:
         return len(self.outputs)
+
+    @property
+    def replayed(self) -> int:
+        """Samples replayed after restarts (a sample replayed twice counts twice)."""
+        return sum(len(r["replayed"]) for r in self.restarts)
 
     @property
     def latencies_s(self) -> dict[int, float]:
@@ -88,11 +101,33 @@ class RunReport:
 
     @property
     def accuracy(self) -> Optional[float]:
-        if not self.labels:
+        """Top-1 accuracy as a fraction (see :meth:`accuracy_pct` for the test CLI's percent)."""
+        pct = self.accuracy_pct(1)
+        return None if pct is None else pct / 100
+
+    def accuracy_pct(self, k: int = 1) -> Optional[float]:
+        """Top-``k`` accuracy in percent over the labelled samples with a result (None without
+        labels, or for k > 1 with fewer than ``k`` classes): the test CLI's ``accuracy_top-k``,
+        computed by the same function (:func:`bidl_models.datasets.base.topk_accuracy`, ties as
+        ``torch.topk`` breaks them)."""
+        from bidl_models.datasets.base import topk_accuracy
+        done = sorted(i for i in self.labels if i in self.outputs)
+        if not done:
             return None
-        hits = sum(int(self.outputs[i].reshape(-1, self.outputs[i].shape[-1])[0].argmax()) == lab
-                   for i, lab in self.labels.items() if i in self.outputs)
-        return hits / max(1, sum(1 for i in self.labels if i in self.outputs))
+        scores = torch.stack([self.outputs[i].reshape(-1, self.outputs[i].shape[-1])[0].float() for i in done])
+        if k > 1 and scores.shape[1] < k:
+            return None
+        return topk_accuracy(scores, torch.tensor([int(self.labels[i]) for i in done]), (k,))[f"accuracy_top-{k}"]
+
+    def accuracies(self) -> dict[str, float]:
+        """``{'accuracy_top-1': percent, 'accuracy_top-5': percent}`` (the keys that apply)."""
+        return {f"accuracy_top-{k}": v for k in (1, 5) if (v := self.accuracy_pct(k)) is not None}
+
+    @property
+    def startup_total_s(self) -> Optional[float]:
+        """Seconds from the start (the command's process start for ``python -m bidl_runtime.run``, the
+        grid's creation for the library) until the grid was ready: ``startup['total_s']``."""
+        return self.startup.get("total_s")
 
     def edges(self) -> list[dict]:
         """Per-edge figures, joining each channel's sender and receiver stats by channel name:
@@ -123,7 +158,8 @@ class RunReport:
             f"config {p.config}: grid {p.rows}x{p.cols} x{p.replicas} replica(s), T={p.T} "
             f"(slices {list(p.slices)}), segments {[list(s) for s in p.splits]}, backend {self.backend}, "
             f"transport {self.transport}",
-            f"samples: {self.samples} done, {len(self.rejected)} rejected, wall {self.wall_s:.2f} s "
+            f"samples: {self.samples} done" + (f" ({self.resumed} from the journal)" if self.resumed else "")
+            + f", {len(self.rejected)} rejected, wall {self.wall_s:.2f} s "
             f"(grid start-up {self.startup_s:.1f} s before that"
             + (f"; {self.startup['total_s']:.1f} s from the command's start" if "total_s" in self.startup else "")
             + ")",
@@ -133,10 +169,22 @@ class RunReport:
         p50, p99 = self.latency_ms(0.5), self.latency_ms(0.99)
         if p50 is not None:
             lines.append(f"latency per sample (first slice in -> result out): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-        if self.accuracy is not None:
-            lines.append(f"accuracy (top-1 on {len(self.labels)} labelled samples): {100 * self.accuracy:.1f}%")
+        accs = self.accuracies()
+        if accs:
+            lines.append(f"accuracy on {len(self.labels)} labelled samples: "
+                         + "  ".join(f"{k} {v:.2f}%" for k, v in accs.items()))
         for i, why in sorted(self.rejected.items()):
-            lines.append(f"rejected sample {i}: {why}")
+            lines.append(f"rejected {why}" if why.startswith(f"sample {i}:") else f"rejected sample {i}: {why}")
+        if self.restarts:
+            lines.append(f"restarts: {len(self.restarts)}, {self.replayed} in-flight samples replayed; "
+                         "every output taken once")
+            for r in self.restarts:
+                what = "; ".join(f"{c['cell']} {c['kind']}: {c['cause']}" + ("" if c["restarted"] else " (rewired)")
+                                 for c in r["cells"])
+                again = (f", streaming again after {r['streaming_again_s']:.1f} s"
+                         if r.get("streaming_again_s") is not None else "")
+                lines.append(f"  at {r['detected_after_s']:.1f} s: {what}; replica {r['replica']} rewired "
+                             f"{r['rewired_s']:.1f} s after detection{again}; replayed {_ids(r['replayed'])}")
         head = f"{'cell':<26}{'samples':>8}{'busy %':>8}{'chunk ms':>10}"
         lines += ["", head, "-" * len(head)]
         for c in sorted(self.cells, key=lambda c: (c["replica"], c["row"], c["col"])):
@@ -159,6 +207,10 @@ class RunReport:
             verdict = "outputs equal reference" if v["equal"] == v["compared"] else "OUTPUTS DIFFER FROM REFERENCE"
             lines += ["", f"{verdict}: {v['equal']}/{v['compared']} samples bit-exact "
                           f"(max abs diff {v['max_abs_diff']:.3g}) vs the single-device run of the same artifacts"]
+        if self.trace is not None:
+            t = self.trace
+            lines += ["", f"trace: {t['json']} ({t['events']} events, {t['dropped']} dropped; open in "
+                          f"https://ui.perfetto.dev), timeline {t['png'] or t.get('png_missing')}"]
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -170,7 +222,19 @@ class RunReport:
             "transport": self.transport, "samples": self.samples, "rejected": {str(k): v for k, v in self.rejected.items()},
             "wall_s": self.wall_s, "frames_per_s": self.frames_per_s, "samples_per_s": self.samples_per_s,
             "latency_ms_p50": self.latency_ms(0.5), "latency_ms_p99": self.latency_ms(0.99),
-            "accuracy": self.accuracy, "verify": self.verify, "startup": self.startup, "cells": self.cells,
+            **self.accuracies(), "startup_s": self.startup_total_s, "grid_startup_s": self.startup_s,
+            "verify": self.verify, "startup": self.startup, "cells": self.cells, "trace": self.trace,
+            "restarts": [{k: v for k, v in r.items() if not k.endswith("_at")} for r in self.restarts],
+            "replayed": self.replayed, "resumed": self.resumed,
             "edges": self.edges(),
             "outputs": {str(i): y.reshape(-1).tolist() for i, y in sorted(self.outputs.items())},
         }
+
+
+def _ids(ids: list[int]) -> str:
+    """``'none'``, ``'sample 3'``, ``'4 samples (12..15)'``."""
+    if not ids:
+        return "none"
+    if len(ids) == 1:
+        return f"sample {ids[0]}"
+    return f"{len(ids)} samples ({min(ids)}..{max(ids)})"

@@ -5,7 +5,7 @@ for its last job, the driver waiting for a free slot, a result, or a feed credit
 bounded attempt repeated by :func:`patiently`::
 
     msg = patiently(lambda t: rx.recv(timeout=t), poll_s=0.2, limit_s=600,
-                    check=grid.check_health, give_up=lambda s: CellError(f"no input for {s:.0f} s"))
+                    check=grid.check, give_up=lambda s: CellError(f"no input for {s:.0f} s"))
 
 After every expired attempt ``check()`` runs (it raises to stop waiting: a failed peer, a stop
 flag) and the time waited so far is compared with ``limit_s`` (None: no limit).

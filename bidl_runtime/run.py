@@ -9,6 +9,11 @@ The stage chain: config -> layout -> ModelSpec (all checked before Ray starts) -
 (compiled or reused, in a thread while Ray starts and the cells' processes start) -> place ->
 Grid.start (cells load their programs) -> Grid.run -> RunReport. ``--keep-alive`` leaves the cells
 up and prints how another process attaches (``--attach``).
+
+Failures: a cell that dies, raises, freezes or gets stuck is restarted and its in-flight samples
+replayed (``--max-restarts`` per cell); ``--journal FILE`` lets a rerun after a driver crash skip what
+is done. Every error is one line naming the file, key, cell or flag (``--debug``: the traceback);
+SIGTERM stops like Ctrl-C; nothing is left behind (Ray processes, /dev/shm files).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
+from .channels.shm import sweep_stale
 from .startup import process_start_time
 
 _T0 = process_start_time()
@@ -62,19 +68,80 @@ def build_parser() -> argparse.ArgumentParser:
                     help="emulated device speed: frames/s on ResNetLif50 2x128x128 (default: the guide's chip)")
     ap.add_argument("--cfg-options", nargs="*", default=[], metavar="KEY=VALUE")
     ap.add_argument("--json", default=None, help="write the report as JSON here")
+    ap.add_argument("--trace", default=None, metavar="FILE", help="write a Chrome/Perfetto trace of the run here "
+                    "(one track per cell: waits, compute, sends; the driver's feed and results) and a PNG "
+                    "timeline of the first samples beside it (FILE with .png)")
     ap.add_argument("--seed", type=int, default=0, help="seed of synthetic samples when the config has no data")
-    ap.add_argument("--inject-fault", default=None, metavar="ROW,COL:raise|exit:SAMPLE",
-                    help="fault drill: make cell (ROW, COL) of replica 0 raise or exit at SAMPLE")
+    ap.add_argument("--max-restarts", type=int, default=3, metavar="N",
+                    help="restart a failed cell (and replay its replica's in-flight samples) up to N times; "
+                         "past that the run stops naming it (default %(default)s)")
+    ap.add_argument("--journal", default=None, metavar="FILE",
+                    help="record finished samples here; a rerun with the same file skips them")
+    ap.add_argument("--inject-fault", default=None, metavar="ROW,COL:KIND:SAMPLE",
+                    help="fault drill: cell (ROW, COL) of replica 0 does KIND at SAMPLE, KIND one of "
+                         "raise, exit, hang (SIGSTOP), stall (stuck in compute), connect (fails to wire)")
+    ap.add_argument("--debug", action="store_true", help="print tracebacks instead of one-line errors")
     return ap
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    stop_on_sigterm()
     try:
         return _attach(args) if args.attach else _main(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - every error is one line (--debug: the traceback)
+        if args.debug:
+            raise
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2 if isinstance(e, USAGE_ERRORS) else 1
+
+
+USAGE_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line: its message with whitespace folded (our errors name the file, key, cell
+    or flag); other exception types keep their name and point at ``--debug``."""
+    from .grid import RunError
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, (RunError, *USAGE_ERRORS)) or type(e).__module__.split(".")[0] in ("bidl_runtime", "compile",
+                                                                                       "bidl_models"):
+        return text
+    return f"{type(e).__name__}: {text} (--debug shows the traceback)"
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops the run as Ctrl-C does (cells, Ray and channel files cleaned up); call it again
+    after ``ray.init``, which installs its own handler."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        signal.signal(signal.SIGTERM, stop)
+    except ValueError:   # not the main thread
+        pass
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Flags that can be checked before anything starts; ValueError naming the flag."""
+    import math
+    for flag, v, ok in (("--samples", args.samples, args.samples >= 1), ("--depth", args.depth, args.depth >= 1),
+                        ("--replicas", args.replicas, args.replicas >= 1),
+                        ("--max-restarts", args.max_restarts, args.max_restarts >= 0),
+                        ("--max-inflight", args.max_inflight, args.max_inflight is None or args.max_inflight >= 1),
+                        ("--threads-per-cell", args.threads_per_cell,
+                         args.threads_per_cell is None or args.threads_per_cell >= 1)):
+        if not ok:
+            least = 0 if flag == "--max-restarts" else 1
+            raise ValueError(f"{flag} {v}: expected an int >= {least}")
+    if not (math.isfinite(args.profile_fps) and args.profile_fps > 0):
+        raise ValueError(f"--profile-fps {args.profile_fps:g}: expected a finite number of frames/s > 0")
+    from .devices import backend_problem
+    why = backend_problem(args.backend)
+    if why:
+        raise ValueError(f"--backend {args.backend}: {why}")
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -89,43 +156,54 @@ def _main(args: argparse.Namespace) -> int:
 
     # 1. everything that can be checked without a cluster fails fast, with a clear message
     t_main = time.time()
+    check_flags(args)
+    cfg = load_config(args.config or default_config(), args.cfg_options)
+    layout = GridLayout.resolve(cfg, args.grid, args.replicas)
+    checkpoint = args.checkpoint or default_checkpoint(cfg.name)
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"--checkpoint {checkpoint!r}: no such file")
+    faults = parse_fault(args.inject_fault) if args.inject_fault else {}
+    for (_, row, col) in faults:
+        if not (row < layout.rows and col < layout.cols):
+            raise ValueError(f"--inject-fault {args.inject_fault!r}: the grid is {layout.rows}x{layout.cols}, "
+                             f"it has no cell ({row}, {col})")
+    threads = args.threads_per_cell or default_threads(layout.n_cells)
+    rcfg = RuntimeConfig(backend=args.backend, transport=args.transport, depth=args.depth,
+                         max_inflight=args.max_inflight, threads_per_cell=threads,
+                         profile=DeviceProfile(ref_fps=args.profile_fps), faults=faults,
+                         max_restarts=args.max_restarts)
+    clock = StartupClock(show=True, t0=_T0, steps=7 + layout.n_cells)
+    journal = None
     try:
-        cfg = load_config(args.config or default_config(), args.cfg_options)
-        if args.samples < 1:
-            raise ValueError(f"--samples {args.samples}: expected >= 1")
-        layout = GridLayout.resolve(cfg, args.grid, args.replicas)
-        checkpoint = args.checkpoint or default_checkpoint(cfg.name)
-        if checkpoint is not None and not Path(checkpoint).is_file():
-            raise FileNotFoundError(f"--checkpoint {checkpoint!r}: no such file")
-        faults = parse_fault(args.inject_fault) if args.inject_fault else {}
-        threads = args.threads_per_cell or default_threads(layout.n_cells)
-        rcfg = RuntimeConfig(backend=args.backend, transport=args.transport, depth=args.depth,
-                             max_inflight=args.max_inflight, threads_per_cell=threads,
-                             profile=DeviceProfile(ref_fps=args.profile_fps), faults=faults)
-        clock = StartupClock(show=True, t0=_T0, steps=7 + layout.n_cells)
         clock.mark("imports", _T0, t_main)
         with clock.phase("model", "resolving the model"):
             spec = ModelSpec.from_config(cfg, columns=layout.cols, checkpoint=checkpoint)
             slices = time_slices(spec.T, layout.rows)
             spec.check_slices(slices)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        if args.journal:
+            from .journal import Journal
+            journal = Journal.open(args.journal, journal_identity(cfg, spec, args))
+    except BaseException:
+        clock.close()   # the error line comes next, on a line of its own
+        raise
     verify = args.verify if args.verify is not None else args.backend == "cpu"
     if verify and args.backend == "emulated":
         _say("note: --verify needs real compute; the emulated backend moves zeros, so it is skipped")
         verify = False
     _say(f"weights: {checkpoint}" if checkpoint else
          "weights: NONE SHIPPED for this config -> deterministic SEEDED INITIAL WEIGHTS (seed 0), not a trained model")
+    if journal is not None and journal.done:
+        _say(f"journal: {len(journal.done)} sample(s) already done in {args.journal}: skipped")
+    swept = sweep_stale()
+    if swept:
+        _say(f"removed {len(swept)} channel file(s) left in /dev/shm by dead runs")
 
     # 2. artifacts in a thread while Ray starts (or is joined) and the cells' processes start
     import ray
 
-    from compile import VerificationError
-
     from .api import build_artifacts
     from .cluster import join, start_local, token_source
-    from .grid import Grid, RunError
+    from .grid import Grid
     from .place import Cluster, place
     from .pool import kill, spawn
 
@@ -147,6 +225,7 @@ def _main(args: argparse.Namespace) -> int:
                 info = start_local(num_cpus=os.cpu_count(), resources={"bidl_device": layout.max_device + 1},
                                    include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
                                    logging_level="WARNING", namespace=namespace)
+        stop_on_sigterm()   # ray.init installed its own
         cluster = Cluster.connect()
         actors = (spawn(layout, cluster.device_nodes) if layout.max_device < len(cluster.device_nodes) else None)
         url = info.dashboard_url
@@ -154,27 +233,22 @@ def _main(args: argparse.Namespace) -> int:
         where = f"joined {args.address}" if args.address else "embedded local cluster on 127.0.0.1"
         _say(f"ray: {where}, token auth (token: {token_source()}), namespace {namespace}; "
              f"dashboard {url or 'not available'}")
-        try:
-            arts = arts_future.result()
-            with clock.phase("place", "placing the cells"):
-                plan = place(arts, cluster, layout, transport=rcfg.transport)
-        except (ValueError, FileNotFoundError) as e:
-            clock.close()
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except VerificationError as e:
-            clock.close()
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        built = [r for r in getattr(arts, "records", []) if r.cache == "miss"]
+        arts = arts_future.result()
+        with clock.phase("place", "placing the cells"):
+            plan = place(arts, cluster, layout, transport=rcfg.transport)
+        records = getattr(arts, "records", [])
+        built = [r for r in records if r.cache == "miss"]
         if built:
             _say(f"compiled {len(built)} artifact(s) into {built[0].path.parents[2]}:\n{arts.table()}")
+        elif records:
+            _say(arts.summary_line())
         _say(plan.table())
         grid = Grid(plan, rcfg, actors=actors, clock=clock)
         grid.start()
         samples, source = _samples(args, cfg, plan, spec.input_high)
         _say(f"data: {source}")
-        report = grid.run(samples, total=args.samples, progress=True, verify=verify)
+        report = grid.run(samples, total=args.samples, progress=True, verify=verify, journal=journal,
+                          trace=args.trace)
         clock.close()
         print()
         print(report.summary())
@@ -186,12 +260,21 @@ def _main(args: argparse.Namespace) -> int:
         if args.keep_alive:
             _keep_alive(grid, url)
         return 0 if ok else 1
-    except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM: say how far it got, then clean up below
+        clock.close()
+        s = grid.stream if grid is not None else None
+        if s is None:
+            raise
+        kept = (f"; {len(s.outputs)} recorded in {args.journal}: a rerun with --journal {args.journal} skips them"
+                if journal is not None else "; --journal FILE would let a rerun skip them")
+        print(f"\ninterrupted after {s.collected} sample(s) done, {s.inflight} in flight, "
+              f"{len(s.rejected)} rejected{kept}", file=sys.stderr)
+        return 130
     finally:
         clock.close()
         pool.shutdown(wait=True, cancel_futures=True)
+        if journal is not None:
+            journal.close()
         if grid is not None:
             grid.close()
         elif actors:
@@ -199,6 +282,15 @@ def _main(args: argparse.Namespace) -> int:
                 kill(a)
         if started and ray.is_initialized():
             ray.shutdown()
+        sweep_stale()
+
+
+def journal_identity(cfg, spec, args: argparse.Namespace) -> dict:
+    """What a journal's outputs depend on: the model (config, weights, cut), the backend and the data."""
+    data = cfg.get("data")
+    test = data.get("test") if hasattr(data, "get") else None
+    return {"config": cfg.name, "model": spec.key, "T": spec.T, "backend": args.backend,
+            "data": repr(dict(test)) if test else f"synthetic seed {args.seed}"}
 
 
 def _say(text: str) -> None:
@@ -245,11 +337,11 @@ def _attach(args: argparse.Namespace) -> int:
 
     from bidl_models.config import load_config
 
-    from .grid import RunError
     from .keepalive import attach
     grid = None
     try:
         grid = attach(args.namespace, args.address)
+        stop_on_sigterm()   # ray.init installed its own
         try:
             cfg = load_config(args.config or grid.plan.config, args.cfg_options)   # for its test data
         except (ValueError, FileNotFoundError):
@@ -257,15 +349,12 @@ def _attach(args: argparse.Namespace) -> int:
         samples, source = _samples(args, cfg, grid.plan)
         verify = args.verify if args.verify is not None else grid.config.backend == "cpu"
         print(f"attached to the kept-alive grid {grid.plan.rows}x{grid.plan.cols} of {grid.plan.config}; data: {source}")
-        report = grid.run(samples, total=args.samples, progress=True, verify=verify)
+        report = grid.run(samples, total=args.samples, progress=True, verify=verify, trace=args.trace)
         print(report.summary())
         if args.json:
             Path(args.json).write_text(json.dumps(report.to_json(), indent=1))
         ok = report.verify is None or report.verify["equal"] == report.verify["compared"]
         return 0 if ok else 1
-    except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     finally:
         if grid is not None:
             grid.close()
@@ -307,15 +396,17 @@ def _samples(args, cfg, plan, high: Optional[int] = None):
 
 
 def parse_fault(text: str) -> dict:
-    """``'1,0:exit:2'`` -> ``{(0, 1, 0): ('exit', 2)}``."""
+    """``'1,0:exit:2'`` -> ``{(0, 1, 0): ('exit', 2)}`` (kinds: :data:`bidl_runtime.cell.FAULTS`)."""
+    from .cell import FAULTS
     try:
         cell, kind, sample = text.split(":")
         row, col = (int(v) for v in cell.split(","))
-        if kind not in ("raise", "exit"):
+        if kind not in FAULTS:
             raise ValueError
         return {(0, row, col): (kind, int(sample))}
     except ValueError:
-        raise ValueError(f"--inject-fault {text!r}: expected ROW,COL:raise|exit:SAMPLE, e.g. 1,0:exit:2") from None
+        raise ValueError(f"--inject-fault {text!r}: expected ROW,COL:KIND:SAMPLE with KIND one of {list(FAULTS)}, "
+                         "e.g. 1,0:exit:2") from None
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", help="ROWSxCOLS: time-slice rows x segment columns (default: the config's "
                                   "lynxi_devices, else 1 x its segments)")
     p.add_argument("--splits", type=_splits, help="[[s0,e0],[s1,e1],...] block ranges for a single-model "
-                                                  "config (default with COLS>1: FLOP-balanced automatic split)")
+                                                  "config; a position may cut inside a residual block, e.g. "
+                                                  "\"[[0,'7.4:416'],['7.4:416',16]]\" (bidl_models.cuts) "
+                                                  "(default with COLS>1: FLOP-balanced automatic split)")
     p.add_argument("--out", default="artifacts", help="output root (default: artifacts/)")
     p.add_argument("--force", action="store_true", help="rebuild even if a matching artifact exists; "
                                                         "replaces stale or corrupt ones")

@@ -28,6 +28,10 @@ holder of the key can reseal. No program is deserialised before the seal checks 
     state = zero_state(art, batch=1)
     y, state = art.run(x_chunk, state)            # x_chunk: [art.chunk_len, 1, *art.input_spec.shape[1:]]
     y, *flat = art(x_chunk, *state.values())      # the same, flat, in ABI order
+
+A segment cut inside a block (:mod:`bidl_models.cuts`) takes the tensors handed across the cut after
+``x`` (manifest ``carry_in``, e.g. a residual block's ``skip``) and returns its own after ``y``
+(``carry_out``): ``art.run((x, skip), state)`` returns ``((y, skip), state)``.
 """
 from __future__ import annotations
 
@@ -119,11 +123,13 @@ class Artifact:
         self.format: str = fmt or manifest.program.format
         self.input_spec: TensorSpec = manifest.input
         self.output_spec: TensorSpec = manifest.output
+        self.carry_in: tuple[TensorSpec, ...] = manifest.carry_in     # travel with x (a cut inside a block)
+        self.carry_out: tuple[TensorSpec, ...] = manifest.carry_out   # travel with y
         self.state_specs: list[TensorSpec] = list(manifest.state)
         self.state_names: list[str] = manifest.state_names
         self.chunk_len: int = manifest.chunk_len
         self.segment_index: int = manifest.segment_index
-        self.split: tuple[int, int] = manifest.split
+        self.split: tuple[int | str, int | str] = manifest.split
         self.batch: int = manifest.batch.compiled
         self.dynamic_batch: bool = manifest.batch.dynamic and self.format != "torchscript"
         self.input_dtype: str = manifest.input_dtype
@@ -141,16 +147,22 @@ class Artifact:
             raise ValueError(f"{self.path}: {what} has batch {b}, but this artifact was compiled for a "
                              f"static batch of {self.batch}")
 
-    def _check_inputs(self, x: Tensor, state: Sequence[Tensor]) -> None:
-        want = (self.chunk_len, "B") + tuple(self.input_spec.shape[1:])
-        if (x.dim() != len(want) or x.shape[0] != self.chunk_len
-                or tuple(x.shape[2:]) != tuple(self.input_spec.shape[1:])):
-            raise ValueError(f"{self.path}: input x has shape {list(x.shape)}, expected {list(want)} "
-                             f"(chunk_len, batch, per-step shape)")
-        if x.dtype != torch_dtype(self.input_dtype):
-            raise ValueError(f"{self.path}: input x has dtype {str(x.dtype).removeprefix('torch.')}, "
-                             f"expected {self.input_dtype} (manifest input_dtype)")
-        b = x.shape[1]
+    def _check_inputs(self, xs: Sequence[Tensor], state: Sequence[Tensor]) -> None:
+        if len(xs) != 1 + len(self.carry_in):
+            raise ValueError(f"{self.path}: got {len(xs)} input tensors, expected {1 + len(self.carry_in)} "
+                             f"({self.manifest.args[:1 + len(self.carry_in)]})")
+        b = xs[0].shape[1] if xs[0].dim() > 1 else None
+        for i, (x, spec) in enumerate(zip(xs, (self.input_spec, *self.carry_in))):
+            name = "input x" if i == 0 else f"carry {spec.name!r}"
+            want = (self.chunk_len, "B") + tuple(spec.shape[1:])
+            if (x.dim() != len(want) or x.shape[0] != self.chunk_len or tuple(x.shape[2:]) != tuple(spec.shape[1:])
+                    or (i and x.shape[1] != b)):
+                raise ValueError(f"{self.path}: {name} has shape {list(x.shape)}, expected {list(want)} "
+                                 f"(chunk_len, batch, per-step shape)")
+            dtype = self.input_dtype if i == 0 else spec.dtype
+            if x.dtype != torch_dtype(dtype):
+                raise ValueError(f"{self.path}: {name} has dtype {str(x.dtype).removeprefix('torch.')}, "
+                                 f"expected {dtype}" + (" (manifest input_dtype)" if i == 0 else ""))
         self._check_batch(b, "input x")
         if len(state) != len(self.state_specs):
             raise ValueError(f"{self.path}: got {len(state)} state tensors, expected {len(self.state_specs)} "
@@ -161,26 +173,39 @@ class Artifact:
                                  f"{str(t.dtype).removeprefix('torch.')}, expected "
                                  f"{[b] + list(s.shape[1:])} {s.dtype}")
 
+    def _split_args(self, x: Any, rest: Sequence[Tensor]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+        """(inputs, state) from ``x`` (a tensor, or the tuple of x and its carry) and the rest of a flat call."""
+        if isinstance(x, (tuple, list)):
+            return tuple(x), tuple(rest)
+        n = len(self.carry_in)
+        return (x, *rest[:n]), tuple(rest[n:])
+
     @torch.no_grad()
-    def __call__(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        """``(x_chunk, *state) -> (y_chunk, *new_state)``, state in ABI order (:attr:`state_names`)."""
-        self._check_inputs(x, state)
+    def __call__(self, x: Any, *rest: Tensor) -> tuple[Tensor, ...]:
+        """``(x_chunk, *carry_in, *state) -> (y_chunk, *carry_out, *new_state)``, state in ABI order
+        (:attr:`state_names`); ``x`` may also be the tuple ``(x_chunk, *carry_in)``."""
+        xs, state = self._split_args(x, rest)
+        self._check_inputs(xs, state)
         if self.format == "torchscript":
             with torch.jit.optimized_execution(False):   # the plain interpreter: the ops as traced, nothing fused
-                return tuple(self._program(x, *state))
-        return tuple(self._program(x, *state))
+                return tuple(self._program(*xs, *state))
+        return tuple(self._program(*xs, *state))
 
-    def run(self, x: Tensor, state: Optional[Mapping[str, Tensor]] = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """Named form: ``state`` maps every ABI name to its tensor (None: a fresh sample)."""
+    def run(self, x: Any, state: Optional[Mapping[str, Tensor]] = None) -> tuple[Any, dict[str, Tensor]]:
+        """Named form: ``state`` maps every ABI name to its tensor (None: a fresh sample). ``x``: the chunk
+        input, or ``(x, *carry_in)`` for a segment that starts inside a block; the output likewise."""
+        first = x[0] if isinstance(x, (tuple, list)) else x
         if state is None:
-            state = zero_state(self, x.shape[1], x.device)
+            state = zero_state(self, first.shape[1], first.device)
         missing = [n for n in self.state_names if n not in state]
         extra = [n for n in state if n not in set(self.state_names)]
         if missing or extra:
             raise ValueError(f"{self.path}: state names differ from the manifest; missing {missing}, "
                              f"unexpected {extra}")
-        y, *new = self(x, *(state[n] for n in self.state_names))
-        return y, dict(zip(self.state_names, new))
+        out = self(x, *(state[n] for n in self.state_names))
+        k = 1 + len(self.carry_out)
+        y = out[0] if k == 1 else tuple(out[:k])
+        return y, dict(zip(self.state_names, out[k:]))
 
 
 def zero_state(artifact: Artifact, batch: Optional[int] = None,
@@ -201,17 +226,20 @@ def _check_exported(path: Path, ep: Any, man: Manifest) -> None:
     """The exported graph's inputs agree with the manifest (count and non-batch dims)."""
     n_in, n_out = _program_arity(ep)
     n_state = len(man.state)
-    if n_in != 1 + n_state or n_out != 1 + n_state:
+    want_in, want_out = len(man.inputs) + n_state, len(man.outputs) + n_state
+    if n_in != want_in or n_out != want_out:
+        ways = " each way" if len(man.inputs) == len(man.outputs) else f" in, {len(man.outputs)} + {n_state} out"
         raise ArtifactError(path, "mismatch", f"program takes {n_in} inputs and returns {n_out}; the manifest "
-                                              f"describes 1 + {n_state} state tensors each way")
+                                              f"describes {len(man.inputs)} + {n_state} state tensors{ways}")
     names = list(ep.graph_signature.user_inputs)
     vals = {n.name: n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder"}
-    specs = [TensorSpec(man.input.name, (man.chunk_len,) + tuple(man.input.shape), man.input.dtype), *man.state]
+    chunked = [TensorSpec(t.name, (man.chunk_len,) + tuple(t.shape), t.dtype) for t in man.inputs]
+    specs = [*chunked, *man.state]
     for i, (name, spec) in enumerate(zip(names, specs)):
         v = vals.get(name)
         if v is None:
             continue
-        bdim = 1 if i == 0 else 0
+        bdim = 1 if i < len(chunked) else 0
         got = [d if isinstance(d, int) else None for d in v.shape]
         want = list(spec.shape)
         if len(got) != len(want) or any(g is not None and g != w for k, (g, w) in enumerate(zip(got, want))

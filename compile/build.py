@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from bidl_models.checkpoint import file_sha256
 from bidl_models.config import Config, load_config
 from bidl_models.model_spec import INPUT_DTYPES, ModelSpec, model_sha256
-from bidl_models.segments import Segment, SegmentSpecs
+from bidl_models.segments import Segment, SegmentSpecs, as_tuple
 from bidl_models.specs import TensorSpec, one_hot_ids, torch_dtype
 
 from .artifact import Artifact, check_program, load_artifact, load_torchscript
@@ -103,19 +103,23 @@ def _versions() -> dict[str, str]:
 # ------------------------------------------------------------------------------ the program
 
 class ChunkProgram(nn.Module):
-    """``forward(x, *state) -> (y, *new_state)``: a segment's chunk function on flat tensors in
-    the ABI order ``state_names``; uint8 event counts are cast to float32 first (token ids are not)."""
+    """``forward(x, *carry_in, *state) -> (y, *carry_out, *new_state)``: a segment's chunk function on
+    flat tensors in the ABI order ``state_names``; ``n_carry``: the tensors that come with x across a
+    cut inside a block; uint8 event counts (and other float dtypes) are cast to float32 first, token
+    ids are not."""
 
-    def __init__(self, segment: Segment, state_names: Sequence[str]):
+    def __init__(self, segment: Segment, state_names: Sequence[str], n_carry: int = 0):
         super().__init__()
         self.segment = segment
         self.state_names = list(state_names)
+        self.n_carry = n_carry
 
-    def forward(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        if x.dtype == torch.uint8:
+    def forward(self, x: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
+        if x.dtype == torch.uint8 or (x.is_floating_point() and x.dtype != torch.float32):
             x = x.to(torch.float32)
-        y, new = self.segment.run(x, dict(zip(self.state_names, state)))
-        return (y, *(new[n] for n in self.state_names))
+        carry, state = rest[:self.n_carry], rest[self.n_carry:]
+        y, new = self.segment.run((x, *carry) if carry else x, dict(zip(self.state_names, state)))
+        return (*as_tuple(y), *(new[n] for n in self.state_names))
 
 
 def _batch_is_symbolic(ep: Any) -> bool:
@@ -126,18 +130,20 @@ def _batch_is_symbolic(ep: Any) -> bool:
     return False
 
 
-def _export(prog: ChunkProgram, chunk_len: int, batch: int, in_shape: Sequence[int],
+def _export(prog: ChunkProgram, chunk_len: int, batch: int, inputs: Sequence[TensorSpec],
             state_specs: Sequence[TensorSpec], input_dtype: str, device: torch.device) -> tuple[Any, bool, str]:
     """ExportedProgram with a dynamic batch dim if torch.export keeps it symbolic, else static.
+    ``inputs``: per-step specs of x and its carry.
 
     Traced with a batch of at least 2 (export specialises sizes 0 and 1)."""
     def example(b: int) -> tuple[Tensor, ...]:
-        x = torch.zeros((chunk_len, b, *in_shape), dtype=torch_dtype(input_dtype), device=device)
-        return (x, *(s.with_batch(b).zeros(device) for s in state_specs))
+        xs = [torch.zeros((chunk_len, b, *t.shape[1:]), dtype=torch_dtype(input_dtype if i == 0 else t.dtype),
+                          device=device) for i, t in enumerate(inputs)]
+        return (*xs, *(s.with_batch(b).zeros(device) for s in state_specs))
 
     note = ""
     auto = torch.export.Dim.AUTO
-    dyn = ({1: auto}, tuple({0: auto} for _ in state_specs))
+    dyn = ({1: auto}, tuple([{1: auto} for _ in inputs[1:]] + [{0: auto} for _ in state_specs]))
     try:
         with torch.no_grad():
             ep = torch.export.export(prog, example(max(batch, 2)), dynamic_shapes=dyn)
@@ -214,17 +220,24 @@ def _max_abs(a: Tensor, b: Tensor) -> float:
     return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
 
 
+def chunk(x: Any, a: int, b: int) -> Any:
+    """Steps ``[a, b)`` of an activation (a tensor, or the tuple of x and its carry)."""
+    return tuple(t[a:b] for t in x) if isinstance(x, (tuple, list)) else x[a:b]
+
+
 @torch.no_grad()
-def verify_artifact(art: Artifact, seg: Segment, x: Tensor, n_chunks: int) -> dict[str, float]:
-    """Max abs difference, per output and state tensor, between ``art`` and the eager ``seg`` run
-    over ``n_chunks`` consecutive chunks of ``x`` (state carried over). ``x`` is float32."""
+def verify_artifact(art: Artifact, seg: Segment, x: Any, n_chunks: int) -> dict[str, float]:
+    """Max abs difference, per output (``y`` and its carry) and state tensor, between ``art`` and the
+    eager ``seg`` run over ``n_chunks`` consecutive chunks of ``x`` (state carried over). ``x`` is
+    float32: a tensor, or the tuple of x and its carry for a segment that starts inside a block."""
     L = art.chunk_len
-    b = x.shape[1]
-    diffs = {"y": 0.0, **{n: 0.0 for n in art.state_names}}
+    b = as_tuple(x)[0].shape[1]
+    outs = ["y", *(c.name for c in art.carry_out)]
+    diffs = {**{n: 0.0 for n in outs}, **{n: 0.0 for n in art.state_names}}
     st_e: Optional[dict[str, Tensor]] = None
-    st_a = [t for t in _zeros_for(art, b, x.device)]
+    st_a = [t for t in _zeros_for(art, b, as_tuple(x)[0].device)]
     for c in range(n_chunks):
-        xc = x[c * L:(c + 1) * L]
+        xc = chunk(x, c * L, (c + 1) * L)
         if art.input_dtype == "uint8":  # event counts: the eager model sees the same integer values
             xc = xc.round().clamp(0, 255)
         ye, st_e = seg.run(xc, st_e)
@@ -232,12 +245,19 @@ def verify_artifact(art: Artifact, seg: Segment, x: Tensor, n_chunks: int) -> di
             raise VerificationError(f"{art.path}: eager state names {list(st_e)} differ from the manifest's "
                                     f"{art.state_names}")
         want = torch_dtype(art.input_dtype)
-        xa = xc if xc.dtype == want else xc.to(want)
-        ya, *st_a = art(xa, *st_a)
-        diffs["y"] = max(diffs["y"], _max_abs(ye, ya))
+        xa = xc if isinstance(xc, tuple) or xc.dtype == want else xc.to(want)   # int64 token ids stay
+        ya, st_a = _split_outputs(art, art(xa, *st_a))
+        for n, e, a in zip(outs, as_tuple(ye), ya):
+            diffs[n] = max(diffs[n], _max_abs(e, a))
         for n, t in zip(art.state_names, st_a):
             diffs[n] = max(diffs[n], _max_abs(st_e[n], t))
     return diffs
+
+
+def _split_outputs(art: Artifact, flat: Sequence[Tensor]) -> tuple[tuple[Tensor, ...], list[Tensor]]:
+    """(outputs: y and its carry, new state) of a flat program result."""
+    k = 1 + len(art.carry_out)
+    return tuple(flat[:k]), list(flat[k:])
 
 
 def _zeros_for(art: Artifact, batch: int, device: torch.device) -> list[Tensor]:
@@ -251,7 +271,7 @@ class ArtifactRecord:
     """One artifact of a compile: where it is, its manifest, and what this compile did with it."""
 
     segment: int
-    split: tuple[int, int]
+    split: tuple[int | str, int | str]
     chunk_len: int
     path: Path
     cache: str                      # 'hit' | 'miss' (built now)
@@ -287,7 +307,7 @@ class ArtifactSet:
     root: Path
     T: int
     slices: tuple[int, ...]
-    splits: list[tuple[int, int]]
+    splits: list[tuple[int | str, int | str]]
     batch: int
     input_dtype: str
     aot: bool
@@ -341,6 +361,19 @@ class ArtifactSet:
         return load_artifact(self.path(segment, chunk_len), expect=self.keys[(segment, chunk_len)],
                              device=device, fast=fast)
 
+    @property
+    def all_cached(self) -> bool:
+        """Every artifact was reused from the cache (nothing built)."""
+        return bool(self.records) and all(r.cache == "hit" for r in self.records)
+
+    def summary_line(self) -> str:
+        """One line for a compile that built nothing (what a cached compile prints instead of the table)."""
+        built = sum(r.cache == "miss" for r in self.records)
+        what = (f"{len(self.records)} artifact(s) reused from the cache" if not built
+                else f"{built} of {len(self.records)} artifact(s) built")
+        return (f"{self.net}: {what} in {self.root} ({self.n_segments} segment(s) x chunk lengths {self.chunk_lens}, "
+                f"checked in {sum(r.seconds for r in self.records):.2f} s" + ("; --force rebuilds)" if not built else ")"))
+
     def table(self) -> str:
         """The readable summary table printed at the end of a compile."""
         head = ["segment", "split", "chunk", "state bytes", "program", "compile s", "verify max|diff|",
@@ -392,11 +425,11 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
         raise ValueError(f"slices={list(slices)}: expected positive time-slice lengths summing to T={spec.T}")
     spec.check_slices(slices)
     opts = options
-    log: Callable[[str], None] = _logger(opts.verbose)
+    seeded = (f"WARNING: no checkpoint: compiling DETERMINISTIC SEEDED INITIAL WEIGHTS (seed={spec.seed}) of "
+              f"{spec.name}, not a trained model") if spec.checkpoint is None else None
+    # lines held back until something is built (the seeded-weights warning with them, on stderr)
+    log = _QuietLog(_logger(opts.verbose), warn=seeded)
     dev = torch.device(opts.device)
-    if spec.checkpoint is None:
-        print(f"WARNING: no checkpoint: compiling DETERMINISTIC SEEDED INITIAL WEIGHTS (seed={spec.seed}) of "
-              f"{spec.name}, not a trained model", file=sys.stderr, flush=True)
     lens = sorted(set(slices), reverse=True)
     root = opts.root / spec.name
     for s in spec.segments:
@@ -409,12 +442,13 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
         f"{[list(s) for s in spec.splits]}, T={spec.T} over {len(slices)} row(s) -> chunk lengths {lens}, "
         f"batch {opts.batch}, {'AOTInductor' if opts.aot else 'torch.export'} on {dev}, into {root}")
 
-    inputs: dict[int, Tensor] = {}
+    inputs: dict[int, Any] = {}
     input_note: list[str] = []
 
-    def seg_input(i: int) -> Tensor:
-        """Verification input of segment i: the eager chain's output of the model input, run in
-        chunks of the longest slice with the state carried (as the artifacts are verified)."""
+    def seg_input(i: int) -> Any:
+        """Verification input of segment i (x, or x and its carry across a cut inside a block): the eager
+        chain's output of the model input, run in chunks of the longest slice with the state carried
+        (as the artifacts are verified)."""
         if not inputs:
             x, why = verification_input(spec.config, spec.in_shape, opts.verify_chunks * lens[0], opts.batch,
                                         spec.seed, opts.use_dataset, spec.input_dtype, spec.input_high)
@@ -425,15 +459,17 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
             if k not in inputs:
                 prev, st, outs = inputs[k - 1], None, []
                 with torch.no_grad():
-                    for c in range(0, prev.shape[0], lens[0]):
-                        y, st = spec.segments[k - 1].run(prev[c:c + lens[0]], st)
-                        outs.append(y)
-                inputs[k] = torch.cat(outs)
+                    for c in range(0, as_tuple(prev)[0].shape[0], lens[0]):
+                        y, st = spec.segments[k - 1].run(chunk(prev, c, c + lens[0]), st)
+                        outs.append(as_tuple(y))
+                cat = tuple(torch.cat(parts) for parts in zip(*outs))
+                inputs[k] = cat[0] if len(cat) == 1 else cat
         return inputs[i]
 
     from tqdm import tqdm
     jobs = [(i, L) for i in range(spec.n_segments) for L in lens]
-    bar = tqdm(jobs, desc=f"compile {spec.name}", unit="artifact", disable=not opts.progress, file=sys.stderr)
+    bar = tqdm(jobs, desc=f"compile {spec.name}", unit="artifact", disable=not opts.progress, file=sys.stderr,
+               delay=0.5)   # a cached check takes milliseconds: no bar for it
     for i, L in bar:
         t0 = time.perf_counter()
         dtype_i = spec.input_dtype if i == 0 else "float32"
@@ -448,17 +484,29 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
         if man is not None:
             cache = "hit"
             if opts.verify and man.verify is None:
+                log.loud()
                 art = load_artifact(job.d, expect=key, device=dev)
                 man = _record_verify(job, man, art, seg_input(i), input_note, log)
             if _wants_fast(job) and man.fast is None:
+                log.loud()
                 man = _add_fast(job.d, man, load_artifact(job.d, expect=key, device=dev), log)
         else:
             cache = "miss"
+            log.loud()
             man = _build(job, seg_input, input_note, log)
         rec = ArtifactRecord(i, tuple(spec.splits[i]), L, job.d, cache, man, time.perf_counter() - t0)
         result.records.append(rec)
         result.keys[(i, L)] = key
         log(f"model_{i} t{L}: {cache} ({rec.seconds:.2f} s) -> {job.d}")
+    if log.quiet:                      # all reused, nothing verified or added: one line, no table
+        bar.leave = False
+        bar.close()
+        if opts.verbose:
+            log.emit(result.summary_line() + (f"; weights seeded:{spec.seed}, NOT a trained checkpoint"
+                                              if spec.checkpoint is None else ""))
+        elif seeded:
+            _warn(seeded)
+        return result
     bar.close()
     log("\n" + result.table())
     if spec.checkpoint is None:
@@ -468,7 +516,7 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
 
 def compile_config(cfg: Config | str | Path, checkpoint: Optional[str | Path] = None, *,
                    grid: str | Sequence[int] | None = None, rows: Optional[int] = None,
-                   splits: Optional[Sequence[Sequence[int]]] = None, in_shape: Optional[Sequence[int]] = None,
+                   splits: Optional[Sequence[Sequence[int | str]]] = None, in_shape: Optional[Sequence[int]] = None,
                    input_dtype: Optional[str] = None, seed: int = 0, overrides: Sequence[str] = (),
                    **options: Any) -> ArtifactSet:
     """Config in, artifacts out: ``load_config`` (if ``cfg`` is a name or path; ``overrides`` apply
@@ -501,6 +549,37 @@ def compile_config(cfg: Config | str | Path, checkpoint: Optional[str | Path] = 
     spec = ModelSpec.from_config(cfg, columns=n_cols, splits=splits, checkpoint=checkpoint, in_shape=in_shape,
                                  input_dtype=input_dtype, seed=seed)
     return compile_spec(spec, time_slices(spec.T, n_rows), opts)
+
+
+class _QuietLog:
+    """A compile's log: lines are held back while every artifact is a cache hit (a cached compile
+    prints one summary line); the first artifact that needs work (``loud()``) prints them and
+    everything after as it comes."""
+
+    def __init__(self, emit: Callable[[str], None], warn: Optional[str] = None):
+        self.emit = emit
+        self.warn = warn               # printed on stderr when the log turns loud
+        self.quiet = True
+        self.held: list[str] = []
+
+    def __call__(self, msg: str) -> None:
+        if self.quiet:
+            self.held.append(msg)
+        else:
+            self.emit(msg)
+
+    def loud(self) -> None:
+        if self.quiet:
+            self.quiet = False
+            if self.warn:
+                _warn(self.warn)
+            for msg in self.held:
+                self.emit(msg)
+            self.held = []
+
+
+def _warn(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def _logger(verbose: bool) -> Callable[[str], None]:
@@ -538,7 +617,7 @@ def _json(v: Any) -> str:
     return json.dumps(v)
 
 
-def _build(job: _Job, seg_input: Callable[[int], Tensor], input_note: list[str], log: Callable[[str], None]) -> Manifest:
+def _build(job: _Job, seg_input: Callable[[int], Any], input_note: list[str], log: Callable[[str], None]) -> Manifest:
     """Export (+ AOTInductor), write into a temporary directory, verify, then move into place."""
     d, opts, seg, sp = job.d, job.opts, job.seg, job.io
     d.parent.mkdir(parents=True, exist_ok=True)
@@ -548,9 +627,9 @@ def _build(job: _Job, seg_input: Callable[[int], Tensor], input_note: list[str],
     tmp.mkdir()
     try:
         names = [s.name for s in sp.state]
-        prog = ChunkProgram(seg, names).eval()
+        prog = ChunkProgram(seg, names, len(sp.carry_in)).eval()
         t0 = time.perf_counter()
-        ep, dynamic, note = _export(prog, job.L, opts.batch, sp.input.shape[1:], sp.state, job.input_dtype, job.device)
+        ep, dynamic, note = _export(prog, job.L, opts.batch, sp.inputs, sp.state, job.input_dtype, job.device)
         t_export = time.perf_counter() - t0
         t_aot = 0.0
         if opts.aot:
@@ -569,7 +648,7 @@ def _build(job: _Job, seg_input: Callable[[int], Tensor], input_note: list[str],
             net=spec.name, segment_index=job.i, split=tuple(seg.split), chunk_len=job.L,
             batch=BatchInfo(opts.batch, dynamic, note), input_dtype=job.input_dtype,
             input=TensorSpec(sp.input.name, sp.input.shape, job.input_dtype) if job.i == 0 else sp.input,
-            output=sp.output, state=tuple(sp.state),
+            output=sp.output, state=tuple(sp.state), carry_in=tuple(sp.carry_in), carry_out=tuple(sp.carry_out),
             program=ProgramFile(PROGRAM, "aoti" if opts.aot else "torch.export", str(job.device),
                                 file_sha256(tmp / PROGRAM), (tmp / PROGRAM).stat().st_size,
                                 round(t_export, 3), round(t_aot, 3)),
@@ -603,7 +682,7 @@ def _record_verify(job: _Job, man: Manifest, art: Artifact, x: Tensor, input_not
     in progress) or ``job.d``; errors name ``job.d``."""
     n_chunks, tol = job.opts.verify_chunks, job.opts.tol
     t0 = time.perf_counter()
-    diffs = verify_artifact(art, job.seg, x[: n_chunks * job.L], n_chunks)
+    diffs = verify_artifact(art, job.seg, chunk(x, 0, n_chunks * job.L), n_chunks)
     worst = max(diffs.values())
     shown = ", ".join(f"{k}={v:.1e}" for k, v in diffs.items())
     log(f"verify model_{art.segment_index} t{art.chunk_len} ({n_chunks} chunks, state carried): "
@@ -617,7 +696,7 @@ def _record_verify(job: _Job, man: Manifest, art: Artifact, x: Tensor, input_not
                     "accept with a larger tol (--tol) if that is acceptable, or use the torch.export program")
         raise VerificationError(f"{job.d}: artifact differs from the eager segment by more than tol={tol:g}: "
                                 + ", ".join(f"{k}={v:.3e}" for k, v in bad.items()) + hint)
-    man = man.replace(verify=Verification(input_note[0] if input_note else "?", n_chunks, int(x.shape[1]), tol,
+    man = man.replace(verify=Verification(input_note[0] if input_note else "?", n_chunks, int(as_tuple(x)[0].shape[1]), tol,
                                           diffs, round(time.perf_counter() - t0, 3)))
     write_manifest(tmp or job.d, man)
     return man
@@ -635,21 +714,21 @@ def _add_fast(d: Path, man: Manifest, art: Artifact, log: Callable[[str], None])
     it equals the program bit for bit over 3 chunks (state carried, seeded input), record it."""
     b = man.batch.compiled
     g = torch.Generator().manual_seed(7)
-    x = torch.rand((FAST_CHECK_CHUNKS * man.chunk_len, b, *man.input.shape[1:]), generator=g) < 0.3
-    x = x.to(torch_dtype(man.input_dtype))
+    xs = tuple((torch.rand((FAST_CHECK_CHUNKS * man.chunk_len, b, *t.shape[1:]), generator=g) < 0.3)
+               .to(torch_dtype(man.input_dtype if i == 0 else t.dtype)) for i, t in enumerate(man.inputs))
     state0 = [s.with_batch(b).zeros() for s in man.state]
     t0 = time.perf_counter()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")   # TorchScript's deprecation notice and tracer notes on the shape guards
-        traced = torch.jit.trace(art._program, (x[: man.chunk_len], *state0), check_trace=False)
+        traced = torch.jit.trace(art._program, (*chunk(xs, 0, man.chunk_len), *state0), check_trace=False)
         torch.jit.save(traced, str(d / FAST_PROGRAM))
     fast = Artifact(d, man, load_torchscript(d / FAST_PROGRAM), "torchscript")
     sa, sf = list(state0), list(state0)
     for c in range(FAST_CHECK_CHUNKS):
-        xc = x[c * man.chunk_len:(c + 1) * man.chunk_len]
-        ya, *sa = art(xc, *sa)
-        yf, *sf = fast(xc, *sf)
-        if not (torch.equal(ya, yf) and all(torch.equal(p, q) for p, q in zip(sa, sf))):
+        xc = chunk(xs, c * man.chunk_len, (c + 1) * man.chunk_len)
+        ya, sa = _split_outputs(art, art(xc, *sa))
+        yf, sf = _split_outputs(fast, fast(xc, *sf))
+        if not (all(torch.equal(p, q) for p, q in zip(ya, yf)) and all(torch.equal(p, q) for p, q in zip(sa, sf))):
             (d / FAST_PROGRAM).unlink()
             log(f"model_{man.segment_index} t{man.chunk_len}: the TorchScript form differs from the exported "
                 "program; not written (cells load the exported program)")

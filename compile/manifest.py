@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from bidl_models.cuts import Cut
 from bidl_models.specs import TensorSpec
 
 from .errors import ArtifactError
@@ -24,8 +25,9 @@ FAST_PROGRAM = "program.ts"
 FORMAT_VERSION = 1
 KIND = "bidl-segment-artifact"
 FORMATS = ("torch.export", "aoti")
-ABI = ("program(x[chunk_len, B, *input.shape[1:]], *state) -> (y[chunk_len, B, *output.shape[1:]], *new_state); "
-       "state in the order of 'state'; zeros = a fresh sample")
+ABI = ("program(x[chunk_len, B, *input.shape[1:]], *carry_in, *state) -> (y[chunk_len, B, *output.shape[1:]], "
+       "*carry_out, *new_state); state in the order of 'state'; zeros = a fresh sample; carry_in/carry_out: the "
+       "tensors ([chunk_len, B, ...]) that travel with x/y across a cut inside a block (e.g. a residual block's skip)")
 REQUIRED = ("program", "input", "output", "state", "chunk_len", "batch", "segment_index", "split", "versions", "key",
             "input_dtype")
 
@@ -105,7 +107,7 @@ class Manifest:
 
     net: str
     segment_index: int
-    split: tuple[int, int]
+    split: tuple[int | str, int | str]      # block indices, or cuts inside blocks ('7.4', bidl_models.cuts)
     chunk_len: int
     batch: BatchInfo
     input_dtype: str
@@ -126,6 +128,8 @@ class Manifest:
     fast: Optional[ProgramFile] = None      # TorchScript form for batch.compiled (None: not built)
     seal: Optional[dict[str, Any]] = None   # keyed digest of the document as written (compile.seal)
     document: Optional[dict[str, Any]] = field(default=None, compare=False, repr=False)  # as read (from_dict)
+    carry_in: tuple[TensorSpec, ...] = ()   # per step, travel with x across a cut inside a block (ABI order)
+    carry_out: tuple[TensorSpec, ...] = ()  # per step, travel with y
 
     @property
     def is_first(self) -> bool:
@@ -134,6 +138,16 @@ class Manifest:
     @property
     def is_last(self) -> bool:
         return self.split[1] == self.n_blocks
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """``x`` and its carry, in argument order."""
+        return (self.input, *self.carry_in)
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        """``y`` and its carry, in result order."""
+        return (self.output, *self.carry_out)
 
     @property
     def state_names(self) -> list[str]:
@@ -145,11 +159,11 @@ class Manifest:
 
     @property
     def args(self) -> list[str]:
-        return ["x", *self.state_names]
+        return ["x", *(c.name for c in self.carry_in), *self.state_names]
 
     @property
     def returns(self) -> list[str]:
-        return ["y", *self.state_names]
+        return ["y", *(c.name for c in self.carry_out), *self.state_names]
 
     @property
     def as_written(self) -> dict[str, Any]:
@@ -167,6 +181,8 @@ class Manifest:
             "is_first": self.is_first, "is_last": self.is_last, "backbone": self.backbone, "timestep": self.timestep,
             "chunk_len": self.chunk_len, "batch": self.batch.to_dict(), "input_dtype": self.input_dtype,
             "input": self.input.to_dict(), "output": self.output.to_dict(), "state": [s.to_dict() for s in self.state],
+            **({"carry_in": [c.to_dict() for c in self.carry_in]} if self.carry_in else {}),
+            **({"carry_out": [c.to_dict() for c in self.carry_out]} if self.carry_out else {}),
             "state_nbytes": self.state_nbytes, "args": self.args, "returns": self.returns, "abi": ABI,
             "config": dict(self.config), "checkpoint": dict(self.checkpoint), "versions": dict(self.versions),
             "created": self.created, "program": self.program.to_dict(),
@@ -193,7 +209,7 @@ class Manifest:
         try:
             return cls(
                 net=str(d.get("net", "")), segment_index=int(d["segment_index"]),
-                split=(int(d["split"][0]), int(d["split"][1])), chunk_len=int(d["chunk_len"]),
+                split=(_position(d["split"][0]), _position(d["split"][1])), chunk_len=int(d["chunk_len"]),
                 batch=BatchInfo.from_dict(d["batch"]), input_dtype=str(d["input_dtype"]),
                 input=TensorSpec.from_dict(d["input"]), output=TensorSpec.from_dict(d["output"]),
                 state=tuple(TensorSpec.from_dict(s) for s in d["state"]), program=ProgramFile.from_dict(d["program"]),
@@ -203,9 +219,16 @@ class Manifest:
                 checkpoint=dict(d.get("checkpoint") or {}), created=str(d.get("created", "")),
                 verify=Verification.from_dict(d["verify"]) if d.get("verify") else None,
                 fast=ProgramFile.from_dict(d["fast"]) if d.get("fast") else None,
-                seal=dict(d[SEAL]) if isinstance(d.get(SEAL), Mapping) else None, document=d)
+                seal=dict(d[SEAL]) if isinstance(d.get(SEAL), Mapping) else None, document=d,
+                carry_in=tuple(TensorSpec.from_dict(c) for c in d.get("carry_in", ())),
+                carry_out=tuple(TensorSpec.from_dict(c) for c in d.get("carry_out", ())))
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ArtifactError(path, "corrupt", f"manifest field unreadable: {type(e).__name__}: {e}") from None
+
+
+def _position(v: Any) -> int | str:
+    """A split position as written: a block index, or a cut inside a block ('7.4')."""
+    return Cut.parse(v if isinstance(v, str) else int(v)).value
 
 
 def read_manifest(directory: str | Path) -> Manifest:

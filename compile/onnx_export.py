@@ -113,7 +113,14 @@ def _dtype(name: str) -> torch.dtype:
     return d
 
 
+def _no_carry(what: str, split: Any, carry: bool) -> None:
+    if carry:
+        raise OnnxExportError(f"{what}: split={list(split)} cuts inside a residual block (x travels with its skip "
+                              "tensor); ONNX export takes segments cut at block boundaries")
+
+
 def _artifact_abi(art: Any) -> _Abi:
+    _no_carry(str(art.path), art.split, bool(getattr(art, "carry_in", ()) or getattr(art, "carry_out", ())))
     man = art.manifest
     prog = man["program"] if isinstance(man, Mapping) else getattr(man, "program")
     get = (lambda d, k, default=None: d.get(k, default)) if isinstance(prog, Mapping) else \
@@ -203,6 +210,8 @@ def export_segment(segment: nn.Module, out: str | Path, *, chunk_len: int, batch
         if not hasattr(segment, "input_shape"):
             raise OnnxExportError(f"{type(segment).__name__}: pass in_shape (the per-step input without the batch)")
         in_shape = segment.input_shape()
+    _no_carry(type(segment).__name__, getattr(segment, "split", ()),
+              any(c.inner for c in getattr(segment, "cuts", ())))
     segment.eval()
     _, specs = segment.trace_shapes((batch,) + tuple(in_shape))
     split = list(getattr(segment, "split", ()))

@@ -67,15 +67,124 @@ def test_planning_errors_fail_fast_without_ray():
     assert r.returncode == 2 and "no-such-config" in r.stderr
 
 
-def test_fault_drill_stops_naming_the_cell_and_cleans_up(artifacts):
+def stale_shm() -> list[str]:
+    """Channel slot files in /dev/shm whose creating process is gone (a run's sweep removes them)."""
+    from bidl_runtime.channels.shm import PREFIX
+    out = []
+    for fn in os.listdir("/dev/shm"):
+        m = re.match(re.escape(PREFIX) + r"(\d+)\.", fn)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            out.append(fn)
+    return out
+
+
+def test_fault_drill_restarts_the_cell_and_replays(artifacts):
+    r = run_cli("--grid", "2x2", "--samples", "8", "--artifacts", artifacts, "--inject-fault", "1,0:exit:3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "outputs equal reference: 8/8 samples bit-exact" in r.stdout
+    assert "restarts: 1" in r.stdout and "cell[1,0]@dev2 died" in r.stdout, r.stdout
+
+
+def test_past_max_restarts_the_run_stops_in_one_line_and_cleans_up(artifacts):
     before = ray_processes()
     t0 = time.perf_counter()
-    r = run_cli("--grid", "2x2", "--samples", "8", "--artifacts", artifacts, "--inject-fault", "1,0:exit:3")
+    r = run_cli("--grid", "2x2", "--samples", "8", "--artifacts", artifacts, "--inject-fault", "1,0:exit:3",
+                "--max-restarts", "0")
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "cell[1,0]@dev2 failed: the actor died" in r.stderr
+    err = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "cell[1,0]@dev2 failed: the actor died" in err[0], r.stderr
+    assert "--max-restarts 0" in err[0], r.stderr
+    assert "Traceback" not in r.stderr
     assert time.perf_counter() - t0 < 300
     time.sleep(1)
     assert ray_processes() <= before, "the failed run left Ray processes behind"
+    assert not stale_shm()
+
+
+def test_a_failed_start_up_leaves_nothing_behind(artifacts):
+    """A cell that fails while the grid is wired: one line naming it, no Ray process, no /dev/shm file."""
+    before = ray_processes()
+    r = run_cli("--grid", "2x2", "--samples", "4", "--artifacts", artifacts, "--inject-fault", "0,1:connect:0")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "error: wiring the grid's channels failed: cell[0,1]@dev1: injected fault (connect)" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    time.sleep(1)
+    assert ray_processes() <= before
+    assert not stale_shm()
+
+
+def test_errors_are_one_line_and_debug_shows_the_traceback(artifacts, tmp_path):
+    bad = tmp_path / "trunc.pth"
+    from bidl_runtime.defaults import WEIGHTS
+    bad.write_bytes((WEIGHTS / "clif3fc3dm_itout-b16x1-dvsglyphs.pth").read_bytes()[:3000])
+    for args, want in ((["--depth", "0"], "--depth 0: expected an int >= 1"),
+                       (["--profile-fps", "0"], "--profile-fps 0: expected a finite number"),
+                       (["--max-restarts", "-1"], "--max-restarts -1: expected an int >= 0"),
+                       (["--backend", "cuda"], "--backend cuda: no CUDA device"),
+                       (["--checkpoint", str(bad)], "trunc.pth' cannot be read: truncated or damaged")):
+        r = run_cli("--samples", "2", "--artifacts", artifacts, *args)
+        err = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.strip().startswith("error:")]
+        assert r.returncode == 2 and len(err) == 1 and want in err[0], (args, r.stderr)
+        assert "Traceback" not in r.stderr
+    import shutil
+
+    from compile.manifest import PROGRAM
+    if not list(Path(artifacts).rglob(PROGRAM)):   # run alone: compile the 2x2 artifacts first
+        assert run_cli("--grid", "2x2", "--samples", "1", "--artifacts", artifacts).returncode == 0
+    broken = tmp_path / "broken-artifacts"
+    shutil.copytree(artifacts, broken)
+    prog = sorted(broken.rglob(PROGRAM))[0]
+    prog.write_bytes(prog.read_bytes()[:100])
+    r = run_cli("--grid", "2x2", "--samples", "2", "--artifacts", str(broken))
+    err = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.strip().startswith("error:")]
+    assert r.returncode in (1, 2) and len(err) == 1 and str(prog.parent.name) in err[0], r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    r = run_cli("--samples", "2", "--artifacts", artifacts, "--depth", "0", "--debug")
+    assert r.returncode != 0 and "Traceback" in r.stderr and "ValueError: --depth 0" in r.stderr
+
+
+def test_sigterm_stops_like_ctrl_c_and_cleans_up(artifacts):
+    before = ray_processes()
+    proc = subprocess.Popen([sys.executable, "-m", "bidl_runtime.run", "--grid", "2x2", "--samples", "100000",
+                             "--artifacts", artifacts, "--cfg-options", "data=None"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=ENV)
+    try:
+        lines = []
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("data:"):
+                break
+        assert lines and lines[-1].startswith("data:"), "".join(lines)[-3000:]
+        time.sleep(3)   # streaming
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, rest[-3000:]
+    assert "interrupted after" in rest and "Traceback" not in rest and "Fatal Python" not in rest, rest[-3000:]
+    time.sleep(1)
+    assert ray_processes() <= before, "the stopped run left Ray processes behind"
+    assert not stale_shm()
+
+
+def test_journal_resumes_a_stream(artifacts, tmp_path):
+    journal = tmp_path / "run.jsonl"
+    r = run_cli("--grid", "2x1", "--samples", "5", "--artifacts", artifacts, "--journal", str(journal),
+                "--json", str(tmp_path / "a.json"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_cli("--grid", "2x1", "--samples", "8", "--artifacts", artifacts, "--journal", str(journal),
+                "--json", str(tmp_path / "b.json"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "journal: 5 sample(s) already done" in r.stdout and "8 done (5 from the journal)" in r.stdout, r.stdout
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert all(a["outputs"][i] == b["outputs"][i] for i in a["outputs"]) and len(b["outputs"]) == 8
+    assert {c["samples"] for c in b["cells"]} == {3}, "only the 3 new samples went through the grid"
 
 
 def test_keep_alive_cells_stay_usable_from_another_process(artifacts, tmp_path):

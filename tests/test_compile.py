@@ -40,23 +40,34 @@ def spikes(steps: int, batch: int, shape, seed: int = 1) -> torch.Tensor:
     return (torch.rand((steps, batch, *shape), generator=g) < 0.3).float()
 
 
+def steps(h, a: int, b: int):
+    """Steps [a, b) of an activation: a tensor, or x and its carry across a cut inside a block."""
+    return tuple(t[a:b] for t in h) if isinstance(h, tuple) else h[a:b]
+
+
+def cat(outs: list):
+    """Chunks of an activation joined along time."""
+    return tuple(torch.cat(z) for z in zip(*outs)) if isinstance(outs[0], tuple) else torch.cat(outs)
+
+
 def run_grid(cm: CompiledModel, x: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
     """Run the artifacts as the grid does: per segment, time slices in row order with the state
-    handed from row to row; the per-step outputs of a segment feed the next one."""
+    handed from row to row; the per-step outputs of a segment (with their carry when it ends inside
+    a block) feed the next one."""
     h = x
     finals = []
     for s in range(cm.n_segments):
         outs, state, t = [], None, 0
         for g in range(cm.rows):
             art = load_artifact(cm.cell(g, s))
-            xin = h[t:t + art.chunk_len]
+            xin = steps(h, t, t + art.chunk_len)
             if art.input_dtype == "uint8":
                 xin = xin.to(torch.uint8)
             y, state = art.run(xin, state)
             outs.append(y)
             t += art.chunk_len
-        assert t == h.shape[0]
-        h = torch.cat(outs)
+        assert t == x.shape[0]
+        h = cat(outs)
         finals.append(state)
     return h, finals
 
@@ -70,10 +81,10 @@ def eager_grid(net: nn.Module, cm: CompiledModel, x: torch.Tensor) -> torch.Tens
         seg = net.segment(s, e)
         outs, state, t = [], None, 0
         for L in cm.row_chunks:
-            y, state = seg.run(h[t:t + L], state)
+            y, state = seg.run(steps(h, t, t + L), state)
             outs.append(y)
             t += L
-        h = torch.cat(outs)
+        h = cat(outs)
     return h
 
 
@@ -155,6 +166,39 @@ def test_three_segment_grid_equals_whole_model(resnet3):
     assert merged.keys() == ref_state.keys()
     for k, v in ref_state.items():
         torch.testing.assert_close(merged[k], v, rtol=1e-5, atol=1e-5)
+
+
+def test_cuts_inside_blocks_compile_with_their_carry_in_the_manifest(workdir):
+    """A config whose model_0..2 are cut inside residual blocks ('1.2:8': block 1 after conv1 and
+    lif1, plus 8 of conv2's channels; '2.1': block 2 after conv1): each manifest names the tensors
+    that travel with x and y, the ABI takes and returns them, and the artifacts chain like the model."""
+    bb = dict(TINY["ResNetLifItout"][0], noise=0.0)
+    text = (f"_bb = {bb!r}\n"
+            "model_0 = dict(type='ImageClassifier', backbone=dict(_bb, split=[0, '1.2:8']))\n"
+            "model_1 = dict(type='ImageClassifier', backbone=dict(_bb, split=['1.2:8', '2.1']))\n"
+            "model_2 = dict(type='ImageClassifier', backbone=dict(_bb, split=['2.1', 4]))\n")
+    (workdir / "cut3.py").write_text(text)
+    whole = load_config(write_config(workdir / "cut_whole.py", bb, TINY["ResNetLifItout"][1]))
+    net, ckpt = active_net(whole, workdir / "cut_whole.pth")
+    cm = compile_config(load_config(workdir / "cut3.py"), ckpt, grid="2x3", in_shape=(2, 32, 32),
+                        out=workdir / "cut3", progress=False, verbose=False)
+    assert cm.splits == [(0, "1.2:8"), ("1.2:8", "2.1"), ("2.1", 4)]
+    carry = {r.segment: ([c.name for c in r.manifest.carry_in], [c.name for c in r.manifest.carry_out])
+             for r in cm.records}
+    assert carry == {0: ([], ["part", "skip"]), 1: (["part", "skip"], ["skip"]), 2: (["skip"], [])}
+    for r in cm.records:
+        man = r.manifest
+        assert Manifest.from_dict(man.to_dict()) == man and man.split == cm.splits[r.segment]
+        assert man.args == ["x", *carry[r.segment][0], *man.state_names]
+        assert man.returns == ["y", *carry[r.segment][1], *man.state_names]
+        assert r.verify_max_abs_diff is not None and r.verify_max_abs_diff <= 1e-5
+    assert not cm.records[0].manifest.is_last and cm.records[-1].manifest.is_last
+    x = spikes(3, 1, cm.in_shape)
+    ref, _ = eager(net, x)
+    got, _ = run_grid(cm, x)
+    assert max_diff(got, eager_grid(net, cm, x)) <= TOL
+    close_to_whole(got, ref)
+    assert got[-1].std() > 0
 
 
 def test_two_segment_explicit_splits_equal_whole_model(workdir):
@@ -328,16 +372,19 @@ def test_artifact_api_and_input_checks(resnet3):
     assert [s.name for s in art.state_specs] == art.manifest.args[1:] == list(zero_state(art))
     assert art.state_names[0] == "lif.lif.v"
     x = spikes(2, 1, cm.in_shape)
-    y, *flat = art(x, *zero_state(art).values())
+    out = art(x, *zero_state(art).values())            # (y, *carry_out, *state): this auto split ends inside a block
     y2, named = art.run(x)                              # None: a fresh sample
-    assert torch.equal(y, y2) and all(torch.equal(a, b) for a, b in zip(flat, named.values()))
+    ys = y2 if isinstance(y2, tuple) else (y2,)
+    assert art.manifest.returns == ["y", *(c.name for c in art.carry_out), *art.state_names]
+    assert len(out) == len(ys) + len(named) and all(torch.equal(a, b) for a, b in zip(out, (*ys, *named.values())))
+    y, flat = out[0], list(named.values())
     assert tuple(y.shape) == (2,) + tuple(art.output_spec.shape)
     with pytest.raises(ValueError, match=r"input x has shape \[3, 1, 2, 32, 32\], expected \[2, 'B', 2, 32, 32\]"):
         art(spikes(3, 1, cm.in_shape), *flat)
     with pytest.raises(ValueError, match="missing \\['lif.lif.v'\\]"):
         art.run(x, {k: v for k, v in named.items() if k != "lif.lif.v"})
-    with pytest.raises(ValueError, match="got 1 state tensors"):
-        art(x, flat[0])
+    with pytest.raises(ValueError, match=f"got {len(flat) + 1} state tensors"):
+        art(x, *flat, flat[0])
 
 
 def test_program_loads_without_model_source(resnet3, workdir):
@@ -435,7 +482,9 @@ def test_cli(workdir, capsys):
     man = read_manifest(workdir / "cli_art" / "cli" / "model_0" / "t1_b1")
     assert man.timestep == 2 and man.chunk_len == 1
     assert cli_main(argv) == 0
-    assert "hit" in capsys.readouterr().out
+    cap = capsys.readouterr()                           # a cached compile: one line, no warning, no table
+    assert cap.out.startswith("cli: 1 artifact(s) reused from the cache") and cap.out.count("\n") == 1, cap.out
+    assert "NOT a trained checkpoint" in cap.out and cap.err == ""
     assert cli_main(argv + ["--grid", "2y1"]) == 1
     assert "grid='2y1'" in capsys.readouterr().err
 
@@ -509,13 +558,16 @@ def test_fast_form_equals_the_exported_program_and_is_checked(workdir):
         assert (r.path / FAST_PROGRAM).is_file()
         exported, fast = load_artifact(r.path), load_artifact(r.path, fast=True)
         assert exported.format == "torch.export" and fast.format == "torchscript" and not fast.dynamic_batch
-        x = spikes(3 * r.chunk_len, 1, exported.input_spec.shape[1:], seed=r.segment)
+        xs = tuple(spikes(3 * r.chunk_len, 1, t.shape[1:], seed=r.segment) for t in exported.manifest.inputs)
+        x = xs if len(xs) > 1 else xs[0]                  # x and its carry when the segment starts inside a block
         sa, sf = zero_state(exported), zero_state(fast)
         for c in range(3):
-            xc = x[c * r.chunk_len:(c + 1) * r.chunk_len]
+            xc = steps(x, c * r.chunk_len, (c + 1) * r.chunk_len)
             ya, sa = exported.run(xc, sa)
             yf, sf = fast.run(xc, sf)
-            assert torch.equal(ya, yf) and all(torch.equal(sa[k], sf[k]) for k in sa)
+            ya, yf = (ya, yf) if isinstance(ya, tuple) else ((ya,), (yf,))
+            assert len(ya) == len(yf) == 1 + len(exported.carry_out)
+            assert all(map(torch.equal, ya, yf)) and all(torch.equal(sa[k], sf[k]) for k in sa)
     code = textwrap.dedent(f"""
         import time; t = time.perf_counter()
         from compile.artifact import load_artifact

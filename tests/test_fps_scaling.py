@@ -52,3 +52,28 @@ def test_figures_come_from_measured_times(doc):
     two = next(r for r in d["results"] if r["mode"] == "time" and r["devices"] == 2)
     state = next(e for e in two["edges"] if e["edge"].endswith(":state"))
     assert state["bytes"] == 6 * 12_550_184  # ResNetLif50's real state, every sample, one hop
+
+
+def test_two_columns_are_cut_where_they_balance(doc):
+    """ResNetLif50's two columns are cut inside a residual block, and their paces (FLOP shares) agree
+    within 1 %; at block boundaries the best cut leaves 53.3 % / 46.7 %."""
+    d, _ = doc
+    two = next(r for r in d["results"] if r["mode"] == "time2seg")
+    (s0, e0), (s1, e1) = two["splits"]
+    assert s0 == 0 and e1 == 16 and e0 == s1 and isinstance(e0, str)
+    a, b = two["segment_step_ms"]
+    assert max(a, b) / min(a, b) <= 1.01
+    assert sum(two["segment_step_ms"]) == pytest.approx(1e3 / 300, rel=1e-6)
+
+
+def test_targets_compare_two_columns_with_time_only_in_the_same_run():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from fps_scaling import published, targets
+    pub = published()
+    row = lambda mode, grid, fps: {"T": 48, "devices": 24, "mode": mode, "grid": grid, "frames_per_s": fps}  # noqa: E731
+    got = targets([row("time", [24, 1], 690.0), row("time2seg", [12, 2], 684.0), row("replicas", [1, 1], 691.0)], pub)
+    assert len(got) == 1 and got[0]["target_frames_per_s"] == pytest.approx(681.12)
+    assert got[0]["of_time_only"] == pytest.approx(684 / 690) and got[0]["met"]
+    assert not targets([row("time", [24, 1], 700.0), row("time2seg", [12, 2], 684.0)], pub)[0]["met"]   # < 99%
+    assert not targets([row("time", [24, 1], 660.0), row("time2seg", [12, 2], 670.0)], pub)[0]["met"]   # < 681
+    assert targets([row("time2seg", [12, 2], 684.0)], pub) == []                                         # no 24x1

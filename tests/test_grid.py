@@ -81,9 +81,10 @@ def test_bad_samples_are_rejected_and_the_stream_continues(cluster, artifacts):
 
 @pytest.mark.parametrize("fault, match", [("raise", "injected fault"), ("exit", "died")])
 def test_failing_cell_stops_the_run_naming_it(cluster, artifacts, fault, match):
+    """With no restarts allowed (``max_restarts=0``; test_restart.py covers restart and replay)."""
     t0 = time.perf_counter()
-    with pytest.raises(RunError, match=rf"cell\[1,0\]@dev2.*{match}"):
-        run(7, artifacts, (2, 2), faults={(0, 1, 0): (fault, 2)})
+    with pytest.raises(RunError, match=rf"cell\[1,0\]@dev2.*{match}.*--max-restarts 0"):
+        run(7, artifacts, (2, 2), faults={(0, 1, 0): (fault, 2)}, max_restarts=0)
     assert time.perf_counter() - t0 < 60
     assert not alive_cells(["cell[0,0]@dev0", "cell[0,1]@dev1", "cell[1,0]@dev2", "cell[1,1]@dev3"])
 
@@ -144,3 +145,26 @@ def test_idle_cells_block_instead_of_spinning(cluster, artifacts):
         g.close()
     # a blocked cell wakes 1/poll_s times a second (bounded waits); Ray's own threads add ~1 %
     assert max(used) < 0.03, f"idle cells used {[f'{100 * u:.1f}%' for u in used]} of a core"
+
+
+def test_columns_cut_inside_a_residual_block_equal_the_reference(cluster, artifacts):
+    """A tiny ResNet auto-split into 2 columns cuts inside a residual block: the activation edge carries
+    the block's skip (and the raw channels of a convolution cut between its output channels) as
+    further tensors, and the grid's outputs equal the single-device reference exactly."""
+    from bidl_models.config import load_config
+    from bidl_runtime.data import synthetic_samples
+    from conftest import TINY, active_net, write_config
+    backbone, inshape = TINY["ResNetLifItout"]
+    c = load_config(write_config(artifacts / "resnet_cut.py", dict(backbone, timestep=5, noise=0.0), inshape))
+    _, ckpt = active_net(c, artifacts / "resnet_cut.pth")
+    items = [(x, i) for i, x in enumerate(synthetic_samples(5, (2, 32, 32), N, 0, rate=0.4))]
+    report = stream(c, items, grid=(2, 2), rcfg=RuntimeConfig(metrics=False), checkpoint=ckpt,
+                    artifacts=artifacts / "resnet_cut", verify=True)
+    assert_exact(report)
+    split = report.plan.splits[0][1]
+    assert isinstance(split, str), f"expected a cut inside a block, got {report.plan.splits}"
+    edge = report.plan.edge("cell[1,1]@dev3:x")
+    names = [t.name for t in edge.layout]
+    assert names == (["x", "part", "skip"] if ":" in split else ["x", "skip"])
+    moved = {e["edge"]: e["bytes"] for e in report.edges()}
+    assert moved["cell[1,1]@dev3:x"] == N * edge.nbytes

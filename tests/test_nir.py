@@ -284,6 +284,10 @@ def refusal_cases():
             build_backbone(dict(type="ResNetLifItout", depth=10, nclass=3, input_channels=2, stem_channels=4,
                                 base_channels=4, low_resolut=True, down_t=[1, "avg"], h=18, w=18)),
             None, "ceil_mode=True", "layer3.0.downsample.0"),
+        "cut inside a residual block": (
+            build_backbone(dict(type="ResNetLifItout", depth=10, nclass=3, input_channels=2, stem_channels=4,
+                                base_channels=4, h=32, w=32)).segment(0, "1.2"),
+            (2, 32, 32), "cuts inside a residual block", "<model>"),
     }
     return cases
 

@@ -36,8 +36,8 @@ def compiled(tmp_path_factory):
     net = activate(build_segments(load_config(str(cfg)))[0].backbone)
     ckpt = root / "w.pth"
     torch.save(net.state_dict(), ckpt)
-    cm = compile_config(str(cfg), str(ckpt), grid="2x2", out=root / "art", progress=False, verbose=False,
-                        use_dataset=False)
+    cm = compile_config(str(cfg), str(ckpt), grid="2x2", splits=[[0, 1], [1, 4]], out=root / "art",  # block
+                        progress=False, verbose=False, use_dataset=False)  # boundaries: ONNX takes no carry
     return types.SimpleNamespace(root=root, cfg=cfg, ckpt=ckpt, cm=cm, net=net)
 
 
@@ -136,6 +136,10 @@ def test_refusals_name_the_problem(tmp_path):
         check_onnx(bare, None)
     with pytest.raises(FileNotFoundError):
         check_onnx(tmp_path / "missing.onnx", None)
+    from bidl_models import build_backbone
+    inner = build_backbone(dict(RESNET, h=32, w=32)).segment(0, "1.2")
+    with pytest.raises(OnnxExportError, match=r"split=\[0, '1.2'\] cuts inside a residual block"):
+        export_segment(inner, tmp_path / "inner.onnx", chunk_len=1)
 
 
 def test_nir_graph_to_grid_artifact_to_onnx(tmp_path):

@@ -129,3 +129,23 @@ def test_plan_cli_prints_the_edges(capsys):
     assert "cell[1,0]@dev1:state" in out and "driver:result[0]" in out
     for kind in ("input", "state", "result"):
         assert f" {kind} " in out
+
+
+def test_activation_edges_carry_the_skip_across_a_cut_inside_a_block(tmp_path):
+    """Columns cut inside a residual block: the activation edge's layout is x and its carry, as the
+    programs of both ends say, and the plan CLI names them."""
+    from conftest import TINY
+    bb = dict(TINY["ResNetLifItout"][0], timestep=4, h=32, w=32)
+    (tmp_path / "cut.py").write_text(
+        f"_bb = {bb!r}\n"
+        "model_0 = dict(type='ImageClassifier', backbone=dict(_bb, split=[0, '1.2:16']))\n"
+        "model_1 = dict(type='ImageClassifier', backbone=dict(_bb, split=['1.2:16', 4]))\n")
+    plan = make_plan(load_config(tmp_path / "cut.py"), (2, 2))
+    assert plan.splits == ((0, "1.2:16"), ("1.2:16", 4))
+    e = plan.edge("cell[1,1]@dev3:x")
+    src, dst = plan.cell(0, 1, 0).program, plan.cell(0, 1, 1).program
+    assert [t.name for t in e.layout] == ["x", "part", "skip"] == [t.name for t in dst.inputs]
+    assert [t.shape for t in e.layout] == [t.shape for t in (src.y, *src.carry_out)]
+    assert e.layout[1].shape == (2, 1, 16, 4, 4) and e.nbytes == sum(t.nbytes for t in e.layout)
+    assert not plan.cell(0, 0, 0).program.carry_in and not dst.carry_out
+    assert "x, part, skip" in plan.table() or "part[2, 1, 16, 4, 4]" in plan.table()

@@ -90,7 +90,7 @@ def test_startup_clock_phases_and_cells():
 def test_report_figures_and_json():
     plan = make_plan(tiny_dvsmnist(10), (2, 1))
     outputs = {i: torch.full((1, 10), float(i)) for i in range(3)}
-    outputs[1][0, 7] = 99.0
+    outputs[0][0, 0], outputs[1][0, 7], outputs[2][0, 3] = 50.0, 99.0, 50.0   # no ties: hit, hit, miss
     rep = RunReport(plan, "cpu", "auto", outputs, {0: 0, 1: 7, 2: 9}, {3: "sample 3: bad"},
                     fed_at={0: 0.0, 1: 0.1, 2: 0.2}, done_at={0: 1.0, 1: 1.5, 2: 2.0}, wall_s=2.5, cells=[],
                     driver_channels={}, startup={"grid_s": 4.0, "total_s": 9.0})

@@ -15,7 +15,7 @@ def report(two_nodes):
     # a relative artifact directory: it exists only under the driver's working directory, which is
     # neither node's (each node runs in its own); cells must get paths that exist on their node
     return stream(tiny_glyphs(7), glyph_samples(7, 4, seed=5), grid=(2, 2), rcfg=RuntimeConfig(metrics=False),
-                  artifacts="artifacts", verify=True)
+                  artifacts="artifacts", verify=True, trace="trace.json")
 
 
 def test_cells_on_both_nodes_cross_node_transport_same_outputs(two_nodes, report):
@@ -55,3 +55,22 @@ def test_artifacts_are_shipped_to_the_other_node_and_checked(two_nodes, report):
     broken.write_bytes(b"not the program")
     paths, sent = ship([pkg], node)                                # a damaged copy is replaced
     assert sent == [pkg.digest] and Package.of(paths[pkg.digest]).files == pkg.files
+
+
+def test_trace_maps_the_other_nodes_cells_onto_the_drivers_clock(two_nodes, report):
+    """Cells on the second node are placed on the driver's timeline through both nodes' wall clocks
+    (one machine here, so the shift is tiny), and their spans still follow the grid's order."""
+    import json
+
+    from bidl_runtime import trace as bt
+    doc = json.loads((two_nodes["dirs"]["driver"] / "trace.json").read_text())
+    nodes = Cluster.connect().device_nodes
+    od = doc["otherData"]
+    assert od["driver_node"] == nodes[0] and set(od["nodes_mapped_by_wall_clock_ms"]) == {nodes[2]}
+    assert abs(od["nodes_mapped_by_wall_clock_ms"][nodes[2]]) < 5.0
+    tracks = bt.spans_of(doc)
+    comp = {n: {e["args"]["sample"]: e for e in tracks[n] if e["name"] == "compute"} for n in tracks if n != "driver"}
+    for i in range(4):     # row 1 (second node) computes sample i after row 0 (head node) finished it
+        for s in (0, 1):
+            above, below = comp[f"cell[0,{s}]@dev{s}"][i], comp[f"cell[1,{s}]@dev{2 + s}"][i]
+            assert below["ts"] >= above["ts"] + above["dur"] - 0.01

@@ -67,7 +67,7 @@ def build_backbone(cfg: Mapping, seed: Optional[int] = 0, where: str = "model.ba
     if split is None:
         return net
     from ..segments import validate_splits
-    (s, e), = validate_splits([split], net.n_blocks, full=False, names=[f"{where}.split"])
+    (s, e), = validate_splits([split], net.n_blocks, full=False, names=[f"{where}.split"], backbone=net)
     return net.segment(s, e)
 
 

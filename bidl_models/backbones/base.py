@@ -20,6 +20,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..cuts import BlockPart, Cut
 from ..layers import LIFPLUS_FORMS, Chain, Conv2dLif, Conv2dLifPlus, FcLif, FcLifPlus, Temporal, soma_for
 from ..specs import State
 from ..temporal_layers import AGG_MODES, Aggregation
@@ -169,34 +170,56 @@ class Backbone(nn.Module):
         """Block ``i`` as a runnable unit (shares this backbone's modules)."""
         return self._chain(self.layout[1][i])
 
-    def units(self, start: int = 0, end: Optional[int] = None) -> list[tuple[str, Temporal]]:
-        """(unit name, module) of the units a segment ``[start, end)`` runs, in order."""
-        end = self.n_blocks if end is None else end
+    def span_block(self, i: int) -> Optional[nn.Module]:
+        """The module of block ``i`` if a cut may go inside it (a block of one module with ``run_span``,
+        e.g. a residual block; see :mod:`bidl_models.cuts`), else None."""
+        paths = self.layout[1][i]
+        mod = self.get_submodule(paths[0]) if len(paths) == 1 else None
+        return mod if hasattr(mod, "run_span") else None
+
+    def units(self, start: int | str | Cut = 0, end: int | str | Cut | None = None) -> list[tuple[str, Temporal]]:
+        """(unit name, module) of the units a segment ``[start, end)`` runs, in order; a cut inside a
+        block gives a :class:`~bidl_models.cuts.BlockPart` of it."""
+        s, e = Cut.parse(start), Cut.parse(self.n_blocks if end is None else end)
         stem, blocks, head = self.layout
         out: list[tuple[str, Temporal]] = []
-        if start == 0 and stem:
+        if s == Cut(0) and stem:
             out.append(("stem", self._chain(stem)))
-        out += [(f"block{i}", self._chain(blocks[i])) for i in range(start, end)]
-        if end == self.n_blocks:
+        first = s.block
+        if s.inner:
+            inside = e.block == s.block
+            out.append((f"block{s.block}", BlockPart(blocks[s.block][0], self.span_block(s.block), s.span,
+                                                     e.span if inside else None)))
+            if inside:
+                return out
+            first += 1
+        out += [(f"block{i}", self._chain(blocks[i])) for i in range(first, e.block)]
+        if e.inner:
+            out.append((f"block{e.block}", BlockPart(blocks[e.block][0], self.span_block(e.block), (0, 0), e.span)))
+        elif e.block == self.n_blocks:
             if head:
                 out.append(("head", self._chain(head)))
             out.append(("acc", Chain([(None, self.acc)])))
         return out
 
-    def segment(self, start: int, end: int):
-        """The contiguous segment of blocks ``[start, end)`` (shares this backbone's weights)."""
+    def segment(self, start: int | str | Cut, end: int | str | Cut):
+        """The contiguous segment ``[start, end)`` (block indices, or cut positions inside blocks, see
+        :mod:`bidl_models.cuts`); shares this backbone's weights."""
         from ..segments import Segment
         return Segment(self, start, end)
 
     def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
         return self.segment(0, self.n_blocks).run(x, state)
 
-    def whole_sequence_layers(self, start: int = 0, end: Optional[int] = None) -> list[tuple[str, str]]:
-        """``(module path, class name)`` of the layers in blocks ``[start, end)`` (with the stem / head
-        where the range holds them) that need all T steps in one chunk (``whole_sequence``)."""
+    def whole_sequence_layers(self, start: int | str | Cut = 0,
+                              end: int | str | Cut | None = None) -> list[tuple[str, str]]:
+        """``(module path, class name)`` of the layers in ``[start, end)`` (block indices or cuts; with
+        the stem / head where the range holds them) that need all T steps in one chunk (``whole_sequence``)."""
         out: list[tuple[str, str]] = []
         for _, unit in self.units(start, end):
-            for path, part in zip(unit.paths, unit.parts):
+            parts = (zip(unit.paths, unit.parts) if hasattr(unit, "paths")
+                     else [(unit.path, unit.block)])   # a piece of a block cut inside: its whole block
+            for path, part in parts:
                 for sub, m in part.named_modules():
                     if getattr(m, "whole_sequence", False):
                         name = ".".join(p for p in (path, sub) if p) or type(m).__name__

@@ -18,8 +18,10 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..cuts import pack, unpack
 from ..layers import Temporal, per_step
 from ..registry import BACKBONES
 from ..specs import State, prefixed, sub_state
@@ -38,25 +40,108 @@ def downsample(ci: int, co: int, stride: int, bias: bool) -> nn.Sequential:
 
 
 class _Residual(Temporal):
-    """``lif_last(main(x) + downsample(x))`` with ``main`` = conv1, lif1, conv2, ... (BIDL's names)."""
+    """``lif_last(main(x) + downsample(x))`` with ``main`` = conv1, lif1, conv2, ... (BIDL's names).
+
+    A cut may go inside (:mod:`bidl_models.cuts`): :meth:`run_span` runs the part between two
+    positions ``(k, c)`` -- after k units of ``main`` and c output channels of the next, a
+    convolution -- handing on ``(x, skip)`` or ``(x, part, skip)``; :meth:`run` is the whole span.
+    The skip is the block input after the downsample's pooling (the same operations in the same
+    order as ``downsample(x)``, only the 1x1 conv and BN wait for the add), so a cut carries it small.
+    """
 
     main_order: tuple[str, ...]
     last_lif: str
 
+    def stages(self) -> tuple[str, ...]:
+        """The units a cut inside this block may follow (the tail -- downsample, add, last neuron -- follows the last)."""
+        return self.main_order
+
+    def stage_channels(self, k: int) -> int:
+        """Output channels of unit ``k`` (0-based) if it is a convolution (+ BN) that may be cut between
+        output channels, else 0."""
+        conv = _conv_of(getattr(self, self.main_order[k]))
+        return conv.out_channels if conv is not None else 0
+
     def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
+        return self.run_span(x, state)
+
+    def run_span(self, carry: Any, state: Optional[State] = None, start: tuple[int, int] = (0, 0),
+                 end: Optional[tuple[int, int]] = None) -> tuple[Any, State]:
+        """Run from position ``start`` to ``end`` (None: through the tail, returning the block's output).
+        ``carry``: the block input at (0, 0), else what the part before handed on."""
+        k, c = start
+        pool, project = self._downsample_parts()
+        if (k, c) == (0, 0):
+            h, part = carry, None
+            skip = _apply(pool, carry)   # the skip travels pooled (smaller) across a cut
+        else:
+            h, part, skip = unpack(carry, c)
+        stop = tuple(end) if end is not None else (len(self.main_order), 0)
         new: State = {}
-        h = x
-        for name in self.main_order:
+        while (k, c) < stop:
+            name = self.main_order[k]
             mod = getattr(self, name)
-            if isinstance(mod, Temporal):
+            if k == stop[0]:                       # the cut ends inside this convolution's channels
+                piece = self._channels(k, h, c, stop[1])
+                part = piece if part is None else torch.cat([part, piece], 2)
+                c = stop[1]
+                break
+            if c:                                  # finish a convolution cut between its channels
+                rest = self._channels(k, h, c, self.stage_channels(k))
+                h = self._after_conv(mod, torch.cat([part, rest], 2))
+                part = None
+            elif isinstance(mod, Temporal):
                 h, s = mod.run(h, sub_state(state, name))
                 new.update(prefixed(s, name))
             else:
                 h = per_step(mod, h)
-        idn = per_step(self.downsample, x) if self.downsample is not None else x
+            k, c = k + 1, 0
+        if end is not None:
+            return pack(h, part, skip), new
+        idn = _apply(project, skip)
         y, s = getattr(self, self.last_lif).run(h + idn, sub_state(state, self.last_lif))
         new.update(prefixed(s, self.last_lif))
         return y, new
+
+    def _downsample_parts(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        """The downsample's leading parameter-free poolings, and the rest (its 1x1 conv and BN)."""
+        if self.downsample is None:
+            return [], []
+        mods = list(self.downsample) if isinstance(self.downsample, nn.Sequential) else [self.downsample]
+        n = 0
+        while n < len(mods) and isinstance(mods[n], (nn.AvgPool2d, nn.MaxPool2d)):
+            n += 1
+        return mods[:n], mods[n:]
+
+    def _channels(self, k: int, h: Tensor, lo: int, hi: int) -> Tensor:
+        """Output channels ``[lo, hi)`` of unit k's convolution (bias included, before its BN)."""
+        conv = _conv_of(getattr(self, self.main_order[k]))
+        w = conv.weight[lo:hi]
+        b = conv.bias[lo:hi] if conv.bias is not None else None
+        return per_step(lambda t: F.conv2d(t, w, b, conv.stride, conv.padding, conv.dilation, conv.groups), h)
+
+    @staticmethod
+    def _after_conv(mod: nn.Module, h: Tensor) -> Tensor:
+        """What unit ``mod`` applies after its convolution (its BN) to the joined channels ``h``."""
+        return _apply(list(mod)[1:] if isinstance(mod, nn.Sequential) else [], h)
+
+
+def _apply(mods: Sequence[nn.Module], x: Tensor) -> Tensor:
+    """Stateless modules in order, on every step of ``x[t, B, ...]``."""
+    for m in mods:
+        x = per_step(m, x)
+    return x
+
+
+def _conv_of(mod: nn.Module) -> Optional[nn.Conv2d]:
+    """The Conv2d of a ``conv`` or ``Sequential(conv, BN...)`` unit that can be cut between its output
+    channels (no groups, zero padding), else None."""
+    conv = mod[0] if isinstance(mod, nn.Sequential) and len(mod) else mod
+    if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or conv.padding_mode != "zeros":
+        return None
+    if isinstance(mod, nn.Sequential) and not all(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in list(mod)[1:]):
+        return None   # only per-channel ops may follow: the join must come before them
+    return conv
 
 
 class BasicBlock(_Residual):

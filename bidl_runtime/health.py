@@ -1,0 +1,282 @@
+"""The driver's watch over its cells: who died, who raised, who froze, who is stuck, and why.
+
+Three signals, read without blocking whenever the driver waits (``Monitor.check`` runs after every
+bounded wait of the stream, so about every ``poll_s``):
+
+- the cells' loops (Ray refs): a loop that ends with the actor's death is a **died** cell, one that
+  raises its own error a **raised** cell; one that fails only because a neighbour's channel broke
+  (PeerDied, ChannelClosed, ...) is a victim, not a cause;
+- a heartbeat: every ``heartbeat_s`` each cell is pinged (``Cell.ping``, answered by another actor
+  thread while the loop computes). A ping that fails is a **died** cell; a ping unanswered for
+  ``deadline`` seconds is a **frozen** cell (SIGSTOP, a wedged process); an answer saying the cell
+  has been inside one chunk for ``deadline`` seconds is a **stuck** cell;
+- progress: no result and no cell finishing a chunk for twice the largest deadline while samples
+  are in flight is a **stalled** replica (blamed on its cell with the least progress).
+
+``deadline = RuntimeConfig.hang_deadline(chunk_s) = max(hang_floor_s, hang_factor x chunk_s)``, with
+``chunk_s`` the cell's own median chunk time from its last ping: derived from what the cell measured,
+not a constant. A failure spreads (a dead cell's neighbours see a dead peer), so after a first sign in
+a replica the monitor gives Ray up to ``health_grace_s`` to report the root cause and names it.
+``check`` raises :class:`Trouble` with the replica and its :class:`Fault` list; the grid restarts
+the faulty cells and replays (see ``Grid.recover``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+from .plan import CellKey
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .grid import Grid
+
+ROOT_CAUSES = ("died", "raised", "frozen", "stuck", "stalled")
+
+
+@dataclass
+class Fault:
+    """One cell's failure: ``kind`` in died | raised | frozen | stuck | stalled | channel (a channel
+    broke and no cell is to blame), ``cause`` the readable reason, ``at`` when it was detected
+    (``perf_counter``)."""
+
+    key: CellKey
+    name: str
+    kind: str
+    cause: str
+    at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def restart(self) -> bool:
+        """Whether the cell's process is replaced (a channel failure only rewires)."""
+        return self.kind in ROOT_CAUSES
+
+
+class Trouble(Exception):
+    """Replica ``replica`` needs a restart: ``faults`` say which cells and why."""
+
+    def __init__(self, replica: int, faults: list[Fault]):
+        super().__init__("; ".join(f"{f.name}: {f.cause}" for f in faults))
+        self.replica, self.faults = replica, faults
+
+
+class _Watch:
+    """What the monitor knows of one cell."""
+
+    __slots__ = ("ping", "ping_at", "answer", "answer_at", "samples", "progress_at")
+
+    def __init__(self, now: float):
+        self.ping: Any = None          # outstanding ping ref
+        self.ping_at = 0.0             # when it was sent
+        self.answer: Optional[dict] = None
+        self.answer_at = now
+        self.samples = -1
+        self.progress_at = now
+
+
+class Monitor:
+    """Heartbeats and loop watching for a grid's cells (one per run; ``track`` after a restart)."""
+
+    def __init__(self, grid: "Grid"):
+        self.grid = grid
+        now = time.perf_counter()
+        self.watch: dict[CellKey, _Watch] = {c.key: _Watch(now) for c in grid.plan.cells}
+        self.hints: dict[int, str] = {}          # replica -> a driver-side channel error seen there
+        self.progress_at = now                   # last result or finished chunk anywhere
+
+    # ------------------------------------------------------------------------------ inputs
+
+    def track(self, key: CellKey) -> None:
+        """Forget what was known of cell ``key`` (a new actor, or a rewired one)."""
+        self.watch[key] = _Watch(time.perf_counter())
+
+    def hint(self, replica: int, what: str) -> None:
+        """A channel error on the driver's end of ``replica`` (any thread may call it)."""
+        self.hints.setdefault(replica, what)
+
+    def result_arrived(self) -> None:
+        self.progress_at = time.perf_counter()
+
+    def rewired(self) -> None:
+        """A replica was restarted: the stall clock starts over (the recovery itself made no results)."""
+        self.progress_at = time.perf_counter()
+
+    def deadline(self, key: CellKey) -> float:
+        """Seconds of silence, or inside one chunk, after which cell ``key`` is hung."""
+        a = self.watch[key].answer
+        chunk_ms = a.get("chunk_ms") if a else None
+        return self.grid.config.hang_deadline((chunk_ms or 0.0) / 1e3)
+
+    # ------------------------------------------------------------------------------ checks
+
+    def check(self, replicas: Optional[set[int]] = None, inflight: bool = True) -> None:
+        """Raise :class:`Trouble` for the first replica (of ``replicas``, default all) with a failed
+        cell; ``inflight``: samples are in the grid (a stall counts)."""
+        want = set(range(self.grid.plan.replicas)) if replicas is None else replicas
+        suspects = self._loop_failures(want) | self._ping_round(want) | {k for k in self.hints if k in want}
+        if not suspects and inflight:
+            stalled = self._stall(want)
+            if stalled is not None:
+                raise Trouble(stalled.key[0], [stalled])
+        if not suspects:
+            return
+        replica = min(suspects)
+        faults = self.diagnose(replica)
+        self.hints.pop(replica, None)
+        raise Trouble(replica, faults)
+
+    def _cells(self, replica: int) -> list:
+        return [c for c in self.grid.plan.cells if c.replica == replica]
+
+    def _loop_failures(self, replicas: set[int]) -> set[int]:
+        """Replicas with a loop that ended in an error (a loop that returned was stopped: fine)."""
+        import ray
+        refs = [r for r, c in self.grid.loops.items() if c.replica in replicas]
+        if not refs:
+            return set()
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        out = set()
+        for ref in done:
+            if _loop_error(ref) is not None:
+                out.add(self.grid.loops[ref].replica)
+        return out
+
+    def _ping_round(self, replicas: set[int]) -> set[int]:
+        """Collect answered pings, send due ones; replicas with a died, frozen or stuck cell."""
+        import ray
+        now = time.perf_counter()
+        hb = self.grid.config.heartbeat_s
+        cells = [c for c in self.grid.plan.cells if c.replica in replicas]
+        out = set()
+        pending = {self.watch[c.key].ping: c for c in cells if self.watch[c.key].ping is not None}
+        answered = set(ray.wait(list(pending), num_returns=len(pending), timeout=0)[0]) if pending else set()
+        for c in cells:
+            w = self.watch[c.key]
+            if w.ping is not None and w.ping in answered:
+                try:
+                    a = ray.get(w.ping, timeout=1)
+                except Exception:  # noqa: BLE001 - a failed ping: the actor is gone
+                    out.add(c.replica)
+                    continue
+                w.answer, w.answer_at, w.ping = a, now, None
+                if a["samples"] != w.samples:
+                    w.samples, w.progress_at = a["samples"], now
+                    self.progress_at = max(self.progress_at, now)
+                if a.get("computing_s") is not None and a["computing_s"] > self.deadline(c.key):
+                    out.add(c.replica)
+            elif w.ping is not None and now - w.ping_at > self.deadline(c.key):
+                out.add(c.replica)
+            if w.ping is None and now - w.answer_at >= hb and c.key in self.grid.actors:
+                w.ping, w.ping_at = self.grid.actors[c.key].ping.remote(), now
+        return out
+
+    def _stall(self, replicas: set[int]) -> Optional[Fault]:
+        """No result and no finished chunk for twice the largest deadline: blame the replica holding
+        the oldest sample in flight, on its cell with the least progress since the last check."""
+        limit = 2 * max(self.deadline(k) for k in self.watch)
+        quiet = time.perf_counter() - self.progress_at
+        oldest = self.grid.oldest_inflight()
+        if quiet < limit or oldest is None or oldest not in replicas:
+            return None
+        cells = self._cells(oldest)
+        c = min(cells, key=lambda c: (self.watch[c.key].progress_at, c.row + c.col, c.row))
+        return Fault(c.key, c.name, "stalled", f"no progress for {quiet:.0f} s (no result, no chunk finished "
+                                                  f"anywhere; deadline {limit:.1f} s) with samples in flight")
+
+    # --------------------------------------------------------------------------- diagnosis
+
+    def diagnose(self, replica: int) -> list[Fault]:
+        """The root causes in ``replica``: waits up to ``health_grace_s`` for Ray to report the death
+        behind a broken channel (pinging the cells meanwhile), then names died, raised, stuck and
+        frozen cells; if none, the first channel failure (``kind='channel'``)."""
+        import ray
+        cfg = self.grid.config
+        cells = self._cells(replica)
+        start = time.perf_counter()
+        settle: Optional[float] = None
+        pings = {c.key: self.grid.actors[c.key].ping.remote() for c in cells if c.key in self.grid.actors}
+        while True:
+            faults, victims = self._classify(replica, pings)
+            now = time.perf_counter()
+            if faults and settle is None:
+                settle = now + min(0.5, cfg.health_grace_s)   # simultaneous failures: collect them all
+            if (settle is not None and now >= settle) or now - start >= cfg.health_grace_s:
+                break
+            refs = [r for r, c in self.grid.loops.items() if c.replica == replica] + list(pings.values())
+            ray.wait(refs, num_returns=len(refs), timeout=0.1)
+        if faults:
+            return faults
+        if victims:
+            return victims[:1]
+        hint = self.hints.get(replica, "a channel of the driver failed")
+        c = cells[-1]
+        return [Fault(c.key, c.name, "channel", hint)]
+
+    def _classify(self, replica: int, pings: dict) -> tuple[list[Fault], list[Fault]]:
+        import ray
+        import ray.exceptions as rex
+        faults: dict[CellKey, Fault] = {}
+        victims: list[Fault] = []
+        loops = {c.key: r for r, c in self.grid.loops.items() if c.replica == replica}
+        for c in self._cells(replica):
+            ref = loops.get(c.key)
+            if ref is not None and ray.wait([ref], timeout=0)[0]:
+                err = _loop_error(ref)
+                if err is not None:
+                    dead = isinstance(err, rex.RayActorError)
+                    text = _error_text(err)
+                    if dead:
+                        faults[c.key] = Fault(c.key, c.name, "died", text)
+                    elif _is_channel_failure(text):
+                        victims.append(Fault(c.key, c.name, "channel", text))
+                    else:
+                        faults[c.key] = Fault(c.key, c.name, "raised", text)
+                    continue
+            p = pings.get(c.key)
+            if p is not None and ray.wait([p], timeout=0)[0]:
+                try:
+                    a = ray.get(p, timeout=1)
+                except Exception as e:  # noqa: BLE001
+                    faults[c.key] = Fault(c.key, c.name, "died", _error_text(e))
+                    continue
+                if a.get("computing_s") is not None and a["computing_s"] > self.deadline(c.key):
+                    faults[c.key] = Fault(c.key, c.name, "stuck",
+                                          f"inside one chunk for {a['computing_s']:.1f} s "
+                                          f"(deadline {self.deadline(c.key):.1f} s from its chunk time)")
+                continue
+            w = self.watch[c.key]
+            silent = time.perf_counter() - w.ping_at
+            if w.ping is not None and silent > self.deadline(c.key):
+                faults[c.key] = Fault(c.key, c.name, "frozen",
+                                      f"no answer to the heartbeat for {silent:.1f} s (deadline "
+                                      f"{self.deadline(c.key):.1f} s from its chunk time): frozen or wedged")
+        return sorted(faults.values(), key=lambda f: f.key), victims
+
+
+def _loop_error(ref) -> Optional[BaseException]:
+    """The error a finished loop ref holds (None if it returned)."""
+    import ray
+    try:
+        ray.get(ref, timeout=1)
+        return None
+    except Exception as e:  # noqa: BLE001
+        return e
+
+
+def _error_text(e: BaseException) -> str:
+    """The readable part of a Ray error raised for a cell: its CellError, or that it died."""
+    from .cell import CellError
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, CellError):
+        return str(cause)
+    import ray.exceptions as rex
+    if isinstance(e, rex.RayActorError):
+        return "the actor died (its process exited or was killed)"
+    text = str(e).strip()
+    return text.splitlines()[-1] if text else type(e).__name__
+
+
+def _is_channel_failure(text: str) -> bool:
+    """A failure that a neighbour's death causes (not a root cause)."""
+    return any(k in text for k in ("PeerDied", "ChannelClosed", "ChannelTimeout", "ChannelError", "peer is gone",
+                                   "sender process is gone", "receiver process is gone"))

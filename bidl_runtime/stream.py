@@ -1,0 +1,280 @@
+"""One run's driver side: admit samples, feed them to the grid, collect results, replay after a restart.
+
+Threads: a feeder (admits each item, assigns it a replica round-robin, cuts it into the plan's time
+slices), one sender per (replica, row) (a row still busy never holds back the rows above it), and the
+collector (the caller's thread: results in sample order; it also runs the grid's health checks and
+recoveries, see :meth:`bidl_runtime.grid.Grid.recover`).
+
+Replay bookkeeping: the **ledger** holds every admitted sample (its replica and input) from the moment
+it is fed until its result is collected; nothing else holds inputs (verification gets each input with
+its result and drops it once checked). Each replica has an **epoch**; every queued slice carries the
+epoch it was queued in. ``pause(k)`` (a restart of replica k) bumps the epoch, so the senders drop
+what they hold of the old one, and, under the same lock as the feeder's, queues the replica's ledger
+entries again, in feed order, ahead of anything new: every in-flight sample is replayed from its first
+time slice, once. The senders wait for ``resume(k)`` (the replica rewired) before sending. A result
+is taken once (the collector waits for each sample's result in feed order and drops it from the
+ledger), so nothing is lost and nothing is duplicated.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from queue import Queue
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+import torch
+from torch import Tensor
+
+from bidl_models.specs import torch_dtype
+
+from .channels import ChannelError
+from .data import admit
+from .retry import attempt, patiently
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .grid import Grid
+    from .journal import Journal
+    from .reference import Verifier
+
+
+class Stopped(Exception):
+    """The stream was stopped (an error elsewhere); the thread that sees it just ends."""
+
+
+class _Superseded(Exception):
+    """The replica was restarted while a sender held a slice of the old epoch (it is replayed)."""
+
+
+class Stream:
+    """The driver's side of one run over ``grid``'s wired channels."""
+
+    def __init__(self, grid: "Grid", samples: Iterable, verifier: Optional["Verifier"] = None,
+                 journal: Optional["Journal"] = None):
+        p, cfg = grid.plan, grid.config
+        self.grid, self.samples, self.verifier, self.journal = grid, samples, verifier, journal
+        x = p.outputs(None)[0].layout[0]                  # [t, B, ...] of the first input edge
+        self.shape = (p.T,) + tuple(x.shape[2:])
+        self.dtype = torch_dtype(x.dtype)
+        self.nclass = int(p.inputs(None)[0].layout[0].shape[-1])
+        self.starts = [sum(p.slices[:g]) for g in range(p.rows)]
+        self.slots = threading.Semaphore(cfg.max_inflight or 2 * p.rows * p.replicas)
+        self.order: deque[tuple[int, int]] = deque()      # (sample, replica) whose result is due, feed order
+        self.cv = threading.Condition()                   # order, feeding
+        self.feeding = True
+        self.lock = threading.Lock()                      # ledger, epochs, queue order
+        self.ledger: dict[int, tuple[int, Tensor, Tensor]] = {}   # sample -> (replica, input, batched input)
+        self.epoch = [0] * p.replicas
+        self.ready = [threading.Event() for _ in range(p.replicas)]
+        for e in self.ready:
+            e.set()
+        self.queues: dict[tuple[int, int], Queue] = {(k, g): Queue() for k in range(p.replicas)
+                                                     for g in range(p.rows)}
+        self.sending: dict[tuple[int, int], Optional[int]] = {key: None for key in self.queues}
+        self.rr = 0
+        self.stop = threading.Event()
+        self.error: Optional[BaseException] = None
+        self.fed_at: dict[int, float] = {}
+        self.done_at: dict[int, float] = {}
+        self.labels: dict[int, int] = {}
+        self.rejected: dict[int, str] = {}
+        self.outputs: dict[int, Tensor] = {}
+        self.resumed = 0                                   # samples taken from the journal
+        self.collected = 0                                 # results collected in this run
+        self.duplicated = 0                                # results that came for a sample already taken
+
+    # ------------------------------------------------------------------------ bookkeeping
+
+    def oldest_inflight(self) -> Optional[int]:
+        """The replica of the oldest sample in the grid (None if none)."""
+        with self.lock:
+            return next(iter(self.ledger.values()))[0] if self.ledger else None
+
+    @property
+    def inflight(self) -> int:
+        return len(self.ledger)
+
+    def pause(self, replica: int) -> list[int]:
+        """Start a restart of ``replica``: drop what its senders hold, queue its in-flight samples
+        again (ahead of new ones) and hold them until :meth:`resume`. Returns the replayed ids."""
+        with self.lock:
+            self.epoch[replica] += 1
+            self.ready[replica].clear()
+            e = self.epoch[replica]
+            ids = [i for i, (k, _, _) in self.ledger.items() if k == replica]
+            for i in ids:
+                self._queue(replica, e, i, self.ledger[i][2])
+        cfg = self.grid.config
+        deadline = time.perf_counter() + max(2.0, 10 * cfg.poll_s)
+        keys = [(replica, g) for g in range(self.grid.plan.rows)]
+        while time.perf_counter() < deadline and any(self.sending[key] not in (None, e) for key in keys):
+            time.sleep(0.01)
+        return ids
+
+    def resume(self, replica: int) -> None:
+        """The replica is rewired: its senders go on (replays first)."""
+        self.ready[replica].set()
+
+    def _queue(self, k: int, epoch: int, i: int, xb: Tensor) -> None:
+        p = self.grid.plan
+        for g in range(p.rows):
+            self.queues[(k, g)].put((epoch, i, xb[self.starts[g]:self.starts[g] + p.slices[g]]))
+
+    def reject(self, i: int, why: str) -> None:
+        self.rejected[i] = f"sample {i}: {why}"
+        if self.journal is not None:
+            self.journal.record(i, rejected=self.rejected[i])
+
+    # ---------------------------------------------------------------------------- threads
+
+    def _fail(self, e: BaseException) -> None:
+        self.error = self.error or e
+        self.stop.set()
+
+    def check_failed(self) -> None:
+        """Raise RunError if a feeding thread failed (the collector would wait for nothing)."""
+        if self.stop.is_set() and self.error is not None:
+            from .grid import RunError
+            raise RunError(f"feeding the grid failed: {type(self.error).__name__}: {self.error}")
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Stopped
+
+    def _current(self, k: int, epoch: int) -> None:
+        self._check_stop()
+        if self.epoch[k] != epoch:
+            raise _Superseded
+
+    def send_rows(self, key: tuple[int, int]) -> None:
+        """Thread per (replica, row): sends the row's slices of its queue, in order."""
+        k, _ = key
+        q, poll = self.queues[key], self.grid.config.poll_s
+        try:
+            while (item := q.get()) is not None:
+                epoch, i, chunk = item
+                if epoch != self.epoch[k]:
+                    continue                     # queued before a restart: replayed in the new epoch
+                self.sending[key] = epoch
+                try:
+                    patiently(lambda t: attempt(self.ready[k].wait(t)), poll_s=poll,
+                              check=lambda: self._current(k, epoch))
+                    patiently(lambda t: self.grid.feeds[key].send({"x": chunk}, {"kind": "data", "sample": i},
+                                                                  timeout=t),
+                              poll_s=poll, check=lambda: self._current(k, epoch))
+                except _Superseded:
+                    pass
+                except ChannelError as e:        # a cell of the replica failed: its restart replays this
+                    if epoch == self.epoch[k]:
+                        self.grid.monitor.hint(k, f"the driver's feed failed: {e}")
+                finally:
+                    self.sending[key] = None
+        except Stopped:
+            pass
+        except Exception as e:  # noqa: BLE001
+            self._fail(e)
+
+    def feed(self) -> None:
+        p, poll = self.grid.plan, self.grid.config.poll_s
+        done = self.journal.done if self.journal is not None else {}
+        try:
+            for i, item in enumerate(self.samples):
+                self._check_stop()
+                if i in done:
+                    self._resume(i)
+                    continue
+                x, label, why = admit(item, self.shape, self.nclass, self.dtype)
+                if why:
+                    self.reject(i, why)
+                    continue
+                patiently(lambda t: attempt(self.slots.acquire(timeout=t)), poll_s=poll, check=self._check_stop)
+                xb = (x.unsqueeze(1) if x.dim() == len(self.shape) else x).to(self.dtype)
+                if label is not None:
+                    self.labels[i] = label
+                self.fed_at[i] = time.perf_counter()
+                with self.lock:
+                    k = self.rr % p.replicas
+                    self.rr += 1
+                    self.ledger[i] = (k, x, xb)
+                    self._queue(k, self.epoch[k], i, xb)
+                with self.cv:
+                    self.order.append((i, k))
+                    self.cv.notify()
+        except Stopped:
+            pass
+        except Exception as e:  # noqa: BLE001 - the data source failed: what it gave is finished first
+            self.error = self.error or e
+        finally:
+            with self.cv:
+                self.feeding = False
+                self.cv.notify()
+
+    def _resume(self, i: int) -> None:
+        """Sample ``i`` was finished by an earlier run (the journal): take its record."""
+        rec = self.journal.done[i]
+        self.resumed += 1
+        if "rejected" in rec:
+            self.rejected[i] = rec["rejected"]
+            return
+        self.outputs[i] = self.journal.output(i)
+        if rec.get("label") is not None:
+            self.labels[i] = int(rec["label"])
+
+    # ------------------------------------------------------------------------- collector
+
+    def next_sample(self) -> Optional[tuple[int, int]]:
+        """The next (sample, replica) whose result is due, None when all are in."""
+        with self.cv:
+            patiently(lambda t: attempt(self.cv.wait_for(lambda: self.order or not self.feeding, timeout=t)),
+                      poll_s=self.grid.config.poll_s, check=self.grid.check)
+            return self.order.popleft() if self.order else None
+
+    def take(self, i: int, y: Tensor) -> None:
+        """Sample ``i``'s result is in: out of the ledger; checked, journaled, or rejected if its
+        values overflowed float32 inside the model."""
+        with self.lock:
+            entry = self.ledger.pop(i, None)
+        if entry is None or i in self.done_at:   # never by design: counted, so a test can tell
+            self.duplicated += 1
+            return
+        x = entry[1]
+        self.slots.release()
+        self.done_at[i] = time.perf_counter()
+        self.collected += 1
+        if not bool(torch.isfinite(y).all()):
+            self.labels.pop(i, None)
+            peak = float(x.abs().max()) if x.is_floating_point() else float(x.max())
+            self.reject(i, f"its output has {int((~torch.isfinite(y)).sum())} NaN/Inf values: its values "
+                           f"(max |x| {peak:.3g}) overflow float32 inside the model")
+            return
+        self.outputs[i] = y
+        if self.journal is not None:
+            self.journal.record(i, y, self.labels.get(i))
+        if self.verifier is not None:
+            self.verifier.submit(i, x, y)
+
+    def run(self, bar: Any = None) -> None:
+        """Feed and collect until every admitted sample's result is in (raises RunError on a data
+        source failure, or what a recovery could not fix)."""
+        threads = [threading.Thread(target=self.send_rows, args=(key,), name=f"bidl-feed{key}", daemon=True)
+                   for key in self.queues]
+        threads.append(threading.Thread(target=self.feed, name="bidl-feeder", daemon=True))
+        for t in threads:
+            t.start()
+        try:
+            while (due := self.grid.guarded(self.next_sample)) is not None:
+                i, k = due
+                y = self.grid.wait_result(k, i)
+                self.take(i, y)
+                self.grid.tick(k)
+                if bar is not None:
+                    bar.update(1)
+            if self.error is not None:
+                from .grid import RunError
+                raise RunError(f"reading samples failed: {type(self.error).__name__}: {self.error}")
+        finally:
+            self.stop.set()
+            for q in self.queues.values():
+                q.put(None)
+            for t in threads:
+                t.join(timeout=5)
