@@ -1,8 +1,10 @@
 """BIDL's classification zoo: the 33 config files of BIDL 1.9, shipped in BIDL's tree
 (``bidl_models/configs/<category>/<dataset>/<model>/``), each of which loads, builds at its own size and
-runs a forward; shrunk (smaller frames, fewer steps) each trains a step, compiles for a 1x2 grid with
-verification, and (slow) runs on a 1x2 grid bit-exact against the eager model. Attention over time refuses
-time slices; token ids and It-mode models run through compile and the grid."""
+runs a forward, and, shrunk (smaller frames, fewer steps), trains a step. Configs of one backbone class
+differ only in sizes, so compiling for a 1x2 grid with verification runs once per backbone class (22),
+and (slow) a grid run once per backbone family, bit-exact against the eager model, reusing the
+compile tests' artifacts (one artifact root and one Ray cluster for the module). Attention over time
+refuses time slices; token ids and It-mode models run through compile and the grid."""
 from __future__ import annotations
 
 import pytest
@@ -58,7 +60,7 @@ SMALL_HW = {  # the smallest frame each network family takes (its convolutions a
 
 def shrink(name: str) -> list[str]:
     """Overrides that make config ``name`` small: T_SMALL steps, the smallest frames, no data."""
-    bb_type, (c, _, _) = ZOO[name][1], (ZOO[name][3] if ZOO[name][3] != "tokens" else (None, 0, 0))
+    bb_type = ZOO[name][1]
     out = ["data=None"]
     if name.endswith("_mp"):
         return out + [f"model_{i}.backbone.timestep={T_SMALL}" for i in (0, 1)] + [
@@ -161,15 +163,56 @@ def heavy_to_compile(name: str) -> bool:
     return bb_type.startswith(("ResNet", "SeqClif7", "SeqClifplus5"))
 
 
+def one_per_class() -> list[str]:
+    """The first config (by name) of each distinct backbone class: 22 of the 33."""
+    first: dict[str, str] = {}
+    for name in sorted(ZOO):
+        first.setdefault(ZOO[name][1], name)
+    return sorted(first.values())
+
+
+# one config per backbone family on a 1x2 grid (each also compiled above, so its artifacts are reused);
+# SeqClif7Fc1 (It), FastText (both) and AttentionVGG run on larger grids below, ResNetLif (It) too.
+GRID_1X2 = ["clif3fc3dm_itout-b16x1-dvsmnist", "clif3flif2dg_itout-b16x1-dvsgesture",
+            "clif5fc2cd_itout-b64x1-cifar10dvs", "clifplus3fc3dm_itout-b16x1-dvsmnist",
+            "clifplus3flifplus2dg_itout-b16x1-dvsgesture", "clifplus5fc2cd_itout-b64x1-cifar10dvs",
+            "resnetlif18-itout-b16x4-8-jester", "resnetlif50-itout-b8x1-cifar10dvs_mp"]
+
+
+@pytest.fixture(scope="module")
+def zoo_root(tmp_path_factory):
+    """One artifact root for the module: the grid tests reuse what the compile tests built."""
+    return tmp_path_factory.mktemp("zoo-artifacts")
+
+
+def compile_1x2(name: str, root):
+    """The shrunk config compiled for a 1x2 grid into the runtime's artifact directory under ``root``
+    (where :func:`bidl_runtime.api.stream` looks for it)."""
+    from bidl_models.model_spec import ModelSpec
+    from bidl_runtime.api import artifact_dir
+    from compile import compile_config
+    cfg = load_config(name, shrink(name))
+    out = artifact_dir(ModelSpec.from_config(cfg, columns=2), root)
+    return cfg, compile_config(cfg, grid="1x2", out=out, progress=False, verbose=False)
+
+
+def test_the_representatives_cover_every_class_and_family():
+    reps = one_per_class()
+    assert len(reps) == len({ZOO[n][1] for n in ZOO}) == 22
+    assert {ZOO[n][1] for n in reps} == {ZOO[n][1] for n in ZOO}
+    assert set(GRID_1X2) <= set(reps)                  # the grid runs reuse compiled artifacts
+    families = {k for n in ZOO for k in SMALL_HW if ZOO[n][1].startswith(k)} | {"FastText"}
+    on_grids = set(GRID_1X2) | {n for n, _ in LARGER_GRIDS}
+    assert {k for n in on_grids for k in (*SMALL_HW, "FastText") if ZOO[n][1].startswith(k)} == families
+
+
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if heavy_to_compile(n) else n
-                                  for n in sorted(ZOO)])
-def test_shrunk_config_compiles_for_a_1x2_grid(name, tmp_path):
+                                  for n in one_per_class()])
+def test_shrunk_config_compiles_for_a_1x2_grid(name, zoo_root):
     """compile (1 time slice x 2 segments, each artifact verified against its eager segment inside),
     and the two artifacts chained equal the eager model bit for bit."""
-    from compile import compile_config
     from compile.artifact import zero_state
-    cfg = load_config(name, shrink(name))
-    arts = compile_config(cfg, grid="1x2", out=tmp_path, progress=False, verbose=False)
+    cfg, arts = compile_1x2(name, zoo_root)
     assert (arts.rows, arts.n_segments) == (1, 2) and arts.T == T_SMALL
     segs = build_segments(cfg)
     net = segs[0].backbone
@@ -287,40 +330,43 @@ def test_runtime_reads_a_token_config_test_split(tmp_path):
 # ------------------------------------------------------------------------------ on the grid (Ray)
 
 
-def stream_outputs(cfg, xs, grid, tmp_path):
+def stream_outputs(cfg, xs, grid, root):
     from bidl_runtime.api import stream
     from bidl_runtime.config import RuntimeConfig
     report = stream(cfg, [(x, 0) for x in xs], grid=grid, rcfg=RuntimeConfig(metrics=False),
-                    artifacts=tmp_path / "runtime", verify=True)
+                    artifacts=root, verify=True)
     assert report.verify == {"equal": len(xs), "compared": len(xs), "max_abs_diff": 0.0}, report.verify
     return torch.cat([report.outputs[i] for i in range(len(xs))])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(ZOO))
-def test_shrunk_config_on_a_1x2_grid_equals_the_eager_model(name, ray_local, tmp_path):
-    cfg = load_config(name, shrink(name))
+@pytest.mark.parametrize("name", GRID_1X2)
+def test_shrunk_config_on_a_1x2_grid_equals_the_eager_model(name, ray_local, zoo_root):
+    cfg, _ = compile_1x2(name, zoo_root)         # built by the compile test (in this run): reused
     segs = build_segments(cfg)
     net = segs[0].backbone
     if net.input_shape is None:
         net.input_shape = tuple(cfg.models_compile_inputshape[0][1:])
     xs = [sample(net, seed=s)[:, 0] for s in range(2)]
-    got = stream_outputs(cfg, xs, "1x2", tmp_path)
+    got = stream_outputs(cfg, xs, "1x2", zoo_root)
     want = torch.cat([chain(segs, x[:, None])[-1] for x in xs])
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)      # artifacts vs eager: torch.export's kernels
 
 
+LARGER_GRIDS = [("fasttext-b16x1-imdb", "2x2"), ("fasttextlifplus-b16x1-imdb", "2x1"),
+                ("clif7fc1dg_it-b16x1-dvsgesture", "2x2"), ("resnetlif50-it-b16x1-cifar10dvs", "2x2"),
+                ("attentionVGG-it-b64x1-cifar10dvs", "1x3")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name,grid", [("fasttext-b16x1-imdb", "2x2"), ("fasttextlifplus-b16x1-imdb", "2x1"),
-                                       ("clif7fc1dg_it-b16x1-dvsgesture", "2x2"), ("resnetlif50-it-b16x1-cifar10dvs", "2x2"),
-                                       ("attentionVGG-it-b64x1-cifar10dvs", "1x3")])
-def test_token_it_and_attention_models_on_larger_grids(name, grid, ray_local, tmp_path):
+@pytest.mark.parametrize("name,grid", LARGER_GRIDS)
+def test_token_it_and_attention_models_on_larger_grids(name, grid, ray_local, zoo_root):
     """Token ids and It-mode models across time slices (the state handed from row to row); the
     attention model across three segments of one time slice."""
     cfg = load_config(name, shrink(name))
     net = build_segments(cfg)[0].backbone.eval()
     xs = [sample(net, seed=s)[:, 0] for s in range(3)]
-    got = stream_outputs(cfg, xs, grid, tmp_path)
+    got = stream_outputs(cfg, xs, grid, zoo_root)
     with torch.no_grad():
         want = torch.cat([net(x[None]) for x in xs])                  # BIDL's forward [B, T, ...]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
