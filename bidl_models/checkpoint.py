@@ -117,7 +117,12 @@ def _show(xs: list[str]) -> str:
 
 
 def load_weights(module: nn.Module, sd: Mapping[str, Tensor], where: str = "checkpoint") -> None:
-    """Strict load; ValueError listing missing / unexpected keys and shape mismatches."""
+    """Strict load; ValueError listing missing / unexpected keys and shape mismatches. A module with
+    tied copies of other tensors (FastText's ``embedding_fc.weight``) fills them in first
+    (``module.fill_state_dict(sd)``), so files with and without the copy both load."""
+    fill = getattr(module, "fill_state_dict", None)
+    if callable(fill):
+        sd = fill(sd)
     own = module.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]

@@ -48,7 +48,13 @@ def per_step(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
 
 
 class Temporal(nn.Module):
-    """Base of every module that runs over a chunk of time steps with explicit state."""
+    """Base of every module that runs over a chunk of time steps with explicit state.
+
+    ``whole_sequence``: True for a layer that needs all T steps of a sample in one chunk (attention
+    over time); the segments and the planner read it (no ``step()``, no time slices across it).
+    """
+
+    whole_sequence: bool = False
 
     def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
         raise NotImplementedError
@@ -64,8 +70,10 @@ class Temporal(nn.Module):
 
     @torch.no_grad()
     def trace_shapes(self, in_shape: Sequence[int], dtype: torch.dtype = torch.float32,
-                     t: int = 1) -> tuple[TensorSpec, list[TensorSpec]]:
-        """(output spec per step, state specs) for a per-step input shape ``[B, ...]``; no compute."""
+                     t: Optional[int] = None) -> tuple[TensorSpec, list[TensorSpec]]:
+        """(output spec per step, state specs) for a per-step input shape ``[B, ...]``; no compute.
+        ``t``: the chunk length traced (default :func:`trace_steps`)."""
+        t = trace_steps(self) if t is None else t
         with shape_tracing(self):
             y, st = self.run(torch.zeros((t,) + tuple(in_shape), dtype=dtype))
             return TensorSpec("y", tuple(y.shape[1:]), str(y.dtype).removeprefix("torch.")), specs_of(st)
@@ -73,6 +81,12 @@ class Temporal(nn.Module):
     def state_spec(self, in_shape: Sequence[int]) -> list[TensorSpec]:
         """Names, shapes and dtypes of this module's state for a per-step input ``[B, ...]``."""
         return self.trace_shapes(in_shape)[1]
+
+
+def trace_steps(module: nn.Module) -> int:
+    """The chunk length a run of ``module`` needs at least: the ``T`` of a whole-sequence layer in
+    it, else 1 (shape traces and cost counts use it)."""
+    return max((int(m.T) for m in module.modules() if getattr(m, "whole_sequence", False)), default=1)
 
 
 @contextmanager

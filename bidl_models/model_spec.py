@@ -2,7 +2,7 @@
 
     cfg = load_config("clif3fc3dm_itout-b16x1-dvsglyphs")
     spec = ModelSpec.from_config(cfg, columns=2, checkpoint="bidl_models/weights/clif3fc3dm_itout-b16x1-dvsglyphs.pth")
-    spec.T, spec.in_shape, spec.input_dtype       # 20, (2, 40, 40), 'float32'
+    spec.T, spec.in_shape, spec.input_dtype       # 20, (2, 40, 40), 'float32' (token models: (), 'int64')
     spec.splits, spec.split_source                 # ((0, 2), (2, 6)), 'auto split (flops)'
     spec.segments[1].run(h)                        # the weight-loaded segment modules (eval mode)
     spec.weights_sha256, spec.model_sha256         # provenance and cache keys
@@ -25,7 +25,9 @@ from .checkpoint import file_sha256
 from .config import Config, build_segments
 from .segments import Segment, SegmentSpecs, auto_split, check_chain, split_backbone
 
-INPUT_DTYPES = ("float32", "uint8")
+INPUT_DTYPES = ("float32", "uint8", "int64", "int32")
+FLOAT_INPUTS = ("float32", "uint8")     # frames: float, or uint8 event counts cast inside the program
+TOKEN_INPUTS = ("int64", "int32")       # token ids (a model with input_dtype int64 reads them)
 
 
 def model_sha256(cfg: Mapping) -> str:
@@ -63,7 +65,7 @@ class ModelSpec:
     config: Config = field(repr=False)          # the loaded config (provenance, data for verification)
     T: int                                      # time steps per sample
     in_shape: tuple[int, ...]                   # per-step model input (C, H, W), batch excluded
-    input_dtype: str                            # first segment's input: float32 | uint8 (event counts)
+    input_dtype: str                            # first segment's input: float32 | uint8 (event counts) | int64 (tokens)
     splits: tuple[tuple[int | str, int | str], ...]   # [start, end) of each segment: block indices or cuts
                                                       # inside blocks ('7.4', bidl_models.cuts)
     split_source: str                           # 'config model_0..n' | 'auto split (flops)' | 'given' | 'whole model'
@@ -75,19 +77,22 @@ class ModelSpec:
     seed: int
     segments: tuple[Segment, ...] = field(repr=False, compare=False)
     io: tuple[SegmentSpecs, ...] = field(repr=False, compare=False)   # per segment, batch 1
+    input_high: Optional[int] = None            # integer inputs lie in [0, input_high) (a vocabulary's size)
 
     @classmethod
     def from_config(cls, cfg: Config, *, columns: Optional[int] = None,
                     splits: Optional[Sequence[Sequence[int]]] = None, checkpoint: Optional[str | Path] = None,
-                    in_shape: Optional[Sequence[int]] = None, input_dtype: str = "float32", seed: int = 0,
+                    in_shape: Optional[Sequence[int]] = None, input_dtype: Optional[str] = None, seed: int = 0,
                     cost: str = "flops") -> "ModelSpec":
         """Resolve ``cfg`` (from ``load_config``). ``columns``: segments wanted (None: the config's);
-        ``splits``: explicit block ranges for a single-model config. ValueError naming the key or
-        argument for anything that does not fit; FileNotFoundError for a missing checkpoint."""
+        ``splits``: explicit block ranges for a single-model config; ``input_dtype``: None for the
+        model's own (``float32``; ``int64`` token ids for a text model), ``uint8`` for event counts.
+        ValueError naming the key or argument for anything that does not fit; FileNotFoundError for
+        a missing checkpoint."""
         if not isinstance(cfg, Config) or not cfg.name:
             raise ValueError("cfg: expected a Config from bidl_models.config.load_config (it carries the name "
                              "that artifact directories use)")
-        if input_dtype not in INPUT_DTYPES:
+        if input_dtype is not None and input_dtype not in INPUT_DTYPES:
             raise ValueError(f"input_dtype={input_dtype!r}: expected one of {list(INPUT_DTYPES)}")
         if columns is not None and (not isinstance(columns, int) or isinstance(columns, bool) or columns < 1):
             raise ValueError(f"columns={columns!r}: expected a positive int")
@@ -100,6 +105,7 @@ class ModelSpec:
             weights = f"seeded:{seed}"
         segs = build_segments(cfg, seed=seed, model_in_shape=shape, checkpoint=checkpoint)
         net = segs[0].backbone.eval()   # inference everywhere downstream; the FLOP count traces BN in eval mode
+        input_dtype = _input_dtype(type(net).__name__, net.input_dtype, input_dtype)
         if shape is None:
             try:
                 shape = tuple(net.default_input_shape())
@@ -132,11 +138,24 @@ class ModelSpec:
         return cls(cfg.name, cfg, int(net.timestep), tuple(shape), input_dtype,
                    tuple(tuple(s.split) for s in segs), source, segs[0].n_blocks, segs[0].backbone_name,
                    str(checkpoint) if checkpoint is not None else None, weights, model_sha256(cfg), seed,
-                   tuple(segs), io)
+                   tuple(segs), io, getattr(net, "input_high", None))
 
     @property
     def n_segments(self) -> int:
         return len(self.splits)
+
+    def check_slices(self, slices: Sequence[int]) -> None:
+        """ValueError (one line) when the grid would cut time into slices across a layer that needs
+        the whole sequence at once (attention over time): such a model runs on 1xC grids only."""
+        rows = len(tuple(slices))
+        if rows <= 1:
+            return
+        for i, seg in enumerate(self.segments):
+            for path, cls in seg.whole_sequence_layers():
+                raise ValueError(
+                    f"{self.backbone}: layer {path!r} ({cls}, segment {i}) attends over all T={self.T} steps at once, "
+                    f"so the grid cannot cut time into {rows} slices: grid {rows}x{self.n_segments} is not allowed; "
+                    f"allowed: 1xC (C = 1..{self.n_blocks} segments, time not sliced; replicas are fine)")
 
     def io_specs(self, batch: int = 1) -> list[SegmentSpecs]:
         """Per-step input/output and state specs of every segment for ``batch`` samples per message."""
@@ -147,6 +166,17 @@ class ModelSpec:
         """Short hash of what defines the compiled programs: model, weights and cut."""
         text = f"{self.model_sha256}|{self.weights_sha256}|{[list(s) for s in self.splits]}"
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _input_dtype(backbone: str, declared: str, asked: Optional[str]) -> str:
+    """The first segment's input dtype: the model's own unless ``asked`` is another of its kind."""
+    if asked is None:
+        return declared
+    kind = TOKEN_INPUTS if declared in TOKEN_INPUTS else FLOAT_INPUTS
+    if asked not in kind:
+        raise ValueError(f"input_dtype={asked!r}: {backbone} reads {declared} "
+                         f"({'token ids' if kind is TOKEN_INPUTS else 'frames'}); expected one of {list(kind)}")
+    return asked
 
 
 def _explicit_in_shape(cfg: Mapping, in_shape: Optional[Sequence[int]]) -> Optional[tuple[int, ...]]:

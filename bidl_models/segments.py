@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .cuts import Cut, carry_names, check_cut
-from .layers import Temporal, shape_tracing
-from .specs import State, TensorSpec, specs_of
+from .layers import Temporal, shape_tracing, trace_steps
+from .specs import State, TensorSpec, specs_of, torch_dtype
 
 Activation = Any   # a Tensor, or a tuple of Tensors across a cut inside a block
 
@@ -104,6 +104,15 @@ class Segment(Temporal):
     def is_last(self) -> bool:
         return self.cuts[1] == Cut(self.n_blocks)
 
+    @property
+    def input_dtype(self) -> str:
+        """dtype of this segment's input: the model's (``float32``, token ids ``int64``) for the first."""
+        return self._backbone.input_dtype if self.is_first else "float32"
+
+    def whole_sequence_layers(self) -> list[tuple[str, str]]:
+        """``(path, class)`` of the layers here that need all T steps in one chunk (no time slices)."""
+        return self._backbone.whole_sequence_layers(*self.cuts)
+
     def run(self, x: Activation, state: Optional[State] = None) -> tuple[Activation, State]:
         """``x``: the chunk input, with its carry as a tuple ``(x, skip, ...)`` when the segment starts
         inside a block; returns the output likewise (a tuple when it ends inside a block)."""
@@ -115,11 +124,11 @@ class Segment(Temporal):
 
     def input_specs(self, batch: int = 1, model_in_shape: Optional[Sequence[int]] = None) -> tuple[TensorSpec, ...]:
         """Per-step specs of the inputs (``x`` and its carry) for a batch size, given the model's input shape."""
-        shape = tuple(model_in_shape) if model_in_shape else self._backbone.default_input_shape()
+        shape = tuple(model_in_shape) if model_in_shape is not None else self._backbone.default_input_shape()
         if self.is_first:
-            return (TensorSpec("x", (batch,) + shape, "float32"),)
+            return (TensorSpec("x", (batch,) + shape, self.input_dtype),)
         head = self._backbone.segment(0, self.cuts[0]).train(self.training)  # a fresh module would be in train mode
-        outs, _ = head.trace_io((TensorSpec("x", (batch,) + shape),))
+        outs, _ = head.trace_io((TensorSpec("x", (batch,) + shape, head.input_dtype),))
         names = ("x",) + carry_names(self.cuts[0])
         return tuple(TensorSpec(n, o.shape, o.dtype) for n, o in zip(names, outs))
 
@@ -127,10 +136,13 @@ class Segment(Temporal):
         """Per-sample, per-step shape of the main input ``x``, given the model's input shape."""
         return tuple(self.input_specs(1, model_in_shape)[0].shape[1:])
 
-    def trace_io(self, inputs: Sequence[TensorSpec], t: int = 1) -> tuple[tuple[TensorSpec, ...], list[TensorSpec]]:
-        """(per-step output specs -- ``y`` and its carry --, state specs) for these per-step inputs; no compute."""
+    def trace_io(self, inputs: Sequence[TensorSpec], t: Optional[int] = None
+                 ) -> tuple[tuple[TensorSpec, ...], list[TensorSpec]]:
+        """(per-step output specs -- ``y`` and its carry --, state specs) for these per-step inputs; no
+        compute. ``t``: the chunk length traced (default :func:`~bidl_models.layers.trace_steps`)."""
+        t = trace_steps(self) if t is None else t
         with shape_tracing(self):
-            xs = tuple(torch.zeros((t,) + tuple(i.shape), dtype=torch.float32) for i in inputs)
+            xs = tuple(torch.zeros((t,) + tuple(i.shape), dtype=torch_dtype(i.dtype)) for i in inputs)
             y, st = self.run(xs[0] if len(xs) == 1 else xs)
             names = ("y",) + carry_names(self.cuts[1])
             outs = tuple(TensorSpec(n, tuple(o.shape[1:]), str(o.dtype).removeprefix("torch."))
@@ -143,7 +155,7 @@ class Segment(Temporal):
             ins = self.input_specs(batch, model_in_shape)
             outs, state = self.trace_io(ins)
         except RuntimeError as e:
-            shape = list(model_in_shape) if model_in_shape else self._backbone.input_shape
+            shape = list(model_in_shape) if model_in_shape is not None else self._backbone.input_shape
             raise ValueError(f"model input shape {shape} does not fit {self.backbone_name} "
                              f"(too small for its convolutions and poolings?): {str(e).splitlines()[0]}") from None
         return SegmentSpecs(ins[0], outs[0], tuple(state), ins[1:], outs[1:])
@@ -319,15 +331,16 @@ def cost_profile(backbone, model_in_shape: Optional[Sequence[int]] = None,
     """
     if cost not in ("flops", "time"):
         raise ValueError(f"cost={cost!r}: expected 'flops' or 'time'")
-    shape = (batch,) + tuple(model_in_shape or backbone.default_input_shape())
-    measure = _flops if cost == "flops" else (lambda fn: _wall(fn, repeats))
+    shape = (batch,) + tuple(model_in_shape if model_in_shape is not None else backbone.default_input_shape())
+    steps = trace_steps(backbone)   # a whole-sequence layer runs on all its T steps: cost per step = / steps
+    measure = (lambda fn: _flops(fn, steps)) if cost == "flops" else (lambda fn: _wall(fn, repeats, steps))
     atoms: list[CostAtom] = []
     lead = 0.0
     was = backbone.training
     backbone.eval()
     try:
         with torch.no_grad(), (shape_tracing(backbone) if cost == "flops" else nullcontext()):
-            x: Any = torch.zeros((1,) + shape)
+            x: Any = torch.zeros((steps,) + shape, dtype=torch_dtype(backbone.input_dtype))
             for name, mod in backbone.units():
                 i = int(name[5:]) if name.startswith("block") else None
                 block = backbone.span_block(i) if i is not None else None
@@ -356,19 +369,21 @@ def cost_profile(backbone, model_in_shape: Optional[Sequence[int]] = None,
     return CostProfile(tuple(atoms), backbone.n_blocks)
 
 
-def _flops(fn: Callable[[], tuple[Any, State]]) -> tuple[float, Any]:
+def _flops(fn: Callable[[], tuple[Any, State]], steps: int = 1) -> tuple[float, Any]:
+    """FLOPs per step of a run on ``steps`` steps (8 per neuron state element and step added)."""
     with FlopCounterMode(display=False) as fc:
         y, st = fn()
-    return fc.get_total_flops() + 8.0 * sum(v.numel() for v in st.values()), y
+    return (fc.get_total_flops() + 8.0 * steps * sum(v.numel() for v in st.values())) / steps, y
 
 
-def _wall(fn: Callable[[], tuple[Any, State]], repeats: int) -> tuple[float, Any]:
+def _wall(fn: Callable[[], tuple[Any, State]], repeats: int, steps: int = 1) -> tuple[float, Any]:
+    """Median wall time per step of a run on ``steps`` steps."""
     ts = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         y, _ = fn()
         ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2], y
+    return sorted(ts)[len(ts) // 2] / steps, y
 
 
 def block_costs(backbone, model_in_shape: Optional[Sequence[int]] = None,

@@ -29,6 +29,16 @@ def torch_dtype(name: str) -> torch.dtype:
         raise ValueError(f"dtype {name!r}: expected one of {sorted(_DTYPES)}") from None
 
 
+def one_hot_ids(x: Tensor) -> Tensor | None:
+    """Token ids ``[...]`` (int64) of one-hot rows ``x`` ``[..., V]`` (BIDL's ``ToOneHot`` chip input:
+    exactly one 1 per row, zeros elsewhere); None when ``x`` is not such a float tensor."""
+    if not x.is_floating_point() or x.dim() < 1 or x.shape[-1] < 1:
+        return None
+    if not (((x == 0) | (x == 1)).all() and (x.sum(-1) == 1).all()):
+        return None
+    return x.argmax(-1).to(torch.int64)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One named tensor: ``shape`` includes the batch dimension."""

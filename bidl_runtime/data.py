@@ -7,10 +7,18 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
+from bidl_models.specs import one_hot_ids
 
-def check_sample(x: Any, expected: Sequence[int]) -> Optional[str]:
+
+def _is_tokens(dtype: Optional[torch.dtype]) -> bool:
+    """An integer input other than uint8 event counts: token ids."""
+    return dtype is not None and not dtype.is_floating_point and dtype not in (torch.uint8, torch.bool)
+
+
+def check_sample(x: Any, expected: Sequence[int], dtype: Optional[torch.dtype] = None) -> Optional[str]:
     """Why a sample can't enter the grid (None if it can): type, layout, device (meta included),
-    shape, dtype, NaN/Inf."""
+    shape, dtype, NaN/Inf, negative token ids. ``expected``: ``[T, ...]``; ``dtype``: the grid's input
+    dtype (float32 / uint8 frames, or int64 / int32 token ids)."""
     if not isinstance(x, Tensor):
         return f"expected a torch.Tensor, got {type(x).__name__}"
     if x.layout != torch.strided:
@@ -21,9 +29,17 @@ def check_sample(x: Any, expected: Sequence[int]) -> Optional[str]:
         return f"on device {x.device}, expected cpu"
     want = tuple(expected)
     if tuple(x.shape) != want and tuple(x.shape) != (want[0], 1) + want[1:]:
-        return f"shape {list(x.shape)}, expected {list(want)} ([T, C, H, W])"
+        names = "[T]" if len(want) == 1 else "[T, C, H, W]" if len(want) == 4 else "[T, ...]"
+        return f"shape {list(x.shape)}, expected {list(want)} ({names})"
+    got = str(x.dtype).removeprefix("torch.")
+    if _is_tokens(dtype):
+        if x.is_floating_point() or x.dtype == torch.bool:
+            return f"dtype {got}, expected integer token ids ({str(dtype).removeprefix('torch.')})"
+        if x.numel() and int(x.min()) < 0:
+            return f"negative token id {int(x.min())}"
+        return None
     if x.dtype not in (torch.float32, torch.uint8):
-        return f"dtype {str(x.dtype).removeprefix('torch.')}, expected float32 (or uint8 event counts)"
+        return f"dtype {got}, expected float32 (or uint8 event counts)"
     if x.dtype == torch.float32 and not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).sum())
         return f"{bad} NaN/Inf values"
@@ -57,9 +73,11 @@ class Unreadable:
         self.why = why
 
 
-def admit(item: Any, expected: Sequence[int], nclass: Optional[int]) -> tuple[Any, Optional[int], Optional[str]]:
+def admit(item: Any, expected: Sequence[int], nclass: Optional[int],
+          dtype: Optional[torch.dtype] = None) -> tuple[Any, Optional[int], Optional[str]]:
     """``(x, label, why)`` for one item of a stream (a tensor or ``(tensor, label)``); ``why`` is
-    None when it can enter the grid, else the reason it is rejected (alone: the stream goes on)."""
+    None when it can enter the grid, else the reason it is rejected (alone: the stream goes on).
+    ``dtype``: the grid's input dtype (token models check token ids, :func:`check_sample`)."""
     if isinstance(item, Unreadable):
         return None, None, item.why
     if isinstance(item, tuple):
@@ -68,7 +86,7 @@ def admit(item: Any, expected: Sequence[int], nclass: Optional[int]) -> tuple[An
         x, label = item
     else:
         x, label = item, None
-    why = check_sample(x, expected)
+    why = check_sample(x, expected, dtype)
     if why:
         return None, None, why
     label, why = check_label(label, nclass)
@@ -80,19 +98,25 @@ def _short(v: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def synthetic_samples(T: int, shape: Sequence[int], n: Optional[int], seed: int = 0,
-                      rate: float = 0.2) -> Iterator[Tensor]:
-    """Seeded random event-count frames ``[T, C, H, W]`` (for configs without usable data)."""
+def synthetic_samples(T: int, shape: Sequence[int], n: Optional[int], seed: int = 0, rate: float = 0.2,
+                      dtype: torch.dtype = torch.float32, high: Optional[int] = None) -> Iterator[Tensor]:
+    """Seeded random event-count frames ``[T, C, H, W]`` (for configs without usable data), or token
+    ids ``[T]`` in ``[0, high)`` for an integer ``dtype``."""
     g = torch.Generator().manual_seed(seed)
     i = 0
     while n is None or i < n:
-        yield (torch.rand((T,) + tuple(shape), generator=g) < rate).to(torch.float32)
+        if _is_tokens(dtype):
+            yield torch.randint(0, int(high or 2), (T,) + tuple(shape), generator=g).to(dtype)
+        else:
+            yield (torch.rand((T,) + tuple(shape), generator=g) < rate).to(torch.float32)
         i += 1
 
 
-def dataset_samples(cfg: Mapping, n: Optional[int]) -> Optional[Iterator[Any]]:
-    """``(img [T, C, H, W] float32, label)`` from the config's test set (``img`` alone when it has no
-    labels, :class:`Unreadable` for an item that fails to load), or None if unavailable."""
+def dataset_samples(cfg: Mapping, n: Optional[int],
+                    dtype: Optional[torch.dtype] = None) -> Optional[Iterator[Any]]:
+    """``(img [T, C, H, W] float32, label)`` from the config's test set (uint8 kept; integer token ids
+    ``[T]`` as ``dtype`` for a token model, one-hot rows ``[T, V]`` turned into ids; ``img`` alone when
+    it has no labels, :class:`Unreadable` for an item that fails to load), or None if unavailable."""
     try:
         from bidl_models.datasets import build_dataset
     except ImportError:
@@ -120,6 +144,10 @@ def dataset_samples(cfg: Mapping, n: Optional[int]) -> Optional[Iterator[Any]]:
             except Exception as e:  # noqa: BLE001 - one unreadable item is rejected alone
                 yield Unreadable(f"dataset item {i} cannot be read: {type(e).__name__}: {e}")
                 continue
-            img = img.to(torch.float32) if img.dtype != torch.uint8 else img
+            if _is_tokens(dtype):
+                ids = one_hot_ids(img)          # BIDL's ToOneHot test pipeline: one-hot rows -> ids
+                img = ids.to(dtype) if ids is not None else img if img.is_floating_point() else img.to(dtype)
+            elif img.dtype != torch.uint8:
+                img = img.to(torch.float32)
             yield (img, label) if label is not None else img
     return gen()

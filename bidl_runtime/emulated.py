@@ -45,6 +45,7 @@ def emulate(spec: ModelSpec, slices: Sequence[int], profile: Optional[DeviceProf
     slices = tuple(int(t) for t in slices)
     if sum(slices) != spec.T:
         raise ValueError(f"slices={list(slices)}: expected time-slice lengths summing to T={spec.T}")
+    spec.check_slices(slices)
     costs = cost_profile(spec.segments[0].backbone, spec.in_shape) if profile is not None else None
     sources: dict[tuple[int, int], EmulatedSource] = {}
     for s, (seg, io) in enumerate(zip(spec.segments, spec.io_specs(batch))):

@@ -12,6 +12,8 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
+from bidl_models.specs import torch_dtype
+
 from .plan import GridPlan
 
 
@@ -66,7 +68,7 @@ class Reference:
     def output_of(self, x: Tensor) -> Tensor:
         """:meth:`output` of a sample as the grid gets it (``[T, ...]``, or ``[T, B, ...]``)."""
         first = self._artifacts()[(0, self.plan.slices[0])]
-        dtype = torch.uint8 if first.input_dtype == "uint8" else torch.float32
+        dtype = torch_dtype(first.input_dtype)   # float32, uint8 (event counts), int64 (token ids)
         unbatched = len(self.plan.outputs(None)[0].layout[0].shape) - 1   # [t, B, ...] without B
         return self.output((x.unsqueeze(1) if x.dim() == unbatched else x).to(dtype))
 

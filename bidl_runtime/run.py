@@ -194,6 +194,7 @@ def _main(args: argparse.Namespace) -> int:
         with clock.phase("model", "resolving the model"):
             spec = ModelSpec.from_config(cfg, columns=layout.cols, checkpoint=checkpoint)
             slices = time_slices(spec.T, layout.rows)
+            spec.check_slices(slices)
         if args.journal:
             from .journal import Journal
             journal = Journal.open(args.journal, journal_identity(cfg, spec, args))
@@ -260,7 +261,7 @@ def _main(args: argparse.Namespace) -> int:
         _say(plan.table())
         grid = Grid(plan, rcfg, actors=actors, clock=clock)
         grid.start()
-        samples, source = _samples(args, cfg, plan)
+        samples, source = _samples(args, cfg, plan, spec.input_high)
         _say(f"data: {source}")
         report = grid.run(samples, total=args.samples, progress=True, verify=verify, journal=journal,
                           trace=args.trace)
@@ -388,15 +389,26 @@ def startup_line(s: dict) -> str:
     return f"start-up {s.get('total_s', 0):.1f} s from the command's start: " + ", ".join(parts) + per
 
 
-def _samples(args, cfg, plan):
+def _samples(args, cfg, plan, high: Optional[int] = None):
+    """The config's test samples, else seeded synthetic ones of the plan's input (event frames, or
+    token ids below ``high``, the model's vocabulary size: from the config when not given)."""
+    import torch
+    from bidl_models.specs import torch_dtype
+
     from .data import dataset_samples, synthetic_samples
-    gen = dataset_samples(cfg, args.samples) if cfg is not None else None
+    x = plan.outputs(None)[0].layout[0]
+    dtype = torch_dtype(x.dtype)
+    gen = dataset_samples(cfg, args.samples, dtype) if cfg is not None else None
     if gen is not None:
         return gen, f"{cfg.data.test.type} test split ({args.samples} samples)"
-    x = plan.outputs(None)[0].layout[0]
     shape = tuple(x.shape[2:])
-    return (synthetic_samples(plan.T, shape, args.samples, args.seed),
-            f"synthetic seeded event frames {plan.T}x{'x'.join(map(str, shape))} (the config's data is not available)")
+    tokens = not dtype.is_floating_point and dtype != torch.uint8
+    if tokens and high is None and cfg is not None:
+        from bidl_models.config import load_model
+        high = load_model(cfg).input_high
+    what = f"token ids in [0, {high})" if tokens else "event frames"
+    return (synthetic_samples(plan.T, shape, args.samples, args.seed, dtype=dtype, high=high),
+            f"synthetic seeded {what} {'x'.join(map(str, (plan.T,) + shape))} (the config's data is not available)")
 
 
 def parse_fault(text: str) -> dict:

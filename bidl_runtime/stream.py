@@ -195,7 +195,7 @@ class Stream:
                 if i in done:
                     self._resume(i)
                     continue
-                x, label, why = admit(item, self.shape, self.nclass)
+                x, label, why = admit(item, self.shape, self.nclass, self.dtype)
                 if why:
                     self.reject(i, why)
                     continue

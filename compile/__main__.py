@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "a torch.export program")
     p.add_argument("--batch", type=int, default=1, help="batch size of the specs (the batch dim is exported "
                                                         "dynamic when possible; default 1)")
-    p.add_argument("--input-dtype", choices=INPUT_DTYPES, default="float32",
-                   help="dtype of the first segment's input (uint8: event counts, cast inside the program)")
+    p.add_argument("--input-dtype", choices=INPUT_DTYPES, default=None,
+                   help="dtype of the first segment's input (default: the model's, float32 or int64 token ids; "
+                        "uint8: event counts, cast inside the program)")
     p.add_argument("--in-shape", type=lambda t: _ints(t, "--in-shape"),
                    help="per-step model input C,H,W when the config does not fix it")
     p.add_argument("--device", default="cpu", help="device to export/compile for (cpu, cuda)")

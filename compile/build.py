@@ -14,8 +14,10 @@ produces the artifact directory::
 
 ``<net>`` is the config's name. The batch dimension is exported dynamic when torch.export allows
 it (``manifest.batch.dynamic``), else static at ``B``. A uint8 first-segment input (event
-counts, as on chip) is cast to float32 inside the program. :func:`compile_config` is the
-convenience around it: a config name or Config, a grid, keyword options.
+counts, as on chip) is cast to float32 inside the program; a text model's ``int64`` token ids go in as
+they are. :func:`compile_config` is the convenience around it: a config name or Config, a grid,
+keyword options. A model with a layer that needs the whole sequence (attention over time) compiles
+for one time slice only (:meth:`~bidl_models.model_spec.ModelSpec.check_slices`).
 
 Caching: an artifact is reused when its manifest's cache key equals this compile's (net, model
 sha256 -- the model-defining config keys --, checkpoint sha256 or ``seeded:<seed>``, segment and
@@ -27,7 +29,7 @@ ValueError naming the file and what differs) unless ``force``, which rebuilds.
 Verification: every newly built artifact is loaded back from disk and run against the eager
 segment over ``verify_chunks`` consecutive chunks with the state carried over, on the dataset's
 first test sample when ``bidl_models.datasets`` can load it, else on a deterministic seeded random
-spike tensor (later segments get the eager output of the segments before them). The max abs
+spike tensor (token ids for a text model; later segments get the eager output of the segments before them). The max abs
 difference of the output and of every state tensor is printed and stored in the manifest; above
 ``tol`` (1e-5) the build fails with :class:`VerificationError` and nothing is written. The
 TorchScript form is written only if it equals the exported program bit for bit over 3 chunks.
@@ -52,7 +54,7 @@ from bidl_models.checkpoint import file_sha256
 from bidl_models.config import Config, load_config
 from bidl_models.model_spec import INPUT_DTYPES, ModelSpec, model_sha256
 from bidl_models.segments import Segment, SegmentSpecs, as_tuple
-from bidl_models.specs import TensorSpec, torch_dtype
+from bidl_models.specs import TensorSpec, one_hot_ids, torch_dtype
 
 from .artifact import Artifact, check_program, load_artifact, load_torchscript
 from .errors import ArtifactError, VerificationError
@@ -103,7 +105,8 @@ def _versions() -> dict[str, str]:
 class ChunkProgram(nn.Module):
     """``forward(x, *carry_in, *state) -> (y, *carry_out, *new_state)``: a segment's chunk function on
     flat tensors in the ABI order ``state_names``; ``n_carry``: the tensors that come with x across a
-    cut inside a block; a non-float32 input is cast to float32 first."""
+    cut inside a block; uint8 event counts (and other float dtypes) are cast to float32 first, token
+    ids are not."""
 
     def __init__(self, segment: Segment, state_names: Sequence[str], n_carry: int = 0):
         super().__init__()
@@ -112,7 +115,7 @@ class ChunkProgram(nn.Module):
         self.n_carry = n_carry
 
     def forward(self, x: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
-        if x.dtype != torch.float32:
+        if x.dtype == torch.uint8 or (x.is_floating_point() and x.dtype != torch.float32):
             x = x.to(torch.float32)
         carry, state = rest[:self.n_carry], rest[self.n_carry:]
         y, new = self.segment.run((x, *carry) if carry else x, dict(zip(self.state_names, state)))
@@ -171,27 +174,41 @@ def _dataset_sample(cfg: Mapping, in_shape: Sequence[int]) -> tuple[Optional[Ten
         return None, f"data.test unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
     img = item.get("img") if isinstance(item, Mapping) else item[0] if isinstance(item, (tuple, list)) else item
     try:
-        t = torch.as_tensor(img).to(torch.float32)
+        t = torch.as_tensor(img)
     except Exception as e:  # noqa: BLE001
         return None, f"data.test sample 0 is not a tensor ({type(e).__name__})"
+    ids = one_hot_ids(t) if t.dim() == len(in_shape) + 2 else None
+    if ids is not None:                 # BIDL's ToOneHot test pipeline (IMDB): one-hot rows -> token ids
+        t = ids
     if t.dim() != len(in_shape) + 1 or tuple(t.shape[1:]) != tuple(in_shape):
         return None, f"data.test sample 0 has shape {list(t.shape)}, the model takes [T, {', '.join(map(str, in_shape))}]"
     return t, f"dataset {test.get('type', '?')} test sample 0"
 
 
 def verification_input(cfg: Mapping, in_shape: Sequence[int], steps: int, batch: int, seed: int = 0,
-                       use_dataset: bool = True) -> tuple[Tensor, str]:
-    """``[steps, batch, *in_shape]`` float32 model input for verification, and where it came from.
+                       use_dataset: bool = True, dtype: str = "float32",
+                       high: Optional[int] = None) -> tuple[Tensor, str]:
+    """``[steps, batch, *in_shape]`` model input for verification, and where it came from: float32
+    (``dtype`` float32 / uint8), or int64 token ids in ``[0, high)`` (``dtype`` int64 / int32).
 
     Batch element 0 is the dataset's first test sample (time axis tiled to ``steps``) when available;
-    everything else is a seeded random spike tensor (P(1) = 0.3)."""
+    everything else is a seeded random spike tensor (P(1) = 0.3), or seeded random token ids."""
     g = torch.Generator().manual_seed(seed)
-    x = (torch.rand((steps, batch, *in_shape), generator=g) < 0.3).to(torch.float32)
+    tokens = dtype not in ("float32", "uint8")
+    if tokens:
+        x = torch.randint(0, int(high or 2), (steps, batch, *in_shape), generator=g)
+        what = f"random token ids in [0, {int(high or 2)})"
+    else:
+        x = (torch.rand((steps, batch, *in_shape), generator=g) < 0.3).to(torch.float32)
+        what = "random spikes"
     if not use_dataset:
-        return x, f"random spikes (seed {seed}; dataset not used)"
+        return x, f"{what} (seed {seed}; dataset not used)"
     sample, why = _dataset_sample(cfg, in_shape)
+    if sample is not None and tokens and sample.is_floating_point():
+        sample, why = None, f"data.test sample 0 is {str(sample.dtype).removeprefix('torch.')}, the model reads token ids"
     if sample is None:
-        return x, f"random spikes (seed {seed}; {why})"
+        return x, f"{what} (seed {seed}; {why})"
+    sample = sample.to(x.dtype)
     reps = -(-steps // sample.shape[0])
     x[:, 0] = sample.repeat(reps, *([1] * len(in_shape)))[:steps]
     return x, why
@@ -227,7 +244,8 @@ def verify_artifact(art: Artifact, seg: Segment, x: Any, n_chunks: int) -> dict[
         if list(st_e) != art.state_names:
             raise VerificationError(f"{art.path}: eager state names {list(st_e)} differ from the manifest's "
                                     f"{art.state_names}")
-        xa = xc.to(torch.uint8) if art.input_dtype == "uint8" else xc
+        want = torch_dtype(art.input_dtype)
+        xa = xc if isinstance(xc, tuple) or xc.dtype == want else xc.to(want)   # int64 token ids stay
         ya, st_a = _split_outputs(art, art(xa, *st_a))
         for n, e, a in zip(outs, as_tuple(ye), ya):
             diffs[n] = max(diffs[n], _max_abs(e, a))
@@ -405,6 +423,7 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
     slices = tuple(int(t) for t in slices)
     if not slices or any(t < 1 for t in slices) or sum(slices) != spec.T:
         raise ValueError(f"slices={list(slices)}: expected positive time-slice lengths summing to T={spec.T}")
+    spec.check_slices(slices)
     opts = options
     seeded = (f"WARNING: no checkpoint: compiling DETERMINISTIC SEEDED INITIAL WEIGHTS (seed={spec.seed}) of "
               f"{spec.name}, not a trained model") if spec.checkpoint is None else None
@@ -423,21 +442,28 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
         f"{[list(s) for s in spec.splits]}, T={spec.T} over {len(slices)} row(s) -> chunk lengths {lens}, "
         f"batch {opts.batch}, {'AOTInductor' if opts.aot else 'torch.export'} on {dev}, into {root}")
 
-    inputs: dict[int, Tensor] = {}
+    inputs: dict[int, Any] = {}
     input_note: list[str] = []
 
-    def seg_input(i: int) -> Tensor:
-        """Verification input of segment i: the eager chain's output of the model input."""
+    def seg_input(i: int) -> Any:
+        """Verification input of segment i (x, or x and its carry across a cut inside a block): the eager
+        chain's output of the model input, run in chunks of the longest slice with the state carried
+        (as the artifacts are verified)."""
         if not inputs:
             x, why = verification_input(spec.config, spec.in_shape, opts.verify_chunks * lens[0], opts.batch,
-                                        spec.seed, opts.use_dataset)
+                                        spec.seed, opts.use_dataset, spec.input_dtype, spec.input_high)
             input_note.append(why)
             log(f"verification input: {why}")
             inputs[0] = x.to(dev)
         for k in range(1, i + 1):
             if k not in inputs:
+                prev, st, outs = inputs[k - 1], None, []
                 with torch.no_grad():
-                    inputs[k] = spec.segments[k - 1].run(inputs[k - 1])[0]
+                    for c in range(0, as_tuple(prev)[0].shape[0], lens[0]):
+                        y, st = spec.segments[k - 1].run(chunk(prev, c, c + lens[0]), st)
+                        outs.append(as_tuple(y))
+                cat = tuple(torch.cat(parts) for parts in zip(*outs))
+                inputs[k] = cat[0] if len(cat) == 1 else cat
         return inputs[i]
 
     from tqdm import tqdm
@@ -491,7 +517,7 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
 def compile_config(cfg: Config | str | Path, checkpoint: Optional[str | Path] = None, *,
                    grid: str | Sequence[int] | None = None, rows: Optional[int] = None,
                    splits: Optional[Sequence[Sequence[int | str]]] = None, in_shape: Optional[Sequence[int]] = None,
-                   input_dtype: str = "float32", seed: int = 0, overrides: Sequence[str] = (),
+                   input_dtype: Optional[str] = None, seed: int = 0, overrides: Sequence[str] = (),
                    **options: Any) -> ArtifactSet:
     """Config in, artifacts out: ``load_config`` (if ``cfg`` is a name or path; ``overrides`` apply
     then) -> :meth:`ModelSpec.from_config` -> :func:`compile_spec`.
@@ -591,7 +617,7 @@ def _json(v: Any) -> str:
     return json.dumps(v)
 
 
-def _build(job: _Job, seg_input: Callable[[int], Tensor], input_note: list[str], log: Callable[[str], None]) -> Manifest:
+def _build(job: _Job, seg_input: Callable[[int], Any], input_note: list[str], log: Callable[[str], None]) -> Manifest:
     """Export (+ AOTInductor), write into a temporary directory, verify, then move into place."""
     d, opts, seg, sp = job.d, job.opts, job.seg, job.io
     d.parent.mkdir(parents=True, exist_ok=True)

@@ -24,12 +24,35 @@ BACKBONES = {
                                    norm=dict(mean=[0.5, 0.4, 0.3], std=[0.2, 0.3, 0.4])),
     "resnet50": dict(type="ResNetLifItout", depth=50, nclass=10, input_channels=2, h=32, w=32,
                      soma_params="channel_share"),
+    # the rest of BIDL's zoo (issue 10)
+    "clif3fc3lc": dict(type="SeqClif3Fc3LcItout", h=16, w=16, cmode="analog"),
+    "clif5fc2dm": dict(type="SeqClif5Fc2DmItout", h=64, w=64),
+    "clifplus5fc2cd": dict(type="SeqClifplus5Fc2CdItout", h=64, w=64, cmode="analog",
+                           neuron_config=[1, False, 0, 0, 0, 0]),
+    "clifplus3flifplus2dg": dict(type="SeqClifplus3Flifplus2DgItout", h=16, w=16, neuron_config=[1, False, 0, 0, 0, 0]),
+    "clif3fc3dm-it": dict(type="SeqClif3Fc3DmIt", h=16, w=16, cmode="analog"),
+    "clif5fc2dm-it": dict(type="SeqClif5Fc2DmIt", h=64, w=64, cmode="analog", it_batch=16),
+    "clif7fc1cd-it": dict(type="SeqClif7Fc1CdIt", h=128, w=128, nclass=10),
+    "resnet18-lite": dict(type="ResNetLifReluItout", depth=18, nclass=10, input_channels=2, h=32, w=32),
+    "resnet50-lite": dict(type="ResNetLifReluItout", depth=50, nclass=10, input_channels=2, h=16, w=16,
+                          cmode="analog", stem_channels=16, base_channels=16),
+    "resnet50-it": dict(type="ResNetLif", depth=50, nclass=10, input_channels=2, h=16, w=16, it_batch=8,
+                        stem_channels=16, base_channels=16),
+    "fasttext": dict(type="FastTextItout", vocab_size=50, embedding_dim=8, hidden_dim=16),
+    "fasttext-lifplus": dict(type="FastTextlifplusItout", vocab_size=50, embedding_dim=8, hidden_dim=16,
+                             neuron_config=[1, False, 0, 0, 0, 0]),
+}
+WHOLE_SEQUENCE = {  # attention over time: whole sequences only
+    "attention-vgg": dict(type="AttentionVGGNet", h=64, w=64, nclass=10),
+    "attention-vgg-analog": dict(type="AttentionVGGNet", h=68, w=68, nclass=5, cmode="analog", input_channels=1),
 }
 
 
 def make(name, T=10, batch=2, seed=1):
-    net = build_backbone(dict(BACKBONES[name], timestep=T)).eval()
+    net = build_backbone(dict({**BACKBONES, **WHOLE_SEQUENCE}[name], timestep=T)).eval()
     g = torch.Generator().manual_seed(seed)
+    if net.input_dtype == "int64":   # token ids, one per step
+        return net, torch.randint(0, net.input_high, (T, batch), generator=g)
     x = (torch.rand((T, batch) + net.default_input_shape(), generator=g) < 0.3).float() * 2
     return net, x
 
@@ -82,7 +105,7 @@ def test_same_input_twice_gives_same_output(name):
     net, x = make(name)
     xb = x.transpose(0, 1)  # BIDL layout [B, T, ...]
     with torch.no_grad():
-        other = torch.rand_like(xb)
+        other = torch.randint_like(xb, 0, net.input_high) if net.input_high else torch.rand_like(xb)
         a = net(xb)
         net(other)  # a different sample in between must not leak state
         b = net(xb)
@@ -90,8 +113,47 @@ def test_same_input_twice_gives_same_output(name):
     assert a.shape == (x.shape[1], net.acc.timestep and a.shape[1])
 
 
-@pytest.mark.parametrize("name", ["clif3fc3dm", "clif3flif2dg", "resnet10", "clif3fc3dm-lifplus"])
+@pytest.mark.parametrize("name", list(WHOLE_SEQUENCE))
+def test_whole_sequence_models_cut_into_segments_not_time_slices(name):
+    """Attention over time: segments of the whole sequence equal the whole model; one step or a time
+    slice across an attention layer is refused naming it, not computed differently."""
+    net, x = make(name, T=6)
+    assert [p for p, _ in net.whole_sequence_layers()] == ["twa1", "tcja", "twa2"]
+    segs = split_backbone(net, [(0, 3), (3, 7), (7, net.n_blocks)])
+    assert [len(s.whole_sequence_layers()) for s in segs] == [0, 1, 2]
+    with torch.no_grad():
+        whole, whole_state = net.run(x)
+        h, states = x, {}
+        for seg in segs:
+            h, st = seg.run(h)
+            states.update(st)
+        torch.testing.assert_close(h, whole, atol=1e-6, rtol=0)
+        assert_states_close(states, whole_state)
+        assert whole[-1].std() > 0
+        # the segment before the attention runs in time slices; the one holding it does not
+        a, sa = segs[0].run(x[:2])
+        b, _ = segs[0].run(x[2:], sa)
+        torch.testing.assert_close(torch.cat([a, b]), segs[0].run(x)[0], atol=1e-6, rtol=0)
+        with pytest.raises(ValueError, match=r"TemporalWiseAttention attends over all T=6 steps at once; got a chunk of 2"):
+            segs[1].run(a)
+        with pytest.raises(ValueError, match="got a chunk of 1 step"):
+            net.segment(0, net.n_blocks).step(x[0])
+        with pytest.raises(ValueError, match="timestep=6"):
+            net(x[:5].transpose(0, 1))
+
+
+def test_whole_sequence_attention_attends_each_sample_on_its_own():
+    net, x = make("attention-vgg", T=4, batch=3)
+    with torch.no_grad():
+        together = net(x.transpose(0, 1))
+        alone = torch.cat([net(x[:, i:i + 1].transpose(0, 1)) for i in range(3)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["clif3fc3dm", "clif3flif2dg", "resnet10", "clif3fc3dm-lifplus", "clif3fc3dm-it",
+                                  "resnet18-lite", "fasttext", "attention-vgg"])
 def test_surrogate_gradients_train(name):
+    torch.manual_seed(0)   # initial weights and dropout: not the RNG state the tests before left
     net, x = make(name, T=6, batch=8, seed=3)
     net.train()
     xb = x.transpose(0, 1)
@@ -99,12 +161,14 @@ def test_surrogate_gradients_train(name):
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []
     for _ in range(8):
-        loss = torch.nn.functional.cross_entropy(net(xb), labels)
+        out = net(xb)
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(out[:, 0], (labels % 2).float())
+                if out.shape[1] == 1 else torch.nn.functional.cross_entropy(out, labels))
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    first_conv = next(p for n, p in net.named_parameters() if p.dim() == 4)
+    first_conv = next(p for n, p in net.named_parameters() if p.requires_grad and p.dim() >= 2)
     assert first_conv.grad is not None and first_conv.grad.abs().sum() > 0
     assert losses[-1] < losses[0] * 0.9, losses
 

@@ -18,7 +18,7 @@ from bidl_models.checkpoint import checkpoint_format, read_state_dict, to_bidl, 
 from bidl_models.config import load_config
 from bidl_models.convert_checkpoint import main as convert_main
 
-from bidl_reference import resnet_forward, seq_forward
+from bidl_reference import attention_vgg_forward, fasttext_forward, resnet_forward, seq_forward
 
 TABLES = json.loads((Path(__file__).parent / "data" / "bidl_checkpoint_keys.json").read_text())["backbones"]
 
@@ -26,10 +26,7 @@ TABLES = json.loads((Path(__file__).parent / "data" / "bidl_checkpoint_keys.json
 def our_config(title: str) -> dict:
     """Our backbone config for a table: BIDL's class and the keywords of BIDL's own config."""
     entry = TABLES[title]
-    cls = entry["bidl_class"]
-    if cls == "SeqClifplus3Fc3DmItout":  # the LIF+ class: our SeqClif3Fc3DmItout with neuron='lifplus'
-        cls = "SeqClif3Fc3DmItout"
-    cfg = dict(entry["backbone"], type=cls)
+    cfg = dict(entry["backbone"], type=entry["bidl_class"])
     if cfg.get("neuron") == "lifplus":
         cfg["lifplus_form"] = "bidl"
     return cfg
@@ -58,6 +55,8 @@ def bidl_state_dict(title: str, seed: int = 0) -> dict[str, torch.Tensor]:
         else:
             t = 0.1 * torch.randn(shape, generator=g)
         out[key] = t
+    if "embedding_fc.weight" in out:  # FastText's chip-path copy: the embedding's transpose (tied in BIDL)
+        out["embedding_fc.weight"] = out["embedding.weight"].t().contiguous()
     return out
 
 
@@ -103,36 +102,117 @@ def test_missing_extra_and_misshaped_keys_are_named(tmp_path):
             load_model(cfg, tmp_path / "bad.pth")
 
 
-CASES = {  # title: (input C, H, W, T, our extra keys) -- small T keeps it quick
-    "SeqClif3Fc3DmItout": ((2, 40, 40), 5, {}),
-    "SeqClif5Fc2CdItout": ((2, 128, 128), 3, {}),
-    "SeqClif7Fc1CdItout": ((2, 128, 128), 3, {}),
-    "SeqClif3Flif2DgItout": ((2, 40, 40), 5, {}),
-    "ResNetLifItout-18": ((2, 64, 64), 3, {}),
-    "ResNetLifItout-50": ((2, 64, 64), 2, {}),
+CASES = {  # title: (per-step input shape, T) -- small inputs and T keep it quick
+    "SeqClif3Fc3DmItout": ((2, 40, 40), 5),
+    "SeqClif5Fc2CdItout": ((2, 128, 128), 3),
+    "SeqClif7Fc1CdItout": ((2, 128, 128), 3),
+    "SeqClif3Flif2DgItout": ((2, 40, 40), 5),
+    "ResNetLifItout-18": ((2, 64, 64), 3),
+    "ResNetLifItout-50": ((2, 64, 64), 2),
+    "ResNetLifReluItout-18": ((2, 64, 64), 3),
+    "ResNetLifReluItout-50": ((2, 64, 64), 2),
+    "ResNetLif-50": ((2, 64, 64), 2),
+    "SeqClifplus3Fc3DmItout": ((2, 40, 40), 5),
+    "SeqClifplus3Fc3LcItout": ((1, 32, 32), 4),
+    "SeqClifplus5Fc2CdItout": ((2, 128, 128), 3),
+    "SeqClifplus3Flifplus2DgItout": ((2, 40, 40), 5),
+    "SeqClif3Fc3LcItout": ((1, 32, 32), 4),
+    "SeqClif5Fc2DmItout": ((2, 128, 128), 3),
+    "SeqClif5Fc2CdIt": ((2, 128, 128), 3),
+    "SeqClif5Fc2DmIt": ((2, 128, 128), 3),
+    "SeqClif7Fc1CdIt": ((2, 128, 128), 3),
+    "SeqClif7Fc1DgIt": ((2, 128, 128), 3),
+    "SeqClif7Fc1DgItout": ((2, 128, 128), 3),
+    "AttentionVGGNet": ((2, 128, 128), 10),     # T=10: the attention weights are sized by T
+    "FastTextItout": ((), 12),
+    "FastTextlifplusItout": ((), 12),
 }
+
+
+def sample_input(title: str, shape: tuple, T: int, batch: int = 2, seed: int = 2) -> torch.Tensor:
+    """``[B, T, ...]``: random spikes, or token ids for the text models."""
+    g = torch.Generator().manual_seed(seed)
+    if title.startswith("FastText"):
+        return torch.randint(0, TABLES[title]["backbone"]["vocab_size"], (batch, T), generator=g)
+    return (torch.rand((batch, T) + shape, generator=g) < 0.3).float()
+
+
+def reference_logits(title: str, sd: dict, x: torch.Tensor, cfg: dict, norm=None) -> torch.Tensor:
+    if title.startswith("ResNet"):
+        return resnet_forward(sd, x, cfg["depth"], cfg["cmode"], norm=norm, lite=cfg["type"] == "ResNetLifReluItout")
+    if title == "AttentionVGGNet":
+        return attention_vgg_forward(sd, x, cfg["cmode"])
+    if title.startswith("FastText"):
+        return fasttext_forward(sd, x, cfg["cmode"])
+    return seq_forward(sd, x, cfg["type"], cfg["cmode"], cfg.get("fmode", "spike"))
+
+
+def test_cases_cover_every_table():
+    assert set(CASES) == set(TABLES)
 
 
 @pytest.mark.parametrize("title", list(CASES))
 def test_logits_are_bidls(title, tmp_path):
     """load_model(config, BIDL checkpoint)(x[B, T, ...]) equals BIDL's forward pass (tests/bidl_reference.py)."""
-    shape, T, _ = CASES[title]
+    shape, T = CASES[title]
     sd = bidl_state_dict(title, seed=1)
     torch.save(bidl_train_file(sd), tmp_path / "ck.pth")
     cfg = dict(our_config(title), timestep=T)
     net = load_model(dict(model=dict(backbone=cfg)), tmp_path / "ck.pth")
-    x = (torch.rand((2, T) + shape, generator=torch.Generator().manual_seed(2)) < 0.3).float()
+    x = sample_input(title, shape, T)
     with torch.no_grad():
         ours = net(x)
-        if title.startswith("ResNet"):
-            ref = resnet_forward(sd, x, cfg["depth"], cfg["cmode"])
-        else:
-            ref = seq_forward(sd, x, cfg["type"], cfg["cmode"], cfg.get("fmode", "spike"))
+        ref = reference_logits(title, sd, x, cfg)
     assert ours.abs().sum() > 0 and ours.std() > 0
     # equal up to float rounding: we apply synapses to all steps of a chunk in one call (another conv /
-    # matmul batch than BIDL's one step), and the ResNet accumulates fc per step where BIDL's GPU path
+    # matmul batch than BIDL's one step), and the ResNets accumulate fc per step where BIDL's GPU path
     # takes fc of the mean pooled features (a chip accumulates too)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("itout, it, same", [("SeqClif7Fc1DgItout", "SeqClif7Fc1DgIt", True),
+                                             ("ResNetLifItout-50", "ResNetLif-50", True),
+                                             ("SeqClif5Fc2CdItout", "SeqClif5Fc2CdIt", False),
+                                             ("SeqClif7Fc1CdItout", "SeqClif7Fc1CdIt", False)])
+def test_it_and_itout_modes_agree_where_bidls_do(itout, it, same, tmp_path):
+    """On the same weights BIDL's It and itout nets give the same logits where only a linear head follows
+    the time average (7Fc1 Dg: fc; ResNet: fc), not with a ReLU MLP head (5Fc2) or pools in other places (7Fc1 Cd)."""
+    sd = bidl_state_dict(it, seed=4)
+    shape, T = CASES[it]
+    x = sample_input(it, shape, T)
+    outs = []
+    for title in (itout, it):
+        own = sd if title == it else {k.replace(".module.", "."): v for k, v in sd.items()}  # ResNetLif's TimeDistributed
+        torch.save(own, tmp_path / f"{title}.pth")
+        net = load_model(dict(model=dict(backbone=dict(our_config(title), timestep=T))), tmp_path / f"{title}.pth")
+        with torch.no_grad():
+            outs.append(net(x))
+    a, b = outs
+    if same:
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    else:
+        assert (a - b).abs().max() > 1e-3
+
+
+def test_fasttext_tied_embedding_loads_with_and_without_the_copy(tmp_path):
+    """BIDL's GPU-trained files hold embedding_fc.weight (the embedding's transpose), its CPU-trained ones
+    drop it: both load strictly; a copy that is not the transpose is refused by name."""
+    sd = bidl_state_dict("FastTextItout", seed=5)
+    cfg = dict(model=dict(backbone=our_config("FastTextItout")))
+    torch.save({k: v for k, v in sd.items() if k != "embedding_fc.weight"}, tmp_path / "cpu.pth")
+    torch.save(bidl_train_file(sd), tmp_path / "gpu.pth")
+    for f in ("cpu.pth", "gpu.pth"):
+        net = load_model(cfg, tmp_path / f)
+        assert torch.equal(net.state_dict()["embedding_fc.weight"], sd["embedding.weight"].t())
+        assert net.embedding_fc.weight.data_ptr() == net.embedding.weight.data_ptr()   # tied, as BIDL's
+    bad = dict(sd, **{"embedding_fc.weight": torch.zeros(16, 1001)})
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="embedding_fc.weight is not the transpose"):
+        load_model(cfg, tmp_path / "bad.pth")
+    tokens = torch.randint(0, 1001, (3, 7))
+    with torch.no_grad():   # BIDL's test pipeline feeds one-hot rows (ToOneHot): the same logits
+        one_hot = torch.nn.functional.one_hot(tokens, 1001).float()
+        torch.testing.assert_close(net(tokens), net(one_hot), atol=1e-6, rtol=0)
 
 
 def test_bidl_config_and_checkpoint_unchanged(tmp_path):

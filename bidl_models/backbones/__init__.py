@@ -1,4 +1,6 @@
-"""Backbones, registered by BIDL's class names in :data:`bidl_models.registry.BACKBONES`.
+"""Backbones, registered by BIDL's class names in :data:`bidl_models.registry.BACKBONES`, one module
+per family: ``sequential`` (the ``Seq*`` VGG-like nets, itout, It and LIF+), ``resnet`` and
+``resnet_variants`` (lite and It ResNets), ``attention_vgg`` (AttentionVGGNet), ``fasttext`` (text).
 
 ``NirGraph`` (a NIR graph file run as a backbone, :class:`bidl_models.nir.NirBackbone`) is
 registered here too, so configs can use it without importing :mod:`bidl_models.nir`; building one
@@ -11,14 +13,24 @@ from typing import Any, Mapping, Optional
 
 from ..registry import BACKBONES
 from .base import KEY_ALIASES, Backbone, NeuronSpec, TemporalAccumulator, check_itout, seeded
+from .attention_vgg import AttentionVGGNet
+from .fasttext import FastTextItout, FastTextlifplusItout
 from .resnet import ResNetLifItout
+from .resnet_variants import ResNetLif, ResNetLifReluItout
 from .sequential import (
-    SeqBackbone, SeqClif3Fc3DmItout, SeqClif3Flif2DgItout, SeqClif5Fc2CdItout, SeqClif7Fc1CdItout, mlp, mlp_blocks,
+    SeqBackbone, SeqClif3Fc3DmIt, SeqClif3Fc3DmItout, SeqClif3Fc3LcItout, SeqClif3Flif2DgItout, SeqClif5Fc2CdIt,
+    SeqClif5Fc2CdItout, SeqClif5Fc2DmIt, SeqClif5Fc2DmItout, SeqClif7Fc1CdIt, SeqClif7Fc1CdItout, SeqClif7Fc1DgIt,
+    SeqClifplus3Fc3DmItout, SeqClifplus3Fc3LcItout, SeqClifplus3Flifplus2DgItout, SeqClifplus5Fc2CdItout, mlp,
+    mlp_blocks, variant,
 )
 
 __all__ = ["Backbone", "SeqBackbone", "NeuronSpec", "TemporalAccumulator", "build_backbone", "backbone_kwargs",
-           "ResNetLifItout", "SeqClif3Fc3DmItout", "SeqClif3Flif2DgItout", "SeqClif5Fc2CdItout",
-           "SeqClif7Fc1CdItout", "BACKBONES", "KEY_ALIASES", "check_itout", "mlp", "mlp_blocks", "config_file_digests"]
+           "ResNetLifItout", "ResNetLifReluItout", "ResNetLif", "SeqClif3Fc3DmItout", "SeqClif3Flif2DgItout",
+           "SeqClif5Fc2CdItout", "SeqClif7Fc1CdItout", "SeqClif3Fc3LcItout", "SeqClif5Fc2DmItout",
+           "SeqClifplus3Fc3DmItout", "SeqClifplus3Fc3LcItout", "SeqClifplus5Fc2CdItout", "SeqClifplus3Flifplus2DgItout",
+           "SeqClif5Fc2CdIt", "SeqClif5Fc2DmIt", "SeqClif3Fc3DmIt", "SeqClif7Fc1CdIt", "SeqClif7Fc1DgIt",
+           "AttentionVGGNet", "FastTextItout", "FastTextlifplusItout", "BACKBONES", "KEY_ALIASES", "check_itout",
+           "mlp", "mlp_blocks", "variant", "config_file_digests"]
 
 # NirGraph: bidl_models.nir imports only torch and numpy at module level (the ``nir`` package when a
 # graph is built), so this is safe without the extra; ``from ..`` also works when bidl_models.nir is

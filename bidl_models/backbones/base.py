@@ -23,36 +23,30 @@ from torch import Tensor, nn
 from ..cuts import BlockPart, Cut
 from ..layers import LIFPLUS_FORMS, Chain, Conv2dLif, Conv2dLifPlus, FcLif, FcLifPlus, Temporal, soma_for
 from ..specs import State
+from ..temporal_layers import AGG_MODES, Aggregation
 
-AMODES = ("mean", "sum", "pick")
+AMODES = AGG_MODES
 
 #: Config-key spellings of the user guide's dialect, mapped to the public repository's.
 KEY_ALIASES = {"c0": "input_channels", "h0": "h", "w0": "w"}
 
 
-class TemporalAccumulator(Temporal):
-    """Running temporal aggregate (state ``tempAdd``); outputs the aggregate after every step."""
+class TemporalAccumulator(Aggregation):
+    """The backbones' temporal head: an :class:`~bidl_models.temporal_layers.Aggregation` whose state
+    is ``tempAdd`` (BIDL's chip accumulator); outputs the aggregate after every step."""
+
+    state_name = "tempAdd"
 
     def __init__(self, amode: str = "mean", timestep: int = 1):
-        super().__init__()
         if amode not in AMODES:
             raise ValueError(f"amode={amode!r}: expected one of {list(AMODES)}")
         if int(timestep) < 1:
             raise ValueError(f"timestep={timestep!r}: expected a positive int")
-        self.amode, self.timestep = amode, int(timestep)
+        super().__init__(amode, 1, -1, int(timestep))
 
-    def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
-        acc = state["tempAdd"] if state and "tempAdd" in state else torch.zeros_like(x[0])
-        outs = []
-        for t in range(x.shape[0]):
-            if self.amode == "mean":
-                acc = acc + x[t] / self.timestep
-            elif self.amode == "sum":
-                acc = acc + x[t]
-            else:
-                acc = x[t]
-            outs.append(acc)
-        return torch.stack(outs), {"tempAdd": acc}
+    @property
+    def amode(self) -> str:
+        return self.mode
 
     def extra_repr(self) -> str:
         return f"amode={self.amode}, timestep={self.timestep}"
@@ -145,7 +139,14 @@ class Backbone(nn.Module):
 
     ``run(x[T, B, ...], state)`` -> (accumulator after each step ``[T, B, nclass]``, state);
     ``forward(x[B, T, ...])`` -> logits ``[B, nclass]`` (BIDL's batch-first layout, fresh state).
+
+    What the model reads per step: ``input_shape`` (``(C, H, W)``; ``()`` for one token id per step;
+    None when the config does not fix it), ``input_dtype`` (``'float32'``, or ``'int64'`` for token
+    ids), ``input_high`` (integer inputs lie in ``[0, input_high)``: the vocabulary size).
     """
+
+    input_dtype: str = "float32"
+    input_high: Optional[int] = None
 
     def _finish(self, blocks: Sequence[Sequence[str]], timestep: int, amode: str,
                 input_shape: Optional[Sequence[int]], stem: Sequence[str] = (), head: Sequence[str] = ()) -> None:
@@ -153,7 +154,7 @@ class Backbone(nn.Module):
         with the first / last block."""
         self.timestep = int(timestep)
         self.acc = TemporalAccumulator(amode, timestep)
-        self.input_shape = tuple(int(d) for d in input_shape) if input_shape else None
+        self.input_shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
         self.layout = (tuple(stem), tuple(tuple(b) for b in blocks), tuple(head))
         for path in (*stem, *(p for b in blocks for p in b), *head):
             self.get_submodule(path)  # a layout naming a missing module is a bug: fail at construction
@@ -210,13 +211,41 @@ class Backbone(nn.Module):
     def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
         return self.segment(0, self.n_blocks).run(x, state)
 
+    def whole_sequence_layers(self, start: int | str | Cut = 0,
+                              end: int | str | Cut | None = None) -> list[tuple[str, str]]:
+        """``(module path, class name)`` of the layers in ``[start, end)`` (block indices or cuts; with
+        the stem / head where the range holds them) that need all T steps in one chunk (``whole_sequence``)."""
+        out: list[tuple[str, str]] = []
+        for _, unit in self.units(start, end):
+            parts = (zip(unit.paths, unit.parts) if hasattr(unit, "paths")
+                     else [(unit.path, unit.block)])   # a piece of a block cut inside: its whole block
+            for path, part in parts:
+                for sub, m in part.named_modules():
+                    if getattr(m, "whole_sequence", False):
+                        name = ".".join(p for p in (path, sub) if p) or type(m).__name__
+                        out.append((name, type(m).__name__))
+        return out
+
+    def needs_exact_timestep(self) -> bool:
+        """True when the result is only right for exactly ``timestep`` steps: a temporal mean divides
+        by it, or a layer attends over the whole sequence."""
+        return any(getattr(m, "divides_by_timestep", False) or getattr(m, "whole_sequence", False)
+                   for m in self.modules())
+
+    def check_input(self, x: Tensor) -> None:
+        """ValueError unless ``x`` is ``[B, T] + input_shape`` (``[B, T, ...]`` when that is not fixed)."""
+        rank = 2 + len(self.input_shape) if self.input_shape is not None else None
+        if (x.dim() != rank) if rank is not None else x.dim() < 3:
+            step = f"[{', '.join(map(str, self.input_shape))}]" if self.input_shape is not None else "[...]"
+            raise ValueError(f"input of shape {list(x.shape)}: expected [B, T] + {step} per step")
+
     def forward(self, x: Tensor) -> Tensor:
         """``x[B, T, ...]`` -> logits ``[B, nclass]``: the accumulator after the last step."""
-        if x.dim() < 3:
-            raise ValueError(f"input of shape {list(x.shape)}: expected [B, T, ...]")
-        if self.acc.amode == "mean" and x.shape[1] != self.timestep:
+        self.check_input(x)
+        if self.needs_exact_timestep() and x.shape[1] != self.timestep:
             raise ValueError(f"input has T={x.shape[1]} time steps but the backbone was built with "
-                             f"timestep={self.timestep} (amode='mean' divides by it)")
+                             f"timestep={self.timestep} (a temporal mean divides by it, or attention needs "
+                             "exactly T steps)")
         y, _ = self.run(x.transpose(0, 1))
         return y[-1]
 

@@ -264,7 +264,7 @@ class ResNetLifItout(Backbone):
             width = base_channels * 2 ** i
             layer = nn.ModuleList()
             for j in range(nb):
-                layer.append(block(ci, width, 2 if (i > 0 and j == 0) else 1, n, norm_state))
+                layer.append(self.make_block(block, j, ci, width, 2 if (i > 0 and j == 0) else 1, n, norm_state))
                 paths.append([f"layer{i + 1}.{j}"])
                 ci = width * block.expansion
             self.add_module(f"layer{i + 1}", layer)
@@ -277,3 +277,8 @@ class ResNetLifItout(Backbone):
         self.depth = depth
         shape = (input_channels, h, w) if h is not None and w is not None else None
         self._finish(paths, timestep, amode, shape, stem=stem, head=["avgpool", "flat", "fc"])
+
+    def make_block(self, block: type, index: int, ci: int, width: int, stride: int, n: NeuronSpec,
+                   norm_state: bool) -> nn.Module:
+        """Block ``index`` of a stage (a hook for variants whose first block differs from the rest)."""
+        return block(ci, width, stride, n, norm_state)

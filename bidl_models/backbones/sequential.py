@@ -1,11 +1,21 @@
-"""BIDL's Sequential "itout" backbones (``Seq*Itout``), module for module with BIDL's names.
+"""BIDL's Sequential backbones (``Seq*Itout``, ``Seq*It``, the LIF+ ``SeqClifplus*``), module for
+module with BIDL's names.
 
 Each is a stack of ``Conv2dLif`` layers ``clif1..n`` (with max-pools ``mp1..n`` on the spikes, or
 ``mp=True`` inside the layer: pooling before the neuron), a ``flat`` Flatten, and either an MLP
 ``head`` (``nn.Sequential`` of Linear/ReLU: keys ``head.0``, ``head.2``, ...), a single Linear ``fc``,
-or ``FcLif`` layers ``flif1..n``; the per-step logits go to the temporal accumulator. A new one is a
-few lines on :class:`SeqBackbone`: register BIDL's modules in BIDL's order (that order is the
-state_dict's and the optimizer's), then ``_finish`` with the blocks a ``split`` may cut between.
+or ``FcLif`` layers ``flif1..n``. Two ways to reach the logits, as BIDL's two modes:
+
+* itout (``*Itout``): the head runs on every step, the temporal accumulator averages its outputs;
+* It (``*It``): the ``avg`` :class:`~bidl_models.temporal_layers.Aggregation` averages the features
+  over time *before* the head (streamed: the head sees the running mean; after the last step it is
+  the mean over all T), and the result is the last step's. The same weights give the same logits in
+  both modes where the head is linear (``fc``), not where it has a ReLU (``head``), as BIDL's.
+
+A new one is a few lines on :class:`SeqBackbone`: register BIDL's modules in BIDL's order (that
+order is the state_dict's and the optimizer's), then ``_finish`` with the blocks a ``split`` may cut
+between; a variant that only changes defaults is :func:`variant`. ``it_batch`` (BIDL's It-mode batch
+baked into the model) is accepted and not needed: nothing here depends on the batch size.
 
 Keywords are BIDL's (``input_channels, h, w``; the user guide's ``c0, h0, w0`` are accepted by
 :func:`~bidl_models.build_backbone`), plus the project's layout options: ``norm_state`` (True:
@@ -14,12 +24,21 @@ BN on the membrane state, BIDL's; False: BN on the current), ``conv_bias`` (True
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional, Sequence
 
 from torch import nn
 
 from ..registry import BACKBONES
+from ..temporal_layers import Aggregation
 from .base import Backbone, NeuronSpec, check_itout
+
+#: Conv stacks, one ``(out channels, kernel, stride, padding, pool inside, pool after)`` per layer.
+CONV3 = tuple((c, 3, 1, 1, False, True) for c in (32, 64, 128))
+CONV5 = ((32, 5, 2, 2, False, True),) + tuple((c, 3, 1, 1, False, True) for c in (64, 128, 256, 512))
+CH7 = (64, 64, 128, 128, 256, 256, 512)
+CONV7_INSIDE = tuple((c, 3, 1, 1, True, False) for c in CH7)
+CONV7_AFTER = tuple((c, 3, 1, 1, False, True) for c in CH7)
 
 
 def mlp(feat: int, widths: Sequence[int]) -> nn.Sequential:
@@ -48,12 +67,17 @@ def mlp_blocks(head: str, n_linear: int, first: Sequence[str] = ("flat",)) -> li
 
 
 class SeqBackbone(Backbone):
-    """Shared construction of the ``Seq*`` backbones: the neuron options and the input shape."""
+    """Shared construction of the ``Seq*`` backbones: the neuron options, the conv stack, the heads."""
+
+    required_neuron: Optional[str] = None   # 'lifplus' for BIDL's SeqClifplus* classes
 
     def _neurons(self, cmode: str, soma_params: Any, noise: float, neuron: str, neuron_config: Optional[Sequence],
                  norm_state: bool, conv_bias: bool, surrogate_width: float, lifplus_form: str,
-                 spike_func: Any, use_inner_loop: bool) -> NeuronSpec:
+                 spike_func: Any = None, use_inner_loop: bool = False) -> NeuronSpec:
         check_itout(spike_func, use_inner_loop, type(self).__name__)
+        if self.required_neuron is not None and str(neuron).lower() != self.required_neuron:
+            raise ValueError(f"{type(self).__name__}: neuron={neuron!r}; expected {self.required_neuron!r} (BIDL's "
+                             f"{self.required_neuron.upper()} class; for LIF use the Seq*Clif* class of the same net)")
         return NeuronSpec(cmode, soma_params, noise, neuron, neuron_config, bool(norm_state), bool(conv_bias),
                           float(surrogate_width), lifplus_form)
 
@@ -70,6 +94,51 @@ class SeqBackbone(Backbone):
             ci = co
         return blocks
 
+    def _head(self, feat: int, widths: Sequence[int], first: Sequence[str]) -> list[list[str]]:
+        """``widths`` of one Linear: ``fc``; of several: the MLP ``head``. Returns its blocks."""
+        if len(widths) == 1:
+            self.fc = nn.Linear(feat, widths[0])
+            return [list(first) + ["fc"]]
+        self.head = mlp(feat, widths)
+        return mlp_blocks("head", len(widths), first)
+
+    def _build(self, n: NeuronSpec, convs: Sequence, widths: Sequence[int], timestep: int, amode: str,
+               shape: Sequence[int], it: bool) -> None:
+        """Conv stack, then (itout) ``flat`` and the head per step, the accumulator averaging; or (It)
+        ``avg`` over time, ``flat``, the head, the last step's result."""
+        blocks = self._conv_stack(n, convs, shape[0])
+        conv_paths = [p for b in blocks for p in b]
+        if it:
+            self.avg = Aggregation(amode, 0, -1, timestep)
+        self.flat = nn.Flatten(1)
+        first = ("avg", "flat") if it else ("flat",)
+        blocks += self._head(self.features(conv_paths, shape), widths, first)
+        self._finish(blocks, timestep, "pick" if it else amode, shape)
+
+
+def variant(base: type, name: str, doc: str, attrs: Optional[dict] = None, **defaults: Any) -> type:
+    """Register ``name``: ``base`` with other keyword defaults (and class attributes ``attrs``); its
+    signature (what configs are checked against) shows them."""
+    sig = inspect.signature(base.__init__)
+    unknown = sorted(set(defaults) - set(sig.parameters))
+    if unknown:
+        raise TypeError(f"variant {name}: {base.__name__} has no keywords {unknown}")
+    new_sig = sig.replace(parameters=[p.replace(default=defaults[p.name]) if p.name in defaults else p
+                                      for p in sig.parameters.values()])
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        bound = new_sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        base.__init__(self, **{k: v for k, v in bound.arguments.items() if k != "self"})
+
+    __init__.__signature__ = new_sig  # type: ignore[attr-defined]
+    cls = type(name, (base,), {"__init__": __init__, "__doc__": doc, "__module__": base.__module__,
+                               "__qualname__": name, **(attrs or {})})
+    return BACKBONES.register(name)(cls)
+
+
+# ------------------------------------------------------------------------------------ itout
+
 
 @BACKBONES.register()
 class SeqClif3Fc3DmItout(SeqBackbone):
@@ -84,12 +153,7 @@ class SeqClif3Fc3DmItout(SeqBackbone):
         super().__init__()
         n = self._neurons(cmode, soma_params, noise, neuron, neuron_config, norm_state, conv_bias, surrogate_width,
                           lifplus_form, spike_func, use_inner_loop)
-        blocks = self._conv_stack(n, [(32, 3, 1, 1, False, True), (64, 3, 1, 1, False, True),
-                                      (128, 3, 1, 1, False, True)], input_channels)
-        self.flat = nn.Flatten(1)
-        feat = self.features([p for b in blocks for p in b], (input_channels, h, w))
-        self.head = mlp(feat, (512, 128, nclass))
-        self._finish(blocks + mlp_blocks("head", 3), timestep, amode, (input_channels, h, w))
+        self._build(n, CONV3, (512, 128, nclass), timestep, amode, (input_channels, h, w), it=False)
 
 
 @BACKBONES.register()
@@ -105,12 +169,7 @@ class SeqClif5Fc2CdItout(SeqBackbone):
         super().__init__()
         n = self._neurons(cmode, soma_params, noise, neuron, neuron_config, norm_state, conv_bias, surrogate_width,
                           lifplus_form, spike_func, use_inner_loop)
-        blocks = self._conv_stack(n, [(32, 5, 2, 2, False, True)] + [(c, 3, 1, 1, False, True)
-                                                                      for c in (64, 128, 256, 512)], input_channels)
-        self.flat = nn.Flatten(1)
-        feat = self.features([p for b in blocks for p in b], (input_channels, h, w))
-        self.head = mlp(feat, (512, nclass))
-        self._finish(blocks + mlp_blocks("head", 2), timestep, amode, (input_channels, h, w))
+        self._build(n, CONV5, (512, nclass), timestep, amode, (input_channels, h, w), it=False)
 
 
 @BACKBONES.register()
@@ -150,10 +209,68 @@ class SeqClif7Fc1CdItout(SeqBackbone):
         super().__init__()
         n = self._neurons(cmode, soma_params, noise, neuron, neuron_config, norm_state, conv_bias, surrogate_width,
                           lifplus_form, spike_func, use_inner_loop)
-        chans = (64, 64, 128, 128, 256, 256, 512)
-        blocks = self._conv_stack(n, [(c, 3, 1, 1, True, False) for c in chans], input_channels)
-        self.flat = nn.Flatten(1)
-        feat = self.features([p for b in blocks for p in b], (input_channels, h, w))
-        self.fc = nn.Linear(feat, nclass)
         self.fmode = fmode  # accepted as BIDL's constructor does; the head is a plain Linear
-        self._finish(blocks + [["flat", "fc"]], timestep, amode, (input_channels, h, w))
+        self._build(n, CONV7_INSIDE, (nclass,), timestep, amode, (input_channels, h, w), it=False)
+
+
+SeqClif3Fc3LcItout = variant(
+    SeqClif3Fc3DmItout, "SeqClif3Fc3LcItout",
+    "LUNA16 nodules (1x32x32, T=8, 2 classes): the SeqClif3Fc3DmItout network.",
+    timestep=8, input_channels=1, h=32, w=32, nclass=2)
+SeqClif5Fc2DmItout = variant(
+    SeqClif5Fc2CdItout, "SeqClif5Fc2DmItout", "DVS-MNIST at 128x128, T=20: the SeqClif5Fc2CdItout network.",
+    timestep=20)
+
+_LIFPLUS = dict(attrs=dict(required_neuron="lifplus"), neuron="lifplus", lifplus_form="bidl")
+SeqClifplus3Fc3DmItout = variant(SeqClif3Fc3DmItout, "SeqClifplus3Fc3DmItout",
+                                 "SeqClif3Fc3DmItout with LIF+ neurons (BIDL's update: lifplus_form='bidl').",
+                                 **_LIFPLUS)
+SeqClifplus3Fc3LcItout = variant(SeqClif3Fc3LcItout, "SeqClifplus3Fc3LcItout",
+                                 "SeqClif3Fc3LcItout with LIF+ neurons (BIDL's update: lifplus_form='bidl').",
+                                 **_LIFPLUS)
+SeqClifplus5Fc2CdItout = variant(SeqClif5Fc2CdItout, "SeqClifplus5Fc2CdItout",
+                                 "SeqClif5Fc2CdItout with LIF+ neurons (BIDL's update: lifplus_form='bidl').",
+                                 **_LIFPLUS)
+SeqClifplus3Flifplus2DgItout = variant(SeqClif3Flif2DgItout, "SeqClifplus3Flifplus2DgItout",
+                                       "SeqClif3Flif2DgItout with LIF+ neurons in every layer (BIDL's update: "
+                                       "lifplus_form='bidl').", **_LIFPLUS)
+
+
+# --------------------------------------------------------------------------------------- It
+
+
+@BACKBONES.register()
+class SeqClif5Fc2CdIt(SeqBackbone):
+    """It mode of SeqClif5Fc2CdItout (same modules and keys): the features averaged over time by
+    ``avg``, then the ReLU MLP ``head`` once (so not the itout model's logits on the same weights)."""
+
+    convs: Sequence = CONV5
+    widths = (512,)
+
+    def __init__(self, timestep: int = 10, input_channels: int = 2, h: int = 128, w: int = 128, nclass: int = 10,
+                 cmode: str = "spike", amode: str = "mean", soma_params: Any = "all_share", noise: float = 0,
+                 neuron: str = "lif", neuron_config: Optional[Sequence] = None, it_batch: int = 1,
+                 norm_state: bool = True, conv_bias: bool = True, surrogate_width: float = 1.0,
+                 lifplus_form: str = "documented"):
+        super().__init__()
+        if not isinstance(it_batch, int) or it_batch < 1:
+            raise ValueError(f"{type(self).__name__}: it_batch={it_batch!r}: expected a positive int (accepted "
+                             "for BIDL's files; any batch runs here)")
+        n = self._neurons(cmode, soma_params, noise, neuron, neuron_config, norm_state, conv_bias, surrogate_width,
+                          lifplus_form)
+        self._build(n, self.convs, tuple(self.widths) + (nclass,), timestep, amode, (input_channels, h, w), it=True)
+
+
+SeqClif5Fc2DmIt = variant(SeqClif5Fc2CdIt, "SeqClif5Fc2DmIt", "It mode of SeqClif5Fc2DmItout (DVS-MNIST, T=20).",
+                          timestep=20)
+SeqClif3Fc3DmIt = variant(SeqClif5Fc2CdIt, "SeqClif3Fc3DmIt",
+                          "It mode of SeqClif3Fc3DmItout: ``avg`` over time, then the MLP ``head``.",
+                          attrs=dict(convs=CONV3, widths=(512, 128)), timestep=20, h=40, w=40)
+SeqClif7Fc1CdIt = variant(SeqClif5Fc2CdIt, "SeqClif7Fc1CdIt",
+                          "It mode of the CIFAR10-DVS 7-conv net, with BIDL's It layout: the max-pools ``mp1..7`` "
+                          "after the neurons (the itout net pools before them), ``avg``, then ``fc``.",
+                          attrs=dict(convs=CONV7_AFTER, widths=()), timestep=16, nclass=11)
+SeqClif7Fc1DgIt = variant(SeqClif5Fc2CdIt, "SeqClif7Fc1DgIt",
+                          "It mode of SeqClif7Fc1DgItout (pools inside the layers, as the itout net): ``avg`` over "
+                          "time, then ``fc``; the same logits as the itout net on the same weights (fc is linear).",
+                          attrs=dict(convs=CONV7_INSIDE, widths=()), timestep=16, nclass=11)

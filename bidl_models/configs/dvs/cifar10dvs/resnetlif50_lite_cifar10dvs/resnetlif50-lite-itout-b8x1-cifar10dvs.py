@@ -1,0 +1,54 @@
+# BIDL's resnetlif50-lite-itout-b8x1-cifar10dvs: ResNetLifReluItout depth 50 on CIFAR10-DVS, 2x128x128,
+# T=10, 10 classes.
+
+# ---- model
+model = dict(
+    type='ImageClassifier',
+    backbone=dict(
+        type='ResNetLifReluItout',
+        timestep=10, h=128, w=128, input_channels=2,
+        depth=50, nclass=10,
+        down_t=[1, 'avg'],
+        noise=1e-5,
+        soma_params='all_share',
+        cmode='spike',
+    ),
+    neck=None,
+    head=dict(type='ClsHead', loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, loss_weight=1.0),
+              topk=(1, 5), cal_acc=True),
+)
+
+# ---- data (data.* without 'type': dataset_type applies)
+dataset_type = 'Cifar10Dvs'
+train_pipeline = [
+    dict(type='RandomCropVideo', size=128, padding=16),
+    dict(type='RandomFlipVideo', flip_prob=0.5, direction='horizontal'),
+    dict(type='ToTensorType', keys=[0], dtype='float32'),
+]
+test_pipeline = [
+    dict(type='ToTensorType', keys=[0], dtype='float32'),
+]
+data = dict(
+    samples_per_gpu=8,
+    workers_per_gpu=0,
+    data_root='./data',
+    train=dict(pipeline=train_pipeline),
+    val=dict(pipeline=test_pipeline),
+    test=dict(pipeline=test_pipeline),
+)
+
+# ---- schedule
+optimizer = dict(type='SGD', lr=0.001, momentum=0.9, weight_decay=0.0001)
+optimizer_config = dict(grad_clip=None)
+lr_config = dict(policy='CosineAnnealingLR', T_max=40, eta_min=0)
+runner = dict(type='EpochBasedRunner', max_epochs=200)
+
+# ---- runtime
+checkpoint_config = dict(interval=1)
+log_config = dict(interval=50, hooks=[dict(type='TextLoggerHook')])
+dist_params = dict(backend='nccl')
+log_level = 'INFO'
+load_from = None
+resume_from = None
+workflow = [('train', 1)]
+fp16 = dict(loss_scale=512.0)

@@ -1,0 +1,54 @@
+# BIDL's clif7fc1cd_it-b64x1-cifar10dvs: SeqClif7Fc1CdIt (It mode; max-pools after the neurons, features
+# averaged over time, then fc) on CIFAR10-DVS, 2x128x128, T=10.
+
+# ---- model
+model = dict(
+    type='ImageClassifier',
+    backbone=dict(
+        type='SeqClif7Fc1CdIt',
+        timestep=10, input_channels=2, h=128, w=128, nclass=10,
+        cmode='analog', amode='mean', noise=0, soma_params='all_share',
+        neuron='lif',
+        neuron_config=None,
+        it_batch=32,
+    ),
+    neck=None,
+    head=dict(type='ClsHead', loss=dict(type='LabelSmoothLoss', label_smooth_val=0.4, loss_weight=1.0),
+              topk=(1, 5), cal_acc=True),
+)
+
+# ---- data (data.* without 'type': dataset_type applies)
+dataset_type = 'Cifar10Dvs'
+train_pipeline = [
+    dict(type='RandomCropVideo', size=128, padding=16),
+    dict(type='RandomFlipVideo', flip_prob=0.5, direction='horizontal'),
+    dict(type='ToTensorType', keys=[0], dtype='float32'),
+]
+test_pipeline = [
+    dict(type='ToTensorType', keys=[0], dtype='float32'),
+]
+data = dict(
+    samples_per_gpu=32,
+    workers_per_gpu=0,
+    data_root='./data',
+    train=dict(pipeline=train_pipeline),
+    val=dict(pipeline=test_pipeline),
+    test=dict(pipeline=test_pipeline),
+)
+
+# ---- schedule
+optimizer = dict(type='Adam', lr=0.001, weight_decay=0.0001)
+optimizer_config = dict(grad_clip=None)
+lr_config = dict(policy='MultiStepLR', milestones=[30, 60, 90])
+warmup = dict(warmup_ratio=1e-1, warmup_iters=2500)
+runner = dict(type='EpochBasedRunner', max_epochs=100)
+
+# ---- runtime
+checkpoint_config = dict(interval=1)
+log_config = dict(interval=10, hooks=[dict(type='TextLoggerHook')])
+dist_params = dict(backend='nccl')
+log_level = 'INFO'
+load_from = None
+resume_from = None
+workflow = [('train', 1)]
+fp16 = None
