@@ -818,7 +818,8 @@ class _Exporter:
             node = nir.AvgPool2d(kernel_size=np.array(k), stride=np.array(s), padding=np.array(p))
             return [self.add(path, node, srcs)], got
         if isinstance(mod, nn.AdaptiveAvgPool2d):
-            hw, o = shape[1:], _ints([d if d is not None else hw[i] for i, d in enumerate(
+            hw = shape[1:]
+            o = _ints([d if d is not None else hw[i] for i, d in enumerate(
                 mod.output_size if isinstance(mod.output_size, (tuple, list)) else (mod.output_size,) * 2)], 2)
             if any(h % d for h, d in zip(hw, o)):
                 self.refuse(mod, path, f"adaptive pooling of {list(hw)} to {list(o)} (windows of unequal size)")
