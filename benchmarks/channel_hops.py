@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     prim = signalling_and_plain_idle(max(200, args.small_iters), args.idle_s)
 
     print("starting Ray ...", flush=True)
-    from bidl_runtime.cluster import start_local
+    from bidl_runtime.cluster.ray_cluster import start_local
     start_local(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
         P = ray.remote(num_cpus=0)(Peer)

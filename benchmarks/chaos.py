@@ -4,7 +4,7 @@
 
 The default model (the default config, its shipped weights, synthetic seeded event frames) streams
 ``--samples`` samples through a ``--grid`` grid on an embedded Ray (token auth, 127.0.0.1) while
-:class:`bidl_runtime.chaos.Chaos` injects ``--faults`` faults, alternately SIGKILL and SIGSTOP, into
+:class:`bidl_runtime.driver.chaos.Chaos` injects ``--faults`` faults, alternately SIGKILL and SIGSTOP, into
 random cells at random times spread over the run. Every output is checked against the single-device
 reference run of the same artifacts as it arrives (``verify``). ``--quick``: 300 samples, 4 faults
 (about 2 minutes here). Printed: one row per fault (cell, diagnosis, seconds until it was named,
@@ -49,14 +49,14 @@ def main(argv=None) -> int:
 
     from bidl_models.config import load_config
     from bidl_runtime.api import prepare
-    from bidl_runtime.chaos import Chaos
-    from bidl_runtime.cluster import start_local
-    from bidl_runtime.config import RuntimeConfig
-    from bidl_runtime.data import synthetic_samples
+    from bidl_runtime.driver.chaos import Chaos
+    from bidl_runtime.cluster.ray_cluster import start_local
+    from bidl_runtime.runtime_config import RuntimeConfig
+    from bidl_runtime.driver.samples import synthetic_samples
     from bidl_runtime.defaults import default_checkpoint, default_config, default_threads
-    from bidl_runtime.grid import Grid
-    from bidl_runtime.layout import GridLayout
-    from bidl_runtime.place import Cluster, place
+    from bidl_runtime.driver.grid import Grid
+    from bidl_models.slicing import GridLayout
+    from bidl_runtime.plan.place import Cluster, place
 
     import ray
     cfg = load_config(default_config())

@@ -105,7 +105,7 @@ def default_samples(rows: int, cols: int, replicas: int, T: int) -> int:
 
 
 def measure(plan, rcfg, pool, n_samples: int, x) -> dict[str, Any]:
-    from bidl_runtime.grid import Grid
+    from bidl_runtime.driver.grid import Grid
 
     grid = Grid(plan, rcfg, pool)
     try:
@@ -160,12 +160,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from bidl_models.model_spec import ModelSpec
     from bidl_models.segments import auto_split
     from bidl_runtime.api import build_artifacts, prepare
-    from bidl_runtime.config import COMPILE_START_TIMEOUT_S, COMPILED_BACKENDS, RuntimeConfig
+    from bidl_runtime.runtime_config import COMPILE_START_TIMEOUT_S, COMPILED_BACKENDS, RuntimeConfig
     from bidl_runtime.defaults import default_threads
-    from bidl_runtime.devices import DeviceProfile
-    from bidl_runtime.layout import GridLayout, time_slices
-    from bidl_runtime.place import Cluster, place
-    from bidl_runtime.pool import CellPool
+    from bidl_runtime.cell.contexts import DeviceProfile
+    from bidl_models.slicing import GridLayout, time_slices
+    from bidl_runtime.plan.place import Cluster, place
+    from bidl_runtime.cell.pool import CellPool
 
     devices = sorted({int(d) for d in args.devices.split(",")})
     Ts = [int(t) for t in args.T.split(",")]
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 jobs.append((T, n, mode, g))
     need = max(n for _, n, _, _ in jobs)
-    from bidl_runtime.cluster import start_local
+    from bidl_runtime.cluster.ray_cluster import start_local
     gpu = args.backend == "cuda"
     gpus_per_cell = args.gpus_per_cell or (1.0 / need if gpu else 1.0)
     start_local(num_cpus=os.cpu_count(), resources={"bidl_device": need}, include_dashboard=False,
@@ -420,7 +420,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="benchmarks/fps_scaling.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", default="emulated", choices=["emulated", "cpu", "cuda", "compiled"])
     ap.add_argument("--transport", default="auto", choices=["auto", "shm", "tcp", "cuda"])
-    ap.add_argument("--chunk-compile", default="capture", help="cuda/compiled: bidl_runtime.compiled.METHODS")
+    ap.add_argument("--chunk-compile", default="capture", help="cuda/compiled: bidl_runtime.cell.compiled.METHODS")
     ap.add_argument("--gpus-per-cell", type=float, default=None, help="cuda: default 1 / the largest cell count")
     ap.add_argument("--smoke", action="store_true", help="toy sizes; cuda falls back to compiled without a GPU")
     ap.add_argument("--partial-to", default=None, help="rewrite this JSON file after every configuration")

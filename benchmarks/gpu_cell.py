@@ -13,7 +13,7 @@ Per configuration ``TxB`` (time steps x batch), on ResNetLif50 2x128x128 (seeded
   ``u = x + v; f = [u >= theta]; v' = alpha (f v0 + (1-f) u) + beta`` is SpikingJelly's LIF with
   ``decay_input=False``, ``tau = 1/(1-alpha)``, ``v_threshold = theta``, ``v_reset = v0`` when
   ``beta = 0`` and ``v0 = 0`` (its membrane is BIDL's ``v / alpha``), so |diff| is meaningful;
-- ``ours:<method>``: the compiled artifact (:class:`bidl_runtime.compiled.CompiledChunk`, each method
+- ``ours:<method>``: the compiled artifact (:class:`bidl_runtime.cell.compiled.CompiledChunk`, each method
   of ``--chunk-compile``, default ``graphs`` = Inductor + CUDA graphs and ``capture`` = the exported
   program in one CUDA graph) with resident buffers, as a ``cuda`` cell runs it.
 
@@ -150,7 +150,7 @@ def measure(T: int, B: int, methods: list[str], args, dev: torch.device, work: P
             saved: Callable[[dict], None] = lambda res: None) -> dict[str, Any]:
     """Every method on one ``TxB`` configuration; ``saved(res)`` after each (partial results survive a kill)."""
     from bidl_models.model_spec import ModelSpec
-    from bidl_runtime.compiled import CompiledChunk
+    from bidl_runtime.cell.compiled import CompiledChunk
     from compile import CompileOptions, compile_spec
     cfg = load_model_config(T, args.smoke)
     spec = ModelSpec.from_config(cfg, columns=1)
@@ -197,7 +197,7 @@ def measure(T: int, B: int, methods: list[str], args, dev: torch.device, work: P
                                                                   verbose=False))
                     r["prepare_s"] = time.perf_counter() - t0
                     path = str(arts.records[0].path)
-                    from bidl_runtime.compiled import example_inputs
+                    from bidl_runtime.cell.compiled import example_inputs
                     from compile.artifact import load_artifact
                     ins = example_inputs(load_artifact(path), B, dev)   # resident buffers, as a cuda cell has
                     chunk = CompiledChunk.load(path, dev, B, cm, cache=True, amp=args.amp, static_inputs=ins)
@@ -331,7 +331,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.chunk_compile = args.chunk_compile or "inductor"
         args.hop_iters = min(args.hop_iters, 20)
     else:
-        from bidl_runtime.devices import CudaUnavailable, require_cuda
+        from bidl_runtime.cell.contexts import CudaUnavailable, require_cuda
         try:
             require_cuda("benchmarks/gpu_cell.py")
         except CudaUnavailable as e:

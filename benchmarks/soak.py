@@ -120,13 +120,13 @@ def main(argv=None) -> int:
 
     from bidl_models.config import load_config
     from bidl_runtime.api import prepare
-    from bidl_runtime.cluster import start_local
-    from bidl_runtime.config import RuntimeConfig
-    from bidl_runtime.data import synthetic_samples
+    from bidl_runtime.cluster.ray_cluster import start_local
+    from bidl_runtime.runtime_config import RuntimeConfig
+    from bidl_runtime.driver.samples import synthetic_samples
     from bidl_runtime.defaults import default_checkpoint, default_config, default_threads
-    from bidl_runtime.grid import Grid
-    from bidl_runtime.layout import GridLayout
-    from bidl_runtime.place import Cluster, place
+    from bidl_runtime.driver.grid import Grid
+    from bidl_models.slicing import GridLayout
+    from bidl_runtime.plan.place import Cluster, place
 
     cfg = load_config(default_config())
     layout = GridLayout.resolve(cfg, args.grid, 1)

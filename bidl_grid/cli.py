@@ -57,4 +57,4 @@ def run() -> int:
 
 def plan() -> int:
     """``bidl-plan`` = ``python -m bidl_runtime.plan``."""
-    return run_main("bidl_runtime.plan")
+    return run_main("bidl_runtime.plan.__main__")

@@ -7,15 +7,15 @@ The chain (each stage produced once, data flowing one way)::
     spec   = ModelSpec.from_config(cfg, columns=layout.cols, checkpoint=ckpt) # bidl_models.model_spec
     arts   = compile_spec(spec, time_slices(spec.T, layout.rows),            # compile (or emulate(spec, ...))
                           CompileOptions(out=artifact_dir(spec)))
-    plan   = place(arts, Cluster.connect(), layout)                          # bidl_runtime.place -> GridPlan
-    report = Grid(plan, RuntimeConfig()).run(samples)                        # bidl_runtime.grid -> RunReport
+    plan   = place(arts, Cluster.connect(), layout)                          # bidl_runtime.plan.place -> GridPlan
+    report = Grid(plan, RuntimeConfig()).run(samples)                        # bidl_runtime.driver.grid -> RunReport
 
 :func:`prepare` does the layout/spec/artifacts part, :func:`stream` all of it on an initialised
 Ray (the cluster's nodes declare ``bidl_device`` resources): an embedded one from
-:func:`bidl_runtime.cluster.start_local` (token auth, 127.0.0.1 only), or a real cluster joined with
-:func:`bidl_runtime.cluster.join`::
+:func:`bidl_runtime.cluster.ray_cluster.start_local` (token auth, 127.0.0.1 only), or a real cluster joined with
+:func:`bidl_runtime.cluster.ray_cluster.join`::
 
-    from bidl_runtime.cluster import start_local
+    from bidl_runtime.cluster.ray_cluster import start_local
     start_local(resources={"bidl_device": 6})
     report = stream(load_config("clif3fc3dm_itout-b16x1-dvsglyphs"), samples, grid=(3, 2))
     print(report.summary())
@@ -28,13 +28,13 @@ from typing import Iterable, Optional, Sequence
 from bidl_models.config import Config
 from bidl_models.model_spec import ModelSpec
 
-from .config import RuntimeConfig
-from .emulated import emulate
-from .grid import Grid
-from .layout import GridLayout, time_slices
-from .place import Cluster, place
-from .pool import CellPool
-from .report import RunReport
+from .runtime_config import RuntimeConfig
+from bidl_runtime.plan.emulated import emulate
+from bidl_runtime.driver.grid import Grid
+from bidl_models.slicing import GridLayout, time_slices
+from bidl_runtime.plan.place import Cluster, place
+from bidl_runtime.cell.pool import CellPool
+from bidl_runtime.driver.report import RunReport
 
 
 def artifact_dir(spec: ModelSpec, root: str | Path = "artifacts") -> Path:
@@ -48,7 +48,7 @@ def prepare(cfg: Config, layout: GridLayout, config: RuntimeConfig, checkpoint: 
             artifacts: str | Path = "artifacts", force_compile: bool = False,
             verbose: bool = True) -> tuple[ModelSpec, object]:
     """``(spec, artifact set)`` for a layout: compiled artifacts (built or reused) for real backends,
-    an :class:`~bidl_runtime.emulated.EmulatedSet` for ``emulated``."""
+    an :class:`~bidl_runtime.plan.emulated.EmulatedSet` for ``emulated``."""
     spec = ModelSpec.from_config(cfg, columns=layout.cols, checkpoint=checkpoint)
     return spec, build_artifacts(spec, time_slices(spec.T, layout.rows), config, artifacts, force_compile, verbose)
 
@@ -60,7 +60,7 @@ def build_artifacts(spec: ModelSpec, slices: Sequence[int], config: RuntimeConfi
     if config.backend == "emulated":
         return emulate(spec, slices, config.profile, config.batch)
     from compile import CompileOptions, compile_spec
-    from .config import COMPILED_BACKENDS
+    from .runtime_config import COMPILED_BACKENDS
     opts = CompileOptions(out=str(artifact_dir(spec, artifacts)), batch=config.batch, force=force_compile,
                           verbose=verbose, progress=verbose if progress is None else progress,
                           fast_load=config.backend not in COMPILED_BACKENDS)   # they compile the exported program
@@ -74,7 +74,7 @@ def stream(cfg: Config, samples: Iterable, grid: Optional[tuple[int, int] | str]
            trace: Optional[str | Path] = None) -> RunReport:
     """The whole chain on the connected cluster: layout, spec, artifacts, placement, one run with
     ``verify`` (compare with the single-device reference) and ``trace`` (a Chrome trace file, with a
-    PNG timeline beside it; see :mod:`bidl_runtime.trace`). The grid is always torn down."""
+    PNG timeline beside it; see :mod:`bidl_runtime.driver.trace`). The grid is always torn down."""
     rcfg = rcfg or RuntimeConfig()
     layout = GridLayout.resolve(cfg, grid, replicas)
     _, arts = prepare(cfg, layout, rcfg, checkpoint, artifacts, verbose=verbose)

@@ -28,8 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
-from .channels.shm import sweep_stale
-from .startup import process_start_time
+from bidl_runtime.channels.shm import sweep_stale
+from bidl_runtime.driver.startup import process_start_time
 
 _T0 = process_start_time()
 
@@ -116,7 +116,7 @@ USAGE_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryE
 def one_line(e: BaseException) -> str:
     """An error as one line: its message with whitespace folded (our errors name the file, key, cell
     or flag); other exception types keep their name and point at ``--debug``."""
-    from .grid import RunError
+    from bidl_runtime.driver.grid import RunError
     text = " ".join(str(e).split()) or type(e).__name__
     if isinstance(e, (RunError, *USAGE_ERRORS)) or type(e).__module__.split(".")[0] in ("bidl_runtime", "compile",
                                                                                        "bidl_models"):
@@ -150,7 +150,7 @@ def check_flags(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} {v}: expected an int >= {least}")
     if not (math.isfinite(args.profile_fps) and args.profile_fps > 0):
         raise ValueError(f"--profile-fps {args.profile_fps:g}: expected a finite number of frames/s > 0")
-    from .devices import backend_problem
+    from bidl_runtime.cell.contexts import backend_problem
     why = backend_problem(args.backend)
     if why:
         raise ValueError(f"--backend {args.backend}: {why}")
@@ -160,11 +160,11 @@ def _main(args: argparse.Namespace) -> int:
     from bidl_models.config import load_config
     from bidl_models.model_spec import ModelSpec
 
-    from .config import COMPILE_START_TIMEOUT_S, COMPILED_BACKENDS, RuntimeConfig
+    from .runtime_config import COMPILE_START_TIMEOUT_S, COMPILED_BACKENDS, RuntimeConfig
     from .defaults import default_checkpoint, default_config, default_threads
-    from .devices import DeviceProfile
-    from .layout import GridLayout, time_slices
-    from .startup import StartupClock
+    from bidl_runtime.cell.contexts import DeviceProfile
+    from bidl_models.slicing import GridLayout, time_slices
+    from bidl_runtime.driver.startup import StartupClock
 
     # 1. everything that can be checked without a cluster fails fast, with a clear message
     t_main = time.time()
@@ -196,7 +196,7 @@ def _main(args: argparse.Namespace) -> int:
             slices = time_slices(spec.T, layout.rows)
             spec.check_slices(slices)
         if args.journal:
-            from .journal import Journal
+            from bidl_runtime.driver.journal import Journal
             journal = Journal.open(args.journal, journal_identity(cfg, spec, args))
     except BaseException:
         clock.close()   # the error line comes next, on a line of its own
@@ -217,10 +217,10 @@ def _main(args: argparse.Namespace) -> int:
     import ray
 
     from .api import build_artifacts
-    from .cluster import join, start_local, token_source
-    from .grid import Grid
-    from .place import Cluster, place
-    from .pool import kill, spawn
+    from bidl_runtime.cluster.ray_cluster import join, start_local, token_source
+    from bidl_runtime.driver.grid import Grid
+    from bidl_runtime.plan.place import Cluster, place
+    from bidl_runtime.cell.pool import kill, spawn
 
     def artifacts():
         with clock.phase("artifacts", "checking the compiled artifacts"):
@@ -320,8 +320,8 @@ def _keep_alive(grid, url: Optional[str]) -> None:
     """Leave the cells up beside the ``bidl-grid`` host actor until Ctrl-C."""
     import ray
 
-    from .keepalive import host
-    from .cluster import token_env
+    from bidl_runtime.driver.keepalive import host
+    from bidl_runtime.cluster.ray_cluster import token_env
     lease = host(grid)   # the handle keeps the host actor alive (Ray ends an actor with its last handle)
     ctx = ray.get_runtime_context()
     address = ctx.gcs_address     # the embedded cluster's is 127.0.0.1:<port> (loopback only)
@@ -335,7 +335,7 @@ def _keep_alive(grid, url: Optional[str]) -> None:
     print(f"join with: {token + ' ' if token else ''}python -m bidl_runtime.run --attach --address {address} "
           f"--namespace {ctx.namespace}")
     print(f"     or in Python{' (with ' + token + ')' if token else ''}: "
-          f"bidl_runtime.keepalive.attach({ctx.namespace!r}, address={address!r})", flush=True)
+          f"bidl_runtime.driver.keepalive.attach({ctx.namespace!r}, address={address!r})", flush=True)
     try:
         while True:
             time.sleep(3600)
@@ -353,7 +353,7 @@ def _attach(args: argparse.Namespace) -> int:
 
     from bidl_models.config import load_config
 
-    from .keepalive import attach
+    from bidl_runtime.driver.keepalive import attach
     grid = None
     try:
         grid = attach(args.namespace, args.address)
@@ -395,7 +395,7 @@ def _samples(args, cfg, plan, high: Optional[int] = None):
     import torch
     from bidl_models.specs import torch_dtype
 
-    from .data import dataset_samples, synthetic_samples
+    from bidl_runtime.driver.samples import dataset_samples, synthetic_samples
     x = plan.outputs(None)[0].layout[0]
     dtype = torch_dtype(x.dtype)
     gen = dataset_samples(cfg, args.samples, dtype) if cfg is not None else None
@@ -412,8 +412,8 @@ def _samples(args, cfg, plan, high: Optional[int] = None):
 
 
 def parse_fault(text: str) -> dict:
-    """``'1,0:exit:2'`` -> ``{(0, 1, 0): ('exit', 2)}`` (kinds: :data:`bidl_runtime.cell.FAULTS`)."""
-    from .cell import FAULTS
+    """``'1,0:exit:2'`` -> ``{(0, 1, 0): ('exit', 2)}`` (kinds: :data:`bidl_runtime.cell.cell.FAULTS`)."""
+    from bidl_runtime.cell.cell import FAULTS
     try:
         cell, kind, sample = text.split(":")
         row, col = (int(v) for v in cell.split(","))

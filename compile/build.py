@@ -528,7 +528,7 @@ def compile_config(cfg: Config | str | Path, checkpoint: Optional[str | Path] = 
     input (C, H, W) when neither the backbone nor ``models_compile_inputshape`` fixes it.
     ``options``: :class:`CompileOptions` fields (``out``, ``force``, ``aot``, ``batch``, ``tol``, ...).
     """
-    from bidl_runtime.layout import GridLayout, parse_grid, time_slices
+    from bidl_models.slicing import GridLayout, parse_grid, time_slices
     try:
         opts = CompileOptions(**options)
     except TypeError as e:

@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch import nn
 
-from bidl_runtime.cluster import secure_env
+from bidl_runtime.cluster.ray_cluster import secure_env
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 secure_env()
@@ -54,7 +54,7 @@ def tiny_dvsmnist(T: int = 10, name: str = "clif3fc3dm_itout-b16x1-dvsmnist"):
 
 def glyph_samples(T: int, n: int, seed: int = 0):
     """``n`` seeded (frames [T, 2, 16, 16], label) pairs for :func:`tiny_glyphs`."""
-    from bidl_runtime.data import synthetic_samples
+    from bidl_runtime.driver.samples import synthetic_samples
     return [(x, i % 10) for i, x in enumerate(synthetic_samples(T, (2, 16, 16), n, seed, rate=0.4))]
 
 
@@ -112,7 +112,7 @@ def ray_local():
     """One embedded Ray cluster for the module (token auth, loopback): 2 CPUs, 8 grid devices, no dashboard."""
     import ray
 
-    from bidl_runtime.cluster import start_local
+    from bidl_runtime.cluster.ray_cluster import start_local
     start_local(num_cpus=2, resources={"bidl_device": 8}, include_dashboard=False, log_to_driver=False,
                 logging_level="WARNING", namespace="tests")
     yield
@@ -129,8 +129,8 @@ def two_nodes(tmp_path_factory):
     from ray._private.authentication.authentication_utils import is_token_auth_enabled
     from ray.cluster_utils import Cluster
 
-    from bidl_runtime.cluster import loopback_node
-    from bidl_runtime.ship import STORE_ENV
+    from bidl_runtime.cluster.ray_cluster import loopback_node
+    from bidl_runtime.cluster.ship import STORE_ENV
     root = tmp_path_factory.mktemp("two-nodes")
     dirs = {k: root / k for k in ("head", "second", "driver", "head-store", "second-store")}
     for d in dirs.values():

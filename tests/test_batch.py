@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from bidl_runtime.api import stream
-from bidl_runtime.config import RuntimeConfig
-from bidl_runtime.grid import Grid, batch_of
-from bidl_runtime.place import make_plan
+from bidl_runtime.runtime_config import RuntimeConfig
+from bidl_runtime.driver.grid import Grid, batch_of
+from bidl_runtime.plan.place import make_plan
 from conftest import glyph_samples as samples
 from conftest import tiny_glyphs as cfg
 

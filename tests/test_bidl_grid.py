@@ -9,7 +9,7 @@ import torch
 from bidl_models import load_model
 from bidl_models.config import load_config
 from bidl_runtime.api import stream
-from bidl_runtime.config import RuntimeConfig
+from bidl_runtime.runtime_config import RuntimeConfig
 from compile import compile_config
 
 from bidl_reference import seq_forward

@@ -14,9 +14,9 @@ import torch
 
 from bidl_runtime.channels import ChannelConfig, attach_sender, create_receiver
 from bidl_runtime.channels.errors import ChannelTimeout
-from bidl_runtime.compiled import CompiledChunk, cache_key, read_sealed, write_sealed
-from bidl_runtime.config import RuntimeConfig
-from bidl_runtime.devices import (ArtifactSource, CompiledContext, CpuContext, CudaUnavailable, cuda_problem,
+from bidl_runtime.cell.compiled import CompiledChunk, cache_key, read_sealed, write_sealed
+from bidl_runtime.runtime_config import RuntimeConfig
+from bidl_runtime.cell.contexts import (ArtifactSource, CompiledContext, CpuContext, CudaUnavailable, cuda_problem,
                                   open_context)
 from conftest import glyph_samples, tiny_glyphs
 from test_channels import SPECS, _child_sender, assert_equal, make_tensors
@@ -33,7 +33,7 @@ T = 4
 def arts(tmp_path_factory):
     """The tiny glyph model compiled for a 2x1 grid (two time slices of 2 steps)."""
     from bidl_runtime.api import prepare
-    from bidl_runtime.layout import GridLayout
+    from bidl_models.slicing import GridLayout
     cfg = tiny_glyphs(T)
     root = tmp_path_factory.mktemp("cuda-arts")
     _, a = prepare(cfg, GridLayout.resolve(cfg, (2, 1), 1), RuntimeConfig(), artifacts=root, verbose=False)
@@ -160,9 +160,9 @@ def test_runtime_config_gpu_options():
 
 def _plan(backend: str, transport: str, nodes=("local",) * 4, grid=(2, 2)):
     from bidl_models.model_spec import ModelSpec
-    from bidl_runtime.emulated import emulate
-    from bidl_runtime.layout import GridLayout, time_slices
-    from bidl_runtime.place import Cluster, place
+    from bidl_runtime.plan.emulated import emulate
+    from bidl_models.slicing import GridLayout, time_slices
+    from bidl_runtime.plan.place import Cluster, place
     cfg = tiny_glyphs(T)
     layout = GridLayout.resolve(cfg, grid, 1)
     spec = ModelSpec.from_config(cfg, columns=layout.cols)
@@ -288,7 +288,7 @@ def test_compiled_context_equals_cpu_context_over_chunks(arts):
 
 INDUCTOR_CHILD = """
 import sys, json, torch
-from bidl_runtime.compiled import CompiledChunk
+from bidl_runtime.cell.compiled import CompiledChunk
 c = CompiledChunk.load(sys.argv[1], "cpu", 1, "inductor")
 print(json.dumps({k: c.info[k] for k in ("cache", "compile_s")}))
 """
@@ -365,7 +365,7 @@ def test_compiled_cells_cut_inside_a_block_take_x_and_its_carry(cluster, tmp_pat
     single-device reference, batched or not."""
     from bidl_models.config import load_config
     from bidl_runtime.api import stream
-    from bidl_runtime.data import synthetic_samples
+    from bidl_runtime.driver.samples import synthetic_samples
     from conftest import TINY, active_net, write_config
     root = tmp_path_factory.mktemp("cut-arts")
     backbone, inshape = TINY["ResNetLifItout"]

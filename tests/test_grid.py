@@ -7,8 +7,8 @@ import ray
 import torch
 
 from bidl_runtime.api import stream
-from bidl_runtime.config import RuntimeConfig
-from bidl_runtime.grid import RunError
+from bidl_runtime.runtime_config import RuntimeConfig
+from bidl_runtime.driver.grid import RunError
 from conftest import glyph_samples as samples
 from conftest import tiny_glyphs as cfg
 
@@ -107,7 +107,7 @@ def alive_cells(names, wait_s=15.0):
 
 def test_emulated_backend_moves_real_shapes_at_device_pace(cluster, artifacts):
     rcfg = RuntimeConfig(backend="emulated", metrics=False)
-    from bidl_runtime.devices import DeviceProfile
+    from bidl_runtime.cell.contexts import DeviceProfile
     rcfg.profile = DeviceProfile(ref_fps=2000.0)
     report = stream(cfg(7), samples(7, N), grid=(2, 2), rcfg=rcfg)
     assert report.samples == N
@@ -125,9 +125,9 @@ def cpu_seconds(pid: int) -> float:
 
 def test_idle_cells_block_instead_of_spinning(cluster, artifacts):
     from bidl_runtime.api import prepare
-    from bidl_runtime.grid import Grid
-    from bidl_runtime.layout import GridLayout
-    from bidl_runtime.place import Cluster, place
+    from bidl_runtime.driver.grid import Grid
+    from bidl_models.slicing import GridLayout
+    from bidl_runtime.plan.place import Cluster, place
     rcfg = RuntimeConfig(metrics=False)
     layout = GridLayout.resolve(cfg(7), (2, 2))
     plan = place(prepare(cfg(7), layout, rcfg, artifacts=artifacts / "T7", verbose=False)[1], Cluster.connect(), layout)
@@ -152,7 +152,7 @@ def test_columns_cut_inside_a_residual_block_equal_the_reference(cluster, artifa
     the block's skip (and the raw channels of a convolution cut between its output channels) as
     further tensors, and the grid's outputs equal the single-device reference exactly."""
     from bidl_models.config import load_config
-    from bidl_runtime.data import synthetic_samples
+    from bidl_runtime.driver.samples import synthetic_samples
     from conftest import TINY, active_net, write_config
     backbone, inshape = TINY["ResNetLifItout"]
     c = load_config(write_config(artifacts / "resnet_cut.py", dict(backbone, timestep=5, noise=0.0), inshape))

@@ -14,9 +14,9 @@ import torch
 
 from bidl_runtime import metrics as bm
 from bidl_runtime import trace as bt
-from bidl_runtime.config import RuntimeConfig
-from bidl_runtime.plan import cell_name
-from bidl_runtime.report import RunReport
+from bidl_runtime.runtime_config import RuntimeConfig
+from bidl_runtime.plan.grid_plan import cell_name
+from bidl_runtime.driver.report import RunReport
 from conftest import SMALL, glyph_samples, tiny_dvsmnist, tiny_glyphs
 
 N = 6            # samples per run
@@ -28,7 +28,7 @@ GRID = (2, 2)
 
 def test_dashboard_is_shipped_current_and_uses_only_exported_names():
     shipped = json.loads(bm.DASHBOARD.read_text())
-    assert shipped == bm.dashboard(), "regenerate with: python -m bidl_runtime.metrics --write-dashboard"
+    assert shipped == bm.dashboard(), "regenerate with: python -m bidl_runtime.cell.metrics --write-dashboard"
     used = bm.dashboard_metric_names(shipped)
     assert used and used <= bm.exported_series(), used - bm.exported_series()
     titles = " | ".join(p["title"] for p in shipped["panels"])
@@ -134,10 +134,10 @@ def runs(tmp_path_factory):
     import ray
 
     from bidl_runtime.api import prepare
-    from bidl_runtime.cluster import start_local
-    from bidl_runtime.grid import Grid
-    from bidl_runtime.layout import GridLayout
-    from bidl_runtime.place import Cluster, place
+    from bidl_runtime.cluster.ray_cluster import start_local
+    from bidl_runtime.driver.grid import Grid
+    from bidl_models.slicing import GridLayout
+    from bidl_runtime.plan.place import Cluster, place
     tmp = tmp_path_factory.mktemp("obs")
     start_local(num_cpus=2, resources={"bidl_device": 8}, include_dashboard=False, log_to_driver=False,
                 logging_level="WARNING", namespace="test-obs", _system_config={"metrics_report_interval_ms": 500})
@@ -260,7 +260,7 @@ def test_cli_trace_json_and_quiet_cached_compile(tmp_path):
     compile line, no table."""
     from bidl_models.config import load_config
     from bidl_runtime.api import prepare
-    from bidl_runtime.layout import GridLayout
+    from bidl_models.slicing import GridLayout
     opts = SMALL + ["model.backbone.timestep=4"]
     cfg = load_config("clif3fc3dm_itout-b16x1-dvsmnist", opts)
     prepare(cfg, GridLayout.resolve(cfg, "2x1"), RuntimeConfig(), artifacts=tmp_path / "arts", verbose=False)

@@ -113,7 +113,7 @@ def test_import_refuses_an_old_release(module, fake, version, want):
 # ------------------------------------------------------------------------------ console scripts
 
 SCRIPTS = {"bidl-train": "bidl_models.train", "bidl-test": "bidl_models.test", "bidl-compile": "compile.__main__",
-           "bidl-run": "bidl_runtime.run", "bidl-plan": "bidl_runtime.plan"}
+           "bidl-run": "bidl_runtime.run", "bidl-plan": "bidl_runtime.plan.__main__"}
 
 
 def test_console_scripts_declared():

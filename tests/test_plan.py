@@ -2,8 +2,8 @@
 import pytest
 
 from bidl_models.config import load_config
-from bidl_runtime.layout import GridLayout, parse_grid, time_slices
-from bidl_runtime.place import Cluster, make_plan, place, rebind_driver
+from bidl_models.slicing import GridLayout, parse_grid, time_slices
+from bidl_runtime.plan.place import Cluster, make_plan, place, rebind_driver
 from conftest import tiny_dvsmnist as small
 
 
@@ -75,7 +75,7 @@ def test_bad_replicas_and_ragged_devices():
 
 
 def test_plan_cli(capsys):
-    from bidl_runtime.plan import main
+    from bidl_runtime.plan.grid_plan import main
     assert main(["--config", "clif3fc3dm_itout-b16x1-dvsmnist", "--grid", "2x2"]) == 0
     assert "cell[1,1]@dev3" in capsys.readouterr().out
     assert main(["--config", "clif3fc3dm_itout-b16x1-dvsmnist", "--grid", "40x1"]) == 2
@@ -117,13 +117,13 @@ def test_transports_follow_nodes_and_can_be_forced():
     assert moved.edge("driver:result[0]").transport == "shm" and moved.driver_node == "b"
     with pytest.raises(ValueError, match="does not fit artifacts"):
         from bidl_models.model_spec import ModelSpec
-        from bidl_runtime.emulated import emulate
+        from bidl_runtime.plan.emulated import emulate
         spec = ModelSpec.from_config(cfg, columns=2)
         place(emulate(spec, [10]), Cluster(nodes), layout)
 
 
 def test_plan_cli_prints_the_edges(capsys):
-    from bidl_runtime.plan import main
+    from bidl_runtime.plan.grid_plan import main
     assert main(["--config", "clif3fc3dm_itout-b16x1-dvsmnist", "--grid", "2x1"]) == 0
     out = capsys.readouterr().out
     assert "cell[1,0]@dev1:state" in out and "driver:result[0]" in out

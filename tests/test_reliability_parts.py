@@ -5,11 +5,11 @@ import signal
 import pytest
 import torch
 
-from bidl_runtime.config import RuntimeConfig
-from bidl_runtime.data import Unreadable, admit, check_label
-from bidl_runtime.devices import BusyClock
-from bidl_runtime.journal import Journal
-from bidl_runtime.reference import Verifier
+from bidl_runtime.runtime_config import RuntimeConfig
+from bidl_runtime.driver.samples import Unreadable, admit, check_label
+from bidl_runtime.cell.contexts import BusyClock
+from bidl_runtime.driver.journal import Journal
+from bidl_runtime.driver.reference import Verifier
 from bidl_runtime.run import main, one_line, parse_fault
 
 IDENT = {"config": "c", "model": "m", "data": "d"}
@@ -133,7 +133,7 @@ def test_fault_drills_parse_and_bad_ones_name_the_kinds():
 
 
 def test_errors_are_one_line():
-    from bidl_runtime.grid import RunError
+    from bidl_runtime.driver.grid import RunError
     assert one_line(RunError("cell[1,0]@dev2 failed:\n  the actor died")) == "cell[1,0]@dev2 failed: the actor died"
     assert one_line(KeyError("x")) == "KeyError: 'x' (--debug shows the traceback)"
 

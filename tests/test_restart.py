@@ -11,12 +11,12 @@ import ray
 import torch
 
 from bidl_runtime.api import prepare, stream
-from bidl_runtime.chaos import Chaos
-from bidl_runtime.config import RuntimeConfig
-from bidl_runtime.grid import Grid, RunError
-from bidl_runtime.journal import Journal
-from bidl_runtime.layout import GridLayout
-from bidl_runtime.place import Cluster, place
+from bidl_runtime.driver.chaos import Chaos
+from bidl_runtime.runtime_config import RuntimeConfig
+from bidl_runtime.driver.grid import Grid, RunError
+from bidl_runtime.driver.journal import Journal
+from bidl_models.slicing import GridLayout
+from bidl_runtime.plan.place import Cluster, place
 from conftest import glyph_samples as samples
 from conftest import tiny_glyphs as cfg
 
@@ -141,7 +141,7 @@ def test_chaos_kills_and_freezes_random_cells_nothing_lost_or_duplicated(cluster
 # ----------------------------------------------------------------------------- bad samples
 
 def test_bad_samples_of_every_kind_are_rejected_alone_in_a_library_stream(cluster, artifacts):
-    from bidl_runtime.data import Unreadable
+    from bidl_runtime.driver.samples import Unreadable
     good = samples(T, 4)
     x = good[0][0]
     huge = good[1][0].clone() * 3e38        # finite, but overflows float32 inside the model

@@ -6,12 +6,12 @@ import time
 import pytest
 import torch
 
-from bidl_runtime.config import RuntimeConfig
-from bidl_runtime.devices import DeviceProfile
-from bidl_runtime.place import make_plan
-from bidl_runtime.report import RunReport
+from bidl_runtime.runtime_config import RuntimeConfig
+from bidl_runtime.cell.contexts import DeviceProfile
+from bidl_runtime.plan.place import make_plan
+from bidl_runtime.driver.report import RunReport
 from bidl_runtime.retry import Expired, attempt, patiently
-from bidl_runtime.startup import StartupClock
+from bidl_runtime.driver.startup import StartupClock
 from conftest import tiny_dvsmnist
 
 
@@ -68,7 +68,7 @@ def test_runtime_config_is_the_one_place_for_tunables():
         RuntimeConfig.from_dict({"pol_s": 1})
     import dataclasses
 
-    from bidl_runtime.cell import CellSpec
+    from bidl_runtime.cell.cell import CellSpec
     assert not any(f.name.endswith("_s") for f in dataclasses.fields(CellSpec))   # no re-declared tunables
 
 

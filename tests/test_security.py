@@ -21,11 +21,11 @@ import ray
 
 from bidl_runtime.api import prepare
 from bidl_runtime.channels import Layout, auth, new_secret
-from bidl_runtime.cluster import LOOPBACK, dashboard_agent_port, start_local
-from bidl_runtime.config import RuntimeConfig
-from bidl_runtime.grid import Grid
-from bidl_runtime.layout import GridLayout
-from bidl_runtime.place import Cluster, place
+from bidl_runtime.cluster.ray_cluster import LOOPBACK, dashboard_agent_port, start_local
+from bidl_runtime.runtime_config import RuntimeConfig
+from bidl_runtime.driver.grid import Grid
+from bidl_models.slicing import GridLayout
+from bidl_runtime.plan.place import Cluster, place
 from compile import ArtifactError, compile_config, load_artifact
 from conftest import glyph_samples, tiny_glyphs
 from compile.artifact import MANIFEST, PROGRAM, seal_manifest
@@ -132,7 +132,7 @@ import os, sys
 import ray
 try:
     if sys.argv[3] == "join":   # the CLI's --address path: turns token mode on when Ray finds a token
-        from bidl_runtime.cluster import join
+        from bidl_runtime.cluster.ray_cluster import join
         join(sys.argv[1], log_to_driver=False, logging_level="ERROR")
     else:
         ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")

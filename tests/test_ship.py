@@ -1,7 +1,7 @@
 """Artifact shipping without Ray: the content-addressed store and the hash check on arrival."""
 import pytest
 
-from bidl_runtime.ship import STORE_ENV, Package, ShipError, present, store_root, unpack
+from bidl_runtime.cluster.ship import STORE_ENV, Package, ShipError, present, store_root, unpack
 
 
 def artifact(d):

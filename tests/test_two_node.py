@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from bidl_runtime.api import stream
-from bidl_runtime.config import RuntimeConfig
-from bidl_runtime.place import Cluster
+from bidl_runtime.runtime_config import RuntimeConfig
+from bidl_runtime.plan.place import Cluster
 from conftest import glyph_samples, tiny_glyphs
 
 
@@ -46,7 +46,7 @@ def test_artifacts_are_shipped_to_the_other_node_and_checked(two_nodes, report):
     assert {c["format"] for c in report.cells} == {"torchscript"}
     assert not any(dirs["head"].iterdir()) and not any(dirs["second"].iterdir())  # nothing in the nodes' cwds
 
-    from bidl_runtime.ship import Package, ship
+    from bidl_runtime.cluster.ship import Package, ship
     pkg = Package.of(next(driver_arts.rglob("model_1/t3_b1")))      # what cell[1,1] runs, the driver's copy
     node = report.plan.cell(0, 1, 1).node
     paths, sent = ship([pkg], node)

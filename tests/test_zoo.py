@@ -236,8 +236,8 @@ def test_attention_config_refuses_time_slices_naming_the_layer(tmp_path, capsys)
     """AttentionVGGNet weighs every step by all T steps: plan, compile and run refuse a grid that cuts
     time into slices (naming the layer and what is allowed) rather than compute something else;
     one time slice and any number of segments is fine."""
-    from bidl_runtime.emulated import emulate
-    from bidl_runtime.place import make_plan
+    from bidl_runtime.plan.emulated import emulate
+    from bidl_runtime.plan.place import make_plan
     from bidl_runtime.run import main as run_main
     from compile import compile_config
     name = "attentionVGG-it-b64x1-cifar10dvs"
@@ -303,7 +303,7 @@ def test_token_model_artifacts_take_int64_ids(tmp_path):
 
 def test_runtime_samples_of_a_token_model():
     """The grid's admission check and sample sources for token ids."""
-    from bidl_runtime.data import check_sample, synthetic_samples
+    from bidl_runtime.driver.samples import check_sample, synthetic_samples
     ids = torch.tensor([3, 0, 1000, 7])
     assert check_sample(ids, [4], torch.int64) is None
     assert check_sample(ids.float(), [4], torch.int64) == "dtype float32, expected integer token ids (int64)"
@@ -318,7 +318,7 @@ def test_runtime_samples_of_a_token_model():
 
 def test_runtime_reads_a_token_config_test_split(tmp_path):
     """dataset_samples of the imdb config: BIDL's one-hot test pipeline comes back as the int64 ids."""
-    from bidl_runtime.data import dataset_samples
+    from bidl_runtime.driver.samples import dataset_samples
     tokens = write_imdb(tmp_path, n=3)
     cfg = load_config("fasttext-b16x1-imdb", imdb_overrides(tmp_path))
     got = list(dataset_samples(cfg, 3, torch.int64))
@@ -332,7 +332,7 @@ def test_runtime_reads_a_token_config_test_split(tmp_path):
 
 def stream_outputs(cfg, xs, grid, root):
     from bidl_runtime.api import stream
-    from bidl_runtime.config import RuntimeConfig
+    from bidl_runtime.runtime_config import RuntimeConfig
     report = stream(cfg, [(x, 0) for x in xs], grid=grid, rcfg=RuntimeConfig(metrics=False),
                     artifacts=root, verify=True)
     assert report.verify == {"equal": len(xs), "compared": len(xs), "max_abs_diff": 0.0}, report.verify

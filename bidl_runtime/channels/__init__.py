@@ -27,9 +27,9 @@ holds the secret, drops and counts anything else (``stats.rejected``) and keeps 
 from . import cuda, shm, tcp  # noqa: F401  (register the transports)
 from .base import (KINDS, ChannelDescriptor, Message, Receiver, Sender, Transport, attach_sender, create_receiver,
                    get_transport, register_transport, transports, wait_any)
-from .config import ChannelConfig, new_secret
+from .channel_config import ChannelConfig, new_secret
 from .errors import ChannelClosed, ChannelError, ChannelTimeout, ChecksumError, PeerDied
-from .layout import Layout
+from .framing import Layout
 from .shm import sweep_stale
 from .stats import ChannelStats
 

@@ -39,9 +39,9 @@ from bidl_models.specs import TensorSpec
 
 from . import auth
 from ._link import LEN, Link, decode
-from .config import ChannelConfig
+from .channel_config import ChannelConfig
 from .errors import ChannelClosed, ChannelError, ChannelTimeout, PeerDied
-from .layout import Layout
+from .framing import Layout
 from .stats import ChannelStats
 
 KINDS = ("data", "stop", "error")
@@ -245,7 +245,7 @@ class Receiver(_NoPickle, ABC):
 
     def __init__(self, name: str, layout: Layout, config: ChannelConfig):
         if config.secret is None:
-            from .config import new_secret
+            from .channel_config import new_secret
             config = config.replace(secret=new_secret())
         self.name, self.layout, self.config = name, layout, config
         self.depth = int(config.depth)

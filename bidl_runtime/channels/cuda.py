@@ -30,9 +30,9 @@ import torch
 from torch import Tensor
 
 from .base import OP_DATA, ChannelDescriptor, Transport, register_transport
-from .config import ChannelConfig
+from .channel_config import ChannelConfig
 from .errors import ChannelError
-from .layout import Layout
+from .framing import Layout
 from .shm import ShmReceiver, ShmSender
 
 

@@ -22,9 +22,9 @@ from torch import Tensor
 
 from ._link import Link
 from .base import OP_DATA, ChannelDescriptor, Receiver, Sender, Transport, _peercred, register_transport
-from .config import ChannelConfig
+from .channel_config import ChannelConfig
 from .errors import ChannelError, ChannelTimeout, PeerDied
-from .layout import Layout
+from .framing import Layout
 
 PREFIX = "bidl-ch."
 

@@ -21,9 +21,9 @@ from torch import Tensor
 
 from ._link import Link
 from .base import OP_DATA, ChannelDescriptor, Receiver, Sender, Transport, register_transport
-from .config import ChannelConfig
+from .channel_config import ChannelConfig
 from .errors import ChannelError, ChannelTimeout, ChecksumError, PeerDied
-from .layout import Layout
+from .framing import Layout
 
 
 def default_host() -> str:

@@ -33,14 +33,14 @@ from typing import Any, Optional  # noqa: E402
 
 import torch  # noqa: E402,F401  (imported with the actor class, not on the first chunk)
 
-from .channels import attach_sender, create_receiver  # noqa: E402
-from .config import RuntimeConfig  # noqa: E402
-from .devices import BusyClock, open_context  # noqa: E402
+from bidl_runtime.channels import attach_sender, create_receiver  # noqa: E402
+from bidl_runtime.runtime_config import RuntimeConfig  # noqa: E402
+from .contexts import BusyClock, open_context  # noqa: E402
 from .metrics import CellMetrics, cell_labels  # noqa: E402
-from .plan import CellPlan, Edge  # noqa: E402
-from .retry import attempt, patiently  # noqa: E402
-from .startup import process_start_time  # noqa: E402
-from .trace import LOOP, OUTBOX, TraceBuffer  # noqa: E402
+from bidl_runtime.plan.grid_plan import CellPlan, Edge  # noqa: E402
+from bidl_runtime.retry import attempt, patiently  # noqa: E402
+from bidl_runtime.driver.startup import process_start_time  # noqa: E402
+from bidl_runtime.driver.trace import LOOP, OUTBOX, TraceBuffer  # noqa: E402
 
 _IMPORTED_AT = time.time()
 
@@ -198,7 +198,7 @@ class Cell:
 
     def loop(self, trace_events: int = 0) -> dict[str, Any]:
         """Serve samples until a stop message (or ``abort()``); returns this cell's stats (with its trace
-        spans when ``trace_events`` > 0: at most that many kept, see :mod:`bidl_runtime.trace`)."""
+        spans when ``trace_events`` > 0: at most that many kept, see :mod:`bidl_runtime.driver.trace`)."""
         self._trace = TraceBuffer(trace_events) if trace_events else None
         try:
             return self._loop()

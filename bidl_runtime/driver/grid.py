@@ -5,15 +5,15 @@
     report = grid.run(more_samples)       # the cells stay up between runs
     grid.close()
 
-``start`` configures one actor per cell (prestarted ones from :func:`bidl_runtime.pool.spawn`, a
-:class:`~bidl_runtime.pool.CellPool`'s, or new ones) and loads its program. Every ``run`` wires
+``start`` configures one actor per cell (prestarted ones from :func:`bidl_runtime.cell.pool.spawn`, a
+:class:`~bidl_runtime.cell.pool.CellPool`'s, or new ones) and loads its program. Every ``run`` wires
 the channels afresh (the cells' receivers first, then their senders and the driver's ends), starts
-the cells' loops, streams (:class:`bidl_runtime.stream.Stream`: samples admitted or rejected alone,
+the cells' loops, streams (:class:`bidl_runtime.driver.stream.Stream`: samples admitted or rejected alone,
 at most ``max_inflight`` in the grid, results in sample order) and drains the grid with stop messages.
 With ``RuntimeConfig.batch`` N, N accepted samples travel as one message ``[t, N, ...]`` (named by
 its first sample; the last group padded with zeros) and come back split per sample, in order.
 
-Restart and replay: while it waits, the driver runs :class:`bidl_runtime.health.Monitor` (loops,
+Restart and replay: while it waits, the driver runs :class:`bidl_runtime.driver.health.Monitor` (loops,
 heartbeats, deadlines derived from each cell's measured chunk time). A cell that died, raised, froze
 or got stuck is named, and :meth:`Grid.recover` restarts its replica: the faulty cells are killed and
 replaced by new actors on the same node with the same device id and program, the others abort their
@@ -32,16 +32,16 @@ from typing import Any, Callable, Iterable, Optional, TypeVar
 
 from torch import Tensor
 
-from . import trace as tracing
-from .cell import CellSpec
-from .channels import ChannelError, attach_sender, create_receiver, new_secret, sweep_stale
-from .config import RuntimeConfig
+from bidl_runtime import trace as tracing
+from bidl_runtime.cell.cell import CellSpec
+from bidl_runtime.channels import ChannelError, attach_sender, create_receiver, new_secret, sweep_stale
+from bidl_runtime.runtime_config import RuntimeConfig
 from .health import Fault, Monitor, Trouble, _error_text
-from .plan import CellKey, GridPlan
-from .pool import CellPool, kill, new_actor
+from bidl_runtime.plan.grid_plan import CellKey, GridPlan
+from bidl_runtime.cell.pool import CellPool, kill, new_actor
 from .reference import Reference, Verifier
 from .report import RunReport
-from .retry import Expired, patiently
+from bidl_runtime.retry import Expired, patiently
 from .startup import StartupClock
 from .stream import Stream, batch_of  # noqa: F401 - batch_of: re-exported
 
@@ -94,7 +94,7 @@ class Grid:
         self._faults_fired: set[CellKey] = set()         # drills fire once: a restarted cell runs clean
         self._t_run = time.perf_counter()
         self._last_check = 0.0
-        self.trace_events = 0                            # > 0: the cells trace this run (see bidl_runtime.trace)
+        self.trace_events = 0                            # > 0: the cells trace this run (see bidl_runtime.driver.trace)
 
     # ---------------------------------------------------------------------------------- set-up
 
@@ -202,7 +202,7 @@ class Grid:
             verify: bool = False, journal: Any = None, trace: Optional[str | Path] = None) -> RunReport:
         """Stream ``samples`` (tensors ``[T, C, H, W]``, or ``(tensor, label)``) through the grid and
         drain it. ``verify``: compare every output, as it arrives, with the single-device run of the
-        same artifacts; ``journal`` (:class:`bidl_runtime.journal.Journal`): skip the samples it
+        same artifacts; ``journal`` (:class:`bidl_runtime.driver.journal.Journal`): skip the samples it
         holds, record each new result in it; ``trace``: write the run's Chrome trace there (and its
         PNG timeline beside it)."""
         self.trace_events = self.config.trace_events if trace is not None else 0

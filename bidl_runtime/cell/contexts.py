@@ -13,7 +13,7 @@ Backends: ``cpu`` (torch on CPU, thread count set per cell, runs compiled artifa
 ``compiled`` (the cuda backend's code path on CPU: the chunk function compiled by Inductor at load),
 ``emulated`` (no model compute: real tensor shapes, each chunk paced to a device profile, for
 capacity planning and for measuring the runtime's own overhead) and ``cuda`` (a GPU or a share of
-one: its own stream and events, the program compiled for the GPU by :mod:`bidl_runtime.compiled`,
+one: its own stream and events, the program compiled for the GPU by :mod:`bidl_runtime.cell.compiled`,
 resident buffers; :class:`CompiledContext` is its device-parametric logic, run on CPU in tests).
 Without a usable GPU, ``cuda`` fails at once with :class:`CudaUnavailable` (one line).
 """
@@ -229,7 +229,7 @@ def require_cuda(what: str = "--backend cuda") -> None:
 
 
 class CompiledContext(DeviceContext):
-    """A segment program compiled for ``device`` (:class:`~bidl_runtime.compiled.CompiledChunk`), with
+    """A segment program compiled for ``device`` (:class:`~bidl_runtime.cell.compiled.CompiledChunk`), with
     resident buffers: the input ``x`` (and its carry, for a segment cut inside a block: ``execute``
     then takes and returns tuples, as the other contexts do) and the state at fixed addresses (the compiled program, CUDA
     graphs included, reads them in place), and two sets of output buffers, used in turn, so that the
@@ -357,7 +357,7 @@ def cuda_device_for(device_id: int) -> torch.device:
 
 class CudaContext(CompiledContext):
     """One GPU (or a fraction of one: ``--gpus-per-cell``), its own CUDA stream and events; the
-    program compiled for the GPU (``method``, see :mod:`bidl_runtime.compiled`), warmed up and cached
+    program compiled for the GPU (``method``, see :mod:`bidl_runtime.cell.compiled`), warmed up and cached
     on disk at load; input, state and output buffers resident on the GPU at fixed addresses.
 
     ``execute`` runs on the cell's stream: it first orders the stream after the calling thread's
@@ -421,7 +421,7 @@ def backend_problem(backend: str) -> Optional[str]:
 
 def open_context(backend: str, device_id: int, threads: int = 1, **options) -> DeviceContext:
     """Open device ``device_id`` with the named backend (``options``: the cuda backend's ``method``
-    and ``cache``, see :meth:`bidl_runtime.config.RuntimeConfig.context_options`)."""
+    and ``cache``, see :meth:`bidl_runtime.runtime_config.RuntimeConfig.context_options`)."""
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend!r}: expected one of {sorted(BACKENDS)}")
     return BACKENDS[backend](device_id, threads, **options)

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
-from .plan import CellKey
+from bidl_runtime.plan.grid_plan import CellKey
 
 if TYPE_CHECKING:  # pragma: no cover
     from .grid import Grid
@@ -265,7 +265,7 @@ def _loop_error(ref) -> Optional[BaseException]:
 
 def _error_text(e: BaseException) -> str:
     """The readable part of a Ray error raised for a cell: its CellError, or that it died."""
-    from .cell import CellError
+    from bidl_runtime.cell.cell import CellError
     cause = getattr(e, "cause", None)
     if isinstance(cause, CellError):
         return str(cause)

@@ -3,7 +3,7 @@
 Threads: a feeder (admits each item, assigns it a replica round-robin, cuts it into the plan's time
 slices), one sender per (replica, row) (a row still busy never holds back the rows above it), and the
 collector (the caller's thread: results in sample order; it also runs the grid's health checks and
-recoveries, see :meth:`bidl_runtime.grid.Grid.recover`).
+recoveries, see :meth:`bidl_runtime.driver.grid.Grid.recover`).
 
 Replay bookkeeping: the **ledger** holds every admitted sample (its replica and input) from the moment
 it is fed until its result is collected; nothing else holds inputs (verification gets each input with
@@ -32,9 +32,9 @@ from torch import Tensor
 
 from bidl_models.specs import torch_dtype
 
-from .channels import ChannelError
-from .data import admit
-from .retry import attempt, patiently
+from bidl_runtime.channels import ChannelError
+from .samples import admit
+from bidl_runtime.retry import attempt, patiently
 
 if TYPE_CHECKING:  # pragma: no cover
     from .grid import Grid

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from bidl_models.specs import torch_dtype
 
-from .plan import GridPlan
+from bidl_runtime.plan.grid_plan import GridPlan
 
 
 class Reference:

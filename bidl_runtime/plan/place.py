@@ -5,7 +5,7 @@
 Every cell gets its device's node and the program of its (segment, chunk length); every edge its
 transport (``auto``: shared memory within a node, tcp across nodes). With a connected cluster,
 the artifacts of cells on other nodes than the driver's are shipped there first (through Ray,
-checked by hash on arrival, see :mod:`bidl_runtime.ship`), and those cells get the path on their
+checked by hash on arrival, see :mod:`bidl_runtime.cluster.ship`), and those cells get the path on their
 node; cells on the driver's node get absolute paths. Nothing depends on a working directory.
 """
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Mapping, Optional, Sequence
 
 from bidl_models.specs import TensorSpec
 
-from .devices import ArtifactSource
+from bidl_runtime.cell.contexts import ArtifactSource
 from .emulated import EmulatedSet, chunk_spec, emulate
-from .layout import GridLayout, time_slices
-from .plan import CellPlan, Edge, GridPlan, Program
+from bidl_models.slicing import GridLayout, time_slices
+from .grid_plan import CellPlan, Edge, GridPlan, Program
 
 LOCAL = "local"
 
@@ -55,7 +55,7 @@ class Cluster:
 def place(artifacts, cluster: Cluster, layout: GridLayout, *, transport: str = "auto",
           backend: str = "cpu") -> GridPlan:
     """The plan of ``layout`` running ``artifacts`` (a ``compile.ArtifactSet`` or an
-    :class:`~bidl_runtime.emulated.EmulatedSet`) on ``cluster``. ValueError if they do not fit.
+    :class:`~bidl_runtime.plan.emulated.EmulatedSet`) on ``cluster``. ValueError if they do not fit.
 
     Per edge (``auto``): shared memory within a node, tcp across nodes; with ``backend='cuda'``, an
     edge between two cells of one node goes GPU -> GPU (``cuda``, CUDA IPC), one across nodes through
@@ -181,7 +181,7 @@ def _ship(artifacts, programs: dict[tuple[int, int], Program], layout: GridLayou
         return {}
     from dataclasses import replace
 
-    from .ship import Package, ship
+    from bidl_runtime.cluster.ship import Package, ship
     need: dict[str, set[tuple[int, int]]] = {}
     for k in range(layout.replicas):
         for g, L in enumerate(artifacts.slices):

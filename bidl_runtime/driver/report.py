@@ -8,7 +8,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .plan import GridPlan
+from bidl_runtime.plan.grid_plan import GridPlan
 
 
 @dataclass(frozen=True)
@@ -17,12 +17,12 @@ class RunReport:
 
     ``outputs[i]`` is sample i's result (the last step's output of the last segment); ``fed_at`` /
     ``done_at`` are ``perf_counter`` times when it entered the grid and when its result arrived;
-    ``startup`` the start-up phases in seconds (see :class:`bidl_runtime.startup.StartupClock`);
+    ``startup`` the start-up phases in seconds (see :class:`bidl_runtime.driver.startup.StartupClock`);
     ``verify`` the comparison with the single-device run of the same artifacts, if asked for;
     ``restarts`` one entry per replica restart (its cells with kind and cause, the replayed sample ids,
     seconds from detection to rewired and to the replica's next result); ``resumed`` how many of
     ``outputs`` / ``rejected`` came from a journal of an earlier run;
-    ``trace`` what a traced run wrote (see :func:`bidl_runtime.trace.write_trace`).
+    ``trace`` what a traced run wrote (see :func:`bidl_runtime.driver.trace.write_trace`).
     """
 
     plan: GridPlan

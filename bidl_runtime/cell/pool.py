@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .layout import GridLayout
-from .plan import CellKey, CellPlan, cell_name
+from bidl_models.slicing import GridLayout
+from bidl_runtime.plan.grid_plan import CellKey, CellPlan, cell_name
 
 ACTOR_OPTIONS: dict[str, Any] = dict(num_cpus=0, max_concurrency=3, resources={"bidl_device": 1})
 

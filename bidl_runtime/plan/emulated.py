@@ -18,7 +18,7 @@ from bidl_models.model_spec import ModelSpec
 from bidl_models.segments import cost_profile
 from bidl_models.specs import TensorSpec
 
-from .devices import DeviceProfile, EmulatedSource
+from bidl_runtime.cell.contexts import DeviceProfile, EmulatedSource
 
 
 def chunk_spec(name: str, per_step: TensorSpec, t: int) -> TensorSpec:

@@ -2,7 +2,7 @@
 
     clock = StartupClock(show=True, steps=10)     # a progress bar on stderr
     with clock.phase("ray_start", "starting Ray"):
-        start_local(...)                          # bidl_runtime.cluster
+        start_local(...)                          # bidl_runtime.cluster.ray_cluster
     clock.cell_ready(name, timings)               # one per cell as it reports in (Grid.start)
     clock.as_dict()                               # {'ray_start_s': ..., 'cells': {...}, 'total_s': ...}
 

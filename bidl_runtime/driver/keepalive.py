@@ -18,9 +18,9 @@ from __future__ import annotations
 import uuid
 from typing import Any, Optional
 
-from .config import RuntimeConfig
+from bidl_runtime.runtime_config import RuntimeConfig
 from .grid import Grid, RunError
-from .plan import GridPlan
+from bidl_runtime.plan.grid_plan import GridPlan
 
 HOST_NAME = "bidl-grid"
 
@@ -81,8 +81,8 @@ def attach(namespace: str, address: Optional[str] = None) -> AttachedGrid:
     process is not connected yet). RunError if there is none or it is in use."""
     import ray
 
-    from .cluster import join
-    from .place import rebind_driver
+    from bidl_runtime.cluster.ray_cluster import join
+    from bidl_runtime.plan.place import rebind_driver
     if not ray.is_initialized():
         join(address or "auto", namespace=namespace, log_to_driver=False, logging_level="WARNING")
     try:

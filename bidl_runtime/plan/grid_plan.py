@@ -13,7 +13,7 @@ Edges, per replica:
 - ``state``: (g-1, s) -> (g, s), segment s's membrane potentials and accumulator after slice g-1;
 - ``result``: (R-1, C-1) -> driver, the last step's output of the last segment.
 
-A plan is made by :func:`bidl_runtime.place.place`; cells read their edges from it.
+A plan is made by :func:`bidl_runtime.plan.place.place`; cells read their edges from it.
 ``python -m bidl_runtime.plan --config CFG [--grid RxC] [--replicas K]`` prints the cells and the
 edges (no Ray, no compile: shapes come from the model spec).
 """
@@ -26,7 +26,7 @@ from typing import Optional
 
 from bidl_models.specs import TensorSpec
 
-from .devices import ArtifactSource, EmulatedSource
+from bidl_runtime.cell.contexts import ArtifactSource, EmulatedSource
 
 CellKey = tuple[int, int, int]          # (replica, row, col)
 EDGE_KINDS = ("input", "activation", "state", "result")
@@ -172,7 +172,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     from bidl_models.config import load_config
 
-    from .defaults import default_config
+    from bidl_runtime.defaults import default_config
     from .place import make_plan
     try:
         cfg = load_config(args.config or default_config(), args.cfg_options)

@@ -18,7 +18,7 @@ counter (and ``_bucket``/``_sum``/``_count`` to a histogram's series). Labels on
 :data:`LABELS` (``cell`` is the actor's name, ``config`` the model config's name), plus Ray's own
 (``Component``, ``NodeAddress``, ``SessionName``, ``Version``, ``WorkerId``).
 
-``python -m bidl_runtime.metrics`` prints the names; ``--install-dashboard [DIR]`` copies the shipped
+``python -m bidl_runtime.cell.metrics`` prints the names; ``--install-dashboard [DIR]`` copies the shipped
 dashboard (``bidl_runtime/grafana/bidl_grid.json``, made by :func:`dashboard`) into Ray's Grafana
 dashboards folder of the latest session; ``--write-dashboard`` regenerates the shipped file.
 """
@@ -79,7 +79,7 @@ def exported_series() -> set[str]:
 
 
 def cell_labels(cell: Any, config_name: str) -> dict[str, str]:
-    """The label values of a cell (a :class:`~bidl_runtime.plan.CellPlan`)."""
+    """The label values of a cell (a :class:`~bidl_runtime.plan.grid_plan.CellPlan`)."""
     return {"cell": cell.name, "replica": str(cell.replica), "row": str(cell.row), "col": str(cell.col),
             "device": str(cell.device), "config": config_name}
 
@@ -208,7 +208,7 @@ def dashboard() -> dict:
                 "allValue": ".*", "current": {"text": "All", "value": "$__all"}, "refresh": 2, "sort": 1}
     return {
         "uid": DASHBOARD_UID, "title": "bidl-grid: cells", "tags": ["bidl-grid", "ray"],
-        "description": "Per-cell figures of the bidl-grid spatio-temporal grid (bidl_runtime.metrics)",
+        "description": "Per-cell figures of the bidl-grid spatio-temporal grid (bidl_runtime.cell.metrics)",
         "editable": True, "schemaVersion": 39, "version": 1, "refresh": "5s", "timezone": "browser",
         "time": {"from": "now-15m", "to": "now"},
         "templating": {"list": [
@@ -257,7 +257,7 @@ def install_dashboard(directory: Optional[str | Path] = None) -> Path:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bidl_runtime.metrics", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bidl_runtime.cell.metrics", description=__doc__.split("\n\n")[0])
     ap.add_argument("--install-dashboard", nargs="?", const="", default=None, metavar="DIR",
                     help="copy the Grafana dashboard into DIR (default: Ray's dashboards folder of the latest session)")
     ap.add_argument("--write-dashboard", action="store_true", help="regenerate the shipped dashboard JSON")

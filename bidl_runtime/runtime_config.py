@@ -7,10 +7,10 @@ from typing import Any, Mapping, Optional
 from bidl_models.specs import known_fields
 
 from .channels import ChannelConfig
-from .devices import DeviceProfile
+from bidl_runtime.cell.contexts import DeviceProfile
 
 BACKENDS = ("cpu", "emulated", "cuda", "compiled")
-COMPILED_BACKENDS = ("cuda", "compiled")   # cells that run a chunk function compiled at load (bidl_runtime.compiled)
+COMPILED_BACKENDS = ("cuda", "compiled")   # cells that run a chunk function compiled at load (bidl_runtime.cell.compiled)
 COMPILE_START_TIMEOUT_S = 900.0   # start_timeout_s for them: a first Inductor compile of a large segment takes minutes
 AMP = (None, "bf16", "fp16")
 TRANSPORTS = ("auto", "shm", "tcp", "cuda")
@@ -35,7 +35,7 @@ class RuntimeConfig:
     hang_floor_s: float = 5.0            # a cell silent (ping unanswered) or in one chunk for max(hang_floor_s,
     hang_factor: float = 4.0             # hang_factor x its measured chunk time) is frozen / stuck
     max_restarts: int = 3                # per cell; past that the run stops naming it (0: never restart)
-    metrics: bool = True                 # export Ray metrics from every cell (bidl_runtime.metrics)
+    metrics: bool = True                 # export Ray metrics from every cell (bidl_runtime.cell.metrics)
     trace_events: int = 20_000           # spans each cell keeps when a run is traced (the first quarter, then the latest)
     gpus_per_cell: float = 1.0           # cuda: Ray num_gpus of each cell (fractional: cells share a GPU)
     chunk_compile: str = "graphs"        # cuda/compiled: how the chunk function is compiled (compiled.METHODS)
@@ -58,7 +58,7 @@ class RuntimeConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}={v!r}: expected a positive int")
-        from .compiled import METHODS
+        from bidl_runtime.cell.compiled import METHODS
         if self.chunk_compile not in METHODS:
             raise ValueError(f"--chunk-compile {self.chunk_compile!r}: expected one of {list(METHODS)}")
         if self.amp not in AMP:
