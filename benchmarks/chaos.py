@@ -47,30 +47,26 @@ def main(argv=None) -> int:
     n = args.samples or (300 if args.quick else 1000)
     faults = args.faults if args.faults is not None else (4 if args.quick else 10)
 
-    from bidl_models.config import load_config
-    from bidl_runtime.api import prepare
-    from bidl_runtime.driver.chaos import Chaos
-    from bidl_runtime.cluster.ray_cluster import start_local
-    from bidl_runtime.runtime_config import RuntimeConfig
-    from bidl_runtime.driver.samples import synthetic_samples
-    from bidl_runtime.defaults import default_checkpoint, default_config, default_threads
-    from bidl_runtime.driver.grid import Grid
-    from bidl_models.slicing import GridLayout
-    from bidl_runtime.plan.place import Cluster, place
-
     import ray
+
+    from bidl_models.checkpoint import shipped_weights
+    from bidl_models.config import load_config
+    from bidl_runtime.api import GridJob, default_config
+    from bidl_runtime.cluster.ray_cluster import start_local
+    from bidl_runtime.driver.chaos import Chaos
+    from bidl_runtime.driver.samples import synthetic_samples
+    from bidl_runtime.runtime_config import RuntimeConfig
+
     cfg = load_config(default_config())
-    layout = GridLayout.resolve(cfg, args.grid, 1)
-    rcfg = RuntimeConfig(metrics=False, threads_per_cell=default_threads(layout.n_cells),
-                         max_restarts=max(3, faults))
-    start_local(num_cpus=os.cpu_count(), resources={"bidl_device": layout.max_device + 1}, include_dashboard=False,
-                log_to_driver=False, logging_level="WARNING", namespace="bidl-chaos")
+    job = GridJob(cfg, grid=args.grid, checkpoint=shipped_weights(cfg.name), artifacts=args.artifacts,
+                  runtime=RuntimeConfig(metrics=False, max_restarts=max(3, faults)))
+    start_local(num_cpus=os.cpu_count(), resources={"bidl_device": job.layout.max_device + 1},
+                include_dashboard=False, log_to_driver=False, logging_level="WARNING", namespace="bidl-chaos")
     try:
-        spec, arts = prepare(cfg, layout, rcfg, default_checkpoint(cfg.name), args.artifacts, verbose=False)
-        plan = place(arts, Cluster.connect(), layout, transport=rcfg.transport)
+        plan = job.plan()
         x = plan.outputs(None)[0].layout[0]
         items = synthetic_samples(plan.T, tuple(x.shape[2:]), n, args.seed)
-        grid = Grid(plan, rcfg)
+        grid = job.grid()
         try:
             grid.start()
             chaos = Chaos(grid, faults=faults, total=n, seed=args.seed).start()
@@ -103,7 +99,7 @@ def main(argv=None) -> int:
            "cpus": os.cpu_count(), "config": cfg.name, "grid": args.grid, "samples": n, "seed": args.seed,
            "wall_s": wall, "samples_per_s": report.samples_per_s, "summary": s, "recover": recover,
            "restarts": report.to_json()["restarts"], "verify": report.verify,
-           "hang_deadline_floor_s": rcfg.hang_floor_s, "heartbeat_s": rcfg.heartbeat_s}
+           "hang_deadline_floor_s": job.runtime.hang_floor_s, "heartbeat_s": job.runtime.heartbeat_s}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "chaos.json").write_text(json.dumps(doc, indent=1, default=str))

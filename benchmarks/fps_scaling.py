@@ -116,7 +116,7 @@ def measure(plan, rcfg, pool, n_samples: int, x) -> dict[str, Any]:
     count, secs = report.window(skip)
     sps = count / secs
     if rcfg.backend == "emulated":
-        chunk_s = {(g, s): plan.slices[g] * plan.cell(0, g, s).program.source.seconds_per_step
+        chunk_s = {(g, s): plan.slices[g] * plan.cell(0, g, s).program.seconds_per_step
                    for g in range(plan.rows) for s in range(plan.cols)}
     else:
         med = {(c["row"], c["col"]): c["step_ms_median"] / 1e3 for c in report.cells if c["replica"] == 0}
@@ -157,15 +157,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
 
     from bidl_models.config import load_config
-    from bidl_models.model_spec import ModelSpec
     from bidl_models.segments import auto_split
-    from bidl_runtime.api import build_artifacts, prepare
-    from bidl_runtime.runtime_config import COMPILE_START_TIMEOUT_S, COMPILED_BACKENDS, RuntimeConfig
-    from bidl_runtime.defaults import default_threads
-    from bidl_runtime.cell.contexts import DeviceProfile
-    from bidl_models.slicing import GridLayout, time_slices
-    from bidl_runtime.plan.place import Cluster, place
+    from bidl_runtime.api import GridJob
     from bidl_runtime.cell.pool import CellPool
+    from bidl_runtime.cluster.nodes import device_map
+    from bidl_runtime.runtime_config import COMPILE_START_TIMEOUT_S, COMPILED_BACKENDS, DeviceProfile, RuntimeConfig
 
     devices = sorted({int(d) for d in args.devices.split(",")})
     Ts = [int(t) for t in args.T.split(",")]
@@ -197,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base: dict[int, float] = {}
     t_all = time.perf_counter()
     try:
-        cluster = Cluster.connect()
+        cluster = device_map()
         bar = tqdm(jobs, unit="config", desc="fps scaling")
         for T, n, mode, ((rows, cols), reps) in bar:
             bar.set_postfix_str(f"T={T} n={n} {mode} {rows}x{cols}x{reps}")
@@ -205,21 +201,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               + ([f"models_compile_inputshape=[[1,{shape[0]},{shape[1]},{shape[2]}]]"]))
             if "lynxi_devices" in cfg:
                 del cfg["lynxi_devices"]
-            layout = GridLayout.resolve(cfg, (rows, cols), reps)
-            threads = default_threads(layout.n_cells) if args.backend in ("cpu", "compiled") else 1
-            rcfg = RuntimeConfig(backend=args.backend, metrics=False, threads_per_cell=threads,
+            rcfg = RuntimeConfig(backend=args.backend, metrics=False,
                                  profile=DeviceProfile(ref_fps=args.profile_fps), transport=args.transport,
                                  gpus_per_cell=gpus_per_cell, chunk_compile=args.chunk_compile,
                                  start_timeout_s=(max(args.start_timeout, COMPILE_START_TIMEOUT_S)
                                                   if args.backend in COMPILED_BACKENDS else args.start_timeout))
+            splits = None
             if mode == "time2seg_block":   # BIDL's cut: the best one at block boundaries, for comparison
-                spec = ModelSpec.from_config(cfg, columns=cols)
-                net = spec.segments[0].backbone
-                spec = ModelSpec.from_config(cfg, splits=auto_split(net, cols, spec.in_shape, granularity="block"))
-                arts = build_artifacts(spec, time_slices(spec.T, rows), rcfg, args.artifacts, verbose=False)
-            else:
-                _, arts = prepare(cfg, layout, rcfg, None, args.artifacts, verbose=False)
-            plan = place(arts, cluster, layout, transport=rcfg.transport, backend=rcfg.backend)
+                spec = GridJob(cfg, grid=(1, cols), runtime=rcfg).spec
+                splits = auto_split(spec.segments[0].backbone, cols, spec.in_shape, granularity="block")
+            job = GridJob(cfg, grid=(rows, cols), replicas=reps, runtime=rcfg, artifacts=args.artifacts, splits=splits)
+            plan = job.plan(cluster)
             n_samples = args.samples or default_samples(rows, cols, reps, T)
             x = (torch.rand((T,) + shape, generator=torch.Generator().manual_seed(0)) < 0.2).float()
             m = measure(plan, rcfg, pool, n_samples, x)

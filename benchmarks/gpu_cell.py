@@ -149,11 +149,13 @@ def to_spikingjelly(seg: nn.Module) -> nn.Module:
 def measure(T: int, B: int, methods: list[str], args, dev: torch.device, work: Path,
             saved: Callable[[dict], None] = lambda res: None) -> dict[str, Any]:
     """Every method on one ``TxB`` configuration; ``saved(res)`` after each (partial results survive a kill)."""
-    from bidl_models.model_spec import ModelSpec
     from bidl_runtime.cell.compiled import CompiledChunk
-    from compile import CompileOptions, compile_spec
-    cfg = load_model_config(T, args.smoke)
-    spec = ModelSpec.from_config(cfg, columns=1)
+    from compile import CompileJob, CompileOptions
+    # the exported program only (gpu_cell checks |diff| itself; no TorchScript form needed)
+    job = CompileJob(load_model_config(T, args.smoke), grid=(1, 1),
+                     options=CompileOptions(out=str(work / "artifacts"), batch=B, fast_load=False, verify=False,
+                                            progress=False, verbose=False))
+    spec = job.spec
     seg = spec.segments[0].eval().to(dev)
     g = torch.Generator().manual_seed(0)
     x = (torch.rand((T, B) + tuple(spec.in_shape), generator=g) < 0.2).float().to(dev)
@@ -191,10 +193,7 @@ def measure(T: int, B: int, methods: list[str], args, dev: torch.device, work: P
                     y, st = call()
                     got = flat(y, st)
                 else:   # ours
-                    # the exported program only (gpu_cell checks |diff| itself; no TorchScript form needed)
-                    arts = compile_spec(spec, [T], CompileOptions(out=str(work / "artifacts" / spec.key), batch=B,
-                                                                  fast_load=False, verify=False, progress=False,
-                                                                  verbose=False))
+                    arts = job.artifacts()
                     r["prepare_s"] = time.perf_counter() - t0
                     path = str(arts.records[0].path)
                     from bidl_runtime.cell.compiled import example_inputs

@@ -118,26 +118,20 @@ def main(argv=None) -> int:
 
     import ray
 
+    from bidl_models.checkpoint import shipped_weights
     from bidl_models.config import load_config
-    from bidl_runtime.api import prepare
+    from bidl_runtime.api import GridJob, default_config
     from bidl_runtime.cluster.ray_cluster import start_local
-    from bidl_runtime.runtime_config import RuntimeConfig
     from bidl_runtime.driver.samples import synthetic_samples
-    from bidl_runtime.defaults import default_checkpoint, default_config, default_threads
-    from bidl_runtime.driver.grid import Grid
-    from bidl_models.slicing import GridLayout
-    from bidl_runtime.plan.place import Cluster, place
 
     cfg = load_config(default_config())
-    layout = GridLayout.resolve(cfg, args.grid, 1)
-    rcfg = RuntimeConfig(threads_per_cell=default_threads(layout.n_cells))   # as the CLI runs: metrics on
-    start_local(num_cpus=os.cpu_count(), resources={"bidl_device": layout.max_device + 1}, include_dashboard=True,
+    job = GridJob(cfg, grid=args.grid, checkpoint=shipped_weights(cfg.name), artifacts=args.artifacts)  # as the CLI runs
+    start_local(num_cpus=os.cpu_count(), resources={"bidl_device": job.layout.max_device + 1}, include_dashboard=True,
                 dashboard_host="127.0.0.1", log_to_driver=False, logging_level="WARNING", namespace="bidl-soak")
     try:
-        _, arts = prepare(cfg, layout, rcfg, default_checkpoint(cfg.name), args.artifacts, verbose=False)
-        plan = place(arts, Cluster.connect(), layout, transport=rcfg.transport)
+        plan = job.plan()
         x = plan.outputs(None)[0].layout[0]
-        grid = Grid(plan, rcfg)
+        grid = job.grid()
         try:
             grid.start()
             sampler = Sampler(grid, args.every).start()

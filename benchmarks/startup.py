@@ -48,7 +48,7 @@ out = {}
 def mark(k, a): out[k + "_s"] = round(time.time() - a, 3); out[k + "_at"] = round(a - t0, 3)
 a = time.time(); import torch, ray; from bidl_models.config import load_config
 from bidl_runtime.api import prepare; from bidl_runtime.driver import Grid, RuntimeConfig, node_devices
-from bidl_runtime.plan.grid_plan import make_plan; from bidl_runtime.defaults import default_checkpoint, default_config
+from bidl_runtime.plan import make_plan; from bidl_runtime.defaults import default_checkpoint, default_config
 from bidl_runtime.session import default_threads
 out["imports_s"] = round(time.time() - t0, 3)
 a = time.time(); cfg = load_config(default_config()); plan = make_plan(cfg, grid); mark("model", a)

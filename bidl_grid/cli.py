@@ -1,38 +1,27 @@
 """Console scripts: ``bidl-train``, ``bidl-test``, ``bidl-compile``, ``bidl-run``, ``bidl-plan``.
 
-Each checks the torch and Ray versions first (one line and exit code 2 when one is too old, before
-either is imported), then calls the tool's ``main`` and turns its outcome into the process's exit code:
-the int a ``main`` returns, 0 for a ``main`` that returns its results (train, test), 2 with one
-``error:`` line for a bad config, value or missing file, 130 on Ctrl-C.
+Each runs its tool's ``main`` in :func:`bidl_grid.command.run_command` (exit codes and one-line
+errors); the tool's module is imported only after the torch and Ray versions are checked, so a
+too-old one is named before either is imported.
 """
 from __future__ import annotations
 
-import importlib
 import sys
+from importlib import import_module
 from typing import Optional, Sequence
 
+from .command import run_command
 from .versions import UnsupportedVersion, check_all
-
-USAGE_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
 
 def run_main(module: str, argv: Optional[Sequence[str]] = None) -> int:
-    """Exit code of ``<module>.main(argv)`` (see the module doc)."""
+    """Exit code of ``<module>.main(argv)`` (see :mod:`bidl_grid.command`)."""
     try:
         check_all()
     except UnsupportedVersion as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    main = importlib.import_module(module).main
-    try:
-        out = main(None if argv is None else list(argv))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except USAGE_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return out if isinstance(out, int) and not isinstance(out, bool) else 0
+    return run_command(import_module(module).main, argv)
 
 
 def train() -> int:

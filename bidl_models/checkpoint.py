@@ -31,6 +31,14 @@ from torch import Tensor, nn
 BIDL_FIELDS = ("state_dict", "optimizer_state_dict", "scheduler_stat_dict", "epoch", "time", "iters", "seed",
                "config")
 PREFIXES = ("module.", "backbone.")
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"   # demo weights, inside the package (wheels too)
+
+
+def shipped_weights(config_name: str) -> Optional[Path]:
+    """The weights shipped for a config (``bidl_models/weights/<config>.pth``), None if there are none:
+    what every command uses without ``--checkpoint``."""
+    p = SHIPPED_WEIGHTS / f"{config_name}.pth"
+    return p if p.is_file() else None
 
 
 def file_sha256(path: str | Path) -> str:
@@ -38,6 +46,18 @@ def file_sha256(path: str | Path) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def state_dict_sha256(sd: Mapping[str, Tensor]) -> str:
+    """sha256 of weights by content: every tensor's name, dtype, shape and bytes, in name order. The same
+    weights give the same digest whatever file holds them (BIDL's format or this project's, any wrapper
+    or prefix once stripped)."""
+    h = hashlib.sha256()
+    for name in sorted(sd):
+        t = sd[name].detach().cpu().contiguous()
+        h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

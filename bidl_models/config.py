@@ -313,29 +313,6 @@ def dump_config(cfg: Mapping, path: str | Path, header: str = "") -> Path:
     return path
 
 
-def validate_lynxi_devices(devices: Any, key: str = "lynxi_devices") -> list[list[int]]:
-    """``[[0, 1], [2, 3]]`` -> rows = time slices, columns = segments. ValueError when ragged,
-    empty, not ints, or a device id repeats."""
-    if not isinstance(devices, (list, tuple)) or not devices:
-        raise ValueError(f"{key}={devices!r}: expected a non-empty list of rows, e.g. [[0, 1], [2, 3]]")
-    rows = []
-    for g, row in enumerate(devices):
-        if not isinstance(row, (list, tuple)) or not row:
-            raise ValueError(f"{key}[{g}]={row!r}: expected a non-empty list of device ids")
-        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in row):
-            raise ValueError(f"{key}[{g}]={row!r}: expected non-negative int device ids")
-        rows.append([int(d) for d in row])
-    widths = {len(r) for r in rows}
-    if len(widths) != 1:
-        raise ValueError(f"{key}={devices!r} is ragged: row lengths {[len(r) for r in rows]}; expected "
-                         "every time-slice row to list one device per segment")
-    flat = [d for r in rows for d in r]
-    dup = sorted({d for d in flat if flat.count(d) > 1})
-    if dup:
-        raise ValueError(f"{key}={devices!r}: device ids {dup} appear more than once")
-    return rows
-
-
 def model_segment_configs(cfg: Mapping) -> list[tuple[str, dict]]:
     """``[('model_0', backbone_cfg), ...]`` from ``model_0..n`` keys, or ``[('model', ...)]``."""
     keys = sorted((k for k in cfg if k.startswith("model_") and k[6:].isdigit()), key=lambda k: int(k[6:]))

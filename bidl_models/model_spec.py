@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from .backbones import config_file_digests
-from .checkpoint import file_sha256
+from .checkpoint import file_sha256, read_state_dict, state_dict_sha256
 from .config import Config, build_segments
-from .segments import Segment, SegmentSpecs, auto_split, check_chain, split_backbone
+from .specs import Signature
+from .segments import Segment, auto_split, check_chain, split_backbone
 
 INPUT_DTYPES = ("float32", "uint8", "int64", "int32")
 FLOAT_INPUTS = ("float32", "uint8")     # frames: float, or uint8 event counts cast inside the program
@@ -72,12 +73,13 @@ class ModelSpec:
     n_blocks: int
     backbone: str                               # backbone type name
     checkpoint: Optional[str]                   # weights file, None: seeded initial weights
-    weights_sha256: str                         # the file's sha256, or 'seeded:<seed>'
+    weights_sha256: str                         # the weights' content (state_dict_sha256), or 'seeded:<seed>'
     model_sha256: str                           # hash of the model-defining config keys
     seed: int
     segments: tuple[Segment, ...] = field(repr=False, compare=False)
-    io: tuple[SegmentSpecs, ...] = field(repr=False, compare=False)   # per segment, batch 1
+    io: tuple[Signature, ...] = field(repr=False, compare=False)   # per segment, batch 1
     input_high: Optional[int] = None            # integer inputs lie in [0, input_high) (a vocabulary's size)
+    checkpoint_file_sha256: str = ""            # the weights file's sha256 (provenance), or 'seeded:<seed>'
 
     @classmethod
     def from_config(cls, cfg: Config, *, columns: Optional[int] = None,
@@ -100,9 +102,10 @@ class ModelSpec:
         if checkpoint is not None:
             if not Path(checkpoint).is_file():
                 raise FileNotFoundError(f"checkpoint {str(checkpoint)!r}: no such file")
-            weights = file_sha256(checkpoint)
+            weights = state_dict_sha256(read_state_dict(checkpoint))
+            checkpoint_file_sha256 = file_sha256(checkpoint)
         else:
-            weights = f"seeded:{seed}"
+            weights = checkpoint_file_sha256 = f"seeded:{seed}"
         segs = build_segments(cfg, seed=seed, model_in_shape=shape, checkpoint=checkpoint)
         net = segs[0].backbone.eval()   # inference everywhere downstream; the FLOP count traces BN in eval mode
         input_dtype = _input_dtype(type(net).__name__, net.input_dtype, input_dtype)
@@ -138,7 +141,7 @@ class ModelSpec:
         return cls(cfg.name, cfg, int(net.timestep), tuple(shape), input_dtype,
                    tuple(tuple(s.split) for s in segs), source, segs[0].n_blocks, segs[0].backbone_name,
                    str(checkpoint) if checkpoint is not None else None, weights, model_sha256(cfg), seed,
-                   tuple(segs), io, getattr(net, "input_high", None))
+                   tuple(segs), io, getattr(net, "input_high", None), checkpoint_file_sha256)
 
     @property
     def n_segments(self) -> int:
@@ -157,13 +160,14 @@ class ModelSpec:
                     f"so the grid cannot cut time into {rows} slices: grid {rows}x{self.n_segments} is not allowed; "
                     f"allowed: 1xC (C = 1..{self.n_blocks} segments, time not sliced; replicas are fine)")
 
-    def io_specs(self, batch: int = 1) -> list[SegmentSpecs]:
+    def io_specs(self, batch: int = 1) -> list[Signature]:
         """Per-step input/output and state specs of every segment for ``batch`` samples per message."""
         return [s.with_batch(batch) for s in self.io]
 
     @property
     def key(self) -> str:
-        """Short hash of what defines the compiled programs: model, weights and cut."""
+        """Short hash of what defines the compiled programs: the model, the weights' content (not their
+        file's path or format) and the cut."""
         text = f"{self.model_sha256}|{self.weights_sha256}|{[list(s) for s in self.splits]}"
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -24,38 +24,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .cuts import Cut, carry_names, check_cut
 from .layers import Temporal, shape_tracing, trace_steps
-from .specs import State, TensorSpec, specs_of, torch_dtype
+from .specs import Signature, State, TensorSpec, specs_of, torch_dtype
 
 Activation = Any   # a Tensor, or a tuple of Tensors across a cut inside a block
-
-
-@dataclass(frozen=True)
-class SegmentSpecs:
-    """Per-step input and output specs and the state specs of a segment (batch included);
-    ``carry_in``/``carry_out``: the tensors that travel with the input/output across a cut inside a block."""
-
-    input: TensorSpec
-    output: TensorSpec
-    state: tuple[TensorSpec, ...]
-    carry_in: tuple[TensorSpec, ...] = ()
-    carry_out: tuple[TensorSpec, ...] = ()
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return (self.input, *self.carry_in)
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return (self.output, *self.carry_out)
-
-    @property
-    def state_nbytes(self) -> int:
-        return sum(s.nbytes for s in self.state)
-
-    def with_batch(self, batch: int) -> "SegmentSpecs":
-        b = lambda specs: tuple(t.with_batch(batch) for t in specs)  # noqa: E731
-        return SegmentSpecs(self.input.with_batch(batch), self.output.with_batch(batch), b(self.state),
-                            b(self.carry_in), b(self.carry_out))
 
 
 def as_tuple(x: Activation) -> tuple[Tensor, ...]:
@@ -149,7 +120,7 @@ class Segment(Temporal):
                          for n, o in zip(names, as_tuple(y)))
             return outs, specs_of(st)
 
-    def specs(self, batch: int = 1, model_in_shape: Optional[Sequence[int]] = None) -> SegmentSpecs:
+    def specs(self, batch: int = 1, model_in_shape: Optional[Sequence[int]] = None) -> Signature:
         """Input, output and state specs for a batch size, traced without compute."""
         try:
             ins = self.input_specs(batch, model_in_shape)
@@ -158,7 +129,7 @@ class Segment(Temporal):
             shape = list(model_in_shape) if model_in_shape is not None else self._backbone.input_shape
             raise ValueError(f"model input shape {shape} does not fit {self.backbone_name} "
                              f"(too small for its convolutions and poolings?): {str(e).splitlines()[0]}") from None
-        return SegmentSpecs(ins[0], outs[0], tuple(state), ins[1:], outs[1:])
+        return Signature(ins[0], outs[0], tuple(state), ins[1:], outs[1:])
 
     def extra_repr(self) -> str:
         return f"{self.backbone_name} split=[{self.split[0]}, {self.split[1]}] of {self.n_blocks}"
@@ -209,7 +180,7 @@ def split_backbone(backbone, splits: Sequence[Sequence[Any]], full: bool = True)
 
 def check_chain(segments: Sequence[Segment], model_in_shape: Optional[Sequence[int]] = None,
                 inshapes: Optional[Sequence[Sequence[int]]] = None,
-                names: Optional[Sequence[str]] = None) -> list[SegmentSpecs]:
+                names: Optional[Sequence[str]] = None) -> list[Signature]:
     """ValueError unless each segment's per-step outputs (shapes, carry included) are the next one's inputs.
 
     ``inshapes`` (the config's ``models_compile_inputshape``, ``[1, C, H, W]`` each: the main input

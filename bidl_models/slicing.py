@@ -1,14 +1,21 @@
-"""The grid's shape: rows (time slices) x columns (model segments) x replicas, and device ids.
+"""Spatio-temporal slicing: the grid's shape, rows (time slices) x columns (model segments) x replicas,
+and its device ids.
 
 A grid is R rows (time slices) by C columns (model segments). T time steps are cut over the rows
 with ``numpy.array_split`` semantics: the first ``T % R`` rows get one step more (T=10, R=3: 4, 3, 3).
 ``--grid RxC`` numbers devices row by row (``g * C + s``); a config's ``lynxi_devices`` gives them
-explicitly; replica k gets the same layout shifted past the devices of replicas 0..k-1.
+explicitly; replica k gets the same layout shifted past the devices of replicas 0..k-1. Without
+either, the grid is one row by the config's segments (``model_0..n``; 1 for a whole model).
+
+Pure data (no torch): compile and the runtime's planner both read it. Sizes are checked before
+anything is allocated: at most :data:`MAX_CELLS` cells per grid.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
+
+MAX_CELLS = 4096      # cells of one grid (rows x cols x replicas): far above any machine's devices
 
 
 def parse_grid(grid: str | Sequence[int]) -> tuple[int, int]:
@@ -37,6 +44,40 @@ def time_slices(T: int, rows: int) -> list[int]:
     return [q + 1] * r + [q] * (rows - r)
 
 
+def validate_lynxi_devices(devices: Any, key: str = "lynxi_devices") -> list[list[int]]:
+    """``[[0, 1], [2, 3]]`` -> rows = time slices, columns = segments. ValueError when ragged,
+    empty, not ints, too many, or a device id repeats."""
+    if not isinstance(devices, (list, tuple)) or not devices:
+        raise ValueError(f"{key}={devices!r}: expected a non-empty list of rows, e.g. [[0, 1], [2, 3]]")
+    if len(devices) > MAX_CELLS:
+        raise ValueError(f"{key}: {len(devices)} rows; expected at most {MAX_CELLS} cells in all")
+    rows = []
+    for g, row in enumerate(devices):
+        if not isinstance(row, (list, tuple)) or not row:
+            raise ValueError(f"{key}[{g}]={row!r}: expected a non-empty list of device ids")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in row):
+            raise ValueError(f"{key}[{g}]={row!r}: expected non-negative int device ids")
+        rows.append([int(d) for d in row])
+    widths = {len(r) for r in rows}
+    if len(widths) != 1:
+        raise ValueError(f"{key}={devices!r} is ragged: row lengths {[len(r) for r in rows]}; expected "
+                         "every time-slice row to list one device per segment")
+    flat = [d for r in rows for d in r]
+    if len(flat) > MAX_CELLS:
+        raise ValueError(f"{key}: {len(flat)} devices; expected at most {MAX_CELLS}")
+    dup = sorted({d for d in flat if flat.count(d) > 1})
+    if dup:
+        raise ValueError(f"{key}={devices!r}: device ids {dup} appear more than once")
+    return rows
+
+
+def config_segments(cfg: Optional[Mapping]) -> int:
+    """How many segment models a config defines (``model_0..n``; 1 for a whole ``model``)."""
+    if cfg is None:
+        return 1
+    return max(1, sum(1 for k in cfg if isinstance(k, str) and k.startswith("model_") and k[6:].isdigit()))
+
+
 @dataclass(frozen=True)
 class GridLayout:
     """Rows x cols cells per replica and the device id of each: ``devices[replica][row][col]``."""
@@ -50,20 +91,26 @@ class GridLayout:
     @classmethod
     def resolve(cls, cfg: Optional[Mapping] = None, grid: str | Sequence[int] | None = None,
                 replicas: int = 1) -> "GridLayout":
-        """From ``grid`` ('RxC' or (R, C)), else the config's ``lynxi_devices``, else 1x1."""
+        """From ``grid`` ('RxC' or (R, C)), else the config's ``lynxi_devices``, else 1 x the config's
+        segments. ValueError (one line) for anything malformed or past :data:`MAX_CELLS` cells."""
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
             raise ValueError(f"--replicas {replicas!r}: expected a positive int")
         if grid is not None:
             rows, cols = parse_grid(grid)
-            base = [[g * cols + s for s in range(cols)] for g in range(rows)]
             source = "--grid"
+            base = None
         elif cfg is not None and cfg.get("lynxi_devices") is not None:
-            from bidl_models.config import validate_lynxi_devices
             base = validate_lynxi_devices(cfg["lynxi_devices"])
             rows, cols = len(base), len(base[0])
             source = "lynxi_devices"
         else:
-            rows, cols, base, source = 1, 1, [[0]], "default 1x1"
+            rows, cols, base = 1, config_segments(cfg), None
+            source = f"default 1x{cols}"
+        if rows * cols * replicas > MAX_CELLS:
+            raise ValueError(f"grid {rows}x{cols} x {replicas} replica(s) = {rows * cols * replicas} cells; expected "
+                             f"at most {MAX_CELLS} (rows <= T time steps, columns <= the model's blocks)")
+        if base is None:
+            base = [[g * cols + s for s in range(cols)] for g in range(rows)]
         step = max(max(r) for r in base) + 1
         devices = tuple(tuple(tuple(d + k * step for d in row) for row in base) for k in range(replicas))
         return cls(rows, cols, replicas, devices, source)

@@ -1,70 +1,119 @@
-"""The runtime as a library: the stage chain, and ``stream`` that runs all of it.
+"""The runtime as a library: :class:`GridJob`, the one owner of the stage chain, and :func:`stream`.
 
-The chain (each stage produced once, data flowing one way)::
+The chain, each stage produced once, on first use::
 
-    cfg    = load_config("clif3fc3dm_itout-b16x1-dvsglyphs")                 # bidl_models.config
-    layout = GridLayout.resolve(cfg, "3x2")                                  # rows x cols x replicas, devices
-    spec   = ModelSpec.from_config(cfg, columns=layout.cols, checkpoint=ckpt) # bidl_models.model_spec
-    arts   = compile_spec(spec, time_slices(spec.T, layout.rows),            # compile (or emulate(spec, ...))
-                          CompileOptions(out=artifact_dir(spec)))
-    plan   = place(arts, Cluster.connect(), layout)                          # bidl_runtime.plan.place -> GridPlan
-    report = Grid(plan, RuntimeConfig()).run(samples)                        # bidl_runtime.driver.grid -> RunReport
+    job = GridJob(load_config("clif3fc3dm_itout-b16x1-dvsglyphs"), grid="3x2", checkpoint=ckpt)
+    job.layout, job.spec, job.slices      # GridLayout (rows x cols x replicas), ModelSpec, time slices
+    job.artifacts()                       # compiled artifacts (cached) or, backend 'emulated', paced shapes
+    job.plan()                            # placed on the connected Ray cluster, artifacts shipped to its nodes
+    report = job.run(samples, verify=True)    # grid started, streamed, drained, closed -> RunReport
 
-:func:`prepare` does the layout/spec/artifacts part, :func:`stream` all of it on an initialised
-Ray (the cluster's nodes declare ``bidl_device`` resources): an embedded one from
-:func:`bidl_runtime.cluster.ray_cluster.start_local` (token auth, 127.0.0.1 only), or a real cluster joined with
-:func:`bidl_runtime.cluster.ray_cluster.join`::
+:class:`GridJob` extends :class:`compile.job.CompileJob` (which ``bidl-compile`` runs) with the
+later stages; ``bidl-run``, ``bidl-plan``, :func:`stream` and the benchmarks all use it.
+``job.start_artifacts()`` compiles in a thread while Ray starts (``bidl-run`` does). On an
+initialised Ray (the nodes declare ``bidl_device`` resources): an embedded one from
+:func:`bidl_runtime.cluster.ray_cluster.start_local` (token auth, 127.0.0.1 only), or a real
+cluster joined with :func:`bidl_runtime.cluster.ray_cluster.join`::
 
-    from bidl_runtime.cluster.ray_cluster import start_local
     start_local(resources={"bidl_device": 6})
     report = stream(load_config("clif3fc3dm_itout-b16x1-dvsglyphs"), samples, grid=(3, 2))
     print(report.summary())
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
-from bidl_models.config import Config
-from bidl_models.model_spec import ModelSpec
+from bidl_models.config import REPO_CONFIGS, Config
+from compile.job import CompileJob
+from compile.options import CompileOptions
 
-from .runtime_config import RuntimeConfig
-from bidl_runtime.plan.emulated import emulate
-from bidl_runtime.driver.grid import Grid
-from bidl_models.slicing import GridLayout, time_slices
-from bidl_runtime.plan.place import Cluster, place
 from bidl_runtime.cell.pool import CellPool
+from bidl_runtime.cluster.nodes import device_map
+from bidl_runtime.cluster.ship import ship_programs
+from bidl_runtime.driver.grid import Grid
 from bidl_runtime.driver.report import RunReport
+from bidl_runtime.driver.startup import StartupClock
+from bidl_runtime.plan.emulated import emulate
+from bidl_runtime.plan.grid_plan import GridPlan
+from bidl_runtime.plan.place import Cluster, place
+from bidl_runtime.runtime_config import COMPILED_BACKENDS, RuntimeConfig
+
+DEFAULT_CONFIG = "clif3fc3dm_itout-b16x1-dvsglyphs"   # SeqClif3Fc3DmItout, 2x40x40, T=20, generated DVS data
 
 
-def artifact_dir(spec: ModelSpec, root: str | Path = "artifacts") -> Path:
-    """The runtime's artifact directory for a model, its weights and its cut: models that differ
-    (another T, split or checkpoint) get their own directory instead of meeting ``compile``'s
-    refusal of a mismatched artifact."""
-    return Path(root) / f"{spec.name}-{spec.key}"
+@lru_cache(maxsize=None)
+def default_config() -> Path:
+    """The shipped default config's file: the commands' default, never a same-named file elsewhere."""
+    hits = sorted(REPO_CONFIGS.rglob(f"{DEFAULT_CONFIG}.py"))
+    if not hits:
+        raise FileNotFoundError(f"the shipped default config {DEFAULT_CONFIG}.py is missing under {REPO_CONFIGS}")
+    return hits[0]
 
 
-def prepare(cfg: Config, layout: GridLayout, config: RuntimeConfig, checkpoint: Optional[str | Path] = None,
-            artifacts: str | Path = "artifacts", force_compile: bool = False,
-            verbose: bool = True) -> tuple[ModelSpec, object]:
-    """``(spec, artifact set)`` for a layout: compiled artifacts (built or reused) for real backends,
-    an :class:`~bidl_runtime.plan.emulated.EmulatedSet` for ``emulated``."""
-    spec = ModelSpec.from_config(cfg, columns=layout.cols, checkpoint=checkpoint)
-    return spec, build_artifacts(spec, time_slices(spec.T, layout.rows), config, artifacts, force_compile, verbose)
+class GridJob(CompileJob):
+    """One model on one grid: :class:`~compile.job.CompileJob`'s stages (layout, spec, slices,
+    artifacts), then the plan, the grid and its runs. ``runtime``: how the grid runs (its backend
+    decides the artifacts: compiled programs, or paced shapes for ``emulated``); ``artifacts``: the
+    cache root; ``verbose`` / ``progress``: compile's log lines and progress bar."""
 
+    def __init__(self, config: Config, *, grid: str | Sequence[int] | None = None, replicas: int = 1,
+                 checkpoint: str | Path | None = None, runtime: Optional[RuntimeConfig] = None,
+                 artifacts: str | Path = "artifacts", force_compile: bool = False, verbose: bool = False,
+                 progress: Optional[bool] = None, splits: Optional[Sequence[Sequence[int | str]]] = None,
+                 seed: int = 0):
+        self.runtime = runtime or RuntimeConfig()
+        options = CompileOptions(out=str(artifacts), batch=self.runtime.batch, force=force_compile, verbose=verbose,
+                                 progress=verbose if progress is None else progress,
+                                 fast_load=self.runtime.backend not in COMPILED_BACKENDS)  # they compile the exported program
+        super().__init__(config, grid=grid, replicas=replicas, checkpoint=checkpoint, options=options,
+                         splits=splits, seed=seed)
+        self._plan: Optional[GridPlan] = None
 
-def build_artifacts(spec: ModelSpec, slices: Sequence[int], config: RuntimeConfig, artifacts: str | Path = "artifacts",
-                    force_compile: bool = False, verbose: bool = True, progress: Optional[bool] = None):
-    """The artifact stage for a resolved spec and the rows' time slices (see :func:`prepare`);
-    ``verbose``: compile's log lines, ``progress``: its progress bar (default: as verbose)."""
-    if config.backend == "emulated":
-        return emulate(spec, slices, config.profile, config.batch)
-    from compile import CompileOptions, compile_spec
-    from .runtime_config import COMPILED_BACKENDS
-    opts = CompileOptions(out=str(artifact_dir(spec, artifacts)), batch=config.batch, force=force_compile,
-                          verbose=verbose, progress=verbose if progress is None else progress,
-                          fast_load=config.backend not in COMPILED_BACKENDS)   # they compile the exported program
-    return compile_spec(spec, slices, opts)
+    def build(self):
+        """Artifacts for the backend: compiled (or cached), or for ``emulated`` the model's real shapes
+        paced by the runtime's device profile."""
+        if self.runtime.backend == "emulated":
+            return emulate(self.spec, self.slices, self.runtime.profile, self.runtime.batch)
+        return super().build()
+
+    def preview(self, device_nodes: Optional[Sequence[str]] = None) -> GridPlan:
+        """The plan's cells and edges without Ray or compile (shapes from the model spec, nothing to
+        run): what ``bidl-plan`` prints. ``device_nodes`` as in :class:`Cluster` (default: one node with
+        as many devices as the layout uses)."""
+        shapes = emulate(self.spec, self.slices, None, self.runtime.batch)
+        cluster = (Cluster(tuple(device_nodes)) if device_nodes is not None
+                   else Cluster.local(self.layout.max_device + 1))
+        return place(shapes, cluster, self.layout, transport=self.runtime.transport, backend=self.runtime.backend)
+
+    def plan(self, cluster: Optional[Cluster] = None) -> GridPlan:
+        """The artifacts placed on ``cluster`` (default: the connected Ray cluster's devices, once),
+        compiled programs shipped to the other nodes whose cells run them."""
+        if cluster is None and self._plan is not None:
+            return self._plan
+        where = cluster or device_map()
+        plan = place(self.artifacts(), where, self.layout, transport=self.runtime.transport,
+                     backend=self.runtime.backend)
+        if where.connected:
+            plan = ship_programs(plan)
+        if cluster is None:
+            self._plan = plan
+        return plan
+
+    def grid(self, *, pool: Optional[CellPool] = None, actors: Optional[dict] = None,
+             clock: Optional[StartupClock] = None) -> Grid:
+        """A grid of this job's plan (cells not started yet: ``Grid.start``, or ``run``)."""
+        return Grid(self.plan(), self.runtime, pool, actors=actors, clock=clock)
+
+    def run(self, samples: Iterable, *, pool: Optional[CellPool] = None, **run_options: Any) -> RunReport:
+        """One run on a new grid, always torn down (``run_options``: :meth:`Grid.run`'s: ``verify``,
+        ``total``, ``progress``, ``journal``, ``trace``)."""
+        g = self.grid(pool=pool)
+        try:
+            return g.run(samples, **run_options)
+        finally:
+            g.close()
 
 
 def stream(cfg: Config, samples: Iterable, grid: Optional[tuple[int, int] | str] = None, replicas: int = 1,
@@ -72,16 +121,9 @@ def stream(cfg: Config, samples: Iterable, grid: Optional[tuple[int, int] | str]
            artifacts: str | Path = "artifacts", verify: bool = False, total: Optional[int] = None,
            progress: bool = False, verbose: bool = False, pool: Optional[CellPool] = None,
            trace: Optional[str | Path] = None) -> RunReport:
-    """The whole chain on the connected cluster: layout, spec, artifacts, placement, one run with
-    ``verify`` (compare with the single-device reference) and ``trace`` (a Chrome trace file, with a
-    PNG timeline beside it; see :mod:`bidl_runtime.driver.trace`). The grid is always torn down."""
-    rcfg = rcfg or RuntimeConfig()
-    layout = GridLayout.resolve(cfg, grid, replicas)
-    _, arts = prepare(cfg, layout, rcfg, checkpoint, artifacts, verbose=verbose)
-    plan = place(arts, Cluster.connect(), layout, transport=rcfg.transport, backend=rcfg.backend)
-    g = Grid(plan, rcfg, pool)
-    try:
-        return g.run(samples, total=total, progress=progress, verify=verify, trace=trace)
-    finally:
-        g.close()
-
+    """The whole chain in one call on the connected cluster (:class:`GridJob`): one run with ``verify``
+    (compare with the single-device reference) and ``trace`` (a Chrome trace file, with a PNG
+    timeline beside it; see :mod:`bidl_runtime.driver.trace`). The grid is always torn down."""
+    job = GridJob(cfg, grid=grid, replicas=replicas, checkpoint=checkpoint, runtime=rcfg, artifacts=artifacts,
+                  verbose=verbose)
+    return job.run(samples, pool=pool, total=total, progress=progress, verify=verify, trace=trace)

@@ -1,19 +1,61 @@
-"""All runtime tunables in one place: the driver, the cells and their channels read them from here."""
+"""All runtime tunables in one place: the driver, the cells and their channels read them from here,
+and every entry point (``bidl-run``, ``bidl-plan``, the library, the benchmarks) gets its defaults,
+validation and command-line choices from here.
+
+Pure data: no torch, no Ray (``bidl-run --help`` reads the choices without loading either).
+"""
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping, Optional
 
 from bidl_models.specs import known_fields
 
-from .channels import ChannelConfig
-from bidl_runtime.cell.contexts import DeviceProfile
+from bidl_runtime.channels.channel_config import ChannelConfig
 
 BACKENDS = ("cpu", "emulated", "cuda", "compiled")
-COMPILED_BACKENDS = ("cuda", "compiled")   # cells that run a chunk function compiled at load (bidl_runtime.cell.compiled)
+COMPUTE_BACKENDS = ("cpu", "compiled")     # cells that compute on this machine's cores (they share them)
+COMPILED_BACKENDS = ("cuda", "compiled")   # cells that run a chunk function compiled at load (cell.compiled)
+CHUNK_COMPILE_METHODS = ("graphs", "inductor", "aoti", "capture", "eager")   # see bidl_runtime.cell.compiled
 COMPILE_START_TIMEOUT_S = 900.0   # start_timeout_s for them: a first Inductor compile of a large segment takes minutes
 AMP = (None, "bf16", "fp16")
 TRANSPORTS = ("auto", "shm", "tcp", "cuda")
+# integer settings and their bounds, checked before anything is allocated (a grid's memory grows with them)
+INT_RANGES = {"depth": (1, 64), "batch": (1, 4096), "max_inflight": (1, 65536), "threads_per_cell": (1, 1024),
+              "max_restarts": (0, 1000), "trace_events": (1, 10_000_000)}
+OPTIONAL_INTS = ("max_inflight", "threads_per_cell")
+FLAGS = ("backend", "transport", "depth", "batch", "max_inflight", "threads_per_cell", "max_restarts",
+         "gpus_per_cell", "chunk_compile", "amp")   # settings that are bidl-run flags
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """A device's speed: ``ref_fps`` time-step frames/s on a reference model of ``ref_flops``
+    FLOPs per step (None: ResNetLif50 on 2x128x128, counted by the emulated backend when needed). A
+    segment of ``f`` FLOPs per step takes ``f / ref_flops / ref_fps`` s per step."""
+
+    name: str = "ka200"
+    ref_fps: float = 28.8                      # the user guide's chip on ResNetLif50, 2x128x128
+    ref_model: str = "ResNetLif50 2x128x128"
+    ref_flops: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.ref_fps, (int, float)) and math.isfinite(self.ref_fps) and self.ref_fps > 0):
+            raise ValueError(f"DeviceProfile.ref_fps={self.ref_fps!r}: expected a finite number of frames/s > 0")
+
+    def seconds_per_step(self, flops: float, ref_flops: float) -> float:
+        """Device seconds of one step of ``flops`` FLOPs, the reference model having ``ref_flops``."""
+        return flops / ref_flops / self.ref_fps
+
+
+def cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 @dataclass
@@ -25,7 +67,8 @@ class RuntimeConfig:
     depth: int = 2                       # slots per channel
     batch: int = 1                       # samples per message (the chip's batch is 1)
     max_inflight: Optional[int] = None   # samples inside the grid; None: 2 x rows x replicas
-    threads_per_cell: int = 1            # intra-op threads of each cell's process
+    threads_per_cell: Optional[int] = None   # intra-op threads of each cell's process; None: cores / cells for
+                                             # the compute backends (they share this machine), else 1 (resolved())
     poll_s: float = 0.2                  # granularity of every bounded wait (health checks, stop flags)
     idle_timeout_s: float = 600.0        # cell: no input (or a blocked output) for this long: it gives up
     start_timeout_s: float = 120.0       # cells spawned, configured and wired within this
@@ -38,7 +81,7 @@ class RuntimeConfig:
     metrics: bool = True                 # export Ray metrics from every cell (bidl_runtime.cell.metrics)
     trace_events: int = 20_000           # spans each cell keeps when a run is traced (the first quarter, then the latest)
     gpus_per_cell: float = 1.0           # cuda: Ray num_gpus of each cell (fractional: cells share a GPU)
-    chunk_compile: str = "graphs"        # cuda/compiled: how the chunk function is compiled (compiled.METHODS)
+    chunk_compile: str = "graphs"        # cuda/compiled: how the chunk function is compiled (CHUNK_COMPILE_METHODS)
     compile_cache: bool = True           # cuda/compiled: keep compiled programs on disk beside the artifact
     amp: Optional[str] = None            # cuda/compiled: None (fp32) | bf16 | fp16 autocast inside the chunk
     profile: DeviceProfile = field(default_factory=DeviceProfile)   # emulated backend's device speed
@@ -46,32 +89,37 @@ class RuntimeConfig:
     channel_secret: Optional[str] = field(default=None, repr=False)  # keys the channel handshakes; None: a Grid makes one
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"--backend {self.backend!r}: expected one of {list(BACKENDS)}")
-        if self.transport not in TRANSPORTS:
-            raise ValueError(f"--transport {self.transport!r}: expected one of {list(TRANSPORTS)}")
-        if not isinstance(self.max_restarts, int) or isinstance(self.max_restarts, bool) or self.max_restarts < 0:
-            raise ValueError(f"max_restarts={self.max_restarts!r}: expected an int >= 0")
+        for name, choices in (("backend", BACKENDS), ("transport", TRANSPORTS),
+                              ("chunk_compile", CHUNK_COMPILE_METHODS), ("amp", AMP)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{_named(name, getattr(self, name))}: expected one of {list(choices)}")
+        for name, (low, high) in INT_RANGES.items():
+            v = getattr(self, name)
+            if v is None and name in OPTIONAL_INTS:
+                continue
+            if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
+                raise ValueError(f"{_named(name, v)}: expected an int in [{low}, {high}]"
+                                 + (" or None" if name in OPTIONAL_INTS else ""))
+        if self.transport == "cuda" and self.backend not in COMPILED_BACKENDS:
+            raise ValueError(f"--transport cuda moves GPU memory between compiled cells: it needs --backend cuda "
+                             f"(or compiled, its CPU stand-in: slots in host memory), got {self.backend!r}")
         if not (isinstance(self.hang_factor, (int, float)) and 1 <= self.hang_factor < float("inf")):
             raise ValueError(f"hang_factor={self.hang_factor!r}: expected a finite number >= 1")
-        for name in ("depth", "batch", "threads_per_cell", "trace_events"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name}={v!r}: expected a positive int")
-        from bidl_runtime.cell.compiled import METHODS
-        if self.chunk_compile not in METHODS:
-            raise ValueError(f"--chunk-compile {self.chunk_compile!r}: expected one of {list(METHODS)}")
-        if self.amp not in AMP:
-            raise ValueError(f"--amp {self.amp!r}: expected one of {list(AMP)}")
         if not isinstance(self.gpus_per_cell, (int, float)) or not 0 < self.gpus_per_cell <= 8:
             raise ValueError(f"--gpus-per-cell {self.gpus_per_cell!r}: expected a number in (0, 8] "
                              "(a fraction shares one GPU between cells)")
-        if self.max_inflight is not None and (not isinstance(self.max_inflight, int) or self.max_inflight < 1):
-            raise ValueError(f"max_inflight={self.max_inflight!r}: expected a positive int or None")
         for f in fields(self):
-            if f.name.endswith("_s") and not (isinstance(getattr(self, f.name), (int, float))
-                                               and 0 < getattr(self, f.name) < float("inf")):
-                raise ValueError(f"{f.name}={getattr(self, f.name)!r}: expected a finite number > 0")
+            v = getattr(self, f.name)
+            if f.name.endswith("_s") and not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+                raise ValueError(f"{f.name}={v!r}: expected a finite number > 0")
+
+    def resolved(self, cells: int) -> "RuntimeConfig":
+        """This config for a grid of ``cells`` cells on this machine: ``threads_per_cell`` set (None
+        becomes ``max(1, cores // cells)`` for the compute backends, 1 for the others)."""
+        if self.threads_per_cell is not None:
+            return self
+        threads = max(1, cores() // max(1, cells)) if self.backend in COMPUTE_BACKENDS else 1
+        return replace(self, threads_per_cell=threads)
 
     def hang_deadline(self, chunk_s: float = 0.0) -> float:
         """Seconds of silence (or of one chunk) after which a cell whose chunks take ``chunk_s`` is hung:
@@ -113,3 +161,8 @@ class RuntimeConfig:
         if d.get("faults"):
             d["faults"] = {tuple(int(v) for v in k.split(",")): tuple(v) for k, v in d["faults"].items()}
         return cls(**d)
+
+
+def _named(name: str, value: Any) -> str:
+    """How an error names a setting: its ``bidl-run`` flag when it has one, and its field."""
+    return f"--{name.replace('_', '-')} {value!r} ({name}={value!r})" if name in FLAGS else f"{name}={value!r}"

@@ -3,12 +3,12 @@
 Public API (the runtime uses nothing else)::
 
     from bidl_models.model_spec import ModelSpec
-    from compile import CompileOptions, compile_spec, load_artifact, zero_state
+    from compile import CompileOptions, compile_spec, load_artifact
 
     spec = ModelSpec.from_config(load_config("resnetlif50-itout-b8x1-cifar10dvs_mp"))
     arts = compile_spec(spec, slices=[4, 3, 3], options=CompileOptions(out="artifacts"))
     art = arts.load(segment=0, chunk_len=4)            # or load_artifact(arts.cell(row, segment))
-    y, state = art.run(x_chunk, zero_state(art, batch=1))
+    y, state = art.run(x_chunk, art.fresh_state(batch=1))
 
     arts = compile_config("resnetlif50-itout-b8x1-cifar10dvs_mp", grid="3x2")   # the same from a name
 
@@ -18,7 +18,7 @@ Public API (the runtime uses nothing else)::
   :func:`compile_config` is the convenience from a config name (keyword options).
 - :class:`CompileOptions` (``compile.options``): every knob of a compile, ``to_dict``/``from_dict``.
 - :class:`Manifest` (``compile.manifest``): the artifact manifest, ``to_dict``/``from_dict``.
-- :func:`load_artifact` / :class:`Artifact` / :func:`zero_state` (``compile.artifact``): load and
+- :func:`load_artifact` / :class:`Artifact` / :meth:`Artifact.fresh_state` (``compile.artifact``): load and
   check one artifact directory; call it flat (``art(x, *state)``) or named (``art.run(x, state)``).
 - :class:`ArtifactError` (a ValueError): a missing, corrupt, stale, mismatched or incompatible
   artifact; :class:`VerificationError`: an artifact that disagrees with the eager model.
@@ -26,15 +26,27 @@ Public API (the runtime uses nothing else)::
 Command line: ``python -m compile --config CFG [--checkpoint CKPT] [--grid RxC] [--out DIR]
 [--force] [--aot] [--batch B]`` (``python -m compile -h`` lists all options).
 """
+from importlib import import_module
+from typing import Any
+
 from bidl_grid.versions import check_torch as _check_torch
 
-_check_torch()   # one-line ImportError on a torch older than bidl-grid supports
-from .artifact import Artifact, load_artifact, zero_state
-from .build import ArtifactRecord, ArtifactSet, CompiledModel, compile_config, compile_spec
-from .errors import ArtifactError, VerificationError
-from .manifest import Manifest, read_manifest
-from .options import CompileOptions
+_check_torch()   # one-line ImportError on a torch older than bidl-grid supports (read from metadata)
 
-__all__ = ["Artifact", "ArtifactError", "ArtifactRecord", "ArtifactSet", "CompileOptions", "CompiledModel",
-           "Manifest", "VerificationError", "compile_config", "compile_spec", "load_artifact", "read_manifest",
-           "zero_state"]
+# loaded on first use (PEP 562): ``compile.program`` (pure data, read by the planner) imports no torch
+_EXPORTS = {
+    "Artifact": "artifact", "load_artifact": "artifact",
+    "ArtifactRecord": "build", "ArtifactSet": "build", "CompiledModel": "build", "compile_config": "job", "CompileJob": "job",
+    "compile_spec": "build",
+    "ArtifactError": "errors", "VerificationError": "errors",
+    "Manifest": "manifest", "read_manifest": "manifest",
+    "CompileOptions": "options",
+    "Program": "program", "ProgramSet": "program",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

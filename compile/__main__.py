@@ -1,4 +1,11 @@
-"""``python -m compile``: compile a config's segments into artifacts (see ``compile.build``)."""
+"""``bidl-compile`` (``python -m compile``): compile a config's segments into artifacts, once.
+
+The chain is :class:`compile.job.CompileJob`'s (the runtime's ``GridJob`` walks the same one), so the
+directory written here, ``<out>/<config>-<key>/``, keyed by the model, its cut and its weights'
+content, is the one ``bidl-run``, ``bidl-plan`` and the benchmarks look in: a later run of the same
+model on the same grid compiles nothing. Exit codes: 0 done, 1 on any error (one ``error:`` line:
+a bad config as well as a failed build or verification), 130 on Ctrl-C.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +13,13 @@ import ast
 import sys
 from typing import Optional, Sequence
 
-from .build import INPUT_DTYPES, compile_config
-from .errors import ArtifactError, VerificationError
+from bidl_grid.command import run_command
+from bidl_models.checkpoint import shipped_weights
+from bidl_models.config import load_config
+
+from .build import INPUT_DTYPES
+from .job import CompileJob
+from .options import CompileOptions
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -28,13 +40,16 @@ def _splits(text: str) -> list[list[int]]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m compile",
+        prog="bidl-compile",
         description="Compile every model segment of a config, for every time-slice length of the grid, "
-                    "into <out>/<net>/model_<i>/t<L>_b<B>[...]/{program.pt2, net_params.json}; reuse "
-                    "matching artifacts (content-hash cache), verify new ones against the eager model.")
+                    "into <out>/<config>-<key>/model_<i>/t<L>_b<B>[...]/{program.pt2, net_params.json} (key: the "
+                    "model, its cut and its weights' content: bidl-run and bidl-plan find the same directory); "
+                    "reuse matching artifacts, verify new ones against the eager model. Config files are Python "
+                    "and run when loaded, as in BIDL and mmcv: load only files you trust.")
     p.add_argument("--config", required=True, help="config file or name (e.g. clif3fc3dm_itout-b16x1-dvsmnist)")
-    p.add_argument("--checkpoint", help="weights (.pth: state_dict or {'state_dict': ...}); "
-                                        "default: deterministic seeded weights")
+    p.add_argument("--checkpoint", help="weights (.pth: state_dict or {'state_dict': ...}, BIDL's or this "
+                                        "project's); default: the config's shipped weights if any, else "
+                                        "deterministic seeded weights")
     p.add_argument("--grid", help="ROWSxCOLS: time-slice rows x segment columns (default: the config's "
                                   "lynxi_devices, else 1 x its segments)")
     p.add_argument("--splits", type=_splits, help="[[s0,e0],[s1,e1],...] block ranges for a single-model "
@@ -70,18 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _compile(argv: Optional[Sequence[str]]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        compile_config(args.config, args.checkpoint, grid=args.grid, splits=args.splits, in_shape=args.in_shape,
-                       input_dtype=args.input_dtype, seed=args.seed, overrides=args.cfg_options,
-                       out=args.out, force=args.force, aot=args.aot, batch=args.batch, device=args.device,
-                       verify=not args.no_verify, fast_load=not args.no_fast_load, use_dataset=not args.no_dataset,
-                       verify_chunks=args.verify_chunks, tol=args.tol, progress=not args.quiet)
-    except (ArtifactError, VerificationError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    cfg = load_config(args.config, args.cfg_options)
+    print(f"config: {cfg.filename}", flush=True)
+    opts = CompileOptions(out=args.out, force=args.force, aot=args.aot, batch=args.batch, device=args.device,
+                          verify=not args.no_verify, fast_load=not args.no_fast_load, use_dataset=not args.no_dataset,
+                          verify_chunks=args.verify_chunks, tol=args.tol, progress=not args.quiet)
+    job = CompileJob(cfg, grid=args.grid, checkpoint=args.checkpoint or shipped_weights(cfg.name), options=opts, splits=args.splits,
+                     in_shape=args.in_shape, input_dtype=args.input_dtype, seed=args.seed)
+    job.artifacts()
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``bidl-compile``'s exit code (every error counts as a failure: 1)."""
+    return run_command(_compile, argv, usage_errors=())
 
 
 if __name__ == "__main__":

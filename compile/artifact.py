@@ -25,7 +25,7 @@ Editing a program and its recorded sha256 together, or any other manifest field,
 holder of the key can reseal. No program is deserialised before the seal checks out::
 
     art = load_artifact("artifacts/net/model_0/t4_b1")
-    state = zero_state(art, batch=1)
+    state = art.fresh_state(batch=1)
     y, state = art.run(x_chunk, state)            # x_chunk: [art.chunk_len, 1, *art.input_spec.shape[1:]]
     y, *flat = art(x_chunk, *state.values())      # the same, flat, in ABI order
 
@@ -52,7 +52,7 @@ from .manifest import (FAST_PROGRAM, FORMAT_VERSION, FORMATS, KIND, MANIFEST, PR
                        read_manifest)
 from .seal import artifact_key, check_seal, seal_manifest
 
-__all__ = ["Artifact", "ArtifactError", "load_artifact", "zero_state", "read_manifest", "check_program",
+__all__ = ["Artifact", "ArtifactError", "load_artifact", "read_manifest", "check_program",
            "file_sha256", "torch_compatible", "MANIFEST", "PROGRAM", "FAST_PROGRAM", "FORMAT_VERSION", "KIND",
            "FORMATS", "artifact_key", "seal_manifest", "check_seal"]
 
@@ -191,12 +191,19 @@ class Artifact:
                 return tuple(self._program(*xs, *state))
         return tuple(self._program(*xs, *state))
 
+    def fresh_state(self, batch: Optional[int] = None, device: str | torch.device | None = None) -> dict[str, Tensor]:
+        """A fresh sample's state (all zeros) for ``batch`` (default: the compiled batch), in ABI order."""
+        b = self.batch if batch is None else int(batch)
+        self._check_batch(b, "fresh_state")
+        dev = self.device if device is None else device
+        return {s.name: s.with_batch(b).zeros(dev) for s in self.state_specs}
+
     def run(self, x: Any, state: Optional[Mapping[str, Tensor]] = None) -> tuple[Any, dict[str, Tensor]]:
         """Named form: ``state`` maps every ABI name to its tensor (None: a fresh sample). ``x``: the chunk
         input, or ``(x, *carry_in)`` for a segment that starts inside a block; the output likewise."""
         first = x[0] if isinstance(x, (tuple, list)) else x
         if state is None:
-            state = zero_state(self, first.shape[1], first.device)
+            state = self.fresh_state(first.shape[1], first.device)
         missing = [n for n in self.state_names if n not in state]
         extra = [n for n in state if n not in set(self.state_names)]
         if missing or extra:
@@ -206,15 +213,6 @@ class Artifact:
         k = 1 + len(self.carry_out)
         y = out[0] if k == 1 else tuple(out[:k])
         return y, dict(zip(self.state_names, out[k:]))
-
-
-def zero_state(artifact: Artifact, batch: Optional[int] = None,
-               device: str | torch.device | None = None) -> dict[str, Tensor]:
-    """A fresh sample's state (all zeros) for ``batch`` (default: the compiled batch), in ABI order."""
-    b = artifact.batch if batch is None else int(batch)
-    artifact._check_batch(b, "zero_state")
-    dev = artifact.device if device is None else device
-    return {s.name: s.with_batch(b).zeros(dev) for s in artifact.state_specs}
 
 
 def _program_arity(ep: Any) -> tuple[int, int]:

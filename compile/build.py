@@ -43,7 +43,7 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -51,18 +51,18 @@ import torch
 from torch import Tensor, nn
 
 from bidl_models.checkpoint import file_sha256
-from bidl_models.config import Config, load_config
 from bidl_models.model_spec import INPUT_DTYPES, ModelSpec, model_sha256
-from bidl_models.segments import Segment, SegmentSpecs, as_tuple
-from bidl_models.specs import TensorSpec, one_hot_ids, torch_dtype
+from bidl_models.segments import Segment, as_tuple
+from bidl_models.specs import Signature, TensorSpec, one_hot_ids, torch_dtype
 
 from .artifact import Artifact, check_program, load_artifact, load_torchscript
 from .errors import ArtifactError, VerificationError
 from .manifest import (FAST_PROGRAM, FORMAT_VERSION, MANIFEST, PROGRAM, BatchInfo, Manifest, ProgramFile,
                        Verification, read_manifest, write_manifest)
 from .options import CompileOptions
+from .program import Program, ProgramKey
 
-__all__ = ["compile_spec", "compile_config", "ArtifactSet", "CompiledModel", "ArtifactRecord", "VerificationError",
+__all__ = ["compile_spec", "ArtifactSet", "CompiledModel", "ArtifactRecord", "VerificationError",
            "ChunkProgram", "model_sha256", "artifact_dirname", "INPUT_DTYPES"]
 
 
@@ -361,6 +361,16 @@ class ArtifactSet:
         return load_artifact(self.path(segment, chunk_len), expect=self.keys[(segment, chunk_len)],
                              device=device, fast=fast)
 
+    def programs(self) -> dict[ProgramKey, Program]:
+        """``(segment, chunk length) -> Program``: each artifact directory (absolute) with its chunk
+        signature for this set's batch (the :class:`~compile.program.ProgramSet` protocol)."""
+        out: dict[ProgramKey, Program] = {}
+        for r in self.records:
+            sig = r.manifest.signature.with_batch(self.batch).chunk(r.chunk_len)
+            sig = replace(sig, input=replace(sig.input, dtype=r.manifest.input_dtype))
+            out[(r.segment, r.chunk_len)] = Program(sig, str(Path(r.path).resolve()))
+        return out
+
     @property
     def all_cached(self) -> bool:
         """Every artifact was reused from the cache (nothing built)."""
@@ -404,7 +414,7 @@ class _Job:
     L: int
     d: Path
     key: dict
-    io: SegmentSpecs
+    io: Signature
     device: torch.device
 
     @property
@@ -431,7 +441,7 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
     log = _QuietLog(_logger(opts.verbose), warn=seeded)
     dev = torch.device(opts.device)
     lens = sorted(set(slices), reverse=True)
-    root = opts.root / spec.name
+    root = opts.root / f"{spec.name}-{spec.key}"   # one directory per model, weights content and cut
     for s in spec.segments:
         s.eval().to(dev)
     io = spec.io_specs(opts.batch)
@@ -512,43 +522,6 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
     if spec.checkpoint is None:
         log(f"weights: seeded:{spec.seed} (deterministic initial weights, NOT a trained checkpoint)")
     return result
-
-
-def compile_config(cfg: Config | str | Path, checkpoint: Optional[str | Path] = None, *,
-                   grid: str | Sequence[int] | None = None, rows: Optional[int] = None,
-                   splits: Optional[Sequence[Sequence[int | str]]] = None, in_shape: Optional[Sequence[int]] = None,
-                   input_dtype: Optional[str] = None, seed: int = 0, overrides: Sequence[str] = (),
-                   **options: Any) -> ArtifactSet:
-    """Config in, artifacts out: ``load_config`` (if ``cfg`` is a name or path; ``overrides`` apply
-    then) -> :meth:`ModelSpec.from_config` -> :func:`compile_spec`.
-
-    Grid rows come from ``grid`` ('RxC' or (R, C)), else ``rows``, else the config's
-    ``lynxi_devices``, else 1; segment columns from the config's ``model_0..n``, else ``splits``,
-    else an automatic FLOP-balanced split into the grid's columns. ``in_shape``: per-step model
-    input (C, H, W) when neither the backbone nor ``models_compile_inputshape`` fixes it.
-    ``options``: :class:`CompileOptions` fields (``out``, ``force``, ``aot``, ``batch``, ``tol``, ...).
-    """
-    from bidl_models.slicing import GridLayout, parse_grid, time_slices
-    try:
-        opts = CompileOptions(**options)
-    except TypeError as e:
-        raise ValueError(f"compile_config: {e}; options are the CompileOptions fields "
-                         f"{sorted(CompileOptions.__dataclass_fields__)}") from None
-    if not isinstance(cfg, Config):
-        cfg = load_config(cfg, overrides)
-    elif overrides:
-        raise ValueError("overrides apply when cfg is a name or path; apply them with load_config")
-    n_rows, n_cols = 1, None
-    if grid is not None:
-        n_rows, n_cols = parse_grid(grid)
-    elif rows is not None:
-        n_rows = int(rows)
-    elif cfg.get("lynxi_devices") is not None:
-        layout = GridLayout.resolve(cfg)
-        n_rows, n_cols = layout.rows, layout.cols
-    spec = ModelSpec.from_config(cfg, columns=n_cols, splits=splits, checkpoint=checkpoint, in_shape=in_shape,
-                                 input_dtype=input_dtype, seed=seed)
-    return compile_spec(spec, time_slices(spec.T, n_rows), opts)
 
 
 class _QuietLog:
@@ -647,8 +620,8 @@ def _build(job: _Job, seg_input: Callable[[int], Any], input_note: list[str], lo
         man = Manifest(
             net=spec.name, segment_index=job.i, split=tuple(seg.split), chunk_len=job.L,
             batch=BatchInfo(opts.batch, dynamic, note), input_dtype=job.input_dtype,
-            input=TensorSpec(sp.input.name, sp.input.shape, job.input_dtype) if job.i == 0 else sp.input,
-            output=sp.output, state=tuple(sp.state), carry_in=tuple(sp.carry_in), carry_out=tuple(sp.carry_out),
+            signature=(replace(sp, input=TensorSpec(sp.input.name, sp.input.shape, job.input_dtype))
+                       if job.i == 0 else sp),
             program=ProgramFile(PROGRAM, "aoti" if opts.aot else "torch.export", str(job.device),
                                 file_sha256(tmp / PROGRAM), (tmp / PROGRAM).stat().st_size,
                                 round(t_export, 3), round(t_aot, 3)),
@@ -656,7 +629,8 @@ def _build(job: _Job, seg_input: Callable[[int], Any], input_note: list[str], lo
             backbone=seg.backbone_name, timestep=spec.T,
             config={"name": spec.name, "file": spec.config.filename, "sha256": spec.config.sha256(),
                     "model_sha256": spec.model_sha256},
-            checkpoint={"path": spec.checkpoint, "sha256": spec.weights_sha256},
+            checkpoint={"path": spec.checkpoint, "sha256": spec.weights_sha256,
+                        "file_sha256": spec.checkpoint_file_sha256},
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         write_manifest(tmp, man)
         if opts.verify or _wants_fast(job):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from bidl_models.cuts import Cut
-from bidl_models.specs import TensorSpec
+from bidl_models.specs import Signature, TensorSpec
 
 from .errors import ArtifactError
 from .seal import SEAL, seal_manifest
@@ -111,9 +111,7 @@ class Manifest:
     chunk_len: int
     batch: BatchInfo
     input_dtype: str
-    input: TensorSpec                       # per step, [B, ...]
-    output: TensorSpec                      # per step, [B, ...]
-    state: tuple[TensorSpec, ...]           # ABI order
+    signature: Signature                    # per step, [B, ...]; state in ABI order; carries travel with x / y
     program: ProgramFile
     key: dict[str, Any]                     # the cache key it was built for
     versions: dict[str, str]
@@ -128,8 +126,6 @@ class Manifest:
     fast: Optional[ProgramFile] = None      # TorchScript form for batch.compiled (None: not built)
     seal: Optional[dict[str, Any]] = None   # keyed digest of the document as written (compile.seal)
     document: Optional[dict[str, Any]] = field(default=None, compare=False, repr=False)  # as read (from_dict)
-    carry_in: tuple[TensorSpec, ...] = ()   # per step, travel with x across a cut inside a block (ABI order)
-    carry_out: tuple[TensorSpec, ...] = ()  # per step, travel with y
 
     @property
     def is_first(self) -> bool:
@@ -139,15 +135,14 @@ class Manifest:
     def is_last(self) -> bool:
         return self.split[1] == self.n_blocks
 
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        """``x`` and its carry, in argument order."""
-        return (self.input, *self.carry_in)
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        """``y`` and its carry, in result order."""
-        return (self.output, *self.carry_out)
+    # the signature's parts, as the ABI names them
+    input = property(lambda self: self.signature.input)
+    output = property(lambda self: self.signature.output)
+    state = property(lambda self: self.signature.state)
+    carry_in = property(lambda self: self.signature.carry_in)
+    carry_out = property(lambda self: self.signature.carry_out)
+    inputs = property(lambda self: self.signature.inputs)
+    outputs = property(lambda self: self.signature.outputs)
 
     @property
     def state_names(self) -> list[str]:
@@ -155,7 +150,7 @@ class Manifest:
 
     @property
     def state_nbytes(self) -> int:
-        return sum(s.nbytes for s in self.state)
+        return self.signature.state_nbytes
 
     @property
     def args(self) -> list[str]:
@@ -211,17 +206,18 @@ class Manifest:
                 net=str(d.get("net", "")), segment_index=int(d["segment_index"]),
                 split=(_position(d["split"][0]), _position(d["split"][1])), chunk_len=int(d["chunk_len"]),
                 batch=BatchInfo.from_dict(d["batch"]), input_dtype=str(d["input_dtype"]),
-                input=TensorSpec.from_dict(d["input"]), output=TensorSpec.from_dict(d["output"]),
-                state=tuple(TensorSpec.from_dict(s) for s in d["state"]), program=ProgramFile.from_dict(d["program"]),
+                signature=Signature(TensorSpec.from_dict(d["input"]), TensorSpec.from_dict(d["output"]),
+                                    tuple(TensorSpec.from_dict(s) for s in d["state"]),
+                                    tuple(TensorSpec.from_dict(c) for c in d.get("carry_in", ())),
+                                    tuple(TensorSpec.from_dict(c) for c in d.get("carry_out", ()))),
+                program=ProgramFile.from_dict(d["program"]),
                 key=dict(d["key"]), versions=dict(d["versions"]), n_segments=int(d.get("n_segments", 1)),
                 n_blocks=int(d.get("n_blocks", d["split"][1])), backbone=str(d.get("backbone", "")),
                 timestep=int(d.get("timestep", 0)), config=dict(d.get("config") or {}),
                 checkpoint=dict(d.get("checkpoint") or {}), created=str(d.get("created", "")),
                 verify=Verification.from_dict(d["verify"]) if d.get("verify") else None,
                 fast=ProgramFile.from_dict(d["fast"]) if d.get("fast") else None,
-                seal=dict(d[SEAL]) if isinstance(d.get(SEAL), Mapping) else None, document=d,
-                carry_in=tuple(TensorSpec.from_dict(c) for c in d.get("carry_in", ())),
-                carry_out=tuple(TensorSpec.from_dict(c) for c in d.get("carry_out", ())))
+                seal=dict(d[SEAL]) if isinstance(d.get(SEAL), Mapping) else None, document=d)
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ArtifactError(path, "corrupt", f"manifest field unreadable: {type(e).__name__}: {e}") from None
 

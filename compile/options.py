@@ -12,7 +12,9 @@ from bidl_models.specs import known_fields
 class CompileOptions:
     """Options of a compile (what the model is, is the :class:`~bidl_models.model_spec.ModelSpec`'s).
 
-    ``out``: artifact root (``<out>/<net>/model_<i>/t<L>_b<B>...``); ``batch``: samples per call the
+    ``out``: artifact root (``<out>/<net>-<key>/model_<i>/t<L>_b<B>...``, ``key``: the model spec's, see
+    :attr:`~bidl_models.model_spec.ModelSpec.key`: every command that compiles the same model, weights
+    and cut finds the same directory); ``batch``: samples per call the
     specs are written for (exported dynamic when torch.export allows); ``aot``: AOTInductor package
     instead of a torch.export program; ``fast_load``: also write the TorchScript form that the
     runtime's cells load in milliseconds (checked bit-exact against the exported program);

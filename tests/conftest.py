@@ -155,3 +155,12 @@ def two_nodes(tmp_path_factory):
         ray.shutdown()
         if cluster is not None:
             cluster.shutdown()
+
+
+# ------------------------------------------------------------------------------ plans
+
+def make_plan(cfg, grid=None, replicas: int = 1, device_nodes=None, transport: str = "auto"):
+    """A plan without Ray or compile (what ``bidl-plan`` prints): :meth:`GridJob.preview`."""
+    from bidl_runtime.api import GridJob
+    from bidl_runtime.runtime_config import RuntimeConfig
+    return GridJob(cfg, grid=grid, replicas=replicas, runtime=RuntimeConfig(transport=transport)).preview(device_nodes)

@@ -5,9 +5,9 @@ import torch
 
 from bidl_runtime.api import stream
 from bidl_runtime.runtime_config import RuntimeConfig
-from bidl_runtime.driver.grid import Grid, batch_of
-from bidl_runtime.plan.place import make_plan
-from conftest import glyph_samples as samples
+from bidl_runtime.driver.grid import Grid
+from bidl_runtime.driver.samples import batch_of
+from conftest import glyph_samples as samples, make_plan
 from conftest import tiny_glyphs as cfg
 
 T, N = 7, 7   # 7 samples: not divisible by 2 or 4

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import shutil
 import time
 import types
 from pathlib import Path
@@ -25,7 +26,7 @@ from torch import nn
 from bidl_models.config import load_config
 from bidl_models.model_spec import ModelSpec
 from compile import (Artifact, ArtifactError, ArtifactSet, CompiledModel, CompileOptions, Manifest, VerificationError,
-                     compile_config, compile_spec, load_artifact, read_manifest, zero_state)
+                     compile_config, compile_spec, load_artifact, read_manifest)
 from compile.manifest import FAST_PROGRAM
 from compile.__main__ import main as cli_main
 from compile.artifact import MANIFEST, PROGRAM, seal_manifest, torch_compatible
@@ -264,12 +265,12 @@ def test_uint8_event_counts_and_dynamic_batch(workdir):
     assert art.manifest.batch.to_dict() == {"compiled": 1, "dynamic": True, "min": 1, "max": None, "note": ""}
     g = torch.Generator().manual_seed(3)
     counts = torch.randint(0, 4, (3, 3, 2, 16, 16), generator=g, dtype=torch.uint8)   # batch 3 on a batch-1 compile
-    y, state = art.run(counts, zero_state(art, 3))
+    y, state = art.run(counts, art.fresh_state(3))
     ref, ref_state = eager(net, counts)     # rows=1: one chunk = the whole run
     assert max_diff(y, ref) <= TOL
     assert max(max_diff(state[k], v) for k, v in ref_state.items()) <= TOL
     with pytest.raises(ValueError, match="dtype float32, expected uint8"):
-        art(counts.float(), *zero_state(art, 3).values())
+        art(counts.float(), *art.fresh_state(3).values())
 
 
 # ------------------------------------------------------------------------------ caching and refusal
@@ -286,8 +287,14 @@ def test_second_compile_is_a_cache_hit(resnet3):
     cfg2 = load_config(cfg.filename, ["data.samples_per_gpu=4", "lynxi_devices=[[0, 1, 2], [3, 4, 5]]"])
     assert [r.cache for r in compile_config(cfg2, ckpt, out=cm.root.parent, progress=False,
                                             verbose=False).records] == ["hit"] * 6
-    # the same config name with another model is refused, naming the differing hash
+    # the same config name with another model gets its own directory (keyed by what defines the programs)
     cfg3 = load_config(cfg.filename, ["model.backbone.nclass=5"])
+    other = compile_config(cfg3, None, grid="2x3", out=cm.root.parent, progress=False, verbose=False)
+    assert other.root != cm.root and other.root.parent == cm.root.parent
+    assert [r.cache for r in other.records] == ["miss"] * 6 and all(r.path.is_dir() for r in cm.records)
+    # a directory holding another model's artifacts under this key is refused, naming the differing hash
+    shutil.rmtree(other.root)
+    shutil.copytree(cm.root, other.root)
     with pytest.raises(ArtifactError, match="model_sha256") as e:
         compile_config(cfg3, None, grid="2x3", out=cm.root.parent, progress=False, verbose=False)
     assert e.value.reason == "mismatch" and e.value.path.endswith(MANIFEST)
@@ -316,7 +323,10 @@ def test_flipped_program_byte_is_refused_then_force_rebuilds(workdir):
     assert load_artifact(d).manifest.program.sha256 == read_manifest(d).program.sha256
 
 
-def test_manifest_for_another_checkpoint_is_refused(workdir):
+def test_artifacts_are_keyed_by_the_weights_content(workdir):
+    """Other weights: another directory; the same weights in BIDL's checkpoint format (wrapped, prefixed):
+    the same directory, nothing compiled; a directory holding other weights under this key is refused."""
+    from bidl_models.checkpoint import read_state_dict, state_dict_sha256
     backbone, _ = TINY["SeqClif3Fc3DmItout"]
     cfg = load_config(write_config(workdir / "ck.py", dict(backbone, timestep=2)))
     _, a = active_net(cfg, workdir / "a.pth")
@@ -325,16 +335,27 @@ def test_manifest_for_another_checkpoint_is_refused(workdir):
     last_bias = [k for k in sd if k.endswith("bias")][-1]
     sd[last_bias] = sd[last_bias] + 1.0
     torch.save(sd, b)
+    bidl = workdir / "a_bidl.pth"   # BIDL's tools/train.py layout: state_dict under a wrapper, module. prefixes
+    torch.save({"state_dict": {f"module.{k}": v for k, v in torch.load(a, weights_only=True).items()},
+                "epoch": 3}, bidl)
     cm = compile_config(cfg, a, rows=1, out=workdir / "ck", progress=False, verbose=False)
+    same = compile_config(cfg, bidl, rows=1, out=workdir / "ck", progress=False, verbose=False)
+    assert same.root == cm.root and [r.cache for r in same.records] == ["hit"]
+    other = compile_config(cfg, b, rows=1, out=workdir / "ck", progress=False, verbose=False)
+    assert other.root != cm.root and [r.cache for r in other.records] == ["miss"]
+    content_a, content_b = (state_dict_sha256(read_state_dict(p)) for p in (a, b))
+    with pytest.raises(ArtifactError, match="checkpoint_sha256: artifact has"):
+        load_artifact(cm.path(0, 2), expect={"checkpoint_sha256": content_b})
+    assert load_artifact(cm.path(0, 2), expect={"checkpoint_sha256": content_a}).chunk_len == 2
+    man = read_manifest(cm.path(0, 2))
+    from bidl_models.checkpoint import file_sha256
+    assert man.checkpoint["sha256"] == content_a and man.checkpoint["file_sha256"] == file_sha256(a)
+    assert man.config["name"] == "ck"
+    shutil.rmtree(other.root)
+    shutil.copytree(cm.root, other.root)
     with pytest.raises(ArtifactError, match="checkpoint_sha256") as e:
         compile_config(cfg, b, rows=1, out=workdir / "ck", progress=False, verbose=False)
     assert set(e.value.diffs) == {"checkpoint_sha256"}
-    from bidl_models.checkpoint import file_sha256
-    with pytest.raises(ArtifactError, match="checkpoint_sha256: artifact has"):
-        load_artifact(cm.path(0, 2), expect={"checkpoint_sha256": file_sha256(b)})
-    assert load_artifact(cm.path(0, 2), expect={"checkpoint_sha256": file_sha256(a)}).chunk_len == 2
-    man = read_manifest(cm.path(0, 2))
-    assert man.checkpoint["sha256"] == file_sha256(a) and man.config["name"] == "ck"
 
 
 def test_bad_manifests_are_refused(workdir):
@@ -369,10 +390,10 @@ def test_artifact_api_and_input_checks(resnet3):
     art = cm.load(0, 2)
     assert isinstance(art, Artifact) and art.segment_index == 0 and art.split == cm.splits[0]
     assert art.chunk_len == 2 and art.batch == 1 and art.dynamic_batch
-    assert [s.name for s in art.state_specs] == art.manifest.args[1:] == list(zero_state(art))
+    assert [s.name for s in art.state_specs] == art.manifest.args[1:] == list(art.fresh_state())
     assert art.state_names[0] == "lif.lif.v"
     x = spikes(2, 1, cm.in_shape)
-    out = art(x, *zero_state(art).values())            # (y, *carry_out, *state): this auto split ends inside a block
+    out = art(x, *art.fresh_state().values())            # (y, *carry_out, *state): this auto split ends inside a block
     y2, named = art.run(x)                              # None: a fresh sample
     ys = y2 if isinstance(y2, tuple) else (y2,)
     assert art.manifest.returns == ["y", *(c.name for c in art.carry_out), *art.state_names]
@@ -393,7 +414,7 @@ def test_program_loads_without_model_source(resnet3, workdir):
     d = cm.path(2, 1)
     art = load_artifact(d)
     x = torch.rand(1, 1, *art.input_spec.shape[1:])
-    state = list(zero_state(art).values())
+    state = list(art.fresh_state().values())
     torch.save({"x": x, "state": state, "ref": art(x, *state)}, workdir / "io.pt")
     code = textwrap.dedent(f"""
         import sys
@@ -479,11 +500,14 @@ def test_cli(workdir, capsys):
     assert "DETERMINISTIC SEEDED INITIAL WEIGHTS" in cap.err
     table = cap.out[cap.out.index("segment  split"):]
     assert "state bytes" in table and "miss" in table and "verify max|diff|" in table
-    man = read_manifest(workdir / "cli_art" / "cli" / "model_0" / "t1_b1")
+    assert cap.out.startswith(f"config: {cfg_path.resolve()}\n")   # the file it loaded
+    (root,) = (workdir / "cli_art").glob("cli-*")       # <out>/<config>-<key>: what bidl-run looks for
+    man = read_manifest(root / "model_0" / "t1_b1")
     assert man.timestep == 2 and man.chunk_len == 1
     assert cli_main(argv) == 0
     cap = capsys.readouterr()                           # a cached compile: one line, no warning, no table
-    assert cap.out.startswith("cli: 1 artifact(s) reused from the cache") and cap.out.count("\n") == 1, cap.out
+    lines = cap.out.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("cli: 1 artifact(s) reused from the cache"), cap.out
     assert "NOT a trained checkpoint" in cap.out and cap.err == ""
     assert cli_main(argv + ["--grid", "2y1"]) == 1
     assert "grid='2y1'" in capsys.readouterr().err
@@ -560,7 +584,7 @@ def test_fast_form_equals_the_exported_program_and_is_checked(workdir):
         assert exported.format == "torch.export" and fast.format == "torchscript" and not fast.dynamic_batch
         xs = tuple(spikes(3 * r.chunk_len, 1, t.shape[1:], seed=r.segment) for t in exported.manifest.inputs)
         x = xs if len(xs) > 1 else xs[0]                  # x and its carry when the segment starts inside a block
-        sa, sf = zero_state(exported), zero_state(fast)
+        sa, sf = exported.fresh_state(), fast.fresh_state()
         for c in range(3):
             xc = steps(x, c * r.chunk_len, (c + 1) * r.chunk_len)
             ya, sa = exported.run(xc, sa)

@@ -7,7 +7,8 @@ import torch
 
 from bidl_models import build_backbone, load_model
 from bidl_models.classifier import build_classifier
-from bidl_models.config import backbone_config, build_segments, find_config, load_config, validate_lynxi_devices
+from bidl_models.config import backbone_config, build_segments, find_config, load_config
+from bidl_models.slicing import validate_lynxi_devices
 
 # configs named like BIDL's files (BIDL's content), then the project's own
 BIDL_NAMED = ["clif3fc3dm_itout-b16x1-dvsmnist", "clif5fc2cd_itout-b64x1-cifar10dvs",

@@ -16,7 +16,7 @@ from bidl_runtime.channels import ChannelConfig, attach_sender, create_receiver
 from bidl_runtime.channels.errors import ChannelTimeout
 from bidl_runtime.cell.compiled import CompiledChunk, cache_key, read_sealed, write_sealed
 from bidl_runtime.runtime_config import RuntimeConfig
-from bidl_runtime.cell.contexts import (ArtifactSource, CompiledContext, CpuContext, CudaUnavailable, cuda_problem,
+from bidl_runtime.cell.contexts import (CompiledContext, CpuContext, CudaUnavailable, cuda_problem,
                                   open_context)
 from conftest import glyph_samples, tiny_glyphs
 from test_channels import SPECS, _child_sender, assert_equal, make_tensors
@@ -32,16 +32,19 @@ T = 4
 @pytest.fixture(scope="module")
 def arts(tmp_path_factory):
     """The tiny glyph model compiled for a 2x1 grid (two time slices of 2 steps)."""
-    from bidl_runtime.api import prepare
-    from bidl_models.slicing import GridLayout
-    cfg = tiny_glyphs(T)
+    from bidl_runtime.api import GridJob
     root = tmp_path_factory.mktemp("cuda-arts")
-    _, a = prepare(cfg, GridLayout.resolve(cfg, (2, 1), 1), RuntimeConfig(), artifacts=root, verbose=False)
-    return a
+    return GridJob(tiny_glyphs(T), grid=(2, 1), artifacts=root).artifacts()
 
 
 def artifact_path(arts) -> str:
     return str(arts.records[0].path)
+
+
+def program_of(arts):
+    """The first artifact as a cell loads it (a compile.program.Program)."""
+    r = arts.records[0]
+    return arts.programs()[(r.segment, r.chunk_len)]
 
 
 def chunk_inputs(path: str, seed: int = 0):
@@ -256,7 +259,7 @@ def test_compiled_chunk_amp_bf16_keeps_dtypes(arts):
     assert any(g.dtype == torch.bfloat16 for g in got) or any(not torch.equal(g.float(), r) for g, r in zip(got, ref)), \
         "autocast must have changed the arithmetic"
     ctx = CompiledContext(0, 1, method="eager", amp="bf16")
-    ctx.load(ArtifactSource(path))
+    ctx.load(program_of(arts))
     y, new = ctx.execute(x, dict(zip(ctx.state_names, st)))
     assert y.dtype == ref[0].dtype and [t.dtype for t in new.values()] == [t.dtype for t in ref[1:]], \
         "the channels see the manifest's dtypes"
@@ -266,10 +269,9 @@ def test_compiled_chunk_amp_bf16_keeps_dtypes(arts):
 def test_compiled_context_equals_cpu_context_over_chunks(arts):
     """The cuda backend's logic on CPU: resident input/state buffers, outputs in two alternating
     sets (chunk k's outputs intact while chunk k+1 runs), state carried between time slices."""
-    path = artifact_path(arts)
     cpu, comp = CpuContext(0, 1), open_context("compiled", 0, 1, method="eager", cache=False)
-    cpu.load(ArtifactSource(path))
-    comp.load(ArtifactSource(path))
+    cpu.load(program_of(arts))
+    comp.load(program_of(arts))
     assert comp.format == "eager (cpu)" and comp.state_specs == cpu.state_specs
     s_cpu, s_comp = cpu.reset_state(), comp.reset_state()
     prev = None
@@ -319,10 +321,9 @@ def test_compiled_chunk_inductor_on_cpu_and_its_disk_cache(arts, tmp_path):
 
 @needs_gpu
 def test_cuda_context_matches_cpu(arts):
-    path = artifact_path(arts)
     cpu, gpu = CpuContext(0, 1), open_context("cuda", 0, 1, method="capture")   # graphs: gpu_cell's |diff|
-    cpu.load(ArtifactSource(path))
-    gpu.load(ArtifactSource(path))
+    cpu.load(program_of(arts))
+    gpu.load(program_of(arts))
     s1, s2 = cpu.reset_state(), gpu.reset_state()
     for k in range(3):
         x = (torch.rand((2, 1, 2, 16, 16), generator=torch.Generator().manual_seed(k)) < 0.4).float()

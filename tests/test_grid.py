@@ -107,7 +107,7 @@ def alive_cells(names, wait_s=15.0):
 
 def test_emulated_backend_moves_real_shapes_at_device_pace(cluster, artifacts):
     rcfg = RuntimeConfig(backend="emulated", metrics=False)
-    from bidl_runtime.cell.contexts import DeviceProfile
+    from bidl_runtime.runtime_config import DeviceProfile
     rcfg.profile = DeviceProfile(ref_fps=2000.0)
     report = stream(cfg(7), samples(7, N), grid=(2, 2), rcfg=rcfg)
     assert report.samples == N
@@ -124,13 +124,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def test_idle_cells_block_instead_of_spinning(cluster, artifacts):
-    from bidl_runtime.api import prepare
+    from bidl_runtime.api import GridJob
     from bidl_runtime.driver.grid import Grid
-    from bidl_models.slicing import GridLayout
-    from bidl_runtime.plan.place import Cluster, place
     rcfg = RuntimeConfig(metrics=False)
-    layout = GridLayout.resolve(cfg(7), (2, 2))
-    plan = place(prepare(cfg(7), layout, rcfg, artifacts=artifacts / "T7", verbose=False)[1], Cluster.connect(), layout)
+    plan = GridJob(cfg(7), grid=(2, 2), runtime=rcfg, artifacts=artifacts / "T7").plan()
     g = Grid(plan, rcfg)
     try:
         g.start()

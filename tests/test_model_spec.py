@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from bidl_models.checkpoint import file_sha256
+from bidl_models.checkpoint import file_sha256, read_state_dict, state_dict_sha256
 from bidl_models.config import load_config
 from bidl_models.model_spec import ModelSpec, model_sha256
 from conftest import TINY, active_net, tiny_dvsmnist, write_config
@@ -46,7 +46,8 @@ def test_config_segments_and_weights(tmp_path):
     small = load_config(write_config(tmp_path / "r.py", backbone, inshape))
     _, ckpt = active_net(small, tmp_path / "r.pth")
     spec = ModelSpec.from_config(small, checkpoint=ckpt, input_dtype="uint8")
-    assert spec.weights_sha256 == file_sha256(ckpt) and spec.checkpoint == str(ckpt) and spec.input_dtype == "uint8"
+    assert spec.checkpoint_file_sha256 == file_sha256(ckpt) and spec.checkpoint == str(ckpt) and spec.input_dtype == "uint8"
+    assert spec.weights_sha256 == state_dict_sha256(read_state_dict(ckpt))   # the weights by content
     sd = torch.load(ckpt, weights_only=True)
     name = next(k for k in sd if k.endswith("weight"))
     got = dict(spec.segments[0].backbone.named_parameters())

@@ -100,7 +100,7 @@ def test_trace_buffer_keeps_the_first_quarter_and_the_latest():
 
 
 def test_report_json_has_startup_and_percent_accuracy():
-    from test_runtime_parts import make_plan
+    from conftest import make_plan
     plan = make_plan(tiny_dvsmnist(10), (2, 1))
     outputs = {i: torch.arange(10.0).flip(0).reshape(1, 10) for i in range(3)}   # class 0 first, class 5 in top-5
     rep = RunReport(plan, "cpu", "auto", outputs, {0: 0, 1: 4, 2: 7}, {}, fed_at={0: 0.0, 1: 0.1, 2: 0.2},
@@ -133,20 +133,16 @@ def runs(tmp_path_factory):
     traced; Ray's metrics reported every 0.5 s."""
     import ray
 
-    from bidl_runtime.api import prepare
+    from bidl_runtime.api import GridJob
     from bidl_runtime.cluster.ray_cluster import start_local
     from bidl_runtime.driver.grid import Grid
-    from bidl_models.slicing import GridLayout
-    from bidl_runtime.plan.place import Cluster, place
     tmp = tmp_path_factory.mktemp("obs")
     start_local(num_cpus=2, resources={"bidl_device": 8}, include_dashboard=False, log_to_driver=False,
                 logging_level="WARNING", namespace="test-obs", _system_config={"metrics_report_interval_ms": 500})
     try:
         cfg = tiny_glyphs(T)
         rcfg = RuntimeConfig(backend="emulated")
-        layout = GridLayout.resolve(cfg, GRID)
-        _, arts = prepare(cfg, layout, rcfg, artifacts=tmp, verbose=False)
-        plan = place(arts, Cluster.connect(), layout)
+        plan = GridJob(cfg, grid=GRID, runtime=rcfg, artifacts=tmp).plan()
         with Grid(plan, rcfg) as grid:
             plain = grid.run(glyph_samples(T, N), progress=False)
             traced = grid.run(glyph_samples(T, N, seed=1), progress=False, trace=tmp / "run.json")
@@ -259,11 +255,10 @@ def test_cli_trace_json_and_quiet_cached_compile(tmp_path):
     """``--trace`` and ``--json`` of the run command, with its artifacts already in the cache: one
     compile line, no table."""
     from bidl_models.config import load_config
-    from bidl_runtime.api import prepare
-    from bidl_models.slicing import GridLayout
+    from bidl_runtime.api import GridJob
     opts = SMALL + ["model.backbone.timestep=4"]
     cfg = load_config("clif3fc3dm_itout-b16x1-dvsmnist", opts)
-    prepare(cfg, GridLayout.resolve(cfg, "2x1"), RuntimeConfig(), artifacts=tmp_path / "arts", verbose=False)
+    GridJob(cfg, grid="2x1", artifacts=tmp_path / "arts").artifacts()
     r = subprocess.run([sys.executable, "-m", "bidl_runtime.run", "--config", "clif3fc3dm_itout-b16x1-dvsmnist",
                         "--cfg-options", *opts, "--grid", "2x1", "--samples", "4", "--artifacts", str(tmp_path / "arts"),
                         "--trace", str(tmp_path / "t.json"), "--json", str(tmp_path / "r.json")],

@@ -160,9 +160,12 @@ def test_run_main_exit_codes(fake_tool, what, code, err, capsys):
     assert capsys.readouterr().err == err
 
 
-def test_run_main_lets_bugs_raise(fake_tool):
+def test_run_main_bugs_are_one_line_and_debug_shows_the_traceback(fake_tool, capsys):
+    assert cli.run_main(fake_tool, ["bug"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: RuntimeError: a real bug keeps its traceback (--debug shows the traceback)\n"
     with pytest.raises(RuntimeError, match="real bug"):
-        cli.run_main(fake_tool, ["bug"])
+        cli.run_main(fake_tool, ["bug", "--debug"])
 
 
 def test_run_main_refuses_old_versions_before_importing(monkeypatch, capsys):

@@ -3,7 +3,8 @@ import pytest
 
 from bidl_models.config import load_config
 from bidl_models.slicing import GridLayout, parse_grid, time_slices
-from bidl_runtime.plan.place import Cluster, make_plan, place, rebind_driver
+from bidl_runtime.plan.place import Cluster, place, rebind_driver
+from conftest import make_plan
 from conftest import tiny_dvsmnist as small
 
 
@@ -75,7 +76,7 @@ def test_bad_replicas_and_ragged_devices():
 
 
 def test_plan_cli(capsys):
-    from bidl_runtime.plan.grid_plan import main
+    from bidl_runtime.plan.__main__ import main
     assert main(["--config", "clif3fc3dm_itout-b16x1-dvsmnist", "--grid", "2x2"]) == 0
     assert "cell[1,1]@dev3" in capsys.readouterr().out
     assert main(["--config", "clif3fc3dm_itout-b16x1-dvsmnist", "--grid", "40x1"]) == 2
@@ -97,9 +98,9 @@ def test_edges_of_a_3x2_grid():
     assert [e.kind for e in plan.outputs((0, 1, 1))] == ["state"]
     assert [e.kind for e in plan.outputs((0, 2, 1))] == ["result"]
     e = plan.edge("cell[1,1]@dev3:x")
-    assert e.layout[0].shape[:2] == (3, 1) and e.layout[0].shape == plan.cell(0, 1, 1).program.x.shape
+    assert e.layout[0].shape[:2] == (3, 1) and e.layout[0].shape == plan.cell(0, 1, 1).program.signature.input.shape
     state = plan.edge("cell[2,0]@dev4:state")
-    assert [t.name for t in state.layout] == [t.name for t in plan.cell(0, 2, 0).program.state]
+    assert [t.name for t in state.layout] == [t.name for t in plan.cell(0, 2, 0).program.signature.state]
     assert plan.edge("driver:result[0]").layout[0].shape == (1, 10)
 
 
@@ -123,7 +124,7 @@ def test_transports_follow_nodes_and_can_be_forced():
 
 
 def test_plan_cli_prints_the_edges(capsys):
-    from bidl_runtime.plan.grid_plan import main
+    from bidl_runtime.plan.__main__ import main
     assert main(["--config", "clif3fc3dm_itout-b16x1-dvsmnist", "--grid", "2x1"]) == 0
     out = capsys.readouterr().out
     assert "cell[1,0]@dev1:state" in out and "driver:result[0]" in out
@@ -143,9 +144,9 @@ def test_activation_edges_carry_the_skip_across_a_cut_inside_a_block(tmp_path):
     plan = make_plan(load_config(tmp_path / "cut.py"), (2, 2))
     assert plan.splits == ((0, "1.2:16"), ("1.2:16", 4))
     e = plan.edge("cell[1,1]@dev3:x")
-    src, dst = plan.cell(0, 1, 0).program, plan.cell(0, 1, 1).program
+    src, dst = plan.cell(0, 1, 0).program.signature, plan.cell(0, 1, 1).program.signature
     assert [t.name for t in e.layout] == ["x", "part", "skip"] == [t.name for t in dst.inputs]
-    assert [t.shape for t in e.layout] == [t.shape for t in (src.y, *src.carry_out)]
+    assert [t.shape for t in e.layout] == [t.shape for t in (src.output, *src.carry_out)]
     assert e.layout[1].shape == (2, 1, 16, 4, 4) and e.nbytes == sum(t.nbytes for t in e.layout)
-    assert not plan.cell(0, 0, 0).program.carry_in and not dst.carry_out
+    assert not plan.cell(0, 0, 0).program.signature.carry_in and not dst.carry_out
     assert "x, part, skip" in plan.table() or "part[2, 1, 16, 4, 4]" in plan.table()

@@ -7,10 +7,12 @@ import torch
 
 from bidl_runtime.runtime_config import RuntimeConfig
 from bidl_runtime.driver.samples import Unreadable, admit, check_label
-from bidl_runtime.cell.contexts import BusyClock
+from bidl_runtime.cell.events import BusyClock
 from bidl_runtime.driver.journal import Journal
 from bidl_runtime.driver.reference import Verifier
-from bidl_runtime.run import main, one_line, parse_fault
+from bidl_grid.command import one_line
+from bidl_runtime.launch import parse_fault
+from bidl_runtime.run import main
 
 IDENT = {"config": "c", "model": "m", "data": "d"}
 

@@ -10,13 +10,11 @@ import pytest
 import ray
 import torch
 
-from bidl_runtime.api import prepare, stream
+from bidl_runtime.api import GridJob, stream
 from bidl_runtime.driver.chaos import Chaos
 from bidl_runtime.runtime_config import RuntimeConfig
 from bidl_runtime.driver.grid import Grid, RunError
 from bidl_runtime.driver.journal import Journal
-from bidl_models.slicing import GridLayout
-from bidl_runtime.plan.place import Cluster, place
 from conftest import glyph_samples as samples
 from conftest import tiny_glyphs as cfg
 
@@ -34,10 +32,8 @@ def artifacts(tmp_path_factory):
 
 
 def plan_of(artifacts, grid=(3, 2), replicas=1, transport="auto"):
-    c = cfg(T)
-    layout = GridLayout.resolve(c, grid, replicas)
-    _, arts = prepare(c, layout, RuntimeConfig(), None, artifacts, verbose=False)
-    return place(arts, Cluster.connect(), layout, transport=transport)
+    return GridJob(cfg(T), grid=grid, replicas=replicas, runtime=RuntimeConfig(transport=transport),
+                   artifacts=artifacts).plan()
 
 
 def run_grid(artifacts, items, grid=(3, 2), replicas=1, transport="auto", chaos=None, **rkw):

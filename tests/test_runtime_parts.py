@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from bidl_runtime.runtime_config import RuntimeConfig
-from bidl_runtime.cell.contexts import DeviceProfile
-from bidl_runtime.plan.place import make_plan
+from bidl_runtime.runtime_config import DeviceProfile
+from conftest import make_plan
 from bidl_runtime.driver.report import RunReport
 from bidl_runtime.retry import Expired, attempt, patiently
 from bidl_runtime.driver.startup import StartupClock

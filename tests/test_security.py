@@ -19,13 +19,11 @@ import msgpack
 import pytest
 import ray
 
-from bidl_runtime.api import prepare
+from bidl_runtime.api import GridJob
 from bidl_runtime.channels import Layout, auth, new_secret
 from bidl_runtime.cluster.ray_cluster import LOOPBACK, dashboard_agent_port, start_local
 from bidl_runtime.runtime_config import RuntimeConfig
 from bidl_runtime.driver.grid import Grid
-from bidl_models.slicing import GridLayout
-from bidl_runtime.plan.place import Cluster, place
 from compile import ArtifactError, compile_config, load_artifact
 from conftest import glyph_samples, tiny_glyphs
 from compile.artifact import MANIFEST, PROGRAM, seal_manifest
@@ -215,9 +213,7 @@ def test_intruders_on_a_live_grid_do_not_disturb_the_run(cluster, tmp_path):
     outputs are the single-device reference's, bit for bit; the receiver logged and counted 5 drops."""
     c = cfg()
     rcfg = RuntimeConfig(metrics=False, transport="tcp")
-    layout = GridLayout.resolve(c, (2, 2))
-    _, arts = prepare(c, layout, rcfg, None, tmp_path / "artifacts", verbose=False)
-    plan = place(arts, Cluster.connect(), layout, transport=rcfg.transport)
+    plan = GridJob(c, grid=(2, 2), runtime=rcfg, artifacts=tmp_path / "artifacts").plan()
     items = glyph_samples(T, N, seed=3)
     hold: list[socket.socket] = []
     attacks: list = []

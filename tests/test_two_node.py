@@ -6,7 +6,7 @@ import pytest
 
 from bidl_runtime.api import stream
 from bidl_runtime.runtime_config import RuntimeConfig
-from bidl_runtime.plan.place import Cluster
+from bidl_runtime.cluster.nodes import device_map
 from conftest import glyph_samples, tiny_glyphs
 
 
@@ -19,7 +19,7 @@ def report(two_nodes):
 
 
 def test_cells_on_both_nodes_cross_node_transport_same_outputs(two_nodes, report):
-    nodes = Cluster.connect().device_nodes
+    nodes = device_map().device_nodes
     assert len(nodes) == 4 and nodes[0] == nodes[1] != nodes[2] == nodes[3]
     assert report.verify == {"equal": 4, "compared": 4, "max_abs_diff": 0.0}
     assert list(report.outputs) == [0, 1, 2, 3]
@@ -64,7 +64,7 @@ def test_trace_maps_the_other_nodes_cells_onto_the_drivers_clock(two_nodes, repo
 
     from bidl_runtime import trace as bt
     doc = json.loads((two_nodes["dirs"]["driver"] / "trace.json").read_text())
-    nodes = Cluster.connect().device_nodes
+    nodes = device_map().device_nodes
     od = doc["otherData"]
     assert od["driver_node"] == nodes[0] and set(od["nodes_mapped_by_wall_clock_ms"]) == {nodes[2]}
     assert abs(od["nodes_mapped_by_wall_clock_ms"][nodes[2]]) < 5.0

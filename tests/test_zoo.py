@@ -186,14 +186,11 @@ def zoo_root(tmp_path_factory):
 
 
 def compile_1x2(name: str, root):
-    """The shrunk config compiled for a 1x2 grid into the runtime's artifact directory under ``root``
-    (where :func:`bidl_runtime.api.stream` looks for it)."""
-    from bidl_models.model_spec import ModelSpec
-    from bidl_runtime.api import artifact_dir
+    """The shrunk config compiled for a 1x2 grid under ``root`` (where :func:`bidl_runtime.api.stream`
+    finds it: compile and the runtime key the same directory)."""
     from compile import compile_config
     cfg = load_config(name, shrink(name))
-    out = artifact_dir(ModelSpec.from_config(cfg, columns=2), root)
-    return cfg, compile_config(cfg, grid="1x2", out=out, progress=False, verbose=False)
+    return cfg, compile_config(cfg, grid="1x2", out=root, progress=False, verbose=False)
 
 
 def test_the_representatives_cover_every_class_and_family():
@@ -211,7 +208,6 @@ def test_the_representatives_cover_every_class_and_family():
 def test_shrunk_config_compiles_for_a_1x2_grid(name, zoo_root):
     """compile (1 time slice x 2 segments, each artifact verified against its eager segment inside),
     and the two artifacts chained equal the eager model bit for bit."""
-    from compile.artifact import zero_state
     cfg, arts = compile_1x2(name, zoo_root)
     assert (arts.rows, arts.n_segments) == (1, 2) and arts.T == T_SMALL
     segs = build_segments(cfg)
@@ -225,7 +221,7 @@ def test_shrunk_config_compiles_for_a_1x2_grid(name, zoo_root):
     with torch.inference_mode():
         for s in range(2):
             art = arts.load(s, T_SMALL)
-            h, _ = art.run(h, zero_state(art, 1))
+            h, _ = art.run(h, art.fresh_state(1))
     assert torch.equal(h, whole), (h - whole).abs().max()
 
 
@@ -237,7 +233,7 @@ def test_attention_config_refuses_time_slices_naming_the_layer(tmp_path, capsys)
     time into slices (naming the layer and what is allowed) rather than compute something else;
     one time slice and any number of segments is fine."""
     from bidl_runtime.plan.emulated import emulate
-    from bidl_runtime.plan.place import make_plan
+    from conftest import make_plan
     from bidl_runtime.run import main as run_main
     from compile import compile_config
     name = "attentionVGG-it-b64x1-cifar10dvs"
@@ -288,16 +284,15 @@ def test_token_model_artifacts_take_int64_ids(tmp_path):
     assert man.input_dtype == "int64" and list(man.input.shape) == [1]
     assert "random" not in man.verify.input and man.verify.worst <= 1e-5, man.verify.input
     art = arts.load(0, T_SMALL)
-    from compile.artifact import zero_state
     with pytest.raises(ValueError, match="input x has dtype float32, expected int64"):
-        art.run(torch.zeros(T_SMALL, 1), zero_state(art, 1))
+        art.run(torch.zeros(T_SMALL, 1), art.fresh_state(1))
     net = build_segments(cfg)[0].backbone.eval()
     x = torch.from_numpy(tokens[0]).long()[:, None]
     h = x
     with torch.inference_mode():
         for s in range(2):
             a = arts.load(s, T_SMALL)
-            h, _ = a.run(h, zero_state(a, 1))
+            h, _ = a.run(h, a.fresh_state(1))
         assert torch.equal(h[-1], net(x.t()))                         # the last step's logit = BIDL's output
 
 

@@ -34,13 +34,17 @@ from typing import Any, Optional  # noqa: E402
 import torch  # noqa: E402,F401  (imported with the actor class, not on the first chunk)
 
 from bidl_runtime.channels import attach_sender, create_receiver  # noqa: E402
-from bidl_runtime.runtime_config import RuntimeConfig  # noqa: E402
-from .contexts import BusyClock, open_context  # noqa: E402
-from .metrics import CellMetrics, cell_labels  # noqa: E402
+from bidl_runtime.errors import CellError  # noqa: E402
 from bidl_runtime.plan.grid_plan import CellPlan, Edge  # noqa: E402
 from bidl_runtime.retry import attempt, patiently  # noqa: E402
-from bidl_runtime.driver.startup import process_start_time  # noqa: E402
-from bidl_runtime.driver.trace import LOOP, OUTBOX, TraceBuffer  # noqa: E402
+from bidl_runtime.runtime_config import RuntimeConfig  # noqa: E402
+
+from .contexts import open_context  # noqa: E402
+from bidl_runtime.processes import process_start_time  # noqa: E402
+
+from .events import BusyClock  # noqa: E402
+from .metrics import CellMetrics, cell_labels  # noqa: E402
+from .spans import LOOP, OUTBOX, TraceBuffer  # noqa: E402
 
 _IMPORTED_AT = time.time()
 
@@ -64,10 +68,6 @@ class CellSpec:
     @property
     def state_edge(self) -> Optional[Edge]:
         return next((e for e in self.inputs if e.kind == "state"), None)
-
-
-class CellError(RuntimeError):
-    """A cell failed; the message names the cell."""
 
 
 class Aborted(Exception):
@@ -108,16 +108,16 @@ class Cell:
         self.close()
         self.spec = spec
         self.name = spec.cell.name
-        cfg = spec.config
+        rcfg = spec.config
         t = time.perf_counter()
-        self.ctx = open_context(cfg.backend, spec.cell.device, cfg.threads_per_cell, **cfg.context_options())
-        self.ctx.load(spec.cell.program.source)
+        self.ctx = open_context(rcfg.backend, spec.cell.device, rcfg.threads_per_cell, **rcfg.context_options())
+        self.ctx.load(spec.cell.program)
         self._timings["load_s"] = time.perf_counter() - t
         self._timings["configured"] = time.time()
         self._timings["cpu_s"] = time.process_time()   # this process's CPU seconds so far (start-up cost)
         self._timings["pid"] = os.getpid()
         self._abort.clear()
-        self._metrics = _cell_metrics(spec) if cfg.metrics else None
+        self._metrics = _cell_metrics(spec) if rcfg.metrics else None
         self._fresh_counters()
         return dict(self._timings)
 
@@ -135,7 +135,7 @@ class Cell:
     def describe(self) -> dict[str, Any]:
         """Which cell this actor is configured as (a process attaching to a kept-alive grid checks it)."""
         return {"cell": self.spec.cell.name if self.spec else None, "pid": os.getpid(),
-                "program": getattr(self.spec.cell.program.source, "path", None) if self.spec else None}
+                "program": self.spec.cell.program.path if self.spec else None}
 
     # ------------------------------------------------------------------ wiring (control plane)
 
@@ -183,16 +183,16 @@ class Cell:
     def _recv(self, edge: Edge):
         """Next message on an input edge; bounded waits, idle limit."""
         rx = self.receivers[edge.name]
-        cfg = self.spec.config
-        return patiently(lambda t: rx.recv(timeout=t), poll_s=cfg.poll_s, limit_s=cfg.idle_timeout_s,
+        rcfg = self.spec.config
+        return patiently(lambda t: rx.recv(timeout=t), poll_s=rcfg.poll_s, limit_s=rcfg.idle_timeout_s,
                          check=self._check_abort,
                          give_up=lambda s: CellError(f"{self.name}: no {edge.kind} input on {edge.name} for {s:.0f} s"))
 
     def _send(self, edge: Edge, tensors: Any, meta: dict, tx: Any) -> None:
         """Send on an output edge's sender ``tx``, waiting for a credit as long as the receiver is alive
         (bounded by the idle limit): a slow downstream cell is back-pressure, not an error."""
-        cfg = self.spec.config
-        patiently(lambda t: tx.send(tensors, meta, timeout=t), poll_s=cfg.poll_s, limit_s=cfg.idle_timeout_s,
+        rcfg = self.spec.config
+        patiently(lambda t: tx.send(tensors, meta, timeout=t), poll_s=rcfg.poll_s, limit_s=rcfg.idle_timeout_s,
                   check=self._check_abort,
                   give_up=lambda s: CellError(f"{self.name}: {edge.kind} output {edge.name} blocked for {s:.0f} s"))
 
@@ -319,7 +319,7 @@ class Cell:
         return {
             "cell": self.name, "replica": c.replica, "row": c.row, "col": c.col, "device": c.device,
             "samples": self._samples, "pid": os.getpid(), "node": _node_id(), "first_sample": self._first,
-            "program": getattr(c.program.source, "path", None), "format": getattr(self.ctx, "format", None),
+            "program": c.program.path, "format": getattr(self.ctx, "format", None),
             "busy_s": self.clock.busy_s, "wall_s": wall,
             "busy_pct": 100.0 * self.clock.busy_s / wall if wall else 0.0,
             "step_ms_median": _median(self.clock.samples_ms),

@@ -39,7 +39,12 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch import Tensor
 
-METHODS = ("graphs", "inductor", "aoti", "capture", "eager")
+from bidl_models.specs import torch_dtype
+from compile.artifact import load_artifact
+from compile.seal import artifact_key
+
+from bidl_runtime.runtime_config import CHUNK_COMPILE_METHODS
+
 CUDA_ONLY = ("capture",)
 CACHE_DIR = "device_cache"
 WARMUP_CALLS = 3          # reduce-overhead: 1 eager warm-up run, 1 recording, 1 replay
@@ -64,7 +69,6 @@ def cache_key(program_sha256: str, method: str, device: torch.device, batch: int
 
 
 def _mac(data: bytes) -> str:
-    from compile.seal import artifact_key
     return hmac.new(artifact_key(), b"bidl device cache|" + data, hashlib.sha256).hexdigest()
 
 
@@ -127,9 +131,8 @@ class CompiledChunk:
         addresses never change (CUDA graphs read them in place); zeros of the right shapes if None.
         ``amp``: run the chunk under ``torch.autocast`` in ``'bf16'`` or ``'fp16'`` (None: fp32);
         inputs, state and outputs keep the manifest's dtypes, the matrix work runs in the low precision."""
-        from compile.artifact import load_artifact
-        if method not in METHODS:
-            raise ValueError(f"chunk_compile={method!r}: expected one of {list(METHODS)}")
+        if method not in CHUNK_COMPILE_METHODS:
+            raise ValueError(f"chunk_compile={method!r}: expected one of {list(CHUNK_COMPILE_METHODS)}")
         if amp is not None and amp not in AMP_DTYPES:
             raise ValueError(f"amp={amp!r}: expected None or one of {list(AMP_DTYPES)}")
         dev = torch.device(device)
@@ -183,7 +186,6 @@ class CompiledChunk:
 
 def example_inputs(art: Any, batch: int, device: torch.device) -> list[Tensor]:
     """Zeros ``(x, *carry_in, *state)`` of the artifact's shapes for ``batch`` on ``device``."""
-    from bidl_models.specs import torch_dtype
     x = torch.zeros((art.chunk_len, batch, *art.input_spec.shape[1:]), dtype=torch_dtype(art.input_dtype),
                     device=device)
     carry = [torch.zeros((art.chunk_len, batch, *c.shape[1:]), dtype=torch_dtype(c.dtype), device=device)

@@ -3,7 +3,7 @@
 Modelled on the user guide's SDK (context, streams, events, buffers, load model, reset, execute):
 
     ctx = open_context("cpu", device_id=3, threads=1)
-    ctx.load(ArtifactSource(path))          # or EmulatedSource(...) for the emulated backend
+    ctx.load(program)                       # a compile.program.Program: artifact path, or (emulated) a pace
     state = ctx.reset_state()               # zeroed state buffers of a fresh sample
     start, end = ctx.create_event(), ctx.create_event()
     start.record(); y, state = ctx.execute(x_chunk, state); end.record()
@@ -21,94 +21,19 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections import deque
-from dataclasses import dataclass, field
 from typing import ClassVar, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from bidl_models.specs import State, TensorSpec, torch_dtype, zero_state
-from compile.artifact import load_artifact
+from compile.artifact import load_artifact, read_manifest
+from compile.program import Program
 
-# ----------------------------------------------------------------------------- model sources
+from bidl_runtime.errors import CudaUnavailable
 
-
-@dataclass(frozen=True)
-class ArtifactSource:
-    """A compiled segment artifact directory (see ``compile``), absolute on the cell's node;
-    ``fast``: load its TorchScript form when it has one (milliseconds instead of about a second)."""
-
-    path: str
-    fast: bool = True
-
-
-@dataclass(frozen=True)
-class EmulatedSource:
-    """What the emulated backend needs of a segment: its real chunk tensor specs and its pace."""
-
-    input: TensorSpec                   # [t, B, ...] chunk input
-    output: TensorSpec                  # [t, B, ...] chunk output
-    state: tuple[TensorSpec, ...]       # state tensors (batch included)
-    seconds_per_step: float             # device time of one time step of this segment
-    carry_in: tuple[TensorSpec, ...] = ()    # [t, B, ...] with the input across a cut inside a block
-    carry_out: tuple[TensorSpec, ...] = ()   # [t, B, ...] with the output
-
-
-@dataclass(frozen=True)
-class DeviceProfile:
-    """A device's speed: ``ref_fps`` time-step frames/s on a reference model of ``ref_flops``
-    FLOPs per step. A segment of ``f`` FLOPs per step takes ``f / ref_flops / ref_fps`` s per step."""
-
-    name: str = "ka200"
-    ref_fps: float = 28.8                      # the user guide's chip on ResNetLif50, 2x128x128
-    ref_model: str = "ResNetLif50 2x128x128"
-    ref_flops: Optional[float] = None          # computed on first use when None
-
-    def __post_init__(self) -> None:
-        import math
-        if not (isinstance(self.ref_fps, (int, float)) and math.isfinite(self.ref_fps) and self.ref_fps > 0):
-            raise ValueError(f"DeviceProfile.ref_fps={self.ref_fps!r}: expected a finite number of frames/s > 0")
-
-    def seconds_per_step(self, flops: float) -> float:
-        ref = self.ref_flops if self.ref_flops is not None else resnet50_step_flops()
-        return flops / ref / self.ref_fps
-
-
-_RESNET50_FLOPS: list[float] = []
-
-
-def resnet50_step_flops() -> float:
-    """FLOPs of one ResNetLif50 time step on 2x128x128 (counted on fake tensors, cached)."""
-    if not _RESNET50_FLOPS:
-        from bidl_models import build_backbone
-        from bidl_models.segments import block_costs
-        net = build_backbone(dict(type="ResNetLifItout", depth=50, nclass=10, input_channels=2, timestep=1))
-        _RESNET50_FLOPS.append(sum(block_costs(net, (2, 128, 128))))
-    return _RESNET50_FLOPS[0]
-
-
-# ------------------------------------------------------------------------------ streams, events
-
-
-class Stream:
-    """An in-order queue of device work. On CPU, work runs when enqueued (synchronous)."""
-
-
-class Event:
-    """A point in a stream: ``record`` marks it; timings between two."""
-
-    def __init__(self) -> None:
-        self._t: Optional[float] = None
-
-    def record(self, stream: Optional[Stream] = None) -> None:
-        self._t = time.perf_counter()
-
-    def elapsed_ms(self, end: "Event") -> float:
-        if self._t is None or end._t is None:
-            raise RuntimeError("elapsed_ms needs two recorded events")
-        return (end._t - self._t) * 1e3
-
+from .compiled import CompiledChunk
+from .events import CudaEvent, CudaStream, Event, Stream
 
 # ------------------------------------------------------------------------------------ contexts
 
@@ -141,8 +66,8 @@ class DeviceContext(ABC):
         return self.alloc(self.state_specs)
 
     @abstractmethod
-    def load(self, source) -> None:
-        """Load a segment (artifact or emulation spec); sets the state specs."""
+    def load(self, program: Program) -> None:
+        """Load a segment's program (a compiled artifact, or an emulated one's pace); sets the state specs."""
 
     @abstractmethod
     def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
@@ -163,10 +88,10 @@ class CpuContext(DeviceContext):
         torch.set_num_threads(max(1, self.threads))
         self.artifact = None
 
-    def load(self, source) -> None:
-        if not isinstance(source, ArtifactSource):
-            raise ValueError(f"cpu backend loads compiled artifacts, got {type(source).__name__}")
-        self.artifact = load_artifact(source.path, fast=source.fast)
+    def load(self, program: Program) -> None:
+        if program.emulated:
+            raise ValueError("cpu backend loads compiled artifacts, got an emulated program (no artifact path)")
+        self.artifact = load_artifact(program.path, fast=program.fast)
         self.format = self.artifact.format
         self.state_specs = tuple(self.artifact.state_specs)
 
@@ -186,12 +111,11 @@ class EmulatedContext(DeviceContext):
         self.seconds_per_step = 0.0
         self._outs: tuple[Tensor, ...] = ()
 
-    def load(self, source) -> None:
-        if not isinstance(source, EmulatedSource):
-            raise ValueError(f"emulated backend needs an EmulatedSource, got {type(source).__name__}")
-        self.state_specs = tuple(source.state)
-        self.seconds_per_step = float(source.seconds_per_step)
-        self._outs = tuple(t.zeros() for t in (source.output, *source.carry_out))
+    def load(self, program: Program) -> None:
+        sig = program.signature
+        self.state_specs = tuple(sig.state)
+        self.seconds_per_step = float(program.seconds_per_step)
+        self._outs = tuple(t.zeros() for t in sig.outputs)
         self.format = "emulated"
 
     def execute(self, x: Tensor, state: State) -> tuple[Tensor, State]:
@@ -206,10 +130,6 @@ class EmulatedContext(DeviceContext):
         if len(self._outs) == 1:
             return self._outs[0][:t], state
         return tuple(o[:t] for o in self._outs), state
-
-
-class CudaUnavailable(ValueError):
-    """The cuda backend cannot run here; the message is one line (CLIs print it as ``error: ...``)."""
 
 
 def cuda_problem() -> Optional[str]:
@@ -256,13 +176,10 @@ class CompiledContext(DeviceContext):
     def alloc(self, specs: Sequence[TensorSpec]) -> State:
         return zero_state(specs, self.device)
 
-    def load(self, source) -> None:
-        from compile.artifact import read_manifest
-
-        from .compiled import CompiledChunk
-        if not isinstance(source, ArtifactSource):
-            raise ValueError(f"{self.backend} backend loads compiled artifacts, got {type(source).__name__}")
-        man = read_manifest(source.path)
+    def load(self, program: Program) -> None:
+        if program.emulated:
+            raise ValueError(f"{self.backend} backend loads compiled artifacts, got an emulated program (no artifact path)")
+        man = read_manifest(program.path)
         batch = man.batch.compiled
         self.state_specs = tuple(s.with_batch(batch) for s in man.state)
         self.state_names = [s.name for s in man.state]
@@ -272,7 +189,7 @@ class CompiledContext(DeviceContext):
         self.x_in = [s.zeros(self.device) for s in x_specs]           # x, *carry_in
         self.state_in = [s.zeros(self.device) for s in self.state_specs]
         self.n_out = 1 + len(man.carry_out)                           # y, *carry_out
-        self.chunk = CompiledChunk.load(source.path, self.device, batch, self.method, self.cache,
+        self.chunk = CompiledChunk.load(program.path, self.device, batch, self.method, self.cache,
                                         static_inputs=[*self.x_in, *self.state_in], amp=self.amp)
         self.compile_info = dict(self.chunk.info)
         with torch.inference_mode():
@@ -314,33 +231,6 @@ class CompiledContext(DeviceContext):
         n = self.n_out
         y = bufs[0] if n == 1 else tuple(bufs[:n])
         return y, dict(zip(self.state_names, bufs[n:]))
-
-
-class CudaStream(Stream):
-    """A ``torch.cuda.Stream`` of the cell's device."""
-
-    def __init__(self, device: torch.device):
-        self.raw = torch.cuda.Stream(device)
-
-
-class CudaEvent(Event):
-    """A timing ``torch.cuda.Event``; ``elapsed_ms`` waits for the end event."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.raw = torch.cuda.Event(enable_timing=True)
-        self._recorded = False
-
-    def record(self, stream: Optional[Stream] = None) -> None:
-        raw = getattr(stream, "raw", None)
-        self.raw.record(raw) if raw is not None else self.raw.record()
-        self._recorded = True
-
-    def elapsed_ms(self, end: "Event") -> float:
-        if not (self._recorded and getattr(end, "_recorded", False)):
-            raise RuntimeError("elapsed_ms needs two recorded events")
-        end.raw.synchronize()
-        return float(self.raw.elapsed_time(end.raw))
 
 
 def cuda_device_for(device_id: int) -> torch.device:
@@ -386,9 +276,9 @@ class CudaContext(CompiledContext):
     def create_event(self) -> Event:
         return CudaEvent()
 
-    def load(self, source) -> None:
+    def load(self, program: Program) -> None:
         with torch.cuda.stream(self.stream.raw):
-            super().load(source)
+            super().load(program)
 
     def _sync(self) -> None:
         self.stream.raw.synchronize()
@@ -425,19 +315,3 @@ def open_context(backend: str, device_id: int, threads: int = 1, **options) -> D
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend!r}: expected one of {sorted(BACKENDS)}")
     return BACKENDS[backend](device_id, threads, **options)
-
-
-@dataclass
-class BusyClock:
-    """Accumulates device-busy time between event pairs; keeps the last ``window`` chunk times (for
-    medians: a long stream does not grow the cell's memory)."""
-
-    busy_s: float = 0.0
-    window: int = 2048
-    samples_ms: deque = field(default_factory=deque)
-
-    def add(self, ms: float) -> None:
-        self.busy_s += ms / 1e3
-        self.samples_ms.append(ms)
-        if len(self.samples_ms) > self.window:
-            self.samples_ms.popleft()

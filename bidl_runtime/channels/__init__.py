@@ -24,18 +24,27 @@ Security: ``ChannelConfig(secret=new_secret())`` (one per run, handed to every e
 keys an HMAC hello/welcome handshake (``auth``); a receiver accepts only the sender that proves it
 holds the secret, drops and counts anything else (``stats.rejected``) and keeps listening.
 """
-from . import cuda, shm, tcp  # noqa: F401  (register the transports)
-from .base import (KINDS, ChannelDescriptor, Message, Receiver, Sender, Transport, attach_sender, create_receiver,
-                   get_transport, register_transport, transports, wait_any)
-from .channel_config import ChannelConfig, new_secret
-from .errors import ChannelClosed, ChannelError, ChannelTimeout, ChecksumError, PeerDied
-from .framing import Layout
-from .shm import sweep_stale
-from .stats import ChannelStats
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "KINDS", "ChannelConfig", "ChannelDescriptor", "ChannelStats", "Layout", "Message", "Receiver", "Sender",
-    "Transport", "attach_sender", "create_receiver", "get_transport", "register_transport", "transports",
-    "wait_any", "sweep_stale", "new_secret",
-    "ChannelError", "ChannelTimeout", "ChannelClosed", "PeerDied", "ChecksumError",
-]
+# loaded on first use (PEP 562): ``channel_config`` (read by the runtime's settings, torch-free) alone
+# does not import torch; the first name taken from here registers the transports
+_EXPORTS = {
+    "KINDS": "base", "ChannelDescriptor": "base", "Message": "base", "Receiver": "base", "Sender": "base",
+    "Transport": "base", "attach_sender": "base", "create_receiver": "base", "get_transport": "base",
+    "register_transport": "base", "transports": "base", "wait_any": "base",
+    "ChannelConfig": "channel_config", "new_secret": "channel_config",
+    "ChannelClosed": "errors", "ChannelError": "errors", "ChannelTimeout": "errors", "ChecksumError": "errors",
+    "PeerDied": "errors",
+    "Layout": "framing", "sweep_stale": "shm", "ChannelStats": "stats",
+}
+__all__ = sorted(_EXPORTS)
+_TRANSPORTS = ("shm", "tcp", "cuda")
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    for t in _TRANSPORTS:              # register the transports
+        import_module(f"{__name__}.{t}")
+    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)

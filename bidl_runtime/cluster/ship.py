@@ -13,17 +13,16 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Optional
 
 from bidl_models.checkpoint import file_sha256
 
+from bidl_runtime.errors import ShipError
+from bidl_runtime.plan.grid_plan import GridPlan
+
 STORE_ENV = "BIDL_ARTIFACT_STORE"
-
-
-class ShipError(RuntimeError):
-    """An artifact did not arrive intact (names the file and both hashes)."""
 
 
 def store_root() -> Path:
@@ -123,3 +122,23 @@ def ship(packages: list[Package], node: str, timeout_s: float = 600.0) -> tuple[
         requests = [(pkg, [ray.put(pkg.read())]) for pkg in missing]
         paths.update(ray.get(ray.remote(receive).options(**opts).remote(requests), timeout=timeout_s))
     return paths, [pkg.digest for pkg in missing]
+
+
+def ship_programs(plan: GridPlan) -> GridPlan:
+    """The plan with every compiled program of a cell on another node than the driver's shipped to
+    that node (once per node and program) and the cell pointed at its copy there. Emulated programs
+    (no files) and cells on the driver's node are left as they are."""
+    need: dict[str, dict[str, Package]] = {}
+    for c in plan.cells:
+        if c.node not in (plan.driver_node, "local") and not c.program.emulated:
+            need.setdefault(c.node, {}).setdefault(c.program.path, Package.of(c.program.path))
+    if not need:
+        return plan
+    moved: dict[tuple[str, str], str] = {}
+    for node, pkgs in need.items():
+        paths, _ = ship(list(pkgs.values()), node)
+        for path, pkg in pkgs.items():
+            moved[(node, path)] = paths[pkg.digest]
+    cells = tuple(replace(c, program=replace(c.program, path=moved[(c.node, c.program.path)]))
+                  if (c.node, c.program.path) in moved else c for c in plan.cells)
+    return replace(plan, cells=cells)

@@ -8,7 +8,7 @@
 ``start`` configures one actor per cell (prestarted ones from :func:`bidl_runtime.cell.pool.spawn`, a
 :class:`~bidl_runtime.cell.pool.CellPool`'s, or new ones) and loads its program. Every ``run`` wires
 the channels afresh (the cells' receivers first, then their senders and the driver's ends), starts
-the cells' loops, streams (:class:`bidl_runtime.driver.stream.Stream`: samples admitted or rejected alone,
+the cells' loops, streams (:class:`bidl_runtime.driver.stream.SampleStream`: samples admitted or rejected alone,
 at most ``max_inflight`` in the grid, results in sample order) and drains the grid with stop messages.
 With ``RuntimeConfig.batch`` N, N accepted samples travel as one message ``[t, N, ...]`` (named by
 its first sample; the last group padded with zeros) and come back split per sample, in order.
@@ -32,24 +32,23 @@ from typing import Any, Callable, Iterable, Optional, TypeVar
 
 from torch import Tensor
 
-from bidl_runtime import trace as tracing
 from bidl_runtime.cell.cell import CellSpec
-from bidl_runtime.channels import ChannelError, attach_sender, create_receiver, new_secret, sweep_stale
-from bidl_runtime.runtime_config import RuntimeConfig
-from .health import Fault, Monitor, Trouble, _error_text
-from bidl_runtime.plan.grid_plan import CellKey, GridPlan
 from bidl_runtime.cell.pool import CellPool, kill, new_actor
+from bidl_runtime.channels import ChannelError, attach_sender, create_receiver, new_secret, sweep_stale
+from bidl_runtime.errors import RunError
+from bidl_runtime.plan.grid_plan import CellKey, GridPlan
+from bidl_runtime.processes import alive
+from bidl_runtime.retry import Expired, patiently
+from bidl_runtime.runtime_config import RuntimeConfig
+
+from . import trace as tracing
+from .health import Fault, Monitor, Trouble, _error_text
 from .reference import Reference, Verifier
 from .report import RunReport
-from bidl_runtime.retry import Expired, patiently
 from .startup import StartupClock
-from .stream import Stream, batch_of  # noqa: F401 - batch_of: re-exported
+from .stream import SampleStream
 
 T = TypeVar("T")
-
-
-class RunError(RuntimeError):
-    """The run failed (a cell failed past its restarts, or a wait expired); names the cell where known."""
 
 
 class _RewireFailed(Exception):
@@ -69,7 +68,7 @@ class Grid:
                  actors: Optional[dict[CellKey, Any]] = None, configured: bool = False, owned: bool = True,
                  clock: Optional[StartupClock] = None):
         self.plan = plan
-        self.config = config or RuntimeConfig()
+        self.config = (config or RuntimeConfig()).resolved(len(plan.cells))   # threads per cell for this grid
         if self.config.channel_secret is None:  # one secret per grid, to the cells through their CellSpec
             self.config = self.config.replace(channel_secret=new_secret())
         b = plan.outputs(None)[0].layout[0].shape[1]
@@ -88,7 +87,7 @@ class Grid:
         self.feeds: dict[tuple[int, int], Any] = {}      # (replica, row) -> sender into cell (row, 0)
         self.results: dict[int, Any] = {}                # replica -> receiver from the last cell
         self.monitor = Monitor(self)
-        self.stream: Optional[Stream] = None
+        self.stream: Optional[SampleStream] = None
         self.restarts: list[dict] = []                   # this run's restarts (the report lists them)
         self.restarts_of: dict[CellKey, int] = {}        # per cell, over the grid's life
         self._faults_fired: set[CellKey] = set()         # drills fire once: a restarted cell runs clean
@@ -108,11 +107,11 @@ class Grid:
         """Get an actor per cell and load its program (once; runs reuse them)."""
         if self._configured:
             return self
-        p, cfg = self.plan, self.config
+        p, rcfg = self.plan, self.config
         for c in p.cells:
             if c.key not in self.actors:
                 self.actors[c.key] = (self.pool.acquire(c) if self.pool is not None
-                                      else new_actor(c.name, c.node, cfg.actor_gpus()))
+                                      else new_actor(c.name, c.node, rcfg.actor_gpus()))
         t = time.time()
         try:
             self._configure([c.key for c in p.cells], startup=True)
@@ -127,14 +126,14 @@ class Grid:
     def _configure(self, keys: list[CellKey], startup: bool = False) -> None:
         """Load the programs of cells ``keys`` (their actors exist); records their pids."""
         import ray
-        cfg = self.config
+        rcfg = self.config
         refs = {self.actors[k].configure.remote(self.spec_of(k)): self.plan.cell(*k) for k in keys}
         pending = list(refs)
-        deadline = time.perf_counter() + cfg.start_timeout_s
+        deadline = time.perf_counter() + rcfg.start_timeout_s
         while pending:
             done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.perf_counter()))
             if not done:
-                raise TimeoutError(f"{len(pending)} cell(s) not ready after {cfg.start_timeout_s:.0f} s "
+                raise TimeoutError(f"{len(pending)} cell(s) not ready after {rcfg.start_timeout_s:.0f} s "
                                    f"({', '.join(refs[r].name for r in pending[:4])}...)")
             c = refs[done[0]]
             tm = ray.get(done[0])
@@ -163,9 +162,9 @@ class Grid:
         """Wire the cells of ``replicas`` and the driver's ends to them, and start their loops
         (``fresh``: new run, the cells' counters start over; else a rewire after a restart)."""
         import ray
-        p, cfg = self.plan, self.config
+        p, rcfg = self.plan, self.config
         cells = [c for c in p.cells if c.replica in replicas]
-        wait = cfg.start_timeout_s
+        wait = rcfg.start_timeout_s
         self._stop_loops(replicas)
         self._close_driver_ends(replicas)
         ray.get([self.actors[c.key].reset.remote(fresh) for c in cells], timeout=wait)
@@ -174,7 +173,7 @@ class Grid:
             endpoints.update(ends)
         for e in p.inputs(None):
             if e.replica in replicas:
-                self.results[e.replica] = create_receiver(e.name, e.layout, cfg.channel(e.transport))
+                self.results[e.replica] = create_receiver(e.name, e.layout, rcfg.channel(e.transport))
                 endpoints[e.name] = self.results[e.replica].descriptor
         ray.get([self.actors[c.key].connect.remote({e.name: endpoints[e.name] for e in p.outputs(c.key)})
                  for c in cells], timeout=wait)
@@ -215,7 +214,7 @@ class Grid:
                              depth=self.config.max_inflight or 2 * self.plan.rows * self.plan.replicas,
                              batch=self.config.batch)
                     if verify else None)
-        stream = self.stream = Stream(self, samples, verifier, journal)
+        stream = self.stream = SampleStream(self, samples, verifier, journal)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -275,13 +274,21 @@ class Grid:
             except Trouble as t:
                 self.recover(t)
 
+    def feed(self, replica: int, row: int, tensors: dict, meta: dict, timeout: float) -> None:
+        """Send one message on the driver's feed into cell (row, 0) of ``replica`` (the stream's senders)."""
+        self.feeds[(replica, row)].send(tensors, meta, timeout=timeout)
+
+    def hint(self, replica: int, what: str) -> None:
+        """A sign of failure in ``replica`` seen outside the cells (a broken driver channel)."""
+        self.monitor.hint(replica, what)
+
     def wait_result(self, replica: int, sample: int) -> Tensor:
         """Sample ``sample``'s output from ``replica`` (a copy); restarts failed replicas meanwhile."""
-        cfg = self.config
+        rcfg = self.config
         while True:
             rec = self.results[replica]
             try:
-                msg = patiently(lambda t: rec.recv(timeout=t), poll_s=cfg.poll_s, check=self.check)
+                msg = patiently(lambda t: rec.recv(timeout=t), poll_s=rcfg.poll_s, check=self.check)
             except Trouble as t:
                 self.recover(t)
                 continue
@@ -315,15 +322,15 @@ class Grid:
 
     def _recover(self, trouble: Trouble) -> None:
         import ray
-        cfg, k = self.config, trouble.replica
+        rcfg, k = self.config, trouble.replica
         for f in trouble.faults:
             n = self.restarts_of[f.key] = self.restarts_of.get(f.key, 0) + 1
             if not self.owned:
                 raise RunError(f"{f.name} failed: {f.cause} (the grid belongs to another driver (--keep-alive), "
                                "which restarts nothing for an attached run)")
-            if n > cfg.max_restarts:
+            if n > rcfg.max_restarts:
                 raise RunError(f"{f.name} failed: {f.cause} (restarted {n - 1} time(s): gave up after "
-                               f"--max-restarts {cfg.max_restarts})")
+                               f"--max-restarts {rcfg.max_restarts})")
         detected = min(f.at for f in trouble.faults)
         steps = {"start": time.perf_counter()}
         replayed = self.stream.pause(k) if self.stream is not None else []
@@ -335,7 +342,7 @@ class Grid:
             if f.restart:
                 self._kill(f.key, now=f.kind == "frozen")
         refs = [r for r, c in self.loops.items() if c.replica == k]
-        bound = max(2.0, 10 * cfg.poll_s)
+        bound = max(2.0, 10 * rcfg.poll_s)
         _, stuck = ray.wait(refs + aborts, num_returns=len(refs + aborts), timeout=bound)
         for r in stuck:
             c = self.loops.get(r)
@@ -352,7 +359,7 @@ class Grid:
                 self._faults_fired.add(key)
                 self.actors[key] = (self.pool.renew(self.plan.cell(*key)) if self.pool is not None
                                     else new_actor(self.plan.cell(*key).name, self.plan.cell(*key).node,
-                                                      cfg.actor_gpus()))
+                                                      rcfg.actor_gpus()))
             self._configure(sorted(restart))
             steps["configured"] = time.perf_counter()
             self._wire({k}, fresh=False)
@@ -404,8 +411,8 @@ class Grid:
 
     def _drain(self, k: int) -> dict[CellKey, dict]:
         import ray
-        cfg = self.config
-        timeout = cfg.stop_timeout_s
+        rcfg = self.config
+        timeout = rcfg.stop_timeout_s
         for g in range(self.plan.rows):
             try:
                 self.feeds[(k, g)].send_control("stop", timeout=timeout)
@@ -420,7 +427,7 @@ class Grid:
             if kind != "stop":
                 raise Expired   # a late result: keep reading until the stop message
         try:
-            patiently(until_stop, poll_s=cfg.poll_s, limit_s=timeout, check=lambda: self.check({k}),
+            patiently(until_stop, poll_s=rcfg.poll_s, limit_s=timeout, check=lambda: self.check({k}),
                       give_up=lambda s: RunError(f"stopping the grid failed: no stop message from replica {k} "
                                                  f"after {s:.0f} s"))
         except ChannelError as e:
@@ -494,7 +501,7 @@ class Grid:
         """Once the killed cells' processes are gone, remove the slot files they left."""
         deadline = time.perf_counter() + 3.0
         while pids and time.perf_counter() < deadline:
-            pids = [p for p in pids if _alive(p)]
+            pids = [p for p in pids if alive(p)]
             time.sleep(0.05)
         _quiet(sweep_stale)
 
@@ -503,14 +510,6 @@ class Grid:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _quiet(fn) -> None:

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
+from bidl_runtime.errors import CellError
 from bidl_runtime.plan.grid_plan import CellKey
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -190,7 +191,7 @@ class Monitor:
         behind a broken channel (pinging the cells meanwhile), then names died, raised, stuck and
         frozen cells; if none, the first channel failure (``kind='channel'``)."""
         import ray
-        cfg = self.grid.config
+        rcfg = self.grid.config
         cells = self._cells(replica)
         start = time.perf_counter()
         settle: Optional[float] = None
@@ -199,8 +200,8 @@ class Monitor:
             faults, victims = self._classify(replica, pings)
             now = time.perf_counter()
             if faults and settle is None:
-                settle = now + min(0.5, cfg.health_grace_s)   # simultaneous failures: collect them all
-            if (settle is not None and now >= settle) or now - start >= cfg.health_grace_s:
+                settle = now + min(0.5, rcfg.health_grace_s)   # simultaneous failures: collect them all
+            if (settle is not None and now >= settle) or now - start >= rcfg.health_grace_s:
                 break
             refs = [r for r, c in self.grid.loops.items() if c.replica == replica] + list(pings.values())
             ray.wait(refs, num_returns=len(refs), timeout=0.1)
@@ -265,7 +266,6 @@ def _loop_error(ref) -> Optional[BaseException]:
 
 def _error_text(e: BaseException) -> str:
     """The readable part of a Ray error raised for a cell: its CellError, or that it died."""
-    from bidl_runtime.cell.cell import CellError
     cause = getattr(e, "cause", None)
     if isinstance(cause, CellError):
         return str(cause)

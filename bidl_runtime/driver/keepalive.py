@@ -18,9 +18,13 @@ from __future__ import annotations
 import uuid
 from typing import Any, Optional
 
-from bidl_runtime.runtime_config import RuntimeConfig
-from .grid import Grid, RunError
+from bidl_runtime.cluster.ray_cluster import join
+from bidl_runtime.errors import RunError
 from bidl_runtime.plan.grid_plan import GridPlan
+from bidl_runtime.plan.place import rebind_driver
+from bidl_runtime.runtime_config import RuntimeConfig
+
+from .grid import Grid
 
 HOST_NAME = "bidl-grid"
 
@@ -80,9 +84,6 @@ def attach(namespace: str, address: Optional[str] = None) -> AttachedGrid:
     """The kept-alive grid in ``namespace`` of the cluster at ``address`` (connects if this
     process is not connected yet). RunError if there is none or it is in use."""
     import ray
-
-    from bidl_runtime.cluster.ray_cluster import join
-    from bidl_runtime.plan.place import rebind_driver
     if not ray.is_initialized():
         join(address or "auto", namespace=namespace, log_to_driver=False, logging_level="WARNING")
     try:

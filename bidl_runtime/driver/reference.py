@@ -13,8 +13,11 @@ import torch
 from torch import Tensor
 
 from bidl_models.specs import torch_dtype
+from compile.artifact import load_artifact
 
 from bidl_runtime.plan.grid_plan import GridPlan
+
+from .samples import batch_of
 
 
 class Reference:
@@ -31,19 +34,16 @@ class Reference:
 
     def _artifacts(self) -> dict[tuple[int, int], Any]:
         if self._arts is None:
-            from compile.artifact import load_artifact
             self._arts = {}
             for c in self.plan.cells:
                 if c.replica == 0 and (c.col, c.chunk_len) not in self._arts:
-                    src = c.program.source
-                    if not hasattr(src, "path"):
+                    if c.program.emulated:
                         raise ValueError("the reference run needs compiled artifacts (backend cpu)")
-                    self._arts[(c.col, c.chunk_len)] = load_artifact(src.path)
+                    self._arts[(c.col, c.chunk_len)] = load_artifact(c.program.path)
         return self._arts
 
     def output(self, x: Tensor) -> Tensor:
         """The last step's output ``[B, nclass]`` for ``x`` ``[T, B, ...]``."""
-        from compile.artifact import zero_state
         arts = self._artifacts()
         states: list[Optional[dict]] = [None] * self.plan.cols
         t0 = 0
@@ -57,7 +57,7 @@ class Reference:
                     for s in range(self.plan.cols):
                         art = arts[(s, t)]
                         if states[s] is None:
-                            states[s] = zero_state(art, x.shape[1])   # h may be x and its carry (a cut in a block)
+                            states[s] = art.fresh_state(x.shape[1])   # h may be x and its carry (a cut in a block)
                         h, states[s] = art.run(h, states[s])
                     y = h
                     t0 += t
@@ -75,7 +75,6 @@ class Reference:
     def output_of_group(self, xs: Sequence[Tensor], batch: int) -> Tensor:
         """:meth:`output` of samples ``xs`` run as the grid ran them: one message ``[T, batch, ...]``
         (a partial group padded with zeros); row j is sample j's output."""
-        from .stream import batch_of
         first = self._artifacts()[(0, self.plan.slices[0])]
         dtype = torch.uint8 if first.input_dtype == "uint8" else torch.float32
         shape = (self.plan.T,) + tuple(self.plan.outputs(None)[0].layout[0].shape[2:])

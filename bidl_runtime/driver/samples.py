@@ -7,7 +7,10 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
-from bidl_models.specs import one_hot_ids
+from bidl_models.datasets import build_dataset
+from bidl_models.specs import one_hot_ids, torch_dtype
+
+from bidl_runtime.plan.grid_plan import GridPlan
 
 
 def _is_tokens(dtype: Optional[torch.dtype]) -> bool:
@@ -117,10 +120,6 @@ def dataset_samples(cfg: Mapping, n: Optional[int],
     """``(img [T, C, H, W] float32, label)`` from the config's test set (uint8 kept; integer token ids
     ``[T]`` as ``dtype`` for a token model, one-hot rows ``[T, V]`` turned into ids; ``img`` alone when
     it has no labels, :class:`Unreadable` for an item that fails to load), or None if unavailable."""
-    try:
-        from bidl_models.datasets import build_dataset
-    except ImportError:
-        return None
     data = cfg.get("data", {})
     test = data.get("test") if isinstance(data, Mapping) else None
     if not test:
@@ -151,3 +150,27 @@ def dataset_samples(cfg: Mapping, n: Optional[int],
                 img = img.to(torch.float32)
             yield (img, label) if label is not None else img
     return gen()
+
+
+
+def samples_for(cfg: Optional[Mapping], plan: GridPlan, n: int, seed: int = 0,
+                high: Optional[int] = None) -> tuple[Iterator[Any], str]:
+    """``n`` samples for a plan and what they are: the config's test samples, else seeded synthetic
+    ones of the plan's input (event frames, or token ids below ``high``, the model's vocabulary size)."""
+    x = plan.outputs(None)[0].layout[0]
+    dtype = torch_dtype(x.dtype)
+    gen = dataset_samples(cfg, n, dtype) if cfg is not None else None
+    if gen is not None:
+        return gen, f"{cfg.data.test.type} test split ({n} samples)"
+    shape = tuple(x.shape[2:])
+    what = f"token ids in [0, {high})" if _is_tokens(dtype) else "event frames"
+    return (synthetic_samples(plan.T, shape, n, seed, dtype=dtype, high=high),
+            f"synthetic seeded {what} {'x'.join(map(str, (plan.T,) + shape))} (the config's data is not available)")
+
+def batch_of(xs: list[Tensor], shape: tuple[int, ...], dtype, batch: int) -> Tensor:
+    """``[T, batch, ...]`` of samples ``xs`` (each ``[T, ...]`` or ``[T, 1, ...]``) in order, zero
+    rows after them up to ``batch`` (a last, partial group)."""
+    cols = [(x.unsqueeze(1) if x.dim() == len(shape) else x).to(dtype) for x in xs]
+    if len(cols) < batch:
+        cols.append(torch.zeros((shape[0], batch - len(cols)) + tuple(shape[1:]), dtype=dtype))
+    return cols[0] if len(cols) == 1 else torch.cat(cols, 1)

@@ -20,15 +20,6 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
 
-def process_start_time() -> float:
-    """Epoch time at which this process started (psutil, which Ray depends on)."""
-    try:
-        import psutil
-        return float(psutil.Process().create_time())
-    except Exception:  # noqa: BLE001 - fall back to now
-        return time.time()
-
-
 class StartupClock:
     """Named phases (epoch start/end on the driver) and per-cell timings; with ``show``, one progress
     bar on stderr that ticks once per finished phase and once per cell that loaded its program."""

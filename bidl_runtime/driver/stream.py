@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from queue import Queue
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Protocol, TypeVar
 
 import torch
 from torch import Tensor
@@ -33,13 +33,39 @@ from torch import Tensor
 from bidl_models.specs import torch_dtype
 
 from bidl_runtime.channels import ChannelError
-from .samples import admit
+from bidl_runtime.errors import RunError
+from bidl_runtime.plan.grid_plan import GridPlan
 from bidl_runtime.retry import attempt, patiently
+from bidl_runtime.runtime_config import RuntimeConfig
+
+from .samples import admit, batch_of
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .grid import Grid
     from .journal import Journal
     from .reference import Verifier
+
+R = TypeVar("R")
+
+
+class Supervisor(Protocol):
+    """What a stream needs of the grid that runs it (:class:`bidl_runtime.driver.grid.Grid`): the plan
+    and tunables, a send on the driver's feed into cell (row, 0) of a replica, the bounded health
+    check, recovery around a call, the next result of a replica, and where to report a broken feed."""
+
+    plan: GridPlan
+    config: RuntimeConfig
+
+    def feed(self, replica: int, row: int, tensors: dict, meta: dict, timeout: float) -> None: ...
+
+    def check(self) -> None: ...
+
+    def guarded(self, fn: Callable[[], R]) -> R: ...
+
+    def wait_result(self, replica: int, sample: int) -> Tensor: ...
+
+    def tick(self, replica: int) -> None: ...
+
+    def hint(self, replica: int, what: str) -> None: ...
 
 
 class Stopped(Exception):
@@ -50,24 +76,24 @@ class _Superseded(Exception):
     """The replica was restarted while a sender held a slice of the old epoch (it is replayed)."""
 
 
-class Stream:
+class SampleStream:
     """The driver's side of one run over ``grid``'s wired channels."""
 
-    def __init__(self, grid: "Grid", samples: Iterable, verifier: Optional["Verifier"] = None,
+    def __init__(self, grid: Supervisor, samples: Iterable, verifier: Optional["Verifier"] = None,
                  journal: Optional["Journal"] = None):
-        p, cfg = grid.plan, grid.config
+        p, rcfg = grid.plan, grid.config
         self.grid, self.samples, self.verifier, self.journal = grid, samples, verifier, journal
         x = p.outputs(None)[0].layout[0]                  # [t, B, ...] of the first input edge
         self.shape = (p.T,) + tuple(x.shape[2:])
         self.dtype = torch_dtype(x.dtype)
         self.nclass = int(p.inputs(None)[0].layout[0].shape[-1])
         self.starts = [sum(p.slices[:g]) for g in range(p.rows)]
-        self.slots = threading.Semaphore(cfg.max_inflight or 2 * p.rows * p.replicas)
+        self.slots = threading.Semaphore(rcfg.max_inflight or 2 * p.rows * p.replicas)
         self.order: deque[tuple[int, int]] = deque()      # (sample, replica) whose result is due, feed order
         self.cv = threading.Condition()                   # order, feeding
         self.feeding = True
         self.lock = threading.Lock()                      # ledger, epochs, queue order
-        self.batch = cfg.batch                             # samples per message (--batch)
+        self.batch = rcfg.batch                             # samples per message (--batch)
         # message (its first sample) -> (replica, its samples [(id, input)], batched input)
         self.ledger: dict[int, tuple[int, list[tuple[int, Tensor]], Tensor]] = {}
         self.epoch = [0] * p.replicas
@@ -114,8 +140,8 @@ class Stream:
                 if k == replica:
                     self._queue(replica, e, gid, xb)
                     ids += [i for i, _ in group]
-        cfg = self.grid.config
-        deadline = time.perf_counter() + max(2.0, 10 * cfg.poll_s)
+        rcfg = self.grid.config
+        deadline = time.perf_counter() + max(2.0, 10 * rcfg.poll_s)
         keys = [(replica, g) for g in range(self.grid.plan.rows)]
         while time.perf_counter() < deadline and any(self.sending[key] not in (None, e) for key in keys):
             time.sleep(0.01)
@@ -144,7 +170,6 @@ class Stream:
     def check_failed(self) -> None:
         """Raise RunError if a feeding thread failed (the collector would wait for nothing)."""
         if self.stop.is_set() and self.error is not None:
-            from .grid import RunError
             raise RunError(f"feeding the grid failed: {type(self.error).__name__}: {self.error}")
 
     def _check_stop(self) -> None:
@@ -169,14 +194,13 @@ class Stream:
                 try:
                     patiently(lambda t: attempt(self.ready[k].wait(t)), poll_s=poll,
                               check=lambda: self._current(k, epoch))
-                    patiently(lambda t: self.grid.feeds[key].send({"x": chunk}, {"kind": "data", "sample": i},
-                                                                  timeout=t),
+                    patiently(lambda t: self.grid.feed(k, key[1], {"x": chunk}, {"kind": "data", "sample": i}, t),
                               poll_s=poll, check=lambda: self._current(k, epoch))
                 except _Superseded:
                     pass
                 except ChannelError as e:        # a cell of the replica failed: its restart replays this
                     if epoch == self.epoch[k]:
-                        self.grid.monitor.hint(k, f"the driver's feed failed: {e}")
+                        self.grid.hint(k, f"the driver's feed failed: {e}")
                 finally:
                     self.sending[key] = None
         except Stopped:
@@ -309,7 +333,6 @@ class Stream:
                 if bar is not None:
                     bar.update(n)
             if self.error is not None:
-                from .grid import RunError
                 raise RunError(f"reading samples failed: {type(self.error).__name__}: {self.error}")
         finally:
             self.stop.set()
@@ -318,11 +341,3 @@ class Stream:
             for t in threads:
                 t.join(timeout=5)
 
-
-def batch_of(xs: list[Tensor], shape: tuple[int, ...], dtype, batch: int) -> Tensor:
-    """``[T, batch, ...]`` of samples ``xs`` (each ``[T, ...]`` or ``[T, 1, ...]``) in order, zero
-    rows after them up to ``batch`` (a last, partial group)."""
-    cols = [(x.unsqueeze(1) if x.dim() == len(shape) else x).to(dtype) for x in xs]
-    if len(cols) < batch:
-        cols.append(torch.zeros((shape[0], batch - len(cols)) + tuple(shape[1:]), dtype=dtype))
-    return cols[0] if len(cols) == 1 else torch.cat(cols, 1)

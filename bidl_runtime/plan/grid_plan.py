@@ -13,40 +13,20 @@ Edges, per replica:
 - ``state``: (g-1, s) -> (g, s), segment s's membrane potentials and accumulator after slice g-1;
 - ``result``: (R-1, C-1) -> driver, the last step's output of the last segment.
 
-A plan is made by :func:`bidl_runtime.plan.place.place`; cells read their edges from it.
-``python -m bidl_runtime.plan --config CFG [--grid RxC] [--replicas K]`` prints the cells and the
-edges (no Ray, no compile: shapes come from the model spec).
+A plan is made by :func:`bidl_runtime.plan.place.place`; cells read their edges from it;
+``python -m bidl_runtime.plan`` prints one. Pure data: no torch, no Ray (a plan is printed, pickled to
+the cells and read back without them).
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
 from bidl_models.specs import TensorSpec
-
-from bidl_runtime.cell.contexts import ArtifactSource, EmulatedSource
+from compile.program import Program
 
 CellKey = tuple[int, int, int]          # (replica, row, col)
 EDGE_KINDS = ("input", "activation", "state", "result")
-
-
-@dataclass(frozen=True)
-class Program:
-    """What a cell runs: a loadable source and its chunk layouts (batch included)."""
-
-    source: ArtifactSource | EmulatedSource
-    x: TensorSpec                        # chunk input [t, B, ...]
-    y: TensorSpec                        # chunk output [t, B, ...]
-    state: tuple[TensorSpec, ...]        # the segment's state tensors
-    carry_in: tuple[TensorSpec, ...] = ()    # chunks that travel with x across a cut inside a block (skip, ...)
-    carry_out: tuple[TensorSpec, ...] = ()   # chunks that travel with y
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        """The layout of the chunk input: x and its carry."""
-        return (self.x, *self.carry_in)
 
 
 def cell_name(replica: int, row: int, col: int, device: int) -> str:
@@ -160,29 +140,3 @@ class GridPlan:
             lines.append(f"{e.name:<28} {e.kind:<10} {self._end(e.src):<22} {self._end(e.dst):<22} "
                          f"{e.transport:<4} {e.nbytes:>10,}  {tensors}")
         return "\n".join(lines)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bidl_runtime.plan", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", default=None, help="config name or path (default: the runtime's default)")
-    ap.add_argument("--grid", default=None, help="RxC: rows = time slices, columns = segments")
-    ap.add_argument("--replicas", type=int, default=1)
-    ap.add_argument("--transport", default="auto", choices=["auto", "shm", "tcp"])
-    ap.add_argument("--cfg-options", nargs="*", default=[], metavar="KEY=VALUE")
-    args = ap.parse_args(argv)
-    from bidl_models.config import load_config
-
-    from bidl_runtime.defaults import default_config
-    from .place import make_plan
-    try:
-        cfg = load_config(args.config or default_config(), args.cfg_options)
-        plan = make_plan(cfg, args.grid, args.replicas, transport=args.transport)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(plan.table())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
