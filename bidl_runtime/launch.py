@@ -204,7 +204,7 @@ def keep_alive(grid: Any, url: Optional[str]) -> None:
     signal.signal(signal.SIGTERM, stop)   # kill PID stops it as cleanly as Ctrl-C (cells, Ray, shm)
     print(f"\nkeeping the grid alive: {len(grid.plan.cells)} cells loaded and idle (dashboard {url}); "
           f"Ctrl-C or kill -TERM {os.getpid()} stops it")
-    print(f"join with: {token + ' ' if token else ''}bidl-run --attach --address {address} "
+    print(f"join with: {token + ' ' if token else ''}python -m bidl_runtime.run --attach --address {address} "
           f"--namespace {ctx.namespace}")
     print(f"     or in Python{' (with ' + token + ')' if token else ''}: "
           f"bidl_runtime.driver.keepalive.attach({ctx.namespace!r}, address={address!r})", flush=True)

@@ -43,7 +43,9 @@ class DeviceProfile:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.ref_fps, (int, float)) and math.isfinite(self.ref_fps) and self.ref_fps > 0):
-            raise ValueError(f"DeviceProfile.ref_fps={self.ref_fps!r}: expected a finite number of frames/s > 0")
+            shown = f"{self.ref_fps:g}" if isinstance(self.ref_fps, (int, float)) else repr(self.ref_fps)
+            raise ValueError(f"--profile-fps {shown}: expected a finite number of frames/s > 0 "
+                             f"(DeviceProfile.ref_fps={self.ref_fps!r})")
 
     def seconds_per_step(self, flops: float, ref_flops: float) -> float:
         """Device seconds of one step of ``flops`` FLOPs, the reference model having ``ref_flops``."""
@@ -98,8 +100,12 @@ class RuntimeConfig:
             if v is None and name in OPTIONAL_INTS:
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
-                raise ValueError(f"{_named(name, v)}: expected an int in [{low}, {high}]"
-                                 + (" or None" if name in OPTIONAL_INTS else ""))
+                none = " or None" if name in OPTIONAL_INTS else ""
+                if name in FLAGS:
+                    raise ValueError(f"--{name.replace('_', '-')} {v!r}: expected an int >= {low}{none} "
+                                     f"(at most {high}; {name}={v!r})")
+                what = "a positive int" if low == 1 else f"an int >= {low}"
+                raise ValueError(f"{name}={v!r}: expected {what}{none} (at most {high})")
         if self.transport == "cuda" and self.backend not in COMPILED_BACKENDS:
             raise ValueError(f"--transport cuda moves GPU memory between compiled cells: it needs --backend cuda "
                              f"(or compiled, its CPU stand-in: slots in host memory), got {self.backend!r}")

@@ -115,8 +115,8 @@ def test_a_failed_start_up_leaves_nothing_behind(artifacts):
 
 def test_errors_are_one_line_and_debug_shows_the_traceback(artifacts, tmp_path):
     bad = tmp_path / "trunc.pth"
-    from bidl_runtime.defaults import WEIGHTS
-    bad.write_bytes((WEIGHTS / "clif3fc3dm_itout-b16x1-dvsglyphs.pth").read_bytes()[:3000])
+    from bidl_models.checkpoint import SHIPPED_WEIGHTS
+    bad.write_bytes((SHIPPED_WEIGHTS / "clif3fc3dm_itout-b16x1-dvsglyphs.pth").read_bytes()[:3000])
     for args, want in ((["--depth", "0"], "--depth 0: expected an int >= 1"),
                        (["--profile-fps", "0"], "--profile-fps 0: expected a finite number"),
                        (["--max-restarts", "-1"], "--max-restarts -1: expected an int >= 0"),
