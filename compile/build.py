@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from bidl_models.checkpoint import file_sha256
+from bidl_models.datasets import build_dataset
 from bidl_models.model_spec import INPUT_DTYPES, ModelSpec, model_sha256
 from bidl_models.segments import Segment, as_tuple
 from bidl_models.specs import Signature, TensorSpec, one_hot_ids, torch_dtype
@@ -161,10 +162,6 @@ def _export(prog: ChunkProgram, chunk_len: int, batch: int, inputs: Sequence[Ten
 
 def _dataset_sample(cfg: Mapping, in_shape: Sequence[int]) -> tuple[Optional[Tensor], str]:
     """The first test sample ``[T, *in_shape]`` of the config's dataset, or (None, why not)."""
-    try:
-        from bidl_models.datasets import build_dataset  # written in parallel; optional here
-    except Exception as e:  # noqa: BLE001
-        return None, f"no dataset package ({type(e).__name__})"
     test = (cfg.get("data") or {}).get("test")
     if not test:
         return None, "config has no data.test"

@@ -41,6 +41,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .artifact import load_artifact
+from .job import compile_config
+
 __all__ = ["export_artifact", "export_segment", "check_onnx", "OnnxExportError", "main"]
 
 ONNX_FILE = "program.onnx"
@@ -172,7 +175,6 @@ def export_artifact(artifact: Any, out: Optional[str | Path] = None, *, opset: O
     its ExportedProgram is translated as is. AOTInductor artifacts (``--aot``) are refused: compile
     without ``--aot`` for ONNX. Returns the path written (default ``<artifact>/program.onnx``).
     """
-    from compile import load_artifact   # the public API only
     art = artifact if hasattr(artifact, "state_specs") else load_artifact(artifact)
     if art.format != "torch.export":
         raise OnnxExportError(f"{art.path}: a {art.format!r} artifact (AOTInductor package) has no graph to "
@@ -273,7 +275,6 @@ def check_onnx(onnx_path: str | Path, reference: Any, *, chunks: int = 3, batch:
     sess = _session(path)
     abi = _abi_of_onnx(sess)
     if isinstance(reference, (str, Path)):
-        from compile import load_artifact
         reference = load_artifact(reference)
     if hasattr(reference, "state_specs"):          # an Artifact
         def ref(x: Tensor, state: list[Tensor]) -> list[Tensor]:
@@ -344,7 +345,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.config:
             import ast
-            from compile import compile_config
             splits = ast.literal_eval(args.splits) if args.splits else None
             shape = [int(v) for v in args.in_shape.replace("x", ",").split(",")] if args.in_shape else None
             cm = compile_config(args.config, args.checkpoint, grid=args.grid, splits=splits, in_shape=shape,

@@ -12,6 +12,8 @@ from typing import Any
 from bidl_models.slicing import GridLayout
 from bidl_runtime.plan.grid_plan import CellKey, CellPlan, cell_name
 
+from .cell import Cell
+
 ACTOR_OPTIONS: dict[str, Any] = dict(num_cpus=0, max_concurrency=3, resources={"bidl_device": 1})
 
 
@@ -24,7 +26,6 @@ def new_actor(name: str, node: str, num_gpus: float = 0.0, name_wait_s: float = 
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from .cell import Cell
     opts = dict(ACTOR_OPTIONS, name=name)
     if num_gpus:
         opts["num_gpus"] = num_gpus

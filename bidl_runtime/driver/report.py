@@ -8,6 +8,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from bidl_models.datasets.base import topk_accuracy
+
 from bidl_runtime.plan.grid_plan import GridPlan
 
 
@@ -112,7 +114,6 @@ class RunReport:
         labels, or for k > 1 with fewer than ``k`` classes): the test CLI's ``accuracy_top-k``,
         computed by the same function (:func:`bidl_models.datasets.base.topk_accuracy`, ties as
         ``torch.topk`` breaks them)."""
-        from bidl_models.datasets.base import topk_accuracy
         done = sorted(i for i in self.labels if i in self.outputs)
         if not done:
             return None
