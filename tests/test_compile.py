@@ -484,6 +484,29 @@ def test_clear_errors_for_bad_input(workdir):
         compile_config(cfg, input_dtype="int4", out=workdir / "e", progress=False, verbose=False)
 
 
+def test_compile_once_the_runtime_finds_what_bidl_compile_wrote(workdir, capsys):
+    """``bidl-compile`` then the runtime's chain (what ``bidl-run`` and ``bidl-plan`` walk): the same
+    directory, nothing compiled the second time, also when the weights come in BIDL's checkpoint format."""
+    from bidl_runtime.api import GridJob
+    backbone, _ = TINY["SeqClif3Fc3DmItout"]
+    cfg_path = write_config(workdir / "once.py", dict(backbone, timestep=4))
+    _, ckpt = active_net(load_config(cfg_path), workdir / "once.pth")
+    bidl = workdir / "once_bidl.pth"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in torch.load(ckpt, weights_only=True).items()}}, bidl)
+    out = workdir / "once_art"
+    t0 = time.perf_counter()
+    assert cli_main(["--config", str(cfg_path), "--checkpoint", str(ckpt), "--grid", "2x1", "--out", str(out),
+                     "--quiet"]) == 0
+    t_compile = time.perf_counter() - t0
+    capsys.readouterr()
+    for weights in (ckpt, bidl):
+        t0 = time.perf_counter()
+        arts = GridJob(load_config(cfg_path), grid="2x1", checkpoint=weights, artifacts=out).artifacts()
+        t_run = time.perf_counter() - t0
+        assert arts.records and {r.cache for r in arts.records} == {"hit"} and len(list(out.iterdir())) == 1
+        print(f"bidl-compile {t_compile:.2f} s; the run's artifact stage ({weights.name}) {t_run:.2f} s, 0 built")
+
+
 def test_cli(workdir, capsys):
     backbone, _ = TINY["SeqClif3Fc3DmItout"]
     cfg_path = write_config(workdir / "cli.py", backbone)
