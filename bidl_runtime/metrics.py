@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -241,8 +240,8 @@ def grafana_dashboards_dir() -> Path:
     or ``$RAY_METRICS_GRAFANA_DASHBOARD_OUTPUT_DIR`` when set."""
     if os.environ.get("RAY_METRICS_GRAFANA_DASHBOARD_OUTPUT_DIR"):
         return Path(os.environ["RAY_METRICS_GRAFANA_DASHBOARD_OUTPUT_DIR"])
-    root = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray" / "session_latest"
-    return root / "metrics" / "grafana" / "dashboards"
+    from .cluster import latest_session   # a running embedded cluster's (private temp dir), else Ray's default
+    return latest_session() / "metrics" / "grafana" / "dashboards"
 
 
 def install_dashboard(directory: Optional[str | Path] = None) -> Path:

@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--amp", default=None, choices=["bf16", "fp16"],
                     help="cuda/compiled: run each chunk under autocast in this precision (default fp32)")
     ap.add_argument("--replicas", type=int, default=1, help="independent copies of the grid, fed round-robin")
-    ap.add_argument("--address", default=None, help="join this Ray cluster instead of starting one")
+    ap.add_argument("--address", default=None, help="join the Ray cluster at HOST:PORT instead of starting a "
+                    "private one; auto: the one RAY_ADDRESS names, else the last `ray start` here (without "
+                    "--address, RAY_ADDRESS is ignored)")
     ap.add_argument("--namespace", default=None, help="Ray namespace (default: a new one; --attach needs the "
                     "kept-alive grid's)")
     ap.add_argument("--keep-alive", action="store_true", help="keep the cells up afterwards (dashboard; other "
@@ -217,7 +219,7 @@ def _main(args: argparse.Namespace) -> int:
     import ray
 
     from .api import build_artifacts
-    from .cluster import join, start_local, token_source
+    from .cluster import join, session_dir, start_local, token_source
     from .grid import Grid
     from .place import Cluster, place
     from .pool import kill, spawn
@@ -246,7 +248,8 @@ def _main(args: argparse.Namespace) -> int:
                   if layout.max_device < len(cluster.device_nodes) else None)
         url = info.dashboard_url
         url = f"http://{url}" if url and not url.startswith("http") else url
-        where = f"joined {args.address}" if args.address else "embedded local cluster on 127.0.0.1"
+        where = (f"joined {args.address}" if args.address else
+                 f"embedded private cluster on 127.0.0.1 (session {session_dir()})")
         _say(f"ray: {where}, token auth (token: {token_source()}), namespace {namespace}; "
              f"dashboard {url or 'not available'}")
         arts = arts_future.result()

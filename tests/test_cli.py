@@ -18,13 +18,15 @@ pytestmark = pytest.mark.slow
 def ray_processes() -> set[int]:
     """Ray's node processes under this session's Ray temp dir (others' clusters on a shared machine
     are not ours to count)."""
-    import tempfile
-    marker = os.path.join(os.environ.get("RAY_TMPDIR", tempfile.gettempdir()), "ray", "session")
+    from bidl_runtime.cluster import PRIVATE_PREFIX, temp_base
+    base = str(temp_base())   # the runs' private Ray temp dirs, and Ray's default one
+    markers = (os.path.join(base, PRIVATE_PREFIX), os.path.join(base, "ray", "session"))
     out = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True).stdout
     pids = set()
     for p in out.split():
         try:
-            if marker in Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+            cmdline = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if any(m in cmdline for m in markers):
                 pids.add(int(p))
         except OSError:
             pass
