@@ -694,6 +694,8 @@ class Sender(_NoPickle, ABC):
         self._key = bytes.fromhex(secret)
         self._nonce = b""
         self._welcomed = False  # the receiver proved it holds the secret (checked before any credit)
+        self._unwelcomed: list[tuple[Any, list[bytes]]] = []   # sent on this connection before the welcome
+        self._redial_by: float | None = None                   # reconnecting allowed until then
 
     # -- to implement -------------------------------------------------------------------------
     @abstractmethod
@@ -715,6 +717,11 @@ class Sender(_NoPickle, ABC):
 
     def _free_resources(self) -> None:
         """Release transport resources."""
+
+    def _redial(self, deadline: float) -> Link | None:
+        """A new connection to the receiver (its hello not sent yet), or None if the transport cannot
+        reconnect. PeerDied when nothing listens there any more."""
+        return None
 
     # -- public -------------------------------------------------------------------------------
     def send(self, tensors: Sequence[Tensor] | Mapping[str, Tensor], meta: Mapping[str, Any] | None = None,
@@ -783,7 +790,7 @@ class Sender(_NoPickle, ABC):
         to = _timeout(timeout, self.config.send_timeout_s)
         t0 = time.monotonic()
         try:
-            self._link.send([OP_CONTROL, self._seq, self._clock_ns(), m], t0 + to, to, "sending a control message")
+            self._send_msg([OP_CONTROL, self._seq, self._clock_ns(), m], t0 + to, to, "sending a control message")
         except PeerDied as e:
             raise self._explain_send_failure(e) from None
         self._seq += 1
@@ -845,6 +852,81 @@ class Sender(_NoPickle, ABC):
         self.hello_message = msg
         self._link.send(msg, deadline, to, "sending hello")
 
+    def _send_msg(self, obj: Any, deadline: float, to: float, what: str, payload: Sequence[memoryview] = ()) -> None:
+        """Send a message (with its payload) on the connection; until the receiver has welcomed this
+        connection, keep a copy to replay if it drops the connection (see :meth:`_rehello`)."""
+        if not self._welcomed:
+            self._poll_welcome()
+        kept = None if self._welcomed else (obj, [bytes(m) for m in payload])
+        if kept is not None:
+            self._unwelcomed.append(kept)
+        try:
+            try:
+                self._link.send(obj, deadline, to, what, payload=payload)
+            except PeerDied:
+                if not self._dropped_unwelcomed():
+                    raise
+                self._rehello()   # replays this message too
+        except BaseException:
+            if kept is not None and self._unwelcomed and self._unwelcomed[-1] is kept:
+                self._unwelcomed.pop()   # not sent: the caller may try it again (same seq)
+            raise
+
+    def _poll_welcome(self) -> None:
+        """Take the receiver's messages that have arrived (the welcome first) without waiting; a
+        connection it dropped before welcoming it is dialled again."""
+        while not self._welcomed and self._link.readable_now():
+            try:
+                msg = self._link.recv(time.monotonic() + self.config.close_timeout_s, self.config.close_timeout_s,
+                                      "the welcome")
+            except PeerDied:
+                msg = None
+            if msg is None:
+                self._rehello()
+            else:
+                self._on_control(msg)
+
+    def _dropped_unwelcomed(self) -> bool:
+        """After the connection failed: True if the receiver never welcomed it (so it read nothing of it
+        beyond the hello); a welcome still waiting to be read is taken first."""
+        try:
+            while not self._welcomed and self._link.readable_now():
+                msg = self._link.recv(time.monotonic() + 0.05, 0.05, "the welcome")
+                if msg is None:
+                    break
+                self._on_control(msg)
+        except PeerDied:
+            pass
+        return not self._welcomed
+
+    def _rehello(self) -> None:
+        """The receiver dropped this connection before welcoming it, so it read nothing of it beyond the
+        hello (it drops unproven connections when flooded): connect again, say hello again and replay
+        what was sent on it; retried for up to ``connect_timeout_s`` from the first drop. PeerDied when
+        the receiver no longer listens (it closed, died, or has its sender) or the time is up."""
+        cfg = self.config
+        if self._redial_by is None:
+            self._redial_by = time.monotonic() + cfg.connect_timeout_s
+        while True:
+            if time.monotonic() >= self._redial_by:
+                raise PeerDied(self.name, f"sender: the receiver dropped this sender's connection before welcoming "
+                                          f"it, {self.stats.reconnects + 1} time(s) in {cfg.connect_timeout_s:g} s")
+            link = self._redial(self._redial_by)
+            if link is None:
+                raise PeerDied(self.name, "sender: the receiver dropped the connection before welcoming it")
+            self._link.close()
+            self._link = link
+            self.stats.reconnects += 1
+            to = cfg.connect_timeout_s
+            try:
+                self._hello(self._redial_by, to)
+                for obj, bufs in self._unwelcomed:
+                    self._link.send(obj, self._redial_by, to, "replaying a message the receiver dropped",
+                                    payload=[memoryview(b) for b in bufs])
+                return
+            except PeerDied:
+                time.sleep(0.01)   # dropped again: the next connection (bounded by _redial_by)
+
     def _acquire(self, deadline: float, to: float) -> tuple[int, float]:
         """A free slot, waiting (in the kernel) for a credit if none; returns (slot, seconds blocked)."""
         if self._free:
@@ -852,7 +934,16 @@ class Sender(_NoPickle, ABC):
         t0 = time.monotonic()
         what = f"a credit (all {self.depth} slots are unreleased by the receiver)"
         while not self._free:
-            self._on_control(self._link.recv(deadline, to, what))
+            try:
+                msg = self._link.recv(deadline, to, what)
+            except PeerDied:
+                if self._welcomed:
+                    raise
+                msg = None
+            if msg is None and not self._welcomed:
+                self._rehello()
+                continue
+            self._on_control(msg)
         return self._free.pop(), time.monotonic() - t0
 
     def _on_control(self, msg: list | None) -> None:
@@ -868,6 +959,8 @@ class Sender(_NoPickle, ABC):
                     raise ChannelError(self.name, "sender: the peer at the descriptor's address did not prove it "
                                                   f"holds the run's secret (first message {str(op)[:16]!r})")
                 self._welcomed = True
+                self._unwelcomed.clear()
+                self._redial_by = None
                 return
             if op == OP_CREDIT:
                 slot = msg[1]

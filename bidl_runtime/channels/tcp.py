@@ -193,8 +193,18 @@ class TcpSender(Sender):
 
     def __init__(self, desc: ChannelDescriptor, config: ChannelConfig):
         super().__init__(desc, config)
-        host, port = desc.address["host"], desc.address["port"]
         to = config.connect_timeout_s
+        self._link = self._redial(time.monotonic() + to)
+        self._staging = host_buffer(self.layout.slot_size, config.pin_memory)
+        self._staging_views = self.layout.views(self._staging)
+        self._staging_bytes = self.layout.byte_views(self._staging)
+        self._hello(time.monotonic() + to, to)
+
+    def _redial(self, deadline: float) -> Link:
+        """A connection to the receiver's address (PeerDied: refused; ChannelTimeout: no answer)."""
+        host, port = self.descriptor.address["host"], self.descriptor.address["port"]
+        config = self.config
+        to = max(0.001, min(config.connect_timeout_s, deadline - time.monotonic()))
         sock = socket.socket(_family(host), socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.tcp_sndbuf)
         sock.settimeout(to)
@@ -208,11 +218,7 @@ class TcpSender(Sender):
             raise ChannelTimeout(self.name, "sender", f"connecting to {host}:{port}", to) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        self._link = Link(sock, self.name, "sender", False, _max_msg(self.layout, config), config.frame_timeout_s)
-        self._staging = host_buffer(self.layout.slot_size, config.pin_memory)
-        self._staging_views = self.layout.views(self._staging)
-        self._staging_bytes = self.layout.byte_views(self._staging)
-        self._hello(time.monotonic() + to, to)
+        return Link(sock, self.name, "sender", False, _max_msg(self.layout, config), config.frame_timeout_s)
 
     def _clock_ns(self) -> int:
         return time.time_ns()
@@ -223,7 +229,7 @@ class TcpSender(Sender):
     def _write(self, slot: int, seq: int, meta: dict, bufs: list[memoryview], deadline: float, to: float) -> None:
         crc = crc32_of(bufs) if self.config.tcp_checksum else None
         env = [OP_DATA, seq, slot, time.time_ns(), meta, self.layout.spec_dicts, self.layout.nbytes, crc]
-        self._link.send(env, deadline, to, f"sending message {seq}", payload=bufs)
+        self._send_msg(env, deadline, to, f"sending message {seq}", payload=bufs)
 
     def _publish(self, slot: int, seq: int, meta: dict, deadline: float, to: float) -> None:
         self._write(slot, seq, meta, self._staging_bytes, deadline, to)
