@@ -16,17 +16,16 @@ pytestmark = pytest.mark.slow
 
 
 def ray_processes() -> set[int]:
-    """Ray's node processes under this session's Ray temp dir (others' clusters on a shared machine
-    are not ours to count)."""
+    """Ray's node processes under the embedded clusters' private temp dirs (a run's cluster is always
+    one; others' clusters on a shared machine, under Ray's default temp dir, are not ours to count)."""
     from bidl_runtime.cluster import PRIVATE_PREFIX, temp_base
-    base = str(temp_base())   # the runs' private Ray temp dirs, and Ray's default one
-    markers = (os.path.join(base, PRIVATE_PREFIX), os.path.join(base, "ray", "session"))
+    marker = os.path.join(str(temp_base()), PRIVATE_PREFIX)
     out = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True).stdout
     pids = set()
     for p in out.split():
         try:
             cmdline = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if any(m in cmdline for m in markers):
+            if marker in cmdline:
                 pids.add(int(p))
         except OSError:
             pass
