@@ -342,6 +342,23 @@ def _last_line(e: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def _join_failure(e: BaseException) -> str:
+    """Why ``ray.init(address=...)`` failed, in one line: Ray wraps the reason (a refused token, ...) in
+    a generic "Failed to connect"; the innermost message says it."""
+    chain = []
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    texts = [" ".join(str(c).split()) for c in chain]
+    if any(re.search(r"auth|token", t, re.I) for t in texts):
+        have = (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").is_file())
+        return (f"it refused this process's token ({token_source() if have else 'none found'}): give the "
+                "cluster's token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+    inner = next((t for t in reversed(texts) if t), type(chain[0]).__name__)
+    return inner if len(inner) <= 300 else inner[:297] + "..."
+
+
 def resolve_address(address: str) -> str:
     """The cluster address ``--address`` means: ``auto`` is ``RAY_ADDRESS``, else the address ``ray start``
     recorded on this machine; anything else is used as given. ClusterError when ``auto`` finds nothing."""
@@ -442,7 +459,7 @@ def join(address: str, **ray_init_kwargs: Any) -> Any:
         else:
             ctx = ray.init(address=address, **ray_init_kwargs)
     except Exception as e:
-        raise ClusterError(f"{flag}: its Ray GCS answered, then joining failed: {_last_line(e)}") from e
+        raise ClusterError(f"{flag}: its Ray GCS answered, then joining failed: {_join_failure(e)}") from e
     try:
         _check_auth()
     except RuntimeError:

@@ -26,6 +26,14 @@ import pytest
 from bidl_runtime import cluster
 
 RUN = [sys.executable, "-m", "bidl_runtime.run", "--grid", "1x1", "--samples", "4"]
+JOIN = r"""
+import sys
+from bidl_runtime.cluster import ClusterError, join
+try:
+    join(sys.argv[1], log_to_driver=False, logging_level="ERROR")
+except ClusterError as e:
+    print("REFUSED", e, flush=True)
+"""
 PROBE = r"""
 import sys
 from bidl_runtime.cluster import probe
@@ -193,6 +201,10 @@ def test_runs_beside_a_live_foreign_cluster_and_leaves_it_alone(sandbox, artifac
         assert foreign.address not in r.stdout
         assert foreign.record.read_text().strip() == foreign.address
         foreign.check_untouched()
+        r = subprocess.run([sys.executable, "-c", JOIN, foreign.address], env=user_env(sandbox), capture_output=True,
+                           text=True, timeout=300)   # --address without its token: one line saying so
+        assert (f"REFUSED --address {foreign.address}: its Ray GCS answered, then joining failed: it refused this "
+                "process's token (none found)") in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
     finally:
         foreign.stop()
     assert not any(comm(p) for p in foreign.core), "the foreign cluster's processes outlived its stop"
