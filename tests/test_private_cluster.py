@@ -212,18 +212,19 @@ def test_runs_beside_a_live_foreign_cluster_and_leaves_it_alone(sandbox, artifac
 
 # ------------------------------------------------------------------------------- --address
 
-def test_dead_address_is_one_line_naming_it(sandbox):
-    """Nothing listening, a port that is not a GCS, an unknown host, ``auto`` with nothing to find:
-    ClusterError (exit 1), one line naming the address and what was tried, in seconds."""
+@pytest.mark.slow
+def test_dead_address_is_one_line_naming_it(sandbox, artifacts):
+    """The CLI with ``--address`` naming a dead cluster, given or through ``auto`` and RAY_ADDRESS: exit 1,
+    one line naming the address and what was tried (the run waits for its artifacts: slow on a cold
+    cache; :func:`test_join_errors_in_process` checks the same lines in a second)."""
     dead = f"127.0.0.1:{free_port()}"
-    r = subprocess.run(RUN + ["--address", dead], env=user_env(sandbox), capture_output=True, text=True, timeout=300)
+    r = run_main(user_env(sandbox), artifacts, "--address", dead, timeout=300)
     err = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 1, r.stderr[-3000:]
     assert err == (f"error: --address {dead}: cannot join a Ray cluster there: nothing listens on {dead} "
                    "(TCP connection refused): is the cluster running?"), err
 
-    r = subprocess.run(RUN + ["--address", "auto"], env=user_env(sandbox, RAY_ADDRESS=dead), capture_output=True,
-                       text=True, timeout=300)
+    r = run_main(user_env(sandbox, RAY_ADDRESS=dead), artifacts, "--address", "auto", timeout=300)
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith(
         f"error: --address auto (RAY_ADDRESS={dead}): cannot join a Ray cluster there: nothing listens"), r.stderr
 
