@@ -30,7 +30,7 @@ from bidl_runtime.cell.contexts import backend_problem
 from bidl_runtime.cell.pool import kill, spawn
 from bidl_runtime.channels import sweep_stale
 from bidl_runtime.cluster.nodes import device_map
-from bidl_runtime.cluster.ray_cluster import join, start_local, token_env, token_source
+from bidl_runtime.cluster.ray_cluster import join, session_dir, start_local, token_env, token_source
 from bidl_runtime.driver.journal import Journal
 from bidl_runtime.driver.keepalive import attach as attach_grid
 from bidl_runtime.driver.keepalive import host
@@ -122,7 +122,8 @@ def launch(args: argparse.Namespace, t0: float) -> int:
                   if layout.max_device < len(cluster.device_nodes) else None)
         url = info.dashboard_url
         url = f"http://{url}" if url and not url.startswith("http") else url
-        where = f"joined {args.address}" if args.address else "embedded local cluster on 127.0.0.1"
+        where = (f"joined {args.address}" if args.address else
+                 f"embedded private cluster on 127.0.0.1 (session {session_dir()})")
         say(f"ray: {where}, token auth (token: {token_source()}), namespace {namespace}; "
             f"dashboard {url or 'not available'}")
         arts = artifacts.result()

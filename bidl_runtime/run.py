@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not run the single-device reference (outputs are not checked)")
     ap.add_argument("--artifacts", default="artifacts", help="artifact cache directory (default %(default)s)")
     ap.add_argument("--force-compile", action="store_true", help="rebuild artifacts even if cached")
-    ap.add_argument("--address", default=None, help="join this Ray cluster instead of starting one")
+    ap.add_argument("--address", default=None, help="join the Ray cluster at HOST:PORT instead of starting a "
+                    "private one; auto: the one RAY_ADDRESS names, else the last `ray start` here (without "
+                    "--address, RAY_ADDRESS is ignored)")
     ap.add_argument("--namespace", default=None, help="Ray namespace (default: a new one; --attach needs the "
                     "kept-alive grid's)")
     ap.add_argument("--keep-alive", action="store_true", help="keep the cells up afterwards (dashboard; other "

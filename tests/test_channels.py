@@ -728,7 +728,7 @@ def test_sender_with_the_wrong_secret_is_dropped(transport):
 
 def test_sender_refuses_a_receiver_that_cannot_prove_the_secret():
     """A fake receiver at the descriptor's address (it accepts and hands out credits) is caught
-    before the sender takes any credit from it."""
+    before the sender takes any credit from it: at the first send after its message arrived."""
     rx = create_receiver("t:fake", SPECS, transport="tcp", depth=1, tcp_host="127.0.0.1")
     desc = rx.descriptor
     rx.close()
@@ -746,8 +746,8 @@ def test_sender_refuses_a_receiver_that_cannot_prove_the_secret():
     th = threading.Thread(target=serve, daemon=True)
     th.start()
     tx = attach_sender(desc)
-    tx.send(make_tensors(0))
     with pytest.raises(ChannelError, match="did not prove it holds the run's secret"):
+        tx.send(make_tensors(0))   # its first message may already be in: checked before this send
         tx.send(make_tensors(1), timeout=5)
     tx.close()
     fake.close()

@@ -16,15 +16,16 @@ pytestmark = pytest.mark.slow
 
 
 def ray_processes() -> set[int]:
-    """Ray's node processes under this session's Ray temp dir (others' clusters on a shared machine
-    are not ours to count)."""
-    import tempfile
-    marker = os.path.join(os.environ.get("RAY_TMPDIR", tempfile.gettempdir()), "ray", "session")
+    """Ray's node processes under the embedded clusters' private temp dirs (a run's cluster is always
+    one; others' clusters on a shared machine, under Ray's default temp dir, are not ours to count)."""
+    from bidl_runtime.cluster.ray_cluster import PRIVATE_PREFIX, temp_base
+    marker = os.path.join(str(temp_base()), PRIVATE_PREFIX)
     out = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True).stdout
     pids = set()
     for p in out.split():
         try:
-            if marker in Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+            cmdline = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if marker in cmdline:
                 pids.add(int(p))
         except OSError:
             pass

@@ -25,5 +25,5 @@ def test_a_grid_across_two_hosts_equals_its_reference(bed):
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert "outputs equal reference: 4/4 samples bit-exact" in out, out[-3000:]
-    nodes = set(re.findall(r"cell\[\d,\d\]@dev\d\s+\d+\s+\d+\s+\d+\s+\d+\s+\S+\s+\S+\s+(\w+)", out))
+
     assert "tcp" in out   # cells on the other host: activations or state cross the link

@@ -29,10 +29,11 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+
+from bidl_runtime.cluster.ray_cluster import latest_session
 
 LABELS = ("cell", "replica", "row", "col", "device", "config")
 PREFIX = "ray_"                       # Ray's namespace for application metrics
@@ -241,8 +242,7 @@ def grafana_dashboards_dir() -> Path:
     or ``$RAY_METRICS_GRAFANA_DASHBOARD_OUTPUT_DIR`` when set."""
     if os.environ.get("RAY_METRICS_GRAFANA_DASHBOARD_OUTPUT_DIR"):
         return Path(os.environ["RAY_METRICS_GRAFANA_DASHBOARD_OUTPUT_DIR"])
-    root = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray" / "session_latest"
-    return root / "metrics" / "grafana" / "dashboards"
+    return latest_session() / "metrics" / "grafana" / "dashboards"   # a running embedded cluster's, else Ray's default
 
 
 def install_dashboard(directory: Optional[str | Path] = None) -> Path:

@@ -12,14 +12,26 @@ payload into receiver-side slot buffers.
 
 Peers authenticate first (``auth``: an HMAC hello keyed by the run's secret, answered by an HMAC
 welcome). Until a connection has sent a valid hello the receiver reads at most ``auth.HELLO_MAX``
-bytes of it, for at most ``hello_timeout_s``, several such connections in parallel (so a silent or
+bytes of it, for at most ``hello_timeout_s``, many such connections in parallel (so a silent or
 slow intruder delays nobody); anything else (garbage, an oversized length prefix, half a frame, a
-wrong secret, another uid on shm) is dropped, logged and counted (``stats.rejected``), and the
-receiver keeps listening. Once the expected sender is in, the listener closes. Every decode or
-protocol error after that is a ``ChannelError``.
+wrong secret, another uid on shm, or on tcp from this machine) is dropped, logged and counted
+(``stats.rejected``), and the receiver keeps listening. Once the expected sender is in, the listener
+closes. Every decode or protocol error after that is a ``ChannelError``.
+
+Floods of unproven connections cannot starve the sender. Each round reads the pending connections
+first (in accept order: a hello that has arrived wins before any newcomer is let in), then accepts at
+most ``accept_batch`` new ones, each read at once (a sender's hello usually arrives with its
+connection: it is proven on the spot). Unproven connections are held within budgets: at most
+``max_pending_per_source`` from one source (a remote host, or one local user) and ``max_pending`` in
+all. Over a budget, the victim is the source's (or the busiest source's) oldest connection past
+``hello_grace_s``, else its newest: a connection is never evicted before it had the grace period to
+say hello, a flood from one source only evicts its own connections, and a proven sender is handed
+over at once, never evicted. Running out of file descriptors evicts the same way; the listener stays
+open until the sender is in.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -50,7 +62,6 @@ KINDS = ("data", "stop", "error")
 OP_HELLO, OP_DATA, OP_CONTROL, OP_END = auth.OP_HELLO, "D", "C", "E"   # sender -> receiver
 OP_WELCOME, OP_CREDIT, OP_CLOSED = auth.OP_WELCOME, "K", "X"            # receiver -> sender
 _MALFORMED = (TypeError, ValueError, IndexError, KeyError, AttributeError)  # a message of the wrong shape
-LISTEN_BACKLOG = 64
 LOG_REJECTIONS = 20   # per receiver: log this many dropped connections, then count them only
 
 log = logging.getLogger("bidl_runtime.channels")
@@ -140,12 +151,14 @@ class _Drop(Exception):
 
 class _Pending:
     """An accepted connection that has not completed a valid hello: at most ``auth.HELLO_MAX`` bytes of
-    it are read (non-blocking, as they arrive) before its deadline."""
+    it are read (non-blocking, as they arrive) before its deadline. ``source``: the budget it counts
+    against (set when it is admitted)."""
 
-    __slots__ = ("sock", "peer", "deadline", "order", "head", "body", "need")
+    __slots__ = ("sock", "peer", "addr", "t0", "deadline", "order", "source", "head", "body", "need")
 
-    def __init__(self, sock: socket.socket, peer: str, deadline: float, order: int):
-        self.sock, self.peer, self.deadline, self.order = sock, peer, deadline, order
+    def __init__(self, sock: socket.socket, peer: str, addr: Any, t0: float, deadline: float, order: int):
+        self.sock, self.peer, self.addr, self.t0, self.deadline, self.order = sock, peer, addr, t0, deadline, order
+        self.source = "local"
         self.head = bytearray()
         self.body: bytearray | None = None
         self.need = 0
@@ -272,6 +285,13 @@ class Receiver(_NoPickle, ABC):
     def _peer_problem(self, sock: socket.socket) -> str | None:
         """Why a freshly accepted connection must be dropped before it says anything (None: fine)."""
         return None
+
+    def _classify(self, fresh: list["_Pending"]) -> dict[int, str]:
+        """Set the ``source`` of connections about to be held unproven; returns ``{order: why}`` of those
+        to drop at once instead. Default: the peer's host (or ``local`` on a Unix socket)."""
+        for p in fresh:
+            p.source = p.addr[0] if isinstance(p.addr, tuple) and p.addr else "local"
+        return {}
 
     def _read_payload(self, slot: int, msg: list, deadline: float, timeout_s: float) -> None:
         """Bring the payload of a data message into ``slot`` (nothing to do for shared memory)."""
@@ -432,15 +452,15 @@ class Receiver(_NoPickle, ABC):
     # -- accepting the expected sender (and nobody else) ---------------------------------------
     def _listen(self, sock: socket.socket) -> None:
         """Start accepting on ``sock`` (bound): non-blocking, watched by an epoll with the pending hellos."""
-        sock.listen(LISTEN_BACKLOG)
+        sock.listen(self.config.listen_backlog)
         sock.setblocking(False)
         self._listener = sock
         self._poller = select.epoll()
         self._poller.register(sock.fileno(), select.EPOLLIN)
 
     def _connect(self, deadline: float, to: float) -> None:
-        """Accept connections until one completes a valid hello; drop every other one. Several
-        connections are read in parallel, each for at most ``hello_timeout_s`` and ``HELLO_MAX`` bytes."""
+        """Accept connections until one completes a valid hello; drop every other one (see the module
+        doc: pending hellos are read before newcomers are accepted, within the budgets)."""
         lfd = self._listener.fileno()
         while self._link is None:
             now = time.monotonic()
@@ -451,62 +471,130 @@ class Receiver(_NoPickle, ABC):
                 raise ChannelTimeout(self.name, "receiver", "a sender to attach", to)
             wait = min([rem] + [p.deadline - now for p in self._pending.values()])
             ready = {fd for fd, _ in self._poller.poll(max(wait, 0.0))}
-            if lfd in ready:
-                self._accept_new()
-            # in accept order: the first connection to prove itself wins
+            # in accept order: the first connection to prove itself wins, before any newcomer counts
             for p in sorted((self._pending[fd] for fd in ready if fd in self._pending), key=lambda p: p.order):
-                self._advance(p)
-                if self._link is not None:
+                if self._advance(p) == "proven":
                     break
+            if self._link is None and lfd in ready:
+                self._accept_new(deadline)
         self._stop_listening("the expected sender is connected")
         self._on_connected()
 
-    def _accept_new(self) -> None:
-        while True:
+    def _accept_new(self, deadline: float) -> None:
+        """Accept up to ``accept_batch`` connections, reading each at once; hold the unproven ones
+        within the budgets."""
+        cfg = self.config
+        fresh: list[_Pending] = []
+        for _ in range(cfg.accept_batch):
             try:
                 conn, addr = self._listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:  # out of fds, ...: keep going with what is pending
+                break
+            except OSError as e:  # out of fds (or kernel memory): make room among the unproven, try again
+                if e.errno in (errno.EMFILE, errno.ENFILE) and (self._pending or fresh):
+                    if self._evict_for_fds(fresh, e):
+                        break
+                    continue
                 log.warning("channel %r: accept failed: %s", self.name, e)
-                return
+                time.sleep(max(0.0, min(0.05, deadline - time.monotonic())))   # the listener stays readable
+                break
             peer = _peer_name(addr, conn)
             why = self._peer_problem(conn)
             if why is not None:
                 self._reject(conn, peer, why)
                 continue
-            if len(self._pending) >= self.config.max_pending:
-                self._drop(min(self._pending.values(), key=lambda p: p.order),
-                           f"more than {self.config.max_pending} unauthenticated connections; dropped the oldest")
             conn.setblocking(False)
             self._accepted += 1
-            p = _Pending(conn, peer, time.monotonic() + self.config.hello_timeout_s, self._accepted)
-            self._pending[conn.fileno()] = p
-            self._poller.register(conn.fileno(), select.EPOLLIN)
+            now = time.monotonic()
+            p = _Pending(conn, peer, addr, now, now + cfg.hello_timeout_s, self._accepted)
+            try:
+                state = self._advance(p)   # a sender's hello usually came with its connection
+            except BaseException:
+                for q in fresh:
+                    self._drop(q, "dropped unauthenticated: the receiver failed", quiet=True)
+                raise
+            if state == "proven":
+                break
+            if state == "pending":
+                fresh.append(p)
+        if self._link is not None:
+            for q in fresh:
+                self._drop(q, "dropped unauthenticated: the expected sender is connected")
+        elif fresh:
+            self._admit(fresh)
 
-    def _advance(self, p: "_Pending") -> None:
-        """Read what a pending connection sent so far; drop it, keep waiting, or accept it."""
+    def _evict_for_fds(self, fresh: list["_Pending"], e: OSError) -> bool:
+        """Close one unproven connection so that the next accept gets a file descriptor (True: it had
+        proven itself meanwhile and is now the link)."""
+        p = fresh.pop() if fresh else self._victim(list(self._pending.values()))   # not held yet: the newest
+        return self._evict(p, f"out of file descriptors ({e.strerror}): evicted an unproven connection")
+
+    def _evict(self, p: "_Pending", why: str) -> bool:
+        """Drop an unproven connection for room, unless its hello has arrived meanwhile: a connection
+        that has sent a valid hello is never evicted (True: it is now the link)."""
+        state = self._advance(p)
+        if state == "pending":
+            self._drop(p, why)
+        return state == "proven"
+
+    def _admit(self, fresh: list["_Pending"]) -> None:
+        """Hold connections still in their hello; enforce the per-source and overall budgets."""
+        cfg = self.config
+        refused = self._classify(fresh)   # the transport names each one's source (and may refuse some)
+        for p in fresh:
+            if p.order in refused:
+                self._drop(p, refused[p.order])
+                continue
+            self._pending[p.sock.fileno()] = p
+            self._poller.register(p.sock.fileno(), select.EPOLLIN)
+        by_source: dict[str, list[_Pending]] = {}
+        for p in self._pending.values():
+            by_source.setdefault(p.source, []).append(p)
+        for src, conns in by_source.items():
+            while len(conns) > cfg.max_pending_per_source:
+                victim = self._victim(conns)
+                conns.remove(victim)
+                if self._evict(victim, f"more than {cfg.max_pending_per_source} unproven connections from {src}"):
+                    return
+        while len(self._pending) > cfg.max_pending:
+            busiest = max(by_source.values(), key=lambda c: (len(c), max(p.order for p in c)))
+            victim = self._victim(busiest)
+            busiest.remove(victim)
+            if self._evict(victim, f"more than {cfg.max_pending} unproven connections (this one from the busiest "
+                                   f"source, {victim.source})"):
+                return
+
+    def _victim(self, conns: list["_Pending"]) -> "_Pending":
+        """Which of ``conns`` goes: the oldest one that had its grace period, else the newest (a
+        connection is never evicted before it could say hello)."""
+        now = time.monotonic()
+        old = [p for p in conns if now - p.t0 >= self.config.hello_grace_s]
+        return min(old, key=lambda p: p.order) if old else max(conns, key=lambda p: p.order)
+
+    def _advance(self, p: "_Pending") -> str:
+        """Read what a pending connection sent so far: ``'proven'`` (it is now the link), ``'dropped'``,
+        or ``'pending'`` (more to come)."""
         try:
             body = p.read(self.packet)
         except (BlockingIOError, InterruptedError):
-            return
+            return "pending"
         except _Drop as e:
             self._drop(p, str(e))
-            return
+            return "dropped"
         except OSError as e:
             self._drop(p, f"connection failed ({e.__class__.__name__})")
-            return
+            return "dropped"
         if body is None:
-            return
+            return "pending"
         try:
             fingerprint, pid, nonce = auth.check_hello(self.config.key, self.name, self.token,
                                                        decode(body, self.name, "hello"))
         except ChannelError:
             self._drop(p, "undecodable hello")
-            return
+            return "dropped"
         except auth.Rejected as e:
             self._drop(p, str(e))
-            return
+            return "dropped"
         if fingerprint != self.layout.fingerprint:  # the run's own sender, misconfigured: not an intruder
             self._drop(p, "its layout differs", quiet=True)
             raise ChannelError(self.name, f"receiver: rejected a connection from {p.peer} (pid {pid}): "
@@ -522,6 +610,7 @@ class Receiver(_NoPickle, ABC):
             link.close()  # the sender proved itself, then went away: that is its death, not an intrusion
             raise
         self._link, self.peer = link, f"{p.peer} (pid {pid})"
+        return "proven"
 
     def _unwatch(self, p: "_Pending") -> None:
         self._pending.pop(p.sock.fileno(), None)
@@ -605,6 +694,8 @@ class Sender(_NoPickle, ABC):
         self._key = bytes.fromhex(secret)
         self._nonce = b""
         self._welcomed = False  # the receiver proved it holds the secret (checked before any credit)
+        self._unwelcomed: list[tuple[Any, list[bytes]]] = []   # sent on this connection before the welcome
+        self._redial_by: float | None = None                   # reconnecting allowed until then
 
     # -- to implement -------------------------------------------------------------------------
     @abstractmethod
@@ -626,6 +717,11 @@ class Sender(_NoPickle, ABC):
 
     def _free_resources(self) -> None:
         """Release transport resources."""
+
+    def _redial(self, deadline: float) -> Link | None:
+        """A new connection to the receiver (its hello not sent yet), or None if the transport cannot
+        reconnect. PeerDied when nothing listens there any more."""
+        return None
 
     # -- public -------------------------------------------------------------------------------
     def send(self, tensors: Sequence[Tensor] | Mapping[str, Tensor], meta: Mapping[str, Any] | None = None,
@@ -694,7 +790,7 @@ class Sender(_NoPickle, ABC):
         to = _timeout(timeout, self.config.send_timeout_s)
         t0 = time.monotonic()
         try:
-            self._link.send([OP_CONTROL, self._seq, self._clock_ns(), m], t0 + to, to, "sending a control message")
+            self._send_msg([OP_CONTROL, self._seq, self._clock_ns(), m], t0 + to, to, "sending a control message")
         except PeerDied as e:
             raise self._explain_send_failure(e) from None
         self._seq += 1
@@ -756,6 +852,81 @@ class Sender(_NoPickle, ABC):
         self.hello_message = msg
         self._link.send(msg, deadline, to, "sending hello")
 
+    def _send_msg(self, obj: Any, deadline: float, to: float, what: str, payload: Sequence[memoryview] = ()) -> None:
+        """Send a message (with its payload) on the connection; until the receiver has welcomed this
+        connection, keep a copy to replay if it drops the connection (see :meth:`_rehello`)."""
+        if not self._welcomed:
+            self._poll_welcome()
+        kept = None if self._welcomed else (obj, [bytes(m) for m in payload])
+        if kept is not None:
+            self._unwelcomed.append(kept)
+        try:
+            try:
+                self._link.send(obj, deadline, to, what, payload=payload)
+            except PeerDied:
+                if not self._dropped_unwelcomed():
+                    raise
+                self._rehello()   # replays this message too
+        except BaseException:
+            if kept is not None and self._unwelcomed and self._unwelcomed[-1] is kept:
+                self._unwelcomed.pop()   # not sent: the caller may try it again (same seq)
+            raise
+
+    def _poll_welcome(self) -> None:
+        """Take the receiver's messages that have arrived (the welcome first) without waiting; a
+        connection it dropped before welcoming it is dialled again."""
+        while not self._welcomed and self._link.readable_now():
+            try:
+                msg = self._link.recv(time.monotonic() + self.config.close_timeout_s, self.config.close_timeout_s,
+                                      "the welcome")
+            except PeerDied:
+                msg = None
+            if msg is None:
+                self._rehello()
+            else:
+                self._on_control(msg)
+
+    def _dropped_unwelcomed(self) -> bool:
+        """After the connection failed: True if the receiver never welcomed it (so it read nothing of it
+        beyond the hello); a welcome still waiting to be read is taken first."""
+        try:
+            while not self._welcomed and self._link.readable_now():
+                msg = self._link.recv(time.monotonic() + 0.05, 0.05, "the welcome")
+                if msg is None:
+                    break
+                self._on_control(msg)
+        except PeerDied:
+            pass
+        return not self._welcomed
+
+    def _rehello(self) -> None:
+        """The receiver dropped this connection before welcoming it, so it read nothing of it beyond the
+        hello (it drops unproven connections when flooded): connect again, say hello again and replay
+        what was sent on it; retried for up to ``connect_timeout_s`` from the first drop. PeerDied when
+        the receiver no longer listens (it closed, died, or has its sender) or the time is up."""
+        cfg = self.config
+        if self._redial_by is None:
+            self._redial_by = time.monotonic() + cfg.connect_timeout_s
+        while True:
+            if time.monotonic() >= self._redial_by:
+                raise PeerDied(self.name, f"sender: the receiver dropped this sender's connection before welcoming "
+                                          f"it, {self.stats.reconnects + 1} time(s) in {cfg.connect_timeout_s:g} s")
+            link = self._redial(self._redial_by)
+            if link is None:
+                raise PeerDied(self.name, "sender: the receiver dropped the connection before welcoming it")
+            self._link.close()
+            self._link = link
+            self.stats.reconnects += 1
+            to = cfg.connect_timeout_s
+            try:
+                self._hello(self._redial_by, to)
+                for obj, bufs in self._unwelcomed:
+                    self._link.send(obj, self._redial_by, to, "replaying a message the receiver dropped",
+                                    payload=[memoryview(b) for b in bufs])
+                return
+            except PeerDied:
+                time.sleep(0.01)   # dropped again: the next connection (bounded by _redial_by)
+
     def _acquire(self, deadline: float, to: float) -> tuple[int, float]:
         """A free slot, waiting (in the kernel) for a credit if none; returns (slot, seconds blocked)."""
         if self._free:
@@ -763,7 +934,16 @@ class Sender(_NoPickle, ABC):
         t0 = time.monotonic()
         what = f"a credit (all {self.depth} slots are unreleased by the receiver)"
         while not self._free:
-            self._on_control(self._link.recv(deadline, to, what))
+            try:
+                msg = self._link.recv(deadline, to, what)
+            except PeerDied:
+                if self._welcomed:
+                    raise
+                msg = None
+            if msg is None and not self._welcomed:
+                self._rehello()
+                continue
+            self._on_control(msg)
         return self._free.pop(), time.monotonic() - t0
 
     def _on_control(self, msg: list | None) -> None:
@@ -779,6 +959,8 @@ class Sender(_NoPickle, ABC):
                     raise ChannelError(self.name, "sender: the peer at the descriptor's address did not prove it "
                                                   f"holds the run's secret (first message {str(op)[:16]!r})")
                 self._welcomed = True
+                self._unwelcomed.clear()
+                self._redial_by = None
                 return
             if op == OP_CREDIT:
                 slot = msg[1]

@@ -50,14 +50,21 @@ class ChannelConfig:
     cuda_ipc_events: bool = True      #: cuda: the receiver's stream waits on the sender's IPC event (False:
                                       #: the sender synchronises its copy before the sent event)
     hello_timeout_s: float = 10.0     #: a connection that has not completed a valid hello by then is dropped
-    max_pending: int = 16             #: unauthenticated connections held at once (the oldest is dropped)
+    hello_grace_s: float = 1.0        #: an unproven connection younger than this is never evicted for another
+                                      #: (its hello may still be on the way): a newcomer is refused instead
+    max_pending: int = 256            #: unproven connections held at once, all sources together
+    max_pending_per_source: int = 64  #: ... from one source (a remote host, or one local user)
+    accept_batch: int = 64            #: connections accepted per round; the pending ones are read in between
+    listen_backlog: int = 1024        #: connections the kernel queues until they are accepted
+    tcp_same_user_only: bool = True   #: tcp: a connection from another user of this machine is dropped at
+                                      #: once (Ray runs every cell as one user; shm always does this)
     secret: str | None = field(default=None, repr=False)  #: hex run secret keying the handshake HMACs
 
     def __post_init__(self) -> None:
         if int(self.depth) < 1:
             raise ValueError(f"ChannelConfig.depth={self.depth}: must be >= 1")
         for f in ("send_timeout_s", "recv_timeout_s", "connect_timeout_s", "frame_timeout_s", "close_timeout_s",
-                  "hello_timeout_s"):
+                  "hello_timeout_s", "hello_grace_s"):
             v = getattr(self, f)
             if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
                 raise ValueError(f"ChannelConfig.{f}={v!r}: must be a finite number > 0 (every wait is bounded)")
@@ -65,8 +72,9 @@ class ChannelConfig:
             raise ValueError(f"ChannelConfig.align={self.align}: must be a power of two")
         if self.cuda_memory not in ("cuda", "host"):
             raise ValueError(f"ChannelConfig.cuda_memory={self.cuda_memory!r}: expected 'cuda' or 'host'")
-        if int(self.max_pending) < 1:
-            raise ValueError(f"ChannelConfig.max_pending={self.max_pending}: must be >= 1")
+        for f in ("max_pending", "max_pending_per_source", "accept_batch", "listen_backlog"):
+            if int(getattr(self, f)) < 1:
+                raise ValueError(f"ChannelConfig.{f}={getattr(self, f)}: must be >= 1")
         if self.secret is not None:
             ok = isinstance(self.secret, str) and len(self.secret) >= SECRET_HEX_MIN
             try:

@@ -141,8 +141,8 @@ class CudaSender(ShmSender):
                 handle = self._handles[slot]
             else:
                 stream.synchronize()
-        self._link.send([OP_DATA, seq, slot, time.monotonic_ns(), meta, handle], deadline, to,
-                        "sending the sent event")
+        self._send_msg([OP_DATA, seq, slot, time.monotonic_ns(), meta, handle], deadline, to,
+                       "sending the sent event")
 
     def _free_resources(self) -> None:
         if getattr(self, "_gpu", False):

@@ -153,19 +153,24 @@ class ShmSender(Sender):
         self._mm = None
         self._slots = self._attach_slots(a)
         self._views = [self.layout.views(b) for b in self._slots]
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         to = config.connect_timeout_s
+        self._link = self._redial(time.monotonic() + to)
+        self._hello(time.monotonic() + to, to)
+
+    def _redial(self, deadline: float) -> Link:
+        """A connection to the receiver's socket (the slots stay mapped)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        to = max(0.001, min(self.config.connect_timeout_s, deadline - time.monotonic()))
         sock.settimeout(to)
         try:
-            sock.connect("\0" + a["uds"])
+            sock.connect("\0" + self.descriptor.address["uds"])
         except (ConnectionRefusedError, FileNotFoundError) as e:
             sock.close()
             raise PeerDied(self.name, f"sender: receiver is not listening ({e.strerror})") from None
         except TimeoutError:
             sock.close()
             raise ChannelTimeout(self.name, "sender", "connecting to the receiver", to) from None
-        self._link = Link(sock, self.name, "sender", True, config.max_meta_bytes + 1024)
-        self._hello(time.monotonic() + to, to)
+        return Link(sock, self.name, "sender", True, self.config.max_meta_bytes + 1024)
 
     def _attach_slots(self, a: dict) -> list[Tensor]:
         """Map the receiver's slots (byte tensors) from its descriptor's address."""
@@ -195,7 +200,7 @@ class ShmSender(Sender):
         return self._views[slot]
 
     def _publish(self, slot: int, seq: int, meta: dict, deadline: float, to: float) -> None:
-        self._link.send([OP_DATA, seq, slot, time.monotonic_ns(), meta], deadline, to, "sending the sent event")
+        self._send_msg([OP_DATA, seq, slot, time.monotonic_ns(), meta], deadline, to, "sending the sent event")
 
     def slot_pointers(self) -> list[int]:
         """Data pointers of the slots in this process (for tests and debugging)."""

@@ -19,6 +19,8 @@ class ChannelStats:
     ``hop`` = the sender's sent event to the message being ready here (the per-edge hop time; includes
     any time the message waited for the receiver to call recv; clocks: monotonic on shm, wall on tcp).
     ``rejected``: connections the receiver dropped (not the expected, authenticated sender).
+    ``reconnects``: sender: times it connected again because the receiver dropped its connection before
+    welcoming it (a flood of unproven connections can make a receiver do that).
     """
 
     def __init__(self, channel: str, role: str, transport: str, window: int = 4096):
@@ -30,6 +32,7 @@ class ChannelStats:
         self.busy_s = 0.0
         self.rejected = 0                    # receiver: connections dropped before/instead of a valid hello
         self.last_rejected: str | None = None
+        self.reconnects = 0                  # sender: connections dialled again before the welcome
         self._blocked: deque[float] = deque(maxlen=window)
         self._busy: deque[float] = deque(maxlen=window)
         self._hop: deque[float] = deque(maxlen=window)
@@ -59,4 +62,5 @@ class ChannelStats:
             "hop_ms_median": _median_ms(self._hop),
             "latency_ms_median": _median_ms(self._hop),  # alias of hop_ms_median (older name)
             "rejected_connections": self.rejected, "last_rejected": self.last_rejected,
+            "reconnects": self.reconnects,
         }

@@ -3,7 +3,9 @@
 Frames on the stream: u32 length + msgpack envelope, then (data frames) the payload bytes of each
 tensor in layout order. The receiver listens on its node's address only (Ray's node IP, loopback in
 the embedded cluster), never on all interfaces unless ``tcp_bind_host`` says so; the first frame of
-every connection must be the HMAC hello of ``auth``. Data envelope: ``["D", seq, slot, t_wall_ns, meta, specs, nbytes, crc32]``;
+every connection must be the HMAC hello of ``auth``. A connection still in its hello counts against the
+budget of its source: its remote host, or for a peer on this machine (found in the kernel's socket table,
+``/proc/net/tcp``) its user; another user's is dropped at once (``tcp_same_user_only``). Data envelope: ``["D", seq, slot, t_wall_ns, meta, specs, nbytes, crc32]``;
 the receiver checks the specs against its layout and the crc32 of the payload (ChecksumError on a
 mismatch; the slot goes back to the sender and the stream stays usable). Credits and the close
 message flow back on the same connection. Payload bytes land directly in the receiver's slot buffers
@@ -11,6 +13,8 @@ message flow back on the same connection. Payload bytes land directly in the rec
 """
 from __future__ import annotations
 
+import ipaddress
+import os
 import socket
 import sys
 import time
@@ -40,6 +44,45 @@ def default_host() -> str:
 
 def _family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _proc_forms(addr: tuple) -> list[str]:
+    """How ``/proc/net/tcp{,6}`` write the socket address ``addr`` (an IPv4 one also as IPv4-mapped IPv6)."""
+    ip = ipaddress.ip_address(str(addr[0]).split("%")[0])
+    port = int(addr[1])
+    forms = []
+    if ip.version == 4:
+        forms.append(f"{int.from_bytes(ip.packed, 'little'):08X}:{port:04X}")
+        ip = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed)
+    words = "".join(f"{int.from_bytes(ip.packed[i:i + 4], 'little'):08X}" for i in range(0, 16, 4))
+    return forms + [f"{words}:{port:04X}"]
+
+
+def local_peer_uids(conns: list[tuple[tuple, tuple]]) -> list[int | None]:
+    """For connections given as ``(peer address, our address)``: the uid owning the peer's socket when
+    that socket is on this machine (in this network namespace), else None (a remote peer)."""
+    want: dict[tuple[str, str], int] = {}
+    for i, (peer, ours) in enumerate(conns):
+        try:
+            for key in zip(_proc_forms(peer), _proc_forms(ours)):
+                want[key] = i
+        except (ValueError, IndexError, TypeError):
+            continue
+    out: list[int | None] = [None] * len(conns)
+    if not want:
+        return out
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            i = want.get((f[1], f[2])) if len(f) > 7 else None
+            if i is not None:
+                out[i] = int(f[7])
+    return out
 
 
 def crc32_of(buffers: list[memoryview]) -> int:
@@ -90,6 +133,26 @@ class TcpReceiver(Receiver):
         self._listen(listener)
         self.address = {"host": host, "port": listener.getsockname()[1]}
 
+    def _classify(self, fresh: list) -> dict[int, str]:
+        """Sources for the budgets: a peer on this machine counts as its user (found in the kernel's socket
+        table), and is dropped at once if that is another user (``tcp_same_user_only``); a remote peer
+        counts as its host."""
+        conns = []
+        for p in fresh:
+            try:
+                conns.append((p.addr, p.sock.getsockname()))
+            except OSError:
+                conns.append(((), ()))
+        me, refused = os.getuid(), {}
+        for p, uid in zip(fresh, local_peer_uids(conns)):
+            if uid is None:
+                p.source = f"host {p.addr[0]}"
+            elif uid != me and self.config.tcp_same_user_only:
+                refused[p.order] = f"a process of uid {uid} on this machine (the run's user is uid {me})"
+            else:
+                p.source = f"uid {uid} on this machine"
+        return refused
+
     def _wrap(self, sock: socket.socket) -> Link:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -130,8 +193,18 @@ class TcpSender(Sender):
 
     def __init__(self, desc: ChannelDescriptor, config: ChannelConfig):
         super().__init__(desc, config)
-        host, port = desc.address["host"], desc.address["port"]
         to = config.connect_timeout_s
+        self._link = self._redial(time.monotonic() + to)
+        self._staging = host_buffer(self.layout.slot_size, config.pin_memory)
+        self._staging_views = self.layout.views(self._staging)
+        self._staging_bytes = self.layout.byte_views(self._staging)
+        self._hello(time.monotonic() + to, to)
+
+    def _redial(self, deadline: float) -> Link:
+        """A connection to the receiver's address (PeerDied: refused; ChannelTimeout: no answer)."""
+        host, port = self.descriptor.address["host"], self.descriptor.address["port"]
+        config = self.config
+        to = max(0.001, min(config.connect_timeout_s, deadline - time.monotonic()))
         sock = socket.socket(_family(host), socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.tcp_sndbuf)
         sock.settimeout(to)
@@ -145,11 +218,7 @@ class TcpSender(Sender):
             raise ChannelTimeout(self.name, "sender", f"connecting to {host}:{port}", to) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        self._link = Link(sock, self.name, "sender", False, _max_msg(self.layout, config), config.frame_timeout_s)
-        self._staging = host_buffer(self.layout.slot_size, config.pin_memory)
-        self._staging_views = self.layout.views(self._staging)
-        self._staging_bytes = self.layout.byte_views(self._staging)
-        self._hello(time.monotonic() + to, to)
+        return Link(sock, self.name, "sender", False, _max_msg(self.layout, config), config.frame_timeout_s)
 
     def _clock_ns(self) -> int:
         return time.time_ns()
@@ -160,7 +229,7 @@ class TcpSender(Sender):
     def _write(self, slot: int, seq: int, meta: dict, bufs: list[memoryview], deadline: float, to: float) -> None:
         crc = crc32_of(bufs) if self.config.tcp_checksum else None
         env = [OP_DATA, seq, slot, time.time_ns(), meta, self.layout.spec_dicts, self.layout.nbytes, crc]
-        self._link.send(env, deadline, to, f"sending message {seq}", payload=bufs)
+        self._send_msg(env, deadline, to, f"sending message {seq}", payload=bufs)
 
     def _publish(self, slot: int, seq: int, meta: dict, deadline: float, to: float) -> None:
         self._write(slot, seq, meta, self._staging_bytes, deadline, to)
