@@ -2,7 +2,6 @@
 artifact stores; see tests/cluster/testbed.py): it streams bit-exact, and the test bed leaves nothing."""
 from __future__ import annotations
 
-import re
 import sys
 
 import pytest
