@@ -46,7 +46,7 @@ say "bidl-plan --config $CFG --grid 3x2"
 "$BIN/bidl-plan" --config "$CFG" --grid 3x2 > plan.txt
 head -3 plan.txt
 
-CKPT=$("$VPY" -c "from bidl_runtime.defaults import default_checkpoint; print(default_checkpoint('$CFG'))")
+CKPT=$("$VPY" -c "from bidl_models.checkpoint import shipped_weights; print(shipped_weights('$CFG'))")
 case "$CKPT" in "$WORK/venv/"*) ;; *) echo "shipped weights not in the venv: $CKPT"; exit 1;; esac
 
 say "bidl-compile --config $CFG --grid 1x1 (demo weights from the package)"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bidl_runtime import metrics as bm
-from bidl_runtime import trace as bt
+from bidl_runtime.cell import metrics as bm
+from bidl_runtime.driver import trace as bt
 from bidl_runtime.runtime_config import RuntimeConfig
 from bidl_runtime.plan.grid_plan import cell_name
 from bidl_runtime.driver.report import RunReport

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from bidl_runtime import cluster
+from bidl_runtime.cluster import ray_cluster as cluster
 
 RUN = [sys.executable, "-m", "bidl_runtime.run", "--grid", "1x1", "--samples", "4"]
 JOIN = r"""
@@ -264,7 +264,7 @@ def test_join_errors_in_process(sandbox, monkeypatch):
 
 KILLED = r"""
 import os, sys
-from bidl_runtime import cluster
+from bidl_runtime.cluster import ray_cluster as cluster
 cluster.secure_env()                      # makes the token in this process's private dir
 print(cluster.private_dir(), flush=True)
 if sys.argv[1] == "kill":

@@ -62,7 +62,7 @@ def test_trace_maps_the_other_nodes_cells_onto_the_drivers_clock(two_nodes, repo
     (one machine here, so the shift is tiny), and their spans still follow the grid's order."""
     import json
 
-    from bidl_runtime import trace as bt
+    from bidl_runtime.driver import trace as bt
     doc = json.loads((two_nodes["dirs"]["driver"] / "trace.json").read_text())
     nodes = device_map().device_nodes
     od = doc["otherData"]
