@@ -42,9 +42,41 @@ LIF_DEFAULTS: dict[str, float] = dict(alpha=0.3, beta=0.0, theta=0.5, v_0=0.0)
 LIFPLUS_FORMS = ("bidl", "documented")
 
 
+#: How a training-mode BatchNorm on a per-step tensor (a current, an input) takes its batch statistics
+#: over a chunk ``x[t, B, ...]``: ``'step'``, once per time step over its B samples (BIDL's itout
+#: models: ``t`` running-statistics updates); ``'frames'``, once over all ``t * B`` frames (BIDL's It
+#: models' ``TimeDistributed``: one update). Eval mode (running statistics) is the same either way.
+BN_STATS = ("step", "frames")
+
+
+def set_bn_stats(module: nn.Module, mode: str, where: str = "bn_stats") -> None:
+    """Mark every BatchNorm in ``module`` with ``mode`` (one of :data:`BN_STATS`), read by :func:`per_step`."""
+    if mode not in BN_STATS:
+        raise ValueError(f"{where}={mode!r}: expected one of {list(BN_STATS)}")
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.bn_stats = mode
+
+
+def _steps_bn(fn: Any) -> bool:
+    """True when ``fn`` holds a training-mode BatchNorm that takes its statistics per time step."""
+    return isinstance(fn, nn.Module) and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and getattr(m, "bn_stats", "frames") == "step"
+        for m in fn.modules())
+
+
 def per_step(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """Apply a stateless per-step op to every step of ``x[t, B, ...]`` in one call."""
-    return fn(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+    """Apply a stateless per-step op to every step of ``x[t, B, ...]``: in one call on the ``t * B``
+    frames, except where a training-mode BatchNorm marked ``bn_stats='step'`` (:func:`set_bn_stats`)
+    is inside: that BatchNorm is called once per step (an ``nn.Sequential`` is split so that only it
+    loops; any other module holding one runs step by step)."""
+    if not _steps_bn(fn):
+        return fn(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+    if isinstance(fn, nn.Sequential):
+        for m in fn:
+            x = per_step(m, x)
+        return x
+    return torch.stack([fn(x[i]) for i in range(x.shape[0])])
 
 
 class Temporal(nn.Module):
@@ -386,12 +418,14 @@ class _Synapse(Temporal):
         setattr(self, self.cell_name, cell)
 
     def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
-        cur = per_step(self._current, x)
-        y, s = getattr(self, self.cell_name).run(cur, sub_state(state, self.cell_name))
+        for mod in self._synapse():
+            x = per_step(mod, x)
+        y, s = getattr(self, self.cell_name).run(x, sub_state(state, self.cell_name))
         return y, prefixed(s, self.cell_name)
 
-    def _current(self, x: Tensor) -> Tensor:
-        return self.norm(self.pool(self.p0(x)))
+    def _synapse(self) -> tuple[nn.Module, ...]:
+        """What makes the current, in order: ``p0``, ``pool``, ``norm``."""
+        return self.p0, self.pool, self.norm
 
 
 class Conv2dLif(_Synapse):
@@ -430,8 +464,8 @@ class FcLif(_Synapse):
         self._attach(_cell(self.neuron, state_bn, hidden_channel, 1, mode, memb_mode, soma_params, noise,
                            surrogate_width, neuron_config, lifplus_form))
 
-    def _current(self, x: Tensor) -> Tensor:
-        return self.p0(x)
+    def _synapse(self) -> tuple[nn.Module, ...]:
+        return (self.p0,)
 
 
 class Conv2dLifPlus(Conv2dLif):
