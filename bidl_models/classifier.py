@@ -205,10 +205,12 @@ class ImageClassifier(nn.Module):
 
 
 def build_classifier(cfg: Mapping[str, Any], seed: Optional[int] = 0) -> ImageClassifier:
-    """The config's ``model`` dict -> classifier (backbone weights seeded by ``seed``)."""
+    """The config's ``model`` dict -> classifier (backbone weights seeded by ``seed``). Without a
+    ``type`` it is an ``ImageClassifier``, as BIDL's ``tools/train.py`` (which never reads the key)."""
     if not isinstance(cfg, Mapping):
-        raise ValueError(f"model: expected a dict with a 'type' key, got {cfg!r}")
+        raise ValueError(f"model: expected a dict with a 'backbone' key, got {cfg!r}")
     cfg = dict(cfg)
+    cfg.setdefault("type", "ImageClassifier")
     return CLASSIFIERS.build(cfg, "model", seed=seed)
 
 

@@ -70,6 +70,16 @@ def test_classifier_config_errors():
         build_classifier(dict(type="ImageClassifier", backbone=dict(type="Nope")))
 
 
+def test_a_model_without_type_is_an_image_classifier():
+    """BIDL's tools/train.py never reads model.type (clif7fc1dg_it-b16x1-dvsgesture has none)."""
+    from bidl_models.classifier import ImageClassifier
+    from bidl_models.config import load_config
+    assert isinstance(build_classifier(dict(backbone=TINY)), ImageClassifier)
+    cfg = load_config("clif7fc1dg_it-b16x1-dvsgesture")
+    assert "type" not in cfg.model
+    assert isinstance(build_classifier(cfg.model.to_dict()), ImageClassifier)
+
+
 def test_build_optimizer_and_errors():
     net = torch.nn.Linear(2, 2)
     opt = build_optimizer(net, dict(type="SGD", lr=0.1, momentum=0.9, weight_decay=1e-4))
