@@ -11,7 +11,8 @@ from bidl_models.checkpoint import load_weights, read_state_dict
 from bidl_models.backbones import build_backbone
 from bidl_models.classifier import ClsHead, CrossEntropyLoss, LabelSmoothLoss, build_classifier
 from bidl_models.config import load_config
-from bidl_models.train import LrSchedule, build_optimizer
+from bidl_models.schedule import LrSchedule
+from bidl_models.trainer import build_optimizer
 
 TINY = dict(type="SeqClif3Fc3DmItout", timestep=3, c0=2, h0=16, w0=16, nclass=5)
 
