@@ -2,8 +2,8 @@
 
 Each checks the torch and Ray versions first (one line and exit code 2 when one is too old, before
 either is imported), then calls the tool's ``main`` and turns its outcome into the process's exit code:
-the int a ``main`` returns, 0 for a ``main`` that returns its results (train, test), 2 with one
-``error:`` line for a bad config, value or missing file, 130 on Ctrl-C.
+the int a ``main`` returns (train: 143 after SIGTERM), 0 for a ``main`` that returns anything else, 2 with
+one ``error:`` line for a bad config, value or missing file, 130 on Ctrl-C.
 """
 from __future__ import annotations
 
