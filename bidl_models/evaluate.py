@@ -132,6 +132,8 @@ def format_result(res: Mapping[str, Any]) -> str:
 def run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """Parse ``argv``, evaluate, print the result; the result dict (``--out``'s JSON)."""
     args = parse_args(argv)
+    if args.synthetic is not None and args.synthetic < 1:
+        raise ValueError(f"--synthetic {args.synthetic}: expected an int >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.cfg_options, args.config_root)

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -65,13 +66,43 @@ def _steps_bn(fn: Any) -> bool:
         for m in fn.modules())
 
 
+def step_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    """A training-mode BatchNorm applied to every step of ``x[t, B, C, ...]`` as if called once per step:
+    step ``i`` is normalised with the mean and (biased) variance of ``x[i]`` over B and the spatial dims,
+    and the running statistics take ``t`` updates in step order (momentum ``m``, unbiased variance)::
+
+        y[i] = (x[i] - mean_i) / sqrt(var_i + eps) * weight + bias
+        running <- (1 - m) running + m stat_i,  i = 0 .. t-1;   num_batches_tracked += t
+
+    computed in one call: the steps are laid side by side as ``t * C`` channels of ``[B, t*C, ...]``."""
+    t, b, c = x.shape[:3]
+    rest = x.shape[3:]
+    wide = x.transpose(0, 1).reshape((b, t * c) + rest)
+    weight = bn.weight.repeat(t) if bn.weight is not None else None
+    bias = bn.bias.repeat(t) if bn.bias is not None else None
+    y = F.batch_norm(wide, None, None, weight, bias, True, 0.0, bn.eps)
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            dims = (0,) + tuple(range(2, wide.dim()))
+            mean = wide.mean(dims).view(t, c)
+            var = wide.var(dims, unbiased=True).view(t, c)
+            for i in range(t):
+                bn.num_batches_tracked.add_(1)
+                m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+                bn.running_mean.mul_(1.0 - m).add_(mean[i].to(bn.running_mean.dtype), alpha=m)
+                bn.running_var.mul_(1.0 - m).add_(var[i].to(bn.running_var.dtype), alpha=m)
+    return y.reshape((b, t, c) + rest).transpose(0, 1)
+
+
 def per_step(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """Apply a stateless per-step op to every step of ``x[t, B, ...]``: in one call on the ``t * B``
     frames, except where a training-mode BatchNorm marked ``bn_stats='step'`` (:func:`set_bn_stats`)
-    is inside: that BatchNorm is called once per step (an ``nn.Sequential`` is split so that only it
-    loops; any other module holding one runs step by step)."""
+    is inside: that BatchNorm takes the statistics of each step (:func:`step_batch_norm`; an
+    ``nn.Sequential`` is split so that only it does; any other module holding one runs step by step)."""
     if not _steps_bn(fn):
         return fn(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+    if isinstance(fn, nn.modules.batchnorm._BatchNorm):
+        return step_batch_norm(fn, x)
     if isinstance(fn, nn.Sequential):
         for m in fn:
             x = per_step(m, x)
