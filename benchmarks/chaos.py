@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     from bidl_runtime.api import GridJob, default_config
     from bidl_runtime.cluster.ray_cluster import start_local
     from bidl_runtime.driver.chaos import Chaos
-    from bidl_runtime.driver.samples import synthetic_samples
+    from bidl_models.datasets.synthetic import synthetic_samples
     from bidl_runtime.runtime_config import RuntimeConfig
 
     cfg = load_config(default_config())

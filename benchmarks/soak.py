@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     from bidl_models.config import load_config
     from bidl_runtime.api import GridJob, default_config
     from bidl_runtime.cluster.ray_cluster import start_local
-    from bidl_runtime.driver.samples import synthetic_samples
+    from bidl_models.datasets.synthetic import synthetic_samples
 
     cfg = load_config(default_config())
     job = GridJob(cfg, grid=args.grid, checkpoint=shipped_weights(cfg.name), artifacts=args.artifacts)  # as the CLI runs

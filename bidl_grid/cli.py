@@ -30,8 +30,8 @@ def train() -> int:
 
 
 def test() -> int:
-    """``bidl-test`` = ``python -m bidl_models.test``."""
-    return run_main("bidl_models.test")
+    """``bidl-test`` = ``python -m bidl_models.evaluate``."""
+    return run_main("bidl_models.evaluate")
 
 
 def compile() -> int:  # noqa: A001 - the tool's name

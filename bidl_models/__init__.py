@@ -12,7 +12,7 @@ _check_torch()   # one-line ImportError on a torch older than bidl-grid supports
 
 _EXPORTS = {
     "BACKBONES": "backbones", "Backbone": "backbones", "build_backbone": "backbones",
-    "load_config": "config", "load_model": "config",
+    "load_config": "config", "load_model": "from_config",
     "Segment": "segments", "auto_split": "segments", "check_chain": "segments", "split_backbone": "segments",
     "Signature": "specs", "State": "specs", "TensorSpec": "specs", "zero_state": "specs",
 }

@@ -17,10 +17,18 @@ strict: a missing, unexpected or mis-shaped tensor fails naming it, nothing is d
 epoch) and keep what the other format has no field for in ``meta['bidl']``, so BIDL -> project ->
 BIDL gives BIDL's file back. Files are read with ``torch.load(weights_only=True)``: a checkpoint
 cannot run code.
+
+Files: :func:`save_checkpoint` (atomic), :func:`load_checkpoint` (a training checkpoint, either format,
+as the project's dict), :func:`find_latest_checkpoint` / :func:`find_checkpoint` (a work dir's newest,
+BIDL's ``--resume-from NAME``), :func:`link_or_copy` (``latest.pth``), and :func:`resolve_checkpoint`:
+a ``--checkpoint`` name found where BIDL's ``tools/test.py`` and this project's work dirs put it.
 """
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -28,10 +36,16 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
+from .config import bidl_roots
+
 BIDL_FIELDS = ("state_dict", "optimizer_state_dict", "scheduler_stat_dict", "epoch", "time", "iters", "seed",
                "config")
 PREFIXES = ("module.", "backbone.")
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"   # demo weights, inside the package (wheels too)
+EPOCH_CKPT = re.compile(r"epoch_(\d+)\.pth")
+#: BIDL's ``tools/test.py`` reads ``--checkpoint NAME`` from ``<root>/weight_files/classification/<model
+#: folder>/<lif|lifplus>/NAME``: the model folder is the config's folder in BIDL's tree.
+BIDL_WEIGHTS = Path("weight_files") / "classification"
 
 
 def shipped_weights(config_name: str) -> Optional[Path]:
@@ -229,3 +243,93 @@ def to_bidl(obj: Any, config_name: Optional[str] = None, where: str = "checkpoin
             out[k] = values[k]
     out.update(bidl.get("extra") or {})
     return out
+
+
+# ------------------------------------------------------------------------------ files
+
+def save_checkpoint(path: Path, obj: Mapping[str, Any]) -> None:
+    """Atomic ``torch.save`` (a crash or Ctrl-C mid-write never leaves a half file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(dict(obj), tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint in the project's form (``weights_only``: it cannot run code); BIDL's
+    ``tools/train.py`` checkpoints are converted (:func:`to_project`)."""
+    ck = read_checkpoint(path)
+    if not isinstance(ck, Mapping) or "state_dict" not in ck:
+        raise ValueError(f"checkpoint {str(path)!r}: not a training checkpoint (no 'state_dict' key)")
+    return to_project(ck, where=str(path)) if checkpoint_format(ck) == "bidl" else dict(ck)
+
+
+def find_latest_checkpoint(work_dir: Path) -> Optional[Path]:
+    """``latest.pth`` in ``work_dir``, else its ``epoch_N.pth`` with the largest N, else None."""
+    latest = work_dir / "latest.pth"
+    if latest.is_file():
+        return latest
+    epochs = [(int(m.group(1)), p) for p in work_dir.glob("epoch_*.pth") if (m := EPOCH_CKPT.fullmatch(p.name))]
+    return max(epochs)[1] if epochs else None
+
+
+def find_checkpoint(path: str | Path, work_dir: Path, key: str) -> Path:
+    """``path`` as BIDL's ``--resume-from`` means it (a file name in the work dir) or as a path; a bare
+    file name is looked for in ``work_dir`` first. FileNotFoundError naming where it looked."""
+    p = Path(path)
+    cands = [p] if p.is_absolute() else ([work_dir / p, p] if p.parent == Path(".") else [p, work_dir / p])
+    for c in cands:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(f"{key} {str(path)!r}: no such checkpoint (looked for "
+                            f"{[str(c) for c in dict.fromkeys(cands)]})")
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` the same file as ``src`` (hard link, else a copy), replacing it atomically."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def checkpoint_candidates(name: str | Path, config_name: str = "", config_file: str | Path = "",
+                          work_dir: Optional[str | Path] = None,
+                          config_work_dir: Optional[str | Path] = None) -> list[Path]:
+    """Where ``--checkpoint NAME`` is looked for, in order (see :func:`resolve_checkpoint`)."""
+    p = Path(name).expanduser()
+    if p.is_absolute() or p.parent != Path("."):
+        return [p]                                # a path: that file only
+    cands = [p]
+    if work_dir:
+        cands.append(Path(work_dir) / p)
+    if config_file:                               # BIDL's tools/test.py: weight_files/<model folder>/<lif|lifplus>/
+        folder = Path(config_file).parent.name
+        neuron = "lifplus" if "plus" in (config_name or Path(config_file).stem) else "lif"
+        cands += [root / BIDL_WEIGHTS / folder / neuron / p for root in bidl_roots(relative=True)]
+    if config_work_dir:
+        cands.append(Path(config_work_dir) / p)
+    if config_name:
+        cands.append(Path("work_dirs") / config_name / p)   # bidl_models.train's default work dir
+    return list(dict.fromkeys(cands))
+
+
+def resolve_checkpoint(name: str | Path, cfg: Optional[Any] = None, work_dir: Optional[str | Path] = None,
+                       key: str = "--checkpoint") -> Path:
+    """The checkpoint file ``name`` names. A path (absolute, or with a folder) is taken as it is; a bare
+    file name (``latest.pth``) is looked for, in order: in the working directory, in ``work_dir`` (the
+    command's ``--work-dir``), where BIDL's ``tools/test.py`` reads it
+    (``./weight_files/classification/<the config's folder>/<lif|lifplus>/``, from a BIDL checkout or its
+    ``tools/``), in the config's ``work_dir`` and in ``work_dirs/<config name>/`` (training's default).
+    ``cfg``: the loaded config (its ``name`` and ``filename``), or None. FileNotFoundError listing
+    every place tried."""
+    name_ = str(getattr(cfg, "name", "") or "")
+    file_ = str(getattr(cfg, "filename", "") or "")
+    own = cfg.get("work_dir") if isinstance(cfg, Mapping) else None
+    cands = checkpoint_candidates(name, name_, file_, work_dir, own)
+    for c in cands:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(f"{key} {str(name)!r}: no such file; looked for {', '.join(map(str, cands))}")

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backbones import build_backbone
+from .checkpoint import load_weights, read_state_dict
 from .registry import Registry
 
 CLASSIFIERS = Registry("classifier")
@@ -176,7 +178,6 @@ class ImageClassifier(nn.Module):
                  pretrained: Optional[str] = None, train_cfg: Any = None, init_cfg: Any = None,
                  seed: Optional[int] = 0):
         super().__init__()
-        from .backbones import build_backbone
         if neck is not None:
             raise ValueError(f"model.neck={neck!r}: necks are not used by BIDL models; expected None")
         if isinstance(backbone, Mapping) and "split" in backbone:
@@ -184,7 +185,6 @@ class ImageClassifier(nn.Module):
         self.backbone = build_backbone(backbone, seed=seed, where="model.backbone")
         self.head = HEADS.build(head if head is not None else dict(type="ClsHead"), "model.head")
         if pretrained:
-            from .checkpoint import load_weights, read_state_dict
             load_weights(self.backbone, read_state_dict(pretrained), f"model.pretrained {pretrained!r}")
 
     def forward(self, img: Tensor) -> Tensor:
@@ -205,10 +205,12 @@ class ImageClassifier(nn.Module):
 
 
 def build_classifier(cfg: Mapping[str, Any], seed: Optional[int] = 0) -> ImageClassifier:
-    """The config's ``model`` dict -> classifier (backbone weights seeded by ``seed``)."""
+    """The config's ``model`` dict -> classifier (backbone weights seeded by ``seed``). Without a
+    ``type`` it is an ``ImageClassifier``, as BIDL's ``tools/train.py`` (which never reads the key)."""
     if not isinstance(cfg, Mapping):
-        raise ValueError(f"model: expected a dict with a 'type' key, got {cfg!r}")
+        raise ValueError(f"model: expected a dict with a 'backbone' key, got {cfg!r}")
     cfg = dict(cfg)
+    cfg.setdefault("type", "ImageClassifier")
     return CLASSIFIERS.build(cfg, "model", seed=seed)
 
 

@@ -14,11 +14,14 @@ including file; dicts merge recursively, ``_delete_=True`` inside a dict replace
 instead. Overrides from the command line are ``key.sub=value`` strings (value parsed as a Python
 literal, else a string; digits index lists).
 
-``NAME_OR_PATH`` is a path, or a bare config stem searched (``<stem>.py`` anywhere below) in the
-``config_root`` directories given, then those in the ``BIDL_CONFIG_ROOT`` environment variable
-(``os.pathsep``-separated; e.g. a BIDL checkout, whose configs sit in
-``applications/classification/<category>/<dataset>/<model>/``), then ``./configs`` and this
-shipped ``bidl_models/configs/``.
+``NAME_OR_PATH`` is a path, or a bare config stem searched (``<stem>.py`` anywhere below) as BIDL's
+tools find it first: in the working directory's ``applications/classification/`` tree (a BIDL
+checkout, or its ``tools/`` folder, where BIDL's scripts run); then in the ``config_root``
+directories given (``--config-root``), those in the ``BIDL_CONFIG_ROOT`` environment variable
+(``os.pathsep``-separated), ``./configs`` and this shipped ``bidl_models/configs/``. The first root
+holding the stem wins; :func:`locate_config` also says which other roots hold one (the copies it
+shadows). A command's built-in default config is always the shipped file (:func:`shipped_config`):
+a file in the working directory never stands in for it.
 """
 from __future__ import annotations
 
@@ -29,11 +32,13 @@ import json
 import os
 import re
 import types
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 REPO_CONFIGS = Path(__file__).resolve().parent / "configs"   # shipped inside the package (wheel installs too)
 CONFIG_ROOT_ENV = "BIDL_CONFIG_ROOT"
+BIDL_TREE = Path("applications") / "classification"        # where a BIDL checkout keeps its configs
 DATA_SPLITS = ("train", "val", "test", "test_gpu")
 _SUBST = re.compile(r"\{\{\s*(fileDirname|fileBasenameNoExtension|fileBasename|fileExtname)\s*\}\}")
 
@@ -47,6 +52,7 @@ class Config(dict):
             dict.__setitem__(self, k, _wrap(v))
         self.__dict__["name"] = ""
         self.__dict__["filename"] = ""
+        self.__dict__["found"] = None    # the FoundConfig it was loaded from
 
     def __getattr__(self, key: str) -> Any:
         try:
@@ -55,7 +61,7 @@ class Config(dict):
             raise AttributeError(f"config has no key {key!r}") from None
 
     def __setattr__(self, key: str, value: Any) -> None:
-        if key in ("name", "filename"):
+        if key in ("name", "filename", "found"):
             self.__dict__[key] = value
         else:
             self[key] = value
@@ -65,7 +71,7 @@ class Config(dict):
 
     def __deepcopy__(self, memo: dict) -> "Config":
         out = Config({k: copy.deepcopy(v, memo) for k, v in self.items()})
-        out.name, out.filename = self.name, self.filename
+        out.name, out.filename, out.found = self.name, self.filename, self.found
         return out
 
     def to_dict(self) -> dict:
@@ -96,46 +102,111 @@ def _unwrap(v: Any) -> Any:
     return v
 
 
-def config_roots(config_root: str | Path | Sequence[str | Path] | None = None) -> list[Path]:
-    """Where bare config stems are searched, in order: ``config_root``, ``$BIDL_CONFIG_ROOT``,
-    ``./configs``, the shipped ``bidl_models/configs/``."""
+def bidl_roots(relative: bool = False) -> list[Path]:
+    """The BIDL checkout the working directory is in, as BIDL's tools see it: the working directory,
+    and its parent when it is BIDL's ``tools/`` (BIDL's scripts run there and ``chdir('..')``);
+    ``relative``: as ``.`` and ``..``."""
+    cwd = Path.cwd()
+    here, up = (Path("."), Path("..")) if relative else (cwd, cwd.parent)
+    return [here, up] if cwd.name == "tools" else [here]
+
+
+def _as_list(config_root: str | Path | Sequence[str | Path] | None) -> list:
     if config_root is None:
-        given: list = []
-    elif isinstance(config_root, (str, Path)):
-        given = [config_root]
-    else:
-        given = list(config_root)
+        return []
+    return [config_root] if isinstance(config_root, (str, Path)) else list(config_root)
+
+
+def config_roots(config_root: str | Path | Sequence[str | Path] | None = None,
+                 shipped_only: bool = False) -> list[Path]:
+    """Where bare config stems are searched, in order: ``applications/classification/`` of the working
+    directory (or of its parent when that is BIDL's ``tools/``), ``config_root``, ``$BIDL_CONFIG_ROOT``,
+    ``./configs``, the shipped ``bidl_models/configs/``; only the shipped one with ``shipped_only``."""
+    if shipped_only:
+        return [REPO_CONFIGS]
+    bidl = [r / BIDL_TREE for r in bidl_roots()]
     env = [p for p in os.environ.get(CONFIG_ROOT_ENV, "").split(os.pathsep) if p]
-    roots = [Path(p).expanduser() for p in (*given, *env)] + [Path.cwd() / "configs", REPO_CONFIGS]
+    roots = bidl + [Path(p).expanduser() for p in (*_as_list(config_root), *env)] + [Path.cwd() / "configs",
+                                                                                     REPO_CONFIGS]
     return list(dict.fromkeys(roots))
+
+
+@dataclass(frozen=True)
+class FoundConfig:
+    """Where a config name led: ``path`` (the file used), ``root`` (the search root it was found
+    under; None for a path given as one) and ``shadowed`` (other files of the same stem under later
+    roots, which it won over)."""
+
+    path: Path
+    root: Optional[Path] = None
+    shadowed: tuple[Path, ...] = ()
+
+    @property
+    def note(self) -> Optional[str]:
+        """One line naming the file that won and the copies it won over; None when there are none."""
+        if not self.shadowed:
+            return None
+        return (f"config {self.path.stem!r}: {self.path} (under {self.root}) won over "
+                + ", ".join(map(str, self.shadowed)))
+
+
+def _hits(root: Path, stem: str) -> list[Path]:
+    """The ``<stem>.py`` files below ``root``, one per distinct file, sorted."""
+    if not root.is_dir():
+        return []
+    distinct: dict[Path, Path] = {}
+    for h in sorted(h for h in root.rglob(f"{stem}.py") if h.is_file()):
+        distinct.setdefault(h.resolve(), h)
+    return list(distinct.values())
+
+
+def locate_config(name_or_path: str | Path, search: Iterable[Path] = (),
+                  config_root: str | Path | Sequence[str | Path] | None = None,
+                  shipped_only: bool = False) -> FoundConfig:
+    """Resolve a config path or a bare stem (``clif3fc3dm_itout-b16x1-dvsmnist``) to a file.
+
+    An existing path is taken as it is (never with ``shipped_only``, which takes a stem's shipped
+    file only). A stem is looked up as ``<stem>.py`` anywhere below each root of :func:`config_roots`
+    (``search`` first); the first root holding it wins, the others' copies are the result's
+    ``shadowed``. Two different files of that name in one root are an error naming both;
+    FileNotFoundError lists the roots searched.
+    """
+    p = Path(name_or_path)
+    if p.is_file() and not shipped_only:
+        return FoundConfig(p)
+    stem = p.name[:-3] if p.name.endswith(".py") else p.name
+    roots = list(dict.fromkeys([*map(Path, search), *config_roots(config_root, shipped_only)]))
+    won: Optional[tuple[Path, Path]] = None
+    others: list[Path] = []
+    for root in roots:
+        hits = _hits(root, stem)
+        if won is None and len(hits) > 1:
+            raise ValueError(f"config {stem!r} is ambiguous under {str(root)!r}: {[str(h) for h in hits]}; "
+                             "give the path")
+        if won is None and hits:
+            won = (root, hits[0])
+        else:
+            others += [h for h in hits if h.resolve() != won[1].resolve()] if won else []
+    if won is not None:
+        return FoundConfig(won[1], won[0], tuple(dict.fromkeys(others)))
+    given = [str(r) for r in roots]
+    missing = [str(r) for r in roots if not r.is_dir()]
+    hint = f" (not directories: {missing})" if missing else ""
+    where = "" if shipped_only else f"; give a path, --config-root DIR or ${CONFIG_ROOT_ENV}"
+    raise FileNotFoundError(f"config {str(name_or_path)!r}: no such file, and no {stem}.py under {given}{hint}"
+                            f"{where}")
 
 
 def find_config(name_or_path: str | Path, search: Iterable[Path] = (),
                 config_root: str | Path | Sequence[str | Path] | None = None) -> Path:
-    """Resolve a config path or a bare stem (``clif3fc3dm_itout-b16x1-dvsmnist``) to a file.
+    """The file of :func:`locate_config` (a config path or a bare stem)."""
+    return locate_config(name_or_path, search, config_root).path
 
-    A stem is looked up as ``<stem>.py`` anywhere below each root of :func:`config_roots` (``search``
-    first); the first root holding it wins, and two different files of that name in one root are
-    an error naming both.
-    """
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    stem = p.name[:-3] if p.name.endswith(".py") else p.name
-    roots = list(dict.fromkeys([*map(Path, search), *config_roots(config_root)]))
-    for root in roots:
-        if root.is_dir():
-            hits = sorted(h for h in root.rglob(f"{stem}.py") if h.is_file())
-            if len(hits) > 1 and len({h.resolve() for h in hits}) > 1:
-                raise ValueError(f"config {stem!r} is ambiguous under {str(root)!r}: {[str(h) for h in hits]}; "
-                                 "give the path")
-            if hits:
-                return hits[0]
-    given = [str(r) for r in roots]
-    missing = [str(r) for r in roots if not r.is_dir()]
-    hint = f" (not directories: {missing})" if missing else ""
-    raise FileNotFoundError(f"config {str(name_or_path)!r}: no such file, and no {stem}.py under {given}{hint}; "
-                            f"give a path, --config-root DIR or ${CONFIG_ROOT_ENV}")
+
+def shipped_config(name: str) -> Path:
+    """The shipped file of config stem ``name`` (``bidl_models/configs/``): what a command's built-in
+    default must use, whatever the working directory holds."""
+    return locate_config(name, shipped_only=True).path
 
 
 def substitute(src: str, path: Path) -> str:
@@ -274,17 +345,39 @@ def normalize(cfg: dict) -> dict:
 
 
 def load_config(name_or_path: str | Path, overrides: Sequence[str] = (),
-                config_root: str | Path | Sequence[str | Path] | None = None) -> Config:
+                config_root: str | Path | Sequence[str | Path] | None = None, shipped_only: bool = False) -> Config:
     """Load a config file (either dialect, ``_base_`` inheritance), apply ``key.sub=value``
-    overrides, then :func:`normalize`. ``config_root``: directories searched for a bare stem."""
-    path = find_config(name_or_path, config_root=config_root)
+    overrides, then :func:`normalize`. ``config_root``: directories searched for a bare stem;
+    ``shipped_only``: a bare stem is the shipped file (a command's default config). The result's
+    ``found`` (:class:`FoundConfig`) says which file it is and which copies it won over."""
+    found = locate_config(name_or_path, config_root=config_root, shipped_only=shipped_only)
+    path = found.path
     raw = _load(path, ())
     for item in overrides:
         apply_override(raw, item)
     cfg = Config(normalize(raw))
     cfg.name = path.stem
     cfg.filename = str(path.resolve())
+    cfg.found = found
     return cfg
+
+
+def add_config_arguments(parser: Any, required: bool = True) -> None:
+    """``--config``, ``--config-root`` (repeatable) and ``--cfg-options`` on an argparse parser: how every
+    command names its config (load it with ``load_config(args.config, args.cfg_options, args.config_root)``)."""
+    parser.add_argument("--config", required=required, help="config file, or a config name (stem): found in "
+                        "./applications/classification/ (a BIDL checkout), --config-root, $BIDL_CONFIG_ROOT, "
+                        "./configs, the shipped ones")
+    parser.add_argument("--config-root", action="append", default=None, metavar="DIR",
+                        help="directory searched for a bare config name (e.g. a BIDL checkout); repeatable")
+    parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
+
+
+def describe_source(cfg: Config) -> str:
+    """``config: <file>`` for a loaded config, and a second line naming the copies of its name it won
+    over (:attr:`FoundConfig.note`): what every command prints first."""
+    note = cfg.found.note if cfg.found is not None else None
+    return f"config: {cfg.filename or cfg.name}" + (f"\n{note}" if note else "")
 
 
 def config_text(cfg: Mapping, header: str = "") -> str:
@@ -334,44 +427,6 @@ def model_segment_configs(cfg: Mapping) -> list[tuple[str, dict]]:
     return out
 
 
-def build_segments(cfg: Mapping, seed: Optional[int] = 0, model_in_shape: Optional[Sequence[int]] = None,
-                   checkpoint: Optional[str | Path] = None):
-    """The config's model segments, validated: ``model_0..n`` with ``split`` (contiguous, covering
-    the model, chaining, matching ``models_compile_inputshape`` if given), or ``model`` whole.
-
-    With ``checkpoint``, every segment's backbone loads its weights (strictly) before it is cut.
-    """
-    from .backbones import build_backbone
-    from .checkpoint import load_weights, read_state_dict
-
-    sd = read_state_dict(checkpoint) if checkpoint is not None else None
-    from .segments import check_chain, validate_splits
-
-    entries = model_segment_configs(cfg)
-    nets, splits, names = [], [], []
-    for key, bb in entries:
-        split = bb.pop("split", None)
-        net = build_backbone(bb, seed=seed, where=f"{key}.backbone")
-        if sd is not None:
-            load_weights(net, sd, f"checkpoint {str(checkpoint)!r}")
-        nets.append(net)
-        splits.append(list(split) if split is not None else [0, net.n_blocks])
-        names.append(f"{key}.backbone.split")
-        if split is None and len(entries) > 1:
-            raise ValueError(f"{key}.backbone has no 'split' but the config has {len(entries)} segment models")
-    n = nets[0].n_blocks
-    for key, net in zip(names, nets):
-        if net.n_blocks != n:
-            raise ValueError(f"{key}: its backbone has {net.n_blocks} blocks, model_0's has {n}")
-    ranges = validate_splits(splits, n, full=True, names=names, backbone=nets[0])
-    segs = [net.segment(s, e) for net, (s, e) in zip(nets, ranges)]
-    inshapes = cfg.get("models_compile_inputshape")
-    if inshapes is not None and len(segs) == 1 and len(inshapes) != 1:
-        inshapes = None  # a single whole model: the key describes its split variant
-    check_chain(segs, model_in_shape, inshapes, [k for k, _ in entries])
-    return segs
-
-
 def backbone_config(cfg: Mapping) -> dict:
     """The whole model's backbone dict: ``model.backbone``, or ``model_0``'s without its ``split``
     (every ``model_<i>`` of a split config describes the same network)."""
@@ -379,22 +434,3 @@ def backbone_config(cfg: Mapping) -> dict:
     bb = dict(entries[0][1])
     bb.pop("split", None)
     return bb
-
-
-def load_model(config: str | Path | Mapping, checkpoint: Optional[str | Path] = None, *, seed: Optional[int] = 0,
-               overrides: Sequence[str] = (), config_root: str | Path | Sequence[str | Path] | None = None):
-    """The config's whole backbone in eval mode, with ``checkpoint``'s weights (BIDL's or the
-    project's file, loaded strictly) or seeded initial weights.
-
-    ``config``: a name, a path or a loaded config. ``model(x[B, T, ...])`` returns the logits
-    ``[B, nclass]`` (temporal mean of the per-step outputs for ``amode='mean'``, as BIDL's
-    backbones); ``model.run(x[T, B, ...], state)`` runs chunks with explicit state.
-    """
-    from .backbones import build_backbone
-    from .checkpoint import load_weights, read_state_dict
-
-    cfg = config if isinstance(config, Mapping) else load_config(config, overrides, config_root)
-    net = build_backbone(backbone_config(cfg), seed=seed)
-    if checkpoint is not None:
-        load_weights(net, read_state_dict(checkpoint), f"checkpoint {str(checkpoint)!r}")
-    return net.eval()

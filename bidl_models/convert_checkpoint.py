@@ -20,8 +20,13 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from bidl_grid.command import run_command
+
+from .backbones import build_backbone
 from .checkpoint import checkpoint_format, extract_state_dict, load_weights, read_checkpoint, strip_prefixes, to_bidl, \
     to_project
+from .config import add_config_arguments, backbone_config, describe_source, load_config
+
 
 def non_bidl_layout(backbone: Mapping[str, Any]) -> list[str]:
     """``key=value`` settings of a backbone config that BIDL's own classes do not have (empty: a
@@ -43,7 +48,8 @@ def non_bidl_layout(backbone: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def convert(src: str | Path, dst: str | Path, to: Optional[str] = None, config: Any = None) -> dict[str, Any]:
+def convert_checkpoint_file(src: str | Path, dst: str | Path, to: Optional[str] = None,
+                            config: Any = None) -> dict[str, Any]:
     """Convert ``src`` to ``dst``; returns a summary (formats, tensors, parameters)."""
     obj = read_checkpoint(src)
     fmt = checkpoint_format(obj)
@@ -53,8 +59,6 @@ def convert(src: str | Path, dst: str | Path, to: Optional[str] = None, config: 
     sd = strip_prefixes(extract_state_dict(obj, str(src)))
     cfg_dict, name = None, None
     if config is not None:
-        from .backbones import build_backbone
-        from .config import backbone_config
         bb = backbone_config(config)
         load_weights(build_backbone(bb), sd, f"checkpoint {str(src)!r}")
         if target == "bidl":
@@ -78,28 +82,28 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("src", help="checkpoint to convert (BIDL's or this project's, or a bare state_dict)")
     p.add_argument("dst", help="where to write the converted checkpoint")
     p.add_argument("--to", choices=("project", "bidl"), help="target format (default: the other one)")
-    p.add_argument("--config", help="check the weights against this config's model (strict) and record it")
-    p.add_argument("--config-root", action="append", default=None, metavar="DIR",
-                   help="directory searched for a bare config name; repeatable")
-    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
+    add_config_arguments(p, required=False)    # --config: check the weights against its model and record it
     return p.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Parse ``argv``, convert, print one line; the summary of :func:`convert_checkpoint_file`."""
     args = parse_args(argv)
     cfg = None
     if args.config:
-        from .config import load_config
         cfg = load_config(args.config, args.cfg_options, args.config_root)
-    res = convert(args.src, args.dst, args.to, cfg)
+        print(describe_source(cfg))
+    res = convert_checkpoint_file(args.src, args.dst, args.to, cfg)
     print(f"{res['source']} ({res['source_format']}) -> {res['target']} ({res['target_format']}): "
           f"{res['tensors']} tensors, {res['values']:,} values" + (f", checked against {cfg.name}" if cfg else ""))
     return res
 
 
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The CLI: 0 once the file is written (errors raise, see :func:`bidl_grid.command.run_command`)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_command(main))

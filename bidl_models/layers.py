@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -42,9 +43,81 @@ LIF_DEFAULTS: dict[str, float] = dict(alpha=0.3, beta=0.0, theta=0.5, v_0=0.0)
 LIFPLUS_FORMS = ("bidl", "documented")
 
 
+#: How a training-mode BatchNorm on a per-step tensor (a current, an input) takes its batch statistics
+#: over a chunk ``x[t, B, ...]``: ``'step'``, once per time step over its B samples (BIDL's itout
+#: models: ``t`` running-statistics updates); ``'frames'``, once over all ``t * B`` frames (BIDL's It
+#: models' ``TimeDistributed``: one update). Eval mode (running statistics) is the same either way.
+BN_STATS = ("step", "frames")
+
+
+def set_bn_stats(module: nn.Module, mode: str, where: str = "bn_stats") -> None:
+    """Mark every BatchNorm in ``module`` with ``mode`` (one of :data:`BN_STATS`), read by :func:`per_step`."""
+    if mode not in BN_STATS:
+        raise ValueError(f"{where}={mode!r}: expected one of {list(BN_STATS)}")
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.bn_stats = mode
+
+
+def _steps_bn(fn: Any) -> bool:
+    """True when ``fn`` holds a training-mode BatchNorm that takes its statistics per time step."""
+    return isinstance(fn, nn.Module) and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and getattr(m, "bn_stats", "frames") == "step"
+        for m in fn.modules())
+
+
+def step_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    """A training-mode BatchNorm applied to every step of ``x[t, B, C, ...]`` as if called once per step:
+    step ``i`` is normalised with the mean and (biased) variance of ``x[i]`` over B and the spatial dims,
+    and the running statistics take ``t`` updates in step order (momentum ``m``, unbiased variance)::
+
+        y[i] = (x[i] - mean_i) / sqrt(var_i + eps) * weight + bias
+        running <- (1 - m) running + m stat_i,  i = 0 .. t-1;   num_batches_tracked += t
+
+    computed in one call: the steps are laid side by side as ``t * C`` channels of ``[B, t*C, ...]``."""
+    t, b, c = x.shape[:3]
+    rest = x.shape[3:]
+    wide = x.transpose(0, 1).reshape((b, t * c) + rest)
+    weight = bn.weight.repeat(t) if bn.weight is not None else None
+    bias = bn.bias.repeat(t) if bn.bias is not None else None
+    y = F.batch_norm(wide, None, None, weight, bias, True, 0.0, bn.eps)
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            dims = (0,) + tuple(range(2, wide.dim()))
+            mean = wide.mean(dims).view(t, c)
+            var = wide.var(dims, unbiased=True).view(t, c)
+            for i in range(t):
+                bn.num_batches_tracked.add_(1)
+                m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+                bn.running_mean.mul_(1.0 - m).add_(mean[i].to(bn.running_mean.dtype), alpha=m)
+                bn.running_var.mul_(1.0 - m).add_(var[i].to(bn.running_var.dtype), alpha=m)
+    return y.reshape((b, t, c) + rest).transpose(0, 1)
+
+
+def _per_row(fn: Any) -> bool:
+    """True when ``fn`` holds a matmul (``nn.Linear``): BLAS may block a product by its row count, so
+    the rows of a ``t * B`` call need not have the bits of ``t`` calls of ``B`` rows."""
+    return isinstance(fn, nn.Module) and any(isinstance(m, nn.Linear) for m in fn.modules())
+
+
 def per_step(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """Apply a stateless per-step op to every step of ``x[t, B, ...]`` in one call."""
-    return fn(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+    """Apply a stateless per-step op to every step of ``x[t, B, ...]``: in one call on the ``t * B``
+    frames, except where a training-mode BatchNorm marked ``bn_stats='step'`` (:func:`set_bn_stats`)
+    is inside: that BatchNorm takes the statistics of each step (:func:`step_batch_norm`; an
+    ``nn.Sequential`` is split so that only it does; any other module holding one runs step by step),
+    and a matmul (``nn.Linear``), called step by step so that a chunk of any length gives the bits of
+    one step at a time."""
+    if isinstance(fn, nn.Linear):
+        return torch.stack([fn(x[i]) for i in range(x.shape[0])])
+    if not _steps_bn(fn) and not _per_row(fn):
+        return fn(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+    if isinstance(fn, nn.modules.batchnorm._BatchNorm):
+        return step_batch_norm(fn, x)
+    if isinstance(fn, nn.Sequential):
+        for m in fn:
+            x = per_step(m, x)
+        return x
+    return torch.stack([fn(x[i]) for i in range(x.shape[0])])
 
 
 class Temporal(nn.Module):
@@ -386,12 +459,14 @@ class _Synapse(Temporal):
         setattr(self, self.cell_name, cell)
 
     def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
-        cur = per_step(self._current, x)
-        y, s = getattr(self, self.cell_name).run(cur, sub_state(state, self.cell_name))
+        for mod in self._synapse():
+            x = per_step(mod, x)
+        y, s = getattr(self, self.cell_name).run(x, sub_state(state, self.cell_name))
         return y, prefixed(s, self.cell_name)
 
-    def _current(self, x: Tensor) -> Tensor:
-        return self.norm(self.pool(self.p0(x)))
+    def _synapse(self) -> tuple[nn.Module, ...]:
+        """What makes the current, in order: ``p0``, ``pool``, ``norm``."""
+        return self.p0, self.pool, self.norm
 
 
 class Conv2dLif(_Synapse):
@@ -430,8 +505,8 @@ class FcLif(_Synapse):
         self._attach(_cell(self.neuron, state_bn, hidden_channel, 1, mode, memb_mode, soma_params, noise,
                            surrogate_width, neuron_config, lifplus_form))
 
-    def _current(self, x: Tensor) -> Tensor:
-        return self.p0(x)
+    def _synapse(self) -> tuple[nn.Module, ...]:
+        return (self.p0,)
 
 
 class Conv2dLifPlus(Conv2dLif):

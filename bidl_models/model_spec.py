@@ -22,7 +22,8 @@ from typing import Mapping, Optional, Sequence
 
 from .backbones import config_file_digests
 from .checkpoint import file_sha256, read_state_dict, state_dict_sha256
-from .config import Config, build_segments
+from .config import Config
+from .from_config import build_segments
 from .specs import Signature
 from .segments import Segment, auto_split, check_chain, split_backbone
 

@@ -21,8 +21,9 @@ import ray
 from tqdm import tqdm
 
 from bidl_grid.command import stop_on_sigterm
-from bidl_models.checkpoint import shipped_weights
-from bidl_models.config import load_config, load_model
+from bidl_models.checkpoint import resolve_checkpoint, shipped_weights
+from bidl_models.config import describe_source, load_config
+from bidl_models.from_config import load_model
 
 from bidl_runtime.api import GridJob, default_config
 from bidl_runtime.cell.cell import FAULTS
@@ -57,9 +58,11 @@ def runtime_config(args: argparse.Namespace, faults: dict) -> RuntimeConfig:
 
 def plan_job(args: argparse.Namespace, rcfg: Optional[RuntimeConfig] = None) -> GridJob:
     """The job the flags shared by ``bidl-run`` and ``bidl-plan`` describe (the same defaults)."""
-    cfg = load_config(args.config or default_config(), args.cfg_options)
+    cfg = (load_config(args.config, args.cfg_options, args.config_root) if args.config
+           else load_config(default_config(), args.cfg_options))   # the shipped file, never one found elsewhere
     rcfg = rcfg or RuntimeConfig(backend=args.backend, transport=args.transport, batch=args.batch)
-    checkpoint = getattr(args, "checkpoint", None) or shipped_weights(cfg.name)
+    given = getattr(args, "checkpoint", None)
+    checkpoint = resolve_checkpoint(given, cfg) if given else shipped_weights(cfg.name)
     return GridJob(cfg, grid=args.grid, replicas=args.replicas, checkpoint=checkpoint, runtime=rcfg,
                    artifacts=getattr(args, "artifacts", "artifacts"), force_compile=getattr(args, "force_compile", False),
                    progress=True)
@@ -89,7 +92,7 @@ def launch(args: argparse.Namespace, t0: float) -> int:
     except BaseException:
         clock.close()   # the error line comes next, on a line of its own
         raise
-    say(f"config: {cfg.filename}")
+    say(describe_source(cfg))
     verify = args.verify if args.verify is not None else args.backend == "cpu"
     if verify and args.backend == "emulated":
         say("note: --verify needs real compute; the emulated backend moves zeros, so it is skipped")
@@ -139,7 +142,7 @@ def launch(args: argparse.Namespace, t0: float) -> int:
         say(plan.table())
         grid = job.grid(actors=actors, clock=clock)
         grid.start()
-        samples, source = samples_for(cfg, plan, args.samples, args.seed, spec.input_high)
+        samples, source = samples_for(None if args.synthetic else cfg, plan, args.samples, args.seed, spec.input_high)
         say(f"data: {source}")
         report = grid.run(samples, total=args.samples, progress=True, verify=verify, journal=journal,
                           trace=args.trace)

@@ -25,6 +25,7 @@ import sys
 from typing import Optional, Sequence
 
 from bidl_grid.command import run_command
+from bidl_models.config import add_config_arguments
 
 from bidl_runtime.processes import process_start_time
 from bidl_runtime.runtime_config import (AMP, BACKENDS, CHUNK_COMPILE_METHODS, TRANSPORTS, DeviceProfile,
@@ -38,10 +39,7 @@ _DEFAULTS = RuntimeConfig()
 
 def add_grid_flags(ap: argparse.ArgumentParser) -> None:
     """The flags that choose a model and a grid: ``bidl-run`` and ``bidl-plan`` take the same ones."""
-    ap.add_argument("--config", default=None, help="config name or path (default: the shipped default config, "
-                    "clif3fc3dm_itout-b16x1-dvsglyphs); a config file is Python and runs when loaded")
-    ap.add_argument("--cfg-options", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="config overrides, e.g. model.backbone.timestep=10")
+    add_config_arguments(ap, required=False)   # --config (default: the shipped default), --config-root, --cfg-options
     ap.add_argument("--grid", default=None, help="RxC: rows = time slices, columns = model segments (default: "
                     "the config's lynxi_devices, else 1 x the config's segments)")
     ap.add_argument("--replicas", type=int, default=1, help="independent copies of the grid, fed round-robin "
@@ -63,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint", default=None, help="weights (default: the config's shipped weights, "
                     "bidl_models/weights/<config>.pth, else seeded initial weights)")
     ap.add_argument("--samples", type=int, default=64, help="samples to stream (default %(default)s)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of synthetic samples when the config has no data "
-                    "(default %(default)s)")
+    ap.add_argument("--synthetic", action="store_true", help="stream seeded synthetic samples of the model's input "
+                    "even when the config's data is there (without it they are used only when the data is missing)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic samples (default %(default)s)")
     ap.add_argument("--verify", dest="verify", action="store_true", default=None,
                     help="compare every output with the single-device reference run of the same artifacts "
                     "(default: on for the cpu backend)")

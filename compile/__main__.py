@@ -14,8 +14,8 @@ import sys
 from typing import Optional, Sequence
 
 from bidl_grid.command import run_command
-from bidl_models.checkpoint import shipped_weights
-from bidl_models.config import load_config
+from bidl_models.checkpoint import resolve_checkpoint, shipped_weights
+from bidl_models.config import add_config_arguments, describe_source, load_config
 
 from .build import INPUT_DTYPES
 from .job import CompileJob
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "model, its cut and its weights' content: bidl-run and bidl-plan find the same directory); "
                     "reuse matching artifacts, verify new ones against the eager model. Config files are Python "
                     "and run when loaded, as in BIDL and mmcv: load only files you trust.")
-    p.add_argument("--config", required=True, help="config file or name (e.g. clif3fc3dm_itout-b16x1-dvsmnist)")
+    add_config_arguments(p)
     p.add_argument("--checkpoint", help="weights (.pth: state_dict or {'state_dict': ...}, BIDL's or this "
                                         "project's); default: the config's shipped weights if any, else "
                                         "deterministic seeded weights")
@@ -79,20 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-chunks", type=int, default=3, help="chunks run with state carried (default 3)")
     p.add_argument("--tol", type=float, default=1e-5, help="max abs difference accepted by the verification "
                                                             "(default 1e-5)")
-    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="config overrides, e.g. model.backbone.timestep=4")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def _compile(argv: Optional[Sequence[str]]) -> int:
     args = build_parser().parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options)
-    print(f"config: {cfg.filename}", flush=True)
+    cfg = load_config(args.config, args.cfg_options, args.config_root)
+    print(describe_source(cfg), flush=True)
+    checkpoint = resolve_checkpoint(args.checkpoint, cfg) if args.checkpoint else shipped_weights(cfg.name)
     opts = CompileOptions(out=args.out, force=args.force, aot=args.aot, batch=args.batch, device=args.device,
                           verify=not args.no_verify, fast_load=not args.no_fast_load, use_dataset=not args.no_dataset,
                           verify_chunks=args.verify_chunks, tol=args.tol, progress=not args.quiet)
-    job = CompileJob(cfg, grid=args.grid, checkpoint=args.checkpoint or shipped_weights(cfg.name), options=opts, splits=args.splits,
+    job = CompileJob(cfg, grid=args.grid, checkpoint=checkpoint, options=opts, splits=args.splits,
                      in_shape=args.in_shape, input_dtype=args.input_dtype, seed=args.seed)
     job.artifacts()
     return 0

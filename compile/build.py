@@ -168,7 +168,7 @@ def _dataset_sample(cfg: Mapping, in_shape: Sequence[int]) -> tuple[Optional[Ten
     try:
         item = build_dataset(test, where="data.test")[0]   # data.test: the test split when test_mode is absent
     except Exception as e:  # noqa: BLE001 - data not downloaded, etc.
-        return None, f"data.test unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+        return None, f"data.test unavailable ({type(e).__name__}: {' '.join(str(e).split())})"   # whole, one line
     img = item.get("img") if isinstance(item, Mapping) else item[0] if isinstance(item, (tuple, list)) else item
     try:
         t = torch.as_tensor(img)

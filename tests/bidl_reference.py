@@ -1,8 +1,15 @@
-"""An independent, functional statement of BIDL's GPU forward pass (eval mode), written from the facts
-in the reference (bidl_zoo.md, the user guide), working directly on a BIDL state_dict.
+"""An independent, functional statement of BIDL's GPU forward pass, written from the facts in the
+reference (bidl_zoo.md, the user guide), working directly on a BIDL state_dict.
 
 It shares no code with ``bidl_models``: the tests compare ``bidl_models.load_model(cfg, ckpt)(x)``
 with it, so a layout or naming difference between the two shows up as different logits.
+
+Eval mode with a plain dict of tensors; train mode with a :class:`TrainState` (bidl_zoo.md, "How
+BatchNorm sees time in training"): every BatchNorm normalises with the statistics of the tensor it is
+called on and updates its running statistics (momentum 0.1, ``num_batches_tracked`` + 1) each call.
+Itout models call each layer once per time step on ``[B, ...]``; the It models' ``TimeDistributed``
+conv/BN run once on all ``T*B`` frames; a BatchNorm on the membrane state is called per step in both.
+Spikes have BIDL's rectangle surrogate gradient (width 1 around theta).
 """
 from __future__ import annotations
 
@@ -11,9 +18,48 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+class TrainState(dict):
+    """A state_dict for a train-mode pass: its parameters are leaf tensors (gradients land in them), its
+    BatchNorm buffers copies that every call updates in place; ``noise``: the LIF training noise."""
+
+    training = True
+    noise = 0.0
+
+
+class _Rectangle(torch.autograd.Function):
+    """Heaviside ``1[z > 0]`` with BIDL's surrogate ``dF/dz = 1[|z| < 0.5]``."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(z)
+        return (z > 0).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:  # type: ignore[override]
+        (z,) = ctx.saved_tensors
+        return g * (z.abs() < 0.5).to(g.dtype)
+
+
+def fire_of(z: Tensor) -> Tensor:
+    return _Rectangle.apply(z)
+
+
 def bn(x: Tensor, sd: dict, p: str) -> Tensor:
+    if getattr(sd, "training", False):
+        sd[f"{p}.num_batches_tracked"].add_(1)
+        return F.batch_norm(x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"],
+                            sd[f"{p}.bias"], True, 0.1, 1e-5)
     return F.batch_norm(x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"],
                         False, 0.0, 1e-5)
+
+
+def per_frame(fn, h: Tensor, together: bool) -> Tensor:
+    """A stateless op on every step of ``h[B, T, ...]``: once per step (itout) or, ``together``, once on
+    all frames flattened t-major to ``[T*B, ...]`` (BIDL's It ``TimeDistributed``)."""
+    if not together:
+        return torch.stack([fn(h[:, t]) for t in range(h.shape[1])], 1)
+    B, T = h.shape[:2]
+    return fn(h.transpose(0, 1).flatten(0, 1)).unflatten(0, (T, B)).transpose(0, 1)
 
 
 def lif(x: Tensor, v: Tensor, sd: dict, p: str, mode: str, state_bn: bool) -> tuple[Tensor, Tensor]:
@@ -21,10 +67,17 @@ def lif(x: Tensor, v: Tensor, sd: dict, p: str, mode: str, state_bn: bool) -> tu
     u = x + v
     if state_bn:
         u = bn(u, sd, f"{p}.norm")
-    fire = (u - sd[f"{p}.theta"] > 0).float()
+    u0 = u
+    noise = getattr(sd, "noise", 0.0)
+    if noise:                      # training: N(0, 1) * unbiased std over the dims after [B, C] * noise
+        with torch.no_grad():
+            std = u.std(dim=tuple(range(2, u.dim())), keepdim=True) if u.dim() > 2 else u.std()
+            n = noise * std * torch.randn_like(u)
+        u = u + n
+    fire = fire_of(u - sd[f"{p}.theta"])
     r = fire * sd[f"{p}.v_0"] + (1.0 - fire) * u
     v = sd[f"{p}.alpha"] * r + sd[f"{p}.beta"]
-    return (fire if mode == "spike" else torch.relu(u)), v
+    return (fire if mode == "spike" else torch.relu(u0)), v
 
 
 def lifplus(x: Tensor, st: dict, sd: dict, p: str, mode: str) -> tuple[Tensor, dict]:
@@ -35,7 +88,7 @@ def lifplus(x: Tensor, st: dict, sd: dict, p: str, mode: str) -> tuple[Tensor, d
     g = (1.0 - eps) * st.get("g", 1.0) + x
     u = x + tau * (g + v0 - st.get("v", 0.0))
     u = bn(u, sd, f"{p}.norm")
-    fire = (u - sd[f"{p}.theta"] > 0).float()
+    fire = fire_of(u - sd[f"{p}.theta"])
     r = fire * v0 + (1.0 - fire) * u
     v = sd[f"{p}.alpha"] * r + sd[f"{p}.beta"]
     return (fire if mode == "spike" else torch.tanh(u)), {"g": g, "v": v}
@@ -61,10 +114,13 @@ ARCH = {"SeqClif3Fc3DmItout": "3fc3", "SeqClif3Fc3LcItout": "3fc3", "SeqClifplus
         "SeqClif3Flif2DgItout": "3flif2", "SeqClifplus3Flifplus2DgItout": "3flif2"}
 
 
-def seq_forward(sd: dict, x: Tensor, arch: str, cmode: str, fmode: str = "spike") -> Tensor:
+def seq_forward(sd: dict, x: Tensor, arch: str, cmode: str, fmode: str = "spike",
+                timestep: int | None = None) -> Tensor:
     """``x[B, T, C, H, W]`` -> logits of BIDL's Seq* backbones: itout (``*Itout``: the head per step,
-    sum over steps / T) or It (``*It``: the features' mean over T, then the head)."""
+    sum over steps / ``timestep``, default T) or It (``*It``: the features' mean over the T steps, then
+    the head). Its only BatchNorms (on the input, on the states) are called per step in both modes."""
     T = x.shape[1]
+    divisor = T if timestep is None else timestep
     convs = CONVS[ARCH[arch]]
     it = arch.endswith("It")
     v: dict = {}
@@ -78,14 +134,16 @@ def seq_forward(sd: dict, x: Tensor, arch: str, cmode: str, fmode: str = "spike"
             c = F.conv2d(h, sd[f"{p}.p0.weight"], sd[f"{p}.p0.bias"], stride, pad)
             if pool == "inside":
                 c = F.max_pool2d(c, 2, 2)
-            h = cell(c, v, sd, p, cmode)
+            if f"{p}.norm.weight" in sd:                 # norm_state=False: BN on the current
+                c = bn(c, sd, f"{p}.norm")
+            h = cell(c, v, sd, p, cmode, state_bn=f"{p}.lif.norm.weight" in sd)
             if pool == "after":
                 h = F.max_pool2d(h, 2, 2)
         h = h.flatten(1)
         if it:
             feats = feats + h / T
         else:
-            out = out + _seq_head(sd, h, v, fmode) / T
+            out = out + _seq_head(sd, h, v, fmode) / divisor
     return _seq_head(sd, feats, v, fmode) if it else out
 
 
@@ -123,7 +181,7 @@ def attention_vgg_forward(sd: dict, x: Tensor, cmode: str = "spike") -> Tensor:
     B, T = x.shape[:2]
 
     def seq(fn, h):
-        return torch.stack([fn(h[:, t]) for t in range(T)], 1)
+        return per_frame(fn, h, together=True)     # BIDL's It model: all frames at once
 
     def twa(h, p):
         a = h.flatten(2).mean(-1)                                       # [B, T]
@@ -160,51 +218,66 @@ def _conv_bn(h: Tensor, sd: dict, p: str, stride: int, pad: int) -> Tensor:
     return bn(F.conv2d(h, sd[f"{p}.0.weight"], sd[f"{p}.0.bias"], stride, pad), sd, f"{p}.1")
 
 
-def resnet_forward(sd: dict, x: Tensor, depth: int, cmode: str, norm: dict | None = None, lite: bool = False) -> Tensor:
-    """BIDL's ResNetLifItout GPU path, with its state reset per sample: the temporal mean of the
-    global-average-pooled features, then ``fc``. ``lite``: ResNetLifReluItout (a neuron only after
-    conv1 of each stage's first block, ReLU everywhere else). ResNetLif (It) keys (``.module.``) are
-    read as the same network's."""
-    sd = {k.replace(".module.", "."): v for k, v in sd.items()}
+def resnet_forward(sd: dict, x: Tensor, depth: int, cmode: str, norm: dict | None = None, lite: bool = False,
+                   timestep: int | None = None) -> Tensor:
+    """BIDL's ResNetLifItout GPU path, with its state reset per sample: the pooled features summed over
+    the steps and divided by ``timestep`` (default T), then ``fc``. ``lite``: ResNetLifReluItout (a
+    neuron only after conv1 of each stage's first block, ReLU everywhere else). ResNetLif (It) keys
+    (``.module.``) are read as the same network's, run as BIDL's It model: ``TimeDistributed`` conv/BN
+    on all frames at once and the mean of the features over the T steps given.
+
+    Written layer by layer over the whole sequence (equal to a loop over steps outside: a layer's
+    output at step t depends on its inputs up to t only, and every BatchNorm sees its calls in step order)."""
+    together = any(".module." in k for k in sd)
+    renamed = type(sd)({k.replace(".module.", "."): v for k, v in sd.items()})
+    if isinstance(sd, TrainState):
+        renamed.noise = sd.noise
+    sd = renamed
     stages = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}[depth]
     bottleneck = depth >= 50
     T = x.shape[1]
-    v: dict = {}
-    feats = 0.0
+    divisor = T if timestep is None or together else timestep
 
-    def cell(h, p):
-        y, v[p] = lif(h, v.get(p, 0.0), sd, f"{p}.lif", cmode, False)
-        return y
+    def conv_bn(h, p, stride, pad):
+        return per_frame(lambda f: _conv_bn(f, sd, p, stride, pad), h, together)
+
+    def neuron(h, p):
+        v, outs = 0.0, []
+        for t in range(T):
+            y, v = lif(h[:, t], v, sd, f"{p}.lif", cmode, False)
+            outs.append(y)
+        return torch.stack(outs, 1)
 
     def act(h, p, spiking):
-        return cell(h, p) if spiking else torch.relu(h)
+        return neuron(h, p) if spiking else torch.relu(h)
 
-    for t in range(T):
-        h = x[:, t]
-        if norm is not None:
-            h = (h - torch.tensor(norm["mean"]).view(1, -1, 1, 1)) / torch.tensor(norm["std"]).view(1, -1, 1, 1)
-        h = cell(_conv_bn(h, sd, "conv", 2, 3), "lif")
-        h = F.max_pool2d(h, 3, 2, 1)
-        for i, n in enumerate(stages, 1):
-            for j in range(n):
-                p = f"layer{i}.{j}"
-                stride = 2 if (i > 1 and j == 0) else 1
-                first_spikes = not lite or j == 0      # lite: only lif1 of a stage's first block spikes
-                if bottleneck:
-                    y = act(_conv_bn(h, sd, f"{p}.conv1", 1, 0), f"{p}.lif1", first_spikes)
-                    y = act(_conv_bn(y, sd, f"{p}.conv2", stride, 1), f"{p}.lif2", not lite)
-                    y = _conv_bn(y, sd, f"{p}.conv3", 1, 0)
-                    last = f"{p}.lif3"
-                else:
-                    y = act(_conv_bn(h, sd, f"{p}.conv1", stride, 1), f"{p}.lif1", first_spikes)
-                    y = _conv_bn(y, sd, f"{p}.conv2", 1, 1)
-                    last = f"{p}.lif2"
-                if f"{p}.downsample.1.weight" in sd:
-                    idn = F.avg_pool2d(h, stride, stride, ceil_mode=True, count_include_pad=False)
-                    idn = bn(F.conv2d(idn, sd[f"{p}.downsample.1.weight"], sd[f"{p}.downsample.1.bias"]), sd,
-                             f"{p}.downsample.2")
-                else:
-                    idn = h
-                h = act(y + idn, last, not lite)
-        feats = feats + F.adaptive_avg_pool2d(h, 1).flatten(1) / T
+    h = x
+    if norm is not None:
+        h = (h - torch.tensor(norm["mean"]).view(1, 1, -1, 1, 1)) / torch.tensor(norm["std"]).view(1, 1, -1, 1, 1)
+    h = neuron(conv_bn(h, "conv", 2, 3), "lif")
+    h = per_frame(lambda f: F.max_pool2d(f, 3, 2, 1), h, True)
+    for i, n in enumerate(stages, 1):
+        for j in range(n):
+            p = f"layer{i}.{j}"
+            stride = 2 if (i > 1 and j == 0) else 1
+            first_spikes = not lite or j == 0      # lite: only lif1 of a stage's first block spikes
+            if bottleneck:
+                y = act(conv_bn(h, f"{p}.conv1", 1, 0), f"{p}.lif1", first_spikes)
+                y = act(conv_bn(y, f"{p}.conv2", stride, 1), f"{p}.lif2", not lite)
+                y = conv_bn(y, f"{p}.conv3", 1, 0)
+                last = f"{p}.lif3"
+            else:
+                y = act(conv_bn(h, f"{p}.conv1", stride, 1), f"{p}.lif1", first_spikes)
+                y = conv_bn(y, f"{p}.conv2", 1, 1)
+                last = f"{p}.lif2"
+            if f"{p}.downsample.1.weight" in sd:
+                def down(f, p=p, stride=stride):
+                    f = F.avg_pool2d(f, stride, stride, ceil_mode=True, count_include_pad=False)
+                    return bn(F.conv2d(f, sd[f"{p}.downsample.1.weight"], sd[f"{p}.downsample.1.bias"]), sd,
+                              f"{p}.downsample.2")
+                idn = per_frame(down, h, together)
+            else:
+                idn = h
+            h = act(y + idn, last, not lite)
+    feats = F.adaptive_avg_pool2d(h.flatten(0, 1), 1).flatten(1).unflatten(0, h.shape[:2]).sum(1) / divisor
     return F.linear(feats, sd["fc.weight"], sd["fc.bias"])

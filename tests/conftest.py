@@ -54,7 +54,7 @@ def tiny_dvsmnist(T: int = 10, name: str = "clif3fc3dm_itout-b16x1-dvsmnist"):
 
 def glyph_samples(T: int, n: int, seed: int = 0):
     """``n`` seeded (frames [T, 2, 16, 16], label) pairs for :func:`tiny_glyphs`."""
-    from bidl_runtime.driver.samples import synthetic_samples
+    from bidl_models.datasets.synthetic import synthetic_samples
     return [(x, i % 10) for i, x in enumerate(synthetic_samples(T, (2, 16, 16), n, seed, rate=0.4))]
 
 
@@ -97,7 +97,7 @@ def activate(net: nn.Module) -> nn.Module:
 def active_net(cfg, path: Path, guide_format: bool = False) -> tuple[nn.Module, Path]:
     """The config's (first) backbone with activated weights, in eval mode, and its checkpoint file
     (a plain state_dict, or the guide's ``{'state_dict': {'backbone.<name>': ...}}``)."""
-    from bidl_models.config import build_segments
+    from bidl_models.from_config import build_segments
     net = activate(build_segments(cfg)[0].backbone).eval()
     sd = net.state_dict()
     obj = {"state_dict": {f"backbone.{k}": v for k, v in sd.items()}, "meta": {"epoch": 1}} if guide_format else sd

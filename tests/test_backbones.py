@@ -188,10 +188,16 @@ def test_resnet_depths_block_counts(depth, blocks):
     assert net.n_blocks == sum(len(getattr(net, f"layer{i}")) for i in range(1, 5))
 
 
-def test_forward_rejects_wrong_timestep():
+def test_forward_takes_other_step_counts_as_bidl(caplog):
+    """T=7 for timestep=10: BIDL's itout sum over the 7 steps divided by 10, with one warning line."""
     net, x = make("clif3fc3dm", T=10)
-    with pytest.raises(ValueError, match="timestep=10"):
+    with caplog.at_level("WARNING", logger="bidl_models"), torch.no_grad():
+        y = net(x[:7].transpose(0, 1))
         net(x[:7].transpose(0, 1))
+        acc, _ = net.run(x[:7])
+    assert torch.equal(y, acc[-1])
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "T=7 time steps but model.backbone.timestep=10" in lines[0]
 
 
 def test_resnetlif18_jester_112_builds_runs_and_splits():

@@ -16,7 +16,7 @@ import torch
 from bidl_models import build_backbone, load_model
 from bidl_models.checkpoint import checkpoint_format, read_state_dict, to_bidl, to_project
 from bidl_models.config import load_config
-from bidl_models.convert_checkpoint import main as convert_main
+from bidl_models.convert_checkpoint import run as convert_main
 
 from bidl_reference import attention_vgg_forward, fasttext_forward, resnet_forward, seq_forward
 

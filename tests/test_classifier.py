@@ -11,7 +11,8 @@ from bidl_models.checkpoint import load_weights, read_state_dict
 from bidl_models.backbones import build_backbone
 from bidl_models.classifier import ClsHead, CrossEntropyLoss, LabelSmoothLoss, build_classifier
 from bidl_models.config import load_config
-from bidl_models.train import LrSchedule, build_optimizer
+from bidl_models.schedule import LrSchedule
+from bidl_models.trainer import build_optimizer
 
 TINY = dict(type="SeqClif3Fc3DmItout", timestep=3, c0=2, h0=16, w0=16, nclass=5)
 
@@ -68,6 +69,16 @@ def test_classifier_config_errors():
         build_classifier(dict(type="Detector", backbone=TINY))
     with pytest.raises(ValueError, match=r"model.backbone.type='Nope'"):
         build_classifier(dict(type="ImageClassifier", backbone=dict(type="Nope")))
+
+
+def test_a_model_without_type_is_an_image_classifier():
+    """BIDL's tools/train.py never reads model.type (clif7fc1dg_it-b16x1-dvsgesture has none)."""
+    from bidl_models.classifier import ImageClassifier
+    from bidl_models.config import load_config
+    assert isinstance(build_classifier(dict(backbone=TINY)), ImageClassifier)
+    cfg = load_config("clif7fc1dg_it-b16x1-dvsgesture")
+    assert "type" not in cfg.model
+    assert isinstance(build_classifier(cfg.model.to_dict()), ImageClassifier)
 
 
 def test_build_optimizer_and_errors():

@@ -7,7 +7,8 @@ import torch
 
 from bidl_models import build_backbone, load_model
 from bidl_models.classifier import build_classifier
-from bidl_models.config import backbone_config, build_segments, find_config, load_config
+from bidl_models.config import backbone_config, find_config, load_config
+from bidl_models.from_config import build_segments
 from bidl_models.slicing import validate_lynxi_devices
 
 # configs named like BIDL's files (BIDL's content), then the project's own
@@ -116,13 +117,58 @@ def test_bare_stem_found_in_a_bidl_tree(tmp_path, monkeypatch):
         load_config("my-net_itout-b2x1-dvsmnist")
 
 
+DVSMNIST = "clif3fc3dm_itout-b16x1-dvsmnist"
+
+
+def test_a_bidl_checkout_is_searched_first_as_bidls_tools_do(tmp_path, monkeypatch):
+    """In a BIDL checkout (or its tools/), a bare stem is BIDL's file under ./applications/classification/,
+    not the shipped copy of the same name (an edited timestep=30 stays 30); the note names both."""
+    from bidl_models.config import REPO_CONFIGS, describe_source, locate_config, shipped_config
+    shipped = shipped_config(DVSMNIST)
+    assert shipped.is_relative_to(REPO_CONFIGS)
+    edited = shipped.read_text().replace("timestep=20", "timestep=30")
+    assert edited != shipped.read_text()
+    mine = write(tmp_path, f"applications/classification/dvs/dvs_mnist/clif3fc3dm/{DVSMNIST}.py", edited)
+    (tmp_path / "tools").mkdir()
+    for cwd in (tmp_path, tmp_path / "tools"):
+        monkeypatch.chdir(cwd)
+        cfg = load_config(DVSMNIST)
+        assert cfg.model.backbone.timestep == 30 and cfg.filename == str(mine.resolve())
+        assert cfg.found.shadowed == (shipped,)
+        line, note = describe_source(cfg).splitlines()
+        assert line == f"config: {mine.resolve()}"
+        assert note.startswith(f"config {DVSMNIST!r}: ") and f"won over {shipped}" in note
+    # a command's built-in default is the shipped file, whatever the working directory holds
+    assert shipped_config(DVSMNIST) == shipped
+    assert load_config(DVSMNIST, shipped_only=True).model.backbone.timestep == 20
+    assert locate_config(str(mine), shipped_only=True).path == shipped      # a path is not taken either
+
+
+def test_lookup_order_after_the_checkout(tmp_path, monkeypatch):
+    """--config-root, then $BIDL_CONFIG_ROOT, then ./configs, then the shipped configs; the first wins."""
+    from bidl_models.config import config_roots
+    monkeypatch.chdir(tmp_path)
+    a = write(tmp_path / "root_a", "x/tiny-order.py", BIDL_TREE_CFG)
+    b = write(tmp_path / "root_b", "tiny-order.py", BIDL_TREE_CFG.replace("nclass=3", "nclass=4"))
+    c = write(tmp_path / "configs", "tiny-order.py", BIDL_TREE_CFG.replace("nclass=3", "nclass=5"))
+    monkeypatch.setenv("BIDL_CONFIG_ROOT", str(tmp_path / "root_b"))
+    roots = config_roots(tmp_path / "root_a")
+    assert roots[0] == tmp_path / "applications" / "classification" and roots[1:4] == [
+        tmp_path / "root_a", tmp_path / "root_b", tmp_path / "configs"]
+    cfg = load_config("tiny-order", config_root=tmp_path / "root_a")
+    assert cfg.filename == str(a.resolve()) and cfg.found.shadowed == (b, c)
+    assert load_config("tiny-order").model.backbone.nclass == 4
+    monkeypatch.delenv("BIDL_CONFIG_ROOT")
+    assert load_config("tiny-order").model.backbone.nclass == 5 and load_config("tiny-order").found.note is None
+
+
 def test_config_root_on_the_command_line(tmp_path, capsys):
     from bidl_models import convert_checkpoint
     tree = tmp_path / "BIDL"
     write(tree, "applications/classification/x/y/z/tiny-cfg.py", BIDL_TREE_CFG)
     net = load_model(load_config("tiny-cfg", config_root=tree))
     torch.save({"state_dict": net.state_dict()}, tmp_path / "w.pth")
-    convert_checkpoint.main([str(tmp_path / "w.pth"), str(tmp_path / "o.pth"), "--config", "tiny-cfg",
+    convert_checkpoint.run([str(tmp_path / "w.pth"), str(tmp_path / "o.pth"), "--config", "tiny-cfg",
                              "--config-root", str(tree)])
     assert "checked against tiny-cfg" in capsys.readouterr().out
 

@@ -366,7 +366,7 @@ def test_compiled_cells_cut_inside_a_block_take_x_and_its_carry(cluster, tmp_pat
     single-device reference, batched or not."""
     from bidl_models.config import load_config
     from bidl_runtime.api import stream
-    from bidl_runtime.driver.samples import synthetic_samples
+    from bidl_models.datasets.synthetic import synthetic_samples
     from conftest import TINY, active_net, write_config
     root = tmp_path_factory.mktemp("cut-arts")
     backbone, inshape = TINY["ResNetLifItout"]

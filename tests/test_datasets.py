@@ -17,7 +17,7 @@ from bidl_models.datasets import (
     build_dataset, events_to_frames, load_frames_file, make_events, read_aedat2, read_aedat3, read_events,
     read_nmnist_bin, save_frames_file, write_aedat2, write_aedat3, write_nmnist_bin,
 )
-from bidl_models.datasets.convert import convert, seeded_split
+from bidl_models.datasets.convert import convert_recordings, seeded_split
 
 
 def random_events(rng: np.random.Generator, n: int, h: int, w: int, tmax: int = 100_000, sort: bool = True):
@@ -248,8 +248,8 @@ def _write_cifar_raw(root: Path, per_class: int = 3) -> dict[str, np.ndarray]:
 
 def test_convert_cifar10dvs_deterministic_split_and_frames(tmp_path):
     raw = _write_cifar_raw(tmp_path / "raw")
-    out = convert("cifar10dvs", tmp_path / "raw", tmp_path / "out", timestep=4, size=(32, 32), fmt="npz",
-                  test_fraction=0.34, progress=False)
+    out = convert_recordings("cifar10dvs", tmp_path / "raw", tmp_path / "out", timestep=4, size=(32, 32), fmt="npz",
+                             test_fraction=0.34, progress=False)
     assert set(out) == {"train", "test", "val"}
     tr = Cifar10Dvs(data_prefix=str(tmp_path / "out" / "train"))
     te = Cifar10Dvs(data_prefix=str(tmp_path / "out" / "test"), test_mode=True)
@@ -265,11 +265,11 @@ def test_convert_cifar10dvs_deterministic_split_and_frames(tmp_path):
         np.testing.assert_array_equal(te[i]["img"], np.minimum(events_to_frames(ev, 4, (32, 32)), 255))
         assert int(te[i]["gt_label"]) == Cifar10Dvs.CLASSES.index(src.split("/")[0])
     # same seed -> same split; another seed -> another one
-    again = convert("cifar10dvs", tmp_path / "raw", tmp_path / "out2", 4, (32, 32), fmt="npz", test_fraction=0.34,
-                    progress=False)
+    again = convert_recordings("cifar10dvs", tmp_path / "raw", tmp_path / "out2", 4, (32, 32), fmt="npz",
+                               test_fraction=0.34, progress=False)
     assert json.loads(again["test"].with_suffix(".json").read_text())["sources"] == te.meta["sources"]
-    other = convert("cifar10dvs", tmp_path / "raw", tmp_path / "out3", 4, (32, 32), fmt="npz", seed=1,
-                    test_fraction=0.34, progress=False)
+    other = convert_recordings("cifar10dvs", tmp_path / "raw", tmp_path / "out3", 4, (32, 32), fmt="npz", seed=1,
+                               test_fraction=0.34, progress=False)
     assert json.loads(other["test"].with_suffix(".json").read_text())["sources"] != te.meta["sources"]
 
 
@@ -281,7 +281,7 @@ def test_convert_nmnist_and_dvsmnist(tmp_path):
             d.mkdir(parents=True)
             if c in (2, 7):
                 write_nmnist_bin(d / "00001.bin", random_events(rng, 100, 34, 34, tmax=300_000))
-    convert("nmnist", tmp_path / "nm", tmp_path / "nmo", 5, (34, 34), progress=False)
+    convert_recordings("nmnist", tmp_path / "nm", tmp_path / "nmo", 5, (34, 34), progress=False)
     ds = NMnist(data_prefix=str(tmp_path / "nmo" / "train"))
     assert sorted(ds.get_gt_labels().tolist()) == [2, 7] and ds[0]["img"].shape == (5, 2, 34, 34)
     ev = read_nmnist_bin(tmp_path / "nm" / "Train" / "2" / "00001.bin")
@@ -291,7 +291,8 @@ def test_convert_nmnist_and_dvsmnist(tmp_path):
         d.mkdir(parents=True)
         for k in range(2):
             write_aedat2(d / f"mnist_{c}_scale04_{k:04d}.aedat", random_events(rng, 50, 128, 128))
-    out = convert("dvsmnist", tmp_path / "md", tmp_path / "mdo", 3, (40, 40), test_fraction=0.5, progress=False)
+    out = convert_recordings("dvsmnist", tmp_path / "md", tmp_path / "mdo", 3, (40, 40), test_fraction=0.5,
+                             progress=False)
     tr, va = DvsMnist(data_prefix=str(out["train"])), DvsMnist(data_prefix=str(tmp_path / "mdo" / "val"))
     assert sorted(tr.get_gt_labels().tolist()) == [0, 9] and len(va) == 2
 
@@ -307,7 +308,7 @@ def test_convert_dvsgesture_windows_and_official_rule(tmp_path):
         (root / f"{name}_labels.csv").write_text("class,startTime_usec,endTime_usec\n3,100000,1100000\n"
                                                  "11,1500000,2900000\n")
         evs[name] = ev
-    convert("dvsgesture", root, tmp_path / "o", 6, (32, 32), progress=False)
+    convert_recordings("dvsgesture", root, tmp_path / "o", 6, (32, 32), progress=False)
     tr = DvsGesture(data_prefix=str(tmp_path / "o" / "train"))
     te = DvsGesture(data_prefix=str(tmp_path / "o" / "test"))
     assert tr.get_gt_labels().tolist() == [2, 10] and te.get_gt_labels().tolist() == [2, 10]
@@ -318,24 +319,25 @@ def test_convert_dvsgesture_windows_and_official_rule(tmp_path):
     # official lists take precedence over the user-number rule
     (root / "trials_to_train.txt").write_text("user24_led.aedat\n")
     (root / "trials_to_test.txt").write_text("user01_fluorescent.aedat\n")
-    convert("dvsgesture", root, tmp_path / "o2", 6, (32, 32), progress=False)
+    convert_recordings("dvsgesture", root, tmp_path / "o2", 6, (32, 32), progress=False)
     assert DvsGesture(data_prefix=str(tmp_path / "o2" / "train")).meta["sources"][0].startswith("user24")
     # a label outside 1..11 names the csv file and line
     (root / "user01_fluorescent_labels.csv").write_text("class,startTime_usec,endTime_usec\n12,1,5\n")
     with pytest.raises(ValueError, match=r"user01_fluorescent_labels\.csv.* line 2: class 12 is outside 1\.\.11"):
-        convert("dvsgesture", root, tmp_path / "o3", 6, (32, 32), progress=False)
+        convert_recordings("dvsgesture", root, tmp_path / "o3", 6, (32, 32), progress=False)
 
 
 def test_convert_bad_input_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"cifar10dvs raw dataset folder '.*missing': no such folder"):
-        convert("cifar10dvs", tmp_path / "missing", tmp_path / "o", 4, (32, 32), progress=False)
+        convert_recordings("cifar10dvs", tmp_path / "missing", tmp_path / "o", 4, (32, 32), progress=False)
     _write_cifar_raw(tmp_path / "raw", per_class=2)
     bad = tmp_path / "raw" / "dog" / "cifar10_dog_0.aedat"
     bad.write_bytes(bad.read_bytes()[:-1])
     with pytest.raises(ValueError, match=r"cifar10_dog_0\.aedat.*truncated"):
-        convert("cifar10dvs", tmp_path / "raw", tmp_path / "o", 4, (32, 32), test_fraction=0.5, progress=False)
-    out = convert("cifar10dvs", tmp_path / "raw", tmp_path / "o", 4, (32, 32), test_fraction=0.5, skip_bad=True,
-                  progress=False)
+        convert_recordings("cifar10dvs", tmp_path / "raw", tmp_path / "o", 4, (32, 32), test_fraction=0.5,
+                           progress=False)
+    out = convert_recordings("cifar10dvs", tmp_path / "raw", tmp_path / "o", 4, (32, 32), test_fraction=0.5,
+                             skip_bad=True, progress=False)
     skipped = sum((json.loads(p.with_suffix(".json").read_text())["skipped"] for p in (out["train"], out["test"])), [])
     assert len(skipped) == 1 and "cifar10_dog_0.aedat" in skipped[0]
     assert len(Cifar10Dvs(data_prefix=str(out["train"]))) + len(Cifar10Dvs(data_prefix=str(out["test"]))) == 19
@@ -345,7 +347,7 @@ def test_convert_bad_input_names_the_file(tmp_path):
             (tmp_path / "nm" / split / str(c)).mkdir(parents=True)
     write_nmnist_bin(tmp_path / "nm" / "Train" / "4" / "00009.bin", make_events([1, 2], [3, 200], [4, 5], [1, 0]))
     with pytest.raises(ValueError, match=r"00009\.bin.*do not fit the 34x34 sensor"):
-        convert("nmnist", tmp_path / "nm", tmp_path / "o4", 4, (34, 34), progress=False)
+        convert_recordings("nmnist", tmp_path / "nm", tmp_path / "o4", 4, (34, 34), progress=False)
 
 
 # ------------------------------------------------------------------------------ pipelines
@@ -463,3 +465,31 @@ def test_dvsglyphs_is_fast_and_sized_by_config():
         ds.frames(i)
     per = (time.perf_counter() - t0) / 40
     assert per < 0.05, f"{per * 1000:.1f} ms per sample"           # ~5 ms measured on 2 shared cores
+
+
+def test_synthetic_data_is_seeded_and_is_the_runtimes_stream():
+    """``bidl_models.datasets.synthetic``: the stream the runtime feeds a plan without data is this
+    source's (frames and token ids), and a dataset sample depends only on (seed, index)."""
+    import torch
+
+    from bidl_models.datasets.synthetic import SyntheticData, synthetic_samples
+    from bidl_runtime.driver.samples import samples_for
+    from conftest import make_plan, tiny_glyphs
+    plan = make_plan(tiny_glyphs(3), (1, 1))
+    stream, what = samples_for(None, plan, 4, seed=5)
+    assert what.startswith("synthetic seeded event frames 3x2x16x16")
+    assert all(torch.equal(a, b) for a, b in zip(stream, synthetic_samples(3, (2, 16, 16), 4, seed=5), strict=True))
+    kw = dict(T=6, shape=(), n=3, seed=1, dtype=torch.int64, high=17)
+    ids = list(synthetic_samples(**kw))
+    assert [x.dtype for x in ids] == [torch.int64] * 3 and max(int(x.max()) for x in ids) < 17
+    assert all(torch.equal(a, b) for a, b in zip(ids, synthetic_samples(**kw), strict=True))
+    ds = SyntheticData(6, 4, (2, 8, 8), nclass=11, seed=3)
+    again = SyntheticData(6, 4, (2, 8, 8), nclass=11, seed=3)
+    assert len(ds) == 6 and ds[2]["img"].shape == (4, 2, 8, 8) and ds[2]["img"].dtype == torch.float32
+    assert torch.equal(ds[5]["img"], again[5]["img"]) and not torch.equal(ds[4]["img"], ds[5]["img"])
+    assert list(ds.get_gt_labels()) == list(again.get_gt_labels()) and ds.get_gt_labels().max() < 11
+    tok = SyntheticData(5, 7, (), nclass=1, dtype="int64", high=20)
+    assert tok[0]["img"].shape == (7,) and tok[0]["img"].dtype == torch.int64 and int(tok[0]["img"].max()) < 20
+    assert set(tok.get_gt_labels()) <= {0, 1}
+    with pytest.raises(ValueError, match=r"SyntheticData: n=0: expected an int >= 1"):
+        SyntheticData(0, 4, (2, 8, 8), nclass=3)

@@ -149,7 +149,7 @@ def test_columns_cut_inside_a_residual_block_equal_the_reference(cluster, artifa
     the block's skip (and the raw channels of a convolution cut between its output channels) as
     further tensors, and the grid's outputs equal the single-device reference exactly."""
     from bidl_models.config import load_config
-    from bidl_runtime.driver.samples import synthetic_samples
+    from bidl_models.datasets.synthetic import synthetic_samples
     from conftest import TINY, active_net, write_config
     backbone, inshape = TINY["ResNetLifItout"]
     c = load_config(write_config(artifacts / "resnet_cut.py", dict(backbone, timestep=5, noise=0.0), inshape))

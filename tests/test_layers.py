@@ -167,3 +167,40 @@ def test_bad_neuron_and_form():
 def test_channel_share_needs_channels():
     with pytest.raises(ValueError, match="channel_share"):
         Lif2d(None, soma_params="channel_share")
+
+
+@pytest.mark.parametrize("bn, shape", [(torch.nn.BatchNorm2d(3), (4, 5, 3, 6, 6)),
+                                       (torch.nn.BatchNorm1d(3, momentum=None), (4, 5, 3)),
+                                       (torch.nn.BatchNorm2d(3, affine=False), (2, 5, 3, 1, 1))])
+def test_step_batch_norm_is_one_call_per_step(bn, shape):
+    """A training BatchNorm marked bn_stats='step' (BIDL's itout models) normalises every step with that step's
+    statistics and updates its running statistics once per step, as a loop of calls does; 'frames' is one call
+    on all frames; eval mode is the same either way."""
+    import copy
+
+    from bidl_models.layers import per_step, set_bn_stats
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 2 + 1
+    if bn.weight is not None:
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    loop = copy.deepcopy(bn).train()
+    want = torch.stack([loop(x[i]) for i in range(shape[0])])
+    set_bn_stats(bn, "step")
+    xg = x.clone().requires_grad_(True)
+    got = per_step(bn.train(), xg)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for k, v in loop.state_dict().items():
+        torch.testing.assert_close(bn.state_dict()[k], v, atol=1e-6, rtol=1e-5)
+    assert int(bn.num_batches_tracked) == shape[0]
+    got.sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+    frames = copy.deepcopy(loop)
+    set_bn_stats(frames, "frames")
+    once = copy.deepcopy(frames)
+    torch.testing.assert_close(per_step(frames, x), once(x.flatten(0, 1)).unflatten(0, shape[:2]))
+    bn.eval()
+    frames.eval()
+    frames.load_state_dict(bn.state_dict())
+    assert torch.equal(per_step(bn, x), per_step(frames, x))

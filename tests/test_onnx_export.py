@@ -16,7 +16,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from bidl_models.config import build_segments, load_config  # noqa: E402
+from bidl_models.config import load_config  # noqa: E402
+from bidl_models.from_config import build_segments  # noqa: E402
 from compile import compile_config, load_artifact  # noqa: E402
 from compile.onnx_export import OnnxExportError, check_onnx, export_artifact, export_segment, main  # noqa: E402
 from conftest import activate  # noqa: E402 - BN/FC gains raised so spikes reach the deepest layers

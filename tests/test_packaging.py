@@ -112,7 +112,7 @@ def test_import_refuses_an_old_release(module, fake, version, want):
 
 # ------------------------------------------------------------------------------ console scripts
 
-SCRIPTS = {"bidl-train": "bidl_models.train", "bidl-test": "bidl_models.test", "bidl-compile": "compile.__main__",
+SCRIPTS = {"bidl-train": "bidl_models.train", "bidl-test": "bidl_models.evaluate", "bidl-compile": "compile.__main__",
            "bidl-run": "bidl_runtime.run", "bidl-plan": "bidl_runtime.plan.__main__"}
 
 
@@ -177,7 +177,7 @@ def test_run_main_refuses_old_versions_before_importing(monkeypatch, capsys):
 
 def test_real_tool_bad_config_exit_code(capsys):
     """bidl-test on a config that does not exist: exit code 2 and one error line naming it."""
-    assert cli.run_main("bidl_models.test", ["--config", "no_such_config_xyz", "--checkpoint", "w.pth"]) == 2
+    assert cli.run_main("bidl_models.evaluate", ["--config", "no_such_config_xyz", "--checkpoint", "w.pth"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no_such_config_xyz" in err
 

@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from bidl_models import evaluate as test_cli
 from bidl_models import train as train_cli
-from bidl_models import test as test_cli
 from bidl_models.backbones import build_backbone
 from bidl_models.registry import BACKBONES
 from bidl_models.checkpoint import load_weights, read_state_dict, to_bidl
 from bidl_models.classifier import build_classifier
 from bidl_models.config import REPO_CONFIGS, load_config
 from bidl_models.datasets import build_dataset
+from bidl_models.inference import amp_dtype
+from bidl_models.trainer import Stopped, Trainer, check_sections, fp16_loss_scale
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = "clif3fc3dm_itout-b16x1-dvsglyphs"
@@ -52,8 +54,8 @@ models_compile_inputshape = [[1, 2, 24, 24]]
 def run_train(cfg: Path, work: Path, *extra: str, tensorboard: bool = False, callbacks=()) -> dict:
     torch.set_num_threads(1)
     flags = [] if tensorboard else ["--no-tensorboard"]
-    return train_cli.main(["--config", str(cfg), "--work-dir", str(work), "--no-progress", *flags, *extra],
-                          callbacks=callbacks)
+    return train_cli.run(["--config", str(cfg), "--work-dir", str(work), "--no-progress", *flags, *extra],
+                           callbacks=callbacks)
 
 
 def json_log(work: Path, mode: str = "val") -> list[dict]:
@@ -306,13 +308,13 @@ def test_load_from_a_bidl_checkpoint(tiny, tmp_path):
     torch.save({f"module.{k}": v for k, v in sd.items()}, tmp_path / "bare.pth")   # BIDL: bare, GPU-trained
     args = train_cli.parse_args(["--config", str(cfg_path), "--work-dir", str(tmp_path / "w"), "--load-from",
                                  str(tmp_path / "bare.pth"), "--no-tensorboard"])
-    trainer = train_cli.Trainer(load_config(cfg_path), args)
+    trainer = Trainer(load_config(cfg_path), train_cli.options(args))
     got = trainer.model.backbone.state_dict()
     assert all(torch.equal(got[k], sd[k]) for k in sd) and list(got) == list(sd)
     torch.save({"state_dict": {k: v for k, v in sd.items() if k != "head.2.bias"}}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match=r"load_from .*bad.pth' does not match .*missing keys: head\.2\.bias"):
-        train_cli.Trainer(load_config(cfg_path), train_cli.parse_args(
-            ["--config", str(cfg_path), "--work-dir", str(tmp_path / "w2"), "--load-from", str(tmp_path / "bad.pth")]))
+        Trainer(load_config(cfg_path), train_cli.options(train_cli.parse_args(
+            ["--config", str(cfg_path), "--work-dir", str(tmp_path / "w2"), "--load-from", str(tmp_path / "bad.pth")])))
 
 
 TINY_BIDL = """
@@ -366,14 +368,14 @@ def test_test_cli_reproduces_the_checkpoint_accuracy(tiny, capsys, tmp_path):
     cfg_path, work, _ = tiny
     best = torch.load(work / "best.pth", weights_only=True)
     want = best["meta"]["val"]
-    res = test_cli.main(["--config", str(cfg_path), "--checkpoint", str(work / "best.pth"), "--split", "val",
+    res = test_cli.run(["--config", str(cfg_path), "--checkpoint", str(work / "best.pth"), "--split", "val",
                          "--device", "cpu", "--no-progress", "--out", str(tmp_path / "r.json")])
     assert res["accuracy_top-1"] == pytest.approx(want["accuracy_top-1"])
     assert res["accuracy_top-5"] == pytest.approx(want["accuracy_top-5"])
     assert res["samples"] == 24 and res["frames_per_s"] > 0 and res["timestep"] == 6
     assert "time-step frames/s" in capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["accuracy_top-1"] == res["accuracy_top-1"]
-    odd = test_cli.main(["--config", str(cfg_path), "--checkpoint", str(work / "best.pth"), "--split", "val",
+    odd = test_cli.run(["--config", str(cfg_path), "--checkpoint", str(work / "best.pth"), "--split", "val",
                          "--batch-size", "5", "--no-progress", "--export-to", str(tmp_path / "w.pth")])
     assert odd["accuracy_top-1"] == res["accuracy_top-1"] and odd["batch_size"] == 5   # any batch size
     exported = torch.load(tmp_path / "w.pth", weights_only=True)
@@ -385,18 +387,21 @@ def test_test_cli_reproduces_the_checkpoint_accuracy(tiny, capsys, tmp_path):
 
 def test_test_cli_takes_bidl_checkpoints(tiny, tmp_path):
     cfg_path, work, _ = tiny
-    ours = test_cli.main(["--config", str(cfg_path), "--checkpoint", str(work / "best.pth"), "--split", "val",
+    ours = test_cli.run(["--config", str(cfg_path), "--checkpoint", str(work / "best.pth"), "--split", "val",
                           "--no-progress"])
     bidl = to_bidl(torch.load(work / "best.pth", weights_only=True))
     bidl["state_dict"] = {f"module.{k}": v for k, v in bidl["state_dict"].items()}
     torch.save(bidl, tmp_path / "bidl_best.pth")
-    res = test_cli.main(["--config", str(cfg_path), "--checkpoint", str(tmp_path / "bidl_best.pth"), "--split", "val",
+    res = test_cli.run(["--config", str(cfg_path), "--checkpoint", str(tmp_path / "bidl_best.pth"), "--split", "val",
                          "--no-progress"])
     assert res["accuracy_top-1"] == ours["accuracy_top-1"] and res["accuracy_top-5"] == ours["accuracy_top-5"]
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_a_usable_latest_checkpoint(tiny, tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 130)])
+def test_ctrl_c_leaves_a_usable_latest_checkpoint(tiny, tmp_path, sig, code):
+    """Ctrl-C or SIGTERM to the process group (the trainer and its 2 loader workers, as a terminal or a batch
+    scheduler sends it): exit status 130 either way (SIGTERM stops as Ctrl-C) and a latest.pth that resumes."""
     cfg_path, _, _ = tiny
     work = tmp_path / "w"
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -409,10 +414,10 @@ def test_ctrl_c_leaves_a_usable_latest_checkpoint(tiny, tmp_path):
         time.sleep(0.2)
     assert (work / "latest.pth").exists(), proc.communicate()[0]
     time.sleep(0.5)                                                          # now inside epoch 2
-    os.killpg(proc.pid, signal.SIGINT)              # as a terminal's Ctrl-C: the trainer and its 2 loader workers
+    os.killpg(proc.pid, sig)
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130, out
-    assert "interrupted at epoch" in out
+    assert proc.returncode == code, out
+    assert "interrupted at epoch" in out and f"by {signal.Signals(sig).name}: saved" in out
     ck = torch.load(work / "latest.pth", weights_only=True)
     assert ck["meta"]["interrupted"] is True and ck["epoch"] >= 1 and "optimizer" in ck
     pos = ck["meta"]["position"]
@@ -444,15 +449,23 @@ def test_ddp_with_torchrun_on_cpu(tiny, tmp_path):
     assert len(list(work.glob("*.log.json"))) == 1
     best = torch.load(work / "best.pth", weights_only=True)
     assert not any(k.startswith("module.") for k in best["state_dict"])
-    res = test_cli.main(["--config", str(cfg_path), "--checkpoint", str(work / "best.pth"), "--split", "val",
+    res = test_cli.run(["--config", str(cfg_path), "--checkpoint", str(work / "best.pth"), "--split", "val",
                          "--no-progress"])
     assert res["accuracy_top-1"] == pytest.approx(best["meta"]["val"]["accuracy_top-1"])
 
 
+def test_other_frame_counts_train_as_bidl_with_one_warning_line(tiny, tmp_path):
+    """T=6 frames for timestep=5: BIDL sums the steps given and divides by timestep; one warning line in
+    the log (the model's, once for training and validation)."""
+    cfg_path, _, _ = tiny
+    r = run_train(cfg_path, tmp_path / "a", "--max-iters", "1", "--cfg-options", "model.backbone.timestep=5")
+    assert r["iters_run"] == 1 and r["stopped"] == "max_iters"
+    text = next((tmp_path / "a").glob("*.log")).read_text()
+    assert text.count("input has T=6 time steps but model.backbone.timestep=5") == 1, text
+
+
 def test_bad_input_is_named(tiny, tmp_path):
     cfg_path, _, _ = tiny
-    with pytest.raises(ValueError, match=r"data.train: samples of .* have T=6 frames but model.backbone.timestep=5"):
-        run_train(cfg_path, tmp_path / "a", "--cfg-options", "model.backbone.timestep=5")
     with pytest.raises(ValueError, match=r"data.train: .*\[C, H, W\]=\[2, 24, 24\] per step but the model expects "
                                          r"\[2, 32, 24\]"):
         run_train(cfg_path, tmp_path / "b", "--cfg-options", "model.backbone.h0=32")
@@ -462,21 +475,21 @@ def test_bad_input_is_named(tiny, tmp_path):
         run_train(cfg_path, tmp_path / "d", "--cfg-options",
                   "data.train={'type': 'DvsMnist', 'data_prefix': '/nonexistent/dvsmnist/train/'}")
     with pytest.raises(FileNotFoundError, match="checkpoint '.*missing.pth': no such file"):
-        test_cli.main(["--config", str(cfg_path), "--checkpoint", str(tmp_path / "missing.pth"), "--no-progress"])
+        test_cli.run(["--config", str(cfg_path), "--checkpoint", str(tmp_path / "missing.pth"), "--no-progress"])
 
 
 def test_fp16_and_section_keys():
-    assert train_cli.fp16_loss_scale(dict(loss_scale=512.0)) == 512.0
-    assert train_cli.fp16_loss_scale(None) is None and train_cli.fp16_loss_scale(dict(loss_scale="dynamic")) is None
+    assert fp16_loss_scale(dict(loss_scale=512.0)) == 512.0
+    assert fp16_loss_scale(None) is None and fp16_loss_scale(dict(loss_scale="dynamic")) is None
     with pytest.raises(ValueError, match=r"fp16: unexpected key\(s\) \['scale'\]; accepted keys: \['loss_scale'\]"):
-        train_cli.fp16_loss_scale(dict(scale=512.0))
+        fp16_loss_scale(dict(scale=512.0))
     with pytest.raises(ValueError, match=r"fp16.loss_scale=-1: expected a positive number"):
-        train_cli.fp16_loss_scale(dict(loss_scale=-1))
+        fp16_loss_scale(dict(loss_scale=-1))
     with pytest.raises(ValueError, match=r"runner: unexpected key\(s\) \['max_epoch'\]"):
-        train_cli.check_sections(dict(runner=dict(type="EpochBasedRunner", max_epoch=3)))
+        check_sections(dict(runner=dict(type="EpochBasedRunner", max_epoch=3)))
     with pytest.raises(ValueError, match=r"data: unexpected key\(s\) \['sample_per_gpu'\]"):
-        train_cli.check_sections(dict(data=dict(sample_per_gpu=3, train={})))
-    train_cli.check_sections(load_config("resnetlif18-itout-b20x4-16-jester"))   # BIDL's keys pass
+        check_sections(dict(data=dict(sample_per_gpu=3, train={})))
+    check_sections(load_config("resnetlif18-itout-b20x4-16-jester"))   # BIDL's keys pass
 
 
 def test_demo_weights_reach_the_stated_accuracy():
@@ -566,7 +579,7 @@ def test_a_one_logit_head_trains_with_a_binary_loss_and_accuracy(tokens, tmp_pat
     assert hist[-1]["val"]["accuracy_top-1"] == pytest.approx(acc)
     assert hist[-1]["val"]["loss"] == pytest.approx(bce, rel=1e-5)
     # the test CLI: the same numbers under the same names, printed and in its JSON
-    res = test_cli.main(["--config", str(tokens), "--checkpoint", str(tmp_path / "w" / "latest.pth"),
+    res = test_cli.run(["--config", str(tokens), "--checkpoint", str(tmp_path / "w" / "latest.pth"),
                          "--no-progress", "--out", str(tmp_path / "r.json")])
     assert res["accuracy_top-1"] == pytest.approx(acc) and res["loss"] == pytest.approx(bce, rel=1e-5)
     assert res["timestep"] == 12
@@ -584,7 +597,7 @@ def test_token_samples_follow_the_models_declared_input(tokens, tmp_path):
     with pytest.raises(ValueError, match=r"data.train: samples of .*train_x.npy' are float32 \[12\] but model.backbone "
                                          r"type='TinyTokenLogit' reads integer token ids"):
         run_train(tokens, tmp_path / "a", "--cfg-options", float_pipe)
-    from bidl_models.train import input_kind
+    from bidl_models.model_input import input_kind
     assert input_kind(TinyTokenLogit()) == "int"
     assert input_kind(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Embedding(4, 2))) == "int"   # undeclared
     assert input_kind(build_backbone(dict(type="SeqClif3Fc3DmItout", timestep=2, c0=2, h0=16, w0=16))) == "float"
@@ -616,7 +629,7 @@ def test_data_root_is_honoured_by_train_and_test(tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"data.train: DvsMnist: .*/nonexistent/bidl_root/DvsMnist/"):
         run_train(cfg_path, tmp_path / "a", "--cfg-options", *opts)
     with pytest.raises(FileNotFoundError, match=r"data.test: DvsMnist: .*/nonexistent/bidl_root/DvsMnist/"):
-        test_cli.main(["--config", str(cfg_path), "--checkpoint", str(work / "best.pth"), "--no-progress",
+        test_cli.run(["--config", str(cfg_path), "--checkpoint", str(work / "best.pth"), "--no-progress",
                        "--cfg-options", *opts])
     own = opts[:1] + ["data.train={'type': 'DvsMnist', 'frames_number': 6, 'data_root': '/elsewhere'}"]
     with pytest.raises(FileNotFoundError, match=r"data.train: DvsMnist: .*/elsewhere/DvsMnist/"):   # its own wins
@@ -627,10 +640,10 @@ def test_amp_bf16_trains_on_cpu_and_fp16_stays_cuda_only(tiny, tmp_path):
     """``--amp bf16``: autocast in bf16 (CPU too), no loss scaler; ``--amp`` / BIDL's ``fp16`` key mean fp16,
     which falls back to fp32 off CUDA with a log line."""
     cpu = torch.device("cpu")
-    assert train_cli.amp_dtype("bf16", cpu) is torch.bfloat16 and train_cli.amp_dtype("fp16", cpu) is None
-    assert train_cli.amp_dtype(True, torch.device("cuda")) is torch.float16 and train_cli.amp_dtype(None, cpu) is None
+    assert amp_dtype("bf16", cpu) is torch.bfloat16 and amp_dtype("fp16", cpu) is None
+    assert amp_dtype(True, torch.device("cuda")) is torch.float16 and amp_dtype(None, cpu) is None
     with pytest.raises(ValueError, match="--amp 'fp8'"):
-        train_cli.amp_dtype("fp8", cpu)
+        amp_dtype("fp8", cpu)
     cfg_path, _, _ = tiny
     work = tmp_path / "bf16"
     summary = run_train(cfg_path, work, "--amp", "bf16", "--device", "cpu")
@@ -643,8 +656,119 @@ def test_amp_bf16_trains_on_cpu_and_fp16_stays_cuda_only(tiny, tmp_path):
     assert fp["epochs"] == 1
     assert "training in fp32" in next((tmp_path / "fp16").glob("*.log")).read_text()
     # the test CLI evaluates in bf16 on CPU too: same accuracy within a sample or two
-    res32 = test_cli.main(["--config", str(cfg_path), "--checkpoint", str(work / "latest.pth"), "--split", "val",
+    res32 = test_cli.run(["--config", str(cfg_path), "--checkpoint", str(work / "latest.pth"), "--split", "val",
                            "--device", "cpu", "--no-progress"])
-    res16 = test_cli.main(["--config", str(cfg_path), "--checkpoint", str(work / "latest.pth"), "--split", "val",
+    res16 = test_cli.run(["--config", str(cfg_path), "--checkpoint", str(work / "latest.pth"), "--split", "val",
                            "--device", "cpu", "--amp", "bf16", "--no-progress"])
     assert abs(res16["accuracy_top-1"] - res32["accuracy_top-1"]) <= 100 * 2 / res32["samples"]
+
+
+# ------------------------------------------------------------------------------- a BIDL user's workflow
+
+SMALL = ["data.train.num_samples=16", "data.val.num_samples=8"]          # 2 iterations per epoch
+
+
+def test_max_iters_makes_a_short_run_that_resume_continues(tiny, tmp_path):
+    """--max-iters N stops after global iteration N mid-epoch, saving a resumable latest.pth, the curves and
+    the log; the resumed run reports only what it did, and --max-epochs sets the epochs."""
+    cfg_path, _, _ = tiny
+    work = tmp_path / "w"
+    r = run_train(cfg_path, work, "--max-iters", "4")
+    assert r["stopped"] == "max_iters" and r["iters_run"] == 4 and r["epochs_run"] == 0 and r["history"] == []
+    ck = torch.load(work / "latest.pth", weights_only=True)
+    assert ck["meta"]["stopped"] == "max_iters" and ck["meta"]["interrupted"] is False
+    assert ck["meta"]["position"]["inner_iter"] == 4 and ck["meta"]["iter"] == 4 and "rng" in ck
+    assert (work / "curves.png").is_file()
+    text = next(work.glob("*.log")).read_text()
+    assert "stopped at epoch 1 iteration 4/6 (global iteration 4): --max-iters 4 reached" in text
+    assert "done: 0 epochs (4 iterations) in " in text
+    again = run_train(cfg_path, work, "--resume", "--max-epochs", "2")
+    assert again["stopped"] is None and again["epochs"] == 2 and again["epochs_run"] == 2 and again["iters_run"] == 8
+    assert [h["epoch"] for h in again["history"]] == [1, 2]
+    log2 = sorted(work.glob("*.log"))[-1].read_text()
+    assert ("done: 2 epochs (8 iterations) in " in log2 and "resumed at epoch 1 iteration 4/6; the model has "
+            "trained 2 epochs (12 iterations) in all" in log2), log2
+    at_end = run_train(cfg_path, tmp_path / "x", "--max-iters", "2", "--max-epochs", "3", "--cfg-options", *SMALL)
+    assert at_end["stopped"] == "max_iters" and at_end["epochs"] == 1 and (tmp_path / "x" / "epoch_1.pth").is_file()
+    assert "epoch 1/3 (iter 2)" in next((tmp_path / "x").glob("*.log")).read_text()     # --max-epochs 3
+    with pytest.raises(ValueError, match=r"--max-iters 0: expected an int >= 1"):
+        run_train(cfg_path, tmp_path / "y", "--max-iters", "0")
+
+
+def test_sigterm_stops_like_ctrl_c(tiny, tmp_path, capsys, monkeypatch):
+    """A batch scheduler's SIGTERM: the iteration ends, latest.pth (with the position), curves.png and the
+    log are written, then Stopped (exit status 130 from the CLI, as Ctrl-C)."""
+    cfg_path, _, _ = tiny
+    work = tmp_path / "w"
+
+    def term(tr, info):
+        if info["iter"] == 2:
+            signal.raise_signal(signal.SIGTERM)
+
+    with pytest.raises(Stopped) as exc:
+        run_train(cfg_path, work, callbacks=[term])
+    assert exc.value.signum == signal.SIGTERM and exc.value.exit_code == 130
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL          # the handler is given back
+    ck = torch.load(work / "latest.pth", weights_only=True)
+    assert ck["meta"]["interrupted"] is True and ck["meta"]["stopped"] == "SIGTERM" and ck["meta"]["iter"] == 3
+    assert (work / "curves.png").is_file()
+    text = next(work.glob("*.log")).read_text()
+    assert "interrupted at epoch 1 iteration 3/6 (global iteration 3) by SIGTERM: saved" in text
+    r = run_train(cfg_path, work, "--resume")
+    assert r["iters_run"] == 3 and [h["epoch"] for h in r["history"]] == [1]
+    monkeypatch.setattr(train_cli, "run", lambda argv=None: (_ for _ in ()).throw(Stopped(signal.SIGTERM)))
+    assert train_cli.main([]) == 130
+    assert "stopped by SIGTERM: latest.pth saved" in capsys.readouterr().err
+
+
+def test_synthetic_data_trains_and_tests_without_files(tmp_path, capsys):
+    """--synthetic: seeded random input of the model's shape for train and test (BIDL's clif7fc1dg_it config,
+    which has no model.type, shrunk), and the file each command loaded is printed first."""
+    name = "clif7fc1dg_it-b16x1-dvsgesture"
+    opts = ["--cfg-options", "model.backbone.timestep=2", "data.samples_per_gpu=2", "data.data_root=/nonexistent"]
+    r = run_train(name, tmp_path / "w", "--synthetic", "4", "--max-iters", "1", *opts)
+    out = capsys.readouterr().out
+    assert out.startswith(f"config: {load_config(name).filename}\n")
+    assert "--synthetic: training on synthetic data.train (4 seeded random event frames [T=2, 2, 128, 128]" in out
+    assert r["iters_run"] == 1
+    res = test_cli.run(["--config", name, "--checkpoint", str(tmp_path / "w" / "latest.pth"), "--synthetic", "3",
+                             "--no-progress", *opts])
+    assert res["samples"] == 3 and res["timestep"] == 2
+    with pytest.raises(FileNotFoundError) as err:
+        run_train(name, tmp_path / "v", *opts)
+    msg = str(err.value)
+    assert msg.startswith("data.train: DvsGesture: data not found; expected BIDL's frame cache "
+                          "/nonexistent/DvsGesture/frames_number_2_split_by_number/")
+    assert msg.endswith("; or run with --synthetic (seeded random input of the model's shape, no data files needed)")
+    with pytest.raises(ValueError, match=r"config: missing data.test \(data: None\); give it, or run with --synthetic"):
+        test_cli.run(["--config", name, "--checkpoint", str(tmp_path / "w" / "latest.pth"), "--no-progress",
+                           "--cfg-options", "data=None"])
+
+
+def test_checkpoint_names_resolve_as_bidls_test_py(tiny, tmp_path, monkeypatch, capsys):
+    """--checkpoint NAME: the working directory, --work-dir, BIDL's weight_files/classification/<model folder>/
+    <lif|lifplus>/ (from a checkout or its tools/), work_dirs/<config name>/; a miss lists every place tried."""
+    from bidl_models.checkpoint import resolve_checkpoint
+    cfg_path, work, _ = tiny
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tools").mkdir()
+    for name, neuron in (("clif3fc3dm_itout-b16x1-dvsmnist", "lif"),
+                         ("clifplus3fc3dm_itout-b16x1-dvsmnist", "lifplus")):
+        cfg = load_config(name)
+        with pytest.raises(FileNotFoundError) as miss:
+            resolve_checkpoint("latest.pth", cfg)
+        bidl = Path("weight_files/classification/clif3fc3dm") / neuron / "latest.pth"
+        assert str(miss.value) == (f"--checkpoint 'latest.pth': no such file; looked for latest.pth, {bidl}, "
+                                   f"work_dirs/{name}/latest.pth")
+        bidl.parent.mkdir(parents=True)
+        bidl.write_bytes(b"x")
+        assert resolve_checkpoint("latest.pth", cfg) == bidl
+        monkeypatch.chdir(tmp_path / "tools")
+        assert resolve_checkpoint("latest.pth", cfg) == Path("..") / bidl
+        monkeypatch.chdir(tmp_path)
+    own = Path("work_dirs/tiny-glyphs/best.pth")
+    own.parent.mkdir(parents=True)
+    own.write_bytes((work / "best.pth").read_bytes())
+    res = test_cli.run(["--config", str(cfg_path), "--checkpoint", "best.pth", "--split", "val", "--no-progress"])
+    assert f"checkpoint: {own}\n" in capsys.readouterr().out and res["samples"] == 24
+    assert resolve_checkpoint("best.pth", load_config(cfg_path), work_dir=work) == work / "best.pth"

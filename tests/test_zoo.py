@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from bidl_models.classifier import build_classifier
-from bidl_models.config import REPO_CONFIGS, backbone_config, build_segments, find_config, load_config
+from bidl_models.config import REPO_CONFIGS, backbone_config, find_config, load_config
+from bidl_models.from_config import build_segments
 
 # stem: (folder under bidl_models/configs, backbone type, T, per-step input (C, H, W) | 'tokens', classes, dataset)
 ZOO = {
@@ -298,7 +299,8 @@ def test_token_model_artifacts_take_int64_ids(tmp_path):
 
 def test_runtime_samples_of_a_token_model():
     """The grid's admission check and sample sources for token ids."""
-    from bidl_runtime.driver.samples import check_sample, synthetic_samples
+    from bidl_models.datasets.synthetic import synthetic_samples
+    from bidl_runtime.driver.samples import check_sample
     ids = torch.tensor([3, 0, 1000, 7])
     assert check_sample(ids, [4], torch.int64) is None
     assert check_sample(ids.float(), [4], torch.int64) == "dtype float32, expected integer token ids (int64)"

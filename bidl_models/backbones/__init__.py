@@ -36,6 +36,8 @@ __all__ = ["Backbone", "SeqBackbone", "NeuronSpec", "TemporalAccumulator", "buil
 # graph is built), so this is safe without the extra; ``from ..`` also works when bidl_models.nir is
 # the module being imported first (it is then returned half-initialised and registers itself).
 from .. import nir as _nir  # noqa: E402,F401
+from ..checkpoint import file_sha256
+from ..segments import validate_splits
 
 
 def backbone_kwargs(cfg: Mapping, where: str = "model.backbone") -> dict:
@@ -66,7 +68,6 @@ def build_backbone(cfg: Mapping, seed: Optional[int] = 0, where: str = "model.ba
         net = BACKBONES.build(cfg, where)
     if split is None:
         return net
-    from ..segments import validate_splits
     (s, e), = validate_splits([split], net.n_blocks, full=False, names=[f"{where}.split"], backbone=net)
     return net.segment(s, e)
 
@@ -76,7 +77,6 @@ def config_file_digests(cfg: Mapping) -> dict[str, str]:
     backbones are built from (the keys a backbone class lists in ``config_files``, e.g. NirGraph's
     ``graph``), for cache keys that must change when a file's content does while its path does not.
     A missing file hashes as ``'missing'``; values that are not paths (an in-memory graph) are skipped."""
-    from ..checkpoint import file_sha256
     out: dict[str, str] = {}
     for key in sorted(k for k in cfg if k == "model" or (k.startswith("model_") and k[6:].isdigit())):
         model = cfg[key]

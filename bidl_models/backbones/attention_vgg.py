@@ -37,16 +37,21 @@ class ConvBnLif(Temporal):
         self.lif = n.soma(co, norm_state=False)
 
     def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
-        y, s = self.lif.run(per_step(lambda h: self.bn(self.conv(h)), x), sub_state(state, "lif"))
+        y, s = self.lif.run(per_step(self.bn, per_step(self.conv, x)), sub_state(state, "lif"))
         return y, prefixed(s, "lif")
 
 
 @BACKBONES.register()
 class AttentionVGGNet(Backbone):
-    """VGG-8 with temporal-wise and temporal-channel attention (module docstring)."""
+    """VGG-8 with temporal-wise and temporal-channel attention (module docstring). An It model: its
+    BatchNorms take training statistics over all frames (``bn_stats='frames'``), as BIDL's."""
+
+    default_bn_stats = "frames"
+    short_mean = "given"
 
     def __init__(self, timestep: int = 10, input_channels: int = 2, h: int = 128, w: int = 128, nclass: int = 10,
-                 cmode: str = "spike", noise: float = 0, soma_params: Any = "all_share", surrogate_width: float = 1.0):
+                 cmode: str = "spike", noise: float = 0, soma_params: Any = "all_share", surrogate_width: float = 1.0,
+                 bn_stats: Optional[str] = None):
         super().__init__()
         n = NeuronSpec(cmode, soma_params, noise, surrogate_width=float(surrogate_width))
         self.pool1 = nn.AvgPool2d(kernel_size=34, stride=2)
@@ -68,4 +73,4 @@ class AttentionVGGNet(Backbone):
             ci = co
         feat = self.features(["pool1"] + [p for b in blocks for p in b], (input_channels, h, w))
         self.fc = nn.Sequential(nn.Flatten(1), nn.Linear(feat, nclass))
-        self._finish(blocks + [["fc"]], timestep, "mean", (input_channels, h, w), stem=["pool1"])
+        self._finish(blocks + [["fc"]], timestep, "mean", (input_channels, h, w), stem=["pool1"], bn_stats=bn_stats)

@@ -13,6 +13,7 @@ so the model's result is the accumulator after the last step, wherever the time 
 """
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
@@ -21,11 +22,15 @@ import torch
 from torch import Tensor, nn
 
 from ..cuts import BlockPart, Cut
-from ..layers import LIFPLUS_FORMS, Chain, Conv2dLif, Conv2dLifPlus, FcLif, FcLifPlus, Temporal, soma_for
+from ..layers import (
+    LIFPLUS_FORMS, Chain, Conv2dLif, Conv2dLifPlus, FcLif, FcLifPlus, Temporal, set_bn_stats, soma_for,
+)
 from ..specs import State
 from ..temporal_layers import AGG_MODES, Aggregation
+from ..segments import Segment
 
 AMODES = AGG_MODES
+log = logging.getLogger("bidl_models.backbones")
 
 #: Config-key spellings of the user guide's dialect, mapped to the public repository's.
 KEY_ALIASES = {"c0": "input_channels", "h0": "h", "w0": "w"}
@@ -147,11 +152,22 @@ class Backbone(nn.Module):
 
     input_dtype: str = "float32"
     input_high: Optional[int] = None
+    #: How a training-mode BatchNorm on a per-step tensor takes its statistics when the config gives no
+    #: ``bn_stats`` (:data:`~bidl_models.layers.BN_STATS`): per step in BIDL's itout models, over all
+    #: frames in its It models (``TimeDistributed``).
+    default_bn_stats: str = "step"
+    #: What a temporal mean divides by for an input of T != ``timestep`` steps: ``'timestep'`` (BIDL's
+    #: itout models sum the steps given and divide by ``timestep``) or ``'given'`` (its It models
+    #: average over the steps given).
+    short_mean: str = "timestep"
 
     def _finish(self, blocks: Sequence[Sequence[str]], timestep: int, amode: str,
-                input_shape: Optional[Sequence[int]], stem: Sequence[str] = (), head: Sequence[str] = ()) -> None:
+                input_shape: Optional[Sequence[int]], stem: Sequence[str] = (), head: Sequence[str] = (),
+                bn_stats: Optional[str] = None) -> None:
         """``blocks``: the module paths of every block, in order; ``stem`` / ``head``: those that go
-        with the first / last block."""
+        with the first / last block; ``bn_stats``: the config's key (None: :attr:`default_bn_stats`)."""
+        self.bn_stats = self.default_bn_stats if bn_stats is None else bn_stats
+        set_bn_stats(self, self.bn_stats, f"{type(self).__name__}: bn_stats")
         self.timestep = int(timestep)
         self.acc = TemporalAccumulator(amode, timestep)
         self.input_shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
@@ -205,7 +221,6 @@ class Backbone(nn.Module):
     def segment(self, start: int | str | Cut, end: int | str | Cut):
         """The contiguous segment ``[start, end)`` (block indices, or cut positions inside blocks, see
         :mod:`bidl_models.cuts`); shares this backbone's weights."""
-        from ..segments import Segment
         return Segment(self, start, end)
 
     def run(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
@@ -240,14 +255,56 @@ class Backbone(nn.Module):
             raise ValueError(f"input of shape {list(x.shape)}: expected [B, T] + {step} per step")
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x[B, T, ...]`` -> logits ``[B, nclass]``: the accumulator after the last step."""
+        """``x[B, T, ...]`` -> logits ``[B, nclass]``: the accumulator after the last step.
+
+        T may differ from ``timestep`` (one warning line per model and T), as in BIDL: the temporal
+        mean is then the sum over the T steps divided by ``timestep`` (itout models; ResNets average
+        their features so, then ``fc``) or the mean over the T steps (It models, :attr:`short_mean`).
+        Attention over time needs exactly ``timestep`` steps: ValueError.
+        """
         self.check_input(x)
-        if self.needs_exact_timestep() and x.shape[1] != self.timestep:
-            raise ValueError(f"input has T={x.shape[1]} time steps but the backbone was built with "
-                             f"timestep={self.timestep} (a temporal mean divides by it, or attention needs "
-                             "exactly T steps)")
-        y, _ = self.run(x.transpose(0, 1))
-        return y[-1]
+        steps = int(x.shape[1])
+        if steps != self.timestep and self.needs_exact_timestep():
+            whole = self.whole_sequence_layers()
+            if whole:
+                raise ValueError(f"input has T={steps} time steps but the backbone was built with timestep="
+                                 f"{self.timestep}; {whole[0][0]} ({whole[0][1]}) attends over exactly that many")
+            self._warn_steps(steps)
+        with self._mean_over(steps):
+            y, _ = self.run(x.transpose(0, 1))
+        return self.steps_result(y[-1], steps)
+
+    def _warn_steps(self, steps: int) -> None:
+        """One log line per model and T: what a T != ``timestep`` input gives."""
+        warned = self.__dict__.setdefault("_warned_steps", set())
+        if steps in warned:
+            return
+        warned.add(steps)
+        how = (f"the temporal mean is taken over the {steps} steps given" if self.short_mean == "given" else
+               f"the temporal mean is the sum over the {steps} steps divided by timestep={self.timestep}")
+        log.warning("%s: input has T=%d time steps but model.backbone.timestep=%d: %s, as BIDL's %s",
+                    type(self).__name__, steps, self.timestep, how, type(self).__name__)
+
+    @contextmanager
+    def _mean_over(self, steps: int) -> Iterator[None]:
+        """For :attr:`short_mean` ``'given'``: every temporal mean divides by ``steps`` inside the block."""
+        means = [m for m in self.modules() if isinstance(m, Aggregation) and m.mode == "mean"]
+        if self.short_mean != "given" or steps == self.timestep or not means:
+            yield
+            return
+        saved = [m.timestep for m in means]
+        try:
+            for m in means:
+                m.timestep = steps
+            yield
+        finally:
+            for m, ts in zip(means, saved):
+                m.timestep = ts
+
+    def steps_result(self, y: Tensor, steps: int) -> Tensor:
+        """The model's result from the accumulator after ``steps`` steps (a hook: ResNets correct the
+        ``fc`` bias for T != ``timestep``)."""
+        return y
 
     def features(self, paths: Sequence[str], in_shape: Sequence[int]) -> int:
         """Features per sample after running the modules ``paths`` on a per-step input ``in_shape``."""

@@ -46,7 +46,7 @@ class FastTextItout(Backbone):
     def __init__(self, timestep: int, vocab_size: int, embedding_dim: int, hidden_dim: int, cmode: str = "analog",
                  amode: str = "mean", soma_params: Any = "all_share", noise: float = 1e-3, neuron: str = "lif",
                  neuron_config: Optional[Sequence] = None, spike_func: Any = None, use_inner_loop: bool = False,
-                 surrogate_width: float = 1.0, lifplus_form: str = "documented"):
+                 surrogate_width: float = 1.0, lifplus_form: str = "documented", bn_stats: Optional[str] = None):
         super().__init__()
         check_itout(spike_func, use_inner_loop, type(self).__name__)
         if str(neuron).lower() != self.fc_neuron:
@@ -72,7 +72,7 @@ class FastTextItout(Backbone):
         self.embedding_fc.weight = nn.Parameter(self.embedding.weight.detach().t())   # tied: the same storage
         self.input_high = vocab_size
         self.amode_key = amode   # BIDL's key; the result is the last step's either way
-        self._finish([["embedding"], ["lif"], ["dropout", "fc"]], timestep, "pick", ())
+        self._finish([["embedding"], ["lif"], ["dropout", "fc"]], timestep, "pick", (), bn_stats=bn_stats)
 
     def check_input(self, x: Tensor) -> None:
         """Token ids ``[B, T]`` or one-hot rows ``[B, T, vocab_size]``."""
@@ -111,6 +111,6 @@ class FastTextlifplusItout(FastTextItout):
     def __init__(self, timestep: int, vocab_size: int, embedding_dim: int, hidden_dim: int, cmode: str = "analog",
                  amode: str = "mean", soma_params: Any = "all_share", noise: float = 1e-3, neuron: str = "lifplus",
                  neuron_config: Optional[Sequence] = None, spike_func: Any = None, use_inner_loop: bool = False,
-                 surrogate_width: float = 1.0, lifplus_form: str = "bidl"):
+                 surrogate_width: float = 1.0, lifplus_form: str = "bidl", bn_stats: Optional[str] = None):
         super().__init__(timestep, vocab_size, embedding_dim, hidden_dim, cmode, amode, soma_params, noise, neuron,
-                         neuron_config, spike_func, use_inner_loop, surrogate_width, lifplus_form)
+                         neuron_config, spike_func, use_inner_loop, surrogate_width, lifplus_form, bn_stats)

@@ -219,7 +219,8 @@ class ResNetLifItout(Backbone):
     the size comes from ``models_compile_inputshape`` or the data -- BIDL defaults them to 224 but
     never uses them). Project options:
     ``norm_state`` (BN on every LIF state), ``conv_bias``, ``neuron``/``neuron_config``/``lifplus_form``,
-    ``surrogate_width``.
+    ``surrogate_width``, ``bn_stats`` (the conv and downsample BatchNorms' training statistics: 'step',
+    per time step, BIDL's itout, the default; 'frames', over all frames of a chunk).
     """
 
     arch_settings = {
@@ -236,7 +237,8 @@ class ResNetLifItout(Backbone):
                  down_t: Sequence = (1, "max"), zero_init_residual: bool = False, noise: float = 1e-3,
                  cmode: str = "spike", amode: str = "mean", soma_params: Any = "all_share", norm: Any = None,
                  neuron: str = "lif", neuron_config: Optional[Sequence] = None, norm_state: bool = False,
-                 conv_bias: bool = True, surrogate_width: float = 1.0, lifplus_form: str = "documented"):
+                 conv_bias: bool = True, surrogate_width: float = 1.0, lifplus_form: str = "documented",
+                 bn_stats: Optional[str] = None):
         super().__init__()
         if depth not in self.arch_settings:
             raise ValueError(f"depth={depth!r}: expected one of {sorted(self.arch_settings)}")
@@ -276,7 +278,15 @@ class ResNetLifItout(Backbone):
         self.fc = nn.Linear(ci, nclass)
         self.depth = depth
         shape = (input_channels, h, w) if h is not None and w is not None else None
-        self._finish(paths, timestep, amode, shape, stem=stem, head=["avgpool", "flat", "fc"])
+        self._finish(paths, timestep, amode, shape, stem=stem, head=["avgpool", "flat", "fc"], bn_stats=bn_stats)
+
+    def steps_result(self, y: Tensor, steps: int) -> Tensor:
+        """BIDL's GPU path: ``fc`` of the pooled features summed over the ``steps`` given and divided by
+        ``timestep``. The accumulator holds ``sum_t fc(f_t) / timestep``, whose bias counts
+        ``steps / timestep`` times: it is counted once."""
+        if self.short_mean != "timestep" or self.acc.amode != "mean" or steps == self.timestep:
+            return y
+        return y - self.fc.bias * ((steps - self.timestep) / self.timestep)
 
     def make_block(self, block: type, index: int, ci: int, width: int, stride: int, n: NeuronSpec,
                    norm_state: bool) -> nn.Module:

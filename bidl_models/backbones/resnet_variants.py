@@ -88,7 +88,12 @@ class ResNetLifReluItout(ResNetLifItout):
 @BACKBONES.register()
 class ResNetLif(ResNetLifItout):
     """BIDL's It-mode spiking ResNet (module docstring): ResNetLifItout with ``TimeDistributed``
-    conv/BN and downsample modules (BIDL's keys), the temporal mean of the logits as the result."""
+    conv/BN and downsample modules (BIDL's keys), the temporal mean of the logits as the result.
+    As BIDL's, its BatchNorms take training statistics over all frames (``bn_stats='frames'``) and
+    an input of T != ``timestep`` steps is averaged over the T steps."""
+
+    default_bn_stats = "frames"
+    short_mean = "given"
 
     def __init__(self, depth: int, nclass: int, low_resolut: bool = False, input_channels: int = 3,
                  stem_channels: int = 64, base_channels: int = 64, timestep: int = 10, h: Optional[int] = None,
@@ -96,13 +101,13 @@ class ResNetLif(ResNetLifItout):
                  zero_init_residual: bool = False, soma_params: Any = "all_share", it_batch: int = 1,
                  noise: float = 1e-3, neuron: str = "lif", neuron_config: Optional[Sequence] = None,
                  norm_state: bool = False, conv_bias: bool = True, surrogate_width: float = 1.0,
-                 lifplus_form: str = "documented"):
+                 lifplus_form: str = "documented", bn_stats: Optional[str] = None):
         if not isinstance(it_batch, int) or it_batch < 1:
             raise ValueError(f"ResNetLif: it_batch={it_batch!r}: expected a positive int (accepted for BIDL's "
                              "files; any batch runs here)")
         super().__init__(depth, nclass, low_resolut, timestep, h, w, input_channels, stem_channels, base_channels,
                          down_t, zero_init_residual, noise, cmode, "mean", soma_params, None, neuron, neuron_config,
-                         norm_state, conv_bias, surrogate_width, lifplus_form)
+                         norm_state, conv_bias, surrogate_width, lifplus_form, bn_stats)
         self.conv = TimeDistributed(self.conv)
         for i in range(1, 5):
             for blk in getattr(self, f"layer{i}"):

@@ -20,7 +20,10 @@ baked into the model) is accepted and not needed: nothing here depends on the ba
 Keywords are BIDL's (``input_channels, h, w``; the user guide's ``c0, h0, w0`` are accepted by
 :func:`~bidl_models.build_backbone`), plus the project's layout options: ``norm_state`` (True:
 BN on the membrane state, BIDL's; False: BN on the current), ``conv_bias`` (True, BIDL's),
-``surrogate_width`` (1.0, BIDL's), ``lifplus_form`` ('documented' | 'bidl'; configs default to 'bidl').
+``surrogate_width`` (1.0, BIDL's), ``lifplus_form`` ('documented' | 'bidl'; configs default to 'bidl'),
+``bn_stats`` (how a BatchNorm on a per-step tensor -- ``norm_state=False``'s current, the Gesture
+nets' input ``norm`` -- takes its training statistics: 'step', per time step, BIDL's itout; 'frames',
+over all frames of a chunk, BIDL's It; default BIDL's for the class).
 """
 from __future__ import annotations
 
@@ -103,7 +106,7 @@ class SeqBackbone(Backbone):
         return mlp_blocks("head", len(widths), first)
 
     def _build(self, n: NeuronSpec, convs: Sequence, widths: Sequence[int], timestep: int, amode: str,
-               shape: Sequence[int], it: bool) -> None:
+               shape: Sequence[int], it: bool, bn_stats: Optional[str] = None) -> None:
         """Conv stack, then (itout) ``flat`` and the head per step, the accumulator averaging; or (It)
         ``avg`` over time, ``flat``, the head, the last step's result."""
         blocks = self._conv_stack(n, convs, shape[0])
@@ -113,7 +116,7 @@ class SeqBackbone(Backbone):
         self.flat = nn.Flatten(1)
         first = ("avg", "flat") if it else ("flat",)
         blocks += self._head(self.features(conv_paths, shape), widths, first)
-        self._finish(blocks, timestep, "pick" if it else amode, shape)
+        self._finish(blocks, timestep, "pick" if it else amode, shape, bn_stats=bn_stats)
 
 
 def variant(base: type, name: str, doc: str, attrs: Optional[dict] = None, **defaults: Any) -> type:
@@ -149,11 +152,12 @@ class SeqClif3Fc3DmItout(SeqBackbone):
                  cmode: str = "spike", amode: str = "mean", soma_params: Any = "all_share", noise: float = 0,
                  neuron: str = "lif", neuron_config: Optional[Sequence] = None, spike_func: Any = None,
                  use_inner_loop: bool = False, norm_state: bool = True, conv_bias: bool = True,
-                 surrogate_width: float = 1.0, lifplus_form: str = "documented"):
+                 surrogate_width: float = 1.0, lifplus_form: str = "documented", bn_stats: Optional[str] = None):
         super().__init__()
         n = self._neurons(cmode, soma_params, noise, neuron, neuron_config, norm_state, conv_bias, surrogate_width,
                           lifplus_form, spike_func, use_inner_loop)
-        self._build(n, CONV3, (512, 128, nclass), timestep, amode, (input_channels, h, w), it=False)
+        self._build(n, CONV3, (512, 128, nclass), timestep, amode, (input_channels, h, w), it=False,
+                    bn_stats=bn_stats)
 
 
 @BACKBONES.register()
@@ -165,11 +169,12 @@ class SeqClif5Fc2CdItout(SeqBackbone):
                  cmode: str = "spike", amode: str = "mean", soma_params: Any = "all_share", noise: float = 0,
                  neuron: str = "lif", neuron_config: Optional[Sequence] = None, spike_func: Any = None,
                  use_inner_loop: bool = False, norm_state: bool = True, conv_bias: bool = True,
-                 surrogate_width: float = 1.0, lifplus_form: str = "documented"):
+                 surrogate_width: float = 1.0, lifplus_form: str = "documented", bn_stats: Optional[str] = None):
         super().__init__()
         n = self._neurons(cmode, soma_params, noise, neuron, neuron_config, norm_state, conv_bias, surrogate_width,
                           lifplus_form, spike_func, use_inner_loop)
-        self._build(n, CONV5, (512, nclass), timestep, amode, (input_channels, h, w), it=False)
+        self._build(n, CONV5, (512, nclass), timestep, amode, (input_channels, h, w), it=False,
+                    bn_stats=bn_stats)
 
 
 @BACKBONES.register()
@@ -181,7 +186,8 @@ class SeqClif3Flif2DgItout(SeqBackbone):
                  cmode: str = "spike", fmode: str = "spike", amode: str = "mean", soma_params: Any = "all_share",
                  noise: float = 0.001, neuron: str = "lif", neuron_config: Optional[Sequence] = None,
                  spike_func: Any = None, use_inner_loop: bool = False, norm_state: bool = True,
-                 conv_bias: bool = True, surrogate_width: float = 1.0, lifplus_form: str = "documented"):
+                 conv_bias: bool = True, surrogate_width: float = 1.0, lifplus_form: str = "documented",
+                 bn_stats: Optional[str] = None):
         super().__init__()
         n = self._neurons(cmode, soma_params, noise, neuron, neuron_config, norm_state, conv_bias, surrogate_width,
                           lifplus_form, spike_func, use_inner_loop)
@@ -193,7 +199,7 @@ class SeqClif3Flif2DgItout(SeqBackbone):
         self.flif1 = f.fc(feat, 256)
         self.flif2 = f.fc(256, nclass)
         self._finish(blocks + [["flat", "flif1"], ["flif2"]], timestep, amode, (input_channels, h, w),
-                     stem=["norm"])
+                     stem=["norm"], bn_stats=bn_stats)
 
 
 @BACKBONES.register("SeqClif7Fc1CdItout", "SeqClif7Fc1DgItout")
@@ -205,12 +211,14 @@ class SeqClif7Fc1CdItout(SeqBackbone):
                  cmode: str = "spike", fmode: str = "spike", amode: str = "mean", soma_params: Any = "all_share",
                  noise: float = 0.001, neuron: str = "lif", neuron_config: Optional[Sequence] = None,
                  spike_func: Any = None, use_inner_loop: bool = False, norm_state: bool = True,
-                 conv_bias: bool = True, surrogate_width: float = 1.0, lifplus_form: str = "documented"):
+                 conv_bias: bool = True, surrogate_width: float = 1.0, lifplus_form: str = "documented",
+                 bn_stats: Optional[str] = None):
         super().__init__()
         n = self._neurons(cmode, soma_params, noise, neuron, neuron_config, norm_state, conv_bias, surrogate_width,
                           lifplus_form, spike_func, use_inner_loop)
         self.fmode = fmode  # accepted as BIDL's constructor does; the head is a plain Linear
-        self._build(n, CONV7_INSIDE, (nclass,), timestep, amode, (input_channels, h, w), it=False)
+        self._build(n, CONV7_INSIDE, (nclass,), timestep, amode, (input_channels, h, w), it=False,
+                    bn_stats=bn_stats)
 
 
 SeqClif3Fc3LcItout = variant(
@@ -246,19 +254,22 @@ class SeqClif5Fc2CdIt(SeqBackbone):
 
     convs: Sequence = CONV5
     widths = (512,)
+    default_bn_stats = "frames"     # BIDL's It layers: TimeDistributed, one call on all T*B frames
+    short_mean = "given"            # BIDL's Aggregation averages over the steps given
 
     def __init__(self, timestep: int = 10, input_channels: int = 2, h: int = 128, w: int = 128, nclass: int = 10,
                  cmode: str = "spike", amode: str = "mean", soma_params: Any = "all_share", noise: float = 0,
                  neuron: str = "lif", neuron_config: Optional[Sequence] = None, it_batch: int = 1,
                  norm_state: bool = True, conv_bias: bool = True, surrogate_width: float = 1.0,
-                 lifplus_form: str = "documented"):
+                 lifplus_form: str = "documented", bn_stats: Optional[str] = None):
         super().__init__()
         if not isinstance(it_batch, int) or it_batch < 1:
             raise ValueError(f"{type(self).__name__}: it_batch={it_batch!r}: expected a positive int (accepted "
                              "for BIDL's files; any batch runs here)")
         n = self._neurons(cmode, soma_params, noise, neuron, neuron_config, norm_state, conv_bias, surrogate_width,
                           lifplus_form)
-        self._build(n, self.convs, tuple(self.widths) + (nclass,), timestep, amode, (input_channels, h, w), it=True)
+        self._build(n, self.convs, tuple(self.widths) + (nclass,), timestep, amode, (input_channels, h, w), it=True,
+                    bn_stats=bn_stats)
 
 
 SeqClif5Fc2DmIt = variant(SeqClif5Fc2CdIt, "SeqClif5Fc2DmIt", "It mode of SeqClif5Fc2DmItout (DVS-MNIST, T=20).",

@@ -4,7 +4,8 @@ One module per dataset (each registers itself in :data:`bidl_models.registry.DAT
 here): ``cifar10dvs``, ``dvsgesture``, ``dvsmnist``, ``nmnist`` (event frames; shared reader in
 ``frames``, also ``FramesDataset`` and ``SpikingJellyFrames``), ``glyphs`` (generated), ``mnist``
 (idx files, for the spike encoders), ``luna16``, ``rgbgesture``, ``jester``, ``esimagenet``, ``imdb``,
-``tonic_adapter`` (``TonicDataset``). Shared pieces: ``base`` (``BaseDataset``, ``build_dataset``),
+``tonic_adapter`` (``TonicDataset``), ``synthetic`` (``SyntheticData``, ``synthetic_samples``: seeded input of a
+model's shape when its data is missing). Shared pieces: ``base`` (``BaseDataset``, ``build_dataset``),
 ``files`` (safe file reading, frame files), ``splits``, ``events`` / ``readers`` (raw events),
 ``pipelines`` (steps in :data:`bidl_models.registry.PIPELINES`). ``python -m
 bidl_models.datasets.convert`` turns raw DVS recordings into frame files.
@@ -29,6 +30,7 @@ from .pipelines import (Collect, Compose, RandomCropVideo, RandomFlipVideo, Resi
 from .readers import (read_aedat2, read_aedat3, read_events, read_nmnist_bin, write_aedat2, write_aedat3,
                       write_nmnist_bin)
 from .rgbgesture import RgbGesture
+from .synthetic import SyntheticData, synthetic_samples
 from .tonic_adapter import TonicDataset, from_tonic, tonic_to_frames
 
 __all__ = [
@@ -39,5 +41,5 @@ __all__ = [
     "from_tonic", "tonic_to_frames", "EVENT_DTYPE", "events_to_frames", "frame_index", "make_events",
     "Compose", "RandomCropVideo", "RandomFlipVideo", "ResizeDVS", "ToTensorType", "ToTensor", "Collect",
     "read_aedat2", "read_aedat3", "read_events", "read_nmnist_bin", "write_aedat2", "write_aedat3",
-    "write_nmnist_bin",
+    "write_nmnist_bin", "SyntheticData", "synthetic_samples",
 ]

@@ -32,15 +32,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from bidl_grid.command import run_command
+
+from ..checkpoint import link_or_copy
 from .cifar10dvs import Cifar10Dvs
 from .dvsgesture import DvsGesture
 from .events import events_to_frames
@@ -211,17 +212,7 @@ class Converter:
         return events_to_frames(ev, self.timestep, self.size, self.split_by, dtype=np.uint16)
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    for p in (dst,):
-        if p.exists() or p.is_symlink():
-            p.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
-def convert(dataset: str, root: str | Path, out: str | Path, timestep: int, size: Sequence[int],
+def convert_recordings(dataset: str, root: str | Path, out: str | Path, timestep: int, size: Sequence[int],
             split_by: str = "number", fmt: str = "pkl", seed: int = 0, test_fraction: float = 0.1,
             layout: Optional[str] = None, pattern: str = "**/*.aedat", skip_bad: bool = False,
             progress: bool = True) -> dict[str, Path]:
@@ -259,8 +250,8 @@ def convert(dataset: str, root: str | Path, out: str | Path, timestep: int, size
                     frame_values="binary (event present)" if fmt == "pkl" else "event counts, saturated at 255")
         written[split] = save_frames_file(out / f"{split}.{fmt}", frames, labels, classes, meta)
     val = out / f"val.{fmt}"
-    _link_or_copy(written["test"], val)
-    _link_or_copy(written["test"].with_suffix(".json"), val.with_suffix(".json"))
+    link_or_copy(written["test"], val)
+    link_or_copy(written["test"].with_suffix(".json"), val.with_suffix(".json"))
     written["val"] = val
     return written
 
@@ -285,19 +276,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Path]:
+def run(argv: Optional[Sequence[str]] = None) -> dict[str, Path]:
+    """Parse ``argv``, convert, print the files written; :func:`convert_recordings`' result."""
     a = parse_args(argv)
     size = tuple(a.size) if a.size else SENSORS[a.dataset]
-    out = convert(a.dataset, a.root, a.out, a.timestep, size, a.split_by, a.format, a.seed, a.test_fraction,
+    out = convert_recordings(a.dataset, a.root, a.out, a.timestep, size, a.split_by, a.format, a.seed, a.test_fraction,
                   a.aedat2_layout, a.pattern, a.skip_bad, progress=not a.no_progress)
     for k, v in out.items():
         print(f"{k}: {v}")
     return out
 
 
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The CLI: 0 once the files are written (errors raise, see :func:`bidl_grid.command.run_command`)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_command(main))

@@ -51,7 +51,7 @@ from bidl_models.specs import TensorSpec
 
 from . import auth
 from ._link import LEN, Link, decode
-from .channel_config import ChannelConfig
+from .channel_config import ChannelConfig, new_secret
 from .errors import ChannelClosed, ChannelError, ChannelTimeout, PeerDied
 from .framing import Layout
 from .stats import ChannelStats
@@ -258,7 +258,6 @@ class Receiver(_NoPickle, ABC):
 
     def __init__(self, name: str, layout: Layout, config: ChannelConfig):
         if config.secret is None:
-            from .channel_config import new_secret
             config = config.replace(secret=new_secret())
         self.name, self.layout, self.config = name, layout, config
         self.depth = int(config.depth)

@@ -8,14 +8,10 @@ import torch
 from torch import Tensor
 
 from bidl_models.datasets import build_dataset
+from bidl_models.datasets.synthetic import is_token_dtype, synthetic_samples
 from bidl_models.specs import one_hot_ids, torch_dtype
 
 from bidl_runtime.plan.grid_plan import GridPlan
-
-
-def _is_tokens(dtype: Optional[torch.dtype]) -> bool:
-    """An integer input other than uint8 event counts: token ids."""
-    return dtype is not None and not dtype.is_floating_point and dtype not in (torch.uint8, torch.bool)
 
 
 def check_sample(x: Any, expected: Sequence[int], dtype: Optional[torch.dtype] = None) -> Optional[str]:
@@ -35,7 +31,7 @@ def check_sample(x: Any, expected: Sequence[int], dtype: Optional[torch.dtype] =
         names = "[T]" if len(want) == 1 else "[T, C, H, W]" if len(want) == 4 else "[T, ...]"
         return f"shape {list(x.shape)}, expected {list(want)} ({names})"
     got = str(x.dtype).removeprefix("torch.")
-    if _is_tokens(dtype):
+    if is_token_dtype(dtype):
         if x.is_floating_point() or x.dtype == torch.bool:
             return f"dtype {got}, expected integer token ids ({str(dtype).removeprefix('torch.')})"
         if x.numel() and int(x.min()) < 0:
@@ -101,33 +97,24 @@ def _short(v: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def synthetic_samples(T: int, shape: Sequence[int], n: Optional[int], seed: int = 0, rate: float = 0.2,
-                      dtype: torch.dtype = torch.float32, high: Optional[int] = None) -> Iterator[Tensor]:
-    """Seeded random event-count frames ``[T, C, H, W]`` (for configs without usable data), or token
-    ids ``[T]`` in ``[0, high)`` for an integer ``dtype``."""
-    g = torch.Generator().manual_seed(seed)
-    i = 0
-    while n is None or i < n:
-        if _is_tokens(dtype):
-            yield torch.randint(0, int(high or 2), (T,) + tuple(shape), generator=g).to(dtype)
-        else:
-            yield (torch.rand((T,) + tuple(shape), generator=g) < rate).to(torch.float32)
-        i += 1
-
-
 def dataset_samples(cfg: Mapping, n: Optional[int],
                     dtype: Optional[torch.dtype] = None) -> Optional[Iterator[Any]]:
     """``(img [T, C, H, W] float32, label)`` from the config's test set (uint8 kept; integer token ids
     ``[T]`` as ``dtype`` for a token model, one-hot rows ``[T, V]`` turned into ids; ``img`` alone when
     it has no labels, :class:`Unreadable` for an item that fails to load), or None if unavailable."""
+    return _test_split(cfg, n, dtype)[0]
+
+
+def _test_split(cfg: Mapping, n: Optional[int], dtype: Optional[torch.dtype]) -> tuple[Optional[Iterator[Any]], str]:
+    """:func:`dataset_samples`, and why there are none (one line, never cut) when there are none."""
     data = cfg.get("data", {})
     test = data.get("test") if isinstance(data, Mapping) else None
     if not test:
-        return None
+        return None, "the config has no data.test"
     try:
         ds = build_dataset(dict(test), where="data.test")   # the test split when test_mode is absent
-    except (FileNotFoundError, ValueError, OSError):
-        return None
+    except (FileNotFoundError, ValueError, OSError) as e:
+        return None, "the config's data is not available: " + " ".join(str(e).split())
 
     def gen() -> Iterator[tuple[Tensor, int]]:
         total = len(ds) if n is None else min(n, len(ds))
@@ -143,13 +130,13 @@ def dataset_samples(cfg: Mapping, n: Optional[int],
             except Exception as e:  # noqa: BLE001 - one unreadable item is rejected alone
                 yield Unreadable(f"dataset item {i} cannot be read: {type(e).__name__}: {e}")
                 continue
-            if _is_tokens(dtype):
+            if is_token_dtype(dtype):
                 ids = one_hot_ids(img)          # BIDL's ToOneHot test pipeline: one-hot rows -> ids
                 img = ids.to(dtype) if ids is not None else img if img.is_floating_point() else img.to(dtype)
             elif img.dtype != torch.uint8:
                 img = img.to(torch.float32)
             yield (img, label) if label is not None else img
-    return gen()
+    return gen(), ""
 
 
 
@@ -159,13 +146,14 @@ def samples_for(cfg: Optional[Mapping], plan: GridPlan, n: int, seed: int = 0,
     ones of the plan's input (event frames, or token ids below ``high``, the model's vocabulary size)."""
     x = plan.outputs(None)[0].layout[0]
     dtype = torch_dtype(x.dtype)
-    gen = dataset_samples(cfg, n, dtype) if cfg is not None else None
+    gen, why = _test_split(cfg, n, dtype) if cfg is not None else (None, "--synthetic")
     if gen is not None:
         return gen, f"{cfg.data.test.type} test split ({n} samples)"
     shape = tuple(x.shape[2:])
-    what = f"token ids in [0, {high})" if _is_tokens(dtype) else "event frames"
+    what = f"token ids in [0, {high})" if is_token_dtype(dtype) else "event frames"
+    why = why.replace("frames_number_<T>_", f"frames_number_{plan.T}_")
     return (synthetic_samples(plan.T, shape, n, seed, dtype=dtype, high=high),
-            f"synthetic seeded {what} {'x'.join(map(str, (plan.T,) + shape))} (the config's data is not available)")
+            f"synthetic seeded {what} {'x'.join(map(str, (plan.T,) + shape))} ({why})")
 
 def batch_of(xs: list[Tensor], shape: tuple[int, ...], dtype, batch: int) -> Tensor:
     """``[T, batch, ...]`` of samples ``xs`` (each ``[T, ...]`` or ``[T, 1, ...]``) in order, zero

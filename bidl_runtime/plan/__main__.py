@@ -12,6 +12,7 @@ import sys
 from typing import Optional, Sequence
 
 from bidl_grid.command import run_command
+from bidl_models.config import describe_source
 
 from bidl_runtime.run import add_grid_flags
 
@@ -26,7 +27,7 @@ def _plan(argv: Optional[Sequence[str]]) -> int:
     args = build_parser().parse_args(argv)
     from bidl_runtime.launch import plan_job   # torch loads only once the flags are read (--help: fast)
     job = plan_job(args)
-    print(f"config: {job.config.filename}")
+    print(describe_source(job.config))
     print(job.preview().table())
     return 0
 

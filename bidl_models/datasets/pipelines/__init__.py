@@ -8,10 +8,10 @@
   ``ColorJitterVideo``;
 * ``image``: ``Resize``;
 * ``loading``: ``LoadFramesInFolder``, ``LoadNumpy``;
-* ``encoders``: ``Rate``, ``Temporal``, ``Population``.
+* ``encoders``: ``Rate``, ``Latency`` (registered under BIDL's name ``Temporal`` too), ``Population``.
 """
 from .compose import Compose, resize_frames
-from .encoders import Population, Rate, Temporal
+from .encoders import Latency, Population, Rate
 from .formatting import (Collect, ImageToTensor, ToOneHot, ToTensor, ToTensorType, ToTensorTypeDict,
                          Transpose)
 from .image import Resize
@@ -19,7 +19,7 @@ from .loading import LoadFramesInFolder, LoadNumpy
 from .video import (CenterCropVideo, ColorJitterVideo, CropPadByRatioVideo, CutOutVideo, RandomCropVideo,
                     RandomFlipVideo, RandomResizedCropVideo, ResizeDVS, ResizeVideo)
 
-__all__ = ["Compose", "resize_frames", "Population", "Rate", "Temporal", "Collect", "ImageToTensor", "ToOneHot",
+__all__ = ["Compose", "resize_frames", "Population", "Rate", "Latency", "Collect", "ImageToTensor", "ToOneHot",
            "ToTensor", "ToTensorType", "ToTensorTypeDict", "Transpose", "Resize", "LoadFramesInFolder",
            "LoadNumpy", "CenterCropVideo", "ColorJitterVideo", "CropPadByRatioVideo", "CutOutVideo",
            "RandomCropVideo", "RandomFlipVideo", "RandomResizedCropVideo", "ResizeDVS", "ResizeVideo"]

@@ -1,4 +1,5 @@
-"""Spike encoders for static images (BIDL's ``Rate``, ``Temporal``, ``Population``).
+"""Spike encoders for static images: ``Rate``, ``Latency`` (BIDL's step type ``Temporal``, still
+accepted in configs) and ``Population``.
 
 Input ``img``: pixel intensities in [0, 1], ``[H, W]`` (one channel) or ``[C, H, W]``, numpy or tensor
 (the ``MNIST`` dataset gives float32 ``[28, 28]``). Output ``img``: float32 numpy ``[T, C', H, W]``
@@ -61,9 +62,9 @@ class Rate:
         return results
 
 
-@PIPELINES.register()
-class Temporal:
-    """Latency coding: one spike per pixel, brighter pixels earlier.
+@PIPELINES.register("Latency", "Temporal")
+class Latency:
+    """Latency coding (BIDL's pipeline step ``Temporal``): one spike per pixel, brighter pixels earlier.
 
     Spike time ``t`` (in steps):
 

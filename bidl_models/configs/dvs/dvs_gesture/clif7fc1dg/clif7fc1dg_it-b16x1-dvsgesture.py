@@ -1,9 +1,8 @@
 # BIDL's clif7fc1dg_it-b16x1-dvsgesture: SeqClif7Fc1DgIt (It mode, spike) on DVS128 Gesture, 2x128x128,
 # T=16, 11 classes. Same logits as clif7fc1dg_itout on the same weights (the head is linear).
 
-# ---- model
+# ---- model (no 'type', as BIDL's file: an ImageClassifier)
 model = dict(
-    type='ImageClassifier',
     backbone=dict(
         type='SeqClif7Fc1DgIt',
         timestep=16, input_channels=2, h=128, w=128, nclass=11,
