@@ -159,6 +159,8 @@ def _read_file(path: Path) -> dict:
     ns: dict[str, Any] = {"__file__": str(path), "__name__": "__config__"}
     try:
         exec(code, ns)  # config files are Python by design (the user guide's format)
+    except SystemExit as e:   # sys.exit() in a config is an error of that file, not the command's exit
+        raise ValueError(f"config {str(path)!r} called sys.exit({e.code!r}) while loading") from None
     except Exception as e:  # noqa: BLE001 - report any failure of the user's file
         raise ValueError(f"config {str(path)!r} failed to execute: {type(e).__name__}: {e}") from None
     return {k: v for k, v in ns.items()
