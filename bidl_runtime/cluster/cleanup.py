@@ -232,7 +232,8 @@ def token_base() -> Path:
 def claim_token_dir() -> Optional[Path]:
     """Write this process as the owner of the token directory it uses (``RAY_AUTH_TOKEN_PATH`` in a
     ``bidl-auth-*`` directory of ours without an owner yet), so that a later cleanup can tell when
-    its driver is gone. Returns the directory claimed."""
+    its driver is gone; call it only for a directory this process made (one inherited from a parent
+    lives as long as the parent). Returns the directory claimed."""
     path = os.environ.get("RAY_AUTH_TOKEN_PATH")
     if not path:
         return None

@@ -47,6 +47,7 @@ ROOT_CAUSES = ("died", "raised", "frozen", "stuck", "stalled")
 NODE_CHECK_S = 1.0         # a node's raylet is probed this often
 NODE_LOST_S = 2.0          # refused (nothing listens: the raylet is gone) for this long: the node is lost
 NODE_UNREACHABLE_S = 6.0   # no answer at all (the host or the network) for this long: lost too
+REFUSED = "refuses connections (nothing listens on its port: the process is gone)"
 
 
 class NodeLost(RunError):
@@ -351,7 +352,7 @@ class NodeWatch:
                 if node not in self.pending:
                     self._probe(node, addr, now)
         for node, (since, why) in self.failing.items():
-            limit = NODE_LOST_S if "refused" in why else NODE_UNREACHABLE_S
+            limit = NODE_LOST_S if why.startswith(REFUSED) else NODE_UNREACHABLE_S
             if now - since >= limit:
                 return node, f"its raylet {why} for {now - since:.1f} s"
         return None
@@ -377,14 +378,14 @@ class NodeWatch:
             return
         s.close()
         del self.pending[node]
-        self._result(node, err, now)
+        self._result(node, err, sent)
 
     def _result(self, node: str, err: int, now: float) -> None:
+        """Record a probe's outcome (``now``: when it was sent)."""
         if err == 0:
             self.failing.pop(node, None)
             return
-        why = ("refuses connections (nothing listens on its port: the process is gone)"
-               if err == errno.ECONNREFUSED else f"does not answer ({os.strerror(err)})")
+        why = REFUSED if err == errno.ECONNREFUSED else f"does not answer ({os.strerror(err)})"
         since = self.failing.get(node, (now, why))[0]
         self.failing[node] = (since, why)
 
