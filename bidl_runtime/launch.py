@@ -24,7 +24,7 @@ from typing import Any, Optional
 import ray
 from tqdm import tqdm
 
-from bidl_grid.command import stop_on_sigterm
+from bidl_grid.command import USAGE_ERRORS, one_line, stop_on_sigterm
 from bidl_models.checkpoint import shipped_weights
 from bidl_models.config import REPO_CONFIGS, load_config, load_model
 
@@ -94,6 +94,7 @@ class Launch:
         self.actors: Optional[dict] = None
         self.started = False          # this run started the (embedded) cluster
         self.interrupted = False
+        self.torn_down = False
 
     def run(self) -> int:
         try:
@@ -103,6 +104,12 @@ class Launch:
                 raise
             self.interrupted = True
             line = self._interrupted_line()
+        except Exception as e:  # noqa: BLE001 - the command's wrapper prints it, unless a thread would abort the exit
+            self._teardown()
+            if not threads_done(THREAD_GRACE_S) and "--debug" not in sys.argv:
+                print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+                exit_now(2 if isinstance(e, USAGE_ERRORS) else 1)
+            raise
         finally:
             self._teardown()
         print(line, file=sys.stderr, flush=True)
@@ -237,7 +244,10 @@ class Launch:
         return f"interrupted while {self.phase}: stopped, nothing streamed"
 
     def _teardown(self) -> None:
-        """Stop whatever this run started, on every path; a second Ctrl-C / SIGTERM meanwhile is ignored."""
+        """Stop whatever this run started, on every path (once); a second Ctrl-C / SIGTERM meanwhile is ignored."""
+        if self.torn_down:
+            return
+        self.torn_down = True
         shield()
         if self.clock is not None:
             self.clock.close()

@@ -258,7 +258,7 @@ def test_a_killed_drivers_leftovers_are_removed_by_cleanup_and_live_clusters_kep
                            env=ENV, timeout=120)
         assert r.returncode == 0 and r.stdout.startswith("cleanup: "), r.stdout + r.stderr
         if left:
-            assert f"orphaned Ray process(es)" in r.stdout and f"_{run.pid}" in r.stdout, r.stdout
+            assert "orphaned Ray process(es)" in r.stdout and f"_{run.pid}" in r.stdout, r.stdout
         assert not run.leftovers(), "cleanup left the killed driver's processes"
         assert not Path(token).parent.exists() and str(Path(token).parent) in r.stdout, r.stdout
         assert not run.shm_files() or all(not Path("/dev/shm", f).exists() for f in run.shm_files())
