@@ -37,7 +37,8 @@ def _early_stop(signum: int, frame: object) -> None:   # SIGTERM before the comm
     os._exit(130)
 
 
-signal.signal(signal.SIGTERM, _early_stop)
+if __name__ == "__main__":   # python -m bidl_runtime.run: from its first line (an import sets no handler)
+    signal.signal(signal.SIGTERM, _early_stop)
 
 from bidl_grid.command import run_command  # noqa: E402 - after the early SIGTERM handler
 
