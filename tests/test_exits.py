@@ -125,6 +125,7 @@ raise SystemExit("planted")
 """
 
 
+@pytest.mark.slow
 def test_a_planted_default_config_in_the_current_directory_is_never_loaded(tmp_path):
     from bidl_runtime.api import DEFAULT_CONFIG, default_config
     marker = tmp_path / "ran"
