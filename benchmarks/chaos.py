@@ -12,7 +12,10 @@ until its replica was rewired, until its replica streamed again, samples replaye
 
     faults injected N, survived N
     samples lost 0, duplicated 0, bit-exact N/N
-    time to recover: named ... s (frozen, max), streaming again ... s after a kill (max)
+    time to recover (max over all N faults): named ... s (<kind> <cell>), streaming again ... s (<kind> <cell>)
+
+Both maxima are over every fault, whatever its kind (a frozen cell whose replacement is slow to start
+shows as the slowest recovery, as it is).
 
 Written: ``chaos.json`` (every fault, every restart, the run's figures). Targets on this 2-core
 machine (issue 12): a frozen cell named within max(10 s, 5 x its chunk time); the grid streaming again
@@ -90,11 +93,8 @@ def main(argv=None) -> int:
             return f"{f[k]:.2f}" if f.get(k) is not None else "-"
         print(f"{f['kind']:<6}{f['cell']:<18}{f.get('diagnosis', 'MISSED'):<11}{fmt('named_after_s'):>9}"
               f"{fmt('rewired_after_s'):>11}{fmt('streaming_again_after_s'):>13}{f.get('replayed', 0):>10}")
-    frozen = [f["named_after_s"] for f in s["faults"] if f["kind"] == "stop" and "named_after_s" in f]
-    killed = [f["streaming_again_after_s"] for f in s["faults"]
-              if f["kind"] == "kill" and f.get("streaming_again_after_s") is not None]
-    recover = {"frozen_named_max_s": max(frozen) if frozen else None,
-               "kill_streaming_again_max_s": max(killed) if killed else None}
+    recover = {"named_max": s["max_named_s"], "streaming_again_max": s["max_streaming_again_s"],
+               "not_streaming_again": s["not_streaming_again"]}
     doc = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
            "cpus": os.cpu_count(), "config": cfg.name, "grid": args.grid, "samples": n, "seed": args.seed,
            "wall_s": wall, "samples_per_s": report.samples_per_s, "summary": s, "recover": recover,
@@ -107,11 +107,18 @@ def main(argv=None) -> int:
     exact = s["bit_exact"]
     print(f"faults injected {s['injected']}, survived {s['survived']}")
     print(f"samples lost {s['lost']}, duplicated {s['duplicated']}, bit-exact {exact}/{n}")
-    print("time to recover: named " + (f"{recover['frozen_named_max_s']:.1f} s" if frozen else "-")
-          + " (frozen, max), streaming again "
-          + (f"{recover['kill_streaming_again_max_s']:.1f} s" if killed else "-") + " after a kill (max)")
+    print(recover_line(s))
     ok = s["survived"] == s["injected"] and s["lost"] == 0 and s["duplicated"] == 0 and exact == n
     return 0 if ok else 1
+
+
+def recover_line(s: dict) -> str:
+    """The summary's line: the slowest naming and the slowest return to streaming over all faults."""
+    def worst(w):
+        return f"{w['s']:.1f} s ({w['kind']} {w['cell']})" if w else "-"
+    missing = (f"; never streaming again: {', '.join(s['not_streaming_again'])}" if s["not_streaming_again"] else "")
+    return (f"time to recover (max over all {s['injected']} faults): named {worst(s['max_named_s'])}, "
+            f"streaming again {worst(s['max_streaming_again_s'])}{missing}")
 
 
 if __name__ == "__main__":

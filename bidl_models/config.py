@@ -230,6 +230,8 @@ def _read_file(path: Path) -> dict:
     ns: dict[str, Any] = {"__file__": str(path), "__name__": "__config__"}
     try:
         exec(code, ns)  # config files are Python by design (the user guide's format)
+    except SystemExit as e:   # sys.exit() in a config is an error of that file, not the command's exit
+        raise ValueError(f"config {str(path)!r} called sys.exit({e.code!r}) while loading") from None
     except Exception as e:  # noqa: BLE001 - report any failure of the user's file
         raise ValueError(f"config {str(path)!r} failed to execute: {type(e).__name__}: {e}") from None
     return {k: v for k, v in ns.items()
@@ -362,12 +364,17 @@ def load_config(name_or_path: str | Path, overrides: Sequence[str] = (),
     return cfg
 
 
+CONFIG_IS_CODE = ("a config file is Python and runs when loaded (as in BIDL and mmcv): load only files you trust; "
+                  "the file loaded is printed")
+
+
 def add_config_arguments(parser: Any, required: bool = True) -> None:
     """``--config``, ``--config-root`` (repeatable) and ``--cfg-options`` on an argparse parser: how every
     command names its config (load it with ``load_config(args.config, args.cfg_options, args.config_root)``)."""
     parser.add_argument("--config", required=required, help="config file, or a config name (stem): found in "
                         "./applications/classification/ (a BIDL checkout), --config-root, $BIDL_CONFIG_ROOT, "
-                        "./configs, the shipped ones")
+                        "./configs, the shipped ones" + ("" if required else "; default: the shipped default config, "
+                        "never a file of the current directory") + "; " + CONFIG_IS_CODE)
     parser.add_argument("--config-root", action="append", default=None, metavar="DIR",
                         help="directory searched for a bare config name (e.g. a BIDL checkout); repeatable")
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
@@ -377,7 +384,8 @@ def describe_source(cfg: Config) -> str:
     """``config: <file>`` for a loaded config, and a second line naming the copies of its name it won
     over (:attr:`FoundConfig.note`): what every command prints first."""
     note = cfg.found.note if cfg.found is not None else None
-    return f"config: {cfg.filename or cfg.name}" + (f"\n{note}" if note else "")
+    ran = " (a Python file: it ran when loaded)" if cfg.filename else ""
+    return f"config: {cfg.filename or cfg.name}{ran}" + (f"\n{note}" if note else "")
 
 
 def config_text(cfg: Mapping, header: str = "") -> str:

@@ -16,15 +16,19 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 MAX_CELLS = 4096      # cells of one grid (rows x cols x replicas): far above any machine's devices
+MAX_DEVICE_IDS = 65536   # device ids 0..65535 (a node declares that many bidl_device resources at most)
 
 
 def parse_grid(grid: str | Sequence[int]) -> tuple[int, int]:
     """``'3x2'`` or ``(3, 2)`` -> (rows = time slices, cols = segments)."""
     if isinstance(grid, str):
-        parts = grid.lower().split("x")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        parts = [p.strip() for p in grid.lower().split("x")]
+        if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
             raise ValueError(f"grid={grid!r}: expected RxC with two positive ints, e.g. 3x2 (rows = time slices, "
                              "columns = model segments)")
+        if any(len(p.lstrip("0")) > 9 for p in parts):   # read no huge number: far past MAX_CELLS anyway
+            shown = grid if len(grid) <= 40 else f"{grid[:18]}...{grid[-18:]}"
+            raise ValueError(f"grid={shown!r}: expected at most {MAX_CELLS} cells (rows x cols x replicas)")
         r, c = (int(p) for p in parts)
     else:
         if len(grid) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in grid):
@@ -33,6 +37,16 @@ def parse_grid(grid: str | Sequence[int]) -> tuple[int, int]:
     if r < 1 or c < 1:
         raise ValueError(f"grid={grid!r}: expected RxC with positive ints (rows and cols >= 1)")
     return r, c
+
+
+def check_size(rows: int, cols: int, replicas: int) -> None:
+    """ValueError (one line) unless ``replicas`` is a positive int and the grid has at most
+    :data:`MAX_CELLS` cells: checked before anything is allocated for it."""
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
+        raise ValueError(f"--replicas {replicas!r}: expected a positive int")
+    if rows * cols * replicas > MAX_CELLS:
+        raise ValueError(f"grid {rows}x{cols} x {replicas} replica(s) = {rows * cols * replicas} cells; expected "
+                         f"at most {MAX_CELLS} (rows <= T time steps, columns <= the model's blocks)")
 
 
 def time_slices(T: int, rows: int) -> list[int]:
@@ -55,8 +69,8 @@ def validate_lynxi_devices(devices: Any, key: str = "lynxi_devices") -> list[lis
     for g, row in enumerate(devices):
         if not isinstance(row, (list, tuple)) or not row:
             raise ValueError(f"{key}[{g}]={row!r}: expected a non-empty list of device ids")
-        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in row):
-            raise ValueError(f"{key}[{g}]={row!r}: expected non-negative int device ids")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < MAX_DEVICE_IDS for d in row):
+            raise ValueError(f"{key}[{g}]={row!r}: expected int device ids in 0..{MAX_DEVICE_IDS - 1}")
         rows.append([int(d) for d in row])
     widths = {len(r) for r in rows}
     if len(widths) != 1:
@@ -93,8 +107,7 @@ class GridLayout:
                 replicas: int = 1) -> "GridLayout":
         """From ``grid`` ('RxC' or (R, C)), else the config's ``lynxi_devices``, else 1 x the config's
         segments. ValueError (one line) for anything malformed or past :data:`MAX_CELLS` cells."""
-        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
-            raise ValueError(f"--replicas {replicas!r}: expected a positive int")
+        check_size(1, 1, replicas)
         if grid is not None:
             rows, cols = parse_grid(grid)
             source = "--grid"
@@ -106,12 +119,13 @@ class GridLayout:
         else:
             rows, cols, base = 1, config_segments(cfg), None
             source = f"default 1x{cols}"
-        if rows * cols * replicas > MAX_CELLS:
-            raise ValueError(f"grid {rows}x{cols} x {replicas} replica(s) = {rows * cols * replicas} cells; expected "
-                             f"at most {MAX_CELLS} (rows <= T time steps, columns <= the model's blocks)")
+        check_size(rows, cols, replicas)
         if base is None:
             base = [[g * cols + s for s in range(cols)] for g in range(rows)]
         step = max(max(r) for r in base) + 1
+        if step * replicas > MAX_DEVICE_IDS:
+            raise ValueError(f"{source}: device ids up to {step * replicas - 1} ({replicas} replica(s) of ids "
+                             f"0..{step - 1}); expected at most {MAX_DEVICE_IDS - 1}")
         devices = tuple(tuple(tuple(d + k * step for d in row) for row in base) for k in range(replicas))
         return cls(rows, cols, replicas, devices, source)
 

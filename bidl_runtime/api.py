@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from bidl_models.config import REPO_CONFIGS, Config
+from bidl_models.config import Config, shipped_config
 from compile.job import CompileJob
 from compile.options import CompileOptions
 
@@ -46,10 +46,7 @@ DEFAULT_CONFIG = "clif3fc3dm_itout-b16x1-dvsglyphs"   # SeqClif3Fc3DmItout, 2x40
 @lru_cache(maxsize=None)
 def default_config() -> Path:
     """The shipped default config's file: the commands' default, never a same-named file elsewhere."""
-    hits = sorted(REPO_CONFIGS.rglob(f"{DEFAULT_CONFIG}.py"))
-    if not hits:
-        raise FileNotFoundError(f"the shipped default config {DEFAULT_CONFIG}.py is missing under {REPO_CONFIGS}")
-    return hits[0]
+    return shipped_config(DEFAULT_CONFIG)
 
 
 class GridJob(CompileJob):

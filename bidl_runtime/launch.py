@@ -7,22 +7,26 @@ Ray's start overlapped, the progress and summary a user sees, and a clean exit o
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import signal
 import sys
+import threading
 import time
 import uuid
-from concurrent.futures import wait
+from concurrent.futures import Future, wait
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
 import ray
 from tqdm import tqdm
 
-from bidl_grid.command import stop_on_sigterm
+from bidl_grid.command import USAGE_ERRORS, one_line, stop_on_sigterm
 from bidl_models.checkpoint import resolve_checkpoint, shipped_weights
-from bidl_models.config import describe_source, load_config
+from bidl_models.config import describe_source, load_config, shipped_config
 from bidl_models.from_config import load_model
 
 from bidl_runtime.api import GridJob, default_config
@@ -30,20 +34,24 @@ from bidl_runtime.cell.cell import FAULTS
 from bidl_runtime.cell.contexts import backend_problem
 from bidl_runtime.cell.pool import kill, spawn
 from bidl_runtime.channels import sweep_stale
+from bidl_runtime.cluster.cleanup import claim_token_dir, cleanup, reap_own
+from bidl_runtime.cluster.memory import available_bytes, node_memory
 from bidl_runtime.cluster.nodes import device_map
-from bidl_runtime.cluster.ray_cluster import join, session_dir, start_local, token_env, token_source
+from bidl_runtime.cluster.ray_cluster import join, secure_env, session_dir, start_local, token_env, token_source
 from bidl_runtime.driver.journal import Journal
 from bidl_runtime.driver.keepalive import attach as attach_grid
 from bidl_runtime.driver.keepalive import host
 from bidl_runtime.driver.samples import samples_for
 from bidl_runtime.driver.startup import StartupClock
+from bidl_runtime.plan import admission
 from bidl_runtime.runtime_config import COMPILE_START_TIMEOUT_S, COMPILED_BACKENDS, DeviceProfile, RuntimeConfig
+
+COMPILE_GRACE_S = 5.0   # after Ctrl-C / SIGTERM, a compile in progress gets this long to finish
+THREAD_GRACE_S = 3.0    # ... and the run's threads (the verifier's last checks) this long
 
 
 def runtime_config(args: argparse.Namespace, faults: dict) -> RuntimeConfig:
     """The run's tunables from its flags (checked by :class:`RuntimeConfig`, naming the flag)."""
-    if args.samples < 1:
-        raise ValueError(f"--samples {args.samples}: expected an int >= 1")
     why = backend_problem(args.backend)
     if why:
         raise ValueError(f"--backend {args.backend}: {why}")
@@ -69,68 +77,121 @@ def plan_job(args: argparse.Namespace, rcfg: Optional[RuntimeConfig] = None) -> 
 
 
 def launch(args: argparse.Namespace, t0: float) -> int:
-    """Run the grid as the flags say; the exit code (errors raise, one line each)."""
-    # 1. everything that can be checked without a cluster fails fast, with a clear message
-    t_main = time.time()
-    faults = parse_fault(args.inject_fault) if args.inject_fault else {}
-    job = plan_job(args, runtime_config(args, faults))
-    cfg, checkpoint, rcfg, layout = job.config, job.checkpoint, job.runtime, job.layout
-    for (_, row, col) in faults:
-        if not (row < layout.rows and col < layout.cols):
-            raise ValueError(f"--inject-fault {args.inject_fault!r}: the grid is {layout.rows}x{layout.cols}, "
-                             f"it has no cell ({row}, {col})")
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"--checkpoint {str(checkpoint)!r}: no such file")
-    clock = StartupClock(show=True, t0=t0, steps=7 + layout.n_cells)
-    journal = None
-    try:
-        clock.mark("imports", t0, t_main)
+    """Run the grid as the flags say; the exit code (errors raise, one line each; Ctrl-C or SIGTERM
+    at any phase: everything stopped, one line saying where it was, 130)."""
+    return Launch(args, t0).run()
+
+
+class Launch:
+    """One ``bidl-run``: its stages, the phase it is in (an interrupt's line names it) and a teardown
+    that runs on every path (cells, Ray and its processes, channel files, a compile in progress)."""
+
+    def __init__(self, args: argparse.Namespace, t0: float):
+        self.args, self.t0 = args, t0
+        self.phase = "resolving the model"
+        self.job: Optional[GridJob] = None
+        self.clock: Optional[StartupClock] = None
+        self.journal: Optional[Journal] = None
+        self.artifacts: Optional[Future] = None
+        self.grid: Any = None
+        self.actors: Optional[dict] = None
+        self.started = False          # this run started the (embedded) cluster
+        self.interrupted = False
+        self.torn_down = False
+
+    def run(self) -> int:
+        try:
+            return self._run()
+        except (KeyboardInterrupt, SystemExit) as e:
+            if isinstance(e, SystemExit) and e.code != signal.SIGTERM:   # Ray's start-up handler: sys.exit(15)
+                raise
+            self.interrupted = True
+            line = self._interrupted_line()
+        except Exception as e:  # noqa: BLE001 - the command's wrapper prints it, unless a thread would abort the exit
+            self._teardown()
+            if not threads_done(THREAD_GRACE_S) and "--debug" not in sys.argv:
+                print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+                exit_now(2 if isinstance(e, USAGE_ERRORS) else 1)
+            raise
+        finally:
+            self._teardown()
+        print(line, file=sys.stderr, flush=True)
+        if not threads_done(THREAD_GRACE_S):
+            exit_now(130)   # a thread still inside torch (the verifier's reference run) would abort at exit
+        return 130
+
+    def _run(self) -> int:
+        args = self.args
+        # 1. everything that can be checked without a cluster fails fast, with a clear message
+        t_main = time.time()
+        faults = parse_fault(args.inject_fault) if args.inject_fault else {}
+        job = self.job = plan_job(args, runtime_config(args, faults))
+        cfg, checkpoint, rcfg, layout = job.config, job.checkpoint, job.runtime, job.layout
+        say(describe_source(cfg))
+        for (_, row, col) in faults:
+            if not (row < layout.rows and col < layout.cols):
+                raise ValueError(f"--inject-fault {args.inject_fault!r}: the grid is {layout.rows}x{layout.cols}, "
+                                 f"it has no cell ({row}, {col})")
+        if checkpoint is not None and not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"--checkpoint {str(checkpoint)!r}: no such file")
+        clock = self.clock = StartupClock(show=True, t0=self.t0, steps=7 + layout.n_cells)
+        clock.mark("imports", self.t0, t_main)
         with clock.phase("model", "resolving the model"):
             spec, _ = job.spec, job.slices
         if args.journal:
-            journal = Journal.open(args.journal, journal_identity(cfg, spec, args))
-    except BaseException:
-        clock.close()   # the error line comes next, on a line of its own
-        raise
-    say(describe_source(cfg))
-    verify = args.verify if args.verify is not None else args.backend == "cpu"
-    if verify and args.backend == "emulated":
-        say("note: --verify needs real compute; the emulated backend moves zeros, so it is skipped")
-        verify = False
-    say(f"weights: {checkpoint}" if checkpoint else
-        "weights: NONE SHIPPED for this config -> deterministic SEEDED INITIAL WEIGHTS (seed 0), not a trained model")
-    if journal is not None and journal.done:
-        say(f"journal: {len(journal.done)} sample(s) already done in {args.journal}: skipped")
-    swept = sweep_stale()
-    if swept:
-        say(f"removed {len(swept)} channel file(s) left in /dev/shm by dead runs")
+            self.journal = Journal.open(args.journal, journal_identity(cfg, spec, args))
+        verify = args.verify if args.verify is not None else args.backend == "cpu"
+        if verify and args.backend == "emulated":
+            say("note: --verify needs real compute; the emulated backend moves zeros, so it is skipped")
+            verify = False
+        say(f"weights: {checkpoint}" if checkpoint else
+            "weights: NONE SHIPPED for this config -> deterministic SEEDED INITIAL WEIGHTS (seed 0), not a trained model")
+        if self.journal is not None and self.journal.done:
+            say(f"journal: {len(self.journal.done)} sample(s) already done in {args.journal}: skipped")
+        done = cleanup()   # what dead runs left (orphaned Ray processes, token dirs) goes before the memory check
+        if not done.empty:
+            say(done.line())
+        swept = sweep_stale()
+        if swept:
+            say(f"removed {len(swept)} channel file(s) left in /dev/shm by dead runs")
+        if not args.address:
+            self.admit(None)
 
-    # 2. artifacts in a thread while Ray starts (or is joined) and the cells' processes start
-    namespace = args.namespace or f"bidl-{uuid.uuid4().hex[:8]}"
-    t_art = time.time()
-    artifacts = job.start_artifacts()
-    started = not args.address
-    grid = actors = None
-    try:
-        with clock.phase("ray_start", "starting Ray" if started else f"joining {args.address}"):
+        # 2. artifacts in a thread while Ray starts (or is joined) and the cells' processes start
+        self.phase = "starting Ray"
+        namespace = args.namespace or f"bidl-{uuid.uuid4().hex[:8]}"
+        t_art = time.time()
+        self.artifacts = job.start_artifacts()
+        self.started = not args.address
+        with clock.phase("ray_start", "starting Ray" if self.started else f"joining {args.address}"):
             if args.address:
                 info = join(args.address, namespace=namespace, log_to_driver=False, logging_level="WARNING")
             else:
+                inherited = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                secure_env()
+                if not inherited:   # a token dir this process made: a later run removes it if this one is killed
+                    claim_token_dir()
                 info = start_local(num_cpus=os.cpu_count(), resources={"bidl_device": layout.max_device + 1},
                                    include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
                                    logging_level="WARNING", namespace=namespace)
         stop_on_sigterm()   # ray.init installed its own
         cluster = device_map()
-        actors = (spawn(layout, cluster.device_nodes, rcfg.actor_gpus())
-                  if layout.max_device < len(cluster.device_nodes) else None)
+        if args.address:
+            self.admit(cluster)
+        self.phase = "starting the cells"
+        self.actors = (spawn(layout, cluster.device_nodes, rcfg.actor_gpus())
+                       if layout.max_device < len(cluster.device_nodes) else None)
         url = info.dashboard_url
         url = f"http://{url}" if url and not url.startswith("http") else url
         where = (f"joined {args.address}" if args.address else
                  f"embedded private cluster on 127.0.0.1 (session {session_dir()})")
         say(f"ray: {where}, token auth (token: {token_source()}), namespace {namespace}; "
             f"dashboard {url or 'not available'}")
-        arts = artifacts.result()
+        if not self.artifacts.done():
+            self.phase = "compiling the artifacts"
+        arts = self.artifacts.result()
         clock.mark("artifacts", t_art, job.artifacts_done_at or time.time())
+        self.phase = "starting the cells"
         with clock.phase("place", "placing the cells"):
             plan = job.plan(cluster)
         records = getattr(arts, "records", [])
@@ -140,11 +201,12 @@ def launch(args: argparse.Namespace, t0: float) -> int:
         elif records:
             say(arts.summary_line())
         say(plan.table())
-        grid = job.grid(actors=actors, clock=clock)
+        grid = self.grid = job.grid(actors=self.actors, clock=clock)
         grid.start()
+        self.phase = "streaming"
         samples, source = samples_for(None if args.synthetic else cfg, plan, args.samples, args.seed, spec.input_high)
         say(f"data: {source}")
-        report = grid.run(samples, total=args.samples, progress=True, verify=verify, journal=journal,
+        report = grid.run(samples, total=args.samples, progress=True, verify=verify, journal=self.journal,
                           trace=args.trace)
         clock.close()
         print()
@@ -155,31 +217,105 @@ def launch(args: argparse.Namespace, t0: float) -> int:
             print(f"report written to {args.json}")
         ok = report.verify is None or report.verify["equal"] == report.verify["compared"]
         if args.keep_alive:
+            self.phase = "keeping the grid alive"
             keep_alive(grid, url)
         return 0 if ok else 1
-    except KeyboardInterrupt:   # Ctrl-C or SIGTERM: say how far it got, then clean up below
-        clock.close()
-        s = grid.stream if grid is not None else None
-        if s is None:
-            raise
-        kept = (f"; {len(s.outputs)} recorded in {args.journal}: a rerun with --journal {args.journal} skips them"
-                if journal is not None else "; --journal FILE would let a rerun skip them")
-        print(f"\ninterrupted after {s.collected} sample(s) done, {s.inflight} in flight, "
-              f"{len(s.rejected)} rejected{kept}", file=sys.stderr)
-        return 130
-    finally:
-        clock.close()
-        wait([artifacts])   # a compile in progress finishes (no half-written artifact is left)
-        if journal is not None:
-            journal.close()
-        if grid is not None:
-            grid.close()
-        elif actors:
-            for a in actors.values():
+
+    def admit(self, cluster: Any) -> None:
+        """Refuse (ValueError, one line) a plan whose cells do not fit the nodes' available memory:
+        this machine before an embedded cluster starts (``cluster`` None), else the joined cluster's nodes."""
+        if not self.args.memory_check:
+            return
+        job = self.job
+        if cluster is None:
+            plan, have, addresses = job.preview(), {"local": available_bytes()}, {}
+        else:
+            plan = replace(job.preview(cluster.device_nodes), driver_node=cluster.driver_node)
+            have, addresses = node_memory(cluster)
+        m = memory_need(job, plan, samples=self.args.samples, ray_node=cluster is None)
+        admission.check(m, {k: v for k, v in have.items() if v is not None}, plan.driver_node, addresses)
+
+    def _interrupted_line(self) -> str:
+        """The one line an interrupt prints: how far the run got."""
+        s = self.grid.stream if self.grid is not None else None
+        if self.phase == "keeping the grid alive":
+            return f"interrupted: stopped the kept-alive grid ({len(self.grid.plan.cells)} cells)"
+        if self.phase == "streaming" and s is not None:
+            kept = (f"; {len(s.outputs)} recorded in {self.args.journal}: a rerun with --journal {self.args.journal} "
+                    "skips them" if self.journal is not None else "; --journal FILE would let a rerun skip them")
+            return (f"interrupted after {s.collected} sample(s) done, {s.inflight} in flight, "
+                    f"{len(s.rejected)} rejected{kept}")
+        return f"interrupted while {self.phase}: stopped, nothing streamed"
+
+    def _teardown(self) -> None:
+        """Stop whatever this run started, on every path (once); a second Ctrl-C / SIGTERM meanwhile is ignored."""
+        if self.torn_down:
+            return
+        self.torn_down = True
+        shield()
+        if self.clock is not None:
+            self.clock.close()
+        if self.artifacts is not None:   # a compile in progress finishes (atomic: no half-written artifact)
+            wait([self.artifacts], timeout=COMPILE_GRACE_S if self.interrupted else None)
+            if not self.artifacts.done():
+                self._drop_partial_builds()
+        if self.journal is not None:
+            self.journal.close()
+        if self.grid is not None:
+            self.grid.close()
+        elif self.actors:
+            for a in self.actors.values():
                 kill(a)
-        if started and ray.is_initialized():
+        if self.started:   # also after a start-up cut short: ray.shutdown stops what ray.init had started
             ray.shutdown()
+            reap_own()      # and what it could not (the agents of a dead raylet, a GCS not handed over yet)
         sweep_stale()
+
+    def _drop_partial_builds(self) -> None:
+        """The temporary directories of a compile this process leaves unfinished (interrupted)."""
+        root = self.job.options.root if self.job is not None else None
+        if root is not None and root.is_dir():
+            for tmp in root.rglob(f".*.tmp-{os.getpid()}"):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def threads_done(timeout: float) -> bool:
+    """Wait up to ``timeout`` for this run's worker threads (``bidl-*``: feeders, the verifier, a
+    compile) to end; whether they all did."""
+    deadline = time.monotonic() + timeout
+    for t in threading.enumerate():
+        if t.name.startswith("bidl-") and t is not threading.current_thread():
+            t.join(max(0.0, deadline - time.monotonic()))
+    return not any(t.is_alive() for t in threading.enumerate() if t.name.startswith("bidl-"))
+
+
+def exit_now(code: int) -> None:
+    """Exit with ``code`` at once, after the exit handlers (the token dir's removal among them), without
+    the interpreter's shutdown: a daemon thread still inside C++ code (torch) aborts the process there."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)
+
+
+def shield() -> None:
+    """Ignore Ctrl-C and SIGTERM from here on (a teardown in progress finishes; it is bounded)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(sig, signal.SIG_IGN)
+        except ValueError:   # not the main thread
+            pass
+
+
+def memory_need(job: GridJob, plan: Any, samples: int = 0, ray_node: bool = False) -> admission.MemoryNeed:
+    """What ``plan`` (``job``'s, placed) needs in memory per node (:func:`bidl_runtime.plan.admission.need`)."""
+    return admission.need(plan, job.runtime.backend, segment_weight_bytes(job.spec), job.runtime.depth,
+                          samples=samples, ray_node=ray_node)
+
+
+def segment_weight_bytes(spec: Any) -> list[int]:
+    """Bytes of each segment's weights (parameters and buffers): what every cell of its column holds."""
+    return [sum(t.numel() * t.element_size() for t in seg.state_dict().values()) for seg in spec.segments]
 
 
 def journal_identity(cfg: Any, spec: Any, args: argparse.Namespace) -> dict:
@@ -203,9 +339,7 @@ def keep_alive(grid: Any, url: Optional[str]) -> None:
     address = ctx.gcs_address     # the embedded cluster's is 127.0.0.1:<port> (loopback only)
     token = token_env()           # an attaching process needs the cluster's token (token auth stays on)
 
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop)   # kill PID stops it as cleanly as Ctrl-C (cells, Ray, shm)
+    stop_on_sigterm()   # kill PID stops it as cleanly as Ctrl-C (cells, Ray, shm)
     print(f"\nkeeping the grid alive: {len(grid.plan.cells)} cells loaded and idle (dashboard {url}); "
           f"Ctrl-C or kill -TERM {os.getpid()} stops it")
     print(f"join with: {token + ' ' if token else ''}python -m bidl_runtime.run --attach --address {address} "
@@ -215,9 +349,8 @@ def keep_alive(grid: Any, url: Optional[str]) -> None:
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        print("stopping the kept-alive grid", flush=True)
-    del lease
+    finally:   # Ctrl-C or SIGTERM: the caller stops the grid and says so (130)
+        del lease
 
 
 def attach(args: argparse.Namespace) -> int:
@@ -228,10 +361,12 @@ def attach(args: argparse.Namespace) -> int:
     try:
         grid = attach_grid(args.namespace, args.address)
         stop_on_sigterm()   # ray.init installed its own
-        try:
-            cfg = load_config(args.config or grid.plan.config, args.cfg_options)   # for its test data
+        try:   # for its test data; never a same-named file of the current directory
+            cfg = load_config(args.config or shipped_config(grid.plan.config), args.cfg_options)
         except (ValueError, FileNotFoundError):
             cfg = None
+        if cfg is not None:
+            print(describe_source(cfg))
         high = load_model(cfg).input_high if cfg is not None else None
         samples, source = samples_for(cfg, grid.plan, args.samples, args.seed, high)
         verify = args.verify if args.verify is not None else grid.config.backend == "cpu"
@@ -242,6 +377,10 @@ def attach(args: argparse.Namespace) -> int:
             Path(args.json).write_text(json.dumps(report.to_json(), indent=1))
         ok = report.verify is None or report.verify["equal"] == report.verify["compared"]
         return 0 if ok else 1
+    except SystemExit as e:   # SIGTERM while ray.init's own handler was in place
+        if e.code == signal.SIGTERM:
+            raise KeyboardInterrupt from None
+        raise
     finally:
         if grid is not None:
             grid.close()

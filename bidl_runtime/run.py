@@ -14,22 +14,40 @@ attaches (``--attach``).
 Failures: a cell that dies, raises, freezes or gets stuck is restarted and its in-flight samples
 replayed (``--max-restarts`` per cell); ``--journal FILE`` lets a rerun after a driver crash skip what
 is done. Every error is one line naming the file, key, cell or flag (``--debug``: the traceback);
-SIGTERM stops like Ctrl-C; nothing is left behind (Ray processes, /dev/shm files). Config files are
-Python and run when loaded, as in BIDL and mmcv: load only files you trust.
+SIGTERM stops like Ctrl-C at any phase (exit 130, one line saying how far it got); nothing is left behind
+(Ray processes, /dev/shm files). What dead runs left (a driver killed with SIGKILL: Ray's agents, its
+token directory) is removed at the start (``--cleanup``: only that). Sizes are checked before anything
+is allocated, and a grid starts only if its cells fit the memory available (``--no-memory-check``).
+
+Config files are Python and run when loaded, as in BIDL and mmcv: load only files you trust. The file
+loaded is printed first; with no ``--config`` it is the shipped default, never a file of the current
+directory.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Optional, Sequence
 
-from bidl_grid.command import run_command
-from bidl_models.config import add_config_arguments
 
-from bidl_runtime.processes import process_start_time
-from bidl_runtime.runtime_config import (AMP, BACKENDS, CHUNK_COMPILE_METHODS, TRANSPORTS, DeviceProfile,
-                                         RuntimeConfig)
+def _early_stop(signum: int, frame: object) -> None:   # SIGTERM before the command's wrapper is in place:
+    print("interrupted", file=sys.stderr, flush=True)  # nothing has started yet
+    os._exit(130)
+
+
+if __name__ == "__main__":   # python -m bidl_runtime.run: from its first line (an import sets no handler)
+    signal.signal(signal.SIGTERM, _early_stop)
+
+from bidl_grid.command import run_command  # noqa: E402 - after the early SIGTERM handler
+from bidl_models.config import CONFIG_IS_CODE, add_config_arguments  # noqa: E402
+
+from bidl_models.slicing import check_size, parse_grid  # noqa: E402
+from bidl_runtime.cluster.cleanup import cleanup  # noqa: E402
+from bidl_runtime.processes import process_start_time  # noqa: E402
+from bidl_runtime.runtime_config import (AMP, BACKENDS, CHUNK_COMPILE_METHODS, TRANSPORTS,  # noqa: E402
+                                         DeviceProfile, RuntimeConfig, check_int)
 
 T0 = process_start_time()      # the start-up clock counts from the command's start
 
@@ -56,7 +74,8 @@ def add_grid_flags(ap: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="bidl-run", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="bidl-run", description=__doc__.split("\n\n")[0],
+                                 epilog=f"Configs are code: {CONFIG_IS_CODE}.")
     add_grid_flags(ap)
     ap.add_argument("--checkpoint", default=None, help="weights (default: the config's shipped weights, "
                     "bidl_models/weights/<config>.pth, else seeded initial weights)")
@@ -107,12 +126,31 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--inject-fault", default=None, metavar="ROW,COL:KIND:SAMPLE",
                     help="fault drill: cell (ROW, COL) of replica 0 does KIND at SAMPLE, KIND one of "
                          "raise, exit, hang (SIGSTOP), stall (stuck in compute), connect (fails to wire)")
+    ap.add_argument("--no-memory-check", dest="memory_check", action="store_false",
+                    help="start the grid even if its cells' memory (estimated per cell, as bidl-plan shows) "
+                         "exceeds what the nodes have available")
+    ap.add_argument("--cleanup", action="store_true", help="only remove what dead runs of this user left: "
+                    "orphaned Ray processes (agents of a killed driver's cluster) and stale token directories "
+                    "(every run does this at its start)")
     ap.add_argument("--debug", action="store_true", help="print tracebacks instead of one-line errors")
     return ap
 
 
+def check_sizes(args: argparse.Namespace) -> None:
+    """Every size flag, checked before anything is imported or allocated (one line naming the flag)."""
+    for name in ("samples", "seed", "depth", "batch", "max_inflight", "threads_per_cell", "max_restarts"):
+        if hasattr(args, name):
+            check_int(name, getattr(args, name))
+    rows, cols = parse_grid(args.grid) if args.grid is not None else (1, 1)
+    check_size(rows, cols, args.replicas)
+
+
 def _run(argv: Optional[Sequence[str]]) -> int:
     args = build_parser().parse_args(argv)
+    if args.cleanup:
+        print(cleanup().line())
+        return 0
+    check_sizes(args)
     from bidl_runtime.launch import attach, launch   # torch and Ray load only when a run starts (--help: fast)
     return attach(args) if args.attach else launch(args, T0)
 

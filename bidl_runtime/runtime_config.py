@@ -28,6 +28,24 @@ INT_RANGES = {"depth": (1, 64), "batch": (1, 4096), "max_inflight": (1, 65536), 
 OPTIONAL_INTS = ("max_inflight", "threads_per_cell")
 FLAGS = ("backend", "transport", "depth", "batch", "max_inflight", "threads_per_cell", "max_restarts",
          "gpus_per_cell", "chunk_compile", "amp")   # settings that are bidl-run flags
+# bidl-run's other integer flags (the driver keeps each sample's result: the memory admission counts them)
+RUN_INT_RANGES = {"samples": (1, 1_000_000_000), "seed": (0, 2 ** 63 - 1)}
+
+
+def check_int(name: str, v: Any) -> None:
+    """ValueError (one line, naming the flag) unless ``v`` is an int in the range of setting or flag
+    ``name`` (:data:`INT_RANGES`, :data:`RUN_INT_RANGES`; None where the setting is optional)."""
+    low, high = INT_RANGES.get(name) or RUN_INT_RANGES[name]
+    if v is None and name in OPTIONAL_INTS:
+        return
+    if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
+        none = " or None" if name in OPTIONAL_INTS else ""
+        if name in FLAGS or name in RUN_INT_RANGES:
+            field_ = "" if name in RUN_INT_RANGES else f"; {name}={v!r}"
+            raise ValueError(f"--{name.replace('_', '-')} {v!r}: expected an int >= {low}{none} "
+                             f"(at most {high}{field_})")
+        what = "a positive int" if low == 1 else f"an int >= {low}"
+        raise ValueError(f"{name}={v!r}: expected {what}{none} (at most {high})")
 
 
 @dataclass(frozen=True)
@@ -95,17 +113,8 @@ class RuntimeConfig:
                               ("chunk_compile", CHUNK_COMPILE_METHODS), ("amp", AMP)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{_named(name, getattr(self, name))}: expected one of {list(choices)}")
-        for name, (low, high) in INT_RANGES.items():
-            v = getattr(self, name)
-            if v is None and name in OPTIONAL_INTS:
-                continue
-            if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
-                none = " or None" if name in OPTIONAL_INTS else ""
-                if name in FLAGS:
-                    raise ValueError(f"--{name.replace('_', '-')} {v!r}: expected an int >= {low}{none} "
-                                     f"(at most {high}; {name}={v!r})")
-                what = "a positive int" if low == 1 else f"an int >= {low}"
-                raise ValueError(f"{name}={v!r}: expected {what}{none} (at most {high})")
+        for name in INT_RANGES:
+            check_int(name, getattr(self, name))
         if self.transport == "cuda" and self.backend not in COMPILED_BACKENDS:
             raise ValueError(f"--transport cuda moves GPU memory between compiled cells: it needs --backend cuda "
                              f"(or compiled, its CPU stand-in: slots in host memory), got {self.backend!r}")

@@ -1,5 +1,6 @@
 """The README's main command on this machine, its planning errors, and a fault drill: clear
-messages, the right exit codes, and no Ray processes left behind."""
+messages, the right exit codes, and no Ray processes left behind (each run's own: its process group and
+the Ray sessions it created, never another cluster on the machine; see cli_runs)."""
 import json
 import os
 import re
@@ -11,30 +12,9 @@ from pathlib import Path
 
 import pytest
 
-ENV = dict(os.environ, PYTHONUNBUFFERED="1")   # token auth as set up by conftest (RAY_AUTH_TOKEN_PATH)
+from cli_runs import ENV, CliRun, run_cli
+
 pytestmark = pytest.mark.slow
-
-
-def ray_processes() -> set[int]:
-    """Ray's node processes under the embedded clusters' private temp dirs (a run's cluster is always
-    one; others' clusters on a shared machine, under Ray's default temp dir, are not ours to count)."""
-    from bidl_runtime.cluster.ray_cluster import PRIVATE_PREFIX, temp_base
-    marker = os.path.join(str(temp_base()), PRIVATE_PREFIX)
-    out = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True).stdout
-    pids = set()
-    for p in out.split():
-        try:
-            cmdline = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if marker in cmdline:
-                pids.add(int(p))
-        except OSError:
-            pass
-    return pids
-
-
-def run_cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "bidl_runtime.run", *args], capture_output=True, text=True,
-                          env=ENV, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +23,6 @@ def artifacts(tmp_path_factory):
 
 
 def test_main_command_outputs_equal_reference(artifacts):
-    before = ray_processes()
     t0 = time.perf_counter()
     r = run_cli("--grid", "3x2", "--samples", "6", "--artifacts", artifacts)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -53,8 +32,7 @@ def test_main_command_outputs_equal_reference(artifacts):
         assert cell in out
     assert "time-step frames/s" in out and "dashboard http" in out
     print(f"CLI 3x2 run: {time.perf_counter() - t0:.1f} s")
-    time.sleep(1)
-    assert ray_processes() <= before, "the run left Ray processes behind"
+    assert not r.leftovers(), "the run left Ray processes behind"
 
 
 def test_planning_errors_fail_fast_without_ray():
@@ -68,17 +46,6 @@ def test_planning_errors_fail_fast_without_ray():
     assert r.returncode == 2 and "no-such-config" in r.stderr
 
 
-def stale_shm() -> list[str]:
-    """Channel slot files in /dev/shm whose creating process is gone (a run's sweep removes them)."""
-    from bidl_runtime.channels.shm import PREFIX
-    out = []
-    for fn in os.listdir("/dev/shm"):
-        m = re.match(re.escape(PREFIX) + r"(\d+)\.", fn)
-        if m and not Path(f"/proc/{m.group(1)}").exists():
-            out.append(fn)
-    return out
-
-
 def test_fault_drill_restarts_the_cell_and_replays(artifacts):
     r = run_cli("--grid", "2x2", "--samples", "8", "--artifacts", artifacts, "--inject-fault", "1,0:exit:3")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -87,7 +54,6 @@ def test_fault_drill_restarts_the_cell_and_replays(artifacts):
 
 
 def test_past_max_restarts_the_run_stops_in_one_line_and_cleans_up(artifacts):
-    before = ray_processes()
     t0 = time.perf_counter()
     r = run_cli("--grid", "2x2", "--samples", "8", "--artifacts", artifacts, "--inject-fault", "1,0:exit:3",
                 "--max-restarts", "0")
@@ -97,21 +63,18 @@ def test_past_max_restarts_the_run_stops_in_one_line_and_cleans_up(artifacts):
     assert "--max-restarts 0" in err[0], r.stderr
     assert "Traceback" not in r.stderr
     assert time.perf_counter() - t0 < 300
-    time.sleep(1)
-    assert ray_processes() <= before, "the failed run left Ray processes behind"
-    assert not stale_shm()
+    assert not r.leftovers(), "the failed run left Ray processes behind"
+    assert not r.shm_files()
 
 
 def test_a_failed_start_up_leaves_nothing_behind(artifacts):
     """A cell that fails while the grid is wired: one line naming it, no Ray process, no /dev/shm file."""
-    before = ray_processes()
     r = run_cli("--grid", "2x2", "--samples", "4", "--artifacts", artifacts, "--inject-fault", "0,1:connect:0")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "error: wiring the grid's channels failed: cell[0,1]@dev1: injected fault (connect)" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
-    time.sleep(1)
-    assert ray_processes() <= before
-    assert not stale_shm()
+    assert not r.leftovers()
+    assert not r.shm_files()
 
 
 def test_errors_are_one_line_and_debug_shows_the_traceback(artifacts, tmp_path):
@@ -145,33 +108,18 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(artifacts, tmp_path):
 
 
 def test_sigterm_stops_like_ctrl_c_and_cleans_up(artifacts):
-    before = ray_processes()
-    proc = subprocess.Popen([sys.executable, "-m", "bidl_runtime.run", "--grid", "2x2", "--samples", "100000",
-                             "--artifacts", artifacts, "--cfg-options", "data=None"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=ENV)
+    run = CliRun("--grid", "2x2", "--samples", "100000", "--artifacts", artifacts, "--cfg-options", "data=None")
     try:
-        lines = []
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("data:"):
-                break
-        assert lines and lines[-1].startswith("data:"), "".join(lines)[-3000:]
+        assert run.wait_for("data:"), run.stdout[-3000:] + run.stderr[-3000:]
         time.sleep(3)   # streaming
-        proc.send_signal(signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=120)
+        run.stop(signal.SIGTERM)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, rest[-3000:]
+        run.kill_all()
+    rest = run.stdout + run.stderr
+    assert run.returncode == 130, rest[-3000:]
     assert "interrupted after" in rest and "Traceback" not in rest and "Fatal Python" not in rest, rest[-3000:]
-    time.sleep(1)
-    assert ray_processes() <= before, "the stopped run left Ray processes behind"
-    assert not stale_shm()
+    assert not run.leftovers(), "the stopped run left Ray processes behind"
+    assert not run.shm_files()
 
 
 def test_journal_resumes_a_stream(artifacts, tmp_path):
@@ -191,22 +139,12 @@ def test_journal_resumes_a_stream(artifacts, tmp_path):
 def test_keep_alive_cells_stay_usable_from_another_process(artifacts, tmp_path):
     """--keep-alive: the cells stay up after the run; a second process attaches with the printed
     address and runs samples through the same cell processes; Ctrl-C ends it all."""
-    before = ray_processes()
     first = tmp_path / "first.json"
-    proc = subprocess.Popen([sys.executable, "-m", "bidl_runtime.run", "--grid", "2x1", "--samples", "4",
-                             "--artifacts", artifacts, "--keep-alive", "--json", str(first)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
-    lines = []
+    run = CliRun("--grid", "2x1", "--samples", "4", "--artifacts", artifacts, "--keep-alive", "--json", str(first))
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("join with:"):
-                break
-        out = "".join(lines)
+        run.wait_for("join with:")
+        time.sleep(0.5)
+        out = run.stdout
         m = re.search(r"join with: RAY_AUTH_TOKEN_PATH=(\S+) python -m bidl_runtime.run --attach --address (\S+) "
                       r"--namespace (\S+)", out)
         assert m, out[-3000:]
@@ -226,9 +164,8 @@ def test_keep_alive_cells_stay_usable_from_another_process(artifacts, tmp_path):
         assert pids[0] == pids[1] and len(pids[0]) == 2        # the same cell processes served both runs
         assert json.loads(second.read_text())["samples"] == 6
     finally:
-        proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, rest[-3000:]
-    assert "stopping the kept-alive grid" in rest
-    time.sleep(1)
-    assert ray_processes() <= before, "the kept-alive run left Ray processes behind"
+        run.stop(signal.SIGINT)
+        run.kill_all()
+    assert run.returncode == 130, run.stderr[-3000:]     # Ctrl-C (or SIGTERM) ends it: 130, like every command
+    assert run.lines("interrupted: stopped the kept-alive grid (2 cells)"), run.stderr[-3000:]
+    assert not run.leftovers(), "the kept-alive run left Ray processes behind"

@@ -21,6 +21,7 @@ import ray
 
 from bidl_runtime.api import GridJob
 from bidl_runtime.channels import Layout, auth, new_secret
+from bidl_runtime.cluster.cleanup import descendants
 from bidl_runtime.cluster.ray_cluster import LOOPBACK, dashboard_agent_port, start_local
 from bidl_runtime.runtime_config import RuntimeConfig
 from bidl_runtime.driver.grid import Grid
@@ -47,20 +48,7 @@ def cfg():
 
 def _tree(root: int) -> set[int]:
     """``root`` and all its descendants (Ray's GCS, raylet, agents and workers descend from the driver)."""
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(d))
-    out, todo = set(), [root]
-    while todo:
-        p = todo.pop()
-        out.add(p)
-        todo += kids.get(p, [])
-    return out
+    return {root} | descendants(root)
 
 
 def _ip(hexaddr: str) -> ipaddress._BaseAddress:

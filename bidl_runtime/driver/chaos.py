@@ -8,8 +8,10 @@
 A thread watches the run's progress and injects fault j when about ``(j + 1) / (faults + 1)`` of the
 ``total`` results are in (jittered, so the times are random but spread over the run), into a random
 cell of this node (by the process id the grid knows). ``summary`` matches every fault with the
-restart that named its cell, and measures: how long a frozen cell went unnamed, how long after a
-kill its replica streamed again, and whether every sample came back once and bit-exact.
+restart that named its cell, and measures for every fault, whatever its kind: how long until it was
+named, and until its replica streamed again; the maxima are over all faults (a slow replacement of a
+frozen cell counts as much as one of a killed cell); and whether every sample came back once and
+bit-exact.
 """
 from __future__ import annotations
 
@@ -115,6 +117,7 @@ class Chaos:
                 row["replayed"] = len(named["replayed"])
                 row["diagnosis"] = next(c["kind"] for c in named["cells"] if c["cell"] == ev["cell"])
             out.append(row)
+        worst = {k: _worst(out, k) for k in ("named_after_s", "streaming_again_after_s")}
         lost = expected - len(report.outputs) - len(report.rejected)
         duplicated = self.grid.stream.duplicated if self.grid.stream is not None else 0
         if reference is not None:
@@ -123,7 +126,19 @@ class Chaos:
             exact = report.verify["equal"] if report.verify else None
         return {"faults": out, "injected": len(self.events), "survived": sum(r["survived"] for r in out),
                 "samples": expected, "lost": lost, "duplicated": duplicated, "bit_exact": exact,
-                "restarts": len(restarts), "replayed": report.replayed}
+                "restarts": len(restarts), "replayed": report.replayed,
+                "max_named_s": worst["named_after_s"], "max_streaming_again_s": worst["streaming_again_after_s"],
+                "not_streaming_again": [f"{r['kind']} {r['cell']}" for r in out
+                                        if r["survived"] and r.get("streaming_again_after_s") is None]}
+
+
+def _worst(faults: list[dict], key: str) -> Optional[dict[str, Any]]:
+    """The fault with the largest ``key`` (seconds) over all faults: ``{'s', 'kind', 'cell'}`` (None if none has it)."""
+    timed = [f for f in faults if f.get(key) is not None]
+    if not timed:
+        return None
+    f = max(timed, key=lambda f: f[key])
+    return {"s": f[key], "kind": f["kind"], "cell": f["cell"]}
 
 
 def _equal(a, b) -> bool:

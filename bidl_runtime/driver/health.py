@@ -11,7 +11,13 @@ bounded wait of the stream, so about every ``poll_s``):
   ``deadline`` seconds is a **frozen** cell (SIGSTOP, a wedged process); an answer saying the cell
   has been inside one chunk for ``deadline`` seconds is a **stuck** cell;
 - progress: no result and no cell finishing a chunk for twice the largest deadline while samples
-  are in flight is a **stalled** replica (blamed on its cell with the least progress).
+  are in flight is a **stalled** replica (blamed on its cell with the least progress);
+- the nodes: about every second (:class:`NodeWatch`) the raylet of each node that holds cells is
+  probed (a TCP connect to its port, without blocking; a killed raylet refuses at once, while its
+  cells' processes may go on answering, and Ray's node table says so only after some 15 s). A node
+  whose raylet has refused for ``NODE_LOST_S`` (unreachable: ``NODE_UNREACHABLE_S``) is **lost**:
+  :class:`NodeLost` names its address and the cells it took, the cells' processes on this machine are
+  killed, and the run stops (a grid is not moved to other nodes).
 
 ``deadline = RuntimeConfig.hang_deadline(chunk_s) = max(hang_floor_s, hang_factor x chunk_s)``, with
 ``chunk_s`` the cell's own median chunk time from its last ping: derived from what the cell measured,
@@ -22,17 +28,30 @@ the faulty cells and replays (see ``Grid.recover``).
 """
 from __future__ import annotations
 
+import errno
+import os
+import select
+import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
-from bidl_runtime.errors import CellError
+from bidl_runtime.errors import CellError, RunError
 from bidl_runtime.plan.grid_plan import CellKey
 
 if TYPE_CHECKING:  # pragma: no cover
     from .grid import Grid
 
 ROOT_CAUSES = ("died", "raised", "frozen", "stuck", "stalled")
+NODE_CHECK_S = 1.0         # a node's raylet is probed this often
+NODE_LOST_S = 2.0          # refused (nothing listens: the raylet is gone) for this long: the node is lost
+NODE_UNREACHABLE_S = 6.0   # no answer at all (the host or the network) for this long: lost too
+REFUSED = "refuses connections (nothing listens on its port: the process is gone)"
+
+
+class NodeLost(RunError):
+    """A node's Ray (its raylet) is gone; the message names the node and the cells it took."""
 
 
 @dataclass
@@ -84,6 +103,7 @@ class Monitor:
         self.watch: dict[CellKey, _Watch] = {c.key: _Watch(now) for c in grid.plan.cells}
         self.hints: dict[int, str] = {}          # replica -> a driver-side channel error seen there
         self.progress_at = now                   # last result or finished chunk anywhere
+        self.nodes: Optional[NodeWatch] = None   # the cells' nodes, found on the first check
 
     # ------------------------------------------------------------------------------ inputs
 
@@ -114,6 +134,7 @@ class Monitor:
         """Raise :class:`Trouble` for the first replica (of ``replicas``, default all) with a failed
         cell; ``inflight``: samples are in the grid (a stall counts)."""
         want = set(range(self.grid.plan.replicas)) if replicas is None else replicas
+        self.check_nodes()
         suspects = self._loop_failures(want) | self._ping_round(want) | {k for k in self.hints if k in want}
         if not suspects and inflight:
             stalled = self._stall(want)
@@ -125,6 +146,28 @@ class Monitor:
         faults = self.diagnose(replica)
         self.hints.pop(replica, None)
         raise Trouble(replica, faults)
+
+    def check_nodes(self) -> None:
+        """Raise :class:`NodeLost` if a node holding cells lost its raylet (probes about every
+        ``NODE_CHECK_S``, never blocking); its cells' processes on this machine are killed first."""
+        if self.nodes is None:
+            self.nodes = NodeWatch.of(self.grid)
+        lost = self.nodes.poll()
+        if lost is None:
+            return
+        node, why = lost
+        cells = [c for c in self.grid.plan.cells if self.nodes.node_of(c.node) == node]
+        if self.nodes.on_this_machine(node):
+            for c in cells:
+                pid = self.grid.pids.get(c.key)
+                if pid:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+        names = ", ".join(c.name for c in cells) or "none"
+        raise NodeLost(f"node {self.nodes.name(node)} lost its Ray: {why}; it took {len(cells)} cell(s): {names}; "
+                       "the run stops (a grid is not moved to other nodes)")
 
     def _cells(self, replica: int) -> list:
         return [c for c in self.grid.plan.cells if c.replica == replica]
@@ -191,6 +234,7 @@ class Monitor:
         behind a broken channel (pinging the cells meanwhile), then names died, raised, stuck and
         frozen cells; if none, the first channel failure (``kind='channel'``)."""
         import ray
+        self.check_nodes()   # no restart on a node that is gone
         rcfg = self.grid.config
         cells = self._cells(replica)
         start = time.perf_counter()
@@ -252,6 +296,98 @@ class Monitor:
                                       f"no answer to the heartbeat for {silent:.1f} s (deadline "
                                       f"{self.deadline(c.key):.1f} s from its chunk time): frozen or wedged")
         return sorted(faults.values(), key=lambda f: f.key), victims
+
+
+class NodeWatch:
+    """Whether the raylets of a plan's nodes still listen: ``poll`` probes each one about every
+    ``every_s`` with a non-blocking TCP connect (a refusal is immediate, a pending connect is looked
+    at on the next poll) and returns the first node that has failed long enough (see the module doc)."""
+
+    def __init__(self, raylets: dict[str, tuple[str, int]], every_s: float = NODE_CHECK_S, local: str = ""):
+        self.raylets = raylets                    # node id -> (address, raylet port)
+        self.local = local                        # the driver's node id (plan cells on 'local' run there)
+        self.every_s = every_s
+        self.pending: dict[str, tuple[socket.socket, float]] = {}
+        self.failing: dict[str, tuple[float, str]] = {}   # node -> (first failure, why)
+        self.last = 0.0
+
+    @classmethod
+    def of(cls, grid: Any) -> "NodeWatch":
+        """The watch of ``grid``'s nodes (none watched without a connected Ray)."""
+        import ray
+        if not ray.is_initialized():
+            return cls({})
+        local = ray.get_runtime_context().get_node_id()
+        want = {local if c.node == "local" else c.node for c in grid.plan.cells}
+        raylets = {n["NodeID"]: (n["NodeManagerAddress"], int(n["NodeManagerPort"])) for n in ray.nodes()
+                   if n["NodeID"] in want and n.get("Alive") and n.get("NodeManagerPort")}
+        return cls(raylets, local=local)
+
+    def node_of(self, plan_node: str) -> str:
+        return self.local if plan_node == "local" else plan_node
+
+    def name(self, node: str) -> str:
+        """``127.0.0.1:41234 (Ray node 3f94f0e0)``: the raylet's address and the node id's start."""
+        addr, port = self.raylets.get(node, ("?", 0))
+        return f"{addr}:{port} (Ray node {node[:8]})"
+
+    def on_this_machine(self, node: str) -> bool:
+        """Whether the node runs on this machine (its cells' processes can be killed from here)."""
+        addr = self.raylets.get(node, ("",))[0]
+        if addr.startswith("127.") or addr == "localhost":
+            return True
+        try:
+            return addr in {i[4][0] for i in socket.getaddrinfo(socket.gethostname(), None)}
+        except OSError:
+            return False
+
+    def poll(self, now: Optional[float] = None) -> Optional[tuple[str, str]]:
+        """``(node, why)`` for a node lost by now, else None (probes when due; never blocks)."""
+        now = time.perf_counter() if now is None else now
+        for node in list(self.pending):
+            self._collect(node, now)
+        if now - self.last >= self.every_s:
+            self.last = now
+            for node, addr in self.raylets.items():
+                if node not in self.pending:
+                    self._probe(node, addr, now)
+        for node, (since, why) in self.failing.items():
+            limit = NODE_LOST_S if why.startswith(REFUSED) else NODE_UNREACHABLE_S
+            if now - since >= limit:
+                return node, f"its raylet {why} for {now - since:.1f} s"
+        return None
+
+    def _probe(self, node: str, addr: tuple[str, int], now: float) -> None:
+        s = socket.socket(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        err = s.connect_ex(addr)
+        if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
+            self.pending[node] = (s, now)
+            return
+        s.close()
+        self._result(node, err, now)
+
+    def _collect(self, node: str, now: float) -> None:
+        s, sent = self.pending[node]
+        _, writable, _ = select.select([], [s], [], 0)
+        if writable:
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        elif now - sent >= max(2 * self.every_s, 1.0):
+            err = errno.ETIMEDOUT
+        else:
+            return
+        s.close()
+        del self.pending[node]
+        self._result(node, err, sent)
+
+    def _result(self, node: str, err: int, now: float) -> None:
+        """Record a probe's outcome (``now``: when it was sent)."""
+        if err == 0:
+            self.failing.pop(node, None)
+            return
+        why = REFUSED if err == errno.ECONNREFUSED else f"does not answer ({os.strerror(err)})"
+        since = self.failing.get(node, (now, why))[0]
+        self.failing[node] = (since, why)
 
 
 def _loop_error(ref) -> Optional[BaseException]:

@@ -3,7 +3,10 @@ compile (shapes come from the model spec): which device and node each cell has, 
 blocks it runs, and what every edge carries (transport, bytes per message, tensors).
 
 The model and grid are chosen exactly as ``bidl-run`` chooses them (the same flags and defaults:
-:class:`bidl_runtime.api.GridJob`).
+:class:`bidl_runtime.api.GridJob`). Also shown: each cell's memory and the total (estimated from
+measured figures per kind of cell, :mod:`bidl_runtime.plan.admission`), against what this machine has
+available: ``bidl-run`` refuses a grid that does not fit. Config files are Python and run when
+loaded (as in BIDL and mmcv): the file loaded is printed first.
 """
 from __future__ import annotations
 
@@ -12,23 +15,33 @@ import sys
 from typing import Optional, Sequence
 
 from bidl_grid.command import run_command
-from bidl_models.config import describe_source
-
-from bidl_runtime.run import add_grid_flags
+from bidl_models.config import CONFIG_IS_CODE, describe_source
+from bidl_runtime.cluster.memory import available_bytes
+from bidl_runtime.plan.admission import lines
+from bidl_runtime.run import add_grid_flags, check_sizes
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="bidl-plan", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="bidl-plan", description=__doc__.split("\n\n")[0],
+                                 epilog=f"Configs are code: {CONFIG_IS_CODE}.")
     add_grid_flags(ap)
     return ap
 
 
 def _plan(argv: Optional[Sequence[str]]) -> int:
     args = build_parser().parse_args(argv)
-    from bidl_runtime.launch import plan_job   # torch loads only once the flags are read (--help: fast)
+    check_sizes(args)
+    from bidl_runtime.launch import (  # torch loads only once the flags are read (--help: fast)
+        memory_need,
+        plan_job,
+    )
     job = plan_job(args)
     print(describe_source(job.config))
-    print(job.preview().table())
+    plan = job.preview()
+    need = memory_need(job, plan, ray_node=True)
+    print(plan.table(need.cell_bytes()))
+    have = available_bytes()
+    print("\n".join(lines(need, {"local": have} if have is not None else None)))
     return 0
 
 

@@ -20,7 +20,7 @@ the cells and read back without them).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Mapping, Optional
 
 from bidl_models.specs import TensorSpec
 from compile.program import Program
@@ -116,19 +116,21 @@ class GridPlan:
     def _end(self, key: Optional[CellKey]) -> str:
         return "driver" if key is None else self.cell(*key).name
 
-    def table(self) -> str:
-        """A readable table of the cells, then one of the edges."""
+    def table(self, memory: Optional[Mapping[CellKey, int]] = None) -> str:
+        """A readable table of the cells (with ``memory``: each cell's estimated bytes), then one of the edges."""
         lines = [f"plan for {self.config}: T={self.T}, grid {self.rows}x{self.cols} "
                  f"(rows = time slices {list(self.slices)}, columns = segments "
                  f"{[list(s) for s in self.splits]} from {self.split_source}), replicas={self.replicas}"]
-        head = f"{'cell':<24} {'replica':>7} {'row':>4} {'col':>4} {'device':>6} {'steps':>9} {'blocks':>9}  node"
+        mem = f" {'memory':>8}" if memory is not None else ""
+        head = f"{'cell':<24} {'replica':>7} {'row':>4} {'col':>4} {'device':>6} {'steps':>9} {'blocks':>9}{mem}  node"
         lines += [head, "-" * len(head)]
         for c in self.cells:
             steps = f"{c.t0}..{c.t0 + c.chunk_len - 1}"
             inner = not all(isinstance(v, int) for v in c.split)
             blocks = f"[{c.split[0]}, {c.split[1]})" if inner else f"{c.split[0]}..{c.split[1] - 1}"
+            mem = f" {memory[c.key] / 1e9:>5.2f} GB" if memory is not None else ""
             lines.append(f"{c.name:<24} {c.replica:>7} {c.row:>4} {c.col:>4} {c.device:>6} {steps:>9} "
-                         f"{blocks:>9}  {c.node}")
+                         f"{blocks:>9}{mem}  {c.node}")
         head = f"{'edge':<28} {'kind':<10} {'from':<22} {'to':<22} {'via':<4} {'bytes/msg':>10}  tensors"
         lines += ["", head, "-" * len(head)]
         for e in self.edges:
