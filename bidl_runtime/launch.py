@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import wait
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,6 +29,7 @@ from bidl_runtime.api import GridJob, default_config
 from bidl_runtime.cell.cell import FAULTS
 from bidl_runtime.cell.contexts import backend_problem
 from bidl_runtime.cell.pool import kill, spawn
+from bidl_runtime.cell.template import CellTemplate
 from bidl_runtime.channels import sweep_stale
 from bidl_runtime.cluster.nodes import device_map
 from bidl_runtime.cluster.ray_cluster import join, start_local, token_env, token_source
@@ -36,20 +38,27 @@ from bidl_runtime.driver.keepalive import attach as attach_grid
 from bidl_runtime.driver.keepalive import host
 from bidl_runtime.driver.samples import samples_for
 from bidl_runtime.driver.startup import StartupClock
-from bidl_runtime.runtime_config import COMPILE_START_TIMEOUT_S, COMPILED_BACKENDS, DeviceProfile, RuntimeConfig
+from bidl_runtime.runtime_config import (COMPILE_START_TIMEOUT_S, COMPILED_BACKENDS, COMPUTE_BACKENDS, RUN_BACKEND,
+                                         DeviceProfile, RuntimeConfig)
 
 
 def runtime_config(args: argparse.Namespace, faults: dict) -> RuntimeConfig:
-    """The run's tunables from its flags (checked by :class:`RuntimeConfig`, naming the flag)."""
+    """The run's tunables from its flags (checked by :class:`RuntimeConfig`, naming the flag). The
+    default backend (:data:`RUN_BACKEND`) falls back to ``cpu``, saying why, where it cannot run."""
     if args.samples < 1:
         raise ValueError(f"--samples {args.samples}: expected an int >= 1")
-    why = backend_problem(args.backend)
-    if why:
-        raise ValueError(f"--backend {args.backend}: {why}")
-    return RuntimeConfig(backend=args.backend, transport=args.transport, depth=args.depth, batch=args.batch,
+    backend = args.backend or RUN_BACKEND
+    why = backend_problem(backend)
+    if why and args.backend is None:
+        say(f"note: the default backend {backend!r} cannot run here ({why}): using the cpu backend")
+        backend = args.backend = "cpu"
+    elif why:
+        raise ValueError(f"--backend {backend}: {why}")
+    args.backend = backend
+    return RuntimeConfig(backend=backend, transport=args.transport, depth=args.depth, batch=args.batch,
                          max_inflight=args.max_inflight, threads_per_cell=args.threads_per_cell,
                          gpus_per_cell=args.gpus_per_cell, chunk_compile=args.chunk_compile, amp=args.amp,
-                         **({"start_timeout_s": COMPILE_START_TIMEOUT_S} if args.backend in COMPILED_BACKENDS
+                         **({"start_timeout_s": COMPILE_START_TIMEOUT_S} if backend in COMPILED_BACKENDS
                             else {}),
                          profile=DeviceProfile(ref_fps=args.profile_fps), faults=faults,
                          max_restarts=args.max_restarts)
@@ -58,16 +67,17 @@ def runtime_config(args: argparse.Namespace, faults: dict) -> RuntimeConfig:
 def plan_job(args: argparse.Namespace, rcfg: Optional[RuntimeConfig] = None) -> GridJob:
     """The job the flags shared by ``bidl-run`` and ``bidl-plan`` describe (the same defaults)."""
     cfg = load_config(args.config or default_config(), args.cfg_options)
-    rcfg = rcfg or RuntimeConfig(backend=args.backend, transport=args.transport, batch=args.batch)
+    rcfg = rcfg or RuntimeConfig(backend=args.backend or RUN_BACKEND, transport=args.transport, batch=args.batch)
     checkpoint = getattr(args, "checkpoint", None) or shipped_weights(cfg.name)
     return GridJob(cfg, grid=args.grid, replicas=args.replicas, checkpoint=checkpoint, runtime=rcfg,
                    artifacts=getattr(args, "artifacts", "artifacts"), force_compile=getattr(args, "force_compile", False),
                    progress=True)
 
 
-def launch(args: argparse.Namespace, t0: float) -> int:
-    """Run the grid as the flags say; the exit code (errors raise, one line each)."""
-    # 1. everything that can be checked without a cluster fails fast, with a clear message
+def launch(args: argparse.Namespace, t0: float, template: Optional[CellTemplate] = None) -> int:
+    """Run the grid as the flags say; the exit code (errors raise, one line each). ``template``: the
+    cell template forked at the command's start (the embedded cluster's workers fork from it)."""
+    # 1. what can be checked without the model or a cluster fails at once, with a clear message
     t_main = time.time()
     faults = parse_fault(args.inject_fault) if args.inject_fault else {}
     job = plan_job(args, runtime_config(args, faults))
@@ -78,55 +88,56 @@ def launch(args: argparse.Namespace, t0: float) -> int:
                              f"it has no cell ({row}, {col})")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise FileNotFoundError(f"--checkpoint {str(checkpoint)!r}: no such file")
-    clock = StartupClock(show=True, t0=t0, steps=7 + layout.n_cells)
-    journal = None
-    try:
-        clock.mark("imports", t0, t_main)
-        with clock.phase("model", "resolving the model"):
-            spec, _ = job.spec, job.slices
-        if args.journal:
-            journal = Journal.open(args.journal, journal_identity(cfg, spec, args))
-    except BaseException:
-        clock.close()   # the error line comes next, on a line of its own
-        raise
+    verify = args.verify if args.verify is not None else args.backend in COMPUTE_BACKENDS
     say(f"config: {cfg.filename}")
-    verify = args.verify if args.verify is not None else args.backend == "cpu"
+    say(f"weights: {checkpoint}" if checkpoint else
+        "weights: NONE SHIPPED for this config -> deterministic SEEDED INITIAL WEIGHTS (seed 0), not a trained model")
     if verify and args.backend == "emulated":
         say("note: --verify needs real compute; the emulated backend moves zeros, so it is skipped")
         verify = False
-    say(f"weights: {checkpoint}" if checkpoint else
-        "weights: NONE SHIPPED for this config -> deterministic SEEDED INITIAL WEIGHTS (seed 0), not a trained model")
-    if journal is not None and journal.done:
-        say(f"journal: {len(journal.done)} sample(s) already done in {args.journal}: skipped")
     swept = sweep_stale()
     if swept:
         say(f"removed {len(swept)} channel file(s) left in /dev/shm by dead runs")
+    clock = StartupClock(show=True, t0=t0, steps=7 + layout.n_cells)
+    clock.mark("imports", t0, t_main)
 
-    # 2. artifacts in a thread while Ray starts (or is joined) and the cells' processes start
+    # 2. the model (seconds of shape tracing) and its artifacts in a thread while Ray starts (or is
+    #    joined) and the cells' processes start (an error in the model comes out once Ray is up)
     namespace = args.namespace or f"bidl-{uuid.uuid4().hex[:8]}"
     t_art = time.time()
     artifacts = job.start_artifacts()
     started = not args.address
-    grid = actors = None
+    grid = actors = journal = None
+    dashboard = args.dashboard or args.keep_alive
     try:
         with clock.phase("ray_start", "starting Ray" if started else f"joining {args.address}"):
             if args.address:
                 info = join(args.address, namespace=namespace, log_to_driver=False, logging_level="WARNING")
             else:
-                info = start_local(num_cpus=os.cpu_count(), resources={"bidl_device": layout.max_device + 1},
-                                   include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
-                                   logging_level="WARNING", namespace=namespace)
+                with template.workers() if template is not None else nullcontext():
+                    info = start_local(num_cpus=os.cpu_count(), resources={"bidl_device": layout.max_device + 1},
+                                       include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=False,
+                                       logging_level="WARNING", namespace=namespace)
         stop_on_sigterm()   # ray.init installed its own
         cluster = device_map()
         actors = (spawn(layout, cluster.device_nodes, rcfg.actor_gpus())
                   if layout.max_device < len(cluster.device_nodes) else None)
-        url = info.dashboard_url
+        url = info.dashboard_url if dashboard or args.address else None
         url = f"http://{url}" if url and not url.startswith("http") else url
         where = f"joined {args.address}" if args.address else "embedded local cluster on 127.0.0.1"
-        say(f"ray: {where}, token auth (token: {token_source()}), namespace {namespace}; "
-            f"dashboard {url or 'not available'}")
-        arts = artifacts.result()
-        clock.mark("artifacts", t_art, job.artifacts_done_at or time.time())
+        shown = url or ("not available" if dashboard or args.address else "off (--dashboard or --keep-alive starts it)")
+        say(f"ray: {where}, token auth (token: {token_source()}), namespace {namespace}; dashboard {shown}")
+        try:
+            arts = artifacts.result()
+        finally:
+            if job.spec_times is not None:
+                clock.mark("model", *job.spec_times)
+        clock.mark("artifacts", (job.spec_times or (t_art, t_art))[1], job.artifacts_done_at or time.time())
+        spec = job.spec
+        if args.journal:
+            journal = Journal.open(args.journal, journal_identity(cfg, spec, args))
+            if journal.done:
+                say(f"journal: {len(journal.done)} sample(s) already done in {args.journal}: skipped")
         with clock.phase("place", "placing the cells"):
             plan = job.plan(cluster)
         records = getattr(arts, "records", [])
@@ -175,6 +186,8 @@ def launch(args: argparse.Namespace, t0: float) -> int:
                 kill(a)
         if started and ray.is_initialized():
             ray.shutdown()
+        if template is not None:
+            template.close()
         sweep_stale()
 
 
@@ -230,7 +243,7 @@ def attach(args: argparse.Namespace) -> int:
             cfg = None
         high = load_model(cfg).input_high if cfg is not None else None
         samples, source = samples_for(cfg, grid.plan, args.samples, args.seed, high)
-        verify = args.verify if args.verify is not None else grid.config.backend == "cpu"
+        verify = args.verify if args.verify is not None else grid.config.backend in COMPUTE_BACKENDS
         print(f"attached to the kept-alive grid {grid.plan.rows}x{grid.plan.cols} of {grid.plan.config}; data: {source}")
         report = grid.run(samples, total=args.samples, progress=True, verify=verify, trace=args.trace)
         print(report.summary())

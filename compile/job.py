@@ -47,6 +47,7 @@ class CompileJob:
         self.splits, self.in_shape, self.input_dtype, self.seed = splits, in_shape, input_dtype, seed
         self._lock = threading.Lock()
         self._artifacts: Optional[Future] = None
+        self.spec_times: Optional[tuple[float, float]] = None   # epoch start and end of the model's resolution
         self.artifacts_done_at: Optional[float] = None   # epoch time the artifact stage finished
 
     # ------------------------------------------------------------------------------ the stages
@@ -83,7 +84,8 @@ class CompileJob:
         return compile_spec(self.spec, self.slices, self.options)
 
     def start_artifacts(self) -> Future:
-        """Start the artifact stage in a thread (once); its future."""
+        """Start the artifact stage in a thread (once), the model's resolution first (``spec_times``
+        records it); its future (the model's errors come out of it too)."""
         with self._lock:
             if self._artifacts is None:
                 self._artifacts = Future()
@@ -107,6 +109,9 @@ class CompileJob:
         if not fut.set_running_or_notify_cancel():
             return
         try:
+            t = time.time()
+            _ = self.spec, self.slices
+            self.spec_times = (t, time.time())
             result = self.build()
         except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the stage
             self.artifacts_done_at = time.time()
