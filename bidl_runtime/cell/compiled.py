@@ -32,6 +32,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import hmac
+import json
 import os
 import time
 from contextlib import contextmanager
@@ -168,6 +169,8 @@ class CompiledChunk:
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             info["compile_s"] = time.perf_counter() - t0
+            if cached and method == "aoti" and info["cache"] == "miss":
+                info["exported_check"] = exported_check(path, c, program)   # its exported program is loaded
             if cached and method != "aoti" and info["cache"] == "miss":
                 data, _ = torch.compiler.save_cache_artifacts() or (None, None)
                 if data:
@@ -222,6 +225,56 @@ def manifest_inputs(man: Any, batch: int, device: torch.device) -> list[Tensor]:
 def example_inputs(art: Any, batch: int, device: torch.device) -> list[Tensor]:
     """Zeros ``(x, *carry_in, *state)`` of a loaded artifact's shapes for ``batch`` on ``device``."""
     return manifest_inputs(art.manifest, batch, device)
+
+
+CHECK_CHUNKS = 2   # seeded random chunks a compiled program is compared on with its exported program
+
+
+def exported_check(path: str | Path, chunk: "CompiledChunk", program: Optional["_Program"] = None) -> dict[str, Any]:
+    """How a compiled chunk's outputs compare with its artifact's exported program (the program the
+    model was verified against at compile time) over :data:`CHECK_CHUNKS` seeded random chunks from a
+    fresh state (the state carried between them): ``max_abs_diff`` over every output, and
+    ``spikes_equal``: every output that is all 0/1 in the exported program's (spikes) equal. Kept
+    beside the compiled file (``<file>.check.json``): computed once per compiled program, by the cell
+    that builds it (``program``: its exported program, loaded already)."""
+    if not chunk.info.get("cache_file"):
+        return _compare_with_exported(path, chunk, program)
+    cached = Path(chunk.info["cache_file"] + ".check.json")
+    with key_lock(cached):
+        try:
+            return json.loads(cached.read_text())
+        except (OSError, ValueError):
+            out = _compare_with_exported(path, chunk, program)
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(out))
+            tmp.replace(cached)
+            return out
+
+
+def _compare_with_exported(path: str | Path, chunk: "CompiledChunk", program: Optional["_Program"]) -> dict[str, Any]:
+    man = read_manifest(path)
+    exported = (program or _Program(path, chunk.device)).module()
+    inputs = manifest_inputs(man, chunk.batch, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    n_x, n_out = 1 + len(man.carry_in), 1 + len(man.carry_out)
+    xs = [(torch.rand(t.shape, generator=g) < 0.3).to(t.dtype) if k == 0 or t.dtype != torch.float32
+          else torch.randn(t.shape, generator=g) for k, t in enumerate(inputs[:n_x])]
+    worst, spikes_equal = 0.0, True
+    state_a = state_b = [t.to(chunk.device) for t in inputs[n_x:]]
+    xs = [x.to(chunk.device) for x in xs]
+    with torch.inference_mode():
+        for _ in range(CHECK_CHUNKS):
+            a = [o.clone() for o in chunk(*xs, *state_a)]
+            b = [o.clone() for o in exported(*xs, *state_b)]
+            for u, v in zip(a, b):
+                u, v = u.float().cpu(), v.float().cpu()
+                if u.numel():
+                    worst = max(worst, float((u - v).abs().max()))
+                    if bool(((v == 0) | (v == 1)).all()) and not torch.equal(u, v):
+                        spikes_equal = False
+            state_a, state_b = a[n_out:], b[n_out:]
+    return {"max_abs_diff": worst, "spikes_equal": spikes_equal, "chunks": CHECK_CHUNKS,
+            "input": "seeded random chunks from a fresh state"}
 
 
 def _eager(program: _Program, method, dev, inputs, file, info) -> Callable:

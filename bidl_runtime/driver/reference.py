@@ -39,6 +39,7 @@ from bidl_models.specs import torch_dtype
 from compile.artifact import load_artifact, read_manifest
 from compile.program import Program
 
+from bidl_runtime.cell.compiled import exported_check
 from bidl_runtime.cell.contexts import CompiledContext
 from bidl_runtime.cell.template import CellTemplate
 from bidl_runtime.errors import RunError
@@ -128,6 +129,17 @@ class Reference:
         ctx = CompiledContext(0, sp.threads, device="cpu", method=sp.method, cache=sp.cache, amp=sp.amp)
         ctx.load(Program(signature=None, path=path))   # the cells' own code path: bit for bit theirs
         return _Compiled(ctx, read_manifest(path).input_dtype)
+
+    def exported_checks(self) -> Optional[dict[str, Any]]:
+        """Compiled programs only: how they compare with the exported ones (the programs verified
+        against the model when compiled), over every program: ``max_abs_diff``, ``spikes_equal``
+        (see :func:`~bidl_runtime.cell.compiled.exported_check`)."""
+        if self.spec.backend != "compiled":
+            return None
+        checks = [exported_check(p, prog.ctx.chunk) for (_, _, p), prog in zip(self.spec.programs,
+                                                                                 self.load().values())]
+        return {"max_abs_diff": max(c["max_abs_diff"] for c in checks),
+                "spikes_equal": all(c["spikes_equal"] for c in checks), "programs": len(checks)}
 
     def output(self, x: Tensor) -> Tensor:
         """The last step's output ``[B, nclass]`` for ``x`` ``[T, B, ...]``."""
@@ -463,9 +475,8 @@ class ReferenceProcesses:
                 _set_policy(c.pid, os.SCHED_OTHER)
         with self.cv:
             self._release_held()
-        end = _frame({"kind": "end"})
-        for c in self.children:
-            c.put(end, 0)
+        for k, c in enumerate(self.children):   # one process compares the compiled programs with the exported
+            c.put(_frame({"kind": "end", "check_exported": k == 0}), 0)
             c.close_input()
         for c in self.children:
             c.proc.wait()
@@ -482,7 +493,8 @@ class ReferenceProcesses:
                       "cpu_s": round(sum(r["cpu_s"] for r in rs), 3), "busy_s": round(sum(r["busy_s"] for r in rs), 3),
                       "load_s": round(max(r["load_s"] for r in rs), 3),
                       "after_streaming_s": round(self.finished_at - self.streamed_at, 3),
-                      "stream_waited_s": round(self.held_s, 3), "compares": self.spec.kind}
+                      "stream_waited_s": round(self.held_s, 3), "compares": self.spec.kind,
+                      "compiled_vs_exported": rs[0].get("exported_checks")}
         return {"equal": sum(r["equal"] for r in rs), "compared": sum(r["compared"] for r in rs),
                 "max_abs_diff": max(r["max_abs_diff"] for r in rs)}
 
@@ -637,10 +649,11 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
             verifier.check_group(header["ids"], xs, ys)
             n += 1
             say({"kind": "done", "n": n})
+        checks = verifier.reference.exported_checks() if header.get("check_exported") else None
         cpu = time.process_time()
         say({"kind": "result", "equal": verifier.equal, "compared": verifier.compared,
              "max_abs_diff": verifier.worst, "differ": verifier.differ, "busy_s": verifier.busy_s,
-             "cpu_s": cpu, "load_s": load_s})
+             "cpu_s": cpu, "load_s": load_s, "exported_checks": checks})
         return 0
     except EOFError:
         say({"kind": "error", "error": "its input ended early (the driver stopped)"})

@@ -248,8 +248,14 @@ def verification_line(cost: dict) -> str:
     waited = (f"; the stream waited {cost['stream_waited_s']:.1f} s for it (inputs past --verify memory)"
               if cost.get("stream_waited_s", 0) >= 0.05 else "")
     n = cost["processes"]
-    return (f"verification: {n} reference process{'es' if n > 1 else ''} {where}: {cost['cpu_s']:.1f} CPU s, "
+    line = (f"verification: {n} reference process{'es' if n > 1 else ''} {where}: {cost['cpu_s']:.1f} CPU s, "
             f"finished {cost['after_streaming_s']:.1f} s after the last result{waited}")
+    check = cost.get("compiled_vs_exported")
+    if check:
+        line += (f"\ncompiled programs vs the exported ones they were built from (seeded random chunks): "
+                 f"{'every spike equal' if check['spikes_equal'] else 'SPIKES DIFFER'}, "
+                 f"max abs diff {check['max_abs_diff']:.3g}")
+    return line
 
 
 def _ids(ids: list[int]) -> str:
