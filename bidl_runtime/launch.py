@@ -42,6 +42,9 @@ from bidl_runtime.runtime_config import (COMPILE_START_TIMEOUT_S, COMPILED_BACKE
                                          DeviceProfile, RuntimeConfig)
 
 
+ARTIFACT_NICE = 5   # the model's and artifacts' thread while Ray starts (see launch)
+
+
 def runtime_config(args: argparse.Namespace, faults: dict) -> RuntimeConfig:
     """The run's tunables from its flags (checked by :class:`RuntimeConfig`, naming the flag). The
     default backend (:data:`RUN_BACKEND`) falls back to ``cpu``, saying why, where it cannot run."""
@@ -105,7 +108,9 @@ def launch(args: argparse.Namespace, t0: float, template: Optional[CellTemplate]
     #    joined) and the cells' processes start (an error in the model comes out once Ray is up)
     namespace = args.namespace or f"bidl-{uuid.uuid4().hex[:8]}"
     t_art = time.time()
-    artifacts = job.start_artifacts()
+    # a little below the process's priority while Ray starts: its raylet gives its agents (Python
+    # processes importing much) 15 s to come up, which a loaded machine can exceed
+    artifacts = job.start_artifacts(nice=ARTIFACT_NICE)
     started = not args.address
     grid = actors = journal = None
     dashboard = args.dashboard or args.keep_alive
@@ -119,6 +124,7 @@ def launch(args: argparse.Namespace, t0: float, template: Optional[CellTemplate]
                                        include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=False,
                                        logging_level="WARNING", namespace=namespace)
         stop_on_sigterm()   # ray.init installed its own
+        job.renice()
         cluster = device_map()
         actors = (spawn(layout, cluster.device_nodes, rcfg.actor_gpus())
                   if layout.max_device < len(cluster.device_nodes) else None)

@@ -13,6 +13,7 @@ stages (plan, grid, run), so every entry point walks the same chain. The grid is
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -83,14 +84,27 @@ class CompileJob:
         """The artifact stage itself (a subclass may produce another program set)."""
         return compile_spec(self.spec, self.slices, self.options)
 
-    def start_artifacts(self) -> Future:
+    def start_artifacts(self, nice: int = 0) -> Future:
         """Start the artifact stage in a thread (once), the model's resolution first (``spec_times``
-        records it); its future (the model's errors come out of it too)."""
+        records it); its future (the model's errors come out of it too). ``nice``: the thread's
+        priority below this process's while it works (:meth:`renice` restores it), so that what
+        starts meanwhile comes first."""
         with self._lock:
             if self._artifacts is None:
                 self._artifacts = Future()
+                self._nice = nice
                 threading.Thread(target=self._produce, name="bidl-artifacts", daemon=True).start()
             return self._artifacts
+
+    def renice(self) -> None:
+        """The artifact thread back to this process's priority (where this user may raise it)."""
+        nice, self._nice = getattr(self, "_nice", 0), 0   # a thread not yet started stays as it is
+        tid = getattr(self, "_tid", None)
+        if tid is not None and nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, os.getpid()))
+            except OSError:
+                pass
 
     def artifacts(self) -> ArtifactSet:
         """The artifacts (built, or reused from the cache), produced once; waits for a started stage."""
@@ -108,6 +122,12 @@ class CompileJob:
         fut = self._artifacts
         if not fut.set_running_or_notify_cancel():
             return
+        self._tid = threading.get_native_id()
+        if getattr(self, "_nice", 0):
+            try:   # Linux: a thread's nice value is its own
+                os.setpriority(os.PRIO_PROCESS, self._tid, os.getpriority(os.PRIO_PROCESS, os.getpid()) + self._nice)
+            except OSError:
+                pass
         try:
             t = time.time()
             _ = self.spec, self.slices
