@@ -10,10 +10,12 @@ started, how long its imports took and how long its program took to load. Printe
 over the runs; written: ``startup.json`` with every run.
 
 ``--baseline-ref REF`` also measures the same command from git revision REF (extracted with
-``git archive`` into a temporary directory, its own artifact cache) in the same invocation, so
-the before/after ratio comes from one machine state. Older revisions print only their grid
-start-up; for them a probe times the same phases through their library API (``make_plan``,
-``ray.init``, ``prepare``, ``Grid.start``), plus one cell process's imports and program load.
+``git archive`` into a temporary directory, its own artifact cache) in the same invocation, runs
+interleaved, so the before/after ratio comes from one machine state. A revision with this tree's
+report (``bidl_runtime/launch.py``) is measured as this tree is, phase by phase; older revisions
+print only their grid start-up, and for them a probe times the same phases through their library
+API (``make_plan``, ``ray.init``, ``prepare``, ``Grid.start``), plus one cell process's imports and
+program load.
 The machine is shared: run-to-run spread is reported (min/max) next to the median, and CPU seconds
 (the driver's, and every cell process's up to its program being loaded), which other load on the
 machine disturbs far less than wall time.
@@ -84,13 +86,30 @@ def load_now() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def run_current(root: Path, grid: str, artifacts: Path, samples: int, env: dict) -> dict[str, Any]:
-    """One run of this tree's command; its report's start-up phases and the command's wall time."""
+RAY_START_TIMEOUT = "timed out during startup"   # Ray's node start on an overloaded machine (its agents too slow)
+
+
+def run_current(root: Path, grid: str, artifacts: Path, samples: int, env: dict,
+                extra: tuple[str, ...] = (), tries: int = 3) -> dict[str, Any]:
+    """One run of this tree's command; its report's start-up phases and the command's wall time. A
+    run whose Ray node timed out while starting (a shared machine under load) is run again, counted."""
+    for k in range(tries):
+        try:
+            return dict(_run_current(root, grid, artifacts, samples, env, extra), retries=k)
+        except RuntimeError as e:
+            if RAY_START_TIMEOUT not in str(e) or k == tries - 1:
+                raise
+            print(f"  (Ray's node timed out while starting, machine load {load_now()}: again)", flush=True)
+    raise AssertionError("unreachable")
+
+
+def _run_current(root: Path, grid: str, artifacts: Path, samples: int, env: dict,
+                 extra: tuple[str, ...] = ()) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
         t = time.perf_counter()
         r = subprocess.run([sys.executable, "-m", "bidl_runtime.run", "--grid", grid, "--samples", str(samples),
-                            "--artifacts", str(artifacts), "--json", str(out)], cwd=root, env=env,
+                            "--artifacts", str(artifacts), "--json", str(out), *extra], cwd=root, env=env,
                            capture_output=True, text=True, timeout=900)
         wall = time.perf_counter() - t
         if r.returncode != 0:
@@ -166,7 +185,28 @@ def table(doc: dict[str, Any]) -> str:
               f"{'CPU s: driver':<28}{med(cur['driver_cpu_s']):>22}",
               f"{'whole command':<28}{med(cur['command_wall_s']):>22}",
               f"{'streaming frames/s':<28}{med(cur['frames_per_s']):>22}"]
-    if "baseline" in doc:
+    if "baseline" in doc and "phases_s" in doc["baseline"]["summary"]:
+        base = doc["baseline"]["summary"]
+        lines += ["", f"{'phase (' + doc['baseline']['ref'] + ')':<28}{'seconds':>22}{'starts at':>22}"]
+        for p in PHASES:
+            lines.append(f"{p:<28}{med(base['phases_s'][p]):>22}{med(base['phases_at'][p]):>22}")
+        lines += [f"{'per cell (max): imports':<28}{med(base['per_cell']['imports_s']):>22}",
+                  f"{'per cell (max): program load':<28}{med(base['per_cell']['load_s']):>22}",
+                  f"{'start-up from process start':<28}{med(base['total_s']):>22}",
+                  f"{'CPU s: cells (sum)':<28}{med(base['cells_cpu_sum_s']):>22}",
+                  f"{'CPU s: driver':<28}{med(base['driver_cpu_s']):>22}",
+                  f"{'whole command':<28}{med(base['command_wall_s']):>22}",
+                  f"{'streaming frames/s':<28}{med(base['frames_per_s']):>22}", ""]
+        for label, key in (("start-up from process start", "total_s"), ("grid start-up (cells+wire)", "grid_s"),
+                           ("CPU s: cells (sum)", "cells_cpu_sum_s"), ("CPU s: driver", "driver_cpu_s"),
+                           ("whole command", "command_wall_s")):
+            b, c = base[key]["median"], cur[key]["median"]
+            if b and c:
+                lines.append(f"{label:<28} {b:>7.1f} -> {c:>6.1f} s  ({b / c:.1f}x)")
+        b, c = base["frames_per_s"]["median"], cur["frames_per_s"]["median"]
+        if b and c:
+            lines.append(f"{'streaming frames/s':<28} {b:>7.1f} -> {c:>6.1f}    ({c / b:.2f}x)")
+    elif "baseline" in doc:
         base = doc["baseline"]["summary"]
         lines += ["", f"{'baseline ' + doc['baseline']['ref']:<28}{'seconds':>22}"]
         for k, v in base.get("probe_s", {}).items():
@@ -204,7 +244,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--baseline-ref", default=None, help="also measure this git revision (e.g. c1baf1a)")
     ap.add_argument("--artifacts", default=None, help="artifact cache (default: a fresh temporary one, warmed first)")
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--name", default="startup", help="file names of the results (default %(default)s)")
+    ap.add_argument("--extra", default="", help="more flags for this tree's command, e.g. '--backend cpu'")
     args = ap.parse_args(argv)
+    extra = tuple(args.extra.split())
     if args.runs < 1:
         print("error: --runs must be >= 1", file=sys.stderr)
         return 2
@@ -214,27 +257,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     doc: dict[str, Any] = {"benchmark": "startup", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                            "machine": {"host": platform.node(), "cpus": os.cpu_count(),
                                        "python": platform.python_version()},
-                           "grid": args.grid, "runs": args.runs, "samples": args.samples, "load_before": load_now()}
+                           "grid": args.grid, "runs": args.runs, "samples": args.samples, "extra": list(extra),
+                           "load_before": load_now()}
     with tempfile.TemporaryDirectory() as tmp:
         arts = Path(args.artifacts) if args.artifacts else Path(tmp) / "artifacts"
         cur_env = dict(env, PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
         print(f"warm-up run (compiles or checks the artifacts in {arts}) ...", flush=True)
-        run_current(REPO, args.grid, arts, 4, cur_env)
+        run_current(REPO, args.grid, arts, 4, cur_env, extra)
         base_root = None
         if args.baseline_ref:
             base_root = extract(args.baseline_ref, Path(tmp) / "baseline")
             # the older tree's embedded cluster: token auth (the env's token) and loopback only (Ray's single-machine
             # switch; that tree has no cluster.start_local)
             base_env = dict(env, PYTHONPATH=str(base_root), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+            same_report = (base_root / "bidl_runtime" / "launch.py").is_file()
+            run_base = (lambda n: run_current(base_root, args.grid, Path(tmp) / "baseline-artifacts", n, base_env)
+                        if same_report else
+                        run_baseline(base_root, args.grid, Path(tmp) / "baseline-artifacts", n, base_env))
             print(f"warm-up run of {args.baseline_ref} ...", flush=True)
-            run_baseline(base_root, args.grid, Path(tmp) / "baseline-artifacts", 4, base_env)
+            run_base(4)
         current, baseline = [], []
         for i in range(args.runs):   # interleaved: both trees see the same machine state
             print(f"run {i + 1}/{args.runs} ...", flush=True)
-            current.append(run_current(REPO, args.grid, arts, args.samples, cur_env))
+            current.append(run_current(REPO, args.grid, arts, args.samples, cur_env, extra))
             if base_root is not None:
-                baseline.append(run_baseline(base_root, args.grid, Path(tmp) / "baseline-artifacts", args.samples,
-                                             base_env))
+                baseline.append(run_base(args.samples))
     doc["load_after"] = load_now()
     doc["current"] = {"runs": current, "summary": summarize(current)}
     if args.baseline_ref:
@@ -243,9 +290,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "startup.json").write_text(json.dumps(doc, indent=1))
-    (out / "startup.txt").write_text(text + "\n")
-    print(f"wrote {out / 'startup.json'}, {out / 'startup.txt'}")
+    (out / f"{args.name}.json").write_text(json.dumps(doc, indent=1))
+    (out / f"{args.name}.txt").write_text(text + "\n")
+    print(f"wrote {out / (args.name + '.json')}, {out / (args.name + '.txt')}")
     return 0
 
 

@@ -1,8 +1,9 @@
 """What ``bidl-run`` does once its flags are parsed: the :class:`~bidl_runtime.api.GridJob` chain with
 Ray's start overlapped, the progress and summary a user sees, and a clean exit on every path.
 
-    config -> layout -> spec (checked before Ray starts) -> artifacts (in a thread) || Ray start, cell
-    processes spawned -> plan (shipped) -> grid.start -> run -> report -> keep-alive or teardown
+    config -> layout -> memory admission (cells) -> [spec -> artifacts] (in a thread) || Ray start ->
+    memory admission (cells and weights) -> cell processes spawned -> plan (shipped) -> grid.start -> run
+    -> report -> keep-alive or teardown
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future, wait
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
@@ -33,6 +35,7 @@ from bidl_runtime.api import GridJob, default_config
 from bidl_runtime.cell.cell import FAULTS
 from bidl_runtime.cell.contexts import backend_problem
 from bidl_runtime.cell.pool import kill, spawn
+from bidl_runtime.cell.template import CellTemplate
 from bidl_runtime.channels import sweep_stale
 from bidl_runtime.cluster.cleanup import claim_token_dir, cleanup, reap_own
 from bidl_runtime.cluster.memory import available_bytes, node_memory
@@ -44,21 +47,29 @@ from bidl_runtime.driver.keepalive import host
 from bidl_runtime.driver.samples import samples_for
 from bidl_runtime.driver.startup import StartupClock
 from bidl_runtime.plan import admission
-from bidl_runtime.runtime_config import COMPILE_START_TIMEOUT_S, COMPILED_BACKENDS, DeviceProfile, RuntimeConfig
+from bidl_runtime.runtime_config import (COMPILE_START_TIMEOUT_S, COMPILED_BACKENDS, COMPUTE_BACKENDS, RUN_BACKEND,
+                                         DeviceProfile, RuntimeConfig)
 
+ARTIFACT_NICE = 5       # the model's and artifacts' thread while Ray starts (see Launch._run)
 COMPILE_GRACE_S = 5.0   # after Ctrl-C / SIGTERM, a compile in progress gets this long to finish
 THREAD_GRACE_S = 3.0    # ... and the run's threads (the verifier's last checks) this long
 
 
 def runtime_config(args: argparse.Namespace, faults: dict) -> RuntimeConfig:
-    """The run's tunables from its flags (checked by :class:`RuntimeConfig`, naming the flag)."""
-    why = backend_problem(args.backend)
-    if why:
-        raise ValueError(f"--backend {args.backend}: {why}")
-    return RuntimeConfig(backend=args.backend, transport=args.transport, depth=args.depth, batch=args.batch,
+    """The run's tunables from its flags (checked by :class:`RuntimeConfig`, naming the flag). The
+    default backend (:data:`RUN_BACKEND`) falls back to ``cpu``, saying why, where it cannot run."""
+    backend = args.backend or RUN_BACKEND
+    why = backend_problem(backend)
+    if why and args.backend is None:
+        say(f"note: the default backend {backend!r} cannot run here ({why}): using the cpu backend")
+        backend = "cpu"
+    elif why:
+        raise ValueError(f"--backend {backend}: {why}")
+    args.backend = backend
+    return RuntimeConfig(backend=backend, transport=args.transport, depth=args.depth, batch=args.batch,
                          max_inflight=args.max_inflight, threads_per_cell=args.threads_per_cell,
                          gpus_per_cell=args.gpus_per_cell, chunk_compile=args.chunk_compile, amp=args.amp,
-                         **({"start_timeout_s": COMPILE_START_TIMEOUT_S} if args.backend in COMPILED_BACKENDS
+                         **({"start_timeout_s": COMPILE_START_TIMEOUT_S} if backend in COMPILED_BACKENDS
                             else {}),
                          profile=DeviceProfile(ref_fps=args.profile_fps), faults=faults,
                          max_restarts=args.max_restarts)
@@ -68,7 +79,7 @@ def plan_job(args: argparse.Namespace, rcfg: Optional[RuntimeConfig] = None) -> 
     """The job the flags shared by ``bidl-run`` and ``bidl-plan`` describe (the same defaults)."""
     cfg = (load_config(args.config, args.cfg_options, args.config_root) if args.config
            else load_config(default_config(), args.cfg_options))   # the shipped file, never one found elsewhere
-    rcfg = rcfg or RuntimeConfig(backend=args.backend, transport=args.transport, batch=args.batch)
+    rcfg = rcfg or RuntimeConfig(backend=args.backend or RUN_BACKEND, transport=args.transport, batch=args.batch)
     given = getattr(args, "checkpoint", None)
     checkpoint = resolve_checkpoint(given, cfg) if given else shipped_weights(cfg.name)
     return GridJob(cfg, grid=args.grid, replicas=args.replicas, checkpoint=checkpoint, runtime=rcfg,
@@ -76,19 +87,21 @@ def plan_job(args: argparse.Namespace, rcfg: Optional[RuntimeConfig] = None) -> 
                    progress=True)
 
 
-def launch(args: argparse.Namespace, t0: float) -> int:
+def launch(args: argparse.Namespace, t0: float, template: Optional[CellTemplate] = None) -> int:
     """Run the grid as the flags say; the exit code (errors raise, one line each; Ctrl-C or SIGTERM
-    at any phase: everything stopped, one line saying where it was, 130)."""
-    return Launch(args, t0).run()
+    at any phase: everything stopped, one line saying where it was, 130). ``template``: the cell
+    template forked at the command's start (the embedded cluster's workers fork from it)."""
+    return Launch(args, t0, template).run()
 
 
 class Launch:
     """One ``bidl-run``: its stages, the phase it is in (an interrupt's line names it) and a teardown
     that runs on every path (cells, Ray and its processes, channel files, a compile in progress)."""
 
-    def __init__(self, args: argparse.Namespace, t0: float):
-        self.args, self.t0 = args, t0
-        self.phase = "resolving the model"
+    def __init__(self, args: argparse.Namespace, t0: float, template: Optional[CellTemplate] = None):
+        self.args, self.t0, self.template = args, t0, template
+        self.phase = "checking the flags"   # and the config, the memory, what dead runs left
+        self.memory: Optional[dict] = None   # this machine's available memory before the embedded cluster
         self.job: Optional[GridJob] = None
         self.clock: Optional[StartupClock] = None
         self.journal: Optional[Journal] = None
@@ -134,35 +147,33 @@ class Launch:
                                  f"it has no cell ({row}, {col})")
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise FileNotFoundError(f"--checkpoint {str(checkpoint)!r}: no such file")
-        clock = self.clock = StartupClock(show=True, t0=self.t0, steps=7 + layout.n_cells)
-        clock.mark("imports", self.t0, t_main)
-        with clock.phase("model", "resolving the model"):
-            spec, _ = job.spec, job.slices
-        if args.journal:
-            self.journal = Journal.open(args.journal, journal_identity(cfg, spec, args))
-        verify = args.verify if args.verify is not None else args.backend == "cpu"
+        verify = args.verify if args.verify is not None else args.backend in COMPUTE_BACKENDS
+        say(f"weights: {checkpoint}" if checkpoint else
+            "weights: NONE SHIPPED for this config -> deterministic SEEDED INITIAL WEIGHTS (seed 0), not a trained model")
         if verify and args.backend == "emulated":
             say("note: --verify needs real compute; the emulated backend moves zeros, so it is skipped")
             verify = False
-        say(f"weights: {checkpoint}" if checkpoint else
-            "weights: NONE SHIPPED for this config -> deterministic SEEDED INITIAL WEIGHTS (seed 0), not a trained model")
-        if self.journal is not None and self.journal.done:
-            say(f"journal: {len(self.journal.done)} sample(s) already done in {args.journal}: skipped")
         done = cleanup()   # what dead runs left (orphaned Ray processes, token dirs) goes before the memory check
         if not done.empty:
             say(done.line())
         swept = sweep_stale()
         if swept:
             say(f"removed {len(swept)} channel file(s) left in /dev/shm by dead runs")
-        if not args.address:
-            self.admit(None)
+        if not args.address and args.memory_check:   # the cells' base alone (the model is not resolved yet),
+            self.memory = {"local": available_bytes()}   # before Ray starts: a grid far too big stops here
+            admission.check(admission.cells_only(layout.rows, layout.cols, layout.replicas, rcfg.backend,
+                                                 ray_node=True), self.memory)
+        clock = self.clock = StartupClock(show=True, t0=self.t0, steps=7 + layout.n_cells)
+        clock.mark("imports", self.t0, t_main)
 
-        # 2. artifacts in a thread while Ray starts (or is joined) and the cells' processes start
+        # 2. the model (seconds of shape tracing) and its artifacts in a thread, a little below this
+        #    process's priority, while Ray starts (or is joined): its raylet gives its agents (Python
+        #    processes importing much) 15 s to come up, which a loaded machine can exceed
         self.phase = "starting Ray"
         namespace = args.namespace or f"bidl-{uuid.uuid4().hex[:8]}"
-        t_art = time.time()
-        self.artifacts = job.start_artifacts()
+        self.artifacts = job.start_artifacts(nice=ARTIFACT_NICE)
         self.started = not args.address
+        dashboard = args.dashboard or args.keep_alive
         with clock.phase("ray_start", "starting Ray" if self.started else f"joining {args.address}"):
             if args.address:
                 info = join(args.address, namespace=namespace, log_to_driver=False, logging_level="WARNING")
@@ -171,26 +182,37 @@ class Launch:
                 secure_env()
                 if not inherited:   # a token dir this process made: a later run removes it if this one is killed
                     claim_token_dir()
-                info = start_local(num_cpus=os.cpu_count(), resources={"bidl_device": layout.max_device + 1},
-                                   include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
-                                   logging_level="WARNING", namespace=namespace)
+                with self.template.workers() if self.template is not None else nullcontext():
+                    info = start_local(num_cpus=os.cpu_count(), resources={"bidl_device": layout.max_device + 1},
+                                       include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=False,
+                                       logging_level="WARNING", namespace=namespace)
         stop_on_sigterm()   # ray.init installed its own
+        job.renice()
         cluster = device_map()
-        if args.address:
-            self.admit(cluster)
+        self.phase = "resolving the model"
+        try:
+            spec = job.wait_spec()   # usually resolved while Ray started
+        finally:
+            if job.spec_times is not None:
+                clock.mark("model", *job.spec_times)
+        self.admit(cluster if args.address else None)   # now with each column's weights
+        if args.journal:
+            self.journal = Journal.open(args.journal, journal_identity(cfg, spec, args))
+            if self.journal.done:
+                say(f"journal: {len(self.journal.done)} sample(s) already done in {args.journal}: skipped")
         self.phase = "starting the cells"
         self.actors = (spawn(layout, cluster.device_nodes, rcfg.actor_gpus())
                        if layout.max_device < len(cluster.device_nodes) else None)
-        url = info.dashboard_url
+        url = info.dashboard_url if dashboard or args.address else None
         url = f"http://{url}" if url and not url.startswith("http") else url
+        shown = url or ("not available" if dashboard or args.address else "off (--dashboard or --keep-alive starts it)")
         where = (f"joined {args.address}" if args.address else
                  f"embedded private cluster on 127.0.0.1 (session {session_dir()})")
-        say(f"ray: {where}, token auth (token: {token_source()}), namespace {namespace}; "
-            f"dashboard {url or 'not available'}")
+        say(f"ray: {where}, token auth (token: {token_source()}), namespace {namespace}; dashboard {shown}")
         if not self.artifacts.done():
             self.phase = "compiling the artifacts"
         arts = self.artifacts.result()
-        clock.mark("artifacts", t_art, job.artifacts_done_at or time.time())
+        clock.mark("artifacts", job.spec_times[1], job.artifacts_done_at or time.time())
         self.phase = "starting the cells"
         with clock.phase("place", "placing the cells"):
             plan = job.plan(cluster)
@@ -222,13 +244,14 @@ class Launch:
         return 0 if ok else 1
 
     def admit(self, cluster: Any) -> None:
-        """Refuse (ValueError, one line) a plan whose cells do not fit the nodes' available memory:
-        this machine before an embedded cluster starts (``cluster`` None), else the joined cluster's nodes."""
+        """Refuse (ValueError, one line) a plan whose cells (with their weights and channel slots) do
+        not fit the nodes' available memory: this machine as it was before the embedded cluster started
+        (``cluster`` None), else the joined cluster's nodes."""
         if not self.args.memory_check:
             return
         job = self.job
         if cluster is None:
-            plan, have, addresses = job.preview(), {"local": available_bytes()}, {}
+            plan, have, addresses = job.preview(), self.memory or {"local": available_bytes()}, {}
         else:
             plan = replace(job.preview(cluster.device_nodes), driver_node=cluster.driver_node)
             have, addresses = node_memory(cluster)
@@ -269,6 +292,8 @@ class Launch:
         if self.started:   # also after a start-up cut short: ray.shutdown stops what ray.init had started
             ray.shutdown()
             reap_own()      # and what it could not (the agents of a dead raylet, a GCS not handed over yet)
+        if self.template is not None:
+            self.template.close()
         sweep_stale()
 
     def _drop_partial_builds(self) -> None:
@@ -369,7 +394,7 @@ def attach(args: argparse.Namespace) -> int:
             print(describe_source(cfg))
         high = load_model(cfg).input_high if cfg is not None else None
         samples, source = samples_for(cfg, grid.plan, args.samples, args.seed, high)
-        verify = args.verify if args.verify is not None else grid.config.backend == "cpu"
+        verify = args.verify if args.verify is not None else grid.config.backend in COMPUTE_BACKENDS
         print(f"attached to the kept-alive grid {grid.plan.rows}x{grid.plan.cols} of {grid.plan.config}; data: {source}")
         report = grid.run(samples, total=args.samples, progress=True, verify=verify, trace=args.trace)
         print(report.summary())

@@ -42,14 +42,17 @@ if __name__ == "__main__":   # python -m bidl_runtime.run: from its first line (
 
 from bidl_grid.command import run_command  # noqa: E402 - after the early SIGTERM handler
 from bidl_models.config import CONFIG_IS_CODE, add_config_arguments  # noqa: E402
-
 from bidl_models.slicing import check_size, parse_grid  # noqa: E402
+from bidl_runtime.cell.template import CellTemplate  # noqa: E402
 from bidl_runtime.cluster.cleanup import cleanup  # noqa: E402
 from bidl_runtime.processes import process_start_time  # noqa: E402
-from bidl_runtime.runtime_config import (AMP, BACKENDS, CHUNK_COMPILE_METHODS, TRANSPORTS,  # noqa: E402
-                                         DeviceProfile, RuntimeConfig, check_int)
+from bidl_runtime.runtime_config import (AMP, BACKENDS, CHUNK_COMPILE_METHODS, RUN_BACKEND,  # noqa: E402
+                                         TRANSPORTS, DeviceProfile, RuntimeConfig, check_int)
 
 T0 = process_start_time()      # the start-up clock counts from the command's start
+TEMPLATE_FIRST = ("torch", "bidl_runtime.cell.cell", "bidl_runtime.cell.compiled", "compile.artifact",
+                  "bidl_runtime.driver.reference")   # what the driver and every cell need: imported once
+REFERENCE = "bidl_runtime.driver.reference"          # the verifier's processes run it (forked too)
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 _DEFAULTS = RuntimeConfig()
@@ -62,10 +65,11 @@ def add_grid_flags(ap: argparse.ArgumentParser) -> None:
                     "the config's lynxi_devices, else 1 x the config's segments)")
     ap.add_argument("--replicas", type=int, default=1, help="independent copies of the grid, fed round-robin "
                     "(default %(default)s)")
-    ap.add_argument("--backend", default=_DEFAULTS.backend, choices=BACKENDS,
-                    help="cpu: compiled artifacts on this machine's cores; emulated: no compute, real shapes "
-                    "paced like the guide's chip; cuda: GPU cells; compiled: the cuda backend's code path on CPU "
-                    "(Inductor-compiled chunks) (default %(default)s)")
+    ap.add_argument("--backend", default=None, choices=BACKENDS,
+                    help="compiled: each chunk an AOTInductor-compiled program on this machine's cores (the "
+                    "cuda backend's code path); cpu: the artifacts' TorchScript form, no compiler needed; "
+                    f"emulated: no compute, real shapes paced like the guide's chip; cuda: GPU cells (default "
+                    f"{RUN_BACKEND}, else cpu where no C++ compiler is found)")
     ap.add_argument("--transport", default=_DEFAULTS.transport, choices=TRANSPORTS,
                     help="auto: shared memory within a node, tcp across nodes; with --backend cuda, GPU -> GPU "
                     "(CUDA IPC) between the cells of a node (default %(default)s)")
@@ -84,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "even when the config's data is there (without it they are used only when the data is missing)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic samples (default %(default)s)")
     ap.add_argument("--verify", dest="verify", action="store_true", default=None,
-                    help="compare every output with the single-device reference run of the same artifacts "
-                    "(default: on for the cpu backend)")
+                    help="compare every output with the single-device run of the same programs, in processes "
+                    "of its own at idle priority while the grid streams (default: on for the compiled and cpu "
+                    "backends)")
     ap.add_argument("--no-verify", dest="verify", action="store_false",
                     help="do not run the single-device reference (outputs are not checked)")
     ap.add_argument("--artifacts", default="artifacts", help="artifact cache directory (default %(default)s)")
@@ -97,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "kept-alive grid's)")
     ap.add_argument("--keep-alive", action="store_true", help="keep the cells up afterwards (dashboard; other "
                     "processes attach with --attach)")
+    ap.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (default: with --keep-alive "
+                    "only; it adds seconds of CPU to the start-up)")
     ap.add_argument("--attach", action="store_true", help="run the samples through the kept-alive grid at "
                     "--address in --namespace (no start-up)")
     ap.add_argument("--depth", type=int, default=_DEFAULTS.depth, help="channel slots per edge (default %(default)s)")
@@ -108,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "of a GPU (0.25: four cells per GPU; default %(default)s)")
     ap.add_argument("--chunk-compile", default=_DEFAULTS.chunk_compile, choices=CHUNK_COMPILE_METHODS,
                     help="cuda/compiled: how each cell compiles its chunk function (default %(default)s: Inductor "
-                    "+ CUDA graphs; cached on disk beside the artifact)")
+                    "+ CUDA graphs on a GPU, an AOTInductor package on CPU; cached on disk beside the artifact)")
     ap.add_argument("--amp", default=None, choices=[a for a in AMP if a],
                     help="cuda/compiled: run each chunk under autocast in this precision (default fp32)")
     ap.add_argument("--profile-fps", type=float, default=DeviceProfile().ref_fps,
@@ -151,8 +158,11 @@ def _run(argv: Optional[Sequence[str]]) -> int:
         print(cleanup().line())
         return 0
     check_sizes(args)
+    # cells' (and the reference's) processes fork from a template that has torch and the cell code: forked
+    # once this process has them, before it starts a thread or imports Ray (see bidl_runtime.cell.template)
+    template = None if args.attach or args.address else CellTemplate.fork(first=TEMPLATE_FIRST, modules=(REFERENCE,))
     from bidl_runtime.launch import attach, launch   # torch and Ray load only when a run starts (--help: fast)
-    return attach(args) if args.attach else launch(args, T0)
+    return attach(args) if args.attach else launch(args, T0, template)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

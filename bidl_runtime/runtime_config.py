@@ -18,14 +18,16 @@ from bidl_runtime.channels.channel_config import ChannelConfig
 BACKENDS = ("cpu", "emulated", "cuda", "compiled")
 COMPUTE_BACKENDS = ("cpu", "compiled")     # cells that compute on this machine's cores (they share them)
 COMPILED_BACKENDS = ("cuda", "compiled")   # cells that run a chunk function compiled at load (cell.compiled)
-CHUNK_COMPILE_METHODS = ("graphs", "inductor", "aoti", "capture", "eager")   # see bidl_runtime.cell.compiled
+CHUNK_COMPILE_METHODS = ("auto", "graphs", "inductor", "aoti", "capture", "eager")   # see bidl_runtime.cell.compiled
+RUN_BACKEND = "compiled"   # bidl-run's backend: the fastest whose outputs verify bit-exact (falls back to cpu, see launch)
 COMPILE_START_TIMEOUT_S = 900.0   # start_timeout_s for them: a first Inductor compile of a large segment takes minutes
 AMP = (None, "bf16", "fp16")
 TRANSPORTS = ("auto", "shm", "tcp", "cuda")
 # integer settings and their bounds, checked before anything is allocated (a grid's memory grows with them)
 INT_RANGES = {"depth": (1, 64), "batch": (1, 4096), "max_inflight": (1, 65536), "threads_per_cell": (1, 1024),
-              "max_restarts": (0, 1000), "trace_events": (1, 10_000_000)}
-OPTIONAL_INTS = ("max_inflight", "threads_per_cell")
+              "max_restarts": (0, 1000), "trace_events": (1, 10_000_000), "verify_processes": (1, 64),
+              "verify_pending_mb": (1, 1 << 20)}
+OPTIONAL_INTS = ("max_inflight", "threads_per_cell", "verify_processes")
 FLAGS = ("backend", "transport", "depth", "batch", "max_inflight", "threads_per_cell", "max_restarts",
          "gpus_per_cell", "chunk_compile", "amp")   # settings that are bidl-run flags
 # bidl-run's other integer flags (the driver keeps each sample's result: the memory admission counts them)
@@ -70,6 +72,15 @@ class DeviceProfile:
         return flops / ref_flops / self.ref_fps
 
 
+def chunk_method(method: str, device: str, amp: Optional[str] = None) -> str:
+    """A chunk compile method for a device kind (``'cpu'`` or ``'cuda'``), ``auto`` resolved."""
+    if method != "auto":
+        return method
+    if device == "cuda":
+        return "graphs"
+    return "inductor" if amp else "aoti"
+
+
 def cores() -> int:
     """CPU cores this process may use."""
     try:
@@ -101,9 +112,14 @@ class RuntimeConfig:
     metrics: bool = True                 # export Ray metrics from every cell (bidl_runtime.cell.metrics)
     trace_events: int = 20_000           # spans each cell keeps when a run is traced (the first quarter, then the latest)
     gpus_per_cell: float = 1.0           # cuda: Ray num_gpus of each cell (fractional: cells share a GPU)
-    chunk_compile: str = "graphs"        # cuda/compiled: how the chunk function is compiled (CHUNK_COMPILE_METHODS)
+    chunk_compile: str = "auto"          # cuda/compiled: how the chunk function is compiled (CHUNK_COMPILE_METHODS;
+                                         # auto: Inductor + CUDA graphs on a GPU, an AOTInductor package on CPU)
     compile_cache: bool = True           # cuda/compiled: keep compiled programs on disk beside the artifact
     amp: Optional[str] = None            # cuda/compiled: None (fp32) | bf16 | fp16 autocast inside the chunk
+    verify_processes: Optional[int] = None   # reference processes of a verified run (idle priority); None: the
+                                             # cores over threads_per_cell, 1 to 4, when forked from a cell
+                                             # template, else 1 (a new interpreter imports torch)
+    verify_pending_mb: int = 256         # inputs held for the reference at most (MiB); past that the stream waits
     profile: DeviceProfile = field(default_factory=DeviceProfile)   # emulated backend's device speed
     faults: dict = field(default_factory=dict)   # drills: {(replica, row, col): (kind, sample)}, see cell.FAULTS
     channel_secret: Optional[str] = field(default=None, repr=False)  # keys the channel handshakes; None: a Grid makes one
@@ -152,7 +168,20 @@ class RuntimeConfig:
         """The device context's options for this backend (see ``devices.open_context``)."""
         if self.backend not in COMPILED_BACKENDS:
             return {}
-        return {"method": self.chunk_compile, "cache": self.compile_cache, "amp": self.amp}
+        return {"method": self.compile_method(), "cache": self.compile_cache, "amp": self.amp}
+
+    def compile_method(self) -> str:
+        """``chunk_compile`` resolved: ``auto`` is Inductor + CUDA graphs for the cuda backend, an
+        AOTInductor package (native code, loads in milliseconds) for compiled cells on CPU, Inductor
+        when the chunk runs under autocast (a package is fp32)."""
+        return chunk_method(self.chunk_compile, "cuda" if self.backend == "cuda" else "cpu", self.amp)
+
+    def reference_processes(self, forked: bool = True) -> int:
+        """Reference processes of a verified run: ``verify_processes``, else cores / threads per cell,
+        1 to 4, where they are ``forked`` from a cell template (torch loaded), else 1."""
+        if self.verify_processes is not None:
+            return self.verify_processes
+        return max(1, min(4, cores() // max(1, self.threads_per_cell or 1))) if forked else 1
 
     def actor_gpus(self) -> float:
         """Ray ``num_gpus`` of a cell actor."""

@@ -13,6 +13,7 @@ stages (plan, grid, run), so every entry point walks the same chain. The grid is
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -47,7 +48,9 @@ class CompileJob:
         self.splits, self.in_shape, self.input_dtype, self.seed = splits, in_shape, input_dtype, seed
         self._lock = threading.Lock()
         self._artifacts: Optional[Future] = None
+        self.spec_times: Optional[tuple[float, float]] = None   # epoch start and end of the model's resolution
         self.artifacts_done_at: Optional[float] = None   # epoch time the artifact stage finished
+        self._spec_done = threading.Event()               # set once the started stage has the spec (or failed)
 
     # ------------------------------------------------------------------------------ the stages
 
@@ -82,13 +85,36 @@ class CompileJob:
         """The artifact stage itself (a subclass may produce another program set)."""
         return compile_spec(self.spec, self.slices, self.options)
 
-    def start_artifacts(self) -> Future:
-        """Start the artifact stage in a thread (once); its future."""
+    def start_artifacts(self, nice: int = 0) -> Future:
+        """Start the artifact stage in a thread (once), the model's resolution first (``spec_times``
+        records it); its future (the model's errors come out of it too). ``nice``: the thread's
+        priority below this process's while it works (:meth:`renice` restores it), so that what
+        starts meanwhile comes first."""
         with self._lock:
             if self._artifacts is None:
                 self._artifacts = Future()
+                self._nice = nice
                 threading.Thread(target=self._produce, name="bidl-artifacts", daemon=True).start()
             return self._artifacts
+
+    def renice(self) -> None:
+        """The artifact thread back to this process's priority (where this user may raise it)."""
+        nice, self._nice = getattr(self, "_nice", 0), 0   # a thread not yet started stays as it is
+        tid = getattr(self, "_tid", None)
+        if tid is not None and nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, os.getpid()))
+            except OSError:
+                pass
+
+    def wait_spec(self) -> ModelSpec:
+        """The model: from the started artifact stage once it has resolved it (its error if it could
+        not), else resolved here."""
+        if self._artifacts is not None:
+            self._spec_done.wait()
+            if self.spec_times is None:   # the model failed: its error, once the stage has handed it over
+                self._artifacts.result()
+        return self.spec
 
     def artifacts(self) -> ArtifactSet:
         """The artifacts (built, or reused from the cache), produced once; waits for a started stage."""
@@ -106,7 +132,19 @@ class CompileJob:
         fut = self._artifacts
         if not fut.set_running_or_notify_cancel():
             return
+        self._tid = threading.get_native_id()
+        if getattr(self, "_nice", 0):
+            try:   # Linux: a thread's nice value is its own
+                os.setpriority(os.PRIO_PROCESS, self._tid, os.getpriority(os.PRIO_PROCESS, os.getpid()) + self._nice)
+            except OSError:
+                pass
         try:
+            t = time.time()
+            try:
+                _ = self.spec, self.slices
+                self.spec_times = (t, time.time())
+            finally:
+                self._spec_done.set()
             result = self.build()
         except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the stage
             self.artifacts_done_at = time.time()

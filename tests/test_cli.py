@@ -27,10 +27,11 @@ def test_main_command_outputs_equal_reference(artifacts):
     r = run_cli("--grid", "3x2", "--samples", "6", "--artifacts", artifacts)
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
-    assert "outputs equal reference: 6/6 samples bit-exact" in out
+    assert "outputs equal reference: 6/6 samples bit-exact" in out and "same compiled programs (aoti)" in out
+    assert "backend compiled" in out and "verification: " in out
     for cell in ("cell[0,0]@dev0", "cell[2,1]@dev5"):
         assert cell in out
-    assert "time-step frames/s" in out and "dashboard http" in out
+    assert "time-step frames/s" in out and "dashboard off (--dashboard or --keep-alive starts it)" in out
     print(f"CLI 3x2 run: {time.perf_counter() - t0:.1f} s")
     assert not r.leftovers(), "the run left Ray processes behind"
 

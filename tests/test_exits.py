@@ -190,7 +190,7 @@ def artifacts(tmp_path_factory):
 
 PHASES = {   # phase: (flags, text to wait for, then seconds, the line's start)
     "imports": ([], None, 1.5, "interrupted"),
-    "model": ([], "config:", 0.0, "interrupted while resolving the model"),
+    "model": ([], "config:", 0.0, ("interrupted while checking the flags", "interrupted while starting Ray")),  # the model resolves while Ray starts
     "ray start": ([], "starting Ray", 1.0, "interrupted while starting Ray"),
     "cells": ([], "plan for", 0.0, ("interrupted while starting the cells", "interrupted after ")),
     "streaming": ([], "data:", 2.0, "interrupted after "),

@@ -27,10 +27,13 @@ def test_startup_breakdown(tmp_path):
     # phases are measured, and fit together: the grid is ready when the wiring ends
     assert s["total_s"] == pytest.approx(s["wire_at"] + s["wire_s"], abs=0.01)
     assert s["grid_s"] == pytest.approx(s["wire_at"] + s["wire_s"] - s["cells_at"], abs=0.01)
-    assert s["ray_start_at"] >= s["model_at"] + s["model_s"] - 0.01     # Ray starts only for a valid model
+    # the model is resolved while Ray starts, the artifacts checked after it, the cells after both
+    assert s["model_at"] <= s["ray_start_at"] + 0.5 and s["artifacts_at"] >= s["model_at"] + s["model_s"] - 0.01
+    assert s["cells_at"] >= max(s["ray_start_at"] + s["ray_start_s"], s["artifacts_at"] + s["artifacts_s"]) - 0.01
     assert set(s["per_cell"]) == {"cell[0,0]@dev0", "cell[1,0]@dev1"}
-    for c in s["per_cell"].values():
+    for c in s["per_cell"].values():   # forked from the cell template: Ray's import only, no torch
         assert 0 < c["imports_s"] < s["total_s"] and 0 <= c["load_s"] < c["ready_at"] <= s["total_s"] + 0.01
+        assert c["process_start_at"] > s["imports_s"], "a worker forked once Ray had started"
     assert run["command_wall_s"] > s["total_s"] and run["verify"]["equal"] == run["verify"]["compared"] == 4
     assert 0 < s["driver_cpu_s"] and 0 < max(c["cpu_s"] for c in s["per_cell"].values()) <= s["cells_cpu_sum_s"]
     summary = d["current"]["summary"]

@@ -45,6 +45,7 @@ from bidl_runtime.processes import process_start_time  # noqa: E402
 from .events import BusyClock  # noqa: E402
 from .metrics import CellMetrics, cell_labels  # noqa: E402
 from .spans import LOOP, OUTBOX, TraceBuffer  # noqa: E402
+from .template import forked_at  # noqa: E402
 
 _IMPORTED_AT = time.time()
 
@@ -95,8 +96,10 @@ class Cell:
         self._metrics: Optional[CellMetrics] = None
         self._trace: Optional[TraceBuffer] = None
         self._abort = threading.Event()
-        self._timings = {"process_start": process_start_time(), "import_started": _IMPORT_STARTED,
-                         "imported": _IMPORTED_AT, "ready": time.time()}
+        started = process_start_time()   # a worker forked from a cell template imported nothing itself
+        self._timings = {"process_start": started, "import_started": max(_IMPORT_STARTED, started),
+                         "imported": max(_IMPORTED_AT, started), "ready": time.time(),
+                         "forked": forked_at() is not None}
         if spec is not None:
             self.configure(spec)
 

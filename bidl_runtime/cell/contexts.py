@@ -19,6 +19,8 @@ Without a usable GPU, ``cuda`` fails at once with :class:`CudaUnavailable` (one 
 """
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from abc import ABC, abstractmethod
 from typing import ClassVar, Optional, Sequence
@@ -162,6 +164,14 @@ class CompiledContext(DeviceContext):
 
     backend = "compiled"
 
+    @staticmethod
+    def unusable() -> Optional[str]:
+        """Why compiled cells cannot run here (checked by the driver before anything starts): building
+        their programs takes a C++ compiler."""
+        if cxx_compiler() is None:
+            return "no C++ compiler found (g++, c++ or clang++ on PATH, or $CXX) to build the compiled programs"
+        return None
+
     def __init__(self, device_id: int, threads: int = 1, device: str | torch.device = "cpu",
                  method: str = "inductor", cache: bool = True, amp: Optional[str] = None):
         self.device = torch.device(device)
@@ -231,6 +241,14 @@ class CompiledContext(DeviceContext):
         n = self.n_out
         y = bufs[0] if n == 1 else tuple(bufs[:n])
         return y, dict(zip(self.state_names, bufs[n:]))
+
+
+def cxx_compiler() -> Optional[str]:
+    """The C++ compiler Inductor would use (``$CXX``, else g++, c++ or clang++ on PATH), or None."""
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
 
 
 def cuda_device_for(device_id: int) -> torch.device:

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from bidl_runtime.cell.cell import CellSpec
 from bidl_runtime.cell.pool import CellPool, kill, new_actor
+from bidl_runtime.cell.template import CellTemplate
 from bidl_runtime.channels import ChannelError, attach_sender, create_receiver, new_secret, sweep_stale
 from bidl_runtime.errors import RunError
 from bidl_runtime.plan.grid_plan import CellKey, GridPlan
@@ -43,7 +44,7 @@ from bidl_runtime.runtime_config import RuntimeConfig
 
 from . import trace as tracing
 from .health import Fault, Monitor, Trouble, _error_text
-from .reference import Reference, Verifier
+from .reference import ReferenceProcesses, ReferenceSpec
 from .report import RunReport
 from .startup import StartupClock
 from .stream import SampleStream
@@ -210,30 +211,37 @@ class Grid:
         self.restarts = []
         self._t_run = time.perf_counter()
         self.wire()
-        verifier = (Verifier(Reference(self.plan, self.config.threads_per_cell),
-                             depth=self.config.max_inflight or 2 * self.plan.rows * self.plan.replicas,
-                             batch=self.config.batch)
-                    if verify else None)
-        stream = self.stream = SampleStream(self, samples, verifier, journal)
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=total, unit="sample", desc=f"grid {self.plan.rows}x{self.plan.cols}", leave=False)
-        t0 = time.perf_counter()
+        rcfg = self.config
+        # the reference runs in processes of its own, at idle priority while the grid streams: the
+        # grid's figures are its own (see bidl_runtime.driver.reference)
+        verifier = (ReferenceProcesses(ReferenceSpec.of(self.plan, rcfg),
+                                       rcfg.reference_processes(CellTemplate.active() is not None),
+                                       rcfg.verify_pending_mb) if verify else None)
         try:
-            stream.run(bar)
+            stream = self.stream = SampleStream(self, samples, verifier, journal)
+            bar = None
+            if progress:
+                from tqdm import tqdm
+                bar = tqdm(total=total, unit="sample", desc=f"grid {self.plan.rows}x{self.plan.cols}", leave=False)
+            t0 = time.perf_counter()
+            try:
+                stream.run(bar)
+            finally:
+                if bar is not None:
+                    bar.close()
+            wall = time.perf_counter() - t0
+            cells = self.drain()
+            traced = tracing.write_run(trace, self.plan, cells, stream.fed_at, stream.done_at) if trace else None
+            checked = verifier.result() if verifier is not None else None
         finally:
-            if bar is not None:
-                bar.close()
-        wall = time.perf_counter() - t0
-        cells = self.drain()
-        traced = tracing.write_run(trace, self.plan, cells, stream.fed_at, stream.done_at) if trace else None
-        checked = verifier.result() if verifier is not None else None
-        return RunReport(plan=self.plan, backend=self.config.backend, transport=self.config.transport,
+            if verifier is not None:
+                verifier.close()
+        return RunReport(plan=self.plan, backend=rcfg.backend, transport=rcfg.transport,
                          outputs=dict(sorted(stream.outputs.items())), labels=stream.labels, rejected=stream.rejected,
                          fed_at=stream.fed_at, done_at=stream.done_at, wall_s=wall, cells=cells,
                          driver_channels=self._driver_stats(), startup=self.clock.as_dict(), verify=checked,
-                         restarts=list(self.restarts), resumed=stream.resumed, trace=traced)
+                         restarts=list(self.restarts), resumed=stream.resumed, trace=traced,
+                         verify_cost=verifier.cost() if verifier is not None else None)
 
     def _driver_stats(self) -> dict:
         return {"channels_out": {f"feed{k}": s.stats.snapshot() for k, s in self.feeds.items()},

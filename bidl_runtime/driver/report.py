@@ -20,7 +20,9 @@ class RunReport:
     ``outputs[i]`` is sample i's result (the last step's output of the last segment); ``fed_at`` /
     ``done_at`` are ``perf_counter`` times when it entered the grid and when its result arrived;
     ``startup`` the start-up phases in seconds (see :class:`bidl_runtime.driver.startup.StartupClock`);
-    ``verify`` the comparison with the single-device run of the same artifacts, if asked for;
+    ``verify`` the comparison with the single-device run of the same programs, if asked for, and
+    ``verify_cost`` what it took (its processes' CPU seconds, how long after the last result it
+    finished, how long the stream waited for it: see :mod:`bidl_runtime.driver.reference`);
     ``restarts`` one entry per replica restart (its cells with kind and cause, the replayed sample ids,
     seconds from detection to rewired and to the replica's next result); ``resumed`` how many of
     ``outputs`` / ``rejected`` came from a journal of an earlier run;
@@ -43,6 +45,7 @@ class RunReport:
     restarts: list[dict] = field(default_factory=list)
     resumed: int = 0
     trace: Optional[dict] = None
+    verify_cost: Optional[dict] = None
 
     # ------------------------------------------------------------------------- derived figures
 
@@ -206,10 +209,13 @@ class RunReport:
                              f"{ms(e['copy_ms']):>8}{ms(e['queue_ms']):>9}{ms(e['recv_wait_ms']):>9}"
                              f"{ms(e['credit_wait_ms']):>9}")
         if self.verify is not None:
-            v = self.verify
+            v, cost = self.verify, self.verify_cost or {}
             verdict = "outputs equal reference" if v["equal"] == v["compared"] else "OUTPUTS DIFFER FROM REFERENCE"
             lines += ["", f"{verdict}: {v['equal']}/{v['compared']} samples bit-exact "
-                          f"(max abs diff {v['max_abs_diff']:.3g}) vs the single-device run of the same artifacts"]
+                          f"(max abs diff {v['max_abs_diff']:.3g}) vs the single-device run of "
+                          f"{cost.get('compares', 'the same artifacts')}"]
+            if cost:
+                lines.append(verification_line(cost))
         if self.trace is not None:
             t = self.trace
             lines += ["", f"trace: {t['json']} ({t['events']} events, {t['dropped']} dropped; open in "
@@ -227,11 +233,29 @@ class RunReport:
             "latency_ms_p50": self.latency_ms(0.5), "latency_ms_p99": self.latency_ms(0.99),
             **self.accuracies(), "startup_s": self.startup_total_s, "grid_startup_s": self.startup_s,
             "verify": self.verify, "startup": self.startup, "cells": self.cells, "trace": self.trace,
+            "verify_cost": self.verify_cost,
             "restarts": [{k: v for k, v in r.items() if not k.endswith("_at")} for r in self.restarts],
             "replayed": self.replayed, "resumed": self.resumed,
             "edges": self.edges(),
             "outputs": {str(i): y.reshape(-1).tolist() for i, y in sorted(self.outputs.items())},
         }
+
+
+def verification_line(cost: dict) -> str:
+    """What verifying cost, in one line (the grid's throughput above is its own)."""
+    where = ("beside the grid at idle priority, normal priority once it had streamed"
+             if cost["priority"] == "idle while streaming" else "after the grid had streamed")
+    waited = (f"; the stream waited {cost['stream_waited_s']:.1f} s for it (inputs past --verify memory)"
+              if cost.get("stream_waited_s", 0) >= 0.05 else "")
+    n = cost["processes"]
+    line = (f"verification: {n} reference process{'es' if n > 1 else ''} {where}: {cost['cpu_s']:.1f} CPU s, "
+            f"finished {cost['after_streaming_s']:.1f} s after the last result{waited}")
+    check = cost.get("compiled_vs_exported")
+    if check:
+        line += (f"\ncompiled programs vs the exported ones they were built from (seeded random chunks): "
+                 f"{'every spike equal' if check['spikes_equal'] else 'SPIKES DIFFER'}, "
+                 f"max abs diff {check['max_abs_diff']:.3g}")
+    return line
 
 
 def _ids(ids: list[int]) -> str:

@@ -101,6 +101,15 @@ def need(plan: GridPlan, backend: str, weights: Sequence[int], depth: int, sampl
     return MemoryNeed(grid, backend, out)
 
 
+def cells_only(rows: int, cols: int, replicas: int, backend: str, ray_node: bool = False) -> MemoryNeed:
+    """A lower bound known before the model is resolved: each cell's measured base only (no weights,
+    no channel slots), all on this machine, and Ray's own processes (``ray_node``)."""
+    cells = {(r, i, j): CELL_BASE_BYTES[backend] for r in range(replicas) for i in range(rows) for j in range(cols)}
+    node = NodeNeed(cells, {"Ray": RAY_NODE_BYTES} if ray_node else {})
+    grid = f"{rows}x{cols}" + (f" x {replicas} replicas" if replicas > 1 else "")
+    return MemoryNeed(grid, backend, {"local": node})
+
+
 def _gb(n: float) -> str:
     return f"{n / GB:.1f} GB" if n >= GB else f"{n / GB:.2f} GB"
 
