@@ -36,6 +36,7 @@ from bidl_runtime.driver.keepalive import attach as attach_grid
 from bidl_runtime.driver.keepalive import host
 from bidl_runtime.driver.samples import samples_for
 from bidl_runtime.driver.startup import StartupClock
+from bidl_runtime.plan.hosts import HostMap
 from bidl_runtime.runtime_config import COMPILE_START_TIMEOUT_S, COMPILED_BACKENDS, DeviceProfile, RuntimeConfig
 
 
@@ -62,7 +63,7 @@ def plan_job(args: argparse.Namespace, rcfg: Optional[RuntimeConfig] = None) -> 
     checkpoint = getattr(args, "checkpoint", None) or shipped_weights(cfg.name)
     return GridJob(cfg, grid=args.grid, replicas=args.replicas, checkpoint=checkpoint, runtime=rcfg,
                    artifacts=getattr(args, "artifacts", "artifacts"), force_compile=getattr(args, "force_compile", False),
-                   progress=True)
+                   progress=True, hosts=HostMap.resolve(cfg, args.hosts, args.standby))
 
 
 def launch(args: argparse.Namespace, t0: float) -> int:
@@ -117,9 +118,10 @@ def launch(args: argparse.Namespace, t0: float) -> int:
                                    include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
                                    logging_level="WARNING", namespace=namespace)
         stop_on_sigterm()   # ray.init installed its own
-        cluster = device_map()
-        actors = (spawn(layout, cluster.device_nodes, rcfg.actor_gpus())
-                  if layout.max_device < len(cluster.device_nodes) else None)
+        cluster = device_map(job.hosts)
+        placed = job.layout_on(cluster)   # with a host map: the devices chosen across hosts
+        actors = (spawn(placed, cluster.device_nodes, rcfg.actor_gpus())
+                  if placed.max_device < len(cluster.device_nodes) else None)
         url = info.dashboard_url
         url = f"http://{url}" if url and not url.startswith("http") else url
         where = (f"joined {args.address}" if args.address else

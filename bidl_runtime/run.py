@@ -55,6 +55,13 @@ def add_grid_flags(ap: argparse.ArgumentParser) -> None:
                     "(CUDA IPC) between the cells of a node (default %(default)s)")
     ap.add_argument("--batch", type=int, default=_DEFAULTS.batch, help="samples per message, end to end "
                     "(artifacts compiled for this batch; default %(default)s, the chip's)")
+    ap.add_argument("--hosts", default=None, metavar="HOST=N[,HOST=N...]",
+                    help="devices per host (each host named by its Ray node's address): cells are placed so that "
+                    "the fewest bytes per sample cross hosts (default: the config's lynxi_hosts, else the "
+                    "cluster's nodes in order)")
+    ap.add_argument("--standby", default=None, metavar="HOST=N[,HOST=N...]",
+                    help="standby devices per host: idle until a host is lost, then they take its cells first "
+                    "(default: the config's lynxi_standby)")
 
 
 def build_parser() -> argparse.ArgumentParser:
