@@ -5,7 +5,7 @@ tensor in layout order. The receiver listens on its node's address only (Ray's n
 the embedded cluster), never on all interfaces unless ``tcp_bind_host`` says so; the first frame of
 every connection must be the HMAC hello of ``auth``. A connection still in its hello counts against the
 budget of its source: its remote host, or for a peer on this machine (found in the kernel's socket table,
-``/proc/net/tcp``) its user; another user's is dropped at once (``tcp_same_user_only``). Data envelope: ``["D", seq, slot, t_wall_ns, meta, specs, nbytes, crc32]``;
+``/proc/net/tcp``) its user; another user's is dropped at once (``tcp_same_user_only``). Data envelope: ``["D", seq, slot, t_wall_ns, meta, specs, nbytes, crc32, epoch]``;
 the receiver checks the specs against its layout and the crc32 of the payload (ChecksumError on a
 mismatch; the slot goes back to the sender and the stream stays usable). Credits and the close
 message flow back on the same connection. Payload bytes land directly in the receiver's slot buffers
@@ -162,7 +162,7 @@ class TcpReceiver(Receiver):
         return time.time_ns()
 
     def _read_payload(self, slot: int, msg: list, deadline: float, timeout_s: float) -> None:
-        _, seq, _, _, meta, specs, nbytes, crc = msg
+        _, seq, _, _, meta, specs, nbytes, crc = msg[:8]
         if nbytes != self.layout.nbytes or specs != self.layout.spec_dicts:
             self._link._broken = "envelope specs differ from the layout"
             raise ChannelError(self.name, f"receiver: message {seq}: envelope specs/size ({nbytes} B) differ from "

@@ -33,7 +33,7 @@ import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Iterable, Mapping, Optional
 
 from bidl_models.checkpoint import file_sha256
 from compile.errors import ArtifactError
@@ -41,7 +41,7 @@ from compile.manifest import MANIFEST
 from compile.seal import body_sha256, check_seal, seal_manifest
 
 from bidl_runtime.errors import ShipError
-from bidl_runtime.plan.grid_plan import GridPlan
+from bidl_runtime.plan.grid_plan import CellKey, GridPlan
 
 STORE_ENV = "BIDL_ARTIFACT_STORE"
 
@@ -185,14 +185,18 @@ def ship(packages: list[Package], node: str, timeout_s: float = 600.0) -> tuple[
     return paths, [pkg.digest for pkg in missing]
 
 
-def ship_programs(plan: GridPlan) -> GridPlan:
+def ship_programs(plan: GridPlan, only: Optional[Iterable[CellKey]] = None) -> GridPlan:
     """The plan with every compiled program of a cell on another node than the driver's shipped to
-    that node (once per node and program) and the cell pointed at its copy there. Emulated programs
-    (no files) and cells on the driver's node are left as they are."""
+    that node (once per node and program) and the cell pointed at its copy there (the driver's
+    directory kept as the program's ``origin``). ``only``: just these cells (cells moved after a host
+    was lost). Emulated programs (no files) and cells on the driver's node are left as they are; a
+    cell whose program was shipped before is shipped from its origin."""
+    keys = None if only is None else set(only)
     need: dict[str, dict[str, Package]] = {}
     for c in plan.cells:
-        if c.node not in (plan.driver_node, "local") and not c.program.emulated:
-            need.setdefault(c.node, {}).setdefault(c.program.path, Package.of(c.program.path))
+        if (keys is None or c.key in keys) and c.node not in (plan.driver_node, "local") and not c.program.emulated:
+            src = c.program.origin or c.program.path
+            need.setdefault(c.node, {}).setdefault(src, Package.of(src))
     if not need:
         return plan
     moved: dict[tuple[str, str], str] = {}
@@ -200,6 +204,10 @@ def ship_programs(plan: GridPlan) -> GridPlan:
         paths, _ = ship(list(pkgs.values()), node)
         for path, pkg in pkgs.items():
             moved[(node, path)] = paths[pkg.digest]
-    cells = tuple(replace(c, program=replace(c.program, path=moved[(c.node, c.program.path)]))
-                  if (c.node, c.program.path) in moved else c for c in plan.cells)
-    return replace(plan, cells=cells)
+
+    def shipped(c):
+        src = c.program.origin or c.program.path
+        if (keys is not None and c.key not in keys) or (c.node, src) not in moved:
+            return c
+        return replace(c, program=replace(c.program, path=moved[(c.node, src)], origin=src))
+    return replace(plan, cells=tuple(shipped(c) for c in plan.cells))

@@ -39,7 +39,8 @@ class Reference:
                 if c.replica == 0 and (c.col, c.chunk_len) not in self._arts:
                     if c.program.emulated:
                         raise ValueError("the reference run needs compiled artifacts (backend cpu)")
-                    self._arts[(c.col, c.chunk_len)] = load_artifact(c.program.path)
+                    # the driver's own copy (a cell on another host runs one shipped and resealed there)
+                    self._arts[(c.col, c.chunk_len)] = load_artifact(c.program.origin or c.program.path)
         return self._arts
 
     def output(self, x: Tensor) -> Tensor:

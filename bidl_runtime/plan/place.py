@@ -131,3 +131,58 @@ def rebind_driver(plan: GridPlan, node: str, transport: str = "auto") -> GridPla
             e = replace(e, transport=edge_transport(transport, "cpu", plan.cell(*e.src).node, node))
         edges.append(e)
     return replace(plan, edges=tuple(edges), driver_node=node)
+
+
+@dataclass(frozen=True)
+class _PlanPrograms:
+    """A plan's programs as a :class:`~compile.program.ProgramSet` (each from its driver-side origin)."""
+
+    plan: GridPlan
+
+    @property
+    def net(self) -> str:
+        return self.plan.config
+
+    @property
+    def T(self) -> int:
+        return self.plan.T
+
+    @property
+    def slices(self) -> tuple[int, ...]:
+        return self.plan.slices
+
+    @property
+    def splits(self) -> tuple:
+        return self.plan.splits
+
+    @property
+    def split_source(self) -> str:
+        return self.plan.split_source
+
+    @property
+    def batch(self) -> int:
+        return self.plan.batch
+
+    def programs(self) -> dict:
+        out = {}
+        for c in self.plan.cells:
+            p = c.program
+            out.setdefault((c.col, c.chunk_len), replace(p, path=p.origin or p.path, origin=None))
+        return out
+
+
+def move_cells(plan: GridPlan, moves: dict, transport: str = "auto", backend: str = "cpu") -> GridPlan:
+    """``plan`` with cells moved to other devices (``{cell key: device id}``, after their host was lost):
+    moved cells get their device's node and their program's driver-side directory (ship it next: the
+    :func:`~bidl_runtime.cluster.ship.ship_programs` of those cells), every edge its transport (and, with
+    a moved end, its new name); the others keep their programs. The devices taken stop being standby."""
+    devices = tuple(tuple(tuple(moves.get((k, g, s), plan.devices[k][g][s]) for s in range(plan.cols))
+                          for g in range(plan.rows)) for k in range(plan.replicas))
+    taken = set(moves.values())
+    cluster = Cluster(plan.device_nodes, plan.driver_node, True, plan.node_hosts,
+                      tuple(d for d in plan.standby if d not in taken))
+    layout = GridLayout(plan.rows, plan.cols, plan.replicas, devices, "re-placed")
+    new = place(_PlanPrograms(plan), cluster, layout, transport=transport, backend=backend)
+    old = {c.key: c for c in plan.cells}
+    return replace(new, cells=tuple(c if c.key in moves else replace(c, program=old[c.key].program)
+                                    for c in new.cells), split_source=plan.split_source)
