@@ -30,7 +30,7 @@ from bidl_runtime.cell.contexts import backend_problem
 from bidl_runtime.cell.pool import kill, spawn
 from bidl_runtime.channels import sweep_stale
 from bidl_runtime.cluster.nodes import device_map
-from bidl_runtime.cluster.ray_cluster import join, session_dir, start_local, token_env, token_source
+from bidl_runtime.cluster.ray_cluster import join, session_dir, start_local, token_env, token_source, use_tls
 from bidl_runtime.driver.journal import Journal
 from bidl_runtime.driver.keepalive import attach as attach_grid
 from bidl_runtime.driver.keepalive import host
@@ -47,13 +47,16 @@ def runtime_config(args: argparse.Namespace, faults: dict) -> RuntimeConfig:
     why = backend_problem(args.backend)
     if why:
         raise ValueError(f"--backend {args.backend}: {why}")
+    if getattr(args, "tls", False) and not args.address:
+        raise ValueError("--tls encrypts what crosses hosts: it needs --address (the embedded cluster runs on "
+                         "127.0.0.1 only)")
     return RuntimeConfig(backend=args.backend, transport=args.transport, depth=args.depth, batch=args.batch,
                          max_inflight=args.max_inflight, threads_per_cell=args.threads_per_cell,
                          gpus_per_cell=args.gpus_per_cell, chunk_compile=args.chunk_compile, amp=args.amp,
                          **({"start_timeout_s": COMPILE_START_TIMEOUT_S} if args.backend in COMPILED_BACKENDS
                             else {}),
                          profile=DeviceProfile(ref_fps=args.profile_fps), faults=faults,
-                         max_restarts=args.max_restarts)
+                         max_restarts=args.max_restarts, tls=getattr(args, "tls", False))
 
 
 def plan_job(args: argparse.Namespace, rcfg: Optional[RuntimeConfig] = None) -> GridJob:
@@ -111,6 +114,8 @@ def launch(args: argparse.Namespace, t0: float) -> int:
     grid = actors = None
     try:
         with clock.phase("ray_start", "starting Ray" if started else f"joining {args.address}"):
+            if rcfg.tls:
+                use_tls(args.address)   # Ray's TLS for this driver; the channels' TLS is rcfg.tls
             if args.address:
                 info = join(args.address, namespace=namespace, log_to_driver=False, logging_level="WARNING")
             else:

@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--address", default=None, help="join the Ray cluster at HOST:PORT instead of starting a "
                     "private one; auto: the one RAY_ADDRESS names, else the last `ray start` here (without "
                     "--address, RAY_ADDRESS is ignored)")
+    ap.add_argument("--tls", action="store_true", help="encrypt what crosses hosts: Ray's TLS for this driver "
+                    "(the cluster's nodes run with RAY_USE_TLS=1) and TLS on the tcp channels, with the files "
+                    "RAY_TLS_SERVER_CERT, RAY_TLS_SERVER_KEY and RAY_TLS_CA_CERT name on every host (needs --address)")
     ap.add_argument("--namespace", default=None, help="Ray namespace (default: a new one; --attach needs the "
                     "kept-alive grid's)")
     ap.add_argument("--keep-alive", action="store_true", help="keep the cells up afterwards (dashboard; other "

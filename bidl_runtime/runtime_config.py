@@ -141,7 +141,8 @@ class RuntimeConfig:
         wait = max(self.poll_s, 0.05)
         return ChannelConfig(transport=transport, depth=self.depth, send_timeout_s=wait, recv_timeout_s=wait,
                              secret=self.channel_secret, pin_memory=self.backend == "cuda",
-                             cuda_memory="cuda" if self.backend == "cuda" else "host", epoch=self.epoch)
+                             cuda_memory="cuda" if self.backend == "cuda" else "host", epoch=self.epoch,
+                             tls=self.tls and transport == "tcp")
 
     def context_options(self) -> dict[str, Any]:
         """The device context's options for this backend (see ``devices.open_context``)."""

@@ -43,6 +43,7 @@ import os
 import secrets
 import select
 import socket
+import ssl
 import struct
 import time
 from abc import ABC, abstractmethod
@@ -55,7 +56,7 @@ from torch import Tensor
 
 from bidl_models.specs import TensorSpec
 
-from . import auth
+from . import auth, tls
 from ._link import LEN, Link, decode
 from .channel_config import ChannelConfig
 from .errors import ChannelClosed, ChannelError, ChannelTimeout, PeerDied
@@ -167,11 +168,22 @@ class _Pending:
         self.source = "local"
         self.head = bytearray()
         self.body: bytearray | None = None
-        self.need = 0
+        self.need = -1 if isinstance(sock, ssl.SSLSocket) else 0   # -1: the TLS handshake comes first
 
     def read(self, packet: bool) -> bytes | None:
         """The complete hello body once it is in (None: more to come). _Drop on EOF, an oversized or
         empty frame; BlockingIOError when nothing is readable."""
+        try:
+            return self._read(packet)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise BlockingIOError from None     # TLS: a record (or the handshake) is not complete yet
+        except ssl.SSLError as e:
+            raise _Drop(f"TLS failed ({e.reason or e})") from None
+
+    def _read(self, packet: bool) -> bytes | None:
+        if isinstance(self.sock, ssl.SSLSocket) and self.need == -1:
+            self.sock.do_handshake()            # the peer's certificate is checked here
+            self.need = 0
         if packet:  # one datagram = one message; a larger one is cut to HELLO_MAX + 1 and refused
             data = self.sock.recv(auth.HELLO_MAX + 1)
             if not data:
@@ -298,6 +310,10 @@ class Receiver(_NoPickle, ABC):
         for p in fresh:
             p.source = p.addr[0] if isinstance(p.addr, tuple) and p.addr else "local"
         return {}
+
+    def _secure(self, sock: socket.socket) -> socket.socket:
+        """An accepted connection as the transport reads it (tcp with TLS: wrapped, handshake pending)."""
+        return sock
 
     def _read_payload(self, slot: int, msg: list, deadline: float, timeout_s: float) -> None:
         """Bring the payload of a data message into ``slot`` (nothing to do for shared memory)."""
@@ -536,6 +552,7 @@ class Receiver(_NoPickle, ABC):
                 self._reject(conn, peer, why)
                 continue
             conn.setblocking(False)
+            conn = self._secure(conn)
             self._accepted += 1
             now = time.monotonic()
             p = _Pending(conn, peer, addr, now, now + cfg.hello_timeout_s, self._accepted)
@@ -647,6 +664,7 @@ class Receiver(_NoPickle, ABC):
             link.close()  # the sender proved itself, then went away: that is its death, not an intrusion
             raise
         self._link, self.peer = link, f"{p.peer} (pid {pid})"
+        self.stats.tls = tls.describe(p.sock)
         return "proven"
 
     def _unwatch(self, p: "_Pending") -> None:
@@ -731,6 +749,7 @@ class Sender(_NoPickle, ABC):
         self._key = bytes.fromhex(secret)
         self._nonce = b""
         self._welcomed = False  # the receiver proved it holds the secret (checked before any credit)
+        self._hello_due = False  # the hello waits for the first message (a TLS handshake needs the receiver)
         self._unwelcomed: list[tuple[Any, list[bytes]]] = []   # sent on this connection before the welcome
         self._redial_by: float | None = None                   # reconnecting allowed until then
 
@@ -839,7 +858,7 @@ class Sender(_NoPickle, ABC):
             return
         self._closed = True
         self.abort()
-        if self._link is not None:
+        if self._link is not None and not self._hello_due:   # never said hello: nothing to close there
             try:
                 to = self.config.close_timeout_s
                 self._link.send([OP_END], time.monotonic() + to, to, "sending close")
@@ -895,6 +914,9 @@ class Sender(_NoPickle, ABC):
         control messages end with this sender's grid epoch."""
         if obj and obj[0] in (OP_DATA, OP_CONTROL):
             obj = [*obj, self.config.epoch]
+        if self._hello_due:
+            self._hello_due = False
+            self._hello(max(deadline, time.monotonic() + self.config.connect_timeout_s), self.config.connect_timeout_s)
         if not self._welcomed:
             self._poll_welcome()
         kept = None if self._welcomed else (obj, [bytes(m) for m in payload])
@@ -999,6 +1021,7 @@ class Sender(_NoPickle, ABC):
                     raise ChannelError(self.name, "sender: the peer at the descriptor's address did not prove it "
                                                   f"holds the run's secret (first message {str(op)[:16]!r})")
                 self._welcomed = True
+                self.stats.tls = tls.describe(self._link.sock)
                 self._unwelcomed.clear()
                 self._redial_by = None
                 return
@@ -1112,6 +1135,10 @@ def attach_sender(descriptor: ChannelDescriptor, config: ChannelConfig | None = 
 def wait_any(receivers: Sequence[Receiver], timeout: float) -> list[Receiver]:
     """Block (in the kernel) until at least one receiver has something to ``recv`` (a message, a close,
     or a dead peer), or ``timeout`` seconds pass; returns the ready ones (empty on timeout)."""
+    ready = [r for r in receivers if r._link is not None and isinstance(r._link.sock, ssl.SSLSocket)
+             and r._link.sock.pending()]
+    if ready:                       # TLS: decrypted bytes waiting that no poll would see
+        return ready
     p = select.poll()
     by_fd = {}
     for r in receivers:

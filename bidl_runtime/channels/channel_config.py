@@ -58,6 +58,8 @@ class ChannelConfig:
     listen_backlog: int = 1024        #: connections the kernel queues until they are accepted
     tcp_same_user_only: bool = True   #: tcp: a connection from another user of this machine is dropped at
                                       #: once (Ray runs every cell as one user; shm always does this)
+    tls: bool = False                 #: tcp: TLS on every connection (this host's certificate, the cluster's
+                                      #: CA: Ray's RAY_TLS_* files, see ``tls``); the HMAC hello stays
     epoch: int = 0                    #: grid epoch (raised when a grid is re-placed after losing a host): a
                                       #: receiver refuses hellos and messages of another epoch (stats.fenced);
                                       #: a sender sends its own (attach_sender(desc, epoch=...))

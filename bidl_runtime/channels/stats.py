@@ -36,6 +36,7 @@ class ChannelStats:
         self.last_rejected: str | None = None
         self.reconnects = 0                  # sender: connections dialled again before the welcome
         self.fenced = 0                      # receiver: hellos and messages of another grid epoch, refused
+        self.tls: str | None = None          # tcp with TLS: the protocol and cipher of the connection
         self._blocked: deque[float] = deque(maxlen=window)
         self._busy: deque[float] = deque(maxlen=window)
         self._hop: deque[float] = deque(maxlen=window)
@@ -65,5 +66,5 @@ class ChannelStats:
             "hop_ms_median": _median_ms(self._hop),
             "latency_ms_median": _median_ms(self._hop),  # alias of hop_ms_median (older name)
             "rejected_connections": self.rejected, "last_rejected": self.last_rejected,
-            "reconnects": self.reconnects, "fenced": self.fenced,
+            "reconnects": self.reconnects, "fenced": self.fenced, "tls": self.tls,
         }
