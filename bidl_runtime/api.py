@@ -78,6 +78,14 @@ class GridJob(CompileJob):
         self.hosts = hosts if hosts is not None else HostMap.resolve(config)
         self._layouts: dict[str, GridLayout] = {}
 
+    def check_hosts(self) -> None:
+        """ValueError (one line, naming the flag) when the host map has fewer active devices than the
+        layout has cells (checked before Ray starts)."""
+        if self.hosts is not None and self.hosts.active < self.layout.n_cells:
+            raise ValueError(f"{self.hosts.source} {self.hosts.describe()}: {self.hosts.active} active device(s), "
+                             f"the grid {self.layout.rows}x{self.layout.cols} x {self.layout.replicas} replica(s) "
+                             f"needs {self.layout.n_cells}")
+
     def layout_on(self, cluster: Cluster) -> GridLayout:
         """The layout with the device ids its cells get on ``cluster``: with a host map, chosen so that
         the fewest bytes per sample cross hosts (:func:`~bidl_runtime.plan.hosts.assign_hosts`, on the

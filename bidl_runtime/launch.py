@@ -76,6 +76,7 @@ def launch(args: argparse.Namespace, t0: float) -> int:
     faults = parse_fault(args.inject_fault) if args.inject_fault else {}
     job = plan_job(args, runtime_config(args, faults))
     cfg, checkpoint, rcfg, layout = job.config, job.checkpoint, job.runtime, job.layout
+    job.check_hosts()
     for (_, row, col) in faults:
         if not (row < layout.rows and col < layout.cols):
             raise ValueError(f"--inject-fault {args.inject_fault!r}: the grid is {layout.rows}x{layout.cols}, "

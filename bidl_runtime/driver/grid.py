@@ -239,7 +239,8 @@ class Grid:
                          outputs=dict(sorted(stream.outputs.items())), labels=stream.labels, rejected=stream.rejected,
                          fed_at=stream.fed_at, done_at=stream.done_at, wall_s=wall, cells=cells,
                          driver_channels=self._driver_stats(), startup=self.clock.as_dict(), verify=checked,
-                         restarts=list(self.restarts), resumed=stream.resumed, trace=traced)
+                         restarts=list(self.restarts), resumed=stream.resumed, trace=traced,
+                         duplicated=stream.duplicated)
 
     def _driver_stats(self) -> dict:
         return {"channels_out": {f"feed{k}": s.stats.snapshot() for k, s in self.feeds.items()},

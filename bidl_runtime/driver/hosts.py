@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .grid import Grid
 
 RAY_VIEW_EVERY = 4          # probes between two looks at Ray's node table
+REFUSED = "refuses connections"   # the host answers (its kernel does), its Ray node does not
 
 
 class HostLost(Trouble):
@@ -77,6 +78,7 @@ class _Node:
     failing_since: Optional[float] = None
     why: str = ""
     lost_at: Optional[float] = None
+    lost_silent: bool = False                            # lost without an answer (cut off, not killed)
     healed: bool = False
     back_at: Optional[float] = None
     stale: list = field(default_factory=list)          # (cell name, actor) fenced with it
@@ -88,7 +90,7 @@ def probe(host: str, port: int, timeout: float) -> Optional[str]:
         socket.create_connection((host, port), timeout=timeout).close()
         return None
     except ConnectionRefusedError:
-        return f"its Ray node (raylet {host}:{port}) refuses connections: its processes are gone"
+        return f"its Ray node (raylet {host}:{port}) {REFUSED}: its processes are gone"
     except (TimeoutError, socket.timeout):
         return f"its Ray node (raylet {host}:{port}) does not answer: the host is down or cut off"
     except OSError as e:
@@ -170,25 +172,30 @@ class HostWatch:
         """Record one probe of node ``n`` started at ``t`` (``why``: its failure, None: answered)."""
         with self.lock:
             now = time.perf_counter()
+            answers = why is None or REFUSED in why          # the host itself is reachable
+            if n.lost_at is not None and n.back_at is None and (why is None or (n.lost_silent and answers)):
+                n.back_at = now                              # a cut-off host is back (or a killed one restarted)
+                self._fence_again(n, why is None)
             if why is None:
                 n.failing_since, n.why = None, ""
-                if n.lost_at is not None and n.back_at is None:
-                    n.back_at = now
-                    self._fence_again(n)
                 return
             if n.failing_since is None:
                 n.failing_since = t
             n.why = why
             if n.lost_at is None and (why.startswith("Ray reports") or now - n.failing_since >= self.config.host_loss_s):
-                n.lost_at = now
+                n.lost_at, n.lost_silent = now, not answers
 
-    def _fence_again(self, n: _Node) -> None:
-        """A lost host answers again (a partition healed): kill its stale cells once more, note it."""
+    def _fence_again(self, n: _Node, node_alive: bool) -> None:
+        """A lost host answers again (a partition healed): kill its stale cells once more and note it.
+        ``node_alive``: its Ray node answers too (else Ray declared it dead meanwhile and its raylet
+        exited on return, taking the cells with it)."""
         for _, actor in n.stale:
             kill(actor)
         for entry in self.entries.get(n.node, []):
             entry["fenced"] = {"host": n.host, "back_after_s": round(n.back_at - n.lost_at, 3),
-                               "stale_cells": [name for name, _ in n.stale], "killed": True}
+                               "stale_cells": [name for name, _ in n.stale], "killed": True,
+                               "ray_node": "alive: its stale cells killed through Ray" if node_alive else
+                                           "gone: Ray had declared it dead, its raylet exited with its cells"}
 
     def suspects(self, replica: Optional[int] = None) -> list[str]:
         """Nodes holding cells (of ``replica``) whose last probe failed or that are lost, unhealed."""
@@ -326,6 +333,7 @@ class HostWatch:
                            "host_now": new.host(new.cell(*key).node)} for key in sorted(moves) if key[0] == k],
                 "replayed": replayed.get(k, []), "detected_at": t.at, "rewired_at": now,
                 "detected_after_s": round(t.at - g._t_run, 3), "rewired_s": round(now - t.at, 3),
+                "detected_wall": time.time() - (time.perf_counter() - t.at),   # epoch seconds, for other clocks
                 "first_failed_probe_s": round(t.since - t.at, 3),
                 "streaming_again_at": None, "streaming_again_s": None, "epoch": g.config.epoch,
                 "timeline_s": {name: round(v - t.at, 3) for name, v in steps.items()}}

@@ -24,7 +24,8 @@ class RunReport:
     ``restarts`` one entry per replica restart (its cells with kind and cause, the replayed sample ids,
     seconds from detection to rewired and to the replica's next result); ``resumed`` how many of
     ``outputs`` / ``rejected`` came from a journal of an earlier run;
-    ``trace`` what a traced run wrote (see :func:`bidl_runtime.driver.trace.write_trace`).
+    ``trace`` what a traced run wrote (see :func:`bidl_runtime.driver.trace.write_trace`);
+    ``duplicated`` results that arrived for a sample already taken (dropped; 0 by design).
     """
 
     plan: GridPlan
@@ -43,6 +44,7 @@ class RunReport:
     restarts: list[dict] = field(default_factory=list)
     resumed: int = 0
     trace: Optional[dict] = None
+    duplicated: int = 0
 
     # ------------------------------------------------------------------------- derived figures
 
@@ -228,7 +230,7 @@ class RunReport:
             **self.accuracies(), "startup_s": self.startup_total_s, "grid_startup_s": self.startup_s,
             "verify": self.verify, "startup": self.startup, "cells": self.cells, "trace": self.trace,
             "restarts": [{k: v for k, v in r.items() if not k.endswith("_at")} for r in self.restarts],
-            "replayed": self.replayed, "resumed": self.resumed,
+            "replayed": self.replayed, "resumed": self.resumed, "duplicated": self.duplicated,
             "edges": self.edges(),
             "outputs": {str(i): y.reshape(-1).tolist() for i, y in sorted(self.outputs.items())},
         }
