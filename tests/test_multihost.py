@@ -8,14 +8,9 @@ One test bed for the module (4 hosts, 6 devices each); each test loses a differe
 host 2 (no spare devices), host 4 (killed), host 3 (cut off)."""
 from __future__ import annotations
 
-import json
 import re
-import sys
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import pytest
 
@@ -33,59 +28,6 @@ def bed():
     assert not b.leftovers(), b.leftovers()
 
 
-@dataclass
-class Run:
-    rc: int
-    out: str
-    report: Optional[dict]
-    acted_at: Optional[float]        # epoch seconds of the action (kill, cut)
-
-
-def drive(bed: TestBed, args: list[str], action: Optional[Callable[[TestBed], None]] = None, delay: float = 3.0,
-          then: Optional[Callable[[TestBed, list[str]], None]] = None, timeout: float = 900) -> Run:
-    """``bidl-run --address`` on host 1 with ``args``; ``action(bed)`` ``delay`` s after streaming
-    starts (the ``data:`` line), ``then(bed, lines)`` right after it; the exit code, output, JSON report."""
-    report = bed.home(1) / "work" / "report.json"
-    report.unlink(missing_ok=True)
-    p = bed.start(1, [sys.executable, "-m", "bidl_runtime.run", "--address", bed.address, *args,
-                      "--json", str(report)])
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True)
-    reader.start()
-    acted = None
-    if action is not None:
-        deadline = time.time() + timeout
-        while not any(line.startswith("data:") for line in list(lines)) and p.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
-        assert p.poll() is None, "".join(lines)[-3000:]
-        time.sleep(delay)
-        acted = time.time()
-        action(bed)
-        if then is not None:
-            then(bed, lines)
-    try:
-        p.wait(timeout=timeout)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    reader.join(timeout=10)
-    out = "".join(lines)
-    return Run(p.returncode, out, json.loads(report.read_text()) if report.is_file() else None, acted)
-
-
-def cell_processes(bed: TestBed, i: int) -> list[int]:
-    """PIDs of grid cells (Ray workers running a ``Cell``) on host i."""
-    out = []
-    for pid in bed.pids(i):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "Cell" in cmd:
-            out.append(pid)
-    return out
-
-
 def hosts_of(report: dict) -> dict[str, str]:
     """Cell name -> the host address its process reported from (its program's store path tells)."""
     return {c["cell"]: c["program"] for c in report["cells"]}
@@ -93,23 +35,23 @@ def hosts_of(report: dict) -> dict[str, str]:
 
 def test_without_spare_devices_a_lost_host_stops_the_run_in_one_line(bed):
     hosts = f"{bed.ip(1)}=3,{bed.ip(2)}=3"                   # every device used: no room to re-place
-    r = drive(bed, [*GRID, "--hosts", hosts, "--samples", "600"], action=lambda b: b.kill_host(2))
+    r = bed.bidl_run([*GRID, "--hosts", hosts, "--samples", "600"], action=lambda b: b.kill_host(2))
     errors = [line for line in r.out.splitlines() if line.startswith("error:")]
     assert r.rc == 1 and len(errors) == 1, r.out[-3000:]
     assert re.fullmatch(rf"error: host {re.escape(bed.ip(2))} lost \(its Ray node .*\): its 3 cell\(s\) cannot be "
                         r"re-placed, the other hosts have 0 free device\(s\) .*; \d+ sample\(s\) finished", errors[0]), errors
     assert int(re.search(r"; (\d+) sample\(s\) finished", errors[0]).group(1)) > 0
     for _ in range(50):                                       # the driver killed its cells on the other host
-        if not cell_processes(bed, 1):
+        if not bed.cell_processes(1):
             break
         time.sleep(0.2)
-    assert not cell_processes(bed, 1)
+    assert not bed.cell_processes(1)
 
 
 def test_a_killed_host_is_detected_its_cells_re_placed_and_every_output_exact(bed):
     a, c, d = bed.ip(1), bed.ip(3), bed.ip(4)
     n = 300
-    r = drive(bed, [*GRID, "--hosts", f"{a}=2,{c}=2,{d}=2", "--standby", f"{a}=2,{c}=2", "--samples", str(n)],
+    r = bed.bidl_run([*GRID, "--hosts", f"{a}=2,{c}=2,{d}=2", "--standby", f"{a}=2,{c}=2", "--samples", str(n)],
               action=lambda b: b.kill_host(4))
     assert r.rc == 0, r.out[-4000:]
     rep = r.report
@@ -137,11 +79,11 @@ def test_a_cut_off_host_is_healed_and_its_stale_cells_are_fenced_when_it_returns
     a, c = bed.ip(1), bed.ip(3)
     n = 600
 
-    def heal_later(b: TestBed, lines: list[str]) -> None:
+    def heal_later(b, lines: list[str]) -> None:
         time.sleep(12)                    # the driver has re-placed the cells meanwhile (detected in seconds)
         b.heal_link(3)
 
-    r = drive(bed, [*GRID, "--hosts", f"{a}=3,{c}=3", "--standby", f"{a}=3", "--samples", str(n)],
+    r = bed.bidl_run([*GRID, "--hosts", f"{a}=3,{c}=3", "--standby", f"{a}=3", "--samples", str(n)],
               action=lambda b: b.cut_link(3), then=heal_later)
     assert r.rc == 0, r.out[-4000:]
     rep = r.report
@@ -154,7 +96,7 @@ def test_a_cut_off_host_is_healed_and_its_stale_cells_are_fenced_when_it_returns
     assert fenced and fenced["killed"] and fenced["host"] == c and sorted(fenced["stale_cells"]) == sorted(
         m["cell"] for m in heal["cells"])
     for _ in range(100):                                      # the stale cells are gone, having delivered nothing
-        if not cell_processes(bed, 3):
+        if not bed.cell_processes(3):
             break
         time.sleep(0.2)
-    assert not cell_processes(bed, 3)
+    assert not bed.cell_processes(3)

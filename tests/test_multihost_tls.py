@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from cluster.testbed import RAY_PORT, TestBed, unavailable
-from test_multihost import GRID, drive
+from test_multihost import GRID
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
 
@@ -40,7 +40,7 @@ def test_ray_answers_tls_only(bed):
 def test_a_grid_across_hosts_with_tls_on_its_channels_equals_its_reference(bed):
     a, b = bed.ip(1), bed.ip(2)
     n = 8
-    r = drive(bed, [*GRID, "--grid", "2x2", "--hosts", f"{a}=2,{b}=2", "--tls", "--samples", str(n)])
+    r = bed.bidl_run([*GRID, "--grid", "2x2", "--hosts", f"{a}=2,{b}=2", "--tls", "--samples", str(n)])
     assert r.rc == 0, r.out[-4000:]
     rep = r.report
     assert rep["verify"] == {"equal": n, "compared": n, "max_abs_diff": 0.0}

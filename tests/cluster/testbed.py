@@ -45,9 +45,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 SUBNET = "10.213.7"          # private test subnet, only inside the test bed's namespaces
 RAY_PORT = 6379
@@ -164,6 +166,16 @@ def _ip(*args: str, ns: Optional[str] = None, check: bool = True) -> subprocess.
     if check and r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
     return r
+
+
+@dataclass
+class BidlRun:
+    """What :meth:`TestBed.bidl_run` saw: exit code, output, JSON report, when it acted (epoch seconds)."""
+
+    rc: int
+    out: str
+    report: Optional[dict]
+    acted_at: Optional[float]
 
 
 class TestBed:
@@ -350,6 +362,52 @@ class TestBed:
                              env={**self.env(i), **(env or {})}, text=True, **popen)
         self.procs.append(p)
         return p
+
+    def bidl_run(self, args: Sequence[str], action: Optional[Callable[["TestBed"], None]] = None,
+                 delay: float = 3.0, then: Optional[Callable[["TestBed", list[str]], None]] = None,
+                 timeout: float = 900, report: str = "report.json") -> "BidlRun":
+        """``bidl-run --address`` on host 1 with ``args`` and ``--json``; ``action(bed)`` ``delay`` s after
+        streaming starts (its ``data:`` line), ``then(bed, lines)`` right after that. Returns the exit
+        code, the output (stdout and stderr), the JSON report (None if none) and when it acted."""
+        path = self.home(1) / "work" / report
+        path.unlink(missing_ok=True)
+        p = self.start(1, [sys.executable, "-m", "bidl_runtime.run", "--address", self.address, *args,
+                           "--json", str(path)])
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True)
+        reader.start()
+        acted = None
+        try:
+            if action is not None:
+                deadline = time.time() + timeout
+                while (not any(line.startswith("data:") for line in list(lines)) and p.poll() is None
+                       and time.time() < deadline):
+                    time.sleep(0.1)
+                if p.poll() is None:
+                    time.sleep(delay)
+                    acted = time.time()
+                    action(self)
+                    if then is not None:
+                        then(self, lines)
+            p.wait(timeout=max(1.0, timeout))
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+        reader.join(timeout=10)
+        return BidlRun(p.returncode, "".join(lines), json.loads(path.read_text()) if path.is_file() else None, acted)
+
+    def cell_processes(self, i: int) -> list[int]:
+        """PIDs of grid cells (Ray workers running a ``Cell``) on host i."""
+        out = []
+        for pid in self.pids(i):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "Cell" in cmd:
+                out.append(pid)
+        return out
 
     def pids(self, i: int) -> list[int]:
         r = subprocess.run(["ip", "netns", "pids", self.ns(i)], capture_output=True, text=True)
