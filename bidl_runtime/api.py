@@ -21,11 +21,13 @@ cluster joined with :func:`bidl_runtime.cluster.ray_cluster.join`::
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from bidl_models.config import Config, shipped_config
+from bidl_models.slicing import GridLayout
 from compile.job import CompileJob
 from compile.options import CompileOptions
 
@@ -37,6 +39,7 @@ from bidl_runtime.driver.report import RunReport
 from bidl_runtime.driver.startup import StartupClock
 from bidl_runtime.plan.emulated import emulate
 from bidl_runtime.plan.grid_plan import GridPlan
+from bidl_runtime.plan.hosts import HostMap, assign_hosts
 from bidl_runtime.plan.place import Cluster, place
 from bidl_runtime.runtime_config import COMPILED_BACKENDS, RuntimeConfig
 
@@ -53,13 +56,15 @@ class GridJob(CompileJob):
     """One model on one grid: :class:`~compile.job.CompileJob`'s stages (layout, spec, slices,
     artifacts), then the plan, the grid and its runs. ``runtime``: how the grid runs (its backend
     decides the artifacts: compiled programs, or paced shapes for ``emulated``); ``artifacts``: the
-    cache root; ``verbose`` / ``progress``: compile's log lines and progress bar."""
+    cache root; ``verbose`` / ``progress``: compile's log lines and progress bar; ``hosts``: the
+    devices of each host (:class:`~bidl_runtime.plan.hosts.HostMap`; default: the config's
+    ``lynxi_hosts`` / ``lynxi_standby``, else the cluster's nodes as they come)."""
 
     def __init__(self, config: Config, *, grid: str | Sequence[int] | None = None, replicas: int = 1,
                  checkpoint: str | Path | None = None, runtime: Optional[RuntimeConfig] = None,
                  artifacts: str | Path = "artifacts", force_compile: bool = False, verbose: bool = False,
                  progress: Optional[bool] = None, splits: Optional[Sequence[Sequence[int | str]]] = None,
-                 seed: int = 0):
+                 seed: int = 0, hosts: Optional[HostMap] = None):
         self.runtime = runtime or RuntimeConfig()
         options = CompileOptions(out=str(artifacts), batch=self.runtime.batch, force=force_compile, verbose=verbose,
                                  progress=verbose if progress is None else progress,
@@ -67,6 +72,32 @@ class GridJob(CompileJob):
         super().__init__(config, grid=grid, replicas=replicas, checkpoint=checkpoint, options=options,
                          splits=splits, seed=seed)
         self._plan: Optional[GridPlan] = None
+        self.hosts = hosts if hosts is not None else HostMap.resolve(config)
+        self._layouts: dict[str, GridLayout] = {}
+
+    def check_hosts(self) -> None:
+        """ValueError (one line, naming the flag) when the host map has fewer active devices than the
+        layout has cells (checked before Ray starts)."""
+        if self.hosts is not None and self.hosts.active < self.layout.n_cells:
+            raise ValueError(f"{self.hosts.source} {self.hosts.describe()}: {self.hosts.active} active device(s), "
+                             f"the grid {self.layout.rows}x{self.layout.cols} x {self.layout.replicas} replica(s) "
+                             f"needs {self.layout.n_cells}")
+
+    def layout_on(self, cluster: Cluster) -> GridLayout:
+        """The layout with the device ids its cells get on ``cluster``: with a host map, chosen so that
+        the fewest bytes per sample cross hosts (:func:`~bidl_runtime.plan.hosts.assign_hosts`, on the
+        model's real edge sizes, the driver on ``cluster``'s driver host); the layout's own ids without
+        one, or when the config gives them (``lynxi_devices``)."""
+        if self.hosts is None or self.layout.source == "lynxi_devices":
+            return self.layout
+        driver = cluster.host(cluster.driver_node)
+        if driver not in self._layouts:
+            shapes = place(emulate(self.spec, self.slices, None, self.runtime.batch),
+                           Cluster.local(self.layout.max_device + 1), self.layout)
+            devices = assign_hosts(shapes, self.hosts, driver)
+            self._layouts[driver] = replace(self.layout, devices=devices,
+                                            source=f"{self.layout.source} on {self.hosts.source}")
+        return self._layouts[driver]
 
     def build(self):
         """Artifacts for the backend: compiled (or cached), or for ``emulated`` the model's real shapes
@@ -77,20 +108,23 @@ class GridJob(CompileJob):
 
     def preview(self, device_nodes: Optional[Sequence[str]] = None) -> GridPlan:
         """The plan's cells and edges without Ray or compile (shapes from the model spec, nothing to
-        run): what ``bidl-plan`` prints. ``device_nodes`` as in :class:`Cluster` (default: one node with
-        as many devices as the layout uses)."""
+        run): what ``bidl-plan`` prints. ``device_nodes`` as in :class:`Cluster` (default: the host map's
+        hosts, each a node named by its address, the driver on the first; without one, one node with as
+        many devices as the layout uses)."""
         shapes = emulate(self.spec, self.slices, None, self.runtime.batch)
         cluster = (Cluster(tuple(device_nodes)) if device_nodes is not None
+                   else Cluster.of_hosts(self.hosts) if self.hosts is not None
                    else Cluster.local(self.layout.max_device + 1))
-        return place(shapes, cluster, self.layout, transport=self.runtime.transport, backend=self.runtime.backend)
+        return place(shapes, cluster, self.layout_on(cluster), transport=self.runtime.transport,
+                     backend=self.runtime.backend)
 
     def plan(self, cluster: Optional[Cluster] = None) -> GridPlan:
         """The artifacts placed on ``cluster`` (default: the connected Ray cluster's devices, once),
         compiled programs shipped to the other nodes whose cells run them."""
         if cluster is None and self._plan is not None:
             return self._plan
-        where = cluster or device_map()
-        plan = place(self.artifacts(), where, self.layout, transport=self.runtime.transport,
+        where = cluster or device_map(self.hosts)
+        plan = place(self.artifacts(), where, self.layout_on(where), transport=self.runtime.transport,
                      backend=self.runtime.backend)
         if where.connected:
             plan = ship_programs(plan)

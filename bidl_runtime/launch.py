@@ -40,13 +40,15 @@ from bidl_runtime.channels import sweep_stale
 from bidl_runtime.cluster.cleanup import claim_token_dir, cleanup, reap_own
 from bidl_runtime.cluster.memory import available_bytes, node_memory
 from bidl_runtime.cluster.nodes import device_map
-from bidl_runtime.cluster.ray_cluster import join, secure_env, session_dir, start_local, token_env, token_source
+from bidl_runtime.cluster.ray_cluster import (join, secure_env, session_dir, start_local, token_env, token_source,
+                                              use_tls)
 from bidl_runtime.driver.journal import Journal
 from bidl_runtime.driver.keepalive import attach as attach_grid
 from bidl_runtime.driver.keepalive import host
 from bidl_runtime.driver.samples import samples_for
 from bidl_runtime.driver.startup import StartupClock
 from bidl_runtime.plan import admission
+from bidl_runtime.plan.hosts import HostMap
 from bidl_runtime.runtime_config import (COMPILE_START_TIMEOUT_S, COMPILED_BACKENDS, COMPUTE_BACKENDS, RUN_BACKEND,
                                          DeviceProfile, RuntimeConfig)
 
@@ -65,6 +67,9 @@ def runtime_config(args: argparse.Namespace, faults: dict) -> RuntimeConfig:
         backend = "cpu"
     elif why:
         raise ValueError(f"--backend {backend}: {why}")
+    if getattr(args, "tls", False) and not args.address:
+        raise ValueError("--tls encrypts what crosses hosts: it needs --address (the embedded cluster runs on "
+                         "127.0.0.1 only)")
     args.backend = backend
     return RuntimeConfig(backend=backend, transport=args.transport, depth=args.depth, batch=args.batch,
                          max_inflight=args.max_inflight, threads_per_cell=args.threads_per_cell,
@@ -72,7 +77,7 @@ def runtime_config(args: argparse.Namespace, faults: dict) -> RuntimeConfig:
                          **({"start_timeout_s": COMPILE_START_TIMEOUT_S} if backend in COMPILED_BACKENDS
                             else {}),
                          profile=DeviceProfile(ref_fps=args.profile_fps), faults=faults,
-                         max_restarts=args.max_restarts)
+                         max_restarts=args.max_restarts, tls=getattr(args, "tls", False))
 
 
 def plan_job(args: argparse.Namespace, rcfg: Optional[RuntimeConfig] = None) -> GridJob:
@@ -84,7 +89,7 @@ def plan_job(args: argparse.Namespace, rcfg: Optional[RuntimeConfig] = None) -> 
     checkpoint = resolve_checkpoint(given, cfg) if given else shipped_weights(cfg.name)
     return GridJob(cfg, grid=args.grid, replicas=args.replicas, checkpoint=checkpoint, runtime=rcfg,
                    artifacts=getattr(args, "artifacts", "artifacts"), force_compile=getattr(args, "force_compile", False),
-                   progress=True)
+                   progress=True, hosts=HostMap.resolve(cfg, args.hosts, args.standby))
 
 
 def launch(args: argparse.Namespace, t0: float, template: Optional[CellTemplate] = None) -> int:
@@ -140,6 +145,7 @@ class Launch:
         faults = parse_fault(args.inject_fault) if args.inject_fault else {}
         job = self.job = plan_job(args, runtime_config(args, faults))
         cfg, checkpoint, rcfg, layout = job.config, job.checkpoint, job.runtime, job.layout
+        job.check_hosts()
         say(describe_source(cfg))
         for (_, row, col) in faults:
             if not (row < layout.rows and col < layout.cols):
@@ -175,6 +181,8 @@ class Launch:
         self.started = not args.address
         dashboard = args.dashboard or args.keep_alive
         with clock.phase("ray_start", "starting Ray" if self.started else f"joining {args.address}"):
+            if rcfg.tls:
+                use_tls(args.address)   # Ray's TLS for this driver; the channels' TLS is rcfg.tls
             if args.address:
                 info = join(args.address, namespace=namespace, log_to_driver=False, logging_level="WARNING")
             else:
@@ -188,7 +196,7 @@ class Launch:
                                        logging_level="WARNING", namespace=namespace)
         stop_on_sigterm()   # ray.init installed its own
         job.renice()
-        cluster = device_map()
+        cluster = device_map(job.hosts)
         self.phase = "resolving the model"
         try:
             spec = job.wait_spec()   # usually resolved while Ray started
@@ -201,8 +209,9 @@ class Launch:
             if self.journal.done:
                 say(f"journal: {len(self.journal.done)} sample(s) already done in {args.journal}: skipped")
         self.phase = "starting the cells"
-        self.actors = (spawn(layout, cluster.device_nodes, rcfg.actor_gpus())
-                       if layout.max_device < len(cluster.device_nodes) else None)
+        placed = job.layout_on(cluster)   # with a host map: the devices chosen across hosts
+        self.actors = (spawn(placed, cluster.device_nodes, rcfg.actor_gpus())
+                       if placed.max_device < len(cluster.device_nodes) else None)
         url = info.dashboard_url if dashboard or args.address else None
         url = f"http://{url}" if url and not url.startswith("http") else url
         shown = url or ("not available" if dashboard or args.address else "off (--dashboard or --keep-alive starts it)")

@@ -75,6 +75,13 @@ def add_grid_flags(ap: argparse.ArgumentParser) -> None:
                     "(CUDA IPC) between the cells of a node (default %(default)s)")
     ap.add_argument("--batch", type=int, default=_DEFAULTS.batch, help="samples per message, end to end "
                     "(artifacts compiled for this batch; default %(default)s, the chip's)")
+    ap.add_argument("--hosts", default=None, metavar="HOST=N[,HOST=N...]",
+                    help="devices per host (each host named by its Ray node's address): cells are placed so that "
+                    "the fewest bytes per sample cross hosts (default: the config's lynxi_hosts, else the "
+                    "cluster's nodes in order)")
+    ap.add_argument("--standby", default=None, metavar="HOST=N[,HOST=N...]",
+                    help="standby devices per host: idle until a host is lost, then they take its cells first "
+                    "(default: the config's lynxi_standby)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--address", default=None, help="join the Ray cluster at HOST:PORT instead of starting a "
                     "private one; auto: the one RAY_ADDRESS names, else the last `ray start` here (without "
                     "--address, RAY_ADDRESS is ignored)")
+    ap.add_argument("--tls", action="store_true", help="encrypt what crosses hosts: Ray's TLS for this driver "
+                    "(the cluster's nodes run with RAY_USE_TLS=1) and TLS on the tcp channels, with the files "
+                    "RAY_TLS_SERVER_CERT, RAY_TLS_SERVER_KEY and RAY_TLS_CA_CERT name on every host (needs --address)")
     ap.add_argument("--namespace", default=None, help="Ray namespace (default: a new one; --attach needs the "
                     "kept-alive grid's)")
     ap.add_argument("--keep-alive", action="store_true", help="keep the cells up afterwards (dashboard; other "

@@ -26,7 +26,7 @@ TRANSPORTS = ("auto", "shm", "tcp", "cuda")
 # integer settings and their bounds, checked before anything is allocated (a grid's memory grows with them)
 INT_RANGES = {"depth": (1, 64), "batch": (1, 4096), "max_inflight": (1, 65536), "threads_per_cell": (1, 1024),
               "max_restarts": (0, 1000), "trace_events": (1, 10_000_000), "verify_processes": (1, 64),
-              "verify_pending_mb": (1, 1 << 20)}
+              "verify_pending_mb": (1, 1 << 20), "epoch": (0, 1_000_000)}
 OPTIONAL_INTS = ("max_inflight", "threads_per_cell", "verify_processes")
 FLAGS = ("backend", "transport", "depth", "batch", "max_inflight", "threads_per_cell", "max_restarts",
          "gpus_per_cell", "chunk_compile", "amp")   # settings that are bidl-run flags
@@ -123,6 +123,10 @@ class RuntimeConfig:
     profile: DeviceProfile = field(default_factory=DeviceProfile)   # emulated backend's device speed
     faults: dict = field(default_factory=dict)   # drills: {(replica, row, col): (kind, sample)}, see cell.FAULTS
     channel_secret: Optional[str] = field(default=None, repr=False)  # keys the channel handshakes; None: a Grid makes one
+    host_probe_s: float = 0.5            # driver: probe every other host's Ray node this often (driver.hosts)
+    host_loss_s: float = 2.0             # a host whose node has not answered for this long is lost: its cells re-placed
+    tls: bool = False                    # TLS on the tcp channels (between hosts), with the node's Ray TLS files
+    epoch: int = 0                       # grid epoch: raised by the driver at each re-placement; channels carry it
 
     def __post_init__(self) -> None:
         for name, choices in (("backend", BACKENDS), ("transport", TRANSPORTS),
@@ -162,7 +166,8 @@ class RuntimeConfig:
         wait = max(self.poll_s, 0.05)
         return ChannelConfig(transport=transport, depth=self.depth, send_timeout_s=wait, recv_timeout_s=wait,
                              secret=self.channel_secret, pin_memory=self.backend == "cuda",
-                             cuda_memory="cuda" if self.backend == "cuda" else "host")
+                             cuda_memory="cuda" if self.backend == "cuda" else "host", epoch=self.epoch,
+                             tls=self.tls and transport == "tcp")
 
     def context_options(self) -> dict[str, Any]:
         """The device context's options for this backend (see ``devices.open_context``)."""

@@ -6,7 +6,7 @@ Pure data: no torch, so a plan that holds programs is read (printed, shipped, pi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Optional, Protocol
 
 from bidl_models.specs import Signature
@@ -20,12 +20,14 @@ class Program:
     (``x``/``y`` and carries ``[t, B, ...]``, state ``[B, ...]``); ``path`` the compiled artifact
     directory (absolute on the node that runs it), None for an emulated program, which computes
     nothing and takes ``seconds_per_step`` per step; ``fast``: load the artifact's TorchScript form
-    when it has one (milliseconds instead of about a second)."""
+    when it has one (milliseconds instead of about a second); ``origin``: for a copy shipped to another
+    node, the directory on the driver's host it came from (what is shipped again when cells move)."""
 
     signature: Signature
     path: Optional[str] = None
     fast: bool = True
     seconds_per_step: float = 0.0
+    origin: Optional[str] = field(default=None, compare=False)
 
     @property
     def emulated(self) -> bool:

@@ -22,7 +22,8 @@ from .errors import ArtifactError
 SEAL = "seal"
 KEY_ENV, KEY_FILE_ENV = "BIDL_ARTIFACT_KEY", "BIDL_ARTIFACT_KEY_FILE"
 
-__all__ = ["SEAL", "KEY_ENV", "KEY_FILE_ENV", "key_file", "artifact_key", "seal_manifest", "check_seal"]
+__all__ = ["SEAL", "KEY_ENV", "KEY_FILE_ENV", "key_file", "artifact_key", "seal_manifest", "check_seal",
+           "body_sha256"]
 
 
 def key_file() -> Path:
@@ -65,10 +66,19 @@ def artifact_key() -> bytes:
         raise ArtifactError(path, "corrupt", f"unreadable artifact key ({e})") from None
 
 
-def _digest(key: bytes, doc: Mapping[str, Any]) -> str:
+def _canonical(doc: Mapping[str, Any]) -> bytes:
     body = {k: v for k, v in doc.items() if k != SEAL}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
-    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def _digest(key: bytes, doc: Mapping[str, Any]) -> str:
+    return hmac.new(key, _canonical(doc), hashlib.sha256).hexdigest()
+
+
+def body_sha256(doc: Mapping[str, Any]) -> str:
+    """The unkeyed sha256 of what a seal covers (the canonical document without its seal): two manifests
+    with the same body differ at most in who sealed them (shipping reseals a copy on its node)."""
+    return hashlib.sha256(_canonical(doc)).hexdigest()
 
 
 def _key_id(key: bytes) -> str:

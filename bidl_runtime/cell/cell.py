@@ -152,8 +152,17 @@ class Cell:
         """Attach to the receivers of this cell's output edges (``{edge name: endpoint}``)."""
         if self.spec.fault is not None and self.spec.fault[0] == "connect":
             raise CellError(f"{self.name}: injected fault (connect)")
-        for e in self.spec.outputs:
-            self.senders[e.name] = attach_sender(endpoints[e.name])
+        for e in self.spec.outputs:   # this cell's grid epoch, not the receiver's: a fenced cell is refused
+            self.senders[e.name] = attach_sender(endpoints[e.name], epoch=self.spec.config.epoch)
+
+    def update(self, spec: CellSpec) -> None:
+        """Take a re-placed grid's plan for this cell (its edges, names, tunables and grid epoch) without
+        reloading its program, which must be the same (the driver rewires it next)."""
+        old = self.spec.cell
+        if (spec.cell.key, spec.cell.program) != (old.key, old.program) or spec.cell.device != old.device:
+            raise CellError(f"{self.name}: update to {spec.cell.name} changes its cell, device or program: "
+                            "configure it instead")
+        self.spec, self.name = spec, spec.cell.name
 
     def reset(self, fresh: bool = True) -> None:
         """Drop the channel ends (and, ``fresh``, the counters of the last run: a rewire in the middle

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -38,6 +39,7 @@ class Link:
     def __init__(self, sock: socket.socket, channel: str, role: str, packet: bool, max_msg: int,
                  frame_timeout_s: float = 60.0):
         self.sock = sock
+        self.flags = 0 if isinstance(sock, ssl.SSLSocket) else _NOSIG   # TLS sockets take no send flags
         self.frame_timeout_s = frame_timeout_s
         self.channel, self.role, self.packet, self.max_msg = channel, role, packet, max_msg
         self._buf = bytearray(max_msg + 1) if packet else bytearray(_LEN.size)
@@ -106,12 +108,12 @@ class Link:
             head = _LEN.pack(len(data)) + data
             total = sum(m.nbytes for m in payload)
             if total <= SMALL_FRAME:
-                self.sock.sendall(b"".join([head, *payload]) if payload else head, _NOSIG)
+                self.sock.sendall(b"".join([head, *payload]) if payload else head, self.flags)
                 return
-            self.sock.sendall(head, _NOSIG)
+            self.sock.sendall(head, self.flags)
             for m in payload:
                 self._arm(deadline, timeout_s, what)
-                self.sock.sendall(m, _NOSIG)
+                self.sock.sendall(m, self.flags)
         except ChannelError:
             raise
         except TimeoutError:
@@ -120,6 +122,9 @@ class Link:
             raise ChannelTimeout(self.channel, self.role, what, timeout_s) from None
         except _GONE as e:
             raise self._gone(e, what) from None
+        except ssl.SSLError as e:
+            self._broken = f"TLS failed ({e.reason or e})"
+            raise PeerDied(self.channel, f"{self.role}: TLS failed while {what} ({e.reason or e})") from None
 
     # -- receive ------------------------------------------------------------------------------
     def recv(self, deadline: float, timeout_s: float, what: str) -> Any | None:
@@ -163,6 +168,9 @@ class Link:
             raise ChannelTimeout(self.channel, self.role, what, timeout_s) from None
         except _GONE as e:
             raise self._gone(e, what) from None
+        except ssl.SSLError as e:
+            self._broken = f"TLS failed ({e.reason or e})"
+            raise PeerDied(self.channel, f"{self.role}: TLS failed while {what} ({e.reason or e})") from None
 
     def frame_deadline(self, deadline: float) -> float:
         """Deadline for finishing a frame that has started arriving."""
@@ -203,7 +211,9 @@ class Link:
         return True
 
     def readable_now(self) -> bool:
-        """True if a message (or EOF) is waiting, without blocking."""
+        """True if a message (or EOF) is waiting, without blocking (TLS: decrypted bytes count too)."""
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True
         p = select.poll()
         p.register(self.sock.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
         return bool(p.poll(0))

@@ -18,6 +18,12 @@ wrong secret, another uid on shm, or on tcp from this machine) is dropped, logge
 (``stats.rejected``), and the receiver keeps listening. Once the expected sender is in, the listener
 closes. Every decode or protocol error after that is a ``ChannelError``.
 
+Grid epochs (``ChannelConfig.epoch``): the hello carries the sender's epoch and every data and
+control message ends with it; a receiver refuses a hello of another epoch than its own and drops
+(counting ``stats.fenced``, returning the slot's credit) any message of an older one, e.g. after
+``fence(epoch)`` raised its epoch. A cell fenced off with a lost host can so never deliver into a
+grid that was re-placed without it.
+
 Floods of unproven connections cannot starve the sender. Each round reads the pending connections
 first (in accept order: a hello that has arrived wins before any newcomer is let in), then accepts at
 most ``accept_batch`` new ones, each read at once (a sender's hello usually arrives with its
@@ -37,6 +43,7 @@ import os
 import secrets
 import select
 import socket
+import ssl
 import struct
 import time
 from abc import ABC, abstractmethod
@@ -49,7 +56,7 @@ from torch import Tensor
 
 from bidl_models.specs import TensorSpec
 
-from . import auth
+from . import auth, tls
 from ._link import LEN, Link, decode
 from .channel_config import ChannelConfig, new_secret
 from .errors import ChannelClosed, ChannelError, ChannelTimeout, PeerDied
@@ -161,11 +168,22 @@ class _Pending:
         self.source = "local"
         self.head = bytearray()
         self.body: bytearray | None = None
-        self.need = 0
+        self.need = -1 if isinstance(sock, ssl.SSLSocket) else 0   # -1: the TLS handshake comes first
 
     def read(self, packet: bool) -> bytes | None:
         """The complete hello body once it is in (None: more to come). _Drop on EOF, an oversized or
         empty frame; BlockingIOError when nothing is readable."""
+        try:
+            return self._read(packet)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise BlockingIOError from None     # TLS: a record (or the handshake) is not complete yet
+        except ssl.SSLError as e:
+            raise _Drop(f"TLS failed ({e.reason or e})") from None
+
+    def _read(self, packet: bool) -> bytes | None:
+        if isinstance(self.sock, ssl.SSLSocket) and self.need == -1:
+            self.sock.do_handshake()            # the peer's certificate is checked here
+            self.need = 0
         if packet:  # one datagram = one message; a larger one is cut to HELLO_MAX + 1 and refused
             data = self.sock.recv(auth.HELLO_MAX + 1)
             if not data:
@@ -292,6 +310,10 @@ class Receiver(_NoPickle, ABC):
             p.source = p.addr[0] if isinstance(p.addr, tuple) and p.addr else "local"
         return {}
 
+    def _secure(self, sock: socket.socket) -> socket.socket:
+        """An accepted connection as the transport reads it (tcp with TLS: wrapped, handshake pending)."""
+        return sock
+
     def _read_payload(self, slot: int, msg: list, deadline: float, timeout_s: float) -> None:
         """Bring the payload of a data message into ``slot`` (nothing to do for shared memory)."""
 
@@ -333,22 +355,43 @@ class Receiver(_NoPickle, ABC):
             self._connect(deadline, to)
         if self._sender_closed:
             raise ChannelClosed(self.name, f"sender closed the channel after {self.stats.messages} messages")
-        msg = self._link.recv(deadline, to, "the next message's sent event")
-        t1 = time.monotonic()
-        if msg is None:
-            raise PeerDied(self.name, f"receiver: sender process is gone (EOF on the control socket) after "
-                                      f"{self.stats.messages} messages")
-        try:
-            return self._dispatch(msg, t0, t1, deadline, to)
-        except ChannelError:
-            raise
-        except _MALFORMED as e:
-            if not self._link.packet:
-                self._link._broken = "a malformed message"  # payload length unknown: framing is lost
-            raise ChannelError(self.name, f"receiver: protocol error: malformed message "
-                                          f"({type(e).__name__}: {e})") from None
+        while True:
+            msg = self._link.recv(deadline, to, "the next message's sent event")
+            t1 = time.monotonic()
+            if msg is None:
+                raise PeerDied(self.name, f"receiver: sender process is gone (EOF on the control socket) after "
+                                          f"{self.stats.messages} messages")
+            try:
+                out = self._dispatch(msg, t0, t1, deadline, to)
+            except ChannelError:
+                raise
+            except _MALFORMED as e:
+                if not self._link.packet:
+                    self._link._broken = "a malformed message"  # payload length unknown: framing is lost
+                raise ChannelError(self.name, f"receiver: protocol error: malformed message "
+                                              f"({type(e).__name__}: {e})") from None
+            if out is not None:
+                return out
 
-    def _dispatch(self, msg: Any, t0: float, t1: float, deadline: float, to: float) -> Message:
+    def fence(self, epoch: int) -> None:
+        """Raise this receiver's grid epoch: messages of older epochs are dropped from now on (counted in
+        ``stats.fenced``; their slots' credits go back so a stale sender cannot wedge the channel)."""
+        if epoch < self.config.epoch:
+            raise ValueError(f"channel {self.name!r}: fence({epoch}): the epoch is {self.config.epoch} already")
+        self.config = self.config.replace(epoch=epoch)
+
+    def _stale(self, epoch: Any, what: str) -> bool:
+        """Whether a message of ``epoch`` is fenced (counted and logged once)."""
+        if epoch == self.config.epoch:
+            return False
+        self.stats.fenced += 1
+        if self.stats.fenced == 1:
+            log.warning("channel %r: dropped %s of grid epoch %r (this receiver's epoch is %d): fenced",
+                        self.name, what, epoch, self.config.epoch)
+        return True
+
+    def _dispatch(self, msg: Any, t0: float, t1: float, deadline: float, to: float) -> Message | None:
+        """The message ``msg`` announces (None: it was of another grid epoch, dropped)."""
         if not isinstance(msg, list) or not msg:
             raise ValueError(f"expected a non-empty list, got {type(msg).__name__}")
         op = msg[0]
@@ -366,6 +409,9 @@ class Receiver(_NoPickle, ABC):
             except BaseException:
                 self._held.discard(slot)
                 raise
+            if self._stale(msg[-1], f"message {seq} (sample {meta.get('sample')!r})"):
+                self._release(slot)          # its credit goes back; the payload is never handed out
+                return None
             t2 = time.monotonic()
             lat = max(0.0, (self._clock_ns() - int(t_sent)) * 1e-9)
             self.stats.record(self.layout.nbytes, t1 - t0, t2 - t1, hop_s=lat)
@@ -374,6 +420,8 @@ class Receiver(_NoPickle, ABC):
             _, seq, t_sent, meta = msg[:4]
             _check_meta(meta)
             self._check_seq(seq)
+            if self._stale(msg[-1] if len(msg) > 4 else None, f"a {meta.get('kind')!r} message"):
+                return None
             self.stats.record(0, t1 - t0, 0.0, None, control=True)
             return Message(meta, {}, seq, self, None)
         if op == OP_END:
@@ -503,6 +551,7 @@ class Receiver(_NoPickle, ABC):
                 self._reject(conn, peer, why)
                 continue
             conn.setblocking(False)
+            conn = self._secure(conn)
             self._accepted += 1
             now = time.monotonic()
             p = _Pending(conn, peer, addr, now, now + cfg.hello_timeout_s, self._accepted)
@@ -586,13 +635,18 @@ class Receiver(_NoPickle, ABC):
         if body is None:
             return "pending"
         try:
-            fingerprint, pid, nonce = auth.check_hello(self.config.key, self.name, self.token,
-                                                       decode(body, self.name, "hello"))
+            fingerprint, pid, epoch, nonce = auth.check_hello(self.config.key, self.name, self.token,
+                                                              decode(body, self.name, "hello"))
         except ChannelError:
             self._drop(p, "undecodable hello")
             return "dropped"
         except auth.Rejected as e:
             self._drop(p, str(e))
+            return "dropped"
+        if epoch != self.config.epoch:   # a cell fenced off with a lost host (or from an earlier wiring)
+            self.stats.fenced += 1
+            self._drop(p, f"hello of grid epoch {epoch} (pid {pid}): fenced, this receiver's epoch is "
+                          f"{self.config.epoch}")
             return "dropped"
         if fingerprint != self.layout.fingerprint:  # the run's own sender, misconfigured: not an intruder
             self._drop(p, "its layout differs", quiet=True)
@@ -609,6 +663,7 @@ class Receiver(_NoPickle, ABC):
             link.close()  # the sender proved itself, then went away: that is its death, not an intrusion
             raise
         self._link, self.peer = link, f"{p.peer} (pid {pid})"
+        self.stats.tls = tls.describe(p.sock)
         return "proven"
 
     def _unwatch(self, p: "_Pending") -> None:
@@ -693,6 +748,7 @@ class Sender(_NoPickle, ABC):
         self._key = bytes.fromhex(secret)
         self._nonce = b""
         self._welcomed = False  # the receiver proved it holds the secret (checked before any credit)
+        self._hello_due = False  # the hello waits for the first message (a TLS handshake needs the receiver)
         self._unwelcomed: list[tuple[Any, list[bytes]]] = []   # sent on this connection before the welcome
         self._redial_by: float | None = None                   # reconnecting allowed until then
 
@@ -801,7 +857,7 @@ class Sender(_NoPickle, ABC):
             return
         self._closed = True
         self.abort()
-        if self._link is not None:
+        if self._link is not None and not self._hello_due:   # never said hello: nothing to close there
             try:
                 to = self.config.close_timeout_s
                 self._link.send([OP_END], time.monotonic() + to, to, "sending close")
@@ -847,13 +903,19 @@ class Sender(_NoPickle, ABC):
     def _hello(self, deadline: float, to: float) -> None:
         """Send the authenticated hello (the first message on the connection)."""
         msg, self._nonce = auth.hello(self._key, self.name, self.descriptor.token, self.layout.fingerprint,
-                                      os.getpid())
+                                      os.getpid(), self.config.epoch)
         self.hello_message = msg
         self._link.send(msg, deadline, to, "sending hello")
 
     def _send_msg(self, obj: Any, deadline: float, to: float, what: str, payload: Sequence[memoryview] = ()) -> None:
         """Send a message (with its payload) on the connection; until the receiver has welcomed this
-        connection, keep a copy to replay if it drops the connection (see :meth:`_rehello`)."""
+        connection, keep a copy to replay if it drops the connection (see :meth:`_rehello`). Data and
+        control messages end with this sender's grid epoch."""
+        if obj and obj[0] in (OP_DATA, OP_CONTROL):
+            obj = [*obj, self.config.epoch]
+        if self._hello_due:
+            self._hello_due = False
+            self._hello(max(deadline, time.monotonic() + self.config.connect_timeout_s), self.config.connect_timeout_s)
         if not self._welcomed:
             self._poll_welcome()
         kept = None if self._welcomed else (obj, [bytes(m) for m in payload])
@@ -958,6 +1020,7 @@ class Sender(_NoPickle, ABC):
                     raise ChannelError(self.name, "sender: the peer at the descriptor's address did not prove it "
                                                   f"holds the run's secret (first message {str(op)[:16]!r})")
                 self._welcomed = True
+                self.stats.tls = tls.describe(self._link.sock)
                 self._unwelcomed.clear()
                 self._redial_by = None
                 return
@@ -1071,6 +1134,10 @@ def attach_sender(descriptor: ChannelDescriptor, config: ChannelConfig | None = 
 def wait_any(receivers: Sequence[Receiver], timeout: float) -> list[Receiver]:
     """Block (in the kernel) until at least one receiver has something to ``recv`` (a message, a close,
     or a dead peer), or ``timeout`` seconds pass; returns the ready ones (empty on timeout)."""
+    ready = [r for r in receivers if r._link is not None and isinstance(r._link.sock, ssl.SSLSocket)
+             and r._link.sock.pending()]
+    if ready:                       # TLS: decrypted bytes waiting that no poll would see
+        return ready
     p = select.poll()
     by_fd = {}
     for r in receivers:

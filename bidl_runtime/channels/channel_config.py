@@ -58,6 +58,11 @@ class ChannelConfig:
     listen_backlog: int = 1024        #: connections the kernel queues until they are accepted
     tcp_same_user_only: bool = True   #: tcp: a connection from another user of this machine is dropped at
                                       #: once (Ray runs every cell as one user; shm always does this)
+    tls: bool = False                 #: tcp: TLS on every connection (this host's certificate, the cluster's
+                                      #: CA: Ray's RAY_TLS_* files, see ``tls``); the HMAC hello stays
+    epoch: int = 0                    #: grid epoch (raised when a grid is re-placed after losing a host): a
+                                      #: receiver refuses hellos and messages of another epoch (stats.fenced);
+                                      #: a sender sends its own (attach_sender(desc, epoch=...))
     secret: str | None = field(default=None, repr=False)  #: hex run secret keying the handshake HMACs
 
     def __post_init__(self) -> None:
@@ -72,6 +77,8 @@ class ChannelConfig:
             raise ValueError(f"ChannelConfig.align={self.align}: must be a power of two")
         if self.cuda_memory not in ("cuda", "host"):
             raise ValueError(f"ChannelConfig.cuda_memory={self.cuda_memory!r}: expected 'cuda' or 'host'")
+        if not isinstance(self.epoch, int) or isinstance(self.epoch, bool) or self.epoch < 0:
+            raise ValueError(f"ChannelConfig.epoch={self.epoch!r}: must be an int >= 0")
         for f in ("max_pending", "max_pending_per_source", "accept_batch", "listen_backlog"):
             if int(getattr(self, f)) < 1:
                 raise ValueError(f"ChannelConfig.{f}={getattr(self, f)}: must be >= 1")

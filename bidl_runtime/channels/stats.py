@@ -21,6 +21,8 @@ class ChannelStats:
     ``rejected``: connections the receiver dropped (not the expected, authenticated sender).
     ``reconnects``: sender: times it connected again because the receiver dropped its connection before
     welcoming it (a flood of unproven connections can make a receiver do that).
+    ``fenced``: receiver: hellos and messages of another grid epoch that it refused (a cell fenced off
+    with a lost host; see ``ChannelConfig.epoch``).
     """
 
     def __init__(self, channel: str, role: str, transport: str, window: int = 4096):
@@ -33,6 +35,8 @@ class ChannelStats:
         self.rejected = 0                    # receiver: connections dropped before/instead of a valid hello
         self.last_rejected: str | None = None
         self.reconnects = 0                  # sender: connections dialled again before the welcome
+        self.fenced = 0                      # receiver: hellos and messages of another grid epoch, refused
+        self.tls: str | None = None          # tcp with TLS: the protocol and cipher of the connection
         self._blocked: deque[float] = deque(maxlen=window)
         self._busy: deque[float] = deque(maxlen=window)
         self._hop: deque[float] = deque(maxlen=window)
@@ -62,5 +66,5 @@ class ChannelStats:
             "hop_ms_median": _median_ms(self._hop),
             "latency_ms_median": _median_ms(self._hop),  # alias of hop_ms_median (older name)
             "rejected_connections": self.rejected, "last_rejected": self.last_rejected,
-            "reconnects": self.reconnects,
+            "reconnects": self.reconnects, "fenced": self.fenced, "tls": self.tls,
         }

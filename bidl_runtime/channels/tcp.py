@@ -5,7 +5,7 @@ tensor in layout order. The receiver listens on its node's address only (Ray's n
 the embedded cluster), never on all interfaces unless ``tcp_bind_host`` says so; the first frame of
 every connection must be the HMAC hello of ``auth``. A connection still in its hello counts against the
 budget of its source: its remote host, or for a peer on this machine (found in the kernel's socket table,
-``/proc/net/tcp``) its user; another user's is dropped at once (``tcp_same_user_only``). Data envelope: ``["D", seq, slot, t_wall_ns, meta, specs, nbytes, crc32]``;
+``/proc/net/tcp``) its user; another user's is dropped at once (``tcp_same_user_only``). Data envelope: ``["D", seq, slot, t_wall_ns, meta, specs, nbytes, crc32, epoch]``;
 the receiver checks the specs against its layout and the crc32 of the payload (ChecksumError on a
 mismatch; the slot goes back to the sender and the stream stays usable). Credits and the close
 message flow back on the same connection. Payload bytes land directly in the receiver's slot buffers
@@ -23,6 +23,7 @@ import zlib
 import torch
 from torch import Tensor
 
+from . import tls
 from ._link import Link
 from .base import OP_DATA, ChannelDescriptor, Receiver, Sender, Transport, register_transport
 from .channel_config import ChannelConfig
@@ -125,6 +126,8 @@ class TcpReceiver(Receiver):
         slots = [self._buf[i * layout.slot_size:(i + 1) * layout.slot_size] for i in range(self.depth)]
         self._views = [layout.views(b) for b in slots]
         self._bytes = [layout.byte_views(b) for b in slots]
+        if config.tls:
+            tls.server_context()   # the files are checked here, in the receiver's process (one line if not)
         host = config.tcp_host or default_host()
         bind = config.tcp_bind_host or host
         listener = socket.socket(_family(bind), socket.SOCK_STREAM)
@@ -153,6 +156,9 @@ class TcpReceiver(Receiver):
                 p.source = f"uid {uid} on this machine"
         return refused
 
+    def _secure(self, sock: socket.socket) -> socket.socket:
+        return tls.wrap_server(sock) if self.config.tls else sock
+
     def _wrap(self, sock: socket.socket) -> Link:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -162,7 +168,7 @@ class TcpReceiver(Receiver):
         return time.time_ns()
 
     def _read_payload(self, slot: int, msg: list, deadline: float, timeout_s: float) -> None:
-        _, seq, _, _, meta, specs, nbytes, crc = msg
+        _, seq, _, _, meta, specs, nbytes, crc = msg[:8]
         if nbytes != self.layout.nbytes or specs != self.layout.spec_dicts:
             self._link._broken = "envelope specs differ from the layout"
             raise ChannelError(self.name, f"receiver: message {seq}: envelope specs/size ({nbytes} B) differ from "
@@ -198,7 +204,10 @@ class TcpSender(Sender):
         self._staging = host_buffer(self.layout.slot_size, config.pin_memory)
         self._staging_views = self.layout.views(self._staging)
         self._staging_bytes = self.layout.byte_views(self._staging)
-        self._hello(time.monotonic() + to, to)
+        if config.tls:
+            self._hello_due = True   # the handshake needs the receiver reading: with the first message
+        else:
+            self._hello(time.monotonic() + to, to)
 
     def _redial(self, deadline: float) -> Link:
         """A connection to the receiver's address (PeerDied: refused; ChannelTimeout: no answer)."""
@@ -218,6 +227,8 @@ class TcpSender(Sender):
             raise ChannelTimeout(self.name, "sender", f"connecting to {host}:{port}", to) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if config.tls:
+            sock = tls.wrap_client(sock, host)
         return Link(sock, self.name, "sender", False, _max_msg(self.layout, config), config.frame_timeout_s)
 
     def _clock_ns(self) -> int:

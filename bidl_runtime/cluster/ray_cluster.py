@@ -50,6 +50,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from bidl_runtime.channels.tls import tls_files
+
 LOOPBACK = "127.0.0.1"
 PRIVATE_PREFIX = "bidl-ray-"            #: private dirs: <base>/bidl-ray-XXXXXXXX (mkdtemp's 8 characters)
 OWNER_FILE = "owner"                    #: in a private dir: "<pid> <process start time>" of its process
@@ -466,6 +468,20 @@ def join(address: str, **ray_init_kwargs: Any) -> Any:
         print(f"warning: joined the Ray cluster at {address} without token authentication: anyone who can "
               "reach it can run code on it", file=sys.stderr)
     return ctx
+
+
+def use_tls(address: Optional[str]) -> str:
+    """``--tls``: Ray's TLS for this process, which joins a cluster whose nodes run with it
+    (``RAY_USE_TLS=1``, the certificate, key and CA files the environment names: the same files the tcp
+    channels' TLS uses, see :mod:`bidl_runtime.channels.tls`). ValueError (one line) without
+    ``address`` (the embedded cluster is on 127.0.0.1 only: nothing crosses hosts) or without the
+    files. Returns what it turned on (for messages)."""
+    if not address:
+        raise ValueError("--tls encrypts what crosses hosts: it needs --address (the embedded cluster runs on "
+                         "127.0.0.1 only)")
+    cert, _, ca = tls_files()
+    os.environ["RAY_USE_TLS"] = "1"
+    return f"Ray TLS and channel TLS with {cert} (CA {ca})"
 
 
 def dashboard_agent_port() -> Optional[int]:

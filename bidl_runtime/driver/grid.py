@@ -21,6 +21,10 @@ loops, the replica is rewired (fresh channels, every end), and every sample of t
 flight is replayed from its first time slice. The other replicas go on. ``max_restarts`` per cell
 bounds it; past that (or on a grid this driver does not own) the run stops with an error naming the
 cell. Every restart (cells, causes, replayed samples, times) is in the report.
+
+A lost host (:mod:`bidl_runtime.driver.hosts`): ``check`` asks the grid's :class:`HostWatch` first,
+and ``recover`` lets it settle whether a failed replica's host is gone before restarting anything;
+a lost host's cells are re-placed on other hosts (the plan changes) and their replicas replayed.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ from bidl_runtime.runtime_config import RuntimeConfig
 
 from . import trace as tracing
 from .health import Fault, Monitor, Trouble, _error_text
+from .hosts import HostWatch
 from .reference import ReferenceProcesses, ReferenceSpec
 from .report import RunReport
 from .startup import StartupClock
@@ -88,6 +93,7 @@ class Grid:
         self.feeds: dict[tuple[int, int], Any] = {}      # (replica, row) -> sender into cell (row, 0)
         self.results: dict[int, Any] = {}                # replica -> receiver from the last cell
         self.monitor = Monitor(self)
+        self.hosts = HostWatch(self)                     # lost hosts: detected, their cells re-placed
         self.stream: Optional[SampleStream] = None
         self.restarts: list[dict] = []                   # this run's restarts (the report lists them)
         self.restarts_of: dict[CellKey, int] = {}        # per cell, over the grid's life
@@ -180,7 +186,7 @@ class Grid:
                  for c in cells], timeout=wait)
         for e in p.outputs(None):
             if e.replica in replicas:
-                self.feeds[(e.replica, e.dst[1])] = attach_sender(endpoints[e.name])
+                self.feeds[(e.replica, e.dst[1])] = attach_sender(endpoints[e.name], epoch=rcfg.epoch)
         for c in cells:
             self.loops[self.actors[c.key].loop.remote(self.trace_events)] = c
             self.monitor.track(c.key)
@@ -241,7 +247,8 @@ class Grid:
                          fed_at=stream.fed_at, done_at=stream.done_at, wall_s=wall, cells=cells,
                          driver_channels=self._driver_stats(), startup=self.clock.as_dict(), verify=checked,
                          restarts=list(self.restarts), resumed=stream.resumed, trace=traced,
-                         verify_cost=verifier.cost() if verifier is not None else None)
+                         verify_cost=verifier.cost() if verifier is not None else None,
+                         duplicated=stream.duplicated)
 
     def _driver_stats(self) -> dict:
         return {"channels_out": {f"feed{k}": s.stats.snapshot() for k, s in self.feeds.items()},
@@ -259,6 +266,7 @@ class Grid:
         if self.stream is not None:
             self.stream.check_failed()
         inflight = self.stream is not None and self.stream.inflight > 0
+        self.hosts.check()
         self.monitor.check(replicas, inflight=inflight)
 
     def tick(self, replica: int) -> None:
@@ -319,6 +327,10 @@ class Grid:
         """Restart replica ``trouble.replica``: kill and replace its faulty cells, abort and rewire the
         rest, replay its in-flight samples. RunError past ``max_restarts`` for a cell."""
         while True:
+            lost = self.hosts.settle(trouble)   # a cell on a host that is gone: re-placed, not restarted there
+            if lost is not None:
+                self.hosts.heal(lost)
+                return
             try:
                 self._recover(trouble)
                 return
@@ -414,6 +426,7 @@ class Grid:
             except Trouble as t:
                 self.recover(t)
                 pending.add(t.replica)
+                pending.update(getattr(t, "replicas", ()))   # a lost host's heal rewires several
         self._healthy = True
         return [stats[c.key] for c in self.plan.cells]
 
@@ -471,6 +484,7 @@ class Grid:
             return
         self._closed = True
         import ray
+        self.hosts.close()
         self._close_driver_ends()
         wait = self.config.stop_timeout_s
         pids = [p for p in self.pids.values() if p]

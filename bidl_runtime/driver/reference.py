@@ -78,7 +78,7 @@ class ReferenceSpec:
             if c.replica == 0 and (c.col, c.chunk_len) not in progs:
                 if c.program.emulated:
                     raise ValueError("the reference run needs compiled artifacts (backend cpu or compiled)")
-                progs[(c.col, c.chunk_len)] = c.program.path
+                progs[(c.col, c.chunk_len)] = c.program.origin or c.program.path   # the driver's own copy
         x = plan.outputs(None)[0].layout[0]              # [t, B, ...] of the first input edge
         return cls(programs=tuple((s, t, str(p)) for (s, t), p in sorted(progs.items())), slices=tuple(plan.slices),
                    cols=plan.cols, sample_shape=(plan.T,) + tuple(x.shape[2:]), input_dtype=x.dtype,

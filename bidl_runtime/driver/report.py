@@ -26,7 +26,8 @@ class RunReport:
     ``restarts`` one entry per replica restart (its cells with kind and cause, the replayed sample ids,
     seconds from detection to rewired and to the replica's next result); ``resumed`` how many of
     ``outputs`` / ``rejected`` came from a journal of an earlier run;
-    ``trace`` what a traced run wrote (see :func:`bidl_runtime.driver.trace.write_trace`).
+    ``trace`` what a traced run wrote (see :func:`bidl_runtime.driver.trace.write_trace`);
+    ``duplicated`` results that arrived for a sample already taken (dropped; 0 by design).
     """
 
     plan: GridPlan
@@ -46,6 +47,7 @@ class RunReport:
     resumed: int = 0
     trace: Optional[dict] = None
     verify_cost: Optional[dict] = None
+    duplicated: int = 0
 
     # ------------------------------------------------------------------------- derived figures
 
@@ -235,7 +237,7 @@ class RunReport:
             "verify": self.verify, "startup": self.startup, "cells": self.cells, "trace": self.trace,
             "verify_cost": self.verify_cost,
             "restarts": [{k: v for k, v in r.items() if not k.endswith("_at")} for r in self.restarts],
-            "replayed": self.replayed, "resumed": self.resumed,
+            "replayed": self.replayed, "resumed": self.resumed, "duplicated": self.duplicated,
             "edges": self.edges(),
             "outputs": {str(i): y.reshape(-1).tolist() for i, y in sorted(self.outputs.items())},
         }

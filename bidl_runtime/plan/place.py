@@ -16,6 +16,7 @@ from bidl_models.specs import TensorSpec
 from compile.program import ProgramSet
 
 from .grid_plan import CellPlan, Edge, GridPlan
+from .hosts import HostMap
 
 LOCAL = "local"
 
@@ -23,16 +24,31 @@ LOCAL = "local"
 @dataclass(frozen=True)
 class Cluster:
     """Where devices are: ``device_nodes[d]`` is the node of device id d, ``driver_node`` the
-    driver's. ``connected``: a Ray cluster this process is connected to (programs get shipped)."""
+    driver's. ``connected``: a Ray cluster this process is connected to (programs get shipped).
+    ``node_hosts``: each node's host address (a node absent from it is its own host); ``standby``:
+    device ids declared standby (see :mod:`bidl_runtime.plan.hosts`)."""
 
     device_nodes: tuple[str, ...]
     driver_node: str = LOCAL
     connected: bool = False
+    node_hosts: tuple[tuple[str, str], ...] = ()
+    standby: tuple[int, ...] = ()
 
     @classmethod
     def local(cls, devices: int) -> "Cluster":
         """One node, ``devices`` devices, no Ray (plans for printing and tests)."""
         return cls((LOCAL,) * devices)
+
+    @classmethod
+    def of_hosts(cls, hosts: HostMap) -> "Cluster":
+        """The devices of a host map, each host one node named by its address, the driver on the
+        first host, no Ray (``bidl-plan --hosts``)."""
+        return cls(hosts.device_hosts, hosts.addresses[0], False, tuple((a, a) for a in hosts.addresses),
+                   hosts.standby_ids)
+
+    def host(self, node: str) -> str:
+        """The host (address) of ``node``."""
+        return dict(self.node_hosts).get(node, node)
 
 
 def edge_transport(transport: str, backend: str, a: str, b: str, gpu_ends: bool = False) -> str:
@@ -58,6 +74,10 @@ def place(programs: ProgramSet, cluster: Cluster, layout: GridLayout, *, transpo
                          f"x {len(splits)} segment(s); compile for this grid")
     used = sorted({d for g in layout.devices for row in g for d in row})
     missing = [d for d in used if d >= len(cluster.device_nodes)]
+    spare = sorted(set(used) & set(cluster.standby))
+    if spare:
+        raise ValueError(f"the plan puts cells on device ids {spare}, which are declared standby (idle until a "
+                         "host is lost): give the grid active devices")
     if missing:
         n = len(cluster.device_nodes)
         raise ValueError(f"the plan needs device ids {missing} but the cluster has {n} devices "
@@ -96,7 +116,8 @@ def place(programs: ProgramSet, cluster: Cluster, layout: GridLayout, *, transpo
             edges.append(Edge("result", c.replica, c.key, None, via(c.node, driver), (y,),
                               f"driver:result[{c.replica}]"))
     return GridPlan(programs.net, programs.T, layout.rows, layout.cols, layout.replicas, slices, splits,
-                    layout.devices, tuple(cells), tuple(edges), programs.split_source or "config", driver)
+                    layout.devices, tuple(cells), tuple(edges), programs.split_source or "config", driver,
+                    cluster.node_hosts, cluster.device_nodes, cluster.standby)
 
 
 def rebind_driver(plan: GridPlan, node: str, transport: str = "auto") -> GridPlan:
@@ -110,3 +131,58 @@ def rebind_driver(plan: GridPlan, node: str, transport: str = "auto") -> GridPla
             e = replace(e, transport=edge_transport(transport, "cpu", plan.cell(*e.src).node, node))
         edges.append(e)
     return replace(plan, edges=tuple(edges), driver_node=node)
+
+
+@dataclass(frozen=True)
+class _PlanPrograms:
+    """A plan's programs as a :class:`~compile.program.ProgramSet` (each from its driver-side origin)."""
+
+    plan: GridPlan
+
+    @property
+    def net(self) -> str:
+        return self.plan.config
+
+    @property
+    def T(self) -> int:
+        return self.plan.T
+
+    @property
+    def slices(self) -> tuple[int, ...]:
+        return self.plan.slices
+
+    @property
+    def splits(self) -> tuple:
+        return self.plan.splits
+
+    @property
+    def split_source(self) -> str:
+        return self.plan.split_source
+
+    @property
+    def batch(self) -> int:
+        return self.plan.batch
+
+    def programs(self) -> dict:
+        out = {}
+        for c in self.plan.cells:
+            p = c.program
+            out.setdefault((c.col, c.chunk_len), replace(p, path=p.origin or p.path, origin=None))
+        return out
+
+
+def move_cells(plan: GridPlan, moves: dict, transport: str = "auto", backend: str = "cpu") -> GridPlan:
+    """``plan`` with cells moved to other devices (``{cell key: device id}``, after their host was lost):
+    moved cells get their device's node and their program's driver-side directory (ship it next: the
+    :func:`~bidl_runtime.cluster.ship.ship_programs` of those cells), every edge its transport (and, with
+    a moved end, its new name); the others keep their programs. The devices taken stop being standby."""
+    devices = tuple(tuple(tuple(moves.get((k, g, s), plan.devices[k][g][s]) for s in range(plan.cols))
+                          for g in range(plan.rows)) for k in range(plan.replicas))
+    taken = set(moves.values())
+    cluster = Cluster(plan.device_nodes, plan.driver_node, True, plan.node_hosts,
+                      tuple(d for d in plan.standby if d not in taken))
+    layout = GridLayout(plan.rows, plan.cols, plan.replicas, devices, "re-placed")
+    new = place(_PlanPrograms(plan), cluster, layout, transport=transport, backend=backend)
+    old = {c.key: c for c in plan.cells}
+    return replace(new, cells=tuple(c if c.key in moves else replace(c, program=old[c.key].program)
+                                    for c in new.cells), split_source=plan.split_source)
