@@ -15,7 +15,6 @@ import sys
 import textwrap
 import shutil
 import time
-import types
 from pathlib import Path
 from typing import Optional
 
@@ -452,7 +451,7 @@ def test_verification_uses_the_dataset_sample(workdir, monkeypatch, capsys):
         calls.append(dict(cfg, where=where))
         return [{"img": sample}]
 
-    monkeypatch.setitem(sys.modules, "bidl_models.datasets", types.SimpleNamespace(build_dataset=build_dataset))
+    monkeypatch.setattr("compile.build.build_dataset", build_dataset)
     backbone, _ = TINY["SeqClif3Fc3DmItout"]
     cfg = load_config(write_config(workdir / "ds.py", dict(backbone, timestep=2),
                                    extra="data = dict(test=dict(type='FakeDvs', data_prefix='x'))\n"))
