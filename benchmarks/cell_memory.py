@@ -55,7 +55,6 @@ def main(argv=None) -> int:
     from bidl_runtime.cluster.cleanup import ray_processes
     from bidl_runtime.cluster.ray_cluster import start_local
     from bidl_runtime.driver.samples import synthetic_samples
-    from bidl_runtime.launch import segment_weight_bytes
     from bidl_runtime.runtime_config import RuntimeConfig
 
     cfg = load_config(default_config())
@@ -75,7 +74,7 @@ def main(argv=None) -> int:
         for backend in args.backends.split(","):
             job = GridJob(cfg, grid=args.grid, checkpoint=shipped_weights(cfg.name), artifacts=args.artifacts,
                           runtime=RuntimeConfig(backend=backend, metrics=False))
-            weights = segment_weight_bytes(job.spec)
+            weights = job.weight_bytes()
             grid = job.grid()
             try:
                 grid.start()

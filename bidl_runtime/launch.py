@@ -343,13 +343,8 @@ def shield() -> None:
 
 def memory_need(job: GridJob, plan: Any, samples: int = 0, ray_node: bool = False) -> admission.MemoryNeed:
     """What ``plan`` (``job``'s, placed) needs in memory per node (:func:`bidl_runtime.plan.admission.need`)."""
-    return admission.need(plan, job.runtime.backend, segment_weight_bytes(job.spec), job.runtime.depth,
+    return admission.need(plan, job.runtime.backend, job.weight_bytes(), job.runtime.depth,
                           samples=samples, ray_node=ray_node)
-
-
-def segment_weight_bytes(spec: Any) -> list[int]:
-    """Bytes of each segment's weights (parameters and buffers): what every cell of its column holds."""
-    return [sum(t.numel() * t.element_size() for t in seg.state_dict().values()) for seg in spec.segments]
 
 
 def journal_identity(cfg: Any, spec: Any, args: argparse.Namespace) -> dict:

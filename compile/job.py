@@ -51,6 +51,7 @@ class CompileJob:
         self.spec_times: Optional[tuple[float, float]] = None   # epoch start and end of the model's resolution
         self.artifacts_done_at: Optional[float] = None   # epoch time the artifact stage finished
         self._spec_done = threading.Event()               # set once the started stage has the spec (or failed)
+        self._weight_bytes: Optional[list[int]] = None
 
     # ------------------------------------------------------------------------------ the stages
 
@@ -107,6 +108,15 @@ class CompileJob:
             except OSError:
                 pass
 
+    def weight_bytes(self) -> list[int]:
+        """Bytes of each segment's weights (parameters and buffers): what every cell of its column holds.
+        Counted once, by the artifact stage before it compiles (an export swaps a module's tensors for
+        fake ones while it traces: another thread must not read them then)."""
+        if self._weight_bytes is None:
+            self._weight_bytes = [sum(t.numel() * t.element_size() for t in seg.state_dict().values())
+                                  for seg in self.spec.segments]
+        return self._weight_bytes
+
     def wait_spec(self) -> ModelSpec:
         """The model: from the started artifact stage once it has resolved it (its error if it could
         not), else resolved here."""
@@ -141,7 +151,7 @@ class CompileJob:
         try:
             t = time.time()
             try:
-                _ = self.spec, self.slices
+                _ = self.spec, self.slices, self.weight_bytes()
                 self.spec_times = (t, time.time())
             finally:
                 self._spec_done.set()

@@ -522,7 +522,7 @@ def test_cli(workdir, capsys):
     assert "DETERMINISTIC SEEDED INITIAL WEIGHTS" in cap.err
     table = cap.out[cap.out.index("segment  split"):]
     assert "state bytes" in table and "miss" in table and "verify max|diff|" in table
-    assert cap.out.startswith(f"config: {cfg_path.resolve()}\n")   # the file it loaded
+    assert cap.out.startswith(f"config: {cfg_path.resolve()} (a Python file: it ran when loaded)\n")   # the file it loaded
     (root,) = (workdir / "cli_art").glob("cli-*")       # <out>/<config>-<key>: what bidl-run looks for
     man = read_manifest(root / "model_0" / "t1_b1")
     assert man.timestep == 2 and man.chunk_len == 1

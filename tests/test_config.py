@@ -136,7 +136,7 @@ def test_a_bidl_checkout_is_searched_first_as_bidls_tools_do(tmp_path, monkeypat
         assert cfg.model.backbone.timestep == 30 and cfg.filename == str(mine.resolve())
         assert cfg.found.shadowed == (shipped,)
         line, note = describe_source(cfg).splitlines()
-        assert line == f"config: {mine.resolve()}"
+        assert line == f"config: {mine.resolve()} (a Python file: it ran when loaded)"
         assert note.startswith(f"config {DVSMNIST!r}: ") and f"won over {shipped}" in note
     # a command's built-in default is the shipped file, whatever the working directory holds
     assert shipped_config(DVSMNIST) == shipped

@@ -728,7 +728,7 @@ def test_synthetic_data_trains_and_tests_without_files(tmp_path, capsys):
     opts = ["--cfg-options", "model.backbone.timestep=2", "data.samples_per_gpu=2", "data.data_root=/nonexistent"]
     r = run_train(name, tmp_path / "w", "--synthetic", "4", "--max-iters", "1", *opts)
     out = capsys.readouterr().out
-    assert out.startswith(f"config: {load_config(name).filename}\n")
+    assert out.startswith(f"config: {load_config(name).filename} (a Python file: it ran when loaded)\n")
     assert "--synthetic: training on synthetic data.train (4 seeded random event frames [T=2, 2, 128, 128]" in out
     assert r["iters_run"] == 1
     res = test_cli.run(["--config", name, "--checkpoint", str(tmp_path / "w" / "latest.pth"), "--synthetic", "3",
