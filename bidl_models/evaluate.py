@@ -96,8 +96,9 @@ def export_weights(cfg: Config, checkpoint: str | Path, out: str | Path, res: Ma
     return out
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bidl_models.evaluate", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bidl-test`` command's flags (``python -m bidl_models.evaluate`` is the same command)."""
+    p = argparse.ArgumentParser(prog="bidl-test", description=__doc__.split("\n\n")[0])
     add_config_arguments(p)
     p.add_argument("--checkpoint", required=True, help="checkpoint (.pth) to evaluate: this project's or BIDL's "
                    "(state_dict wrapper or bare, module./backbone. prefixes); a bare name (latest.pth) is looked "
@@ -119,7 +120,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--export-to", help="also write the weights + config + this result as a small .pth here")
     p.add_argument("--note", default="", help="free text stored in the exported file's meta (e.g. the command)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def format_result(res: Mapping[str, Any]) -> str:

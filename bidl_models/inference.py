@@ -2,6 +2,8 @@
 mixed precision, the loader, the logits of every sample and their metrics."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import signal
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -75,20 +77,37 @@ def predict(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch
     model.eval()
     dtype = amp_dtype(amp, device)
     outs, model_s = [], 0.0
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
-        img = batch["img"].to(device, non_blocking=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(img)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        model_s += time.perf_counter() - t0
-        outs.append(logits.float().cpu())
-        if stop is not None and stop():
-            raise Interrupted
+    with _lines_above_bar(progress):
+        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+            model_s += _predict_batch(model, batch, device, dtype, outs)
+            if stop is not None and stop():
+                raise Interrupted
     return (torch.cat(outs) if outs else torch.zeros(0, 0)), model_s
+
+
+def _lines_above_bar(progress: bool):
+    """While a progress bar is open: the ``bidl_models`` loggers' console lines (e.g. the warning about
+    an input of another T than ``timestep``) printed through ``tqdm.write``, above the bar."""
+    if not progress:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+    return logging_redirect_tqdm(loggers=[logging.getLogger("bidl_models")])
+
+
+def _predict_batch(model: nn.Module, batch: dict, device: torch.device, dtype: Optional[torch.dtype],
+                   outs: list) -> float:
+    """Run one batch, append its logits to ``outs``; the seconds spent in the model."""
+    img = batch["img"].to(device, non_blocking=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        logits = model(img)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    outs.append(logits.float().cpu())
+    return seconds
 
 
 def evaluate_logits(model: ImageClassifier, dataset: BaseDataset, logits: torch.Tensor,

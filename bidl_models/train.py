@@ -64,8 +64,9 @@ from .trainer import IterCallback, Stopped, Trainer, TrainOptions
 SYNTHETIC_DEFAULT = 64
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bidl_models.train", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bidl-train`` command's flags (``python -m bidl_models.train`` is the same command)."""
+    p = argparse.ArgumentParser(prog="bidl-train", description=__doc__.split("\n\n")[0])
     add_config_arguments(p)
     p.add_argument("--work-dir", help="where logs and checkpoints go (default work_dirs/<config name>)")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
@@ -87,7 +88,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard scalars")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def options(args: argparse.Namespace) -> TrainOptions:

@@ -173,6 +173,19 @@ def checkpoint_settings(cfg: Mapping[str, Any]) -> tuple[int, int]:
     return interval, keep
 
 
+class TqdmHandler(logging.StreamHandler):
+    """A console handler that writes through ``tqdm.write``: a warning logged while a progress bar is
+    open is printed on a line of its own above the bar, never onto the bar's line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # noqa: BLE001 - logging's rule: a failing handler reports, never raises
+            self.handleError(record)
+
+
 def setup_logging(work_dir: Path, stamp: str, rank: int) -> Path:
     """The run's log: ``<work_dir>/<stamp>.log`` and stdout (rank 0), for every ``bidl_models`` logger
     (the trainer's lines and the models' warnings, e.g. an input of another T than ``timestep``)."""
@@ -185,7 +198,7 @@ def setup_logging(work_dir: Path, stamp: str, rank: int) -> Path:
         fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
         fh = logging.FileHandler(path)
         fh.setFormatter(fmt)
-        sh = logging.StreamHandler(sys.stdout)
+        sh = TqdmHandler(sys.stdout)       # a line printed while a progress bar is open goes above it
         sh.setFormatter(fmt)
         pkg.addHandler(fh)
         pkg.addHandler(sh)

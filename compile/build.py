@@ -549,7 +549,10 @@ class _QuietLog:
 
 
 def _warn(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A warning on stderr, above the compile's progress bar (which is on stderr too), never on its line."""
+    from tqdm import tqdm
+    tqdm.write(msg, file=sys.stderr)
+    sys.stderr.flush()
 
 
 def _logger(verbose: bool) -> Callable[[str], None]:

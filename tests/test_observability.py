@@ -47,8 +47,8 @@ def test_exported_names_follow_rays_rules():
     assert bm.LABELS == ("cell", "replica", "row", "col", "device", "config")
 
 
-def test_readme_names_the_exported_metrics_and_labels():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+def test_docs_name_the_exported_metrics_and_labels():
+    readme = (Path(__file__).parents[1] / "docs" / "observability.md").read_text()
     for m in bm.METRICS:
         assert f"`{m.exported}" in readme, m.exported
     for label in bm.LABELS:

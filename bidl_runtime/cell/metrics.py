@@ -38,7 +38,7 @@ from bidl_runtime.cluster.ray_cluster import latest_session
 LABELS = ("cell", "replica", "row", "col", "device", "config")
 PREFIX = "ray_"                       # Ray's namespace for application metrics
 CHUNK_MS_BUCKETS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
-DASHBOARD = Path(__file__).parent / "grafana" / "bidl_grid.json"
+DASHBOARD = Path(__file__).parents[1] / "grafana" / "bidl_grid.json"   # bidl_runtime/grafana/ (package data)
 DASHBOARD_UID = "bidl-grid-cells"
 
 

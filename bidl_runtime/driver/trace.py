@@ -121,10 +121,20 @@ def spans_of(doc: dict) -> dict[str, list[dict]]:
 
 # ------------------------------------------------------------------------------ the PNG
 
+def describe_samples(ids: set[int]) -> str:
+    """What a timeline shows, in words: ``11 samples (0-10)``, ``3 samples (0, 2, 5)``, ``no samples``."""
+    if not ids:
+        return "no samples"
+    lo, hi = min(ids), max(ids)
+    which = f"{lo}-{hi}" if len(ids) == hi - lo + 1 and len(ids) > 2 else ", ".join(map(str, sorted(ids)))
+    return f"{len(ids)} sample{'s' if len(ids) != 1 else ''} ({which})"
+
+
 def plot_timeline(doc: dict, path: str | Path, first: int) -> Path:
-    """A PNG of the first ``first`` samples: one row per cell (compute coloured by sample, so a
-    sample can be followed through the grid; waits grey, long waits red; sends below), the driver's
-    feed marks and result waits on top. ImportError without matplotlib."""
+    """A PNG of the time until the first ``first`` samples are computed: one row per cell (compute
+    coloured by sample, so a sample can be followed through the grid; waits grey, long waits red;
+    sends below), the driver's feed marks and result waits on top; its title names the samples whose compute it draws (those
+    of later samples that start in the window too). ImportError without matplotlib."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
@@ -146,6 +156,7 @@ def plot_timeline(doc: dict, path: str | Path, first: int) -> Path:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     cmap = __import__("matplotlib").colormaps["tab10"]
+    drawn: set[int] = set()          # samples whose compute appears in the window: what the title names
     for row, n in enumerate(order):
         y = len(order) - 1 - row
         for e in tracks[n]:
@@ -155,6 +166,8 @@ def plot_timeline(doc: dict, path: str | Path, first: int) -> Path:
             s = e["args"]["sample"]
             if e["name"] == "compute":
                 ax.broken_barh([(a, w)], (y - 0.35, 0.55), color=cmap(s % 10) if isinstance(s, int) else "k")
+                if isinstance(s, int):
+                    drawn.add(s)
                 if isinstance(s, int) and w > end_ms / 60:
                     ax.text(a + w / 2, y - 0.07, str(s), ha="center", va="center", fontsize=7, color="white")
             elif e["name"].startswith("wait"):
@@ -175,7 +188,7 @@ def plot_timeline(doc: dict, path: str | Path, first: int) -> Path:
     ax.set_xlabel("ms from the first event (CLOCK_MONOTONIC)")
     od = doc.get("otherData", {})
     ax.set_title(f"{od.get('config', '')}: grid {od.get('grid', '')} x{od.get('replicas', 1)}, "
-                 f"first {first} samples (fill, then steady state)", fontsize=10)
+                 f"{describe_samples(drawn)} (fill, then steady state)", fontsize=10)
     ax.legend(handles=[Patch(color=cmap(0), label="compute (colour = sample)"), Patch(color="#cccccc", label="wait"),
                        Patch(color="#d62728", alpha=0.55, label="wait > 2x median chunk (stall)"),
                        Patch(color="#222222", label="send (outbox thread)"), Patch(color="#9467bd", alpha=0.6, label="driver: result wait"),
