@@ -298,6 +298,16 @@ class Monitor:
         return sorted(faults.values(), key=lambda f: f.key), victims
 
 
+def on_this_machine(addr: str) -> bool:
+    """Whether ``addr`` (a node's address) is this machine's: its processes can be killed from here."""
+    if addr.startswith("127.") or addr == "localhost":
+        return True
+    try:
+        return addr in {i[4][0] for i in socket.getaddrinfo(socket.gethostname(), None)}
+    except OSError:
+        return False
+
+
 class NodeWatch:
     """Whether the raylets of a plan's nodes still listen: ``poll`` probes each one about every
     ``every_s`` with a non-blocking TCP connect (a refusal is immediate, a pending connect is looked
@@ -319,6 +329,10 @@ class NodeWatch:
             return cls({})
         local = ray.get_runtime_context().get_node_id()
         want = {local if c.node == "local" else c.node for c in grid.plan.cells}
+        hosts = getattr(grid, "hosts", None)   # the other nodes are the host watch's: it re-places their cells
+        if hosts is not None:
+            hosts.start()
+            want -= set(hosts.nodes)
         raylets = {n["NodeID"]: (n["NodeManagerAddress"], int(n["NodeManagerPort"])) for n in ray.nodes()
                    if n["NodeID"] in want and n.get("Alive") and n.get("NodeManagerPort")}
         return cls(raylets, local=local)
@@ -333,13 +347,7 @@ class NodeWatch:
 
     def on_this_machine(self, node: str) -> bool:
         """Whether the node runs on this machine (its cells' processes can be killed from here)."""
-        addr = self.raylets.get(node, ("",))[0]
-        if addr.startswith("127.") or addr == "localhost":
-            return True
-        try:
-            return addr in {i[4][0] for i in socket.getaddrinfo(socket.gethostname(), None)}
-        except OSError:
-            return False
+        return on_this_machine(self.raylets.get(node, ("",))[0])
 
     def poll(self, now: Optional[float] = None) -> Optional[tuple[str, str]]:
         """``(node, why)`` for a node lost by now, else None (probes when due; never blocks)."""

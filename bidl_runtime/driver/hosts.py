@@ -36,6 +36,8 @@ killed once more and the restart entry records when it came back.
 """
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
@@ -49,7 +51,7 @@ from bidl_runtime.plan.grid_plan import CellKey, GridPlan
 from bidl_runtime.plan.hosts import replace_cells
 from bidl_runtime.plan.place import move_cells
 
-from .health import Fault, Trouble
+from .health import Fault, NodeLost, Trouble, on_this_machine
 
 if TYPE_CHECKING:  # pragma: no cover
     from .grid import Grid
@@ -276,9 +278,11 @@ class HostWatch:
                            "finished")
         free = self.free_devices(plan, lost_nodes)
         if len(free) < len(moving):
-            raise RunError(f"host {host} lost ({t.why}): its {len(moving)} cell(s) cannot be re-placed, the other "
-                           f"hosts have {len(free)} free device(s) (declare standby devices with --standby, or "
-                           f"give the hosts more with --hosts); {done} sample(s) finished")
+            self._kill_here(moving)
+            raise NodeLost(f"host {host} lost ({t.why}): its {len(moving)} cell(s) cannot be re-placed "
+                           f"({', '.join(c.name for c in moving)}), the other hosts have {len(free)} free device(s) "
+                           f"(declare standby devices with --standby, or give the hosts more with --hosts); "
+                           f"{done} sample(s) finished")
         steps = {"start": time.perf_counter()}
         moves = replace_cells(plan, [c.key for c in moving], free, {d: plan.host(plan.device_nodes[d]) for d in free},
                               plan.standby)
@@ -341,6 +345,17 @@ class HostWatch:
             g.restarts.append(entry)
         for n in lost_nodes:
             self.entries[n] = entries
+
+    def _kill_here(self, cells: list) -> None:
+        """SIGKILL the processes of ``cells`` that run on this machine (a lost node's raylet no longer
+        stops its workers; through Ray they could not be reached)."""
+        for c in cells:
+            pid = self.grid.pids.get(c.key)
+            if pid and on_this_machine(self.nodes[c.node].host):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def _stop_loops(self, replicas: set[int], lost: set[str]) -> set[CellKey]:
         """Abort the loops of ``replicas`` on the remaining nodes and forget every loop of theirs;
