@@ -39,7 +39,7 @@ def test_without_spare_devices_a_lost_host_stops_the_run_in_one_line(bed):
     errors = [line for line in r.out.splitlines() if line.startswith("error:")]
     assert r.rc == 1 and len(errors) == 1, r.out[-3000:]
     assert re.fullmatch(rf"error: host {re.escape(bed.ip(2))} lost \(its Ray node .*\): its 3 cell\(s\) cannot be "
-                        r"re-placed \(cell\[.*\]\), the other hosts have 0 free device\(s\) .*; \d+ sample\(s\) finished", errors[0]), errors
+                        r"re-placed \(cell\[[^)]*\), the other hosts have 0 free device\(s\) .*; \d+ sample\(s\) finished", errors[0]), errors
     assert int(re.search(r"; (\d+) sample\(s\) finished", errors[0]).group(1)) > 0
     for _ in range(50):                                       # the driver killed its cells on the other host
         if not bed.cell_processes(1):
