@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -64,7 +65,8 @@ def make_loader(dataset: BaseDataset, batch_size: int, workers: int, shuffle: bo
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
         num_workers=workers, pin_memory=pin, drop_last=False, generator=g,
-        persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals if workers else None)
+        persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals if workers else None,
+        multiprocessing_context=worker_context(workers))
 
 
 @torch.no_grad()
@@ -119,3 +121,9 @@ def evaluate_logits(model: ImageClassifier, dataset: BaseDataset, logits: torch.
     labels = torch.as_tensor(dataset.get_gt_labels()[indices])
     res[LOSS] = float(model.head.compute_loss(logits, labels))
     return res
+
+
+def worker_context(workers: int) -> Optional[str]:
+    """How DataLoader workers start: forked (as BIDL's), except in a process that has loaded Ray, whose
+    gRPC threads make a forked child abort: then from a fork server (a clean process)."""
+    return "forkserver" if workers > 0 and "ray" in sys.modules else None

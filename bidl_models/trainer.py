@@ -36,6 +36,7 @@ from .classifier import build_classifier
 from .config import Config, dump_config
 from .inference import (
     STOP_SIGNALS, Interrupted, amp_dtype, evaluate_logits, ignore_stop_signals, make_loader, predict, resolve_device,
+    worker_context,
 )
 from .model_input import build_split, check_input_shape
 from .registry import check_kwargs
@@ -303,6 +304,7 @@ class Trainer:
             SeededSamples(self.train_set, self.seed), batch_size=self.batch, sampler=self.sampler,
             num_workers=self.workers, pin_memory=self.device.type == "cuda", drop_last=False,
             persistent_workers=self.workers > 0, worker_init_fn=ignore_stop_signals,
+            multiprocessing_context=worker_context(self.workers),
             generator=torch.Generator().manual_seed(self.seed))    # its base seed must not draw from torch's RNG
         self.ipe = math.ceil(self.sampler.per_rank / self.batch)        # iterations in a whole epoch
         self.val_loader: Optional[torch.utils.data.DataLoader] = None

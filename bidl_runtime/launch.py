@@ -128,12 +128,12 @@ class Launch:
         except Exception as e:  # noqa: BLE001 - the command's wrapper prints it, unless a thread would abort the exit
             self._teardown()
             if not threads_done(THREAD_GRACE_S) and "--debug" not in sys.argv:
-                print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+                print(f"{bar_break()}error: {one_line(e)}", file=sys.stderr, flush=True)
                 exit_now(2 if isinstance(e, USAGE_ERRORS) else 1)
             raise
         finally:
             self._teardown()
-        print(line, file=sys.stderr, flush=True)
+        print(bar_break() + line, file=sys.stderr, flush=True)
         if not threads_done(THREAD_GRACE_S):
             exit_now(130)   # a thread still inside torch (the verifier's reference run) would abort at exit
         return 130
@@ -311,6 +311,13 @@ class Launch:
         if root is not None and root.is_dir():
             for tmp in root.rglob(f".*.tmp-{os.getpid()}"):
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bar_break() -> str:
+    """A newline where a progress bar (a compile's, in its thread) may hold the current line: a bar
+    still open, or any output that is not a terminal (a closed bar's carriage return is no line end
+    there), so that a last line printed after it starts on a line of its own."""
+    return "\n" if getattr(tqdm, "_instances", None) or not sys.stderr.isatty() else ""
 
 
 def threads_done(timeout: float) -> bool:

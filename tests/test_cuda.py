@@ -92,8 +92,8 @@ def test_cuda_transport_credits_and_event_field():
         tx._link.send = lambda msg, *a, **k: (sent.append(msg), orig(msg, *a, **k))[1]
         tx.send(make_tensors(0), {"sample": 0})
         tx.send(make_tensors(1), {"sample": 1})
-        assert [len(m) for m in sent] == [6, 6] and [m[5] for m in sent] == [None, None], \
-            "a data message carries the event handle field (None: host memory)"
+        assert [len(m) for m in sent] == [7, 7] and [m[5] for m in sent] == [None, None], \
+            "a data message carries the event handle field (None: host memory), then the grid epoch"
         with pytest.raises(ChannelTimeout):
             tx.send(make_tensors(2), {"sample": 2}, timeout=0.2)   # both slots unreleased
         m0 = rx.recv(timeout=5)
@@ -187,8 +187,8 @@ def test_planner_picks_the_transport_per_edge():
                                                 ("result", "shm")}
     assert ("state", "cuda") in kinds(_plan("compiled", "cuda"))
     assert kinds(_plan("cuda", "shm")) == {(k, "shm") for k in ("input", "activation", "state", "result")}
-    with pytest.raises(ValueError, match="--transport cuda .* needs --backend cuda"):
-        _plan("cpu", "cuda")
+    with pytest.raises(ValueError, match="--transport cuda .* needs --backend cuda"):   # checked once: RuntimeConfig
+        RuntimeConfig(backend="cpu", transport="cuda")
 
 
 @no_gpu

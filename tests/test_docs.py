@@ -90,7 +90,7 @@ def test_the_docs_have_snippets_and_few_documented_skips():
     assert len(skipped) <= 2, [(s.id, s.skip) for s in skipped]
     assert all(len(s.skip) >= 10 for s in skipped), [(s.id, s.skip) for s in skipped]
     readme = [s for s in SNIPPETS if s.path.name == "README.md"]
-    assert readme[0].skip and "python -m pytest -q tests" in readme[0].code, "the README's two commands come first"
+    assert readme[0].skip and "python -m pytest -q -n 2 --dist loadfile tests" in readme[0].code, "the README's two commands come first"
 
 
 def test_fences_are_closed_and_output_uses_text():
@@ -99,12 +99,21 @@ def test_fences_are_closed_and_output_uses_text():
         assert len(fences) % 2 == 0, f"{path.name}: an unclosed fence"
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Path:
+    """One artifact cache and store for every snippet (each compiles the default model only once)."""
+    d = tmp_path_factory.mktemp("docs-shared")
+    (d / "artifacts").mkdir()
+    return d
+
+
 @pytest.mark.parametrize("snippet", params())
-def test_snippet_runs(snippet: Snippet, tmp_path):
+def test_snippet_runs(snippet: Snippet, tmp_path, shared):
     if snippet.skip is not None:
         pytest.skip(f"not run: {snippet.skip}")
+    (tmp_path / "artifacts").symlink_to(shared / "artifacts")   # bidl-run's default --artifacts, shared
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               MPLBACKEND="Agg", BIDL_ARTIFACT_STORE=str(tmp_path / "store"))
+               MPLBACKEND="Agg", BIDL_ARTIFACT_STORE=str(shared / "store"))
     code = runnable(snippet.code, snippet.lang)
     cmd = [sys.executable, "-c", code] if snippet.lang == "python" else ["bash", "-e", "-c", code]
     timeout = TIMEOUT_S["slow" if snippet.slow else "fast"]

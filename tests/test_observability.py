@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from bidl_runtime.cell import metrics as bm
+from bidl_runtime.cell import spans
 from bidl_runtime.driver import trace as bt
 from bidl_runtime.runtime_config import RuntimeConfig
 from bidl_runtime.plan.grid_plan import cell_name
@@ -89,9 +90,9 @@ def test_trace_events_must_be_positive():
 
 
 def test_trace_buffer_keeps_the_first_quarter_and_the_latest():
-    buf = bt.TraceBuffer(8)
+    buf = spans.TraceBuffer(8)
     for i in range(20):
-        buf.add(bt.LOOP, "compute", i, i + 0.5, i)
+        buf.add(spans.LOOP, "compute", i, i + 0.5, i)
     out = buf.export("node")
     assert [s[4] for s in out["spans"]] == [0, 1] + list(range(14, 20)) and out["dropped"] == 12
     assert len(buf.head) + len(buf.ring) == 8                              # bounded, however long the run

@@ -700,6 +700,7 @@ def test_sigterm_stops_like_ctrl_c(tiny, tmp_path, capsys, monkeypatch):
     log are written, then Stopped (exit status 130 from the CLI, as Ctrl-C)."""
     cfg_path, _, _ = tiny
     work = tmp_path / "w"
+    before = signal.getsignal(signal.SIGTERM)   # SIG_DFL, or what an earlier in-process ray.init left
 
     def term(tr, info):
         if info["iter"] == 2:
@@ -708,7 +709,7 @@ def test_sigterm_stops_like_ctrl_c(tiny, tmp_path, capsys, monkeypatch):
     with pytest.raises(Stopped) as exc:
         run_train(cfg_path, work, callbacks=[term])
     assert exc.value.signum == signal.SIGTERM and exc.value.exit_code == 130
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL          # the handler is given back
+    assert signal.getsignal(signal.SIGTERM) is before                  # the handler is given back
     ck = torch.load(work / "latest.pth", weights_only=True)
     assert ck["meta"]["interrupted"] is True and ck["meta"]["stopped"] == "SIGTERM" and ck["meta"]["iter"] == 3
     assert (work / "curves.png").is_file()

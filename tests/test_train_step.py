@@ -70,7 +70,8 @@ def one_thread():
 
 
 def test_every_backbone_name_is_covered():
-    assert set(CASES) == set(BACKBONES.names()) - {"NirGraph"} and len(CASES) == 23
+    ours = {n for n in BACKBONES.names() if not BACKBONES.get(n).__module__.startswith(("test_", "conftest"))}
+    assert set(CASES) == ours - {"NirGraph"} and len(CASES) == 23   # (test modules register stand-ins)
 
 
 def activate(net: torch.nn.Module) -> torch.nn.Module:

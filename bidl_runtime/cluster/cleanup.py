@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Optional
 
+from bidl_runtime.cluster.ray_cluster import sweep_private
 from bidl_runtime.processes import alive
 
 SESSION = re.compile(r"(.*/session_(\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)_\d+_(\d+))/(?:logs|sockets|runtime_resources)(?:/|$)")
@@ -284,4 +285,5 @@ def cleanup() -> Cleanup:
     for d in stale_token_dirs():
         shutil.rmtree(d, ignore_errors=True)
         done.token_dirs.append(str(d))
+    done.token_dirs += sweep_private()   # a killed run's private Ray dir: its token and sessions
     return done

@@ -3,7 +3,7 @@
     report = grid.run(samples, trace="run.json")      # or: python -m bidl_runtime.run --trace run.json
     # run.json: open in https://ui.perfetto.dev or chrome://tracing; run.png: the first samples
 
-Each cell records spans into a :class:`TraceBuffer` (only when a run is traced: otherwise the loop
+Each cell records spans into a :class:`~bidl_runtime.cell.spans.TraceBuffer` (only when a run is traced: otherwise the loop
 pays one ``is None`` test per hook): on its loop thread ``wait input`` (its input or activation
 edge), ``wait state`` (the row above), ``compute`` (the chunk), ``wait outbox`` (the previous
 sample's sends still running: back-pressure from below); on its outbox thread ``send <kind>`` per
