@@ -18,10 +18,10 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future, wait
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import ray
 from tqdm import tqdm
@@ -190,7 +190,8 @@ class Launch:
                 secure_env()
                 if not inherited:   # a token dir this process made: a later run removes it if this one is killed
                     claim_token_dir()
-                with self.template.workers() if self.template is not None else nullcontext():
+                with self.template.workers() if self.template is not None else nullcontext(), \
+                        self._term_during_start():
                     info = start_local(num_cpus=os.cpu_count(), resources={"bidl_device": layout.max_device + 1},
                                        include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=False,
                                        logging_level="WARNING", namespace=namespace)
@@ -251,6 +252,31 @@ class Launch:
             self.phase = "keeping the grid alive"
             keep_alive(grid, url)
         return 0 if ok else 1
+
+    @contextmanager
+    def _term_during_start(self) -> Iterator[None]:
+        """While the embedded cluster starts, SIGTERM stops the run at once from its handler (Ray's
+        own handler, or an exception raised from one, can land in an import's callback, where Python
+        prints it and goes on): the cluster's processes removed, the exit handlers run, exit 130.
+        Ray's ``init`` is kept from installing its own meanwhile."""
+        def now(signum: int, frame: Any) -> None:
+            shield()
+            print(f"{bar_break()}interrupted while starting Ray: stopped, nothing streamed", file=sys.stderr, flush=True)
+            reap_own(grace_s=0.5)
+            if self.template is not None:
+                self.template.close()
+            exit_now(130)
+        real = signal.signal
+
+        def keep(sig: int, handler: Any) -> Any:   # Ray's init: not for SIGTERM while this holds
+            return signal.getsignal(sig) if sig == signal.SIGTERM else real(sig, handler)
+        real(signal.SIGTERM, now)
+        signal.signal = keep
+        try:
+            yield
+        finally:
+            signal.signal = real
+            stop_on_sigterm()
 
     def admit(self, cluster: Any) -> None:
         """Refuse (ValueError, one line) a plan whose cells (with their weights and channel slots) do

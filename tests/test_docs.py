@@ -90,7 +90,7 @@ def test_the_docs_have_snippets_and_few_documented_skips():
     assert len(skipped) <= 2, [(s.id, s.skip) for s in skipped]
     assert all(len(s.skip) >= 10 for s in skipped), [(s.id, s.skip) for s in skipped]
     readme = [s for s in SNIPPETS if s.path.name == "README.md"]
-    assert readme[0].skip and "python -m pytest -q -n 2 --dist loadfile tests" in readme[0].code, "the README's two commands come first"
+    assert readme[0].skip and "python -m pytest -q tests" in readme[0].code, "the README's two commands come first"
 
 
 def test_fences_are_closed_and_output_uses_text():
