@@ -197,15 +197,8 @@ def table(doc: dict[str, Any]) -> str:
                   f"{'CPU s: driver':<28}{med(base['driver_cpu_s']):>22}",
                   f"{'whole command':<28}{med(base['command_wall_s']):>22}",
                   f"{'streaming frames/s':<28}{med(base['frames_per_s']):>22}", ""]
-        for label, key in (("start-up from process start", "total_s"), ("grid start-up (cells+wire)", "grid_s"),
-                           ("CPU s: cells (sum)", "cells_cpu_sum_s"), ("CPU s: driver", "driver_cpu_s"),
-                           ("whole command", "command_wall_s")):
-            b, c = base[key]["median"], cur[key]["median"]
-            if b and c:
-                lines.append(f"{label:<28} {b:>7.1f} -> {c:>6.1f} s  ({b / c:.1f}x)")
-        b, c = base["frames_per_s"]["median"], cur["frames_per_s"]["median"]
-        if b and c:
-            lines.append(f"{'streaming frames/s':<28} {b:>7.1f} -> {c:>6.1f}    ({c / b:.2f}x)")
+        lines += ratio_lines(base, cur, (("start-up from process start", "total_s"),
+                                         ("grid start-up (cells+wire)", "grid_s")))
     elif "baseline" in doc:
         base = doc["baseline"]["summary"]
         lines += ["", f"{'baseline ' + doc['baseline']['ref']:<28}{'seconds':>22}"]
@@ -216,17 +209,24 @@ def table(doc: dict[str, Any]) -> str:
         lines += [f"{'grid start-up (printed)':<28}{med(base['grid_s']):>22}",
                   f"{'whole command':<28}{med(base['command_wall_s']):>22}",
                   f"{'streaming frames/s':<28}{med(base['frames_per_s']):>22}", ""]
-        for label, key in (("grid start-up (printed)", "grid_s"), ("start-up from process start", "total_s"),
-                           ("CPU s: cells (sum)", "cells_cpu_sum_s"), ("CPU s: driver", "driver_cpu_s"),
-                           ("whole command", "command_wall_s")):
-            b, c = base[key]["median"], cur[key]["median"]
-            if b and c:
-                lines.append(f"{label:<28} {b:>7.1f} -> {c:>6.1f} s  ({b / c:.1f}x)")
-        b, c = base["frames_per_s"]["median"], cur["frames_per_s"]["median"]
-        if b and c:
-            lines.append(f"{'streaming frames/s':<28} {b:>7.1f} -> {c:>6.1f}    ({c / b:.2f}x)")
+        lines += ratio_lines(base, cur, (("grid start-up (printed)", "grid_s"),
+                                         ("start-up from process start", "total_s")))
     return "\n".join(lines)
 
+
+
+def ratio_lines(base: dict, cur: dict, first: tuple) -> list[str]:
+    """Before -> after lines (medians) for ``first`` then CPU, whole command and streaming figures."""
+    out = []
+    for label, key in (*first, ("CPU s: cells (sum)", "cells_cpu_sum_s"), ("CPU s: driver", "driver_cpu_s"),
+                       ("whole command", "command_wall_s")):
+        b, c = base[key]["median"], cur[key]["median"]
+        if b and c:
+            out.append(f"{label:<28} {b:>7.1f} -> {c:>6.1f} s  ({b / c:.1f}x)")
+    b, c = base["frames_per_s"]["median"], cur["frames_per_s"]["median"]
+    if b and c:
+        out.append(f"{'streaming frames/s':<28} {b:>7.1f} -> {c:>6.1f}    ({c / b:.2f}x)")
+    return out
 
 def extract(ref: str, dest: Path) -> Path:
     """``git archive REF`` of this repository into ``dest``."""
