@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     n = args.samples or (300 if args.quick else 1000)
     faults = args.faults if args.faults is not None else (4 if args.quick else 10)
 
+    from bidl_runtime.cell.template import CellTemplate, template_workers
+    template = CellTemplate.for_cells()   # cells fork from it, as bidl-run's do (before Ray is imported)
     import ray
 
     from bidl_models.checkpoint import shipped_weights
@@ -63,8 +65,9 @@ def main(argv=None) -> int:
     cfg = load_config(default_config())
     job = GridJob(cfg, grid=args.grid, checkpoint=shipped_weights(cfg.name), artifacts=args.artifacts,
                   runtime=RuntimeConfig(metrics=False, max_restarts=max(3, faults)))
-    start_local(num_cpus=os.cpu_count(), resources={"bidl_device": job.layout.max_device + 1},
-                include_dashboard=False, log_to_driver=False, logging_level="WARNING", namespace="bidl-chaos")
+    with template_workers(template):
+        start_local(num_cpus=os.cpu_count(), resources={"bidl_device": job.layout.max_device + 1},
+                    include_dashboard=False, log_to_driver=False, logging_level="WARNING", namespace="bidl-chaos")
     try:
         plan = job.plan()
         x = plan.outputs(None)[0].layout[0]

@@ -152,6 +152,8 @@ def measure(plan, rcfg, pool, n_samples: int, x) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from bidl_runtime.cell.template import CellTemplate, template_workers
+    template = CellTemplate.for_cells()   # cells fork from it, as bidl-run's do (before Ray is imported)
     import ray
     import torch
     from tqdm import tqdm
@@ -186,8 +188,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from bidl_runtime.cluster.ray_cluster import start_local
     gpu = args.backend == "cuda"
     gpus_per_cell = args.gpus_per_cell or (1.0 / need if gpu else 1.0)
-    start_local(num_cpus=os.cpu_count(), resources={"bidl_device": need}, include_dashboard=False,
-                log_to_driver=False, logging_level="WARNING", **({"num_gpus": 1} if gpu else {}))
+    with template_workers(template):
+        start_local(num_cpus=os.cpu_count(), resources={"bidl_device": need}, include_dashboard=False,
+                    log_to_driver=False, logging_level="WARNING", **({"num_gpus": 1} if gpu else {}))
     pool = CellPool(num_gpus=gpus_per_cell if gpu else 0.0)
     results: list[dict[str, Any]] = []
     base: dict[int, float] = {}

@@ -69,6 +69,13 @@ def busiest_other_host(run: BidlRun, driver: str) -> str:
     return max(counts, key=lambda h: (counts[h], h)) if counts else ""
 
 
+def spares_text(spares: Optional[dict]) -> str:
+    """`` (standby cells ready then: 3/8)``: spares still starting their process make a recovery slower."""
+    if not spares or not spares.get("used"):
+        return ""
+    return f" (standby cells ready then: {spares['ready']}/{spares['used']})"
+
+
 def table(res: dict[str, Any]) -> str:
     one, three, kill = res["one_host"], res["three_hosts"], res.get("host_killed")
     lines = [f"multihost {res['date']} on {res['machine']}: emulated ResNetLif50 2x128x128 T={res['T']}, grid "
@@ -81,7 +88,8 @@ def table(res: dict[str, Any]) -> str:
     lines.append(f"three hosts / one host: {res['ratio']:.1%} (target >= 95%: {'met' if res['ratio'] >= 0.95 else 'NOT met'})")
     if kill:
         lines.append(
-            f"host killed: {kill['host']} ({kill['cells_moved']} cells) {kill['killed_after_s']:.1f} s into streaming; "
+            f"host killed: {kill['host']} ({kill['cells_moved']} cells) {kill['killed_after_s']:.1f} s into streaming"
+            f"{spares_text(kill.get('spares_ready_at_kill'))}; "
             f"detected after {kill['detected_after_kill_s']:.1f} s, streaming again after "
             f"{kill['streaming_again_after_kill_s']:.1f} s (target <= 15 s: "
             f"{'met' if kill['streaming_again_after_kill_s'] <= 15 else 'NOT met'}); samples lost {kill['lost']}, "
@@ -141,6 +149,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "streaming_again_after_kill_s": round(heal["detected_wall"] + heal["streaming_again_s"] - killed.acted_at, 3),
             "rewired_after_detection_s": heal["rewired_s"], "timeline_after_detection_s": heal["timeline_s"],
             "moved": {c["cell"]: f"{c['moved_to']} on {c['host_now']}" for c in heal["cells"]},
+            "spares_ready_at_kill": heal.get("spares"),
             "replayed": len(heal["replayed"]), "samples": kill_f["samples"], "lost": kill_f["lost"],
             "duplicated": kill_f["duplicated"], "outputs_equal": equal, "frames_per_s": kill_f["frames_per_s"]},
         "wall_s": round(time.time() - t_start, 1),

@@ -4,12 +4,13 @@
 
 Each run is the real command (``python -m bidl_runtime.run --grid 3x2 --samples 200``) in a fresh
 process; the modes take turns in every round, so they see the same machine state: the default
-(verified), the default with ``--no-verify``, ``--backend cpu --no-verify`` and ``--backend cpu``
-(verified). One unmeasured warm-up run per backend first builds or checks the artifacts (and the
+(verified: the reference computes after the grid has streamed), the default with ``--verify-beside``
+(the reference computes beside the grid at idle priority), the default with ``--no-verify``,
+``--backend cpu --no-verify`` and ``--backend cpu`` (verified). One unmeasured warm-up run per backend first builds or checks the artifacts (and the
 compiled programs). Printed: the median frames/s of each mode with its spread, the ratios the issue
 asks for (verified over unverified: at least 0.95; the default verified over ``cpu --no-verify``: at
 least 1.5), what verification cost (its processes' CPU seconds, how long after the last result it
-finished) and the load averages; written: ``throughput.json`` (every run) and ``throughput.txt``.
+finished), the command's wall time to its exit and the load averages; written: ``throughput.json`` (every run) and ``throughput.txt``.
 The machine is shared: load averages are recorded before and after every run.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MODES: dict[str, list[str]] = {
     "default": [],
+    "default --verify-beside": ["--verify-beside"],
     "default --no-verify": ["--no-verify"],
     "cpu --no-verify": ["--backend", "cpu", "--no-verify"],
     "cpu": ["--backend", "cpu"],
@@ -91,6 +93,7 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
         return spread(vals)
     out["ratios"] = {"default verified / default --no-verify (target >= 0.95)": ratio("default", "default --no-verify"),
                      "default verified / cpu --no-verify (target >= 1.5)": ratio("default", "cpu --no-verify"),
+                     "default --verify-beside / default --no-verify": ratio("default --verify-beside", "default --no-verify"),
                      "cpu verified / cpu --no-verify": ratio("cpu", "cpu --no-verify")}
     return out
 
@@ -104,11 +107,13 @@ def table(doc: dict[str, Any]) -> str:
     lines = [f"`python -m bidl_runtime.run --grid {doc['grid']} --samples {doc['samples']}` on {doc['machine']['host']} "
              f"({doc['machine']['cpus']} cpus), {doc['rounds']} rounds, modes interleaved, median [min..max]; "
              f"load average {doc['load_before']} before, {doc['load_after']} after (a shared machine: noisy)", "",
-             f"{'mode':<24}{'frames/s':>26}{'start-up s':>22}{'verify CPU s':>22}{'verify tail s':>22}  verified"]
+             f"{'mode':<24}{'frames/s':>26}{'start-up s':>22}{'verify CPU s':>22}{'verify tail s':>22}"
+             f"{'command wall s':>22}  verified"]
     for mode in MODES:
         m = s[mode]
         lines.append(f"{mode:<24}{med(m['frames_per_s']):>26}{med(m['startup_s']):>22}{med(m['verify_cpu_s']):>22}"
-                     f"{med(m['verify_after_streaming_s']):>22}  {', '.join(sorted(set(m['verified']))) or '-'}")
+                     f"{med(m['verify_after_streaming_s']):>22}{med(m['command_wall_s']):>22}  "
+                     f"{', '.join(sorted(set(m['verified']))) or '-'}")
     lines.append("")
     for k, v in s["ratios"].items():
         lines.append(f"{k:<58}{med(v, '{:.2f}'):>26}")

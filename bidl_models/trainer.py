@@ -256,6 +256,18 @@ class Trainer:
         while any((self.work_dir / f"{stamp}{ext}").exists() for ext in (".log", ".log.json")):
             stamp = f"{base}_{int(stamp[len(base) + 1:] or 0) + 1}"      # a second run in the same second
         self.log_path = setup_logging(self.work_dir, stamp, self.dist.rank)
+        try:
+            self._setup(cfg, opts, stamp)
+        except BaseException:
+            close_logging()              # a trainer that failed to build leaves no handler on the logger
+            raise
+
+    def close(self) -> None:
+        """Release the run's log handlers (done by :meth:`run`; for a trainer built but never run)."""
+        close_logging()
+
+    def _setup(self, cfg: Config, opts: TrainOptions, stamp: str) -> None:
+        """The rest of ``__init__``, once the run's log is open: data, model, optimiser, schedule."""
         self.json_path = self.work_dir / f"{stamp}.log.json"
         self.json = JsonLog(self.json_path, enabled=self.rank0)
         self.resume_path = self.resume_source(opts, cfg)
@@ -686,7 +698,14 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train (module docstring); the summary of this process's run (``epochs`` / ``iters``: the
         totals, ``epochs_run`` / ``iters_run``: this process's, ``stopped``: ``'max_iters'`` or None,
-        ``history``: one dict per epoch finished here). :class:`Stopped` after a stop signal."""
+        ``history``: one dict per epoch finished here). :class:`Stopped` after a stop signal. The run's
+        log handlers are released however it ends."""
+        try:
+            return self._run()
+        finally:
+            close_logging()
+
+    def _run(self) -> dict[str, Any]:
         log.info("config %s (%s), work dir %s, device %s, world size %d, seed %d, amp %s",
                  self.cfg.name, self.cfg.filename, self.work_dir, self.device, self.dist.world, self.seed, self.amp_name or False)
         log.info("train: %d samples (%s), %d iters/epoch of %d; val: %s", len(self.train_set),
@@ -730,7 +749,6 @@ class Trainer:
             if signum:
                 self.plot()
                 log.info(self.done_line(time.perf_counter() - t_start))
-                close_logging()
                 raise Stopped(signum) from None
         finally:
             for s, h in old.items():
@@ -740,5 +758,4 @@ class Trainer:
         total = time.perf_counter() - t_start
         self.plot()
         log.info(self.done_line(total))
-        close_logging()
         return self.summary(total, stopped)

@@ -77,7 +77,8 @@ def runtime_config(args: argparse.Namespace, faults: dict) -> RuntimeConfig:
                          **({"start_timeout_s": COMPILE_START_TIMEOUT_S} if backend in COMPILED_BACKENDS
                             else {}),
                          profile=DeviceProfile(ref_fps=args.profile_fps), faults=faults,
-                         max_restarts=args.max_restarts, tls=getattr(args, "tls", False))
+                         max_restarts=args.max_restarts, tls=getattr(args, "tls", False),
+                         verify_beside=getattr(args, "verify_beside", False))
 
 
 def plan_job(args: argparse.Namespace, rcfg: Optional[RuntimeConfig] = None) -> GridJob:

@@ -50,9 +50,6 @@ from bidl_runtime.runtime_config import (AMP, BACKENDS, CHUNK_COMPILE_METHODS, R
                                          TRANSPORTS, DeviceProfile, RuntimeConfig, check_int)
 
 T0 = process_start_time()      # the start-up clock counts from the command's start
-TEMPLATE_FIRST = ("torch", "bidl_runtime.cell.cell", "bidl_runtime.cell.compiled", "compile.artifact",
-                  "bidl_runtime.driver.reference")   # what the driver and every cell need: imported once
-REFERENCE = "bidl_runtime.driver.reference"          # the verifier's processes run it (forked too)
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 _DEFAULTS = RuntimeConfig()
@@ -96,10 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic samples (default %(default)s)")
     ap.add_argument("--verify", dest="verify", action="store_true", default=None,
                     help="compare every output with the single-device run of the same programs, in processes "
-                    "of its own at idle priority while the grid streams (default: on for the compiled and cpu "
+                    "of its own that start once the grid has streamed (default: on for the compiled and cpu "
                     "backends)")
     ap.add_argument("--no-verify", dest="verify", action="store_false",
                     help="do not run the single-device reference (outputs are not checked)")
+    ap.add_argument("--verify-beside", action="store_true",
+                    help="the reference computes beside the streaming grid at idle priority (sooner done, but "
+                    "on shared cores it slows the grid) instead of after it")
     ap.add_argument("--artifacts", default="artifacts", help="artifact cache directory (default %(default)s)")
     ap.add_argument("--force-compile", action="store_true", help="rebuild artifacts even if cached")
     ap.add_argument("--address", default=None, help="join the Ray cluster at HOST:PORT instead of starting a "
@@ -170,7 +170,7 @@ def _run(argv: Optional[Sequence[str]]) -> int:
     check_sizes(args)
     # cells' (and the reference's) processes fork from a template that has torch and the cell code: forked
     # once this process has them, before it starts a thread or imports Ray (see bidl_runtime.cell.template)
-    template = None if args.attach or args.address else CellTemplate.fork(first=TEMPLATE_FIRST, modules=(REFERENCE,))
+    template = None if args.attach or args.address else CellTemplate.for_cells()
     from bidl_runtime.launch import attach, launch   # torch and Ray load only when a run starts (--help: fast)
     return attach(args) if args.attach else launch(args, T0, template)
 

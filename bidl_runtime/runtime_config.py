@@ -120,6 +120,8 @@ class RuntimeConfig:
                                              # cores over threads_per_cell, 1 to 4, when forked from a cell
                                              # template, else 1 (a new interpreter imports torch)
     verify_pending_mb: int = 256         # inputs held for the reference at most (MiB); past that the stream waits
+    verify_beside: bool = False          # the reference computes beside the streaming grid (idle priority); False:
+                                         # once it has streamed (programs loaded meanwhile): the grid's rate is its own
     profile: DeviceProfile = field(default_factory=DeviceProfile)   # emulated backend's device speed
     faults: dict = field(default_factory=dict)   # drills: {(replica, row, col): (kind, sample)}, see cell.FAULTS
     channel_secret: Optional[str] = field(default=None, repr=False)  # keys the channel handshakes; None: a Grid makes one

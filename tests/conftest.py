@@ -15,6 +15,7 @@ Helpers are imported by the test modules (``from conftest import ...``); fixture
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,6 +25,37 @@ from torch import nn
 
 from bidl_runtime.cluster.ray_cluster import secure_env
 
+
+_EXIT_STATUS: list[int] = []   # pytest's exit status, once the session is over and reported
+
+
+def _exit_without_teardown() -> None:
+    """The last exit handler (registered first): end the process with pytest's status, skipping the
+    interpreter's teardown. A suite run once crashed there (SIGSEGV after its summary: native threads of
+    torch and Ray torn down in an arbitrary order); a crash in a test still shows (CI runs with
+    PYTHONFAULTHANDLER=1). Not in an xdist worker (its controller ends it); ``BIDL_TEST_FULL_TEARDOWN=1``
+    keeps the normal exit."""
+    if _EXIT_STATUS:
+        for f in (sys.stdout, sys.stderr):
+            f.flush()
+        os._exit(_EXIT_STATUS[-1])
+
+
+atexit.register(_exit_without_teardown)   # before Ray is imported: its exit handler runs before this one
+
+
+def _fork_cell_template():
+    """The in-process grids' cells (``ray_local``, ``two_nodes``) and reference processes fork from a
+    template that has torch and the cell code, as ``bidl-run``'s do (bidl_runtime.cell.template): forked
+    here, before Ray is imported (``secure_env`` below imports it) or a thread started. None where it
+    cannot be (the fixtures then start plain Ray workers); ``BIDL_TEST_NO_TEMPLATE=1`` turns it off."""
+    if os.environ.get("BIDL_TEST_NO_TEMPLATE") == "1":
+        return None
+    from bidl_runtime.cell.template import CellTemplate
+    return CellTemplate.for_cells()
+
+
+CELL_TEMPLATE = _fork_cell_template()
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 secure_env()
 if "BIDL_ARTIFACT_KEY_FILE" not in os.environ and "BIDL_ARTIFACT_KEY" not in os.environ:
@@ -31,6 +63,28 @@ if "BIDL_ARTIFACT_KEY_FILE" not in os.environ and "BIDL_ARTIFACT_KEY" not in os.
     atexit.register(shutil.rmtree, _keys, True)                  # not the user's ~/.config/bidl one
     os.environ["BIDL_ARTIFACT_KEY_FILE"] = os.path.join(_keys, "artifact.key")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def template_workers():
+    """A context in which a Ray node started forks its workers from :data:`CELL_TEMPLATE` (if any)."""
+    from bidl_runtime.cell import template
+    return template.template_workers()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Leave the interpreter quiet for its exit: Ray disconnected, and the threads still alive named."""
+    import sys
+    import threading
+    if not hasattr(session.config, "workerinput") and os.environ.get("BIDL_TEST_FULL_TEARDOWN") != "1":
+        _EXIT_STATUS.append(int(exitstatus))
+    if "ray" in sys.modules:
+        import ray
+        if ray.is_initialized():
+            ray.shutdown()
+    alive = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
+    if alive:
+        names = ", ".join(sorted(f"{t.name}{' (daemon)' if t.daemon else ''}" for t in alive))
+        print(f"\nthreads alive at the end of the session: {names}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------ tiny configs
@@ -113,8 +167,9 @@ def ray_local():
     import ray
 
     from bidl_runtime.cluster.ray_cluster import start_local
-    start_local(num_cpus=2, resources={"bidl_device": 8}, include_dashboard=False, log_to_driver=False,
-                logging_level="WARNING", namespace="tests")
+    with template_workers():
+        start_local(num_cpus=2, resources={"bidl_device": 8}, include_dashboard=False, log_to_driver=False,
+                    logging_level="WARNING", namespace="tests")
     yield
     ray.shutdown()
 
@@ -140,11 +195,12 @@ def two_nodes(tmp_path_factory):
     try:
         with loopback_node():  # both nodes (and this driver) on 127.0.0.1, token auth from secure_env above
             os.chdir(dirs["head"])     # a node's processes (and its cells) inherit the cwd it starts in
-            cluster = Cluster(initialize_head=True, head_node_args={
-                "num_cpus": 1, "resources": {"bidl_device": 2}, "env_vars": {STORE_ENV: str(dirs["head-store"])}})
-            os.chdir(dirs["second"])
-            cluster.add_node(num_cpus=1, resources={"bidl_device": 2},
-                             env_vars={STORE_ENV: str(dirs["second-store"])})
+            with template_workers():   # (a forked worker takes the cwd and environment of the raylet's command)
+                cluster = Cluster(initialize_head=True, head_node_args={
+                    "num_cpus": 1, "resources": {"bidl_device": 2}, "env_vars": {STORE_ENV: str(dirs["head-store"])}})
+                os.chdir(dirs["second"])
+                cluster.add_node(num_cpus=1, resources={"bidl_device": 2},
+                                 env_vars={STORE_ENV: str(dirs["second-store"])})
             os.chdir(dirs["driver"])
             ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING", namespace="test-two-node")
         assert is_token_auth_enabled()

@@ -15,6 +15,9 @@ import pytest
 from cli_runs import ENV, CliRun, run_cli
 
 pytestmark = pytest.mark.slow
+# the main command runs the default (compiled) backend; the drills below are about the runtime, not the
+# backend, and take the cpu one (no Inductor build for each of their grids)
+CPU = ("--backend", "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,7 @@ def test_planning_errors_fail_fast_without_ray():
 
 
 def test_fault_drill_restarts_the_cell_and_replays(artifacts):
-    r = run_cli("--grid", "2x2", "--samples", "8", "--artifacts", artifacts, "--inject-fault", "1,0:exit:3")
+    r = run_cli("--grid", "2x2", "--samples", "8", "--artifacts", artifacts, *CPU, "--inject-fault", "1,0:exit:3")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "outputs equal reference: 8/8 samples bit-exact" in r.stdout
     assert "restarts: 1" in r.stdout and "cell[1,0]@dev2 died" in r.stdout, r.stdout
@@ -56,7 +59,7 @@ def test_fault_drill_restarts_the_cell_and_replays(artifacts):
 
 def test_past_max_restarts_the_run_stops_in_one_line_and_cleans_up(artifacts):
     t0 = time.perf_counter()
-    r = run_cli("--grid", "2x2", "--samples", "8", "--artifacts", artifacts, "--inject-fault", "1,0:exit:3",
+    r = run_cli("--grid", "2x2", "--samples", "8", "--artifacts", artifacts, *CPU, "--inject-fault", "1,0:exit:3",
                 "--max-restarts", "0")
     assert r.returncode == 1, r.stdout + r.stderr
     err = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.startswith("error:")]
@@ -70,7 +73,7 @@ def test_past_max_restarts_the_run_stops_in_one_line_and_cleans_up(artifacts):
 
 def test_a_failed_start_up_leaves_nothing_behind(artifacts):
     """A cell that fails while the grid is wired: one line naming it, no Ray process, no /dev/shm file."""
-    r = run_cli("--grid", "2x2", "--samples", "4", "--artifacts", artifacts, "--inject-fault", "0,1:connect:0")
+    r = run_cli("--grid", "2x2", "--samples", "4", "--artifacts", artifacts, *CPU, "--inject-fault", "0,1:connect:0")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "error: wiring the grid's channels failed: cell[0,1]@dev1: injected fault (connect)" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
@@ -95,12 +98,12 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(artifacts, tmp_path):
 
     from compile.manifest import PROGRAM
     if not list(Path(artifacts).rglob(PROGRAM)):   # run alone: compile the 2x2 artifacts first
-        assert run_cli("--grid", "2x2", "--samples", "1", "--artifacts", artifacts).returncode == 0
+        assert run_cli("--grid", "2x2", "--samples", "1", "--artifacts", artifacts, *CPU).returncode == 0
     broken = tmp_path / "broken-artifacts"
     shutil.copytree(artifacts, broken)
     prog = sorted(broken.rglob(PROGRAM))[0]
     prog.write_bytes(prog.read_bytes()[:100])
-    r = run_cli("--grid", "2x2", "--samples", "2", "--artifacts", str(broken))
+    r = run_cli("--grid", "2x2", "--samples", "2", "--artifacts", str(broken), *CPU)
     err = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.strip().startswith("error:")]
     assert r.returncode in (1, 2) and len(err) == 1 and str(prog.parent.name) in err[0], r.stderr[-3000:]
     assert "Traceback" not in r.stderr
@@ -109,7 +112,7 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(artifacts, tmp_path):
 
 
 def test_sigterm_stops_like_ctrl_c_and_cleans_up(artifacts):
-    run = CliRun("--grid", "2x2", "--samples", "100000", "--artifacts", artifacts, "--cfg-options", "data=None")
+    run = CliRun("--grid", "2x2", "--samples", "100000", "--artifacts", artifacts, *CPU, "--cfg-options", "data=None")
     try:
         assert run.wait_for("data:"), run.stdout[-3000:] + run.stderr[-3000:]
         time.sleep(3)   # streaming
@@ -125,10 +128,10 @@ def test_sigterm_stops_like_ctrl_c_and_cleans_up(artifacts):
 
 def test_journal_resumes_a_stream(artifacts, tmp_path):
     journal = tmp_path / "run.jsonl"
-    r = run_cli("--grid", "2x1", "--samples", "5", "--artifacts", artifacts, "--journal", str(journal),
+    r = run_cli("--grid", "2x1", "--samples", "5", "--artifacts", artifacts, *CPU, "--journal", str(journal),
                 "--json", str(tmp_path / "a.json"))
     assert r.returncode == 0, r.stdout + r.stderr
-    r = run_cli("--grid", "2x1", "--samples", "8", "--artifacts", artifacts, "--journal", str(journal),
+    r = run_cli("--grid", "2x1", "--samples", "8", "--artifacts", artifacts, *CPU, "--journal", str(journal),
                 "--json", str(tmp_path / "b.json"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "journal: 5 sample(s) already done" in r.stdout and "8 done (5 from the journal)" in r.stdout, r.stdout
@@ -141,7 +144,7 @@ def test_keep_alive_cells_stay_usable_from_another_process(artifacts, tmp_path):
     """--keep-alive: the cells stay up after the run; a second process attaches with the printed
     address and runs samples through the same cell processes; Ctrl-C ends it all."""
     first = tmp_path / "first.json"
-    run = CliRun("--grid", "2x1", "--samples", "4", "--artifacts", artifacts, "--keep-alive", "--json", str(first))
+    run = CliRun("--grid", "2x1", "--samples", "4", "--artifacts", artifacts, *CPU, "--keep-alive", "--json", str(first))
     try:
         run.wait_for("join with:")
         time.sleep(0.5)

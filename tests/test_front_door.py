@@ -141,23 +141,29 @@ def test_reference_spec_travels_as_json(plan_2x2):
     assert compiled.method == "aoti" and compiled.kind == "the same compiled programs (aoti)"
 
 
-def test_reference_processes_check_what_the_in_thread_verifier_checks(plan_2x2):
-    """The reference in processes of its own (idle priority while the stream runs) counts as the
-    in-thread verifier does: every output compared, a wrong one named; then it reports its cost."""
+@pytest.mark.parametrize("beside", [False, True])
+def test_reference_processes_check_what_the_in_thread_verifier_checks(plan_2x2, beside):
+    """The reference in processes of its own counts as the in-thread verifier does: every output
+    compared, a wrong one named; then it reports its cost. By default (``beside=False``) no process
+    starts before the stream has ended; beside, they start at once and compare as the samples come, at
+    idle priority."""
     spec = ReferenceSpec.of(plan_2x2, RuntimeConfig(threads_per_cell=1))
     ref = Reference(spec)
     items = [x for x, _ in glyph_samples(6, 5, seed=2)]
     outs = [ref.output_of(x) for x in items]
     outs[3] = outs[3] + 0.5
-    v = ReferenceProcesses(spec, processes=2, pending_mb=1)
+    v = ReferenceProcesses(spec, processes=2, pending_mb=1, beside=beside)
     try:
-        deadline = time.time() + 120
-        while any(c.pid is None for c in v.children) and time.time() < deadline:
-            time.sleep(0.05)
+        assert v.beside == (beside and v.idle)
         if v.beside:   # root here: they start at idle priority and get back to normal once streamed
-            assert all(os.sched_getscheduler(c.pid) == os.SCHED_IDLE for c in v.children)
+            deadline = time.time() + 120
+            while any(c.pid is None for c in v.children) and time.time() < deadline:
+                time.sleep(0.05)
+            assert len(v.children) == 2 and all(os.sched_getscheduler(c.pid) == os.SCHED_IDLE for c in v.children)
         for i, (x, y) in enumerate(zip(items, outs)):
             v.submit(i, x, y)
+        if not v.beside:
+            assert v.children == [], "the reference started before the stream ended"
         got = v.result()
     finally:
         v.close()

@@ -18,7 +18,8 @@ from cluster.testbed import TestBed, unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
 
-GRID = ["--grid", "3x2", "--cfg-options", "model.backbone.timestep=6", "data=None"]   # real compute: verified
+# real compute, verified; the cpu backend (these tests are about hosts: no Inductor build per grid and host map)
+GRID = ["--grid", "3x2", "--backend", "cpu", "--cfg-options", "model.backbone.timestep=6", "data=None"]
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,7 @@ def test_a_killed_host_is_detected_its_cells_re_placed_and_every_output_exact(be
     assert heal["streaming_again_s"] is not None and heal["detected_wall"] + heal["streaming_again_s"] - r.acted_at < 30
     moved = {m["cell"]: m for m in heal["cells"]}
     assert len(moved) == 2 and {m["host_now"] for m in moved.values()} <= {a, c}
+    assert heal["spares"]["used"] == 2 and 0 <= heal["spares"]["ready"] <= 2   # standby cells took them over
     assert heal["replayed"], "samples were in flight when the host died"
     programs = hosts_of(rep)                                  # moved cells run copies shipped to their new host
     for m in moved.values():
@@ -80,7 +82,12 @@ def test_a_cut_off_host_is_healed_and_its_stale_cells_are_fenced_when_it_returns
     n = 600
 
     def heal_later(b, lines: list[str]) -> None:
-        time.sleep(12)                    # the driver has re-placed the cells meanwhile (detected in seconds)
+        # the link comes back once the driver has re-placed host 3's cells: their replacements run on host 1's
+        # standby devices (3 cells there, then 6); bounded, whatever the machine's load
+        deadline = time.monotonic() + 120
+        while len(b.cell_processes(1)) < 6 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)
         b.heal_link(3)
 
     r = bed.bidl_run([*GRID, "--hosts", f"{a}=3,{c}=3", "--standby", f"{a}=3", "--samples", str(n)],

@@ -18,7 +18,7 @@ from bidl_runtime.driver import trace as bt
 from bidl_runtime.runtime_config import RuntimeConfig
 from bidl_runtime.plan.grid_plan import cell_name
 from bidl_runtime.driver.report import RunReport
-from conftest import SMALL, glyph_samples, tiny_dvsmnist, tiny_glyphs
+from conftest import SMALL, glyph_samples, template_workers, tiny_dvsmnist, tiny_glyphs
 
 N = 6            # samples per run
 T = 6
@@ -138,8 +138,9 @@ def runs(tmp_path_factory):
     from bidl_runtime.cluster.ray_cluster import start_local
     from bidl_runtime.driver.grid import Grid
     tmp = tmp_path_factory.mktemp("obs")
-    start_local(num_cpus=2, resources={"bidl_device": 8}, include_dashboard=False, log_to_driver=False,
-                logging_level="WARNING", namespace="test-obs", _system_config={"metrics_report_interval_ms": 500})
+    with template_workers():
+        start_local(num_cpus=2, resources={"bidl_device": 8}, include_dashboard=False, log_to_driver=False,
+                    logging_level="WARNING", namespace="test-obs", _system_config={"metrics_report_interval_ms": 500})
     try:
         cfg = tiny_glyphs(T)
         rcfg = RuntimeConfig(backend="emulated")

@@ -25,7 +25,8 @@ import pytest
 
 from bidl_runtime.cluster import ray_cluster as cluster
 
-RUN = [sys.executable, "-m", "bidl_runtime.run", "--grid", "1x1", "--samples", "4"]
+# the cpu backend: these tests are about which cluster a run starts or joins (test_cli runs the default backend)
+RUN = [sys.executable, "-m", "bidl_runtime.run", "--grid", "1x1", "--samples", "4", "--backend", "cpu"]
 JOIN = r"""
 import sys
 from bidl_runtime.cluster.ray_cluster import ClusterError, join

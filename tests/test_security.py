@@ -26,7 +26,7 @@ from bidl_runtime.cluster.ray_cluster import LOOPBACK, dashboard_agent_port, sta
 from bidl_runtime.runtime_config import RuntimeConfig
 from bidl_runtime.driver.grid import Grid
 from compile import ArtifactError, compile_config, load_artifact
-from conftest import glyph_samples, tiny_glyphs
+from conftest import glyph_samples, template_workers, tiny_glyphs
 from compile.artifact import MANIFEST, PROGRAM, seal_manifest
 
 T, N = 4, 6
@@ -34,8 +34,9 @@ T, N = 4, 6
 
 @pytest.fixture(scope="module")
 def cluster():
-    ctx = start_local(num_cpus=2, resources={"bidl_device": 4}, include_dashboard=False, log_to_driver=False,
-                      logging_level="WARNING", namespace="test-security")
+    with template_workers():
+        ctx = start_local(num_cpus=2, resources={"bidl_device": 4}, include_dashboard=False, log_to_driver=False,
+                          logging_level="WARNING", namespace="test-security")
     yield ctx
     ray.shutdown()
 

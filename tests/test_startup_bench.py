@@ -1,4 +1,5 @@
-"""benchmarks/startup.py in a reduced mode: the breakdown's schema, figures from the runs' own timings."""
+"""benchmarks/startup.py in a reduced mode (2x1, the cpu backend: no Inductor build): the breakdown's schema,
+figures from the runs' own timings."""
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def test_startup_breakdown(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "startup.py"), "--runs", "1", "--grid", "2x1",
-                        "--samples", "4", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900,
+                        "--samples", "4", "--out", str(tmp_path), "--extra=--backend cpu"], capture_output=True, text=True, timeout=900,
                        env=dict(os.environ))   # token auth as set up by conftest (RAY_AUTH_TOKEN_PATH)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (tmp_path / "startup.txt").read_text().strip() in r.stdout

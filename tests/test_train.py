@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -309,12 +310,15 @@ def test_load_from_a_bidl_checkpoint(tiny, tmp_path):
     args = train_cli.parse_args(["--config", str(cfg_path), "--work-dir", str(tmp_path / "w"), "--load-from",
                                  str(tmp_path / "bare.pth"), "--no-tensorboard"])
     trainer = Trainer(load_config(cfg_path), train_cli.options(args))
+    trainer.close()
     got = trainer.model.backbone.state_dict()
     assert all(torch.equal(got[k], sd[k]) for k in sd) and list(got) == list(sd)
     torch.save({"state_dict": {k: v for k, v in sd.items() if k != "head.2.bias"}}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match=r"load_from .*bad.pth' does not match .*missing keys: head\.2\.bias"):
         Trainer(load_config(cfg_path), train_cli.options(train_cli.parse_args(
             ["--config", str(cfg_path), "--work-dir", str(tmp_path / "w2"), "--load-from", str(tmp_path / "bad.pth")])))
+    pkg = logging.getLogger("bidl_models")
+    assert pkg.handlers == [] and pkg.propagate       # a trainer that failed to build leaves no handler behind
 
 
 TINY_BIDL = """

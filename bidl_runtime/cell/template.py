@@ -5,7 +5,7 @@ stays its own. A fresh Ray worker process imports Ray, torch and the cell code: 
 each, most of a grid's start-up when six cells start on two cores. A template takes most of that
 out of every worker:
 
-    template = CellTemplate.fork(first=("torch", "bidl_runtime.cell.cell"))   # before Ray is imported
+    template = CellTemplate.for_cells()     # torch and the cell code, before Ray is imported
     ...                                     # the driver imports the rest meanwhile
     with template.workers():                # while the embedded cluster starts
         start_local(...)                    # bidl_runtime.cluster.ray_cluster
@@ -85,6 +85,11 @@ def _die_with_parent(sig: int = signal.SIGKILL) -> None:
         pass
 
 
+CELL_MODULES = ("torch", "bidl_runtime.cell.cell", "bidl_runtime.cell.compiled", "compile.artifact",
+                "bidl_runtime.driver.reference")   # what a driver and every cell need: imported once, in the driver
+REFERENCE_MODULE = "bidl_runtime.driver.reference"  # the verifier's processes run it (forked too)
+
+
 class CellTemplate:
     """A forked template process serving worker forks on a Unix socket (see the module doc)."""
 
@@ -146,6 +151,13 @@ class CellTemplate:
         atexit.register(template.close)
         return template
 
+    @classmethod
+    def for_cells(cls) -> Optional["CellTemplate"]:
+        """The template of a grid's driver (``bidl-run``'s, a benchmark's, the tests'): torch and the
+        cell code imported here, the reference's module runnable. Call it before Ray is imported; None
+        where it cannot be forked (then Ray starts plain workers)."""
+        return cls.fork(first=CELL_MODULES, modules=(REFERENCE_MODULE,))
+
     @contextlib.contextmanager
     def workers(self) -> Iterator[None]:
         """Ray nodes started in this block fork their Python workers from the template."""
@@ -173,6 +185,12 @@ class CellTemplate:
         except (ProcessLookupError, ChildProcessError):
             pass
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def template_workers(template: Optional[CellTemplate] = None) -> contextlib.AbstractContextManager:
+    """``template.workers()`` (default: this process's active template), or a no-op without one."""
+    template = template or CellTemplate.active()
+    return template.workers() if template is not None else contextlib.nullcontext()
 
 
 def _write_launcher(path: Path, sock: Path) -> None:
@@ -318,6 +336,14 @@ def _kill(pid: int) -> None:
 
 # ------------------------------------------------------------------------------------ a worker
 
+def _fresh_streams() -> None:
+    """Python's standard streams on fds 0-2 (the client's, just taken), as a new interpreter has them:
+    the template's objects are its parent's, which may have replaced them (a test runner's capture)."""
+    sys.stdin = sys.__stdin__ = open(0, "r", closefd=False)
+    sys.stdout = sys.__stdout__ = open(1, "w", closefd=False)
+    sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)
+
+
 def _become_worker(request: dict, fds: list[int], close: list[int]) -> None:
     """In the forked child: take the client's streams, environment, directory and arguments, and run
     Ray's worker entry point as ``__main__``; never returns."""
@@ -337,6 +363,7 @@ def _become_worker(request: dict, fds: list[int], close: list[int]) -> None:
         for fd in fds:
             if fd > 2:
                 os.close(fd)
+        _fresh_streams()
         _die_with_parent()            # the template (and so the driver) gone: this worker goes too
         os.setsid()
         os.chdir(request["cwd"])

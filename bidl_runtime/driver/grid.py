@@ -218,11 +218,11 @@ class Grid:
         self._t_run = time.perf_counter()
         self.wire()
         rcfg = self.config
-        # the reference runs in processes of its own, at idle priority while the grid streams: the
-        # grid's figures are its own (see bidl_runtime.driver.reference)
+        # the reference runs in processes of its own, idle while the grid streams (computing after it,
+        # or beside it at idle priority): the grid's figures are its own (see bidl_runtime.driver.reference)
         verifier = (ReferenceProcesses(ReferenceSpec.of(self.plan, rcfg),
                                        rcfg.reference_processes(CellTemplate.active() is not None),
-                                       rcfg.verify_pending_mb) if verify else None)
+                                       rcfg.verify_pending_mb, beside=rcfg.verify_beside) if verify else None)
         try:
             stream = self.stream = SampleStream(self, samples, verifier, journal)
             bar = None

@@ -106,6 +106,7 @@ class HostWatch:
         self.grid = grid
         self.nodes: dict[str, _Node] = {}
         self.spares: dict[int, Any] = {}              # standby device id -> its idle cell actor
+        self.spare_pings: dict[int, Any] = {}         # standby device id -> its first ping (answered: ready)
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.thread: Optional[threading.Thread] = None
@@ -153,6 +154,7 @@ class HostWatch:
             node = plan.device_nodes[d]
             if d not in used and d not in self.spares and node in self.nodes and self.nodes[node].lost_at is None:
                 self.spares[d] = new_actor(f"spare@dev{d}", node, self.config.actor_gpus())
+                self.spare_pings[d] = self.spares[d].ping.remote()
 
     def _run(self) -> None:
         import ray
@@ -304,6 +306,9 @@ class HostWatch:
         new = ship_programs(move_cells(plan, moves, rcfg.transport, rcfg.backend), only=moves)
         g.plan = new
         steps["shipped"] = time.perf_counter()
+        pings = [self.spare_pings.pop(d) for d in moves.values() if d in self.spares and d in self.spare_pings]
+        ready = len(ray.wait(pings, num_returns=len(pings), timeout=0)[0]) if pings else 0
+        spares = {"used": len(pings), "ready": ready}   # a spare not ready yet is still starting its process
         for key, d in moves.items():
             spare = self.spares.pop(d, None)
             c = new.cell(*key)
@@ -338,7 +343,7 @@ class HostWatch:
                 "replayed": replayed.get(k, []), "detected_at": t.at, "rewired_at": now,
                 "detected_after_s": round(t.at - g._t_run, 3), "rewired_s": round(now - t.at, 3),
                 "detected_wall": time.time() - (time.perf_counter() - t.at),   # epoch seconds, for other clocks
-                "first_failed_probe_s": round(t.since - t.at, 3),
+                "first_failed_probe_s": round(t.since - t.at, 3), "spares": spares,
                 "streaming_again_at": None, "streaming_again_s": None, "epoch": g.config.epoch,
                 "timeline_s": {name: round(v - t.at, 3) for name, v in steps.items()}}
             entries.append(entry)
@@ -380,7 +385,7 @@ class HostWatch:
             self.thread.join(timeout=2 * self._timeout() + self.config.host_probe_s)
         for a in self.spares.values():
             kill(a)
-        self.spares = {}
+        self.spares, self.spare_pings = {}, {}
         for n in self.nodes.values():
             for _, actor in n.stale:
                 kill(actor)

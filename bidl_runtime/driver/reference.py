@@ -7,11 +7,16 @@ form), the cells' own compiled programs (the same AOTInductor package, loaded by
 for ``cuda`` (equal within float tolerance, not bit for bit).
 
 Verifying a run must not slow the grid it checks: :class:`ReferenceProcesses` (what
-:meth:`~bidl_runtime.driver.grid.Grid.run` uses) runs the reference in processes of its own. While
-the grid streams they run at the lowest CPU priority (``SCHED_IDLE``: only cycles the grid leaves
-idle) and get back to normal priority once it has streamed; where a process may not leave that
-priority again (no root, ``RLIMIT_NICE`` below 20), they wait for the end of the stream instead.
-Inputs wait for them in the driver, ``verify_pending_mb`` at most (then the stream waits: reported).
+:meth:`~bidl_runtime.driver.grid.Grid.run` uses) runs the reference in processes of its own. By
+default they start once the grid has streamed (forked from the cell template: well under a second)
+and compute then: on a machine whose cores the cells share, even processes at the lowest CPU priority
+(``SCHED_IDLE``: only cycles the grid leaves idle) slowed the default 3x2 grid, to 0.65-0.73x of its
+unverified rate computing beside it and to about 0.9x only loading their programs beside it
+(``benchmarks/throughput.py``). With ``verify_beside`` they start with the grid and compute beside it at
+idle priority, back to normal priority once it has streamed (where a process may not leave that
+priority again, no root and ``RLIMIT_NICE`` below 20, they compute after the stream instead). Inputs
+wait for them in the driver, ``verify_pending_mb`` at most; past that they start and work beside the
+grid, and the stream waits for them (reported).
 :class:`Verifier` is the same comparison in a thread of the calling process.
 
     python -m bidl_runtime.driver.reference      # a reference process: frames in on stdin, JSON lines out
@@ -370,9 +375,10 @@ class _Child:
             except ValueError:
                 continue
             if msg.get("kind") == "hello":
-                self.pid = int(msg["pid"])
-                if self.idle:
-                    _set_policy(self.pid, getattr(os, "SCHED_IDLE", 0))
+                with self.cv:
+                    self.pid = int(msg["pid"])
+                    if self.idle:
+                        _set_policy(self.pid, getattr(os, "SCHED_IDLE", 0))
             elif msg.get("kind") == "done":
                 self.done = int(msg["n"])
             elif msg.get("kind") == "result":
@@ -397,11 +403,12 @@ class ReferenceProcesses:
     they finished, how long the stream waited for them."""
 
     def __init__(self, spec: ReferenceSpec, processes: int = 1, pending_mb: int = 256,
-                 template: Optional[CellTemplate] = None):
+                 template: Optional[CellTemplate] = None, beside: bool = False):
         self.spec = spec
         self.batch = spec.batch
         self.limit = max(1, pending_mb) << 20
-        self.beside = can_leave_idle_priority()   # else the reference waits for the end of the stream
+        self.idle = can_leave_idle_priority()     # idle priority until the end of the stream, then normal
+        self.beside = beside and self.idle        # computes beside the grid, else after it has streamed
         self.pending = 0
         self.held_s = 0.0
         self.n = 0
@@ -410,12 +417,23 @@ class ReferenceProcesses:
         self.streamed_at: Optional[float] = None
         self.finished_at: Optional[float] = None
         self.waiting: list[tuple[int, bytes, int]] = []   # frames held until the end of the stream
+        self.processes = max(1, processes)
+        self.template = template or CellTemplate.active()
         self.children: list[_Child] = []
-        template = template or CellTemplate.active()
-        spec_frame = _frame({"kind": "spec", "spec": spec.to_json(), "load_now": self.beside})
+        if self.beside:
+            self._start_children(idle=True)
+
+    def _start_children(self, idle: bool) -> None:
+        """Start the processes, once (they load their programs at once): at idle priority with ``idle``
+        (while the grid streams), else at normal priority. After streaming (the default) nothing of the
+        reference runs before the grid has streamed: with the cell template a process starts in well
+        under a second."""
+        if self.children:
+            return
+        spec_frame = _frame({"kind": "spec", "spec": self.spec.to_json(), "load_now": True})
         try:
-            for k in range(max(1, processes)):
-                child = _Child(_start(template, self.beside), f"bidl-reference-{k}", self.beside)
+            for k in range(self.processes):
+                child = _Child(_start(self.template, idle), f"bidl-reference-{k}", idle)
                 child.on_written = self._written
                 child.put(spec_frame, 0)
                 self.children.append(child)
@@ -436,7 +454,7 @@ class ReferenceProcesses:
         inputs wait for the processes: the time is reported)."""
         frame = _group_frame(ids, xs, ys)
         size = len(frame)
-        k = self.n % len(self.children)
+        k = self.n % self.processes
         self.n += 1
         with self.cv:
             if self.pending + size > self.limit and self.pending > 0:
@@ -453,6 +471,7 @@ class ReferenceProcesses:
         self._raise_if_failed()
 
     def _release_held(self) -> None:
+        self._start_children(idle=self.idle and self.streamed_at is None)   # mid-stream: beside it, at idle priority
         for k, frame, size in self.waiting:
             self.children[k].put(frame, size)
         self.waiting = []
@@ -471,7 +490,9 @@ class ReferenceProcesses:
         counts ``{'equal', 'compared', 'max_abs_diff'}``. RunError if a process failed."""
         self.streamed_at = time.perf_counter()
         for c in self.children:
-            if self.beside:
+            with c.cv:
+                was_idle, c.idle = c.idle, False   # a hello read from now on leaves its priority alone
+            if was_idle:
                 _set_policy(c.pid, os.SCHED_OTHER)
         with self.cv:
             self._release_held()
