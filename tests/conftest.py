@@ -87,6 +87,18 @@ def pytest_sessionfinish(session, exitstatus):
         print(f"\nthreads alive at the end of the session: {names}", file=sys.stderr)
 
 
+RAY_FIXTURES = {"ray_local", "two_nodes"}   # fixtures that start a Ray cluster (a module adds its own: STARTS_RAY)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test whose fixtures start a Ray cluster is ``slow`` (seconds of Ray and cell start-up each):
+    ``-m 'not slow'`` stays the quick loop; the full run is unchanged."""
+    for item in items:
+        starts_ray = RAY_FIXTURES | set(getattr(getattr(item, "module", None), "STARTS_RAY", ()))
+        if starts_ray & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 # ------------------------------------------------------------------------------ tiny configs
 
 def tiny_glyphs(T: int):

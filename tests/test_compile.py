@@ -231,6 +231,7 @@ def test_two_segment_explicit_splits_equal_whole_model(workdir):
         compile_config(cfg, ckpt, grid="1x3", out=workdir / "s2", progress=False, verbose=False)
 
 
+@pytest.mark.slow   # 13-27 s on 2 cores
 def test_mp_config_chained_equals_whole_resnet50(workdir):
     """configs/..._mp.py (ResNet-50 split [0, 6] + [6, 16]), input shrunk to 2x32x32 and T to 2 via
     overrides; a guide-format checkpoint of the whole model loads into both segments."""
@@ -274,6 +275,7 @@ def test_uint8_event_counts_and_dynamic_batch(workdir):
 
 # ------------------------------------------------------------------------------ caching and refusal
 
+@pytest.mark.slow   # 13-27 s on 2 cores
 def test_second_compile_is_a_cache_hit(resnet3):
     cfg, ckpt, cm, t_first, _ = resnet3
     t0 = time.perf_counter()

@@ -128,6 +128,9 @@ def test_cached_compile_prints_one_line(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------ on Ray
 
+STARTS_RAY = ('runs',)   # conftest marks the tests that use it slow
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One 2x2 grid (emulated backend: no compile), run twice on the same cells: untraced, then

@@ -42,6 +42,7 @@ def compiled(tmp_path_factory):
     return types.SimpleNamespace(root=root, cfg=cfg, ckpt=ckpt, cm=cm, net=net)
 
 
+@pytest.mark.slow   # 13-27 s on 2 cores
 def test_every_artifact_exports_and_matches_in_onnxruntime(compiled):
     for rec in compiled.cm.records:
         art = load_artifact(rec.path)
@@ -105,6 +106,7 @@ def test_bidl_layouts_export_and_match(bb, state_key, tmp_path):
     assert state_key in diffs and max(diffs.values()) <= TOL, diffs
 
 
+@pytest.mark.slow   # 13-27 s on 2 cores
 def test_uint8_input_artifact(compiled):
     cm = compile_config(str(compiled.cfg), str(compiled.ckpt), rows=1, input_dtype="uint8",
                         out=compiled.root / "u8", progress=False, verbose=False, use_dataset=False)

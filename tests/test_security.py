@@ -32,6 +32,9 @@ from compile.artifact import MANIFEST, PROGRAM, seal_manifest
 T, N = 4, 6
 
 
+STARTS_RAY = ('cluster',)   # conftest marks the tests that use it slow
+
+
 @pytest.fixture(scope="module")
 def cluster():
     with template_workers():

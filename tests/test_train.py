@@ -232,6 +232,7 @@ def test_epoch_checkpoints_keep_max_keep_ckpts(tiny, tmp_path):
 EXACT = ["runner.max_epochs=2", "warmup={'warmup_ratio': 0.1, 'warmup_iters': 9}", "model.backbone.noise=0.3"]
 
 
+@pytest.mark.slow   # 13-27 s on 2 cores
 def test_ctrl_c_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny, tmp_path):
     """Interrupted three times by SIGINT (after global iterations 4, 6 and 9: mid-epoch 1 inside the warmup,
     during epoch 1's validation, mid-epoch 2) and resumed with --resume each time, on 2 DataLoader workers: the
@@ -496,6 +497,7 @@ def test_fp16_and_section_keys():
     check_sections(load_config("resnetlif18-itout-b20x4-16-jester"))   # BIDL's keys pass
 
 
+@pytest.mark.slow   # 13-27 s on 2 cores
 def test_demo_weights_reach_the_stated_accuracy():
     """The shipped weights on the first 200 test samples of DvsGlyphs (about 10 s on one core)."""
     assert DEMO_WEIGHTS.is_file(), f"{DEMO_WEIGHTS} is missing"

@@ -229,6 +229,7 @@ def test_shrunk_config_compiles_for_a_1x2_grid(name, zoo_root):
 # ------------------------------------------------------------------------------ attention over time
 
 
+@pytest.mark.slow   # 13-27 s on 2 cores
 def test_attention_config_refuses_time_slices_naming_the_layer(tmp_path, capsys):
     """AttentionVGGNet weighs every step by all T steps: plan, compile and run refuse a grid that cuts
     time into slices (naming the layer and what is allowed) rather than compute something else;
