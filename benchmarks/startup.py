@@ -214,7 +214,6 @@ def table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-
 def ratio_lines(base: dict, cur: dict, first: tuple) -> list[str]:
     """Before -> after lines (medians) for ``first`` then CPU, whole command and streaming figures."""
     out = []
@@ -227,6 +226,7 @@ def ratio_lines(base: dict, cur: dict, first: tuple) -> list[str]:
     if b and c:
         out.append(f"{'streaming frames/s':<28} {b:>7.1f} -> {c:>6.1f}    ({c / b:.2f}x)")
     return out
+
 
 def extract(ref: str, dest: Path) -> Path:
     """``git archive REF`` of this repository into ``dest``."""

@@ -23,6 +23,7 @@ import pytest
 import torch
 from torch import nn
 
+from bidl_runtime.cell.template import CellTemplate, template_workers  # noqa: F401 - tests import it from here
 from bidl_runtime.cluster.ray_cluster import secure_env
 
 
@@ -51,7 +52,6 @@ def _fork_cell_template():
     cannot be (the fixtures then start plain Ray workers); ``BIDL_TEST_NO_TEMPLATE=1`` turns it off."""
     if os.environ.get("BIDL_TEST_NO_TEMPLATE") == "1":
         return None
-    from bidl_runtime.cell.template import CellTemplate
     return CellTemplate.for_cells()
 
 
@@ -65,15 +65,8 @@ if "BIDL_ARTIFACT_KEY_FILE" not in os.environ and "BIDL_ARTIFACT_KEY" not in os.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-def template_workers():
-    """A context in which a Ray node started forks its workers from :data:`CELL_TEMPLATE` (if any)."""
-    from bidl_runtime.cell import template
-    return template.template_workers()
-
-
 def pytest_sessionfinish(session, exitstatus):
     """Leave the interpreter quiet for its exit: Ray disconnected, and the threads still alive named."""
-    import sys
     import threading
     if not hasattr(session.config, "workerinput") and os.environ.get("BIDL_TEST_FULL_TEARDOWN") != "1":
         _EXIT_STATUS.append(int(exitstatus))

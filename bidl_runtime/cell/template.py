@@ -85,9 +85,9 @@ def _die_with_parent(sig: int = signal.SIGKILL) -> None:
         pass
 
 
-CELL_MODULES = ("torch", "bidl_runtime.cell.cell", "bidl_runtime.cell.compiled", "compile.artifact",
-                "bidl_runtime.driver.reference")   # what a driver and every cell need: imported once, in the driver
 REFERENCE_MODULE = "bidl_runtime.driver.reference"  # the verifier's processes run it (forked too)
+CELL_MODULES = ("torch", "bidl_runtime.cell.cell", "bidl_runtime.cell.compiled", "compile.artifact",
+                REFERENCE_MODULE)   # what a driver and every cell need: imported once, in the driver
 
 
 class CellTemplate:

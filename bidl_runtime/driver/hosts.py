@@ -306,7 +306,7 @@ class HostWatch:
         new = ship_programs(move_cells(plan, moves, rcfg.transport, rcfg.backend), only=moves)
         g.plan = new
         steps["shipped"] = time.perf_counter()
-        pings = [self.spare_pings.pop(d) for d in moves.values() if d in self.spares and d in self.spare_pings]
+        pings = [self.spare_pings.pop(d) for d in moves.values() if d in self.spare_pings]
         ready = len(ray.wait(pings, num_returns=len(pings), timeout=0)[0]) if pings else 0
         spares = {"used": len(pings), "ready": ready}   # a spare not ready yet is still starting its process
         for key, d in moves.items():
