@@ -6,6 +6,8 @@
     spec.splits, spec.split_source                 # ((0, 2), (2, 6)), 'auto split (flops)'
     spec.segments[1].run(h)                        # the weight-loaded segment modules (eval mode)
     spec.weights_sha256, spec.model_sha256         # provenance and cache keys
+    again = ModelSpec.from_dict(cfg, spec.to_dict(), resolve)   # the record: the model is built (resolve())
+                                                                # only when its segments are first read
 
 The per-step input shape comes from ``models_compile_inputshape[0]`` (``[1, C, H, W]``), else from
 an explicit ``in_shape``, else from the backbone (``c0/h0/w0``, ``input_size``); the two explicit
@@ -16,9 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from .backbones import config_file_digests
 from .checkpoint import file_sha256, read_state_dict, state_dict_sha256
@@ -30,6 +33,7 @@ from .segments import Segment, auto_split, check_chain, split_backbone
 INPUT_DTYPES = ("float32", "uint8", "int64", "int32")
 FLOAT_INPUTS = ("float32", "uint8")     # frames: float, or uint8 event counts cast inside the program
 TOKEN_INPUTS = ("int64", "int32")       # token ids (a model with input_dtype int64 reads them)
+_RESOLVING = threading.Lock()           # a recorded spec builds its model once (ModelSpec.segments)
 
 
 def model_sha256(cfg: Mapping) -> str:
@@ -77,10 +81,59 @@ class ModelSpec:
     weights_sha256: str                         # the weights' content (state_dict_sha256), or 'seeded:<seed>'
     model_sha256: str                           # hash of the model-defining config keys
     seed: int
-    segments: tuple[Segment, ...] = field(repr=False, compare=False)
+    _segments: Optional[tuple[Segment, ...]] = field(repr=False, compare=False)   # see ``segments``
     io: tuple[Signature, ...] = field(repr=False, compare=False)   # per segment, batch 1
     input_high: Optional[int] = None            # integer inputs lie in [0, input_high) (a vocabulary's size)
     checkpoint_file_sha256: str = ""            # the weights file's sha256 (provenance), or 'seeded:<seed>'
+    whole_sequence: tuple[tuple[int, str, str], ...] = ()   # (segment, layer path, class) of every layer
+                                                            # that attends over all T steps at once
+    weight_bytes: tuple[int, ...] = ()          # bytes of each segment's weights (parameters and buffers)
+    _resolve: Optional[Callable[[], "ModelSpec"]] = field(default=None, repr=False, compare=False)
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        """The weight-loaded segment modules (eval mode). A spec read back from its record
+        (:meth:`from_dict`) builds them on first use, once, and checks that the model so built is
+        the one recorded (ValueError naming the field that differs)."""
+        if self._segments is None:
+            with _RESOLVING:
+                if self._segments is None:
+                    fresh = self._resolve()
+                    for f in fields(self):
+                        if f.compare and getattr(fresh, f.name) != getattr(self, f.name):
+                            raise ValueError(f"{self.name}: the recorded model spec says {f.name}="
+                                             f"{getattr(self, f.name)!r}, the model built now has "
+                                             f"{getattr(fresh, f.name)!r}: the record is stale")
+                    if fresh.io != self.io:
+                        raise ValueError(f"{self.name}: the recorded model spec's signatures differ from the model "
+                                         "built now: the record is stale")
+                    object.__setattr__(self, "_segments", fresh._segments)
+        return self._segments
+
+    def to_dict(self) -> dict:
+        """Everything but the config and the modules, as JSON types (:meth:`from_dict` reads it back)."""
+        return {"name": self.name, "T": self.T, "in_shape": list(self.in_shape), "input_dtype": self.input_dtype,
+                "splits": [list(s) for s in self.splits], "split_source": self.split_source,
+                "n_blocks": self.n_blocks, "backbone": self.backbone, "checkpoint": self.checkpoint,
+                "weights_sha256": self.weights_sha256, "model_sha256": self.model_sha256, "seed": self.seed,
+                "io": [sig.to_dict() for sig in self.io], "input_high": self.input_high,
+                "checkpoint_file_sha256": self.checkpoint_file_sha256,
+                "whole_sequence": [list(w) for w in self.whole_sequence], "weight_bytes": list(self.weight_bytes)}
+
+    @classmethod
+    def from_dict(cls, cfg: Config, d: Mapping, resolve: Callable[[], "ModelSpec"]) -> "ModelSpec":
+        """A spec of ``cfg`` from :meth:`to_dict`'s record, without building the model: ``resolve``
+        (e.g. ``lambda: ModelSpec.from_config(cfg, ...)`` with the arguments the record was made with)
+        builds it when :attr:`segments` is first read. KeyError / TypeError / ValueError for a
+        record that is not one."""
+        position = lambda v: v if isinstance(v, str) else int(v)  # noqa: E731 - block index or cut ('7.4')
+        return cls(str(d["name"]), cfg, int(d["T"]), tuple(int(x) for x in d["in_shape"]), str(d["input_dtype"]),
+                   tuple((position(a), position(b)) for a, b in d["splits"]), str(d["split_source"]),
+                   int(d["n_blocks"]), str(d["backbone"]), d["checkpoint"], str(d["weights_sha256"]),
+                   str(d["model_sha256"]), int(d["seed"]), None, tuple(Signature.from_dict(x) for x in d["io"]),
+                   None if d["input_high"] is None else int(d["input_high"]), str(d["checkpoint_file_sha256"]),
+                   tuple((int(i), str(p), str(c)) for i, p, c in d["whole_sequence"]),
+                   tuple(int(b) for b in d["weight_bytes"]), resolve)
 
     @classmethod
     def from_config(cls, cfg: Config, *, columns: Optional[int] = None,
@@ -139,10 +192,12 @@ class ModelSpec:
         for s in segs:
             s.eval()
         io = tuple(check_chain(segs, shape)) if len(segs) > 1 else (segs[0].specs(1, shape),)
+        whole = tuple((i, path, kind) for i, seg in enumerate(segs) for path, kind in seg.whole_sequence_layers())
+        weight_bytes = tuple(sum(t.numel() * t.element_size() for t in seg.state_dict().values()) for seg in segs)
         return cls(cfg.name, cfg, int(net.timestep), tuple(shape), input_dtype,
                    tuple(tuple(s.split) for s in segs), source, segs[0].n_blocks, segs[0].backbone_name,
                    str(checkpoint) if checkpoint is not None else None, weights, model_sha256(cfg), seed,
-                   tuple(segs), io, getattr(net, "input_high", None), checkpoint_file_sha256)
+                   tuple(segs), io, getattr(net, "input_high", None), checkpoint_file_sha256, whole, weight_bytes)
 
     @property
     def n_segments(self) -> int:
@@ -154,12 +209,11 @@ class ModelSpec:
         rows = len(tuple(slices))
         if rows <= 1:
             return
-        for i, seg in enumerate(self.segments):
-            for path, cls in seg.whole_sequence_layers():
-                raise ValueError(
-                    f"{self.backbone}: layer {path!r} ({cls}, segment {i}) attends over all T={self.T} steps at once, "
-                    f"so the grid cannot cut time into {rows} slices: grid {rows}x{self.n_segments} is not allowed; "
-                    f"allowed: 1xC (C = 1..{self.n_blocks} segments, time not sliced; replicas are fine)")
+        for i, path, cls in self.whole_sequence[:1]:
+            raise ValueError(
+                f"{self.backbone}: layer {path!r} ({cls}, segment {i}) attends over all T={self.T} steps at once, "
+                f"so the grid cannot cut time into {rows} slices: grid {rows}x{self.n_segments} is not allowed; "
+                f"allowed: 1xC (C = 1..{self.n_blocks} segments, time not sliced; replicas are fine)")
 
     def io_specs(self, batch: int = 1) -> list[Signature]:
         """Per-step input/output and state specs of every segment for ``batch`` samples per message."""

@@ -113,6 +113,21 @@ class Signature:
     def state_nbytes(self) -> int:
         return sum(s.nbytes for s in self.state)
 
+    def to_dict(self) -> dict:
+        """``input``, ``output``, ``state`` and, where there are any, ``carry_in`` / ``carry_out``
+        (a manifest holds these keys among its own)."""
+        return {"input": self.input.to_dict(), "output": self.output.to_dict(),
+                "state": [s.to_dict() for s in self.state],
+                **({"carry_in": [c.to_dict() for c in self.carry_in]} if self.carry_in else {}),
+                **({"carry_out": [c.to_dict() for c in self.carry_out]} if self.carry_out else {})}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Signature":
+        """The inverse of :meth:`to_dict` (other keys of ``d`` are ignored)."""
+        specs = lambda key: tuple(TensorSpec.from_dict(t) for t in d.get(key, ()))  # noqa: E731
+        return cls(TensorSpec.from_dict(d["input"]), TensorSpec.from_dict(d["output"]),
+                   tuple(TensorSpec.from_dict(t) for t in d["state"]), specs("carry_in"), specs("carry_out"))
+
     def with_batch(self, batch: int) -> "Signature":
         b = lambda specs: tuple(t.with_batch(batch) for t in specs)  # noqa: E731
         return Signature(self.input.with_batch(batch), self.output.with_batch(batch), b(self.state),

@@ -416,11 +416,16 @@ class _Job:
 
     @property
     def seg(self) -> Segment:
-        return self.spec.segments[self.i]
+        return _segment(self.spec, self.i, self.device)
 
     @property
     def input_dtype(self) -> str:
         return self.spec.input_dtype if self.i == 0 else "float32"
+
+
+def _segment(spec: ModelSpec, i: int, device: torch.device) -> Segment:
+    """Segment ``i`` of ``spec`` in eval mode on ``device``."""
+    return spec.segments[i].eval().to(device)
 
 
 def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions = CompileOptions()) -> ArtifactSet:
@@ -439,9 +444,7 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
     dev = torch.device(opts.device)
     lens = sorted(set(slices), reverse=True)
     root = opts.root / f"{spec.name}-{spec.key}"   # one directory per model, weights content and cut
-    for s in spec.segments:
-        s.eval().to(dev)
-    io = spec.io_specs(opts.batch)
+    io = spec.io_specs(opts.batch)   # the modules are touched only to build or verify (a recorded spec: built then)
     result = ArtifactSet(spec.name, root, spec.T, slices, [tuple(s) for s in spec.splits], opts.batch,
                          spec.input_dtype, opts.aot, spec.in_shape, spec.weights_sha256, spec.model_sha256,
                          spec.split_source)
@@ -467,7 +470,7 @@ def compile_spec(spec: ModelSpec, slices: Sequence[int], options: CompileOptions
                 prev, st, outs = inputs[k - 1], None, []
                 with torch.no_grad():
                     for c in range(0, as_tuple(prev)[0].shape[0], lens[0]):
-                        y, st = spec.segments[k - 1].run(chunk(prev, c, c + lens[0]), st)
+                        y, st = _segment(spec, k - 1, dev).run(chunk(prev, c, c + lens[0]), st)
                         outs.append(as_tuple(y))
                 cat = tuple(torch.cat(parts) for parts in zip(*outs))
                 inputs[k] = cat[0] if len(cat) == 1 else cat

@@ -27,6 +27,7 @@ from bidl_models.slicing import GridLayout, config_segments, time_slices
 
 from .build import ArtifactSet, compile_spec
 from .options import CompileOptions
+from .spec_record import record_path, recorded_spec, write_record
 
 
 class CompileJob:
@@ -63,12 +64,26 @@ class CompileJob:
             grid = (1, len(self.splits))
         return GridLayout.resolve(self.config, grid, self._replicas)
 
+    @property
+    def spec_args(self) -> dict[str, Any]:
+        """The arguments of :meth:`ModelSpec.from_config` that resolve this job's model."""
+        return dict(columns=self.layout.cols, splits=self.splits, checkpoint=self.checkpoint,
+                    in_shape=self.in_shape, input_dtype=self.input_dtype, seed=self.seed)
+
     @cached_property
     def spec(self) -> ModelSpec:
-        """The model, resolved once: segments for the layout's columns, weights loaded."""
-        return ModelSpec.from_config(self.config, columns=self.layout.cols, splits=self.splits,
-                                     checkpoint=self.checkpoint, in_shape=self.in_shape,
-                                     input_dtype=self.input_dtype, seed=self.seed)
+        """The model, resolved once: segments for the layout's columns, weights loaded. Read back from
+        its record in the artifact root when there is one (:mod:`compile.spec_record`; not with
+        ``force``): the modules are then built only if something needs them (a compile)."""
+        if self.options.force:
+            return ModelSpec.from_config(self.config, **self.spec_args)
+        return recorded_spec(self.options.root, self.config, self.spec_args)
+
+    def record_spec(self) -> None:
+        """Record the resolved spec in the artifact root (once it exists), for the next run to read."""
+        path = record_path(self.options.root, self.config, self.spec_args)
+        if self.options.root.is_dir() and not path.is_file():
+            write_record(path, self.spec)
 
     @cached_property
     def slices(self) -> list[int]:
@@ -109,12 +124,10 @@ class CompileJob:
                 pass
 
     def weight_bytes(self) -> list[int]:
-        """Bytes of each segment's weights (parameters and buffers): what every cell of its column holds.
-        Counted once, by the artifact stage before it compiles (an export swaps a module's tensors for
-        fake ones while it traces: another thread must not read them then)."""
+        """Bytes of each segment's weights (parameters and buffers): what every cell of its column holds
+        (counted when the model was resolved)."""
         if self._weight_bytes is None:
-            self._weight_bytes = [sum(t.numel() * t.element_size() for t in seg.state_dict().values())
-                                  for seg in self.spec.segments]
+            self._weight_bytes = list(self.spec.weight_bytes)
         return self._weight_bytes
 
     def wait_spec(self) -> ModelSpec:
@@ -156,6 +169,7 @@ class CompileJob:
             finally:
                 self._spec_done.set()
             result = self.build()
+            self.record_spec()
         except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the stage
             self.artifacts_done_at = time.time()
             fut.set_exception(e)

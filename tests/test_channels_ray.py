@@ -68,3 +68,16 @@ def test_channel_between_ray_actors(peers, transport):
     assert res["pid"] != sender_pid
     assert res["got"] == [(i, 128.0 * i, 45.0 * i) for i in range(5)] + [("stop", 5)]
     assert res["stats"]["messages"] == 5 and res["stats"]["bytes"] == 5 * (128 + 10) * 4
+
+
+def test_the_embedded_node_runs_only_what_a_grid_uses(peers):
+    """start_local without the dashboard starts a lean node (bidl_runtime.cluster.ray_cluster.lean_node):
+    the GCS, the raylet and its agents, but no autoscaler monitor, log monitor or API server; actors
+    run on it."""
+    import psutil
+    cmdlines = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True) if p.is_running()]
+    names = {n for c in cmdlines for n in ("gcs_server", "raylet", "monitor.py", "log_monitor.py", "dashboard.py")
+             if f"/{n} " in c + " " or c.startswith(n)}
+    assert {"gcs_server", "raylet"} <= names, cmdlines
+    assert not names & {"monitor.py", "log_monitor.py", "dashboard.py"}, cmdlines
+    assert ray.get([p.__ray_ready__.remote() for p in peers]) == [True, True]

@@ -62,8 +62,8 @@ def emulate(spec: ModelSpec, slices: Sequence[int], profile: Optional[DeviceProf
     costs = cost_profile(spec.segments[0].backbone, spec.in_shape) if profile is not None else None
     ref = (profile.ref_flops if profile.ref_flops is not None else resnet50_step_flops()) if profile else 0.0
     sources: dict[ProgramKey, Program] = {}
-    for s, (seg, io) in enumerate(zip(spec.segments, spec.io_specs(batch))):
-        step_s = profile.seconds_per_step(costs.span(*seg.cuts), ref) if costs is not None else 0.0
+    for s, io in enumerate(spec.io_specs(batch)):   # the modules only for a pace (a recorded spec: built then)
+        step_s = profile.seconds_per_step(costs.span(*spec.segments[s].cuts), ref) if costs is not None else 0.0
         for t in sorted(set(slices)):
             sig = io.chunk(t)
             if s == 0:
