@@ -52,21 +52,21 @@ ZOO = {
 }
 PROJECT_OWN = {"clif3fc3dm_itout-b16x1-dvsglyphs", "clif3fc3dm_itout-b16x1-dvsmnist_guide"}
 WHOLE_SEQUENCE = {"attentionVGG-it-b64x1-cifar10dvs"}   # attention over time: grids of one time slice
-T_SMALL = 4
+T_SMALL = 2   # two steps: a 2-row grid still hands the state from row to row (export and load cost grow with T)
 SMALL_HW = {  # the smallest frame each network family takes (its convolutions and poolings), for speed
     "SeqClif3Fc3": 16, "SeqClifplus3Fc3": 16, "SeqClif3Flif2": 16, "SeqClifplus3Flifplus2": 16,
     "SeqClif5Fc2": 64, "SeqClifplus5Fc2": 64, "SeqClif7Fc1": 128, "AttentionVGG": 64, "ResNet": 32,
 }
 
 
-def shrink(name: str) -> list[str]:
-    """Overrides that make config ``name`` small: T_SMALL steps, the smallest frames, no data."""
+def shrink(name: str, T: int = T_SMALL) -> list[str]:
+    """Overrides that make config ``name`` small: ``T`` steps, the smallest frames, no data."""
     bb_type = ZOO[name][1]
     out = ["data=None"]
     if name.endswith("_mp"):
-        return out + [f"model_{i}.backbone.timestep={T_SMALL}" for i in (0, 1)] + [
+        return out + [f"model_{i}.backbone.timestep={T}" for i in (0, 1)] + [
             "models_compile_inputshape=[[1,2,32,32],[1,512,4,4]]"]
-    out.append(f"model.backbone.timestep={T_SMALL}")
+    out.append(f"model.backbone.timestep={T}")
     hw = next((v for k, v in SMALL_HW.items() if bb_type.startswith(k)), None)
     if hw is not None:
         out += [f"model.backbone.h={hw}", f"model.backbone.w={hw}"]
@@ -239,7 +239,7 @@ def test_attention_config_refuses_time_slices_naming_the_layer(tmp_path, capsys)
     from bidl_runtime.run import main as run_main
     from compile import compile_config
     name = "attentionVGG-it-b64x1-cifar10dvs"
-    cfg = load_config(name, shrink(name))
+    cfg = load_config(name, shrink(name, T=4))
     why = (r"AttentionVGGNet: layer 'twa1' \(TemporalWiseAttention, segment 0\) attends over all T=4 steps at "
            r"once, so the grid cannot cut time into 2 slices: grid 2x\d is not allowed; allowed: 1xC")
     with pytest.raises(ValueError, match=why):
@@ -252,7 +252,7 @@ def test_attention_config_refuses_time_slices_naming_the_layer(tmp_path, capsys)
         emulate(ModelSpec.from_config(cfg, columns=3), [1, 1, 1, 1])
     plan = make_plan(cfg, "1x3")
     assert plan.slices == (4,) and plan.cols == 3
-    assert run_main(["--config", name, "--grid", "2x2", "--cfg-options", *shrink(name)]) == 2
+    assert run_main(["--config", name, "--grid", "2x2", "--cfg-options", *shrink(name, T=4)]) == 2
     err = capsys.readouterr().err
     assert "error: AttentionVGGNet: layer 'twa1'" in err and "grid 2x2 is not allowed" in err
 
