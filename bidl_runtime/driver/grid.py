@@ -119,6 +119,7 @@ class Grid:
             if c.key not in self.actors:
                 self.actors[c.key] = (self.pool.acquire(c) if self.pool is not None
                                       else new_actor(c.name, c.node, rcfg.actor_gpus()))
+        self.hosts.start_spares()   # standby cells start their processes beside the grid's, not while it streams
         t = time.time()
         try:
             self._configure([c.key for c in p.cells], startup=True)

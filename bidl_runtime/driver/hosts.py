@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -141,18 +142,22 @@ class HostWatch:
             else:
                 self.nodes[node] = _Node(node, n.get("NodeManagerAddress", plan.host(node)),
                                          int(n.get("NodeManagerPort", 0)))
-        self._start_spares()
+        self.start_spares()
         self.thread = threading.Thread(target=self._run, name="bidl-hosts", daemon=True)
         self.thread.start()
 
-    def _start_spares(self) -> None:
-        """An idle cell actor per standby device on a watched node (its process starts now, so a lost
-        host's cells take over in the time it takes to load their programs)."""
+    def start_spares(self) -> None:
+        """An idle cell actor per unused standby device of a grid that spans several nodes, the
+        driver's included (its process starts now, beside the grid's cells, so that a lost host's cells
+        take over in the time it takes to load their programs); not on a node known to be lost."""
         plan = self.grid.plan
+        if len(set(plan.device_nodes) - {"local"}) < 2:
+            return                                   # one node: no host to lose but the driver's own
         used = {c.device for c in plan.cells}
         for d in plan.standby:
             node = plan.device_nodes[d]
-            if d not in used and d not in self.spares and node in self.nodes and self.nodes[node].lost_at is None:
+            known = self.nodes.get(node)
+            if d not in used and d not in self.spares and (known is None or known.lost_at is None):
                 self.spares[d] = new_actor(f"spare@dev{d}", node, self.config.actor_gpus())
                 self.spare_pings[d] = self.spares[d].ping.remote()
 
@@ -350,6 +355,10 @@ class HostWatch:
             g.restarts.append(entry)
         for n in lost_nodes:
             self.entries[n] = entries
+        to = sorted({e["host_now"] for entry in entries for e in entry["cells"]})
+        say(f"host {host} lost ({t.why}): {len(moves)} cell(s) re-placed on {', '.join(to)} "
+            f"({spares['ready']}/{spares['used']} standby cells ready), "
+            f"{sum(len(v) for v in replayed.values())} in-flight sample(s) replayed")
 
     def _kill_here(self, cells: list) -> None:
         """SIGKILL the processes of ``cells`` that run on this machine (a lost node's raylet no longer
@@ -389,6 +398,12 @@ class HostWatch:
         for n in self.nodes.values():
             for _, actor in n.stale:
                 kill(actor)
+
+
+def say(line: str) -> None:
+    """A line on stderr that does not break the run's progress bar."""
+    from tqdm import tqdm
+    tqdm.write(line, file=sys.stderr)
 
 
 def _text(e: BaseException) -> str:
