@@ -164,6 +164,16 @@ def active_net(cfg, path: Path, guide_format: bool = False) -> tuple[nn.Module, 
     return net, path
 
 
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory):
+    """One artifact root for the session's streams of the tiny models (:func:`tiny_glyphs` at any T, grid
+    and batch): an artifact's directory is named by its model spec's key (model, weights, cut), chunk
+    length and batch, and a reused one is checked against its manifest's key, so the modules that stream
+    the same tiny model reuse what an earlier one compiled (each still compiles alone, when run alone).
+    Tests that count cache misses, damage or inspect artifacts keep a directory of their own."""
+    return tmp_path_factory.mktemp("tiny-artifacts")
+
+
 # ------------------------------------------------------------------------------ Ray
 
 @pytest.fixture(scope="module")

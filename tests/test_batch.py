@@ -19,8 +19,8 @@ def cluster(ray_local):
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    return tmp_path_factory.mktemp("artifacts")
+def artifacts(tiny_artifacts):   # the session's tiny-model artifacts (conftest)
+    return tiny_artifacts
 
 
 def run(artifacts, grid, batch, items=None, **kw):

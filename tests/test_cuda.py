@@ -30,11 +30,11 @@ T = 4
 
 
 @pytest.fixture(scope="module")
-def arts(tmp_path_factory):
-    """The tiny glyph model compiled for a 2x1 grid (two time slices of 2 steps)."""
+def arts(tiny_artifacts):
+    """The tiny glyph model compiled for a 2x1 grid (two time slices of 2 steps), in the session's
+    tiny-model artifacts (conftest)."""
     from bidl_runtime.api import GridJob
-    root = tmp_path_factory.mktemp("cuda-arts")
-    return GridJob(tiny_glyphs(T), grid=(2, 1), artifacts=root).artifacts()
+    return GridJob(tiny_glyphs(T), grid=(2, 1), artifacts=tiny_artifacts).artifacts()
 
 
 def artifact_path(arts) -> str:
@@ -342,14 +342,14 @@ def cluster(ray_local):
 
 
 @pytest.mark.parametrize("grid,batch", [((2, 2), 1), ((2, 1), 2)])
-def test_compiled_grid_over_cuda_edges_equals_reference(cluster, tmp_path_factory, grid, batch):
+def test_compiled_grid_over_cuda_edges_equals_reference(cluster, tiny_artifacts, grid, batch):
     """Compiled cells (the cuda backend's code path) with every cell-to-cell edge on the cuda
     transport (host-memory slots): outputs equal to the single-device reference, per sample, in order."""
     from bidl_runtime.api import stream
     n = 5
     rcfg = RuntimeConfig(backend="compiled", transport="cuda", chunk_compile="eager", batch=batch, metrics=False)
     report = stream(tiny_glyphs(T), glyph_samples(T, n), grid=grid, rcfg=rcfg,
-                    artifacts=tmp_path_factory.mktemp("grid-arts"), verify=True)
+                    artifacts=tiny_artifacts, verify=True)
     assert report.verify["equal"] == n and report.verify["max_abs_diff"] == 0.0, report.verify
     assert list(report.outputs) == list(range(n))
     cell_edges = {e.transport for e in report.plan.edges if e.kind in ("state", "activation")}

@@ -182,7 +182,7 @@ T = 4
 
 @pytest.mark.slow
 @pytest.mark.parametrize("who", WHO)
-def test_a_flood_during_wiring_and_streaming_does_not_restart_a_tcp_grid(ray_local, who, tmp_path, monkeypatch):
+def test_a_flood_during_wiring_and_streaming_does_not_restart_a_tcp_grid(ray_local, who, tiny_artifacts, monkeypatch):
     """2x1 grid over tcp. During wiring, once every receiver listens (the cells' and the driver's) and
     before any sender attaches, 500 connections are spread over those new listening ports, so each
     sender queues up behind them; 500 more while the samples stream. Bit-exact, no restart."""
@@ -195,7 +195,7 @@ def test_a_flood_during_wiring_and_streaming_does_not_restart_a_tcp_grid(ray_loc
     as_user = flood_user(who)
     c = tiny_glyphs(T)
     rcfg = RuntimeConfig(metrics=False, transport="tcp")
-    plan = GridJob(c, grid=(2, 1), runtime=rcfg, artifacts=tmp_path / "artifacts").plan()
+    plan = GridJob(c, grid=(2, 1), runtime=rcfg, artifacts=tiny_artifacts).plan()
     items = glyph_samples(T, 8, seed=7)
     floods: list[Flood] = []
     seen: dict = {}

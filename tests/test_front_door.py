@@ -124,11 +124,11 @@ def test_no_template_once_ray_is_imported(tmp_path):
 # ------------------------------------------------------------------------------------ reference
 
 @pytest.fixture(scope="module")
-def plan_2x2(tmp_path_factory):
+def plan_2x2(tiny_artifacts):
     """A 2x2 plan of the tiny default model, artifacts compiled, no Ray."""
     from bidl_runtime.api import GridJob
     from bidl_runtime.plan.place import Cluster
-    job = GridJob(tiny_glyphs(6), grid="2x2", artifacts=tmp_path_factory.mktemp("front-arts"))
+    job = GridJob(tiny_glyphs(6), grid="2x2", artifacts=tiny_artifacts)
     return job.plan(Cluster.local(4))
 
 

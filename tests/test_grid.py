@@ -21,14 +21,14 @@ def cluster(ray_local):   # cluster.start_local: token auth, loopback
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    return tmp_path_factory.mktemp("artifacts")
+def artifacts(tiny_artifacts):   # the session's tiny-model artifacts (conftest): other modules reuse them
+    return tiny_artifacts
 
 
 def run(T, artifacts, grid, replicas=1, items=None, **rkw):
     rcfg = RuntimeConfig(metrics=False, **rkw)
     items = items if items is not None else samples(T, N)
-    return stream(cfg(T), items, grid=grid, replicas=replicas, rcfg=rcfg, artifacts=artifacts / f"T{T}",
+    return stream(cfg(T), items, grid=grid, replicas=replicas, rcfg=rcfg, artifacts=artifacts,
                   verify=True)
 
 
@@ -127,7 +127,7 @@ def test_idle_cells_block_instead_of_spinning(cluster, artifacts):
     from bidl_runtime.api import GridJob
     from bidl_runtime.driver.grid import Grid
     rcfg = RuntimeConfig(metrics=False)
-    plan = GridJob(cfg(7), grid=(2, 2), runtime=rcfg, artifacts=artifacts / "T7").plan()
+    plan = GridJob(cfg(7), grid=(2, 2), runtime=rcfg, artifacts=artifacts).plan()
     g = Grid(plan, rcfg)
     try:
         g.start()
@@ -144,7 +144,7 @@ def test_idle_cells_block_instead_of_spinning(cluster, artifacts):
     assert max(used) < 0.03, f"idle cells used {[f'{100 * u:.1f}%' for u in used]} of a core"
 
 
-def test_columns_cut_inside_a_residual_block_equal_the_reference(cluster, artifacts):
+def test_columns_cut_inside_a_residual_block_equal_the_reference(cluster, tmp_path):
     """A tiny ResNet auto-split into 2 columns cuts inside a residual block: the activation edge carries
     the block's skip (and the raw channels of a convolution cut between its output channels) as
     further tensors, and the grid's outputs equal the single-device reference exactly."""
@@ -152,11 +152,11 @@ def test_columns_cut_inside_a_residual_block_equal_the_reference(cluster, artifa
     from bidl_models.datasets.synthetic import synthetic_samples
     from conftest import TINY, active_net, write_config
     backbone, inshape = TINY["ResNetLifItout"]
-    c = load_config(write_config(artifacts / "resnet_cut.py", dict(backbone, timestep=5, noise=0.0), inshape))
-    _, ckpt = active_net(c, artifacts / "resnet_cut.pth")
+    c = load_config(write_config(tmp_path / "resnet_cut.py", dict(backbone, timestep=5, noise=0.0), inshape))
+    _, ckpt = active_net(c, tmp_path / "resnet_cut.pth")
     items = [(x, i) for i, x in enumerate(synthetic_samples(5, (2, 32, 32), N, 0, rate=0.4))]
     report = stream(c, items, grid=(2, 2), rcfg=RuntimeConfig(metrics=False), checkpoint=ckpt,
-                    artifacts=artifacts / "resnet_cut", verify=True)
+                    artifacts=tmp_path / "resnet_cut", verify=True)
     assert_exact(report)
     split = report.plan.splits[0][1]
     assert isinstance(split, str), f"expected a cut inside a block, got {report.plan.splits}"

@@ -41,14 +41,14 @@ def test_node_watch_names_a_refusing_raylet_after_node_lost_s():
 
 
 @pytest.mark.slow
-def test_a_killed_raylet_is_named_within_10_s_and_the_run_stops(two_nodes, tmp_path):
+def test_a_killed_raylet_is_named_within_10_s_and_the_run_stops(two_nodes, tiny_artifacts):
     import ray
     from ray._private import ray_constants
     second = list(two_nodes["cluster"].worker_nodes)[0]
     raylet = second.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
     info = next(n for n in ray.nodes() if n["NodeID"] == second.node_id)
     address = f"{info['NodeManagerAddress']}:{info['NodeManagerPort']}"
-    job = GridJob(tiny_glyphs(T), grid=(2, 2), runtime=RuntimeConfig(metrics=False), artifacts=tmp_path / "artifacts")
+    job = GridJob(tiny_glyphs(T), grid=(2, 2), runtime=RuntimeConfig(metrics=False), artifacts=tiny_artifacts)
     grid = job.grid()
     node_processes: set[int] = set()
     killed_at: list[float] = []

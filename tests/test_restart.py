@@ -27,8 +27,8 @@ def cluster(ray_local):   # cluster.start_local: token auth, loopback
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    return tmp_path_factory.mktemp("artifacts")
+def artifacts(tiny_artifacts):   # the session's tiny-model artifacts (conftest): test_grid's 3x2, 2x2, 2x1
+    return tiny_artifacts
 
 
 def plan_of(artifacts, grid=(3, 2), replicas=1, transport="auto"):

@@ -198,7 +198,7 @@ def _attack(host: str, port: int, data: bytes | None, hold: list) -> None:
     hold.append(s)
 
 
-def test_intruders_on_a_live_grid_do_not_disturb_the_run(cluster, tmp_path):
+def test_intruders_on_a_live_grid_do_not_disturb_the_run(cluster, tiny_artifacts):
     """A 2x2 grid over tcp: before the run, the driver's result receiver (still listening) gets garbage,
     an oversized length prefix, half a frame, a wrong-secret hello and a silent connection; during the
     run every TCP port of the whole cluster (Ray's included) gets garbage and half frames. The run's
@@ -207,7 +207,7 @@ def test_intruders_on_a_live_grid_do_not_disturb_the_run(cluster, tmp_path):
     reset when the listener closes; none gets a byte back."""
     c = cfg()
     rcfg = RuntimeConfig(metrics=False, transport="tcp")
-    plan = GridJob(c, grid=(2, 2), runtime=rcfg, artifacts=tmp_path / "artifacts").plan()
+    plan = GridJob(c, grid=(2, 2), runtime=rcfg, artifacts=tiny_artifacts).plan()
     items = glyph_samples(T, N, seed=3)
     hold: list[socket.socket] = []
     attacks: list = []
