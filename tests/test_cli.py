@@ -40,14 +40,14 @@ def test_main_command_outputs_equal_reference(artifacts):
 
 
 def test_planning_errors_fail_fast_without_ray():
-    r = run_cli("--grid", "30x1")
-    assert r.returncode == 2 and "rows <= T" in r.stderr
-    r = run_cli("--grid", "3by2")
-    assert r.returncode == 2 and "expected RxC" in r.stderr
-    r = run_cli("--config", "resnetlif50-itout-b8x1-cifar10dvs_mp", "--grid", "1x3")
-    assert r.returncode == 2 and "2 segment models" in r.stderr
-    r = run_cli("--config", "no-such-config")
-    assert r.returncode == 2 and "no-such-config" in r.stderr
+    # four separate commands, started together (each fails on its own; none waits for another)
+    runs = [(CliRun(*args), want) for args, want in (
+        (("--grid", "30x1"), "rows <= T"), (("--grid", "3by2"), "expected RxC"),
+        (("--config", "resnetlif50-itout-b8x1-cifar10dvs_mp", "--grid", "1x3"), "2 segment models"),
+        (("--config", "no-such-config"), "no-such-config"))]
+    for run, want in runs:
+        run.finish(600)
+        assert run.returncode == 2 and want in run.stderr, (run.proc.args, run.stderr[-2000:])
 
 
 def test_fault_drill_restarts_the_cell_and_replays(artifacts):
@@ -81,19 +81,30 @@ def test_a_failed_start_up_leaves_nothing_behind(artifacts):
     assert not r.shm_files()
 
 
-def test_errors_are_one_line_and_debug_shows_the_traceback(artifacts, tmp_path):
+def test_errors_are_one_line_and_debug_shows_the_traceback(artifacts, tmp_path, capsys):
     bad = tmp_path / "trunc.pth"
     from bidl_models.checkpoint import SHIPPED_WEIGHTS
+    from bidl_runtime.run import main
     bad.write_bytes((SHIPPED_WEIGHTS / "clif3fc3dm_itout-b16x1-dvsglyphs.pth").read_bytes()[:3000])
+    # the two that need a process of their own (a damaged checkpoint is read while Ray starts; --debug's
+    # traceback is the interpreter's) start now and are checked below
+    damaged = CliRun("--samples", "2", "--artifacts", artifacts, "--checkpoint", str(bad))
+    debug = CliRun("--samples", "2", "--artifacts", artifacts, "--depth", "0", "--debug")
+    # flags refused before a model, a thread or Ray: the command's own code, in this process
     for args, want in ((["--depth", "0"], "--depth 0: expected an int >= 1"),
                        (["--profile-fps", "0"], "--profile-fps 0: expected a finite number"),
                        (["--max-restarts", "-1"], "--max-restarts -1: expected an int >= 0"),
-                       (["--backend", "cuda"], "--backend cuda: no CUDA device"),
-                       (["--checkpoint", str(bad)], "trunc.pth' cannot be read: truncated or damaged")):
-        r = run_cli("--samples", "2", "--artifacts", artifacts, *args)
-        err = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.strip().startswith("error:")]
-        assert r.returncode == 2 and len(err) == 1 and want in err[0], (args, r.stderr)
-        assert "Traceback" not in r.stderr
+                       (["--backend", "cuda"], "--backend cuda: no CUDA device")):
+        capsys.readouterr()
+        rc = main(["--samples", "2", "--artifacts", artifacts, *args])
+        stderr = capsys.readouterr().err
+        err = [ln for ln in stderr.replace("\r", "\n").splitlines() if ln.strip().startswith("error:")]
+        assert rc == 2 and len(err) == 1 and want in err[0], (args, stderr)
+        assert "Traceback" not in stderr
+    r = damaged.finish(600)
+    err = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.strip().startswith("error:")]
+    assert r.returncode == 2 and len(err) == 1 and "trunc.pth' cannot be read: truncated or damaged" in err[0], r.stderr
+    assert "Traceback" not in r.stderr
     import shutil
 
     from compile.manifest import PROGRAM
@@ -107,7 +118,7 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(artifacts, tmp_path):
     err = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.strip().startswith("error:")]
     assert r.returncode in (1, 2) and len(err) == 1 and str(prog.parent.name) in err[0], r.stderr[-3000:]
     assert "Traceback" not in r.stderr
-    r = run_cli("--samples", "2", "--artifacts", artifacts, "--depth", "0", "--debug")
+    r = debug.finish(600)
     assert r.returncode != 0 and "Traceback" in r.stderr and "ValueError: --depth 0" in r.stderr
 
 
