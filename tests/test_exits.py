@@ -27,13 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> list[str]:
     """Flags of a small model for the command line: the default config at 2x16x16 under another name
-    (no shipped weights: seeded ones), no data."""
+    (no shipped weights: seeded ones), no data; the cpu backend (these runs are about exits and what is
+    left behind, not the compiled backend: no AOTInductor build for their cells)."""
     from bidl_runtime.api import default_config
     path = tmp_path_factory.mktemp("tiny-config") / "tinyglyphs.py"
     path.write_text(f"_base_ = {str(default_config())!r}\n"
                     "model = dict(backbone=dict(h0=16, w0=16))\nmodels_compile_inputshape = [[1, 2, 16, 16]]\n"
                     "data = None\n")
-    return ["--config", str(path)]
+    return ["--config", str(path), "--backend", "cpu"]
 
 
 # ------------------------------------------------------------------------------ sizes
