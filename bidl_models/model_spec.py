@@ -29,6 +29,7 @@ from .config import Config
 from .from_config import build_segments
 from .specs import Signature
 from .segments import Segment, auto_split, check_chain, split_backbone
+from .slicing import check_segment_columns
 
 INPUT_DTYPES = ("float32", "uint8", "int64", "int32")
 FLOAT_INPUTS = ("float32", "uint8")     # frames: float, or uint8 event counts cast inside the program
@@ -172,10 +173,8 @@ class ModelSpec:
             if splits is not None:
                 raise ValueError(f"splits={splits!r}: the config already cuts the model into {len(segs)} segments "
                                  "(model_0..n with split); drop splits or use a single-model config")
-            if columns is not None and columns != len(segs):
-                n = len(segs)
-                raise ValueError(f"grid has {columns} segment columns, but the config defines {n} segment models "
-                                 f"(model_0..model_{n - 1}); expected {n} columns (one per segment), not {columns} columns")
+            if columns is not None:
+                check_segment_columns(columns, len(segs))
             source = "config model_0..n"
         else:
             if splits is not None:

@@ -92,6 +92,36 @@ def config_segments(cfg: Optional[Mapping]) -> int:
     return max(1, sum(1 for k in cfg if isinstance(k, str) and k.startswith("model_") and k[6:].isdigit()))
 
 
+def check_segment_columns(cols: int, n: int) -> None:
+    """ValueError unless a grid of ``cols`` columns fits a config of ``n`` segment models (one each)."""
+    if cols != n:
+        raise ValueError(f"grid has {cols} segment columns, but the config defines {n} segment models "
+                         f"(model_0..model_{n - 1}); expected {n} columns (one per segment), not {cols} columns")
+
+
+def config_timestep(cfg: Optional[Mapping]) -> Optional[int]:
+    """T as the config states it (``model[_0].backbone.timestep``), None where it does not."""
+    for key in ("model", "model_0"):
+        model = cfg.get(key) if cfg is not None else None
+        backbone = model.get("backbone") if hasattr(model, "get") else None
+        t = backbone.get("timestep") if hasattr(backbone, "get") else None
+        if isinstance(t, int) and not isinstance(t, bool):
+            return t
+    return None
+
+
+def check_config_grid(cfg: Optional[Mapping], rows: int, cols: int) -> None:
+    """ValueError (one line, as the model's own checks say it) for a grid that the config alone rules
+    out: more rows than its stated T, or other columns than its segment models (``model_0..n``).
+    Checked before the model is built (and before a cluster starts)."""
+    n = config_segments(cfg)
+    if n > 1:
+        check_segment_columns(cols, n)
+    t = config_timestep(cfg)
+    if t is not None:
+        time_slices(t, rows)
+
+
 @dataclass(frozen=True)
 class GridLayout:
     """Rows x cols cells per replica and the device id of each: ``devices[replica][row][col]``."""

@@ -30,6 +30,7 @@ from bidl_grid.command import USAGE_ERRORS, one_line, stop_on_sigterm
 from bidl_models.checkpoint import resolve_checkpoint, shipped_weights
 from bidl_models.config import describe_source, load_config, shipped_config
 from bidl_models.from_config import load_model
+from bidl_models.slicing import check_config_grid
 
 from bidl_runtime.api import GridJob, default_config
 from bidl_runtime.cell.cell import FAULTS
@@ -52,6 +53,7 @@ from bidl_runtime.plan.hosts import HostMap
 from bidl_runtime.runtime_config import (COMPILE_START_TIMEOUT_S, COMPILED_BACKENDS, COMPUTE_BACKENDS, RUN_BACKEND,
                                          DeviceProfile, RuntimeConfig)
 
+SPEC_CHECK_S = 0.5      # Ray waits this long at most for the model's checks (a recorded spec takes ~0.1 s)
 ARTIFACT_NICE = 5       # the model's and artifacts' thread while Ray starts (see Launch._run)
 COMPILE_GRACE_S = 5.0   # after Ctrl-C / SIGTERM, a compile in progress gets this long to finish
 THREAD_GRACE_S = 3.0    # ... and the run's threads (the verifier's last checks) this long
@@ -147,6 +149,7 @@ class Launch:
         job = self.job = plan_job(args, runtime_config(args, faults))
         cfg, checkpoint, rcfg, layout = job.config, job.checkpoint, job.runtime, job.layout
         job.check_hosts()
+        check_config_grid(cfg, layout.rows, layout.cols)   # what the config alone rules out, before any model
         say(describe_source(cfg))
         for (_, row, col) in faults:
             if not (row < layout.rows and col < layout.cols):
@@ -179,6 +182,7 @@ class Launch:
         self.phase = "starting Ray"
         namespace = args.namespace or f"bidl-{uuid.uuid4().hex[:8]}"
         self.artifacts = job.start_artifacts(nice=ARTIFACT_NICE)
+        job.check_spec(SPEC_CHECK_S)   # a model read from its record is checked before Ray starts
         self.started = not args.address
         dashboard = args.dashboard or args.keep_alive
         with clock.phase("ray_start", "starting Ray" if self.started else f"joining {args.address}"):

@@ -53,6 +53,7 @@ class CompileJob:
         self.artifacts_done_at: Optional[float] = None   # epoch time the artifact stage finished
         self._spec_done = threading.Event()               # set once the started stage has the spec (or failed)
         self._weight_bytes: Optional[list[int]] = None
+        self._spec_recorded = False                        # the spec was read from its record, or written
 
     # ------------------------------------------------------------------------------ the stages
 
@@ -77,13 +78,23 @@ class CompileJob:
         ``force``): the modules are then built only if something needs them (a compile)."""
         if self.options.force:
             return ModelSpec.from_config(self.config, **self.spec_args)
-        return recorded_spec(self.options.root, self.config, self.spec_args)
+        spec, self._spec_recorded = recorded_spec(self.options.root, self.config, self.spec_args)
+        return spec
 
     def record_spec(self) -> None:
-        """Record the resolved spec in the artifact root (once it exists), for the next run to read."""
-        path = record_path(self.options.root, self.config, self.spec_args)
-        if self.options.root.is_dir() and not path.is_file():
-            write_record(path, self.spec)
+        """Record the resolved spec in the artifact root, for the next run to read (after the artifacts
+        are there; not when it was read from its record)."""
+        if not self._spec_recorded and self.options.root.is_dir():
+            write_record(record_path(self.options.root, self.config, self.spec_args), self.spec)
+            self._spec_recorded = True
+
+    def check_spec(self, timeout: float) -> None:
+        """Where the started artifact stage resolves the model within ``timeout`` seconds (a spec read
+        from its record: a tenth of a second), raise its error now (a grid the model cannot take, a
+        wrong checkpoint): ``bidl-run`` then fails before Ray starts. Otherwise the error comes out of
+        :meth:`wait_spec` later."""
+        if self._artifacts is not None and self._spec_done.wait(timeout) and self.spec_times is None:
+            self._artifacts.result()
 
     @cached_property
     def slices(self) -> list[int]:

@@ -2,8 +2,8 @@
 builds no model to find them (building one traces its shapes: 1-3 s of CPU, most of it importing
 torch's compiler stack for the shape tracer).
 
-    spec = recorded_spec(root, cfg, dict(columns=2, checkpoint=ckpt))   # read back, or resolved
-    record_spec(root, spec, dict(columns=2, checkpoint=ckpt))          # ... and written
+    spec, read = recorded_spec(root, cfg, dict(columns=2, checkpoint=ckpt))   # read back, or resolved
+    write_record(record_path(root, cfg, dict(columns=2, checkpoint=ckpt)), spec)   # once compiled
 
 A record, ``<root>/specs/<key>.json``, is :meth:`ModelSpec.to_dict` under a key of everything the
 spec depends on: the config's model keys and the files they name (``model_sha256``), the checkpoint
@@ -91,14 +91,10 @@ def write_record(path: Path, spec: ModelSpec) -> None:
         raise
 
 
-def recorded_spec(root: str | Path, cfg: Config, args: Mapping[str, Any]) -> ModelSpec:
+def recorded_spec(root: str | Path, cfg: Config, args: Mapping[str, Any]) -> tuple[ModelSpec, bool]:
     """``ModelSpec.from_config(cfg, **args)``, read back from its record under ``root`` when there is
-    one; else resolved, and recorded when ``root`` exists (a compile made it: a command that compiles
-    nothing, ``bidl-plan``, leaves no directory behind)."""
-    path = record_path(root, cfg, args)
-    spec = read_record(path, cfg, args)
-    if spec is None:
-        spec = ModelSpec.from_config(cfg, **args)
-        if Path(root).is_dir():
-            write_record(path, spec)
-    return spec
+    one, else resolved; and whether it was read back. Nothing is written here: a compile records the
+    spec once its artifacts are there (:meth:`compile.job.CompileJob.record_spec`), so a command that
+    compiles nothing or fails leaves no record."""
+    spec = read_record(record_path(root, cfg, args), cfg, args)
+    return (spec, True) if spec is not None else (ModelSpec.from_config(cfg, **args), False)

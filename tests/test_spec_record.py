@@ -110,9 +110,11 @@ def test_an_edited_record_is_not_used_and_is_rewritten(record):
     doc["spec"]["splits"] = [[0, 1], [1, 6]]           # edited without the key: the seal breaks
     path.write_text(json.dumps(doc))
     assert read_record(path, cfg, args) is None
-    spec = recorded_spec(path.parents[1], cfg, args)    # resolved again (modules built) and rewritten
-    assert spec._segments is not None and spec == fresh
-    assert read_record(path, cfg, args) == fresh
+    spec, read = recorded_spec(path.parents[1], cfg, args)    # resolved again (modules built), nothing written
+    assert not read and spec._segments is not None and spec == fresh and read_record(path, cfg, args) is None
+    job = _job(cfg, path.parents[1], args["checkpoint"])
+    assert {r.cache for r in job.artifacts().records} == {"hit"}   # the compile's check rewrites it
+    assert job.spec._segments is not None and read_record(path, cfg, args) == fresh
     path.write_text("{not json")
     assert read_record(path, cfg, args) is None
 
@@ -147,8 +149,26 @@ def test_round_trip_keeps_every_field_and_the_whole_sequence_check(tmp_path):
     assert back._segments is None
 
 
-def test_plan_only_leaves_no_directory(tmp_path):
-    """A command that compiles nothing (bidl-plan's preview) records nothing and makes no directory."""
+def test_plan_only_or_a_refused_grid_leaves_no_record(tmp_path):
+    """A command that compiles nothing (bidl-plan's preview) records nothing and makes no directory; a
+    compile refused for its grid records nothing either."""
     cfg = load_config(write_config(tmp_path / "p.py", TINY["SeqClif3Fc3DmItout"][0]))
     job = _job(cfg, tmp_path / "none")
     assert job.spec.T == 3 and not (tmp_path / "none").exists()
+    (tmp_path / "root").mkdir()
+    refused = CompileJob(cfg, grid="4x2", options=CompileOptions(out=str(tmp_path / "root"), progress=False))
+    with pytest.raises(ValueError, match="4 time-slice rows but the model has T=3"):
+        refused.artifacts()
+    assert list((tmp_path / "root").rglob("*")) == []
+
+
+@pytest.mark.slow
+def test_bidl_run_refuses_a_grid_the_recorded_model_cannot_take_before_ray(compiled):
+    """With the spec recorded, the model's checks come before Ray starts (one line, exit 2)."""
+    cfg_path, ckpt, out, _ = compiled
+    r = subprocess.run([sys.executable, "-m", "bidl_runtime.run", "--config", str(cfg_path), "--checkpoint",
+                        str(ckpt), "--grid", "4x2", "--artifacts", str(out), "--backend", "cpu"],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "error: grid has 4 time-slice rows but the model has T=3" in r.stderr
+    assert "ray start" not in r.stderr and "ray:" not in r.stdout, r.stdout + r.stderr
