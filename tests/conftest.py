@@ -15,6 +15,7 @@ Helpers are imported by the test modules (``from conftest import ...``); fixture
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -43,6 +44,11 @@ def _exit_without_teardown() -> None:
 
 
 atexit.register(_exit_without_teardown)   # before Ray is imported: its exit handler runs before this one
+
+# A suite started in the background by a non-interactive shell inherits SIGINT ignored, and so would every
+# command it starts (a Ctrl-C drill would never stop): commands started from here get Python's default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _fork_cell_template():
