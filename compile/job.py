@@ -83,9 +83,12 @@ class CompileJob:
 
     def record_spec(self) -> None:
         """Record the resolved spec in the artifact root, for the next run to read (after the artifacts
-        are there; not when it was read from its record)."""
+        are there; not when it was read from its record; nothing where the root is not writable)."""
         if not self._spec_recorded and self.options.root.is_dir():
-            write_record(record_path(self.options.root, self.config, self.spec_args), self.spec)
+            try:
+                write_record(record_path(self.options.root, self.config, self.spec_args), self.spec)
+            except OSError:   # a cache this user may read but not write: the next run resolves the model
+                return
             self._spec_recorded = True
 
     def check_spec(self, timeout: float) -> None:

@@ -172,3 +172,18 @@ def test_bidl_run_refuses_a_grid_the_recorded_model_cannot_take_before_ray(compi
     assert r.returncode == 2, r.stdout + r.stderr
     assert "error: grid has 4 time-slice rows but the model has T=3" in r.stderr
     assert "ray start" not in r.stderr and "ray:" not in r.stdout, r.stdout + r.stderr
+
+
+def test_a_cache_that_cannot_take_the_record_still_serves(compiled, tmp_path):
+    """Where the record cannot be written (a read-only cache; here its directory's name is taken by a
+    file, which also stops root): the artifacts are found, nothing fails, the next run resolves the
+    model again."""
+    import shutil
+    cfg_path, ckpt, out, fresh = compiled
+    ro = tmp_path / "ro"
+    shutil.copytree(out, ro)
+    shutil.rmtree(ro / SPECS_DIR)
+    (ro / SPECS_DIR).write_text("not a directory")
+    job = _job(load_config(cfg_path), ro, ckpt)
+    assert {r.cache for r in job.artifacts().records} == {"hit"} and job.spec == fresh
+    assert (ro / SPECS_DIR).read_text() == "not a directory"
