@@ -49,6 +49,7 @@ def run_command(main: Callable[[Optional[list[str]]], Any], argv: Optional[Seque
     except UnsupportedVersion as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     stop_on_sigterm()
     try:
         out = main(None if argv is None else list(argv))
@@ -60,4 +61,17 @@ def run_command(main: Callable[[Optional[list[str]]], Any], argv: Optional[Seque
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2 if isinstance(e, usage_errors) else 1
+    finally:   # called from Python with arguments (not as a command): the caller's Ctrl-C and SIGTERM
+        if argv is not None:   # handling come back (a teardown may have left them ignored)
+            _restore(handlers)
     return out if isinstance(out, int) and not isinstance(out, bool) else 0
+
+
+def _restore(handlers: dict) -> None:
+    """Put back signal handlers saved with ``signal.getsignal`` (those set outside Python stay as they are)."""
+    for sig, handler in handlers.items():
+        if handler is not None:
+            try:
+                signal.signal(sig, handler)
+            except ValueError:   # not the main thread: it changed nothing there either
+                pass

@@ -147,3 +147,36 @@ def test_cli_flag_errors_exit_2_in_one_line_before_anything_starts(capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("error: ") and want in err[-1], err
     signal.signal(signal.SIGTERM, signal.SIG_DFL)   # main installed its SIGTERM handler
+
+
+def test_a_command_called_from_python_gives_back_the_callers_signal_handling():
+    """``main([...])`` of a command called from Python: whatever its teardown did to Ctrl-C and SIGTERM
+    (ignored while it tears down), the caller's handlers are back afterwards, on success and on error; a
+    process this one starts later would otherwise inherit SIGINT ignored (a Ctrl-C drill then hangs)."""
+    import signal
+
+    from bidl_grid.command import run_command
+
+    def mine(signum, frame):   # the caller's own handlers
+        pass
+
+    def ignores_then(outcome):
+        def main(argv):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)     # what a teardown's shield does
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if outcome == "error":
+                raise ValueError("bad flag")
+            return 0
+        return main
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGINT, mine)
+        signal.signal(signal.SIGTERM, mine)
+        assert run_command(ignores_then("ok"), ["--x"]) == 0
+        assert signal.getsignal(signal.SIGINT) is mine and signal.getsignal(signal.SIGTERM) is mine
+        assert run_command(ignores_then("error"), ["--x"]) == 2
+        assert signal.getsignal(signal.SIGINT) is mine and signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
