@@ -457,6 +457,44 @@ def test_dvsglyphs_deterministic_per_index_and_split():
         a.frames(30)
 
 
+def test_dvsglyphs_bilinear_is_the_masked_four_tap_sum_bit_for_bit():
+    """The generator's bilinear sampler (padded, no masks) against the plain definition: each of the 4
+    taps inside the image adds ``float32(w * img[r, c])`` in order, taps outside add nothing."""
+    from bidl_models.datasets.glyphs import FONT, _bilinear
+
+    def plain(img, u, v):
+        h, w = img.shape
+        u0, v0 = np.floor(u), np.floor(v)
+        fu, fv = u - u0, v - v0
+        out = np.zeros(u.shape, np.float32)
+        for du, dv, wgt in ((0, 0, (1 - fu) * (1 - fv)), (1, 0, fu * (1 - fv)), (0, 1, (1 - fu) * fv),
+                            (1, 1, fu * fv)):
+            cu, cv = u0.astype(np.int64) + du, v0.astype(np.int64) + dv
+            ok = (cu >= 0) & (cu < w) & (cv >= 0) & (cv < h)
+            out[ok] += (wgt[ok] * img[cv[ok], cu[ok]]).astype(np.float32)
+        return out
+
+    rng = np.random.default_rng(3)
+    for trial in range(12):
+        img = FONT[trial % 10] if trial % 2 else rng.random(tuple(rng.integers(2, 9, 2))).astype(np.float32)
+        u, v = rng.uniform(-40, 40, (2, 5, 16, 16))
+        if trial % 3 == 0:
+            u, v = np.round(u), np.round(v)        # on cell centres and edges exactly
+        got, want = _bilinear(img, u, v), plain(img, u, v)
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32)), trial
+
+
+PINNED_GLYPHS = "f3f4764b9958d0fa21897611f1deaa633e871b0597eac11e85deb642e3a7667b"   # test split, samples 0..4
+
+
+def test_dvsglyphs_samples_are_the_ones_the_shipped_weights_were_trained_on():
+    """A faster generator must not change the data: the test split's first samples, pinned."""
+    import hashlib
+    ds = DvsGlyphs(num_samples=1000, split="test")
+    digest = hashlib.sha256(b"".join(ds.frames(i).tobytes() for i in range(5))).hexdigest()
+    assert digest == PINNED_GLYPHS, digest
+
+
 def test_dvsglyphs_is_fast_and_sized_by_config():
     ds = build_dataset(dict(type="DvsGlyphs", num_samples=40, timestep=8, size=(24, 32), test_mode=True))
     assert ds.split == "test" and ds[0]["img"].shape == (8, 2, 24, 32)

@@ -118,6 +118,7 @@ def _test_split(cfg: Mapping, n: Optional[int], dtype: Optional[torch.dtype]) ->
 
     def gen() -> Iterator[tuple[Tensor, int]]:
         total = len(ds) if n is None else min(n, len(ds))
+        labels = None   # the dataset's labels, read once when its items carry none
         for i in range(total):
             try:
                 item = ds[i]
@@ -125,7 +126,8 @@ def _test_split(cfg: Mapping, n: Optional[int], dtype: Optional[torch.dtype]) ->
                 img = torch.as_tensor(img)
                 label = item.get("gt_label") if isinstance(item, Mapping) else item[1]
                 if label is None and hasattr(ds, "get_gt_labels"):
-                    label = ds.get_gt_labels()[i]
+                    labels = ds.get_gt_labels() if labels is None else labels
+                    label = labels[i]
                 label = None if label is None else int(torch.as_tensor(label))
             except Exception as e:  # noqa: BLE001 - one unreadable item is rejected alone
                 yield Unreadable(f"dataset item {i} cannot be read: {type(e).__name__}: {e}")
