@@ -9,6 +9,8 @@ line shows the traceback instead. torch and Ray are checked before either is imp
 """
 from __future__ import annotations
 
+import atexit
+import os
 import signal
 import sys
 from typing import Any, Callable, Optional, Sequence
@@ -55,7 +57,7 @@ def run_command(main: Callable[[Optional[list[str]]], Any], argv: Optional[Seque
         out = main(None if argv is None else list(argv))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        out = 130
     except Exception as e:  # noqa: BLE001 - every error is one line (--debug: the traceback)
         if "--debug" in args:
             raise
@@ -64,7 +66,23 @@ def run_command(main: Callable[[Optional[list[str]]], Any], argv: Optional[Seque
     finally:   # called from Python with arguments (not as a command): the caller's Ctrl-C and SIGTERM
         if argv is not None:   # handling come back (a teardown may have left them ignored)
             _restore(handlers)
-    return out if isinstance(out, int) and not isinstance(out, bool) else 0
+    code = out if isinstance(out, int) and not isinstance(out, bool) else 0
+    if code == 130 and argv is None:   # the command itself, interrupted: its exit code is 130 (see exit_now)
+        exit_now(130)
+    return code
+
+
+def exit_now(code: int) -> None:
+    """Exit with ``code`` at once, after the exit handlers (temporary dirs, a forked template, Ray's
+    shutdown), without the interpreter's own shutdown. Used where that shutdown would change the exit:
+    a daemon thread still inside C++ code (torch) aborts the process there, and an interrupt that landed
+    inside an embedded ``PyRun_*`` call (one of them runs during torch's import) leaves CPython's
+    "unhandled KeyboardInterrupt" flag set although it was handled, so the interpreter would end by
+    SIGINT (exit -2) instead of with ``code``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)
 
 
 def _restore(handlers: dict) -> None:

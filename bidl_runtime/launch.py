@@ -26,7 +26,7 @@ from typing import Any, Iterator, Optional
 import ray
 from tqdm import tqdm
 
-from bidl_grid.command import USAGE_ERRORS, one_line, stop_on_sigterm
+from bidl_grid.command import USAGE_ERRORS, exit_now, one_line, stop_on_sigterm
 from bidl_models.checkpoint import resolve_checkpoint, shipped_weights
 from bidl_models.config import describe_source, load_config, shipped_config
 from bidl_models.from_config import load_model
@@ -359,15 +359,6 @@ def threads_done(timeout: float) -> bool:
         if t.name.startswith("bidl-") and t is not threading.current_thread():
             t.join(max(0.0, deadline - time.monotonic()))
     return not any(t.is_alive() for t in threading.enumerate() if t.name.startswith("bidl-"))
-
-
-def exit_now(code: int) -> None:
-    """Exit with ``code`` at once, after the exit handlers (the token dir's removal among them), without
-    the interpreter's shutdown: a daemon thread still inside C++ code (torch) aborts the process there."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    atexit._run_exitfuncs()
-    os._exit(code)
 
 
 def shield() -> None:

@@ -180,3 +180,38 @@ def test_a_command_called_from_python_gives_back_the_callers_signal_handling():
     finally:
         for s, h in before.items():
             signal.signal(s, h)
+
+
+INTERRUPTED_IN_EXEC = '''
+import sys
+from bidl_grid.command import run_command
+
+def main(argv=None):
+    try:
+        exec("raise KeyboardInterrupt", {})    # an interrupt inside a string exec (torch's import has many)
+    except KeyboardInterrupt:
+        if sys.argv[1] == "caught":
+            print("interrupted while importing", file=sys.stderr)
+            return 130                           # what bidl-run's launch does after its teardown
+        raise
+
+sys.exit(run_command(main))
+'''
+
+
+@pytest.mark.parametrize("how", ["caught", "raised"])
+def test_an_interrupted_command_exits_130_even_when_the_interrupt_hit_a_string_exec(how, tmp_path):
+    """CPython remembers a KeyboardInterrupt that ended a string ``exec``/``eval`` (``PyRun_String``) and,
+    under ``python -m``, ends the process by SIGINT at exit (-2) even though it was handled: a SIGTERM
+    during torch's import did that to ``bidl-run`` now and then. The command exits 130, one line."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    (tmp_path / "interrupted_cmd.py").write_text(INTERRUPTED_IN_EXEC)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-m", "interrupted_cmd", how], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 130, (r.returncode, r.stderr[-2000:])
+    assert r.stderr.strip().splitlines() == ["interrupted while importing" if how == "caught" else "interrupted"]
