@@ -48,6 +48,7 @@ from bidl_runtime.cluster.cleanup import cleanup  # noqa: E402
 from bidl_runtime.processes import process_start_time  # noqa: E402
 from bidl_runtime.runtime_config import (AMP, BACKENDS, CHUNK_COMPILE_METHODS, RUN_BACKEND,  # noqa: E402
                                          TRANSPORTS, DeviceProfile, RuntimeConfig, check_int)
+from compile.cache_dir import DEFAULT_HELP as ARTIFACTS_HELP, default_artifacts  # noqa: E402
 
 T0 = process_start_time()      # the start-up clock counts from the command's start
 
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--verify-beside", action="store_true",
                     help="the reference computes beside the streaming grid at idle priority (sooner done, but "
                     "on shared cores it slows the grid) instead of after it")
-    ap.add_argument("--artifacts", default="artifacts", help="artifact cache directory (default %(default)s)")
+    ap.add_argument("--artifacts", default=default_artifacts(), help=f"artifact cache directory ({ARTIFACTS_HELP})")
     ap.add_argument("--force-compile", action="store_true", help="rebuild artifacts even if cached")
     ap.add_argument("--address", default=None, help="join the Ray cluster at HOST:PORT instead of starting a "
                     "private one; auto: the one RAY_ADDRESS names, else the last `ray start` here (without "

@@ -18,6 +18,7 @@ from bidl_models.checkpoint import resolve_checkpoint, shipped_weights
 from bidl_models.config import add_config_arguments, describe_source, load_config
 
 from .build import INPUT_DTYPES
+from .cache_dir import DEFAULT_HELP as ARTIFACTS_HELP, default_artifacts
 from .job import CompileJob
 from .options import CompileOptions
 
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "config; a position may cut inside a residual block, e.g. "
                                                   "\"[[0,'7.4:416'],['7.4:416',16]]\" (bidl_models.cuts) "
                                                   "(default with COLS>1: FLOP-balanced automatic split)")
-    p.add_argument("--out", default="artifacts", help="output root (default: artifacts/)")
+    p.add_argument("--out", default=default_artifacts(), help=f"output root, the artifact cache ({ARTIFACTS_HELP})")
     p.add_argument("--force", action="store_true", help="rebuild even if a matching artifact exists; "
                                                         "replaces stale or corrupt ones")
     p.add_argument("--aot", action="store_true", help="AOTInductor package (fused native kernels) instead of "

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from .artifact import load_artifact
+from .cache_dir import DEFAULT_HELP as ARTIFACTS_HELP, default_artifacts
 from .job import compile_config
 
 __all__ = ["export_artifact", "export_segment", "check_onnx", "OnnxExportError", "main"]
@@ -330,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", help="ROWSxCOLS for --config (as python -m compile)")
     p.add_argument("--splits", help="[[s0,e0],...] for --config")
     p.add_argument("--in-shape", help="per-step model input C,H,W for --config")
-    p.add_argument("--artifacts-root", default="artifacts", help="artifact root for --config (default: artifacts/)")
+    p.add_argument("--artifacts-root", default=default_artifacts(),
+                   help=f"artifact root for --config ({ARTIFACTS_HELP})")
     p.add_argument("--out", help="directory for the .onnx files (default: program.onnx inside each artifact)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: torch.onnx's)")
     p.add_argument("--check-chunks", type=int, default=3, help="chunks run with state carried in the check "

@@ -1,10 +1,11 @@
 """Every fenced ``python`` and ``bash``/``sh``/``shell`` snippet of README.md and docs/*.md runs.
 
 Python snippets run in a subprocess, bash snippets with ``bash -e``; both in a fresh temporary
-directory with PYTHONPATH set to this checkout. ``pip install`` lines are skipped. A snippet preceded
-by ``<!-- not run: REASON -->`` is not run (the README's install-and-run-everything commands): such
-skips are few and each names its reason. Snippets that start Ray (``bidl-run``), train, compile or
-otherwise take more than a few seconds are ``slow``.
+directory with PYTHONPATH set to this checkout, all with one artifact cache (``$BIDL_ARTIFACTS``; for a
+snippet that names ``artifacts`` itself, ``./artifacts`` is a link to it). ``pip install`` lines are
+skipped. A snippet preceded by ``<!-- not run: REASON -->`` is not run (the README's
+install-and-run-everything commands): such skips are few and each names its reason. Snippets that
+start Ray (``bidl-run``), train, compile or otherwise take more than a few seconds are ``slow``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
+
+from compile.cache_dir import ARTIFACTS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -111,9 +114,14 @@ def shared(tmp_path_factory) -> Path:
 def test_snippet_runs(snippet: Snippet, tmp_path, shared):
     if snippet.skip is not None:
         pytest.skip(f"not run: {snippet.skip}")
-    (tmp_path / "artifacts").symlink_to(shared / "artifacts")   # bidl-run's default --artifacts, shared
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                MPLBACKEND="Agg", BIDL_ARTIFACT_STORE=str(shared / "store"))
+    names_the_cache = "artifacts" in snippet.code      # --out artifacts, ls artifacts: its cwd's, shared by a link
+    if names_the_cache:
+        env.pop(ARTIFACTS_ENV, None)
+        (tmp_path / "artifacts").symlink_to(shared / "artifacts")
+    else:                                               # artifacts are keyed by content and sealed: safe to share
+        env[ARTIFACTS_ENV] = str(shared / "artifacts")
     code = runnable(snippet.code, snippet.lang)
     cmd = [sys.executable, "-c", code] if snippet.lang == "python" else ["bash", "-e", "-c", code]
     timeout = TIMEOUT_S["slow" if snippet.slow else "fast"]
@@ -121,3 +129,4 @@ def test_snippet_runs(snippet: Snippet, tmp_path, shared):
     assert r.returncode == 0, f"{snippet.id} exited {r.returncode}\n{code}\n--- stdout\n{r.stdout[-3000:]}\n--- stderr\n{r.stderr[-3000:]}"
     long = [ln for ln in r.stdout.split("\n") if len(ln) > 400]
     assert not long, f"{snippet.id} printed a {len(long[0])}-character line"
+    assert names_the_cache or not (tmp_path / "artifacts").exists(), f"{snippet.id}: {ARTIFACTS_ENV} ignored"

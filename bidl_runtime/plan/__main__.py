@@ -19,12 +19,15 @@ from bidl_models.config import CONFIG_IS_CODE, describe_source
 from bidl_runtime.cluster.memory import available_bytes
 from bidl_runtime.plan.admission import lines
 from bidl_runtime.run import add_grid_flags, check_sizes
+from compile.cache_dir import DEFAULT_HELP as ARTIFACTS_HELP, default_artifacts
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="bidl-plan", description=__doc__.split("\n\n")[0],
-                                 epilog=f"Configs are code: {CONFIG_IS_CODE}.")
+                                 epilog=f"The model spec is read from its record in the artifact cache "
+                                 f"({ARTIFACTS_HELP}) when one is there. Configs are code: {CONFIG_IS_CODE}.")
     add_grid_flags(ap)
+    ap.set_defaults(artifacts=default_artifacts())   # bidl-run's cache, for the recorded spec (no flag)
     return ap
 
 
