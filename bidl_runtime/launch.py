@@ -8,7 +8,6 @@ Ray's start overlapped, the progress and summary a user sees, and a clean exit o
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import shutil

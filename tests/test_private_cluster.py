@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from bidl_runtime.cluster import ray_cluster as cluster
+from bidl_runtime.processes import alive   # running, not a zombie
 
 # the cpu backend: these tests are about which cluster a run starts or joins (test_cli runs the default backend)
 RUN = [sys.executable, "-m", "bidl_runtime.run", "--grid", "1x1", "--samples", "4", "--backend", "cpu"]
@@ -91,14 +92,6 @@ def comm(pid: int) -> str:
         return ""
 
 
-def running(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie (an exited child its new parent has not reaped yet)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
 class Foreign:
     """Someone else's cluster on this machine: ``ray start --head --block`` with its own token, temp
     dir (``<sandbox>/ray``, where it records itself in ``ray_current_cluster``) and ports."""
@@ -150,7 +143,7 @@ class Foreign:
                 except ProcessLookupError:
                     pass
             t0 = time.monotonic()
-            while time.monotonic() - t0 < 15 and any(running(p) for p in tree):
+            while time.monotonic() - t0 < 15 and any(alive(p) for p in tree):
                 self.proc.poll()
                 time.sleep(0.2)
         self.proc.wait(timeout=10)
@@ -216,7 +209,7 @@ def test_runs_beside_a_live_foreign_cluster_and_leaves_it_alone(sandbox, artifac
                 "process's token (none found)") in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
     finally:
         foreign.stop()
-    assert not any(running(p) for p in foreign.core), "the foreign cluster's processes outlived its stop"
+    assert not any(alive(p) for p in foreign.core), "the foreign cluster's processes outlived its stop"
 
 
 # ------------------------------------------------------------------------------- --address
